@@ -1,0 +1,1 @@
+"""Parley's shared contract: event and subject registries, envelopes, schemas, auth."""

@@ -1,0 +1,53 @@
+"""Service-to-service messages on NATS (never seen by clients).
+
+A command travels from a gateway (or the agent bridge) to the conversation service as a
+:class:`CommandRequest`; the reply is the design doc's success or error envelope
+(``envelopes.ok`` / ``envelopes.fail``), which the gateway wraps with the command's ``event``
+and ``id``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from parley_contract.events import PrincipalKind
+
+
+class Principal(BaseModel):
+    """Who acts: from a verified JWT (users, agents) or a service's own identity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str
+    kind: PrincipalKind
+    name: str | None = None
+
+
+class CommandRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    principal: Principal
+    data: dict[str, Any] = Field(default_factory=dict)
+    # The gateway instance that relayed it (logs, metrics); None for services.
+    instance_id: str | None = Field(default=None, alias="instanceId")
+
+
+class EventsSinceRequest(BaseModel):
+    """Durable events of one conversation with afterSeq < seq <= untilSeq (resume, gap fill)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    principal: Principal
+    conversation_id: str = Field(alias="conversationId")
+    after_seq: int = Field(alias="afterSeq", ge=0)
+    until_seq: int | None = Field(default=None, alias="untilSeq")
+    limit: int = Field(default=500, ge=1, le=1000)
+
+
+class AgentTurn(BaseModel):
+    """Work for the agent bridge: answer this user message (published on subjects.AGENT_TURN)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    conversation_id: str = Field(alias="conversationId")
+    agent_id: str = Field(alias="agentId")
+    message_id: str = Field(alias="messageId")
+    seq: int

@@ -1,0 +1,197 @@
+"""Pydantic v2 models of Conversation and Message (design doc 3.1 and 3.2).
+
+On the wire: camelCase field names, ``_id`` as in the samples, timestamps ISO-8601 UTC with a
+trailing ``Z``. Serialize with :func:`parley_contract.jsonutil.model_json` (aliases, unset
+fields left out) so that every sample of ``seed/sample-messages.jsonl`` round-trips unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=False,
+        ser_json_timedelta="float",
+    )
+
+
+class BaseDocument(WireModel):
+    """The design's BaseSchema fields shared by conversations and messages."""
+
+    created_by: str | None = None
+    updated_by: str | None = None
+    created_at: AwareDatetime | None = None
+    updated_at: AwareDatetime | None = None
+    is_active: bool = True
+
+
+# ---------------------------------------------------------------- Conversation
+
+
+class ConversationStatus(enum.StrEnum):
+    ACTIVE = "active"
+    ARCHIVED = "archived"
+    CLOSED = "closed"
+
+
+class ParticipantRole(enum.StrEnum):
+    USER = "user"
+    AGENT = "agent"
+    OBSERVER = "observer"
+
+
+class Participant(WireModel):
+    user_id: str | None = None
+    agent_id: str | None = None
+    role: ParticipantRole
+    joined_at: AwareDatetime
+    left_at: AwareDatetime | None = None
+
+    @property
+    def principal_id(self) -> str:
+        return self.user_id or self.agent_id or ""
+
+    @property
+    def active(self) -> bool:
+        return self.left_at is None
+
+
+class LastMessage(WireModel):
+    content: str
+    role: str
+    created_at: AwareDatetime
+    # Parley additions so a list view can link and order without another fetch.
+    message_id: str | None = None
+    message_type: str | None = None
+    seq: int | None = None
+
+
+class ConversationContext(WireModel):
+    summary: str | None = None
+    entities: list[str] | None = None
+    topics: list[str] | None = None
+    sentiment: str | None = None
+
+
+class Conversation(BaseDocument):
+    id: str = Field(alias="_id")
+    conversation_id: str
+    title: str
+    description: str = ""
+    agent_id: str | None = None
+    model_id: str | None = None
+    conversation_type: str = "chat"
+    status: ConversationStatus = ConversationStatus.ACTIVE
+    total_tokens: int = 0
+    total_messages: int = 0
+    total_cost: float = 0.0
+    participants: list[Participant] = Field(default_factory=list)
+    last_message: LastMessage | None = None
+    tags: list[str] = Field(default_factory=list)
+    context: ConversationContext | None = None
+    # Parley: the seq of the latest durable event (what a resuming client compares with).
+    last_seq: int = 0
+
+
+# ---------------------------------------------------------------- Message
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+    SYSTEM = "system"
+    TOOL = "tool"
+
+
+class MessageType(enum.StrEnum):
+    TEXT = "text"
+    THINKING = "thinking"
+    TOOL_CALL = "tool_call"
+    TOOL_RESULT = "tool_result"
+    ERROR = "error"
+    SYSTEM = "system"
+
+
+class MessageStatus(enum.StrEnum):
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class ToolFunction(WireModel):
+    name: str
+    arguments: str  # a JSON string, as in OpenAI's tool calls
+
+
+class ToolCall(WireModel):
+    id: str
+    type: str = "mcp_tool"  # 'function' | 'mcp_tool'
+    function: ToolFunction
+
+
+class ToolResult(WireModel):
+    tool_call_id: str
+    tool_name: str
+    result: Any = None
+    success: bool
+    error: str | None = None
+    execution_time: float | None = None  # ms
+
+
+class Thinking(WireModel):
+    content: str
+    visible: bool = True
+    duration: float = 0  # ms
+
+
+class Usage(WireModel):
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+
+
+class Attachment(WireModel):
+    id: str
+    filename: str
+    mime_type: str
+    size: int = Field(ge=0)
+    url: str
+
+
+class Message(BaseDocument):
+    id: str = Field(alias="_id")
+    conversation_id: str
+    agent_id: str | None = None
+    role: Role
+    content: str
+    message_type: MessageType = MessageType.TEXT
+    name: str | None = None
+    parent_message_id: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_results: list[ToolResult] | None = None
+    thinking: Thinking | None = None
+    usage: Usage | None = None
+    latency: float | None = None  # ms
+    error: str | None = None
+    message_status: MessageStatus | None = None
+    attachments: list[Attachment] | None = None
+    metadata: dict[str, Any] | None = None
+    # Parley additions.
+    seq: int | None = None  # seq of the message:new event that announced it
+    client_message_id: str | None = None
+    reactions: dict[str, list[str]] | None = None  # emoji → principal ids
+    cost: float | None = None  # USD, for agent messages with usage
+    finish_reason: str | None = None  # 'stop' | 'tool_calls' | 'aborted' | 'error' | ...
+    edited_at: datetime | None = None
+    deleted_at: datetime | None = None

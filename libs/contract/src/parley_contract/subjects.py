@@ -1,0 +1,78 @@
+"""The one registry of NATS subject names, queue groups and KV buckets.
+
+No other module spells a subject string: services call these functions. Conversation and
+principal ids are validated by :func:`parley_contract.ids.check_id` before they reach a
+subject, so a client can never inject ``.``, ``*`` or ``>`` into one.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from parley_contract.events import Event
+
+PREFIX: Final = "parley"
+
+# Queue groups: every replica of a service joins its group, so each request is handled once.
+QUEUE_CONVERSATION: Final = "conversation"
+QUEUE_AGENT_BRIDGE: Final = "agent-bridge"
+
+# JetStream KV buckets (design: presence without Redis).
+KV_PRESENCE: Final = "parley_presence"  # key: <kind>.<principalId>.<instanceId> → connection count
+KV_INSTANCES: Final = "parley_instances"  # key: <instanceId> → heartbeat JSON
+KV_SESSIONS: Final = "parley_sessions"  # key: <sessionId> → principal + joined conversations
+KV_AGENTS: Final = "parley_agents"  # key: <agentId>.<bridgeInstanceId> → agent availability
+
+# JetStream stream of agent turns (work queue so each user message is answered once).
+STREAM_AGENT_TURNS: Final = "PARLEY_AGENT_TURNS"
+
+
+def _token(event: Event) -> str:
+    # "message:send" → "message.send": NATS-style tokens, so "parley.cmd.message.>" works.
+    return event.value.replace(":", ".")
+
+
+def command(event: Event) -> str:
+    """Request/reply subject of a command handled by the conversation service."""
+    return f"{PREFIX}.cmd.{_token(event)}"
+
+
+COMMANDS_WILDCARD: Final = f"{PREFIX}.cmd.>"
+
+
+def conversation_events(conversation_id: str) -> str:
+    """Everything a conversation's members must see, durable (with seq) and ephemeral."""
+    return f"{PREFIX}.conv.{conversation_id}.evt"
+
+
+CONVERSATION_EVENTS_WILDCARD: Final = f"{PREFIX}.conv.*.evt"
+
+
+def principal_events(principal_id: str) -> str:
+    """Events addressed to one principal wherever it is connected (e.g. added to a conversation)."""
+    return f"{PREFIX}.principal.{principal_id}.evt"
+
+
+# Queries answered by the conversation service (request/reply, queue group conversation).
+QUERY_CONVERSATIONS_LIST: Final = f"{PREFIX}.query.conversations.list"
+QUERY_CONVERSATION_GET: Final = f"{PREFIX}.query.conversation.get"
+QUERY_MESSAGES_LIST: Final = f"{PREFIX}.query.messages.list"
+QUERY_EVENTS_SINCE: Final = f"{PREFIX}.query.events.since"  # resume and gap fill
+QUERY_CONVERSATIONS_WILDCARD: Final = f"{PREFIX}.query.>"
+
+# Internal writes by Parley's own services (agent bridge → conversation service).
+INTERNAL_MESSAGE_APPEND: Final = f"{PREFIX}.internal.message.append"
+INTERNAL_USAGE_ADD: Final = f"{PREFIX}.internal.usage.add"
+
+# Agent bridge.
+AGENT_TURN: Final = f"{PREFIX}.agent.turn"  # a user message in a conversation with an agent
+AGENT_STOP: Final = f"{PREFIX}.agent.stop"  # message:stop fan-out to every bridge replica
+AGENT_TOOL_CALL: Final = f"{PREFIX}.agent.tool.call"  # tool:call request/reply
+
+# Gateways.
+GATEWAY_SESSION_KICK_PREFIX: Final = f"{PREFIX}.gateway.session"
+
+
+def gateway_session_kick(session_id: str) -> str:
+    """Tells whichever gateway still holds a session that it was resumed elsewhere."""
+    return f"{GATEWAY_SESSION_KICK_PREFIX}.{session_id}.kick"
