@@ -4,19 +4,22 @@
 - ``store_server``: one SecantusDB process per test session; tests isolate themselves by
   database name (``db_name`` gives each test its own).
 - ``mongodb_url``: the store a test should use. ``MONGODB_URL`` in the environment points the
-  conformance suite at a real MongoDB as well (see ``store_urls``).
+  conformance suite at a real MongoDB as well (``real_mongodb_url``).
+- ``make_stack``: whole Parley stacks (services and gateways as real processes).
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from parley_devstack.servers import NatsServer, StoreServer, temp_dir
+from parley_devstack.servers import NatsServer, StoreServer, free_port, temp_dir
+from parley_devstack.stack import Stack, StackConfig
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +48,7 @@ def store_server(servers_dir: Path) -> Iterator[StoreServer]:
 
 @pytest.fixture(scope="session")
 def mongodb_url(store_server: StoreServer) -> str:
-    """The embedded store's URL (a real MongoDB is added by ``store_urls`` when configured)."""
+    """The embedded store's URL (suites add a real MongoDB via ``real_mongodb_url``)."""
     return store_server.url
 
 
@@ -56,3 +59,45 @@ def db_name() -> str:
 
 def real_mongodb_url() -> str | None:
     return os.environ.get("MONGODB_URL") or None
+
+
+StackFactory = Callable[..., Stack]
+
+
+@pytest.fixture
+def make_stack(
+    store_server: StoreServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StackFactory]:
+    """Start whole Parley stacks: ``make_stack(gateways=2, conversation_replicas=1, ...)``.
+
+    Each stack gets its own nats-server (fast to start; keeps JetStream streams, KV buckets
+    and queue groups of one test away from another) and its own database on the session's
+    store server. Every stack started is stopped when the test ends.
+    """
+    started: list[Stack] = []
+
+    def factory(
+        *,
+        gateways: int = 2,
+        conversation_replicas: int = 1,
+        agent_bridges: int = 1,
+        **overrides: Any,
+    ) -> Stack:
+        config = StackConfig(
+            workdir=tmp_path_factory.mktemp("stack"),
+            mongodb_url=store_server.url,
+            database=f"parley_test_{uuid.uuid4().hex[:12]}",
+            gateway_ports=[free_port() for _ in range(gateways)],
+            conversation_replicas=conversation_replicas,
+            agent_bridges=agent_bridges,
+            **overrides,
+        )
+        stack = Stack(config)
+        started.append(stack)
+        return stack.start()
+
+    try:
+        yield factory
+    finally:
+        for stack in reversed(started):
+            stack.stop()

@@ -1,0 +1,152 @@
+"""The ``parley`` command: ``parley run`` (what ``make run`` starts) and ``parley token``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from urllib.parse import urlparse
+
+from parley_contract.auth import DEV_JWT_SECRET, mint_token
+from parley_contract.events import PrincipalKind
+from parley_devstack.servers import NatsServer, StoreServer, free_port, port_open
+from parley_devstack.stack import REPO_ROOT, Stack, StackConfig
+
+logger = logging.getLogger("parley")
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+def _nats_answers(url: str) -> bool:
+    parsed = urlparse(url)
+    return port_open(parsed.hostname or "127.0.0.1", parsed.port or 4222, timeout=0.5)
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    secret = os.environ.get("PARLEY_JWT_SECRET", DEV_JWT_SECRET)
+    token = mint_token(
+        args.sub,
+        PrincipalKind(args.kind),
+        name=args.name,
+        ttl_seconds=args.ttl,
+        secret=secret,
+    )
+    _write(token)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    var = Path(args.data_dir).resolve()
+    var.mkdir(parents=True, exist_ok=True)
+    nats_url = os.environ.get("NATS_URL", DEFAULT_NATS_URL)
+    own_nats: NatsServer | None = None
+    if _nats_answers(nats_url):
+        logger.info("using the NATS server that answers at %s", nats_url)
+    else:
+        port = 4222 if not port_open("127.0.0.1", 4222) else free_port()
+        logger.info("no NATS at %s: starting nats-server with JetStream on port %d", nats_url, port)
+        own_nats = NatsServer(var / "nats", port=port).start()
+        nats_url = own_nats.url
+    mongodb_url = os.environ.get("MONGODB_URL", "")
+    own_store: StoreServer | None = None
+    if not mongodb_url:
+        port = 27017 if not port_open("127.0.0.1", 27017) else free_port()
+        logger.info("MONGODB_URL not set: starting the embedded store (SecantusDB) on %d", port)
+        own_store = StoreServer(var / "store", port=port).start()
+        mongodb_url = own_store.url
+    ports = [int(p) for p in args.gateway_ports.split(",") if p.strip()]
+    web_dist = REPO_ROOT / "web" / "dist"
+    service_env: dict[str, dict[str, str]] = {}
+    if web_dist.is_dir():
+        service_env["gateway"] = {"PARLEY_GATEWAY_WEB_DIST": str(web_dist)}
+    config = StackConfig(
+        workdir=var,
+        nats_url=nats_url,
+        mongodb_url=mongodb_url,
+        database=os.environ.get("MONGODB_DATABASE", "parley"),
+        gateway_ports=ports,
+        conversation_replicas=args.conversation_replicas,
+        agent_bridges=args.agent_bridges,
+        host=args.host,
+        environment=os.environ.get("PARLEY_ENVIRONMENT", "development"),
+        jwt_secret=os.environ.get("PARLEY_JWT_SECRET", DEV_JWT_SECRET),
+        service_env=service_env,
+    )
+    stack = Stack(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        user = mint_token("user-1", PrincipalKind.USER, name="User One", secret=config.jwt_secret)
+        _write("\nParley is running.\n" + stack.describe())
+        _write(f"\nlogs: {var / 'logs'}")
+        for i in range(len(stack.gateways)):
+            _write(f"chat page:   {stack.gateway_url(i)}/")
+        _write(f"WebSocket:   {stack.ws_url(0)}?access_token=<jwt>")
+        _write(f"HTTP API:    {stack.gateway_url(0)}/docs")
+        _write("dev tokens:  uv run parley token --sub user-1 --kind user")
+        _write(f"\nA token for user-1 (24 h):\n{user}\n\nCtrl-C stops everything.")
+        while not stop.wait(1.0):
+            for svc in stack.services:
+                if not svc.process.running:
+                    logger.error("%s exited; last log lines:\n%s", svc.name, svc.process.tail())
+                    stop.set()
+    finally:
+        _write("stopping...")
+        stack.stop()
+        if own_nats:
+            own_nats.stop()
+        if own_store:
+            own_store.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("PARLEY_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    parser = argparse.ArgumentParser(prog="parley", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    token = sub.add_parser("token", help="mint a development JWT")
+    token.add_argument("--sub", required=True, help="principal id, e.g. user-456")
+    token.add_argument("--kind", choices=["user", "agent"], default="user")
+    token.add_argument("--name", default=None, help="display name")
+    token.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
+    token.set_defaults(func=cmd_token)
+
+    run = sub.add_parser("run", help="start the whole system locally")
+    run.add_argument(
+        "--gateway-ports",
+        default=os.environ.get("PARLEY_RUN_GATEWAY_PORTS", "8001,8002"),
+        help="comma-separated ports, one gateway each (env PARLEY_RUN_GATEWAY_PORTS)",
+    )
+    run.add_argument("--host", default=os.environ.get("PARLEY_RUN_HOST", "127.0.0.1"))
+    run.add_argument("--conversation-replicas", type=int, default=1)
+    run.add_argument("--agent-bridges", type=int, default=1)
+    run.add_argument("--data-dir", default=str(REPO_ROOT / "var"))
+    run.set_defaults(func=cmd_run)
+
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
