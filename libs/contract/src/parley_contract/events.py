@@ -125,7 +125,7 @@ REGISTRY: dict[Event, EventSpec] = {
             _CMD,
             _X,
             _ALL,
-            "unsubscribe; with leave=true also stop participating",
+            "stop participating (leftAt) and unsubscribe",
         ),
         _spec(Event.CONVERSATION_UPDATE, _CMD, _X, _ALL, "change title, status, tags, agent..."),
         _spec(Event.MESSAGE_SEND, _CMD, _X, _ALL, "post a message"),
