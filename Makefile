@@ -2,31 +2,49 @@
 SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
+# Browser tests drive Debian's Chromium (a Playwright browser download fails offline).
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup run test lint typecheck pytest bench web clean
+.PHONY: setup web browser run test lint typecheck pytest webtest bench clean
 
 # uv from PyPI if the machine has none; then the locked workspace.
 setup:
 	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 	$(UV) sync --frozen --all-packages
 
-run: setup
+# The chat page: locked npm install and a Vite build into web/dist (served by every gateway).
+web:
+	@if [ -f web/package.json ]; then \
+	  cd web && ( [ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund ) && npm run build; \
+	else echo "web/: no package.json yet, skipping the UI build"; fi
+
+# Debian's Chromium for the browser tests, when we may install it (root on Debian).
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then echo "chromium: $(CHROMIUM)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || echo "chromium install failed: browser tests will skip"; \
+	else echo "no chromium and not root: browser tests will skip"; fi
+
+run: setup web
 	$(UV) run --frozen parley run
 
 lint: setup
 	$(UV) run --frozen ruff check .
-	$(UV) run --frozen ruff format --check libs services tests
+	$(UV) run --frozen ruff format --check .
 
 typecheck: setup
-	$(UV) run --frozen mypy libs services tests
+	$(UV) run --frozen mypy libs services tests bench
 
-pytest: setup
+webtest: web
+	@if [ -f web/package.json ]; then cd web && npm test; fi
+
+pytest: setup web browser
 	$(UV) run --frozen pytest
 
-test: lint typecheck pytest
+test: lint typecheck webtest pytest
 
 bench: setup
 	$(UV) run --frozen python -m bench
 
 clean:
-	rm -rf .venv var artifacts web/dist web/node_modules
+	rm -rf .venv var artifacts web/dist web/node_modules bench/loadgen/node_modules
