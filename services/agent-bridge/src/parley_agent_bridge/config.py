@@ -1,0 +1,181 @@
+"""Settings (environment) and agents as configuration (a YAML or JSON file).
+
+An agent: id, name, model, system prompt, its MCP tool servers (a stdio command or a
+streamable HTTP URL) and prices per 1k prompt/completion tokens. The offline demo agent
+``agent-demo`` is always configured unless the file defines an agent with that id or
+``PARLEY_AGENT_BRIDGE_DEMO_AGENT=false``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from parley_contract.ids import SafeId
+
+DEMO_AGENT_ID = "agent-demo"
+
+
+class Settings(BaseSettings):
+    """Everything the agent bridge reads from the environment."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    nats_url: str = Field(default="nats://127.0.0.1:4222", alias="NATS_URL")
+    environment: str = Field(default="development", alias="PARLEY_ENVIRONMENT")
+    instance_id: str = Field(default="", alias="PARLEY_INSTANCE_ID")
+    log_level: str = Field(default="INFO", alias="PARLEY_LOG_LEVEL")
+    http_host: str = Field(default="0.0.0.0", alias="PARLEY_AGENT_BRIDGE_HTTP_HOST")  # noqa: S104
+    http_port: int = Field(default=8200, alias="PARLEY_AGENT_BRIDGE_HTTP_PORT")
+    agents_file: str | None = Field(default=None, alias="PARLEY_AGENT_BRIDGE_AGENTS_FILE")
+    # JSON list of agents, merged over the file (same shape as the file's "agents").
+    agents_json: str | None = Field(default=None, alias="PARLEY_AGENT_BRIDGE_AGENTS_JSON")
+    demo_agent: bool = Field(default=True, alias="PARLEY_AGENT_BRIDGE_DEMO_AGENT")
+    # Turns run at once by this replica (JetStream pull batch limit).
+    max_concurrent_turns: int = Field(default=16, ge=1, alias="PARLEY_AGENT_BRIDGE_MAX_TURNS")
+    # JetStream ack wait; in_progress() heartbeats are sent every ack_wait/3 while a turn runs.
+    ack_wait_seconds: float = Field(default=30.0, gt=1, alias="PARLEY_AGENT_BRIDGE_ACK_WAIT")
+    max_deliver: int = Field(default=3, ge=1, alias="PARLEY_AGENT_BRIDGE_MAX_DELIVER")
+    turn_timeout_seconds: float = Field(default=300.0, gt=0, alias="PARLEY_AGENT_BRIDGE_TURN_TIMEOUT")
+    max_steps: int = Field(default=8, ge=1, alias="PARLEY_AGENT_BRIDGE_MAX_STEPS")
+    history_limit: int = Field(default=50, ge=1, le=500, alias="PARLEY_AGENT_BRIDGE_HISTORY_LIMIT")
+    request_timeout_seconds: float = Field(
+        default=10.0, gt=0, alias="PARLEY_AGENT_BRIDGE_REQUEST_TIMEOUT"
+    )
+    presence_ttl_seconds: float = Field(default=30.0, gt=2, alias="PARLEY_AGENT_BRIDGE_PRESENCE_TTL")
+    # Announce agent:online/offline to at most this many conversations per agent.
+    presence_conversations: int = Field(
+        default=100, ge=0, le=1000, alias="PARLEY_AGENT_BRIDGE_PRESENCE_CONVERSATIONS"
+    )
+
+
+class McpServerConfig(BaseModel):
+    """One MCP tool server of an agent: a stdio command or a streamable HTTP URL."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] | None = None
+    url: str | None = None
+    headers: dict[str, str] | None = None
+    # Per-call timeout; a slower tool gives a failed tool_result.
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError(f"MCP server {self.name!r}: set exactly one of 'command' or 'url'")
+        return self
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: SafeId
+    name: str = Field(min_length=1, max_length=200)
+    model: str = Field(min_length=1, max_length=200)
+    # 'openai': any OpenAI-compatible /chat/completions; 'demo': the offline scripted backend.
+    backend: Literal["openai", "demo"] = "openai"
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str | None = None  # name of the env var holding the API key
+    system_prompt: str = "You are a helpful assistant."
+    temperature: float | None = None
+    max_tokens: int | None = None
+    thinking_visible: bool = True
+    price_per_1k_prompt: float = Field(default=0.0, ge=0)
+    price_per_1k_completion: float = Field(default=0.0, ge=0)
+    mcp_servers: list[McpServerConfig] = Field(default_factory=list)
+    request_timeout_seconds: float = Field(default=120.0, gt=0)
+
+    def api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        return os.environ.get(self.api_key_env) or None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return round(
+            prompt_tokens / 1000 * self.price_per_1k_prompt
+            + completion_tokens / 1000 * self.price_per_1k_completion,
+            8,
+        )
+
+
+class AgentsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agents: list[AgentConfig] = Field(default_factory=list)
+
+
+def demo_tools_server() -> McpServerConfig:
+    """The bundled offline MCP server (stdio, this interpreter)."""
+    return McpServerConfig(
+        name="demo-tools",
+        command=sys.executable,
+        args=["-m", "parley_agent_bridge.demo_tools"],
+        timeout_seconds=5.0,
+    )
+
+
+def demo_agent() -> AgentConfig:
+    return AgentConfig(
+        id=DEMO_AGENT_ID,
+        name="Demo Agent",
+        model="parley-demo-1",
+        backend="demo",
+        system_prompt="You are Parley's offline demo agent.",
+        price_per_1k_prompt=0.01,
+        price_per_1k_completion=0.03,
+        mcp_servers=[demo_tools_server()],
+    )
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _parse_text(text: str, source: str) -> Any:
+    try:
+        if source.endswith(".json"):
+            return json.loads(text)
+        return yaml.safe_load(text)  # YAML is a superset of JSON
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{source}: not valid YAML/JSON: {exc}") from None
+
+
+def _agents_from(raw: Any, source: str) -> list[AgentConfig]:
+    if raw is None:
+        return []
+    if isinstance(raw, list):
+        raw = {"agents": raw}
+    try:
+        return AgentsFile.model_validate(raw).agents
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_agents(settings: Settings) -> dict[str, AgentConfig]:
+    """The agents of this bridge: the demo agent, then the file, then the env JSON."""
+    agents: dict[str, AgentConfig] = {}
+    if settings.demo_agent:
+        agents[DEMO_AGENT_ID] = demo_agent()
+    if settings.agents_file:
+        path = Path(settings.agents_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read agents file {path}: {exc}") from None
+        for agent in _agents_from(_parse_text(text, str(path)), str(path)):
+            agents[agent.id] = agent
+    if settings.agents_json:
+        for agent in _agents_from(
+            _parse_text(settings.agents_json, "PARLEY_AGENT_BRIDGE_AGENTS_JSON.json"),
+            "PARLEY_AGENT_BRIDGE_AGENTS_JSON",
+        ):
+            agents[agent.id] = agent
+    return agents
