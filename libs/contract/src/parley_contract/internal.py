@@ -51,3 +51,12 @@ class AgentTurn(BaseModel):
     agent_id: str = Field(alias="agentId")
     message_id: str = Field(alias="messageId")
     seq: int
+
+
+class AgentStop(BaseModel):
+    """message:stop fan-out (published on subjects.AGENT_STOP, every bridge replica listens):
+    cancel the running agent turn of this conversation, keeping the partial answer."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    conversation_id: str = Field(alias="conversationId")
+    principal: Principal
