@@ -76,3 +76,7 @@ GATEWAY_SESSION_KICK_PREFIX: Final = f"{PREFIX}.gateway.session"
 def gateway_session_kick(session_id: str) -> str:
     """Tells whichever gateway still holds a session that it was resumed elsewhere."""
     return f"{GATEWAY_SESSION_KICK_PREFIX}.{session_id}.kick"
+
+
+# Every gateway listens to all kicks (rare); the body names the session and the sender.
+GATEWAY_SESSION_KICK_WILDCARD: Final = f"{GATEWAY_SESSION_KICK_PREFIX}.*.kick"

@@ -1,0 +1,26 @@
+"""``python -m parley_gateway``: one gateway instance, configured by environment variables."""
+
+from __future__ import annotations
+
+import logging
+
+import uvloop
+
+from parley_gateway.server import serve_forever
+from parley_gateway.settings import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [" + settings.instance_id + "] %(message)s",
+    )
+    # websockets logs every connection and every HTTP response at INFO.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    settings.check()
+    uvloop.run(serve_forever(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""One client connection: its identity, joined conversations and a non-blocking writer.
+
+Kept small on purpose (``__slots__``, no task of its own): frames are written straight into the
+socket's transport buffer; when that buffer holds more than the send-queue limit the client
+is too slow and is closed with 1013 (it may resume), without slowing anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
+
+from parley_contract import jsonutil
+from parley_contract.internal import Principal
+from parley_gateway.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from parley_gateway.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN = 1013  # too slow
+CLOSE_TOKEN_EXPIRED = 4401
+CLOSE_HEARTBEAT = 4408
+
+_background: set[asyncio.Task[None]] = set()
+
+
+class Conn:
+    __slots__ = (
+        "bucket",
+        "busy",
+        "closing",
+        "exp",
+        "joined",
+        "kicked",
+        "limit",
+        "metrics",
+        "ping_waiter",
+        "principal",
+        "resumed",
+        "session_id",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: ServerConnection,
+        principal: Principal,
+        exp: float,
+        session_id: str,
+        *,
+        rate: float,
+        send_limit: int,
+        metrics: Metrics,
+    ) -> None:
+        self.ws = ws
+        self.principal = principal
+        self.exp = exp
+        self.session_id = session_id
+        self.bucket = TokenBucket(rate)
+        # conversationId → last durable seq delivered to this connection.
+        self.joined: dict[str, int] = {}
+        self.ping_waiter: asyncio.Future[float] | None = None
+        self.limit = send_limit
+        self.metrics = metrics
+        self.closing = False
+        self.kicked = False
+        self.resumed = False
+        self.busy = False
+
+    def __repr__(self) -> str:
+        return f"Conn({self.principal.kind.value}:{self.principal.id}, {self.session_id})"
+
+    @property
+    def open(self) -> bool:
+        return not self.closing and self.ws.protocol.state is State.OPEN
+
+    def push(self, data: bytes) -> bool:
+        """Write one text frame without waiting; close 1013 if the client cannot keep up."""
+        ws = self.ws
+        if self.closing or ws.protocol.state is not State.OPEN:
+            self.metrics.drops.labels("closed").inc()
+            return False
+        try:
+            ws.protocol.send_text(data)
+            ws.send_data()
+        except Exception:  # the transport may fail in many ways; the socket is gone
+            logger.debug("write failed on %r", self, exc_info=True)
+            self.metrics.drops.labels("closed").inc()
+            return False
+        self.metrics.deliveries.inc()
+        transport = ws.transport
+        if transport is not None and transport.get_write_buffer_size() > self.limit:
+            self.metrics.slow_consumers.inc()
+            logger.info("closing slow client %r (1013)", self)
+            self.close(CLOSE_TRY_AGAIN, "too slow: send queue full")
+        return True
+
+    def send(self, frame: dict[str, Any]) -> bool:
+        return self.push(jsonutil.dumps(frame))
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake in the background (never blocks the caller)."""
+        if self.closing:
+            return
+        self.closing = True
+        self.metrics.closes.labels(str(code)).inc()
+        ws = self.ws
+        if code == CLOSE_TRY_AGAIN:
+            # The buffer is full: the close frame would wait behind it. Queue it, then cut the
+            # TCP connection after a short grace so the client sees 1013 if it ever reads.
+            try:
+                ws.protocol.send_close(code, reason)
+                ws.send_data()
+            except Exception:  # already failing
+                logger.debug("close failed on %r", self, exc_info=True)
+            loop = asyncio.get_running_loop()
+            transport = ws.transport
+            loop.call_later(2.0, transport.abort)
+            return
+        task = asyncio.get_running_loop().create_task(ws.close(code, reason))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    def send_ping(self) -> None:
+        """Send a keepalive ping; close 4408 if the previous one got no pong in time."""
+        waiter = self.ping_waiter
+        if waiter is not None and not waiter.done():
+            self.close(CLOSE_HEARTBEAT, "heartbeat timeout")
+            return
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN:
+            return
+        data = int(time.monotonic() * 1e6).to_bytes(8, "big")
+        fut: asyncio.Future[float] = ws.loop.create_future()
+        ws.pending_pings[data] = (fut, ws.loop.time())
+        try:
+            ws.protocol.send_ping(data)
+            ws.send_data()
+        except Exception:
+            logger.debug("ping failed on %r", self, exc_info=True)
+            return
+        self.ping_waiter = fut

@@ -1,0 +1,154 @@
+"""The HTTP surface of protocol.md section 6 (GET only), as a FastAPI app called in process."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from parley_contract import envelopes, subjects
+from parley_contract.auth import verify_token
+from parley_contract.envelopes import ErrorEnvelope, SuccessEnvelope
+from parley_contract.errors import HTTP_STATUS, ErrorCode, ParleyError
+from parley_contract.ids import check_id
+from parley_contract.internal import Principal
+from parley_gateway.hub import Hub
+
+logger = logging.getLogger(__name__)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope} for status in (401, 403, 404, 422, 503, 504)
+}
+
+
+Auth = Annotated[str | None, Header(description="Bearer <jwt>")]
+
+
+def _envelope_response(envelope: dict[str, Any]) -> Response:
+    if envelope.get("success"):
+        return JSONResponse(envelope)
+    code = (envelope.get("error") or {}).get("code", ErrorCode.INTERNAL_ERROR.value)
+    try:
+        status = HTTP_STATUS[ErrorCode(code)]
+    except ValueError:
+        status = 500
+    return JSONResponse(envelope, status_code=status)
+
+
+def create_app(hub: Hub) -> FastAPI:
+    settings = hub.settings
+    jwt_cfg = settings.jwt_config()
+    app = FastAPI(
+        title="Parley gateway",
+        version="1",
+        description=(
+            "HTTP side of the Parley gateway (protocol.md section 6). The WebSocket protocol "
+            "is served at `/ws` on the same port; see services/gateway/README.md."
+        ),
+    )
+
+    @app.exception_handler(ParleyError)
+    async def _parley_error(_: Request, exc: ParleyError) -> Response:
+        return JSONResponse(envelopes.fail_from(exc), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        env = envelopes.fail(
+            ErrorCode.VALIDATION_ERROR,
+            f"{field}: {first.get('msg', 'invalid value')}" if field else "invalid request",
+            {"field": field} if field else None,
+        )
+        return JSONResponse(env, status_code=422)
+
+    def principal_of(authorization: str | None) -> Principal:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise ParleyError(ErrorCode.UNAUTHORIZED, "missing bearer token")
+        principal, _ = verify_token(authorization[7:].strip(), jwt_cfg)
+        return principal
+
+    async def query(subject: str, principal: Principal, data: dict[str, Any]) -> Response:
+        body = hub.command_body(principal, {k: v for k, v in data.items() if v is not None})
+        return _envelope_response(await hub.request(subject, body))
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "instanceId": hub.instance_id}
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"model": ErrorEnvelope}})
+    async def readyz() -> Response:
+        if hub.ready:
+            return JSONResponse({"status": "ready", "instanceId": hub.instance_id})
+        reason = "draining" if hub.draining else "not connected to NATS"
+        return JSONResponse(envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, reason), status_code=503)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(hub.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/scaling", tags=["v1"], response_model=SuccessEnvelope, responses=_ERRORS)
+    async def scaling(authorization: Auth = None) -> Response:
+        principal_of(authorization)
+        if not hub.ready and hub.kv_presence is None:
+            raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "not connected to NATS")
+        return JSONResponse(envelopes.ok(await hub.scaling()))
+
+    @app.get("/v1/conversations", tags=["v1"], response_model=SuccessEnvelope, responses=_ERRORS)
+    async def list_conversations(
+        authorization: Auth = None,
+        status: Annotated[str | None, Query(max_length=20)] = None,
+        cursor: Annotated[str | None, Query(max_length=500)] = None,
+        limit: Annotated[int | None, Query(ge=1, le=200)] = None,
+    ) -> Response:
+        principal = principal_of(authorization)
+        data = {"status": status, "cursor": cursor, "limit": limit}
+        return await query(subjects.QUERY_CONVERSATIONS_LIST, principal, data)
+
+    @app.get(
+        "/v1/conversations/{conversation_id}",
+        tags=["v1"],
+        response_model=SuccessEnvelope,
+        responses=_ERRORS,
+    )
+    async def get_conversation(conversation_id: str, authorization: Auth = None) -> Response:
+        principal = principal_of(authorization)
+        check_id(conversation_id, "conversationId")
+        data = {"conversationId": conversation_id}
+        return await query(subjects.QUERY_CONVERSATION_GET, principal, data)
+
+    @app.get(
+        "/v1/conversations/{conversation_id}/messages",
+        tags=["v1"],
+        response_model=SuccessEnvelope,
+        responses=_ERRORS,
+    )
+    async def list_messages(
+        conversation_id: str,
+        authorization: Auth = None,
+        after_seq: Annotated[int | None, Query(alias="afterSeq", ge=0)] = None,
+        before_seq: Annotated[int | None, Query(alias="beforeSeq", ge=1)] = None,
+        limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+    ) -> Response:
+        principal = principal_of(authorization)
+        check_id(conversation_id, "conversationId")
+        data = {
+            "conversationId": conversation_id,
+            "afterSeq": after_seq,
+            "beforeSeq": before_seq,
+            "limit": limit,
+        }
+        return await query(subjects.QUERY_MESSAGES_LIST, principal, data)
+
+    if settings.web_dist and Path(settings.web_dist).is_dir():
+        app.mount("/", StaticFiles(directory=settings.web_dist, html=True), name="web")
+        logger.info("serving the web UI from %s", settings.web_dist)
+
+    return app

@@ -1,0 +1,671 @@
+"""Everything one gateway instance shares between its connections, over NATS.
+
+- Interest-based fan-out: one NATS subscription per conversation that at least one local
+  client has joined, dropped when the last one leaves. Each frame is parsed once (to read
+  ``seq`` and ``event``) and the bytes the conversation service published are written verbatim
+  to every local member.
+- Ordering: a :class:`~parley_gateway.ordering.Sequencer` per conversation delivers durable
+  events in ``seq`` order; a gap waits ``gap_wait_seconds``, then is filled from the store
+  (QUERY_EVENTS_SINCE). Duplicates are dropped, per conversation and per connection.
+- Presence, instances and sessions live in JetStream KV buckets whose entries expire on their
+  own (bucket TTL) unless refreshed, so a crashed instance's clients disappear by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import KeyValueConfig
+from nats.js.kv import KeyValue
+
+from parley_contract import envelopes, jsonutil, subjects
+from parley_contract.errors import ErrorCode, ParleyError
+from parley_contract.events import Event, PrincipalKind
+from parley_contract.internal import EventsSinceRequest, Principal
+from parley_contract.timeutil import now_iso
+from parley_gateway.conn import CLOSE_POLICY, Conn
+from parley_gateway.metrics import Metrics
+from parley_gateway.ordering import Outcome, Sequencer
+from parley_gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_PRESENCE_EVENTS = {
+    (PrincipalKind.USER, True): Event.PRESENCE_ONLINE,
+    (PrincipalKind.USER, False): Event.PRESENCE_OFFLINE,
+    (PrincipalKind.AGENT, True): Event.AGENT_ONLINE,
+    (PrincipalKind.AGENT, False): Event.AGENT_OFFLINE,
+}
+
+
+class ConvState:
+    """One subscribed conversation on this instance."""
+
+    __slots__ = ("cid", "gap_task", "members", "ready", "refs", "seq", "sub")
+
+    def __init__(self, cid: str) -> None:
+        self.cid = cid
+        self.members: set[Conn] = set()
+        self.refs = 0  # members + joins in progress
+        self.seq = Sequencer()
+        self.sub: Subscription | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.gap_task: asyncio.Task[None] | None = None
+
+
+class PrincipalState:
+    __slots__ = ("conns", "sub")
+
+    def __init__(self) -> None:
+        self.conns: set[Conn] = set()
+        self.sub: Subscription | None = None
+
+
+class Hub:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.instance_id = settings.instance_id
+        self.nc: NATS | None = None
+        self.kv_presence: KeyValue | None = None
+        self.kv_instances: KeyValue | None = None
+        self.kv_sessions: KeyValue | None = None
+        self.convs: dict[str, ConvState] = {}
+        self.principals: dict[str, PrincipalState] = {}
+        self.sessions: dict[str, Conn] = {}
+        self.dirty: set[Conn] = set()
+        self.draining = False
+        self.started_at = now_iso()
+        self.service_principal = Principal(id=self.instance_id, kind=PrincipalKind.SERVICE)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._kick_sub: Subscription | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def ready(self) -> bool:
+        return (
+            not self.draining
+            and self.nc is not None
+            and self.nc.is_connected
+            and self.kv_sessions is not None
+        )
+
+    async def start(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                self.nc = await nats.connect(
+                    servers=[self.settings.nats_url],
+                    name=f"parley-gateway {self.instance_id}",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    connect_timeout=3,
+                )
+                break
+            except (OSError, nats.errors.Error) as exc:
+                logger.warning("NATS not reachable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        js = self.nc.jetstream()
+        self.kv_presence = await self._bucket(js, subjects.KV_PRESENCE, self._presence_ttl)
+        self.kv_instances = await self._bucket(js, subjects.KV_INSTANCES, self._presence_ttl)
+        self.kv_sessions = await self._bucket(
+            js, subjects.KV_SESSIONS, self.settings.session_ttl_seconds
+        )
+        self._kick_sub = await self.nc.subscribe(
+            subjects.GATEWAY_SESSION_KICK_WILDCARD, cb=self._on_kick
+        )
+        await self._put_instance()
+        self._tasks = [
+            asyncio.create_task(self._loop(self._presence_ttl / 3, self._refresh_presence)),
+            asyncio.create_task(self._loop(self.settings.session_flush_seconds, self.flush)),
+            asyncio.create_task(
+                self._loop(self.settings.session_ttl_seconds / 3, self._refresh_sessions)
+            ),
+            asyncio.create_task(self._loop(self.settings.heartbeat_seconds, self._heartbeat)),
+        ]
+        logger.info("gateway %s connected to NATS %s", self.instance_id, self.settings.nats_url)
+
+    @property
+    def _presence_ttl(self) -> float:
+        return self.settings.presence_ttl_seconds
+
+    async def _bucket(self, js: Any, name: str, ttl: float) -> KeyValue:
+        for _ in range(5):
+            try:
+                kv: KeyValue = await js.key_value(name)
+                return kv
+            except nats.js.errors.BucketNotFoundError:
+                pass
+            try:
+                kv = await js.create_key_value(KeyValueConfig(bucket=name, history=1, ttl=ttl))
+                return kv
+            except nats.js.errors.BadRequestError:
+                await asyncio.sleep(0.1)  # created concurrently by another instance
+        raise RuntimeError(f"cannot open KV bucket {name}")
+
+    async def _loop(self, interval: float, fn: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("periodic task %s failed", getattr(fn, "__name__", fn))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await self.flush()
+        if self.kv_instances is not None:
+            with contextlib.suppress(Exception):
+                await self.kv_instances.delete(self.instance_id)
+        if self.kv_presence is not None:
+            for pid, state in list(self.principals.items()):
+                if state.conns:
+                    kind = next(iter(state.conns)).principal.kind
+                    with contextlib.suppress(Exception):
+                        await self.kv_presence.delete(self._presence_key(kind, pid))
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    # ------------------------------------------------------------------ requests
+
+    async def request(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A NATS request to a Parley service; the reply envelope (ok/fail)."""
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            return envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, "message bus unavailable")
+        try:
+            msg = await nc.request(
+                subject, jsonutil.dumps(body), timeout=self.settings.request_timeout_seconds
+            )
+        except nats.errors.NoRespondersError:
+            return envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, "service unavailable, retry")
+        except nats.errors.TimeoutError:
+            return envelopes.fail(ErrorCode.TIMEOUT, "the service did not answer in time")
+        except nats.errors.Error as exc:
+            logger.warning("NATS request on %s failed: %s", subject, exc)
+            return envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, "message bus unavailable")
+        try:
+            reply = jsonutil.loads(msg.data)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict) or not isinstance(reply.get("success"), bool):
+            logger.error("malformed reply on %s: %r", subject, msg.data[:200])
+            return envelopes.fail(ErrorCode.INTERNAL_ERROR, "malformed service reply")
+        return reply
+
+    def command_body(self, principal: Principal, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "principal": principal.model_dump(mode="json"),
+            "data": data,
+            "instanceId": self.instance_id,
+        }
+
+    async def events_since(
+        self, principal: Principal, cid: str, after: int, until: int | None
+    ) -> list[tuple[int, bytes]]:
+        """Durable frames of a conversation with after < seq <= until (all pages), in order."""
+        out: list[tuple[int, bytes]] = []
+        while True:
+            req = EventsSinceRequest(
+                principal=principal, conversation_id=cid, after_seq=after, until_seq=until
+            )
+            reply = await self.request(
+                subjects.QUERY_EVENTS_SINCE, req.model_dump(mode="json", by_alias=True)
+            )
+            if not reply["success"]:
+                err = reply.get("error") or {}
+                raise ParleyError(
+                    ErrorCode(err.get("code", ErrorCode.INTERNAL_ERROR.value)),
+                    str(err.get("message", "events query failed")),
+                )
+            data = reply.get("data") or {}
+            frames = data.get("events") or []
+            page: list[tuple[int, bytes]] = []
+            for frame in frames:
+                seq = frame.get("seq") if isinstance(frame, dict) else None
+                if isinstance(seq, int) and seq > after:
+                    page.append((seq, jsonutil.dumps(frame)))
+            page.sort(key=lambda p: p[0])
+            out.extend(page)
+            if not page:
+                return out
+            after = page[-1][0]
+            last_seq = data.get("lastSeq")
+            target = until if until is not None else last_seq
+            if not isinstance(target, int) or after >= target:
+                return out
+
+    # ------------------------------------------------------------------ conversations
+
+    async def acquire(self, cid: str) -> ConvState:
+        """Subscribe (once per instance) to a conversation; the caller must ``release``."""
+        conv = self.convs.get(cid)
+        if conv is None:
+            conv = ConvState(cid)
+            self.convs[cid] = conv
+            conv.refs += 1
+            try:
+                assert self.nc is not None
+                conv.sub = await self.nc.subscribe(
+                    subjects.conversation_events(cid), cb=self._conv_handler(conv)
+                )
+                await self.nc.flush()
+            except BaseException as exc:
+                conv.refs -= 1
+                self.convs.pop(cid, None)
+                conv.ready.set_exception(exc)
+                conv.ready.exception()  # retrieved: nobody else may wait
+                raise
+            conv.ready.set_result(None)
+            self.metrics.subscriptions.set(len(self.convs))
+            return conv
+        conv.refs += 1
+        try:
+            await asyncio.shield(conv.ready)
+        except BaseException:
+            conv.refs -= 1
+            raise
+        return conv
+
+    async def release(self, conv: ConvState) -> None:
+        conv.refs -= 1
+        if conv.refs > 0 or self.convs.get(conv.cid) is not conv:
+            return
+        del self.convs[conv.cid]
+        self.metrics.subscriptions.set(len(self.convs))
+        if conv.gap_task is not None:
+            conv.gap_task.cancel()
+        if conv.sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await conv.sub.unsubscribe()
+
+    def _conv_handler(self, conv: ConvState) -> Callable[[Msg], Awaitable[None]]:
+        async def on_msg(msg: Msg) -> None:
+            self.on_conversation_frame(conv, msg.data)
+
+        return on_msg
+
+    def on_conversation_frame(self, conv: ConvState, data: bytes) -> None:
+        try:
+            frame = jsonutil.loads(data)
+        except ValueError:
+            frame = None
+        if not isinstance(frame, dict) or not isinstance(frame.get("event"), str):
+            self.metrics.drops.labels("bad_frame").inc()
+            logger.warning("dropping malformed frame on conversation %s", conv.cid)
+            return
+        seq = frame.get("seq")
+        if not isinstance(seq, int):
+            self.metrics.events_in.labels("ephemeral").inc()
+            for conn in list(conv.members):
+                conn.push(data)
+            return
+        self.metrics.events_in.labels("durable").inc()
+        out = conv.seq.push(seq, data)
+        self._apply(conv, out)
+
+    def _apply(self, conv: ConvState, out: Outcome) -> None:
+        if out.duplicate:
+            self.metrics.drops.labels("duplicate").inc()
+        for seq, frame in out.deliver:
+            self.deliver(conv, seq, frame)
+        if conv.seq.pending and conv.gap_task is None:
+            conv.gap_task = asyncio.create_task(
+                self._fill_gap(conv, 0.0 if out.gap else self.settings.gap_wait_seconds)
+            )
+
+    def deliver(self, conv: ConvState, seq: int, frame: bytes) -> None:
+        cid = conv.cid
+        for conn in list(conv.members):
+            if conn.joined.get(cid, 0) >= seq:
+                self.metrics.drops.labels("duplicate").inc()
+                continue
+            conn.joined[cid] = seq
+            self.dirty.add(conn)
+            conn.push(frame)
+
+    async def _fill_gap(self, conv: ConvState, wait: float) -> None:
+        try:
+            if wait:
+                await asyncio.sleep(wait)
+            attempts = 0
+            while (gap := conv.seq.missing()) is not None:
+                after, until = gap
+                self.metrics.gap_fills.inc()
+                logger.info("conversation %s: filling gap (%d, %d]", conv.cid, after, until)
+                try:
+                    frames = await self.events_since(self.service_principal, conv.cid, after, until)
+                except ParleyError as exc:
+                    logger.warning("gap fill for %s failed: %s", conv.cid, exc)
+                    frames = []
+                out = conv.seq.fill(frames)
+                for seq, frame in out.deliver:
+                    self.deliver(conv, seq, frame)
+                if conv.seq.missing() == gap:
+                    attempts += 1
+                    if attempts >= 3:
+                        logger.error(
+                            "conversation %s: seq (%d, %d] unavailable; skipping",
+                            conv.cid,
+                            after,
+                            until,
+                        )
+                        self.metrics.drops.labels("skipped_gap").inc(until - after)
+                        skipped = conv.seq.skip_to(until)
+                        for seq, frame in skipped.deliver:
+                            self.deliver(conv, seq, frame)
+                    else:
+                        await asyncio.sleep(0.2 * attempts)
+        finally:
+            conv.gap_task = None
+
+    async def join(self, conn: Conn, cid: str, since: int | None, last_seq: int) -> list[bytes]:
+        """Make ``conn`` a member of ``cid`` after replaying seq > since; the caller has already
+        subscribed (``acquire``) before asking the conversation service for ``last_seq``.
+
+        Returns nothing; frames are pushed to the connection in order.
+        """
+        conv = self.convs[cid]
+        self._apply(conv, conv.seq.start(last_seq))
+        start = last_seq if since is None else min(since, last_seq)
+        conn.joined.pop(cid, None)
+        conv.members.discard(conn)
+        delivered = start
+        target = max(last_seq, conv.seq.last or 0)
+        while delivered < target:
+            frames = await self.events_since(conn.principal, cid, delivered, target)
+            if not frames:
+                break
+            for seq, frame in frames:
+                if seq > delivered:
+                    conn.push(frame)
+                    delivered = seq
+            target = max(target, conv.seq.last or 0)
+        # No await between this check and joining the members: nothing can slip in between.
+        conn.joined[cid] = delivered
+        conv.members.add(conn)
+        self.dirty.add(conn)
+        return []
+
+    async def leave(self, conn: Conn, cid: str, *, announce: bool = True) -> None:
+        conv = self.convs.get(cid)
+        conn.joined.pop(cid, None)
+        self.dirty.add(conn)
+        if conv is None or conn not in conv.members:
+            return
+        conv.members.discard(conn)
+        if announce and not any(m.principal.id == conn.principal.id for m in conv.members):
+            await self.publish_presence(conn, cid, online=False)
+        await self.release(conv)
+
+    async def publish(self, cid: str, frame: dict[str, Any]) -> None:
+        assert self.nc is not None
+        await self.nc.publish(subjects.conversation_events(cid), jsonutil.dumps(frame))
+
+    async def publish_presence(
+        self, conn: Conn, cid: str, *, online: bool, status: str | None = None
+    ) -> None:
+        p = conn.principal
+        event = _PRESENCE_EVENTS[(p.kind, online)]
+        data: dict[str, Any] = {
+            "conversationId": cid,
+            "principalId": p.id,
+            "kind": p.kind.value,
+            "name": p.name,
+        }
+        if status is not None:
+            data["status"] = status
+        with contextlib.suppress(nats.errors.Error):
+            await self.publish(cid, envelopes.event_frame(event, data, conversation_id=cid))
+
+    # ------------------------------------------------------------------ connections
+
+    async def register(self, conn: Conn) -> None:
+        pid = conn.principal.id
+        state = self.principals.get(pid)
+        if state is None:
+            state = PrincipalState()
+            self.principals[pid] = state
+            assert self.nc is not None
+            state.sub = await self.nc.subscribe(
+                subjects.principal_events(pid), cb=self._principal_handler(state)
+            )
+        state.conns.add(conn)
+        self.sessions[conn.session_id] = conn
+        self.metrics.connections.labels(conn.principal.kind.value).inc()
+        await self._put_presence(conn.principal.kind, pid, len(state.conns))
+
+    def _principal_handler(self, state: PrincipalState) -> Callable[[Msg], Awaitable[None]]:
+        async def on_msg(msg: Msg) -> None:
+            self.metrics.events_in.labels("principal").inc()
+            for conn in list(state.conns):
+                conn.push(msg.data)
+
+        return on_msg
+
+    async def unregister(self, conn: Conn) -> None:
+        pid = conn.principal.id
+        for cid in list(conn.joined):
+            try:
+                await self.leave(conn, cid, announce=True)
+            except nats.errors.Error:
+                logger.warning("leave %s on disconnect failed", cid, exc_info=True)
+        if self.sessions.get(conn.session_id) is conn:
+            del self.sessions[conn.session_id]
+        self.dirty.discard(conn)
+        self.metrics.connections.labels(conn.principal.kind.value).dec()
+        state = self.principals.get(pid)
+        if state is not None:
+            state.conns.discard(conn)
+            if not state.conns:
+                del self.principals[pid]
+                if state.sub is not None:
+                    with contextlib.suppress(nats.errors.Error):
+                        await state.sub.unsubscribe()
+                with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                    assert self.kv_presence is not None
+                    await self.kv_presence.delete(self._presence_key(conn.principal.kind, pid))
+            else:
+                await self._put_presence(conn.principal.kind, pid, len(state.conns))
+
+    # ------------------------------------------------------------------ sessions
+
+    def session_doc(self, conn: Conn, joined: dict[str, int] | None = None) -> bytes:
+        return jsonutil.dumps(
+            {
+                "principal": conn.principal.model_dump(mode="json"),
+                "conversations": dict(conn.joined if joined is None else joined),
+                "instanceId": self.instance_id,
+                "updatedAt": now_iso(),
+            }
+        )
+
+    async def save_session(self, conn: Conn, joined: dict[str, int] | None = None) -> None:
+        if conn.kicked or self.kv_sessions is None:
+            return
+        try:
+            await self.kv_sessions.put(conn.session_id, self.session_doc(conn, joined))
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            logger.warning("session %s not saved: %s", conn.session_id, exc)
+
+    async def load_session(self, session_id: str, principal: Principal) -> dict[str, int] | None:
+        """The conversations (cid → last seq delivered) of a session of this principal."""
+        if self.kv_sessions is None:
+            return None
+        try:
+            entry = await self.kv_sessions.get(session_id)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        except (nats.errors.Error, nats.js.errors.Error, ValueError) as exc:
+            logger.warning("session %s not loaded: %s", session_id, exc)
+            return None
+        try:
+            doc = jsonutil.loads(entry.value or b"")
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        owner = doc.get("principal") or {}
+        if owner.get("id") != principal.id or owner.get("kind") != principal.kind.value:
+            return None
+        convs = doc.get("conversations") or {}
+        return {str(k): int(v) for k, v in convs.items() if isinstance(v, int)}
+
+    async def kick(self, session_id: str) -> None:
+        """Tell whichever instance still holds this session that it was resumed elsewhere."""
+        old = self.sessions.get(session_id)
+        if old is not None:
+            old.kicked = True
+            old.close(CLOSE_POLICY, "session resumed on another connection")
+        assert self.nc is not None
+        with contextlib.suppress(nats.errors.Error):
+            await self.nc.publish(
+                subjects.gateway_session_kick(session_id),
+                jsonutil.dumps({"sessionId": session_id, "instanceId": self.instance_id}),
+            )
+
+    async def _on_kick(self, msg: Msg) -> None:
+        try:
+            body = jsonutil.loads(msg.data)
+        except ValueError:
+            return
+        if not isinstance(body, dict) or body.get("instanceId") == self.instance_id:
+            return
+        conn = self.sessions.get(str(body.get("sessionId")))
+        if conn is not None:
+            conn.kicked = True
+            conn.close(CLOSE_POLICY, "session resumed on another connection")
+
+    async def flush(self) -> None:
+        """Write the delivered seqs of changed sessions (crash resume loses at most this much)."""
+        if not self.dirty:
+            return
+        batch, self.dirty = self.dirty, set()
+        await asyncio.gather(*(self.save_session(c) for c in batch if not c.closing))
+
+    async def _refresh_sessions(self) -> None:
+        conns = list(self.sessions.values())
+        for i in range(0, len(conns), 200):
+            await asyncio.gather(*(self.save_session(c) for c in conns[i : i + 200]))
+
+    # ------------------------------------------------------------------ presence
+
+    def _presence_key(self, kind: PrincipalKind, pid: str) -> str:
+        return f"{kind.value}.{pid}.{self.instance_id}"
+
+    async def _put_presence(self, kind: PrincipalKind, pid: str, count: int) -> None:
+        if self.kv_presence is None:
+            return
+        try:
+            await self.kv_presence.put(self._presence_key(kind, pid), str(count).encode())
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            logger.warning("presence of %s not saved: %s", pid, exc)
+
+    async def _put_instance(self) -> None:
+        if self.kv_instances is None or self.draining:
+            return
+        users = sum(
+            1
+            for s in self.principals.values()
+            if s.conns and next(iter(s.conns)).principal.kind is PrincipalKind.USER
+        )
+        doc = {
+            "instanceId": self.instance_id,
+            "host": self.settings.host,
+            "port": self.settings.port,
+            "connections": len(self.sessions),
+            "users": users,
+            "agents": len(self.principals) - users,
+            "conversations": len(self.convs),
+            "startedAt": self.started_at,
+            "updatedAt": now_iso(),
+        }
+        await self.kv_instances.put(self.instance_id, jsonutil.dumps(doc))
+
+    async def _refresh_presence(self) -> None:
+        await self._put_instance()
+        items = [
+            (next(iter(s.conns)).principal.kind, pid, len(s.conns))
+            for pid, s in self.principals.items()
+            if s.conns
+        ]
+        for i in range(0, len(items), 200):
+            await asyncio.gather(*(self._put_presence(*it) for it in items[i : i + 200]))
+
+    async def scaling(self) -> dict[str, Any]:
+        """design doc 1.4: users, agents and instances online across the cluster."""
+        assert self.kv_presence is not None and self.kv_instances is not None
+        users: set[str] = set()
+        agents: set[str] = set()
+        for key in await _keys(self.kv_presence):
+            kind, _, rest = key.partition(".")
+            pid = rest.rsplit(".", 1)[0]
+            (users if kind == PrincipalKind.USER.value else agents).add(pid)
+        instances = await _keys(self.kv_instances)
+        n = len(instances)
+        return {
+            "users": len(users),
+            "agents": len(agents),
+            "instances": n,
+            "avgUsersPerInstance": round(len(users) / n) if n else 0,
+        }
+
+    # ------------------------------------------------------------------ heartbeat
+
+    async def _heartbeat(self) -> None:
+        now = time.time()
+        for conn in list(self.sessions.values()):
+            if conn.closing:
+                continue
+            if conn.exp <= now:
+                conn.close(4401, "token expired")
+                continue
+            conn.send_ping()
+
+    # ------------------------------------------------------------------ drain
+
+    async def drain_connections(self, seconds: float) -> None:
+        """Close every client with 1001, spread over ``seconds``, after in-flight commands."""
+        conns = list(self.sessions.values())
+        random.shuffle(conns)
+        await self.flush()
+        if not conns:
+            return
+        step = seconds / len(conns)
+        for conn in conns:
+            deadline = time.monotonic() + 2.0
+            while conn.busy and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            await self.save_session(conn)
+            conn.close(1001, "server draining: reconnect with your session")
+            if step:
+                await asyncio.sleep(step)
+
+
+async def _keys(kv: KeyValue) -> list[str]:
+    try:
+        return list(await kv.keys())
+    except nats.js.errors.NoKeysError:
+        return []

@@ -1,0 +1,67 @@
+"""Prometheus metrics of one gateway instance (own registry, names prefixed parley_gateway_)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections = Gauge(
+            "parley_gateway_connections", "Open WebSocket connections", ["kind"], registry=r
+        )
+        self.connections_total = Counter(
+            "parley_gateway_connections_opened_total",
+            "WebSocket connections accepted",
+            ["resumed"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "parley_gateway_auth_failures_total", "Upgrades refused with 401", registry=r
+        )
+        self.closes = Counter(
+            "parley_gateway_closes_total", "Connections closed by the gateway", ["code"], registry=r
+        )
+        self.commands = Counter(
+            "parley_gateway_commands_total",
+            "Commands received, by event and outcome",
+            ["event", "outcome"],
+            registry=r,
+        )
+        self.command_latency = Histogram(
+            "parley_gateway_command_latency_seconds",
+            "Time from a command's arrival to its reply",
+            ["event"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "parley_gateway_deliveries_total", "Frames written to client sockets", registry=r
+        )
+        self.events_in = Counter(
+            "parley_gateway_events_received_total",
+            "Frames received from NATS, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.drops = Counter(
+            "parley_gateway_drops_total",
+            "Frames not delivered, by reason (duplicate, closed, skipped_gap, bad_frame)",
+            ["reason"],
+            registry=r,
+        )
+        self.gap_fills = Counter(
+            "parley_gateway_gap_fills_total",
+            "Missing seq ranges fetched from the store",
+            registry=r,
+        )
+        self.subscriptions = Gauge(
+            "parley_gateway_conversation_subscriptions",
+            "Conversations this instance is subscribed to",
+            registry=r,
+        )
+        self.slow_consumers = Counter(
+            "parley_gateway_slow_consumers_total", "Clients closed with 1013", registry=r
+        )

@@ -1,0 +1,403 @@
+"""The public port: WebSocket ``/ws`` (protocol.md) and, in process, the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import signal
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from parley_contract import envelopes, jsonutil, subjects
+from parley_contract.auth import verify_token
+from parley_contract.commands import parse_payload
+from parley_contract.errors import ErrorCode, ParleyError
+from parley_contract.events import Event, may_send, parse_command
+from parley_contract.ids import is_valid_id, new_id
+from parley_contract.internal import Principal
+from parley_gateway.asgi import ASGIApp, call_asgi
+from parley_gateway.conn import Conn
+from parley_gateway.http_api import create_app
+from parley_gateway.hub import Hub
+from parley_gateway.metrics import Metrics
+from parley_gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_FRAME_KEYS = frozenset({"event", "id", "data"})
+# Commands relayed as-is to the conversation service (or the agent bridge for tool:call).
+_RELAYED = frozenset(
+    {
+        Event.CONVERSATION_CREATE,
+        Event.CONVERSATION_UPDATE,
+        Event.MESSAGE_SEND,
+        Event.MESSAGE_EDIT,
+        Event.MESSAGE_DELETE,
+        Event.MESSAGE_REACT,
+        Event.MESSAGE_STOP,
+        Event.TOOL_CALL,
+        Event.TASK_CREATE,
+    }
+)
+_CONTENT_CHECKED = frozenset({Event.MESSAGE_SEND, Event.MESSAGE_EDIT})
+
+
+def _json_response(status: int, body: dict[str, Any]) -> Response:
+    data = jsonutil.dumps(body)
+    headers = Headers(
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(data))),
+            ("Connection", "close"),
+        ]
+    )
+
+    return Response(status, http.HTTPStatus(status).phrase, headers, data)
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.hub = Hub(settings, self.metrics)
+        self.app: ASGIApp = create_app(self.hub)
+        self.jwt = settings.jwt_config()
+        self.server: Server | None = None
+        self._auth: dict[int, tuple[Principal, float, str | None]] = {}
+
+    # ------------------------------------------------------------------ HTTP / handshake
+
+    async def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        path, _, query = request.path.partition("?")
+        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        if path != "/ws" or not upgrade:
+            if path == "/ws":
+                return _json_response(
+                    426,
+                    envelopes.fail(ErrorCode.VALIDATION_ERROR, "/ws needs a WebSocket upgrade"),
+                )
+            remote = ws.remote_address
+            client = (str(remote[0]), int(remote[1])) if remote else None
+            return await call_asgi(
+                self.app, request, client=client, server=(self.settings.host, self.settings.port)
+            )
+        if self.hub.draining or not self.hub.ready:
+            return _json_response(
+                503, envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, "instance not ready or draining")
+            )
+        params = parse_qs(query)
+        token = None
+        auth = request.headers.get("Authorization")
+        if auth and auth.lower().startswith("bearer "):
+            token = auth[7:].strip()
+        elif params.get("access_token"):
+            token = params["access_token"][0]
+        if not token:
+            self.metrics.auth_failures.inc()
+            return _json_response(401, envelopes.fail(ErrorCode.UNAUTHORIZED, "missing token"))
+        try:
+            principal, exp = verify_token(token, self.jwt)
+        except ParleyError as exc:
+            self.metrics.auth_failures.inc()
+            return _json_response(exc.http_status, envelopes.fail_from(exc))
+        session = params.get("session", [None])[0]
+        if session is not None and not is_valid_id(session):
+            session = None
+        self._auth[id(ws)] = (principal, exp, session)
+        return None
+
+    # ------------------------------------------------------------------ WebSocket
+
+    async def handler(self, ws: ServerConnection) -> None:
+        auth = self._auth.pop(id(ws), None)
+        if auth is None:  # pragma: no cover - process_request always sets it
+            await ws.close(1008, "unauthenticated")
+            return
+        principal, exp, resume = auth
+        hub = self.hub
+        restored: dict[str, int] | None = None
+        if resume is not None:
+            restored = await hub.load_session(resume, principal)
+        session_id = resume if restored is not None and resume else new_id("ses")
+        conn = Conn(
+            ws,
+            principal,
+            exp,
+            session_id,
+            rate=self.settings.commands_per_second,
+            send_limit=self.settings.send_queue_limit,
+            metrics=self.metrics,
+        )
+        conn.resumed = restored is not None
+        self.metrics.connections_total.labels(str(conn.resumed).lower()).inc()
+        try:
+            if restored is not None:
+                await hub.kick(session_id)
+            await hub.register(conn)
+            first = Event.RECONNECTED if restored is not None else Event.CONNECTED
+            hello: dict[str, Any] = {
+                "sessionId": session_id,
+                "principal": principal.model_dump(mode="json"),
+                "instanceId": hub.instance_id,
+                "heartbeatSeconds": self.settings.heartbeat_seconds,
+                "sessionTtlSeconds": self.settings.session_ttl_seconds,
+                "limits": self.settings.limits(),
+            }
+            if restored is not None:
+                hello["conversations"] = [
+                    {"conversationId": cid, "lastSeq": seq} for cid, seq in restored.items()
+                ]
+            conn.send(envelopes.event_frame(first, hello))
+            if restored is not None:
+                for cid, seq in restored.items():
+                    env = await self.join(conn, cid, seq)
+                    if not env["success"]:
+                        details = dict(env["error"].get("details") or {})
+                        details["conversationId"] = cid
+                        conn.send(
+                            envelopes.error_frame(
+                                ErrorCode(env["error"]["code"]), env["error"]["message"], details
+                            )
+                        )
+            await hub.save_session(conn)
+            async for message in ws:
+                conn.busy = True
+                try:
+                    await self.on_frame(conn, message)
+                finally:
+                    conn.busy = False
+        except ConnectionClosed:
+            pass
+        finally:
+            conn.closing = True
+            await hub.unregister(conn)
+            if not conn.kicked:
+                await hub.save_session(conn)
+
+    async def on_frame(self, conn: Conn, message: str | bytes) -> None:
+        start = time.perf_counter()
+        try:
+            frame = jsonutil.loads(message)
+        except ValueError:
+            self.metrics.commands.labels("-", "invalid_json").inc()
+            conn.send(envelopes.error_frame(ErrorCode.VALIDATION_ERROR, "invalid JSON"))
+            return
+        if not isinstance(frame, dict):
+            self.metrics.commands.labels("-", "not_object").inc()
+            conn.send(
+                envelopes.error_frame(ErrorCode.VALIDATION_ERROR, "a frame must be a JSON object")
+            )
+            return
+        cmd_id = frame.get("id")
+        if cmd_id is not None and not (isinstance(cmd_id, str) and 0 < len(cmd_id) <= 128):
+            conn.send(
+                envelopes.error_frame(
+                    ErrorCode.VALIDATION_ERROR,
+                    "id must be a string of 1-128 characters",
+                    {"field": "id"},
+                )
+            )
+            return
+        name = frame.get("event")
+        reply_event = name if isinstance(name, str) and len(name) <= 64 else Event.ERROR.value
+        event = parse_command(name)
+        label = event.value if event is not None else "unknown"
+        try:
+            if event is None:
+                raise ParleyError(
+                    ErrorCode.UNKNOWN_EVENT,
+                    f"unknown event {name!r}" if isinstance(name, str) else "event is required",
+                    {"field": "event"},
+                )
+            extra = set(frame) - _FRAME_KEYS
+            if extra:
+                raise ParleyError(
+                    ErrorCode.VALIDATION_ERROR,
+                    f"unknown field {sorted(extra)[0]!r}",
+                    {"field": sorted(extra)[0]},
+                )
+            if not conn.bucket.take():
+                raise ParleyError(
+                    ErrorCode.RATE_LIMITED,
+                    f"more than {self.settings.commands_per_second:g} commands per second",
+                    {"limit": self.settings.commands_per_second},
+                )
+            if not may_send(conn.principal.kind, event):
+                raise ParleyError(
+                    ErrorCode.FORBIDDEN, f"a {conn.principal.kind.value} may not send {event.value}"
+                )
+            data = frame.get("data", {})
+            if data is None:
+                data = {}
+            if event in _CONTENT_CHECKED and isinstance(data, dict):
+                content = data.get("content")
+                if isinstance(content, str) and len(content) > self.settings.max_content_chars:
+                    raise ParleyError(
+                        ErrorCode.PAYLOAD_TOO_LARGE,
+                        f"content is longer than {self.settings.max_content_chars} characters",
+                        {"field": "content", "limit": self.settings.max_content_chars},
+                    )
+            parse_payload(event, data)
+            envelope = await self.dispatch(conn, event, data)
+        except ParleyError as exc:
+            envelope = envelopes.fail_from(exc)
+        except Exception:
+            logger.exception("command %s failed", label)
+            envelope = envelopes.fail(ErrorCode.INTERNAL_ERROR, "internal error")
+        outcome = "ok" if envelope["success"] else str(envelope["error"]["code"])
+        self.metrics.commands.labels(label, outcome).inc()
+        self.metrics.command_latency.labels(label).observe(time.perf_counter() - start)
+        if cmd_id is not None:
+            conn.send(envelopes.reply_frame(reply_event, cmd_id, envelope))
+        elif not envelope["success"]:
+            conn.send({"event": Event.ERROR.value, **envelope})
+
+    async def dispatch(self, conn: Conn, event: Event, data: dict[str, Any]) -> dict[str, Any]:
+        hub = self.hub
+        if event in _RELAYED:
+            return await hub.request(
+                subjects.command(event), hub.command_body(conn.principal, data)
+            )
+        if event is Event.CONVERSATION_JOIN:
+            since = data.get("sinceSeq")
+            return await self.join(conn, data["conversationId"], since)
+        if event is Event.CONVERSATION_LEAVE:
+            cid = data["conversationId"]
+            await hub.leave(conn, cid)
+            return await hub.request(
+                subjects.command(event), hub.command_body(conn.principal, data)
+            )
+        if event in (Event.TYPING_START, Event.TYPING_STOP):
+            cid = data["conversationId"]
+            if cid not in conn.joined:
+                raise ParleyError(
+                    ErrorCode.FORBIDDEN, "join the conversation before sending typing events"
+                )
+            p = conn.principal
+            payload = {
+                "conversationId": cid,
+                "principalId": p.id,
+                "kind": p.kind.value,
+                "name": p.name,
+            }
+            await hub.publish(cid, envelopes.event_frame(event, payload, conversation_id=cid))
+            return envelopes.ok(None)
+        if event in (Event.PRESENCE_ONLINE, Event.PRESENCE_OFFLINE):
+            status = data.get("status")
+            for cid in list(conn.joined):
+                await hub.publish_presence(
+                    conn, cid, online=event is Event.PRESENCE_ONLINE, status=status
+                )
+            return envelopes.ok({"conversations": len(conn.joined)})
+        raise ParleyError(ErrorCode.UNKNOWN_EVENT, f"unsupported command {event.value}")
+
+    async def join(self, conn: Conn, cid: str, since: int | None) -> dict[str, Any]:
+        """conversation:join — authorize, subscribe, replay seq > since, then live events."""
+        hub = self.hub
+        if cid not in conn.joined and len(conn.joined) >= self.settings.max_conversations:
+            raise ParleyError(
+                ErrorCode.RATE_LIMITED,
+                f"at most {self.settings.max_conversations} conversations per connection",
+                {"limit": self.settings.max_conversations},
+            )
+        was_member = cid in conn.joined
+        if was_member:
+            await hub.leave(conn, cid, announce=False)
+        conv = await hub.acquire(cid)  # subscribe before asking where the conversation stands
+        joined = False
+        try:
+            body = hub.command_body(conn.principal, {"conversationId": cid})
+            envelope = await hub.request(subjects.command(Event.CONVERSATION_JOIN), body)
+            if not envelope["success"]:
+                return envelope
+            info = envelope.get("data") or {}
+            last_seq = info.get("lastSeq")
+            if not isinstance(last_seq, int):
+                last_seq = 0
+            conn.send(
+                envelopes.event_frame(
+                    Event.CONVERSATION_JOINED,
+                    {
+                        "conversation": info.get("conversation"),
+                        "lastSeq": last_seq,
+                        "sinceSeq": since,
+                    },
+                    conversation_id=cid,
+                )
+            )
+            await hub.join(conn, cid, since, last_seq)
+            joined = True
+            if not was_member and not any(
+                m is not conn and m.principal.id == conn.principal.id for m in conv.members
+            ):
+                await hub.publish_presence(conn, cid, online=True)
+            return envelopes.ok(
+                {
+                    "conversation": info.get("conversation"),
+                    "lastSeq": last_seq,
+                    "sinceSeq": since,
+                    "deliveredSeq": conn.joined.get(cid, last_seq),
+                }
+            )
+        finally:
+            if not joined:
+                await hub.release(conv)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.hub.start()
+        self.server = await serve(
+            self.handler,
+            self.settings.host,
+            self.settings.port,
+            process_request=self.process_request,
+            compression=None,
+            max_size=self.settings.max_frame_bytes,
+            ping_interval=None,  # one heartbeat loop for all connections (hub): 4408 on timeout
+            ping_timeout=None,
+            close_timeout=5,
+            max_queue=16,
+            server_header="parley-gateway",
+        )
+        logger.info(
+            "gateway %s listening on %s:%d",
+            self.hub.instance_id,
+            self.settings.host,
+            self.settings.port,
+        )
+        await stop.wait()
+        await self.drain()
+
+    async def drain(self) -> None:
+        """SIGTERM: readiness off, stop accepting, close clients with 1001 over drain_seconds."""
+        logger.info("draining: closing clients over %.1fs", self.settings.drain_seconds)
+        self.hub.draining = True
+        server = self.server
+        if server is not None:
+            server.server.close()  # stop accepting new TCP connections
+        await self.hub.drain_connections(self.settings.drain_seconds)
+        if server is not None:
+            server.close(close_connections=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), timeout=10)
+        await self.hub.stop()
+        logger.info("gateway %s stopped", self.hub.instance_id)
+
+
+async def serve_forever(settings: Settings) -> None:
+    settings.check()
+    gateway = Gateway(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.run(stop)

@@ -1,0 +1,118 @@
+"""Configuration of one gateway instance, from environment variables only."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from parley_contract.auth import DEV_JWT_SECRET, JwtConfig, check_secret_for_environment
+from parley_contract.commands import MAX_CONTENT_CHARS
+from parley_contract.ids import new_id
+
+
+def _default_instance_id() -> str:
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40]
+    return f"gw-{host}-{new_id('i')[-8:]}"
+
+
+def _default_web_dist() -> str | None:
+    # <repo>/services/gateway/src/parley_gateway/settings.py → <repo>/web/dist
+    candidate = Path(__file__).resolve().parents[4] / "web" / "dist"
+    return str(candidate) if candidate.is_dir() else None
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    nats_url: str = Field(default="nats://127.0.0.1:4222", validation_alias=_env("NATS_URL"))
+    environment: str = Field(default="development", validation_alias=_env("PARLEY_ENVIRONMENT"))
+    log_level: str = Field(default="INFO", validation_alias=_env("PARLEY_LOG_LEVEL"))
+    instance_id: str = Field(
+        default_factory=_default_instance_id, validation_alias=_env("PARLEY_INSTANCE_ID")
+    )
+    jwt_algorithm: Literal["HS256", "RS256"] = Field(
+        default="HS256", validation_alias=_env("PARLEY_JWT_ALGORITHM")
+    )
+    jwt_secret: str | None = Field(
+        default=DEV_JWT_SECRET, validation_alias=_env("PARLEY_JWT_SECRET")
+    )
+    jwt_public_key: str | None = Field(default=None, validation_alias=_env("PARLEY_JWT_PUBLIC_KEY"))
+
+    host: str = Field(default="127.0.0.1", validation_alias=_env("PARLEY_GATEWAY_HOST"))
+    port: int = Field(default=8001, validation_alias=_env("PARLEY_GATEWAY_PORT"))
+    # Largest accepted WebSocket frame (bytes); a bigger one closes the connection with 1009.
+    max_frame_bytes: int = Field(
+        default=64 * 1024, ge=1024, validation_alias=_env("PARLEY_GATEWAY_MAX_FRAME_BYTES")
+    )
+    # Longest message content (characters); longer gets PAYLOAD_TOO_LARGE.
+    max_content_chars: int = Field(
+        default=MAX_CONTENT_CHARS, ge=1, validation_alias=_env("PARLEY_GATEWAY_MAX_CONTENT_CHARS")
+    )
+    # Sustained commands per second per connection (token bucket, burst = 2x).
+    commands_per_second: float = Field(
+        default=20.0, gt=0, validation_alias=_env("PARLEY_GATEWAY_COMMANDS_PER_SECOND")
+    )
+    max_conversations: int = Field(
+        default=100, ge=1, validation_alias=_env("PARLEY_GATEWAY_MAX_CONVERSATIONS")
+    )
+    # Bytes waiting in a connection's socket write buffer; beyond it the client is closed 1013.
+    send_queue_limit: int = Field(
+        default=1024 * 1024, ge=4096, validation_alias=_env("PARLEY_GATEWAY_SEND_QUEUE_LIMIT")
+    )
+    heartbeat_seconds: float = Field(
+        default=20.0, gt=0, validation_alias=_env("PARLEY_GATEWAY_HEARTBEAT_SECONDS")
+    )
+    session_ttl_seconds: float = Field(
+        default=120.0, ge=5, validation_alias=_env("PARLEY_GATEWAY_SESSION_TTL_SECONDS")
+    )
+    presence_ttl_seconds: float = Field(
+        default=30.0, ge=3, validation_alias=_env("PARLEY_GATEWAY_PRESENCE_TTL_SECONDS")
+    )
+    # SIGTERM: clients are closed with 1001 spread over this many seconds.
+    drain_seconds: float = Field(
+        default=5.0, ge=0, validation_alias=_env("PARLEY_GATEWAY_DRAIN_SECONDS")
+    )
+    # NATS request timeout for commands and queries.
+    request_timeout_seconds: float = Field(
+        default=5.0, gt=0, validation_alias=_env("PARLEY_GATEWAY_REQUEST_TIMEOUT_SECONDS")
+    )
+    # How long an out-of-order durable event waits for the missing seq before a store fetch.
+    gap_wait_seconds: float = Field(
+        default=0.2, ge=0, validation_alias=_env("PARLEY_GATEWAY_GAP_WAIT_SECONDS")
+    )
+    # How often delivered seqs of sessions are written to the session KV (crash resume).
+    session_flush_seconds: float = Field(
+        default=0.25, gt=0, validation_alias=_env("PARLEY_GATEWAY_SESSION_FLUSH_SECONDS")
+    )
+    web_dist: str | None = Field(
+        default_factory=_default_web_dist, validation_alias=_env("PARLEY_GATEWAY_WEB_DIST")
+    )
+
+    def jwt_config(self) -> JwtConfig:
+        return JwtConfig(
+            algorithm=self.jwt_algorithm,
+            secret=self.jwt_secret,
+            public_key=self.jwt_public_key,
+        )
+
+    def check(self) -> None:
+        """Refuse the development secret outside development."""
+        check_secret_for_environment(self.environment, self.jwt_config())
+
+    def limits(self) -> dict[str, object]:
+        """The limits announced in connected.limits."""
+        return {
+            "maxFrameBytes": self.max_frame_bytes,
+            "maxContentChars": self.max_content_chars,
+            "commandsPerSecond": self.commands_per_second,
+            "maxConversations": self.max_conversations,
+            "sendQueueBytes": self.send_queue_limit,
+        }
