@@ -1,0 +1,315 @@
+/** One message, rendered by its messageType (design doc 5.1, flow of 5.2). */
+import { useId, useMemo, useState, type ReactNode } from 'react';
+import { renderMarkdown } from '../markdown';
+import type { Message, ToolCall, ToolResult } from '../protocol';
+import type { StreamView } from '../store';
+
+export function formatMs(ms: number | null | undefined): string {
+  if (ms == null || Number.isNaN(ms)) return '';
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  return `${(ms / 1000).toFixed(1)} s`;
+}
+
+export function formatCost(usd: number | null | undefined): string {
+  if (usd == null) return '';
+  if (usd === 0) return '$0';
+  if (usd < 0.01) return `$${usd.toFixed(4)}`;
+  return `$${usd.toFixed(2)}`;
+}
+
+function formatTime(iso: string | null | undefined): string {
+  if (!iso) return '';
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return '';
+  return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+function prettyJson(raw: unknown): string {
+  if (typeof raw === 'string') {
+    try {
+      return JSON.stringify(JSON.parse(raw), null, 2);
+    } catch {
+      return raw;
+    }
+  }
+  try {
+    return JSON.stringify(raw, null, 2) ?? 'null';
+  } catch {
+    return String(raw);
+  }
+}
+
+export function Markdown({ text }: { text: string }) {
+  const html = useMemo(() => renderMarkdown(text), [text]);
+  return <div className="md" dangerouslySetInnerHTML={{ __html: html }} />;
+}
+
+/** A button that shows/hides a region; keyboard and screen-reader friendly. */
+export function Collapsible({
+  label,
+  defaultOpen = false,
+  className,
+  children,
+  testId,
+}: {
+  label: ReactNode;
+  defaultOpen?: boolean;
+  className?: string;
+  children: ReactNode;
+  testId?: string;
+}) {
+  const [open, setOpen] = useState(defaultOpen);
+  const id = useId();
+  return (
+    <div className={`collapsible ${className ?? ''}`}>
+      <button
+        type="button"
+        className="collapse-toggle"
+        aria-expanded={open}
+        aria-controls={id}
+        data-testid={testId}
+        onClick={() => setOpen((o) => !o)}
+      >
+        <span className="chevron" aria-hidden="true">
+          {open ? '▾' : '▸'}
+        </span>
+        {label}
+      </button>
+      <div id={id} className="collapse-body" hidden={!open}>
+        {children}
+      </div>
+    </div>
+  );
+}
+
+function Meta({ m }: { m: Message }) {
+  const parts: string[] = [];
+  if (m.usage)
+    parts.push(
+      `${m.usage.totalTokens} tokens (${m.usage.promptTokens} in / ${m.usage.completionTokens} out)`,
+    );
+  if (m.latency != null) parts.push(formatMs(m.latency));
+  if (m.cost != null) parts.push(formatCost(m.cost));
+  if (m.finishReason && m.finishReason !== 'stop' && m.finishReason !== 'tool_calls')
+    parts.push(m.finishReason === 'aborted' ? 'stopped' : m.finishReason);
+  if (!parts.length) return null;
+  return (
+    <div className="meta" data-testid="message-meta">
+      {parts.join(' · ')}
+    </div>
+  );
+}
+
+function ToolCallRow({
+  call,
+  result,
+  abandoned,
+}: {
+  call: ToolCall;
+  result: ToolResult | undefined;
+  abandoned: boolean;
+}) {
+  const state = result ? (result.success ? 'success' : 'error') : abandoned ? 'none' : 'running';
+  return (
+    <li className={`tool-call tool-${state}`} data-testid="tool-call" data-tool-state={state}>
+      <div className="tool-head">
+        <span className="tool-icon" aria-hidden="true">
+          🔧
+        </span>
+        <span className="tool-name">{call.function.name}</span>
+        {state === 'running' && (
+          <span className="spinner-wrap" role="status" aria-live="polite">
+            <span className="spinner" aria-hidden="true" data-testid="tool-spinner" />
+            <span className="sr-only-text">running…</span>
+          </span>
+        )}
+        {state === 'success' && (
+          <span className="badge ok" role="status">
+            ✓ done{result?.executionTime != null ? ` in ${formatMs(result.executionTime)}` : ''}
+          </span>
+        )}
+        {state === 'error' && (
+          <span className="badge err" role="status">
+            ✗ failed{result?.error ? `: ${result.error}` : ''}
+          </span>
+        )}
+        {state === 'none' && <span className="badge muted">no result</span>}
+      </div>
+      <pre className="tool-args" aria-label={`arguments of ${call.function.name}`}>
+        {prettyJson(call.function.arguments)}
+      </pre>
+    </li>
+  );
+}
+
+export interface MessageItemProps {
+  message: Message;
+  self: string | null;
+  results: Map<string, ToolResult>;
+  /** True when a later agent answer exists (a tool call without result will never get one). */
+  superseded: boolean;
+}
+
+export function MessageItem({ message: m, self, results, superseded }: MessageItemProps) {
+  const type = m.messageType ?? 'text';
+  const mine = m.role === 'user' && m.createdBy != null && m.createdBy === self;
+  const who =
+    m.role === 'user'
+      ? mine
+        ? 'You'
+        : (m.createdBy ?? 'user')
+      : m.role === 'tool'
+        ? (m.name ?? 'tool')
+        : m.role === 'system'
+          ? 'Parley'
+          : (m.agentId ?? m.createdBy ?? 'agent');
+  const common = {
+    'data-testid': 'message',
+    'data-message-type': type,
+    'data-role': m.role,
+    'data-message-id': m._id,
+    'data-seq': m.seq ?? undefined,
+  };
+  const header = (
+    <div className="msg-head">
+      <span className="who">
+        {m.role === 'assistant' && (
+          <span aria-hidden="true" className="avatar">
+            🤖
+          </span>
+        )}
+        {who}
+      </span>
+      <time dateTime={m.createdAt ?? undefined}>{formatTime(m.createdAt)}</time>
+      {m.messageStatus === 'sending' && <span className="badge muted">sending…</span>}
+      {m.messageStatus === 'failed' && <span className="badge err">not sent</span>}
+      {m.editedAt && <span className="badge muted">edited</span>}
+    </div>
+  );
+
+  switch (type) {
+    case 'thinking': {
+      const t = m.thinking;
+      const label = (
+        <span>
+          Thinking{t?.duration ? ` · ${formatMs(t.duration)}` : ''}
+          {t && t.visible === false ? ' (hidden)' : ''}
+        </span>
+      );
+      return (
+        <article {...common} className="msg msg-thinking" aria-label="agent thinking">
+          {header}
+          {t && t.visible !== false ? (
+            <Collapsible label={label} testId="thinking-toggle">
+              <div className="thinking-text">{t.content || m.content}</div>
+            </Collapsible>
+          ) : (
+            <div className="thinking-hidden">{label}</div>
+          )}
+        </article>
+      );
+    }
+    case 'tool_call':
+      return (
+        <article {...common} className="msg msg-tool-call" aria-label="tool call">
+          {header}
+          {m.content && <div className="tool-intro">{m.content}</div>}
+          <ul className="tool-calls">
+            {(m.toolCalls ?? []).map((c) => (
+              <ToolCallRow key={c.id} call={c} result={results.get(c.id)} abandoned={superseded} />
+            ))}
+          </ul>
+          <Meta m={m} />
+        </article>
+      );
+    case 'tool_result': {
+      const rs = m.toolResults ?? [];
+      const ok = rs.length > 0 && rs.every((r) => r.success);
+      const name = m.name ?? rs[0]?.toolName ?? 'tool';
+      const time = rs.reduce((a, r) => a + (r.executionTime ?? 0), 0);
+      return (
+        <article
+          {...common}
+          className={`msg msg-tool-result ${ok ? 'ok' : 'failed'}`}
+          aria-label="tool result"
+        >
+          <Collapsible
+            testId="tool-result-toggle"
+            label={
+              <span>
+                <span aria-hidden="true">{ok ? '✅' : '❌'}</span> Tool result: {name}
+                {time ? ` · ${formatMs(time)}` : ''}
+                {m.content ? <span className="summary"> — {m.content}</span> : null}
+              </span>
+            }
+          >
+            {rs.map((r) => (
+              <div key={r.toolCallId} className="tool-result-body" data-testid="tool-result-body">
+                {!r.success && r.error && <div className="error-text">{r.error}</div>}
+                <pre>{prettyJson(r.result)}</pre>
+              </div>
+            ))}
+          </Collapsible>
+        </article>
+      );
+    }
+    case 'error':
+      return (
+        <article {...common} className="msg msg-error" role="alert" aria-label="error">
+          {header}
+          <div>
+            <span aria-hidden="true">⚠️ </span>
+            {m.error || m.content || 'error'}
+          </div>
+          {m.error && m.content && m.content !== m.error && (
+            <div className="muted">{m.content}</div>
+          )}
+        </article>
+      );
+    case 'system':
+      return (
+        <article {...common} className="msg msg-system" aria-label="system message">
+          {m.content}
+        </article>
+      );
+    default:
+      return (
+        <article
+          {...common}
+          className={`msg msg-text ${mine ? 'mine' : ''} role-${m.role}`}
+          aria-label={`message from ${who}`}
+        >
+          {header}
+          <Markdown text={m.content} />
+          <Meta m={m} />
+        </article>
+      );
+  }
+}
+
+export function StreamBubble({ stream }: { stream: StreamView }) {
+  return (
+    <article
+      className="msg msg-text role-assistant streaming"
+      data-testid="stream-bubble"
+      data-stream-id={stream.streamId}
+      data-ended={stream.ended ? 'true' : 'false'}
+      aria-label="agent answer, streaming"
+      aria-busy={!stream.ended}
+    >
+      <div className="msg-head">
+        <span className="who">
+          <span aria-hidden="true" className="avatar">
+            🤖
+          </span>
+          {stream.agentId ?? 'agent'}
+        </span>
+        <span className="badge muted">{stream.ended ? 'finishing…' : 'streaming…'}</span>
+      </div>
+      <div className="md stream-text" data-testid="stream-text">
+        {stream.text}
+        {!stream.ended && <span className="caret" aria-hidden="true" />}
+      </div>
+    </article>
+  );
+}
