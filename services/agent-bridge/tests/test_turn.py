@@ -56,6 +56,7 @@ class FakeTools:
         self.outcomes = outcomes
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.gate = gate
+        self.called = asyncio.Event()
 
     def specs(self) -> list[ToolSpec]:
         return [
@@ -65,6 +66,7 @@ class FakeTools:
 
     async def call(self, name: str, arguments: dict[str, Any]) -> ToolOutcome:
         self.calls.append((name, arguments))
+        self.called.set()
         if self.gate is not None:
             await self.gate.wait()
         return self.outcomes[name]
@@ -272,8 +274,7 @@ async def test_stop_during_tool_call_records_aborted_results() -> None:
     tools = FakeTools({"sleep": ToolOutcome(1, True, None, 1.0)}, gate=asyncio.Event())
     turn = make_turn(backend, tools, io)
     task = asyncio.create_task(turn.run())
-    while not tools.calls:
-        await asyncio.sleep(0.01)
+    await tools.called.wait()
     turn.stop()
     result = await task
     assert result.outcome == "aborted"
@@ -290,7 +291,9 @@ async def test_retry_after_replica_death_closes_interrupted_calls_and_finishes()
         "messageType": "tool_call",
         "content": "x",
         "parentMessageId": "msg-user",
-        "toolCalls": [{"id": "c1", "type": "mcp_tool", "function": {"name": "web_search", "arguments": "{}"}}],
+        "toolCalls": [
+            {"id": "c1", "type": "mcp_tool", "function": {"name": "web_search", "arguments": "{}"}}
+        ],
     }
     backend = Scripted([TextDelta("Recovered."), Finish("stop")])
     turn = Turn(
@@ -331,7 +334,9 @@ async def test_write_retry_is_deduplicated_by_client_message_id() -> None:
 
 async def test_demo_backend_walks_search_flow() -> None:
     io = MemoryIO()
-    tools = FakeTools({"web_search": ToolOutcome({"articles": [{"title": "T", "summary": "S"}]}, True, None, 1.0)})
+    tools = FakeTools(
+        {"web_search": ToolOutcome({"articles": [{"title": "T", "summary": "S"}]}, True, None, 1.0)}
+    )
     turn = Turn(
         agent=AGENT,
         backend=ScriptedDemoBackend(delay=0),
@@ -346,12 +351,31 @@ async def test_demo_backend_walks_search_flow() -> None:
 
 
 def test_chat_history_merges_tool_calls_and_skips_thinking() -> None:
-    stored = [
+    stored: list[dict[str, Any]] = [
         USER,
-        {"role": "assistant", "messageType": "thinking", "content": "", "thinking": {"content": "x"}},
-        {"role": "assistant", "messageType": "tool_call", "content": "a", "toolCalls": [{"id": "1", "function": {"name": "f", "arguments": "{}"}}]},
-        {"role": "assistant", "messageType": "tool_call", "content": "b", "toolCalls": [{"id": "2", "function": {"name": "g", "arguments": "{}"}}]},
-        {"role": "tool", "messageType": "tool_result", "toolResults": [{"toolCallId": "1", "success": True, "result": 1}]},
+        {
+            "role": "assistant",
+            "messageType": "thinking",
+            "content": "",
+            "thinking": {"content": "x"},
+        },
+        {
+            "role": "assistant",
+            "messageType": "tool_call",
+            "content": "a",
+            "toolCalls": [{"id": "1", "function": {"name": "f", "arguments": "{}"}}],
+        },
+        {
+            "role": "assistant",
+            "messageType": "tool_call",
+            "content": "b",
+            "toolCalls": [{"id": "2", "function": {"name": "g", "arguments": "{}"}}],
+        },
+        {
+            "role": "tool",
+            "messageType": "tool_result",
+            "toolResults": [{"toolCallId": "1", "success": True, "result": 1}],
+        },
         {"role": "assistant", "messageType": "text", "content": "done"},
     ]
     out = chat_history("sys", stored)

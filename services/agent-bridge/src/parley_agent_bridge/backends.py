@@ -1,4 +1,4 @@
-"""Model backends behind one small protocol: ``stream(messages, tools) -> AsyncIterator[ModelEvent]``.
+"""Model backends behind one protocol: ``stream(messages, tools) -> AsyncIterator[ModelEvent]``.
 
 ``OpenAIChatBackend`` speaks the OpenAI chat-completions streaming API (OpenAI, vLLM,
 Ollama, LiteLLM...): SSE ``data:`` lines, ``delta.content``, ``delta.reasoning_content``
@@ -105,9 +105,7 @@ class OpenAIChatBackend:
         self.api_key = api_key
         self.temperature = temperature
         self.max_tokens = max_tokens
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=10.0)
-        )
+        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=10.0))
         self._own_client = client is None
 
     async def aclose(self) -> None:
@@ -152,7 +150,7 @@ class OpenAIChatBackend:
                     if payload == "[DONE]":
                         break
                     chunk = _json_object(payload)
-                    if "error" in chunk and chunk["error"]:
+                    if chunk.get("error"):
                         raise BackendError(f"model backend error: {_error_text(chunk['error'])}")
                     if isinstance(chunk.get("usage"), dict):
                         usage = _usage(chunk["usage"])

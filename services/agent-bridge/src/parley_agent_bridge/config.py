@@ -32,24 +32,30 @@ class Settings(BaseSettings):
     environment: str = Field(default="development", alias="PARLEY_ENVIRONMENT")
     instance_id: str = Field(default="", alias="PARLEY_INSTANCE_ID")
     log_level: str = Field(default="INFO", alias="PARLEY_LOG_LEVEL")
-    http_host: str = Field(default="0.0.0.0", alias="PARLEY_AGENT_BRIDGE_HTTP_HOST")  # noqa: S104
+    http_host: str = Field(default="0.0.0.0", alias="PARLEY_AGENT_BRIDGE_HTTP_HOST")
     http_port: int = Field(default=8200, alias="PARLEY_AGENT_BRIDGE_HTTP_PORT")
     agents_file: str | None = Field(default=None, alias="PARLEY_AGENT_BRIDGE_AGENTS_FILE")
     # JSON list of agents, merged over the file (same shape as the file's "agents").
     agents_json: str | None = Field(default=None, alias="PARLEY_AGENT_BRIDGE_AGENTS_JSON")
     demo_agent: bool = Field(default=True, alias="PARLEY_AGENT_BRIDGE_DEMO_AGENT")
+    # Pause between the demo agent's streamed words (0 in tests).
+    demo_delay_seconds: float = Field(default=0.02, ge=0, alias="PARLEY_AGENT_BRIDGE_DEMO_DELAY")
     # Turns run at once by this replica (JetStream pull batch limit).
     max_concurrent_turns: int = Field(default=16, ge=1, alias="PARLEY_AGENT_BRIDGE_MAX_TURNS")
     # JetStream ack wait; in_progress() heartbeats are sent every ack_wait/3 while a turn runs.
     ack_wait_seconds: float = Field(default=30.0, gt=1, alias="PARLEY_AGENT_BRIDGE_ACK_WAIT")
     max_deliver: int = Field(default=3, ge=1, alias="PARLEY_AGENT_BRIDGE_MAX_DELIVER")
-    turn_timeout_seconds: float = Field(default=300.0, gt=0, alias="PARLEY_AGENT_BRIDGE_TURN_TIMEOUT")
+    turn_timeout_seconds: float = Field(
+        default=300.0, gt=0, alias="PARLEY_AGENT_BRIDGE_TURN_TIMEOUT"
+    )
     max_steps: int = Field(default=8, ge=1, alias="PARLEY_AGENT_BRIDGE_MAX_STEPS")
     history_limit: int = Field(default=50, ge=1, le=500, alias="PARLEY_AGENT_BRIDGE_HISTORY_LIMIT")
     request_timeout_seconds: float = Field(
         default=10.0, gt=0, alias="PARLEY_AGENT_BRIDGE_REQUEST_TIMEOUT"
     )
-    presence_ttl_seconds: float = Field(default=30.0, gt=2, alias="PARLEY_AGENT_BRIDGE_PRESENCE_TTL")
+    presence_ttl_seconds: float = Field(
+        default=30.0, gt=2, alias="PARLEY_AGENT_BRIDGE_PRESENCE_TTL"
+    )
     # Announce agent:online/offline to at most this many conversations per agent.
     presence_conversations: int = Field(
         default=100, ge=0, le=1000, alias="PARLEY_AGENT_BRIDGE_PRESENCE_CONVERSATIONS"

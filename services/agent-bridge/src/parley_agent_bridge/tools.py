@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx2  # the HTTP client of the mcp SDK's streamable HTTP transport
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from parley_agent_bridge.backends import ToolSpec
@@ -78,11 +80,9 @@ class McpConnection:
             return StdioServerParameters(command=cfg.command, args=cfg.args, env=cfg.env)
         assert cfg.url is not None
         if cfg.headers:
-            import httpx2  # the HTTP client the mcp SDK's streamable HTTP transport uses
-
-            from mcp.client.streamable_http import streamable_http_client
-
-            return streamable_http_client(cfg.url, http_client=httpx2.AsyncClient(headers=cfg.headers))
+            return streamable_http_client(
+                cfg.url, http_client=httpx2.AsyncClient(headers=cfg.headers)
+            )
         return cfg.url
 
     def start(self) -> None:
@@ -132,9 +132,9 @@ class McpConnection:
                 await asyncio.wait_for(self._closing.wait(), backoff)
             backoff = min(backoff * 2, 30.0)
 
-    async def wait_ready(self, timeout: float) -> bool:
+    async def wait_ready(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.ready.wait(), timeout)
+            await asyncio.wait_for(self.ready.wait(), seconds)
         return self.ready.is_set()
 
     async def call(self, name: str, arguments: dict[str, Any]) -> ToolOutcome:
@@ -185,8 +185,8 @@ class McpToolbox:
         for conn in self.connections:
             conn.start()
 
-    async def wait_ready(self, timeout: float) -> bool:
-        results = await asyncio.gather(*(c.wait_ready(timeout) for c in self.connections))
+    async def wait_ready(self, seconds: float) -> bool:
+        results = await asyncio.gather(*(c.wait_ready(seconds) for c in self.connections))
         return all(results)
 
     def _owner(self, name: str) -> McpConnection | None:

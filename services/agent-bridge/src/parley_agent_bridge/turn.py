@@ -24,10 +24,6 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from parley_contract.events import Event
-from parley_contract.ids import new_id
-from parley_contract.models import MessageType, Role
-
 from parley_agent_bridge.backends import (
     BackendError,
     ChatMessage,
@@ -42,6 +38,9 @@ from parley_agent_bridge.backends import (
 )
 from parley_agent_bridge.config import AgentConfig
 from parley_agent_bridge.tools import ToolOutcome, ToolRunner, parse_arguments
+from parley_contract.events import Event
+from parley_contract.ids import new_id
+from parley_contract.models import MessageType, Role
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +123,11 @@ def chat_history(system_prompt: str, stored: list[dict[str, Any]]) -> list[ChatM
     def close_pending() -> None:
         for call_id in pending:
             out.append(
-                {"role": "tool", "tool_call_id": call_id, "content": _tool_content(False, None, INTERRUPTED)}
+                {
+                    "role": "tool",
+                    "tool_call_id": call_id,
+                    "content": _tool_content(False, None, INTERRUPTED),
+                }
             )
         pending.clear()
 
@@ -319,7 +322,11 @@ class Turn:
                     "role": "assistant",
                     "content": step.content or None,
                     "tool_calls": [
-                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                        {
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments},
+                        }
                         for c in step.calls
                     ],
                 }
@@ -564,7 +571,10 @@ class Turn:
 
     async def _finish_error(self, step: _Step, error: str) -> TurnResult:
         logger.warning(
-            "turn for %s in %s failed: %s", self.request.message_id, self.request.conversation_id, error
+            "turn for %s in %s failed: %s",
+            self.request.message_id,
+            self.request.conversation_id,
+            error,
         )
         data: dict[str, Any] = {
             **self._base(step.index, "error"),

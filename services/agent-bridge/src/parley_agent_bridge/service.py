@@ -1,0 +1,602 @@
+"""The agent bridge on NATS: turns from JetStream, writes through the conversation service.
+
+- Work: one durable pull consumer (``subjects.QUEUE_AGENT_BRIDGE``) on the work-queue stream
+  ``subjects.STREAM_AGENT_TURNS`` shared by every replica: each turn goes to one replica,
+  which sends ``in_progress()`` while it runs and acks when the answer is stored.
+- Redelivery (the replica died or could not write): the new attempt reads the turn's
+  messages so far (``parentMessageId`` = the user message). A final ``text``/``error``
+  means done (ack, nothing written). Otherwise it resumes: tool calls without a result get
+  a failed ``tool_result`` ("interrupted"), and the model continues from there. Writes of
+  one attempt carry deterministic ``clientMessageId``s, so a retried write is deduplicated.
+  After ``max_deliver`` attempts a visible ``error`` message ends the turn.
+- ``message:stop``: ``subjects.AGENT_STOP`` (every replica, no queue group).
+- ``tool:call``: request/reply on ``subjects.command(Event.TOOL_CALL)``, queue group
+  ``subjects.QUEUE_AGENT_BRIDGE``.
+- Presence: KV ``subjects.KV_AGENTS`` key ``<agentId>.<instanceId>`` refreshed every TTL/3;
+  ``agent:online``/``agent:offline`` to the agent's conversations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from parley_agent_bridge.backends import ModelBackend, OpenAIChatBackend
+from parley_agent_bridge.config import DEMO_AGENT_ID, AgentConfig, Settings
+from parley_agent_bridge.demo import ScriptedDemoBackend
+from parley_agent_bridge.metrics import Metrics
+from parley_agent_bridge.tools import McpToolbox
+from parley_agent_bridge.turn import Turn, TurnRequest, WriteError
+from parley_contract import envelopes, jsonutil, subjects
+from parley_contract.commands import ToolCallCommand, parse_payload
+from parley_contract.errors import ErrorCode, ParleyError
+from parley_contract.events import Event, PrincipalKind
+from parley_contract.internal import AgentStop, AgentTurn, CommandRequest, Principal
+from parley_contract.timeutil import now_iso
+
+logger = logging.getLogger(__name__)
+
+CONSUMER = subjects.QUEUE_AGENT_BRIDGE  # the durable consumer shared by every replica
+
+
+def agent_principal(agent: AgentConfig) -> Principal:
+    return Principal(id=agent.id, kind=PrincipalKind.AGENT, name=agent.name)
+
+
+class NatsTurnIO:
+    """TurnIO over NATS: message:send requests as the agent, events on the conversation."""
+
+    def __init__(
+        self, nc: NatsClient, agent: AgentConfig, conversation_id: str, timeout: float
+    ) -> None:
+        self.nc = nc
+        self.principal = agent_principal(agent)
+        self.conversation_id = conversation_id
+        self.subject = subjects.conversation_events(conversation_id)
+        self.timeout = timeout
+
+    async def send_message(self, data: dict[str, Any]) -> dict[str, Any]:
+        req = CommandRequest(principal=self.principal, data=data)
+        try:
+            reply = await self.nc.request(
+                subjects.command(Event.MESSAGE_SEND),
+                jsonutil.dumps(req.model_dump(mode="json", by_alias=True, exclude_none=True)),
+                timeout=self.timeout,
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise WriteError(f"conversation service did not answer: {type(exc).__name__}") from exc
+        body = jsonutil.loads(reply.data)
+        if not isinstance(body, dict) or not body.get("success"):
+            error = body.get("error") if isinstance(body, dict) else None
+            raise WriteError(f"conversation service refused the message: {error}")
+        stored = body.get("data")
+        return stored if isinstance(stored, dict) else {}
+
+    async def publish(self, event: Event, data: dict[str, Any]) -> None:
+        frame = envelopes.event_frame(event, data, conversation_id=self.conversation_id)
+        await self.nc.publish(self.subject, jsonutil.dumps(frame))
+
+
+async def query(
+    nc: NatsClient, subject: str, principal: Principal, data: dict[str, Any], seconds: float
+) -> Any:
+    """A query to the conversation service; its ``data`` or ParleyError."""
+    req = CommandRequest(principal=principal, data=data)
+    try:
+        reply = await nc.request(
+            subject,
+            jsonutil.dumps(req.model_dump(mode="json", by_alias=True, exclude_none=True)),
+            timeout=seconds,
+        )
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        raise ParleyError(
+            ErrorCode.SERVICE_UNAVAILABLE, f"query {subject} failed: {exc!r}"
+        ) from exc
+    body = jsonutil.loads(reply.data)
+    if not isinstance(body, dict) or not body.get("success"):
+        err = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(err, dict):
+            err = {}
+        code = ErrorCode.INTERNAL_ERROR
+        with contextlib.suppress(ValueError):
+            code = ErrorCode(str(err.get("code")))
+        raise ParleyError(code, str(err.get("message") or "query failed"))
+    return body.get("data")
+
+
+def make_backend(agent: AgentConfig, demo_delay: float) -> ModelBackend:
+    if agent.backend == "demo":
+        return ScriptedDemoBackend(delay=demo_delay)
+    return OpenAIChatBackend(
+        base_url=agent.base_url,
+        model=agent.model,
+        api_key=agent.api_key(),
+        temperature=agent.temperature,
+        max_tokens=agent.max_tokens,
+        timeout=agent.request_timeout_seconds,
+    )
+
+
+class Bridge:
+    def __init__(
+        self,
+        settings: Settings,
+        agents: dict[str, AgentConfig],
+        metrics: Metrics,
+        *,
+        demo_delay: float = 0.02,
+    ) -> None:
+        self.settings = settings
+        self.agents = agents
+        self.metrics = metrics
+        self.instance_id = settings.instance_id or f"agent-bridge-{id(self):x}"
+        self.backends = {a.id: make_backend(a, demo_delay) for a in agents.values()}
+        self.toolboxes = {a.id: McpToolbox(a.mcp_servers) for a in agents.values()}
+        self.nc: NatsClient | None = None
+        self.kv: KeyValue | None = None
+        self.ready = False
+        self._closing = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._turn_tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, set[Turn]] = defaultdict(set)
+        self._conv_locks: dict[str, asyncio.Lock] = {}
+        self._conv_users: dict[str, int] = defaultdict(int)
+        self._slots = asyncio.Semaphore(settings.max_concurrent_turns)
+        self._announced: dict[str, set[str]] = defaultdict(set)  # agentId → conversations
+        self._subs: list[Any] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        s = self.settings
+        for box in self.toolboxes.values():
+            box.start()
+        self.nc = await nats.connect(
+            s.nats_url,
+            name=f"parley-agent-bridge-{self.instance_id}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            connect_timeout=5,
+        )
+        js = self.nc.jetstream()
+        await self._ensure_stream(js)
+        self.kv = await self._bucket(js)
+        sub = await js.pull_subscribe_bind(CONSUMER, subjects.STREAM_AGENT_TURNS)
+        self._subs.append(await self.nc.subscribe(subjects.AGENT_STOP, cb=self._on_stop))
+        self._subs.append(
+            await self.nc.subscribe(
+                subjects.command(Event.TOOL_CALL),
+                queue=subjects.QUEUE_AGENT_BRIDGE,
+                cb=self._on_tool_call,
+            )
+        )
+        # Give MCP servers a moment so the first turns see their tools (they keep trying).
+        await asyncio.gather(*(b.wait_ready(10.0) for b in self.toolboxes.values()))
+        await self._heartbeat()
+        self._tasks = [
+            asyncio.create_task(self._fetch_loop(sub), name="turns"),
+            asyncio.create_task(self._presence_loop(), name="presence"),
+            asyncio.create_task(self._announce_all(online=True), name="announce"),
+        ]
+        self.ready = True
+        logger.info(
+            "agent bridge %s ready: agents %s", self.instance_id, ", ".join(sorted(self.agents))
+        )
+
+    async def stop(self, grace: float = 20.0) -> None:
+        self.ready = False
+        self._closing.set()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        if self._turn_tasks:
+            # Running turns get a grace period; the rest are nak'ed and resumed elsewhere.
+            _, pending = await asyncio.wait(set(self._turn_tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        await self._withdraw_presence()
+        for box in self.toolboxes.values():
+            await box.close()
+        for backend in self.backends.values():
+            if isinstance(backend, OpenAIChatBackend):
+                await backend.aclose()
+        if self.nc is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self.nc.drain()
+
+    async def _ensure_stream(self, js: Any) -> None:
+        """The turns stream and the shared consumer, created idempotently by either side."""
+        try:
+            await js.stream_info(subjects.STREAM_AGENT_TURNS)
+        except nats.js.errors.NotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):  # created concurrently
+                await js.add_stream(
+                    StreamConfig(
+                        name=subjects.STREAM_AGENT_TURNS,
+                        subjects=[subjects.AGENT_TURN],
+                        retention=RetentionPolicy.WORK_QUEUE,
+                        storage=StorageType.FILE,
+                        duplicate_window=120.0,
+                        max_age=7 * 24 * 3600.0,
+                    )
+                )
+        try:
+            await js.consumer_info(subjects.STREAM_AGENT_TURNS, CONSUMER)
+        except nats.js.errors.NotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):
+                await js.add_consumer(
+                    subjects.STREAM_AGENT_TURNS,
+                    ConsumerConfig(
+                        durable_name=CONSUMER,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        ack_wait=self.settings.ack_wait_seconds,
+                        max_deliver=self.settings.max_deliver,
+                        filter_subject=subjects.AGENT_TURN,
+                        max_ack_pending=10_000,
+                    ),
+                )
+
+    async def _bucket(self, js: Any) -> KeyValue:
+        for _ in range(5):
+            try:
+                kv: KeyValue = await js.key_value(subjects.KV_AGENTS)
+                return kv
+            except nats.js.errors.BucketNotFoundError:
+                pass
+            try:
+                kv = await js.create_key_value(
+                    KeyValueConfig(
+                        bucket=subjects.KV_AGENTS, history=1, ttl=self.settings.presence_ttl_seconds
+                    )
+                )
+                return kv
+            except nats.js.errors.BadRequestError:
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"cannot open KV bucket {subjects.KV_AGENTS}")
+
+    # ------------------------------------------------------------------ turns
+
+    async def _fetch_loop(self, sub: Any) -> None:
+        backoff = 0.5
+        while not self._closing.is_set():
+            await self._slots.acquire()
+            try:
+                msgs = await sub.fetch(1, timeout=5)
+            except nats.errors.TimeoutError:
+                self._slots.release()
+                continue
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                self._slots.release()
+                logger.warning("fetching turns failed: %r; retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            backoff = 0.5
+            for msg in msgs:
+                task = asyncio.create_task(self._handle(msg))
+                self._turn_tasks.add(task)
+                task.add_done_callback(self._turn_done)
+
+    def _turn_done(self, task: asyncio.Task[None]) -> None:
+        self._turn_tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("turn task crashed", exc_info=task.exception())
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            work = AgentTurn.model_validate_json(msg.data)
+        except ValidationError as exc:
+            logger.warning("dropping malformed agent turn: %s", exc)
+            await msg.term()
+            return
+        agent = self.agents.get(work.agent_id)
+        if agent is None:
+            # Not an agent of this bridge (an external agent answers for itself).
+            logger.info("turn for agent %s: not configured here; skipped", work.agent_id)
+            await msg.ack()
+            return
+        attempt = msg.metadata.num_delivered or 1
+        if attempt > 1:
+            self.metrics.redeliveries.inc()
+        beat = asyncio.create_task(self._keep_alive(msg))
+        cid = work.conversation_id
+        lock = self._conv_locks.setdefault(cid, asyncio.Lock())  # one turn at a time here
+        self._conv_users[cid] += 1
+        try:
+            async with lock:
+                outcome = await self._run_turn(agent, work, attempt)
+            self.metrics.turns.labels(agent.id, outcome).inc()
+            await msg.ack()
+        except (WriteError, ParleyError, nats.errors.Error) as exc:
+            logger.warning("turn for %s (attempt %d) failed: %s", work.message_id, attempt, exc)
+            self.metrics.turns.labels(agent.id, "retry").inc()
+            if attempt >= self.settings.max_deliver:
+                await self._give_up(agent, work, attempt, str(exc))
+                await msg.term()
+            else:
+                await msg.nak(delay=min(2.0 * attempt, 10.0))
+        except asyncio.CancelledError:
+            # Shutting down mid-turn: another replica resumes it.
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak()
+            raise
+        finally:
+            beat.cancel()
+            self._conv_users[cid] -= 1
+            if self._conv_users[cid] <= 0:
+                self._conv_users.pop(cid, None)
+                self._conv_locks.pop(cid, None)
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        interval = max(self.settings.ack_wait_seconds / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(nats.errors.Error):
+                await msg.in_progress()
+
+    async def _history(
+        self, agent: AgentConfig, work: AgentTurn, attempt: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Messages up to the user message (and this turn's own, on a retry); done already?"""
+        assert self.nc is not None
+        principal = agent_principal(agent)
+        timeout = self.settings.request_timeout_seconds
+        page = await query(
+            self.nc,
+            subjects.QUERY_MESSAGES_LIST,
+            principal,
+            {
+                "conversationId": work.conversation_id,
+                "beforeSeq": work.seq + 1,
+                "limit": self.settings.history_limit,
+            },
+            timeout,
+        )
+        history = [m for m in (page or {}).get("items", []) if isinstance(m, dict)]
+        if attempt > 1:
+            after = work.seq
+            own: list[dict[str, Any]] = []
+            for _ in range(20):  # pages of 200
+                page = await query(
+                    self.nc,
+                    subjects.QUERY_MESSAGES_LIST,
+                    principal,
+                    {"conversationId": work.conversation_id, "afterSeq": after, "limit": 200},
+                    timeout,
+                )
+                items = [m for m in (page or {}).get("items", []) if isinstance(m, dict)]
+                own += [m for m in items if m.get("parentMessageId") == work.message_id]
+                if not items or not page.get("hasMore"):
+                    break
+                after = max(int(m.get("seq") or 0) for m in items)
+            if any(
+                m.get("role") == "assistant" and m.get("messageType") in ("text", "error")
+                for m in own
+            ):
+                return history, True
+            history += own
+        return history, False
+
+    async def _run_turn(self, agent: AgentConfig, work: AgentTurn, attempt: int) -> str:
+        assert self.nc is not None
+        history, done = await self._history(agent, work, attempt)
+        if done:
+            logger.info("turn for %s already answered; not repeated", work.message_id)
+            return "already-answered"
+        turn = Turn(
+            agent=agent,
+            backend=self.backends[agent.id],
+            tools=self.toolboxes[agent.id],
+            io=NatsTurnIO(
+                self.nc, agent, work.conversation_id, self.settings.request_timeout_seconds
+            ),
+            request=TurnRequest(work.conversation_id, work.message_id, work.seq, attempt),
+            history=history,
+            max_steps=self.settings.max_steps,
+            timeout=self.settings.turn_timeout_seconds,
+        )
+        running = self._running[work.conversation_id]
+        running.add(turn)
+        self.metrics.running.inc()
+        started = time.monotonic()
+        try:
+            result = await turn.run()
+        finally:
+            self.metrics.running.dec()
+            running.discard(turn)
+            if not running:
+                self._running.pop(work.conversation_id, None)
+        self.metrics.turn_seconds.labels(agent.id).observe(time.monotonic() - started)
+        self.metrics.tokens.labels(agent.id, "prompt").inc(result.usage.prompt_tokens)
+        self.metrics.tokens.labels(agent.id, "completion").inc(result.usage.completion_tokens)
+        self.metrics.cost.labels(agent.id).inc(result.cost)
+        self._announced[agent.id].add(work.conversation_id)
+        return result.outcome
+
+    async def _give_up(self, agent: AgentConfig, work: AgentTurn, attempt: int, error: str) -> None:
+        """The last attempt failed too: say so in the conversation (best effort)."""
+        assert self.nc is not None
+        io = NatsTurnIO(self.nc, agent, work.conversation_id, self.settings.request_timeout_seconds)
+        text = f"the agent could not answer after {attempt} attempts: {error}"
+        with contextlib.suppress(WriteError, nats.errors.Error):
+            await io.send_message(
+                {
+                    "conversationId": work.conversation_id,
+                    "parentMessageId": work.message_id,
+                    "clientMessageId": f"turn-{work.message_id}-failed"[:128],
+                    "role": "assistant",
+                    "messageType": "error",
+                    "content": "Sorry, I could not answer: " + text,
+                    "error": text,
+                    "finishReason": "error",
+                }
+            )
+
+    # ------------------------------------------------------------------ stop and tool:call
+
+    async def _on_stop(self, msg: Msg) -> None:
+        try:
+            stop = AgentStop.model_validate_json(msg.data)
+        except ValidationError as exc:
+            logger.warning("malformed stop notice: %s", exc)
+            return
+        for turn in list(self._running.get(stop.conversation_id, ())):
+            logger.info("stopping turn in %s (by %s)", stop.conversation_id, stop.principal.id)
+            turn.stop("aborted")
+
+    async def _on_tool_call(self, msg: Msg) -> None:
+        try:
+            reply = await self._tool_call(msg.data)
+        except ParleyError as exc:
+            reply = envelopes.fail_from(exc)
+        if msg.reply:
+            await msg.respond(jsonutil.dumps(reply))
+
+    async def _tool_call(self, raw: bytes) -> dict[str, Any]:
+        try:
+            req = CommandRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ParleyError(ErrorCode.VALIDATION_ERROR, f"bad tool:call request: {exc}") from None
+        cmd = parse_payload(Event.TOOL_CALL, req.data)
+        assert isinstance(cmd, ToolCallCommand)
+        if req.principal.kind is PrincipalKind.AGENT:
+            agent_id: str | None = req.principal.id
+        else:
+            agent_id = cmd.agent_id
+        box = self.toolboxes.get(agent_id or "")
+        if box is None or not box.has_tool(cmd.tool_name):
+            box = self.toolboxes.get(DEMO_AGENT_ID)
+        if box is None or not box.has_tool(cmd.tool_name):
+            raise ParleyError(
+                ErrorCode.NOT_FOUND, f"unknown tool: {cmd.tool_name}", {"field": "toolName"}
+            )
+        out = await box.call(cmd.tool_name, cmd.arguments)
+        self.metrics.tool_calls.labels(cmd.tool_name, str(out.success).lower()).inc()
+        return envelopes.ok(
+            {
+                "toolName": cmd.tool_name,
+                "result": out.result,
+                "success": out.success,
+                "error": out.error,
+                "executionTime": out.execution_time_ms,
+            }
+        )
+
+    # ------------------------------------------------------------------ presence
+
+    async def _heartbeat(self) -> None:
+        if self.kv is None:
+            return
+        for agent in self.agents.values():
+            value = {
+                "agentId": agent.id,
+                "name": agent.name,
+                "model": agent.model,
+                "instanceId": self.instance_id,
+                "updatedAt": now_iso(),
+            }
+            await self.kv.put(f"{agent.id}.{self.instance_id}", jsonutil.dumps(value))
+
+    async def _presence_loop(self) -> None:
+        interval = self.settings.presence_ttl_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._heartbeat()
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                logger.warning("agent presence heartbeat failed: %r", exc)
+
+    async def _conversations_of(self, agent: AgentConfig) -> set[str]:
+        assert self.nc is not None
+        if self.settings.presence_conversations <= 0:
+            return set()
+        data = await query(
+            self.nc,
+            subjects.QUERY_CONVERSATIONS_LIST,
+            agent_principal(agent),
+            {"limit": min(self.settings.presence_conversations, 100), "status": "active"},
+            self.settings.request_timeout_seconds,
+        )
+        items = (data or {}).get("items", []) if isinstance(data, dict) else []
+        return {
+            str(c.get("conversationId") or c.get("_id"))
+            for c in items
+            if isinstance(c, dict) and (c.get("conversationId") or c.get("_id"))
+        }
+
+    async def _announce(self, agent: AgentConfig, conversations: set[str], online: bool) -> None:
+        assert self.nc is not None
+        event = Event.AGENT_ONLINE if online else Event.AGENT_OFFLINE
+        for cid in conversations:
+            data = {
+                "agentId": agent.id,
+                "name": agent.name,
+                "instanceId": self.instance_id,
+                "conversationId": cid,
+            }
+            frame = envelopes.event_frame(event, data, conversation_id=cid)
+            await self.nc.publish(subjects.conversation_events(cid), jsonutil.dumps(frame))
+
+    async def _announce_all(self, online: bool) -> None:
+        for agent in self.agents.values():
+            for attempt in range(5):
+                try:
+                    convs = await self._conversations_of(agent)
+                    break
+                except ParleyError as exc:
+                    logger.info("listing conversations of %s failed: %s", agent.id, exc)
+                    await asyncio.sleep(1.0 + attempt)
+            else:
+                continue
+            self._announced[agent.id] |= convs
+            await self._announce(agent, convs, online)
+
+    async def _withdraw_presence(self) -> None:
+        if self.kv is None or self.nc is None or not self.nc.is_connected:
+            return
+        for agent in self.agents.values():
+            try:
+                await self.kv.delete(f"{agent.id}.{self.instance_id}")
+                others = [
+                    k
+                    for k in await self._agent_keys()
+                    if k.startswith(f"{agent.id}.") and k != f"{agent.id}.{self.instance_id}"
+                ]
+                if not others:
+                    await self._announce(agent, self._announced.get(agent.id, set()), online=False)
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                logger.warning("withdrawing presence of %s failed: %r", agent.id, exc)
+
+    async def _agent_keys(self) -> list[str]:
+        assert self.kv is not None
+        try:
+            return list(await self.kv.keys())
+        except nats.js.errors.NoKeysError:
+            return []
