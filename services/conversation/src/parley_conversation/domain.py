@@ -1,0 +1,508 @@
+"""Domain rules of conversations and messages: plain functions, no network, no store.
+
+Authorization, role rules, document construction, totals of a batch and the agent-switch
+system message live here so they are unit-tested without NATS or MongoDB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from parley_contract.commands import (
+    ConversationCreate,
+    ConversationUpdate,
+    MessageSend,
+    ParticipantRef,
+    TaskCreate,
+)
+from parley_contract.errors import ErrorCode, ParleyError, forbidden
+from parley_contract.events import PrincipalKind
+from parley_contract.ids import new_id
+from parley_contract.internal import Principal
+from parley_contract.models import (
+    Conversation,
+    LastMessage,
+    Message,
+    MessageStatus,
+    MessageType,
+    Participant,
+    ParticipantRole,
+    Role,
+)
+
+# Fields only agents and services may set on a message (users may not: FORBIDDEN).
+AGENT_ONLY_FIELDS: tuple[str, ...] = (
+    "usage",
+    "latency",
+    "cost",
+    "thinking",
+    "tool_calls",
+    "tool_results",
+    "finish_reason",
+    "error",
+)
+# Which message types each role may carry.
+ROLE_TYPES: dict[Role, frozenset[MessageType]] = {
+    Role.USER: frozenset({MessageType.TEXT}),
+    Role.ASSISTANT: frozenset(
+        {MessageType.TEXT, MessageType.THINKING, MessageType.TOOL_CALL, MessageType.ERROR}
+    ),
+    Role.TOOL: frozenset({MessageType.TOOL_RESULT}),
+    Role.SYSTEM: frozenset({MessageType.SYSTEM, MessageType.TEXT, MessageType.ERROR}),
+}
+MAX_METADATA_DEPTH = 8
+LAST_MESSAGE_PREVIEW_CHARS = 500
+
+
+def now_ms() -> datetime:
+    """Now in UTC, truncated to milliseconds (what BSON stores), so replies equal reads."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=(now.microsecond // 1000) * 1000)
+
+
+# ---------------------------------------------------------------- authorization
+
+
+def active_participant(conv: Conversation, principal_id: str) -> Participant | None:
+    for p in conv.participants:
+        if p.left_at is None and principal_id in (p.user_id, p.agent_id):
+            return p
+    return None
+
+
+def can_access(conv: Conversation, principal: Principal) -> bool:
+    """Users: active participants. Agents: the assigned agent or an active agent participant."""
+    if principal.kind is PrincipalKind.SERVICE:
+        return True
+    if principal.kind is PrincipalKind.AGENT:
+        if conv.agent_id == principal.id:
+            return True
+        p = active_participant(conv, principal.id)
+        return p is not None and p.agent_id == principal.id
+    p = active_participant(conv, principal.id)
+    return p is not None and p.user_id == principal.id
+
+
+def authorize(conv: Conversation | None, principal: Principal) -> Conversation:
+    """The conversation if the principal may read/write it; else FORBIDDEN (revealing nothing)."""
+    if conv is None or not can_access(conv, principal):
+        raise forbidden()
+    return conv
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+def check_keys(value: Any, field: str, depth: int = 0) -> None:
+    """Refuse keys a document store cannot hold (``$...``, dots) and absurd nesting."""
+    if depth > MAX_METADATA_DEPTH:
+        raise ParleyError(
+            ErrorCode.VALIDATION_ERROR, f"{field}: nested too deeply", {"field": field}
+        )
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            if not isinstance(key, str) or key.startswith("$") or "." in key or "\x00" in key:
+                raise ParleyError(
+                    ErrorCode.VALIDATION_ERROR,
+                    f"{field}: keys must not start with '$' or contain '.'",
+                    {"field": field},
+                )
+            check_keys(sub, field, depth + 1)
+    elif isinstance(value, list):
+        for sub in value:
+            check_keys(sub, field, depth + 1)
+
+
+def check_emoji(emoji: str) -> str:
+    if emoji.startswith("$") or "." in emoji or "\x00" in emoji or not emoji.strip():
+        raise ParleyError(
+            ErrorCode.VALIDATION_ERROR, "emoji: not a valid reaction", {"field": "emoji"}
+        )
+    return emoji
+
+
+# ---------------------------------------------------------------- conversations
+
+
+def _participant_from(ref: str | ParticipantRef, at: datetime) -> Participant:
+    if isinstance(ref, str):
+        return Participant(user_id=ref, role=ParticipantRole.USER, joined_at=at)
+    if ref.kind == "agent":
+        role = ParticipantRole(ref.role) if ref.role else ParticipantRole.AGENT
+        return Participant(agent_id=ref.id, role=role, joined_at=at)
+    role = ParticipantRole(ref.role) if ref.role else ParticipantRole.USER
+    return Participant(user_id=ref.id, role=role, joined_at=at)
+
+
+def _creator_participant(principal: Principal, at: datetime) -> Participant | None:
+    if principal.kind is PrincipalKind.USER:
+        return Participant(user_id=principal.id, role=ParticipantRole.USER, joined_at=at)
+    if principal.kind is PrincipalKind.AGENT:
+        return Participant(agent_id=principal.id, role=ParticipantRole.AGENT, joined_at=at)
+    return None
+
+
+def _merge_participants(
+    existing: list[Participant], new: list[Participant]
+) -> tuple[list[Participant], list[Participant]]:
+    """Existing + new ones not already active. Returns (all, added)."""
+    active = {p.principal_id for p in existing if p.active}
+    added: list[Participant] = []
+    for p in new:
+        if p.principal_id not in active:
+            active.add(p.principal_id)
+            added.append(p)
+    return [*existing, *added], added
+
+
+def new_conversation(principal: Principal, cmd: ConversationCreate) -> Conversation:
+    at = now_ms()
+    cid = cmd.conversation_id or new_id("conv")
+    check_keys(cmd.context.model_dump() if cmd.context else None, "context")
+    wanted: list[Participant] = []
+    creator = _creator_participant(principal, at)
+    if creator is not None:
+        wanted.append(creator)
+    wanted.extend(_participant_from(ref, at) for ref in cmd.participants)
+    if cmd.agent_id:
+        wanted.append(Participant(agent_id=cmd.agent_id, role=ParticipantRole.AGENT, joined_at=at))
+    participants, _ = _merge_participants([], wanted)
+    return Conversation(
+        _id=cid,
+        conversation_id=cid,
+        title=cmd.title,
+        description=cmd.description,
+        agent_id=cmd.agent_id,
+        model_id=cmd.model_id,
+        conversation_type=cmd.conversation_type,
+        participants=participants,
+        tags=list(cmd.tags),
+        context=cmd.context,
+        created_by=principal.id,
+        updated_by=principal.id,
+        created_at=at,
+        updated_at=at,
+        is_active=True,
+        total_tokens=0,
+        total_messages=0,
+        total_cost=0.0,
+        last_seq=0,
+    )
+
+
+@dataclass
+class ConversationChange:
+    """What a conversation:update does: the new document plus what changed."""
+
+    conversation: Conversation
+    changed: list[str]
+    added: list[Participant]
+    removed: list[str]
+    previous_agent_id: str | None
+    agent_switched: bool
+
+
+def apply_update(
+    conv: Conversation, principal: Principal, cmd: ConversationUpdate
+) -> ConversationChange:
+    """The conversation after an update (pure; the store writes it conditionally)."""
+    at = now_ms()
+    fields = cmd.model_fields_set - {"conversation_id"}
+    new = conv.model_copy(deep=True)
+    changed: list[str] = []
+    for name in ("title", "description", "status", "tags", "model_id", "context"):
+        if name in fields:
+            value = getattr(cmd, name)
+            if name == "title" and value is None:
+                raise ParleyError(
+                    ErrorCode.VALIDATION_ERROR, "title: must not be null", {"field": "title"}
+                )
+            if name == "context" and value is not None:
+                check_keys(value.model_dump(), "context")
+            if name == "tags" and value is None:
+                value = []
+            if name == "status" and value is None:
+                raise ParleyError(
+                    ErrorCode.VALIDATION_ERROR, "status: must not be null", {"field": "status"}
+                )
+            setattr(new, name, value)
+            changed.append(name)
+    previous_agent = conv.agent_id
+    switched = False
+    participants = list(new.participants)
+    added: list[Participant] = []
+    removed: list[str] = []
+    if "agent_id" in fields and cmd.agent_id != conv.agent_id:
+        switched = True
+        new.agent_id = cmd.agent_id
+        changed.append("agent_id")
+        if previous_agent:
+            participants = [
+                p.model_copy(update={"left_at": at})
+                if p.active and p.agent_id == previous_agent
+                else p
+                for p in participants
+            ]
+            removed.append(previous_agent)
+        if cmd.agent_id:
+            participants, more = _merge_participants(
+                participants,
+                [Participant(agent_id=cmd.agent_id, role=ParticipantRole.AGENT, joined_at=at)],
+            )
+            added.extend(more)
+    if cmd.remove_participants:
+        gone = set(cmd.remove_participants)
+        participants = [
+            p.model_copy(update={"left_at": at}) if p.active and p.principal_id in gone else p
+            for p in participants
+        ]
+        removed.extend(sorted(gone))
+        changed.append("participants")
+    if cmd.add_participants:
+        participants, more = _merge_participants(
+            participants, [_participant_from(ref, at) for ref in cmd.add_participants]
+        )
+        added.extend(more)
+        if "participants" not in changed:
+            changed.append("participants")
+    elif switched and "participants" not in changed:
+        changed.append("participants")
+    new.participants = participants
+    new.updated_at = at
+    new.updated_by = principal.id
+    return ConversationChange(new, changed, added, removed, previous_agent, switched)
+
+
+def leave(conv: Conversation, principal: Principal) -> Conversation:
+    at = now_ms()
+    new = conv.model_copy(deep=True)
+    new.participants = [
+        p.model_copy(update={"left_at": at}) if p.active and p.principal_id == principal.id else p
+        for p in conv.participants
+    ]
+    new.updated_at = at
+    new.updated_by = principal.id
+    return new
+
+
+def agent_switch_message(
+    conv_id: str,
+    previous_agent_id: str | None,
+    new_agent_id: str | None,
+    by: str,
+    names: dict[str, str] | None = None,
+) -> Message:
+    """The system message of design-doc sample case 19."""
+    names = names or {}
+    old = names.get(previous_agent_id or "", previous_agent_id or "none")
+    new = names.get(new_agent_id or "", new_agent_id or "none")
+    at = now_ms()
+    return Message(
+        _id=new_id("msg"),
+        conversation_id=conv_id,
+        role=Role.SYSTEM,
+        message_type=MessageType.SYSTEM,
+        content=f"Agent switched from '{old}' to '{new}'",
+        metadata={"previousAgentId": previous_agent_id, "newAgentId": new_agent_id},
+        message_status=MessageStatus.SENT,
+        created_by=by,
+        updated_by=by,
+        created_at=at,
+        updated_at=at,
+        is_active=True,
+    )
+
+
+# ---------------------------------------------------------------- messages
+
+
+def resolve_role(principal: Principal, cmd: MessageSend) -> tuple[Role, MessageType]:
+    """Role and type of a message by this principal; FORBIDDEN for a role it lacks."""
+    fields = cmd.model_fields_set
+    mtype = cmd.message_type
+    if principal.kind is PrincipalKind.USER:
+        if cmd.role not in (None, Role.USER):
+            raise ParleyError(
+                ErrorCode.FORBIDDEN,
+                f"a user may not send messages with role '{cmd.role}'",
+                {"field": "role"},
+            )
+        for name in AGENT_ONLY_FIELDS:
+            if name in fields and getattr(cmd, name) is not None:
+                raise ParleyError(
+                    ErrorCode.FORBIDDEN,
+                    f"only agents may set {_camel(name)}",
+                    {"field": _camel(name)},
+                )
+        role = Role.USER
+    elif principal.kind is PrincipalKind.AGENT:
+        if cmd.role is None:
+            role = Role.TOOL if mtype is MessageType.TOOL_RESULT else Role.ASSISTANT
+        elif cmd.role in (Role.ASSISTANT, Role.TOOL):
+            role = cmd.role
+        else:
+            raise ParleyError(
+                ErrorCode.FORBIDDEN,
+                f"an agent may not send messages with role '{cmd.role}'",
+                {"field": "role"},
+            )
+    else:
+        role = cmd.role or (Role.SYSTEM if mtype in (MessageType.SYSTEM,) else Role.ASSISTANT)
+        if cmd.role is None and "message_type" not in fields:
+            role, mtype = Role.SYSTEM, MessageType.SYSTEM
+    if mtype not in ROLE_TYPES[role]:
+        code = ErrorCode.FORBIDDEN if principal.kind is not PrincipalKind.SERVICE else None
+        raise ParleyError(
+            code or ErrorCode.VALIDATION_ERROR,
+            f"messageType '{mtype}' is not allowed for role '{role}'",
+            {"field": "messageType"},
+        )
+    return role, mtype
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def new_message(principal: Principal, cmd: MessageSend, *, agent_id: str | None = None) -> Message:
+    """The message to store (without seq) after role and content checks."""
+    role, mtype = resolve_role(principal, cmd)
+    if cmd.metadata is not None:
+        check_keys(cmd.metadata, "metadata")
+    for tr in cmd.tool_results or []:
+        check_keys(tr.result, "toolResults.result")
+    has_body = bool(cmd.content.strip()) or bool(
+        cmd.attachments or cmd.tool_calls or cmd.tool_results or cmd.thinking or cmd.error
+    )
+    if not has_body:
+        raise ParleyError(
+            ErrorCode.VALIDATION_ERROR, "content must not be empty", {"field": "content"}
+        )
+    at = now_ms()
+    msg_agent = None
+    if role in (Role.ASSISTANT, Role.TOOL):
+        msg_agent = principal.id if principal.kind is PrincipalKind.AGENT else agent_id
+    data: dict[str, Any] = {
+        "_id": new_id("msg"),
+        "conversation_id": cmd.conversation_id,
+        "role": role,
+        "content": cmd.content,
+        "message_type": mtype,
+        "message_status": MessageStatus.SENT,
+        "created_by": principal.id,
+        "updated_by": principal.id,
+        "created_at": at,
+        "updated_at": at,
+        "is_active": True,
+    }
+    if msg_agent:
+        data["agent_id"] = msg_agent
+    for name in (
+        "name",
+        "parent_message_id",
+        "tool_calls",
+        "tool_results",
+        "thinking",
+        "usage",
+        "latency",
+        "error",
+        "attachments",
+        "metadata",
+        "finish_reason",
+        "cost",
+        "client_message_id",
+    ):
+        value = getattr(cmd, name)
+        if value is not None:
+            data[name] = value
+    if principal.name and "name" not in data and principal.kind is not PrincipalKind.SERVICE:
+        data["name"] = principal.name
+    return Message.model_validate(data)
+
+
+def last_message_of(msg: Message) -> LastMessage:
+    assert msg.created_at is not None
+    return LastMessage(
+        content=msg.content[:LAST_MESSAGE_PREVIEW_CHARS],
+        role=msg.role.value,
+        created_at=msg.created_at,
+        message_id=msg.id,
+        message_type=msg.message_type.value,
+        seq=msg.seq,
+    )
+
+
+@dataclass
+class Totals:
+    """What a batch of stored messages adds to its conversation."""
+
+    messages: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    last: Message | None = None
+    max_seq: int = 0
+
+
+def totals_of(messages: list[Message], event_seqs: list[int]) -> Totals:
+    t = Totals()
+    for m in messages:
+        t.messages += 1
+        if m.usage is not None:
+            t.tokens += m.usage.total_tokens
+        if m.cost is not None:
+            t.cost += m.cost
+        if m.seq is not None and (t.last is None or (t.last.seq or 0) < m.seq):
+            t.last = m
+    t.max_seq = max(event_seqs, default=0)
+    return t
+
+
+def edited(msg: Message, principal: Principal, content: str) -> Message:
+    if principal.kind is not PrincipalKind.SERVICE and msg.created_by != principal.id:
+        raise ParleyError(ErrorCode.FORBIDDEN, "you can only edit your own messages")
+    if msg.deleted_at is not None or not msg.is_active:
+        raise ParleyError(ErrorCode.CONFLICT, "the message was deleted")
+    if not content.strip():
+        raise ParleyError(
+            ErrorCode.VALIDATION_ERROR, "content must not be empty", {"field": "content"}
+        )
+    at = now_ms()
+    return msg.model_copy(
+        update={"content": content, "edited_at": at, "updated_at": at, "updated_by": principal.id}
+    )
+
+
+def deleted(msg: Message, principal: Principal) -> Message:
+    if principal.kind is not PrincipalKind.SERVICE and msg.created_by != principal.id:
+        raise ParleyError(ErrorCode.FORBIDDEN, "you can only delete your own messages")
+    if msg.deleted_at is not None:
+        raise ParleyError(ErrorCode.CONFLICT, "the message was already deleted")
+    at = now_ms()
+    return msg.model_copy(
+        update={
+            "content": "",
+            "deleted_at": at,
+            "is_active": False,
+            "updated_at": at,
+            "updated_by": principal.id,
+        }
+    )
+
+
+def new_task(principal: Principal, cmd: TaskCreate, conv: Conversation) -> dict[str, Any]:
+    at = now_ms()
+    task: dict[str, Any] = {
+        "_id": new_id("task"),
+        "conversationId": cmd.conversation_id,
+        "title": cmd.title,
+        "description": cmd.description,
+        "agentId": cmd.agent_id or conv.agent_id,
+        "status": "pending",
+        "createdBy": principal.id,
+        "createdAt": at,
+        "updatedAt": at,
+    }
+    return task

@@ -1,0 +1,596 @@
+"""The conversation service: FastStream subscribers on NATS (queue group ``conversation``).
+
+Handlers stay thin: parse the request, call the domain, hand durable writes to the
+:class:`~parley_conversation.sequencer.Sequencer`, reply with an envelope. Every reply is
+``envelopes.ok(data)`` or ``envelopes.fail(code, message, details)``; nothing a client sends
+can make a handler raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from faststream.nats import NatsBroker, NatsMessage
+from nats.js.api import RetentionPolicy, StreamConfig
+from nats.js.errors import NotFoundError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+from pymongo.errors import PyMongoError
+
+from parley_contract import commands, envelopes, jsonutil, subjects
+from parley_contract.commands import (
+    ConversationCreate,
+    ConversationJoin,
+    ConversationLeave,
+    ConversationUpdate,
+    MessageDelete,
+    MessageEdit,
+    MessageReact,
+    MessageSend,
+    MessageStop,
+    TaskCreate,
+)
+from parley_contract.errors import ErrorCode, ParleyError, forbidden
+from parley_contract.events import Event, PrincipalKind, may_send
+from parley_contract.ids import SafeId, check_id
+from parley_contract.internal import (
+    AgentStop,
+    AgentTurn,
+    CommandRequest,
+    EventsSinceRequest,
+    Principal,
+)
+from parley_contract.jsonutil import model_json
+from parley_contract.models import Conversation, ConversationStatus, Message, Role
+from parley_contract.timeutil import iso
+from parley_conversation import domain
+from parley_conversation.sequencer import Sequencer
+from parley_conversation.settings import Settings
+from parley_conversation.store import MongoStore
+
+logger = logging.getLogger(__name__)
+
+HANDLED_COMMANDS: tuple[Event, ...] = (
+    Event.CONVERSATION_CREATE,
+    Event.CONVERSATION_JOIN,
+    Event.CONVERSATION_LEAVE,
+    Event.CONVERSATION_UPDATE,
+    Event.MESSAGE_SEND,
+    Event.MESSAGE_EDIT,
+    Event.MESSAGE_DELETE,
+    Event.MESSAGE_REACT,
+    Event.MESSAGE_STOP,
+    Event.TASK_CREATE,
+)
+COMMAND_BY_SUBJECT: dict[str, Event] = {subjects.command(e): e for e in HANDLED_COMMANDS}
+UPDATE_RETRIES = 8
+
+
+# ---------------------------------------------------------------- query payloads
+
+
+class QueryData(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class ListConversationsQuery(QueryData):
+    status: ConversationStatus | None = None
+    cursor: str | None = Field(default=None, max_length=512)
+    limit: int = Field(default=20, ge=1, le=100)
+
+
+class GetConversationQuery(QueryData):
+    conversation_id: SafeId
+
+
+class ListMessagesQuery(QueryData):
+    conversation_id: SafeId
+    after_seq: int | None = Field(default=None, ge=0)
+    before_seq: int | None = Field(default=None, ge=1)
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "parley_conversation_requests_total",
+            "Requests handled, by operation and outcome (ok or error code).",
+            ["operation", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "parley_conversation_request_seconds",
+            "Time from request received to reply sent.",
+            ["operation"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.batch = Histogram(
+            "parley_conversation_batch_size",
+            "Durable writes committed together (group commit).",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "parley_conversation_in_flight",
+            "Requests being handled right now.",
+            registry=self.registry,
+        )
+        self.agent_turn_failures = Counter(
+            "parley_conversation_agent_turn_publish_failures_total",
+            "Agent turns that could not be published to JetStream.",
+            registry=self.registry,
+        )
+
+
+def _parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise commands.validation_error(exc) from None
+
+
+class ConversationService:
+    """One replica: a FastStream NATS broker, the store and the group-commit sequencer."""
+
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.store = MongoStore(settings.mongodb_url, settings.mongodb_database)
+        self.broker = NatsBroker(
+            settings.nats_url,
+            name=f"parley-conversation-{settings.instance_id}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            graceful_timeout=settings.drain_seconds,
+            log_level=logging.DEBUG,
+        )
+        self.sequencer = Sequencer(
+            self.store,
+            self._publish,
+            self._after_store,
+            max_batch=settings.max_batch,
+            on_batch=self.metrics.batch.observe,
+        )
+        self.ready = False
+        self._started = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._subscribers: list[Any] = []
+        self._register()
+
+    # ------------------------------------------------------------ wiring
+
+    def _register(self) -> None:
+        n = self.settings.max_concurrency
+        q = subjects.QUEUE_CONVERSATION
+        routes: list[tuple[str, str, str]] = [
+            (subjects.COMMANDS_WILDCARD, "command", "Commands relayed by gateways"),
+            (subjects.INTERNAL_MESSAGE_APPEND, "internal.message.append", "Service writes"),
+            (subjects.QUERY_CONVERSATIONS_LIST, "query.conversations.list", "My conversations"),
+            (subjects.QUERY_CONVERSATION_GET, "query.conversation.get", "One conversation"),
+            (subjects.QUERY_MESSAGES_LIST, "query.messages.list", "Messages by seq"),
+            (subjects.QUERY_EVENTS_SINCE, "query.events.since", "Durable events since a seq"),
+        ]
+        for subject, op, title in routes:
+            sub = self.broker.subscriber(
+                subject, queue=q, max_workers=n, title=f"{title} ({subject})"
+            )
+            sub(self._make_handler(subject, op))
+            self._subscribers.append(sub)
+
+    def _make_handler(self, subject: str, op: str) -> Callable[[NatsMessage], Awaitable[bytes]]:
+        async def handler(msg: NatsMessage) -> bytes:
+            return await self.handle(msg.raw_message.subject, msg.body)
+
+        handler.__name__ = f"handle_{op.replace('.', '_')}"
+        return handler
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.store.init()
+                break
+            except PyMongoError as exc:
+                logger.warning("store not ready (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        delay = 0.2
+        while True:
+            try:
+                await self.broker.start()
+                break
+            except (OSError, TimeoutError) as exc:
+                logger.warning("NATS not ready (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        await self._ensure_stream()
+        self._started = True
+        self.ready = True
+        logger.info("conversation service %s ready", self.settings.instance_id)
+
+    async def _ensure_stream(self) -> None:
+        js = self.broker.connection.jetstream()
+        try:
+            await js.stream_info(subjects.STREAM_AGENT_TURNS)
+        except NotFoundError:
+            await js.add_stream(
+                StreamConfig(
+                    name=subjects.STREAM_AGENT_TURNS,
+                    subjects=[subjects.AGENT_TURN],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    duplicate_window=120.0,
+                )
+            )
+
+    async def stop(self) -> None:
+        """Stop taking requests, finish the in-flight batches and replies, then disconnect."""
+        self.ready = False
+        if not self._started:
+            await self.store.close()
+            return
+        for sub in self._subscribers:
+            nats_sub = getattr(sub, "subscription", None)
+            if nats_sub is not None:
+                with contextlib.suppress(Exception):
+                    await nats_sub.unsubscribe()
+                sub.subscription = None  # FastStream would unsubscribe it a second time
+        try:
+            await asyncio.wait_for(self._drain(), timeout=self.settings.drain_seconds)
+        except TimeoutError:
+            logger.warning("drain timed out with %d requests in flight", self._in_flight)
+        await self.broker.stop()
+        await self.store.close()
+        self._started = False
+
+    async def _drain(self) -> None:
+        await self.sequencer.drain()
+        await self._idle.wait()
+
+    async def check_ready(self) -> bool:
+        if not self.ready:
+            return False
+        try:
+            connected = bool(self.broker.connection.is_connected)
+            return connected and await self.store.ping()
+        except (PyMongoError, AttributeError):
+            return False
+
+    # ------------------------------------------------------------ dispatch
+
+    async def handle(self, subject: str, body: bytes) -> bytes:
+        """One request → one reply envelope (bytes). Never raises."""
+        started = time.perf_counter()
+        self._in_flight += 1
+        self._idle.clear()
+        self.metrics.in_flight.inc()
+        op = subject
+        try:
+            try:
+                op, data = await self._dispatch(subject, body)
+                envelope = envelopes.ok(data)
+                outcome = "ok"
+            except ParleyError as exc:
+                envelope = envelopes.fail_from(exc)
+                outcome = exc.code.value
+            except PyMongoError:
+                logger.exception("store error on %s", subject)
+                envelope = envelopes.fail(
+                    ErrorCode.SERVICE_UNAVAILABLE, "the store is unavailable, retry"
+                )
+                outcome = ErrorCode.SERVICE_UNAVAILABLE.value
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("unexpected error on %s", subject)
+                envelope = envelopes.fail(ErrorCode.INTERNAL_ERROR, "internal error")
+                outcome = ErrorCode.INTERNAL_ERROR.value
+            self.metrics.requests.labels(op, outcome).inc()
+            self.metrics.latency.labels(op).observe(time.perf_counter() - started)
+            return jsonutil.dumps(envelope)
+        finally:
+            self._in_flight -= 1
+            self.metrics.in_flight.dec()
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _dispatch(self, subject: str, body: bytes) -> tuple[str, Any]:
+        if len(body) > self.settings.max_request_bytes:
+            raise ParleyError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"request larger than {self.settings.max_request_bytes} bytes",
+            )
+        if subject == subjects.QUERY_EVENTS_SINCE:
+            try:
+                since = EventsSinceRequest.model_validate_json(body)
+            except ValidationError as exc:
+                raise commands.validation_error(exc) from None
+            return "query.events.since", await self.events_since(since)
+        try:
+            req = CommandRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise commands.validation_error(exc) from None
+        p, data = req.principal, req.data
+        if subject == subjects.INTERNAL_MESSAGE_APPEND:
+            return Event.MESSAGE_SEND.value, await self.message_send(p, data)
+        if subject == subjects.QUERY_CONVERSATIONS_LIST:
+            return "query.conversations.list", await self._q_list(p, data)
+        if subject == subjects.QUERY_CONVERSATION_GET:
+            return "query.conversation.get", await self._q_get(p, data)
+        if subject == subjects.QUERY_MESSAGES_LIST:
+            return "query.messages.list", await self._q_messages(p, data)
+        event = COMMAND_BY_SUBJECT.get(subject)
+        if event is None:
+            raise ParleyError(
+                ErrorCode.UNKNOWN_EVENT, "this command is not handled by the conversation service"
+            )
+        if p.kind not in (PrincipalKind.SERVICE,) and not _may_send(p.kind, event):
+            raise ParleyError(ErrorCode.FORBIDDEN, f"a {p.kind.value} may not send {event.value}")
+        handler = self._commands[event]
+        return event.value, await handler(self, p, data)
+
+    # ------------------------------------------------------------ helpers
+
+    async def _publish(self, subject: str, payload: bytes) -> None:
+        await self.broker.connection.publish(subject, payload)
+
+    async def _after_store(self, conv: Conversation, stored: list[Message]) -> None:
+        """Agent turns for user messages in a conversation with an agent (JetStream, dedup)."""
+        if not conv.agent_id:
+            return
+        js = self.broker.connection.jetstream()
+
+        async def one(m: Message) -> None:
+            assert conv.agent_id is not None and m.seq is not None
+            turn = AgentTurn(
+                conversation_id=conv.id, agent_id=conv.agent_id, message_id=m.id, seq=m.seq
+            )
+            try:
+                await js.publish(
+                    subjects.AGENT_TURN,
+                    jsonutil.dumps(turn.model_dump(by_alias=True)),
+                    stream=subjects.STREAM_AGENT_TURNS,
+                    headers={"Nats-Msg-Id": m.id},
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.metrics.agent_turn_failures.inc()
+                logger.exception("could not publish the agent turn of %s", m.id)
+
+        await asyncio.gather(*(one(m) for m in stored if m.role is Role.USER))
+
+    async def _conversation(self, p: Principal, conversation_id: str) -> Conversation:
+        return domain.authorize(await self.store.get_conversation(conversation_id), p)
+
+    async def _notify(self, principal_ids: list[str], frame: dict[str, Any]) -> None:
+        payload = jsonutil.dumps(frame)
+        for pid in dict.fromkeys(principal_ids):
+            if pid:
+                await self._publish(subjects.principal_events(pid), payload)
+
+    async def _append_conversation_event(
+        self, event: Event, conv: Conversation
+    ) -> tuple[Conversation, dict[str, Any]]:
+        """A durable conversation:* event whose data is the conversation at that seq."""
+        holder: dict[str, Conversation] = {}
+
+        def build(seq: int) -> Any:
+            holder["conv"] = conv.model_copy(update={"last_seq": seq})
+            return model_json(holder["conv"])
+
+        res = await self.sequencer.append(conv.id, event, build)
+        return holder["conv"], res.frame
+
+    # ------------------------------------------------------------ commands
+
+    async def conversation_create(self, p: Principal, data: dict[str, Any]) -> Any:
+        cmd = commands.parse_payload(Event.CONVERSATION_CREATE, data)
+        assert isinstance(cmd, ConversationCreate)
+        conv = domain.new_conversation(p, cmd)
+        await self.store.insert_conversation(conv)
+        conv, frame = await self._append_conversation_event(Event.CONVERSATION_CREATED, conv)
+        await self._notify([x.principal_id for x in conv.participants], frame)
+        return model_json(conv)
+
+    async def conversation_join(self, p: Principal, data: dict[str, Any]) -> Any:
+        cmd = commands.parse_payload(Event.CONVERSATION_JOIN, data)
+        assert isinstance(cmd, ConversationJoin)
+        conv = await self._conversation(p, cmd.conversation_id)
+        last = await self.store.last_seq(conv.id)
+        conv = conv.model_copy(update={"last_seq": max(last, conv.last_seq)})
+        return {"conversation": model_json(conv), "lastSeq": last}
+
+    async def conversation_leave(self, p: Principal, data: dict[str, Any]) -> Any:
+        cmd = commands.parse_payload(Event.CONVERSATION_LEAVE, data)
+        assert isinstance(cmd, ConversationLeave)
+        for _ in range(UPDATE_RETRIES):
+            conv = await self._conversation(p, cmd.conversation_id)
+            if domain.active_participant(conv, p.id) is None:
+                return model_json(conv)  # e.g. the assigned agent, or a service
+            new = domain.leave(conv, p)
+            if await self.store.update_conversation(conv, new):
+                new, _ = await self._append_conversation_event(Event.CONVERSATION_UPDATED, new)
+                return model_json(new)
+        raise ParleyError(ErrorCode.CONFLICT, "the conversation is changing too fast, retry")
+
+    async def conversation_update(self, p: Principal, data: dict[str, Any]) -> Any:
+        cmd = commands.parse_payload(Event.CONVERSATION_UPDATE, data)
+        assert isinstance(cmd, ConversationUpdate)
+        for _ in range(UPDATE_RETRIES):
+            conv = await self._conversation(p, cmd.conversation_id)
+            change = domain.apply_update(conv, p, cmd)
+            if not change.changed:
+                return model_json(conv)
+            if await self.store.update_conversation(conv, change.conversation):
+                break
+        else:
+            raise ParleyError(ErrorCode.CONFLICT, "the conversation is changing too fast, retry")
+        new, frame = await self._append_conversation_event(
+            Event.CONVERSATION_UPDATED, change.conversation
+        )
+        if change.added:
+            await self._notify([x.principal_id for x in change.added], frame)
+        if change.agent_switched:
+            system = domain.agent_switch_message(
+                conv.id, change.previous_agent_id, new.agent_id, p.id
+            )
+            service = Principal(id=p.id, kind=PrincipalKind.SERVICE, name=p.name)
+            res = await self.sequencer.send(service, system)
+            new = new.model_copy(update={"last_seq": max(new.last_seq, res.seq)})
+        return model_json(new)
+
+    async def message_send(self, p: Principal, data: dict[str, Any]) -> Any:
+        cmd = commands.parse_payload(Event.MESSAGE_SEND, data)
+        assert isinstance(cmd, MessageSend)
+        msg = domain.new_message(p, cmd)
+        if msg.role in (Role.ASSISTANT, Role.TOOL) and msg.agent_id is None:
+            conv = await self._conversation(p, cmd.conversation_id)
+            if conv.agent_id:
+                msg = msg.model_copy(update={"agent_id": conv.agent_id})
+        res = await self.sequencer.send(p, msg)
+        return res.message
+
+    async def _message_for_change(self, p: Principal, cid: str, mid: str) -> Message:
+        await self._conversation(p, cid)
+        msg = await self.store.get_message(cid, mid)
+        if msg is None:
+            raise ParleyError(ErrorCode.NOT_FOUND, "no such message in this conversation")
+        return msg
+
+    async def _publish_message_event(self, event: Event, msg: Message) -> Any:
+        data = model_json(msg)
+        await self.sequencer.append(msg.conversation_id, event, lambda _seq: data)
+        return data
+
+    async def message_edit(self, p: Principal, data: dict[str, Any]) -> Any:
+        cmd = commands.parse_payload(Event.MESSAGE_EDIT, data)
+        assert isinstance(cmd, MessageEdit)
+        msg = await self._message_for_change(p, cmd.conversation_id, cmd.message_id)
+        new = domain.edited(msg, p, cmd.content)
+        stored = await self.store.update_message(
+            msg.conversation_id,
+            msg.id,
+            {
+                "content": new.content,
+                "editedAt": new.edited_at,
+                "updatedAt": new.updated_at,
+                "updatedBy": new.updated_by,
+            },
+        )
+        if stored is None:
+            raise ParleyError(ErrorCode.CONFLICT, "the message was deleted")
+        return await self._publish_message_event(Event.MESSAGE_UPDATED, stored)
+
+    async def message_delete(self, p: Principal, data: dict[str, Any]) -> Any:
+        cmd = commands.parse_payload(Event.MESSAGE_DELETE, data)
+        assert isinstance(cmd, MessageDelete)
+        msg = await self._message_for_change(p, cmd.conversation_id, cmd.message_id)
+        new = domain.deleted(msg, p)
+        stored = await self.store.update_message(
+            msg.conversation_id,
+            msg.id,
+            {
+                "content": "",
+                "deletedAt": new.deleted_at,
+                "isActive": False,
+                "updatedAt": new.updated_at,
+                "updatedBy": new.updated_by,
+            },
+        )
+        if stored is None:
+            raise ParleyError(ErrorCode.CONFLICT, "the message was already deleted")
+        return await self._publish_message_event(Event.MESSAGE_DELETED, stored)
+
+    async def message_react(self, p: Principal, data: dict[str, Any]) -> Any:
+        cmd = commands.parse_payload(Event.MESSAGE_REACT, data)
+        assert isinstance(cmd, MessageReact)
+        emoji = domain.check_emoji(cmd.emoji)
+        await self._message_for_change(p, cmd.conversation_id, cmd.message_id)
+        stored = await self.store.react(
+            cmd.conversation_id, cmd.message_id, emoji, p.id, cmd.remove
+        )
+        if stored is None:
+            raise ParleyError(ErrorCode.CONFLICT, "the message was deleted")
+        return await self._publish_message_event(Event.MESSAGE_REACTED, stored)
+
+    async def message_stop(self, p: Principal, data: dict[str, Any]) -> Any:
+        cmd = commands.parse_payload(Event.MESSAGE_STOP, data)
+        assert isinstance(cmd, MessageStop)
+        await self._conversation(p, cmd.conversation_id)
+        stop = AgentStop(conversation_id=cmd.conversation_id, principal=p)
+        await self._publish(
+            subjects.AGENT_STOP, jsonutil.dumps(stop.model_dump(by_alias=True, mode="json"))
+        )
+        return {"stopping": True}
+
+    async def task_create(self, p: Principal, data: dict[str, Any]) -> Any:
+        cmd = commands.parse_payload(Event.TASK_CREATE, data)
+        assert isinstance(cmd, TaskCreate)
+        conv = await self._conversation(p, cmd.conversation_id)
+        task = domain.new_task(p, cmd, conv)
+        await self.store.insert_task(task)
+        wire = {k: iso(v) if isinstance(v, datetime) else v for k, v in task.items()}
+        await self.sequencer.append(conv.id, Event.TASK_CREATED, lambda _seq: wire)
+        return wire
+
+    _commands: dict[
+        Event, Callable[[ConversationService, Principal, dict[str, Any]], Awaitable[Any]]
+    ] = {
+        Event.CONVERSATION_CREATE: conversation_create,
+        Event.CONVERSATION_JOIN: conversation_join,
+        Event.CONVERSATION_LEAVE: conversation_leave,
+        Event.CONVERSATION_UPDATE: conversation_update,
+        Event.MESSAGE_SEND: message_send,
+        Event.MESSAGE_EDIT: message_edit,
+        Event.MESSAGE_DELETE: message_delete,
+        Event.MESSAGE_REACT: message_react,
+        Event.MESSAGE_STOP: message_stop,
+        Event.TASK_CREATE: task_create,
+    }
+
+    # ------------------------------------------------------------ queries
+
+    async def _q_list(self, p: Principal, data: dict[str, Any]) -> Any:
+        q: ListConversationsQuery = _parse(ListConversationsQuery, data)
+        page = await self.store.list_conversations(p, q.status, q.cursor, q.limit)
+        return {"items": page.items, "nextCursor": page.next_cursor}
+
+    async def _q_get(self, p: Principal, data: dict[str, Any]) -> Any:
+        q: GetConversationQuery = _parse(GetConversationQuery, data)
+        conv = await self._conversation(p, q.conversation_id)
+        return model_json(conv)
+
+    async def _q_messages(self, p: Principal, data: dict[str, Any]) -> Any:
+        q: ListMessagesQuery = _parse(ListMessagesQuery, data)
+        await self._conversation(p, q.conversation_id)
+        items, more = await self.store.list_messages(
+            q.conversation_id, q.after_seq, q.before_seq, q.limit
+        )
+        return {"items": [model_json(m) for m in items], "hasMore": more}
+
+    async def events_since(self, req: EventsSinceRequest) -> Any:
+        cid = check_id(req.conversation_id, "conversationId")
+        await self._conversation(req.principal, cid)
+        frames = await self.store.events_since(cid, req.after_seq, req.until_seq, req.limit)
+        last = await self.store.last_seq(cid)
+        return {"events": frames, "lastSeq": last}
+
+
+def _may_send(kind: PrincipalKind, event: Event) -> bool:
+    return may_send(kind, event)
+
+
+__all__ = ["ConversationService", "Metrics", "forbidden"]

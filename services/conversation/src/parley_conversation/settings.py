@@ -1,0 +1,54 @@
+"""Configuration of one conversation-service replica, from environment variables only."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from parley_contract.ids import new_id
+
+
+def _default_instance_id() -> str:
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40]
+    return f"conv-{host}-{new_id('i')[-8:]}"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    nats_url: str = Field(default="nats://127.0.0.1:4222", validation_alias=_env("NATS_URL"))
+    mongodb_url: str = Field(
+        default="mongodb://127.0.0.1:27017", validation_alias=_env("MONGODB_URL")
+    )
+    mongodb_database: str = Field(default="parley", validation_alias=_env("MONGODB_DATABASE"))
+    environment: str = Field(default="development", validation_alias=_env("PARLEY_ENVIRONMENT"))
+    log_level: str = Field(default="INFO", validation_alias=_env("PARLEY_LOG_LEVEL"))
+    instance_id: str = Field(
+        default_factory=_default_instance_id, validation_alias=_env("PARLEY_INSTANCE_ID")
+    )
+    http_host: str = Field(
+        default="127.0.0.1", validation_alias=_env("PARLEY_CONVERSATION_HTTP_HOST")
+    )
+    http_port: int = Field(default=8100, validation_alias=_env("PARLEY_CONVERSATION_HTTP_PORT"))
+    # Largest accepted request body on NATS (bytes); larger gets PAYLOAD_TOO_LARGE.
+    max_request_bytes: int = Field(
+        default=256 * 1024, ge=1024, validation_alias=_env("PARLEY_CONVERSATION_MAX_REQUEST_BYTES")
+    )
+    # Requests handled concurrently per replica (they wait together for a group commit).
+    max_concurrency: int = Field(
+        default=1000, ge=2, validation_alias=_env("PARLEY_CONVERSATION_MAX_CONCURRENCY")
+    )
+    # Most durable writes of one conversation committed in one batch.
+    max_batch: int = Field(
+        default=500, ge=1, validation_alias=_env("PARLEY_CONVERSATION_MAX_BATCH")
+    )
+    # Seconds a SIGTERM waits for in-flight batches before giving up.
+    drain_seconds: float = Field(
+        default=20.0, ge=0, validation_alias=_env("PARLEY_CONVERSATION_DRAIN_SECONDS")
+    )

@@ -1,0 +1,580 @@
+"""The repository: conversations, messages, the durable event log and tasks in MongoDB.
+
+Collections and indexes are declared as Beanie documents (``init_beanie`` creates the
+indexes of design doc 3.1/3.2 plus Parley's own); the hot path then uses the same
+collections through pymongo's async API directly (bulk ``insert_many``, atomic ``$inc``),
+because per-document validation would cost more than the write itself.
+
+Sequencing (see README "Sequencing"): the durable event log ``events`` is the source of truth
+for ``seq``. An event claims its seq by being inserted with ``_id = <conversationId>:<seq>``
+and a unique ``(conversationId, seq)`` index; ``clientMessageId`` is unique per conversation
+in the same collection. A seq exists only once its complete frame is stored, so a crash can
+never leave a gap; a collision (another replica took that seq) is retried with a fresh seq.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Protocol
+
+from beanie import Document, init_beanie
+from pydantic import ConfigDict
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from parley_contract import envelopes
+from parley_contract.errors import ErrorCode, ParleyError
+from parley_contract.events import Event, PrincipalKind
+from parley_contract.internal import Principal
+from parley_contract.jsonutil import model_json
+from parley_contract.models import Conversation, ConversationStatus, LastMessage, Message
+
+logger = logging.getLogger(__name__)
+
+DUPLICATE_KEY = 11000
+_STRING_ONLY = {"clientMessageId": {"$type": "string"}}
+MAX_APPEND_ROUNDS = 10_000
+SEQ_CACHE_SIZE = 50_000
+
+
+# ---------------------------------------------------------------- collection declarations
+
+
+class _Doc(Document):
+    model_config = ConfigDict(extra="allow")
+    id: str  # type: ignore[assignment]
+
+
+class ConversationDocument(_Doc):
+    class Settings:
+        name = "conversations"
+        validate_on_save = False
+        indexes: ClassVar[list[IndexModel]] = [
+            IndexModel([("conversationId", ASCENDING)], unique=True),
+            IndexModel([("agentId", ASCENDING)]),
+            IndexModel([("status", ASCENDING)]),
+            IndexModel([("agentId", ASCENDING), ("status", ASCENDING), ("createdAt", DESCENDING)]),
+            IndexModel([("participants.userId", ASCENDING), ("status", ASCENDING)]),
+            IndexModel([("participants.agentId", ASCENDING), ("status", ASCENDING)]),
+            IndexModel(
+                [("createdBy", ASCENDING), ("status", ASCENDING), ("createdAt", DESCENDING)]
+            ),
+            IndexModel([("createdAt", DESCENDING), ("_id", DESCENDING)]),
+        ]
+
+
+class MessageDocument(_Doc):
+    class Settings:
+        name = "messages"
+        validate_on_save = False
+        indexes: ClassVar[list[IndexModel]] = [
+            IndexModel([("conversationId", ASCENDING), ("seq", ASCENDING)], unique=True),
+            IndexModel([("conversationId", ASCENDING), ("createdAt", ASCENDING)]),
+            IndexModel([("conversationId", ASCENDING), ("role", ASCENDING)]),
+            IndexModel([("agentId", ASCENDING), ("createdAt", DESCENDING)]),
+            IndexModel([("parentMessageId", ASCENDING)]),
+            IndexModel(
+                [("conversationId", ASCENDING), ("clientMessageId", ASCENDING)],
+                unique=True,
+                partialFilterExpression=_STRING_ONLY,
+            ),
+        ]
+
+
+class EventDocument(_Doc):
+    """One durable frame as published: ``_id`` is ``<conversationId>:<seq>``."""
+
+    class Settings:
+        name = "events"
+        validate_on_save = False
+        indexes: ClassVar[list[IndexModel]] = [
+            IndexModel([("conversationId", ASCENDING), ("seq", ASCENDING)], unique=True),
+            IndexModel(
+                [("conversationId", ASCENDING), ("clientMessageId", ASCENDING)],
+                unique=True,
+                partialFilterExpression=_STRING_ONLY,
+            ),
+        ]
+
+
+class TaskDocument(_Doc):
+    class Settings:
+        name = "tasks"
+        validate_on_save = False
+        indexes: ClassVar[list[IndexModel]] = [
+            IndexModel([("conversationId", ASCENDING), ("createdAt", ASCENDING)]),
+            IndexModel([("agentId", ASCENDING), ("status", ASCENDING)]),
+        ]
+
+
+DOCUMENTS: list[type[Document]] = [
+    ConversationDocument,
+    MessageDocument,
+    EventDocument,
+    TaskDocument,
+]
+
+
+# ---------------------------------------------------------------- conversions
+
+
+def to_doc(model: Conversation | Message) -> dict[str, Any]:
+    return model.model_dump(by_alias=True, exclude_none=True)
+
+
+def conversation_from(doc: dict[str, Any]) -> Conversation:
+    doc.pop("conversationVersion", None)
+    return Conversation.model_validate(doc)
+
+
+def message_from(doc: dict[str, Any]) -> Message:
+    return Message.model_validate(doc)
+
+
+def encode_cursor(created_at: datetime, conv_id: str) -> str:
+    raw = f"{int(created_at.timestamp() * 1000)}:{conv_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ms, conv_id = raw.split(":", 1)
+        at = datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+    except (ValueError, UnicodeDecodeError):
+        raise ParleyError(
+            ErrorCode.VALIDATION_ERROR, "cursor: not a cursor from this API", {"field": "cursor"}
+        ) from None
+    return at, conv_id
+
+
+# ---------------------------------------------------------------- the interface
+
+
+@dataclass
+class PendingEvent:
+    """A durable event waiting for its seq; ``build(seq)`` returns the frame's ``data``."""
+
+    event: Event
+    build: Callable[[int], Any]
+    client_message_id: str | None = None
+
+
+@dataclass
+class AppendResult:
+    seq: int
+    frame: dict[str, Any]
+    duplicate: bool = False  # clientMessageId already stored: frame is the earlier one
+
+
+@dataclass
+class MessageTotals:
+    messages: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    last_message: LastMessage | None = None
+    max_seq: int = 0
+
+
+@dataclass
+class Page:
+    items: list[dict[str, Any]] = field(default_factory=list)
+    next_cursor: str | None = None
+
+
+class Repository(Protocol):
+    """What the service needs from a store (one conformance suite: tests/test_store.py)."""
+
+    async def insert_conversation(self, conv: Conversation) -> None: ...
+    async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
+    async def update_conversation(self, old: Conversation, new: Conversation) -> bool: ...
+    async def list_conversations(
+        self,
+        principal: Principal,
+        status: ConversationStatus | None,
+        cursor: str | None,
+        limit: int,
+    ) -> Page: ...
+    async def append_events(
+        self, conversation_id: str, events: Sequence[PendingEvent], hint: int | None = None
+    ) -> list[AppendResult]: ...
+    async def frames_by_client_ids(
+        self, conversation_id: str, client_ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]: ...
+    async def events_since(
+        self, conversation_id: str, after_seq: int, until_seq: int | None, limit: int
+    ) -> list[dict[str, Any]]: ...
+    async def last_seq(self, conversation_id: str) -> int: ...
+    async def insert_messages(self, messages: Sequence[Message]) -> None: ...
+    async def add_totals(self, conversation_id: str, totals: MessageTotals) -> None: ...
+    async def get_message(self, conversation_id: str, message_id: str) -> Message | None: ...
+    async def update_message(
+        self, conversation_id: str, message_id: str, changes: dict[str, Any]
+    ) -> Message | None: ...
+    async def react(
+        self, conversation_id: str, message_id: str, emoji: str, principal_id: str, remove: bool
+    ) -> Message | None: ...
+    async def list_messages(
+        self, conversation_id: str, after_seq: int | None, before_seq: int | None, limit: int
+    ) -> tuple[list[Message], bool]: ...
+    async def insert_task(self, task: dict[str, Any]) -> None: ...
+    async def ping(self) -> bool: ...
+
+
+# ---------------------------------------------------------------- MongoDB
+
+
+class MongoStore:
+    """The repository on any MongoDB-wire server (SecantusDB embedded, or MongoDB)."""
+
+    def __init__(self, url: str, database: str, *, timeout_ms: int = 5000) -> None:
+        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            url,
+            tz_aware=True,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            uuidRepresentation="standard",
+        )
+        self._db = self._client[database]
+        self.conversations: AsyncCollection[dict[str, Any]] = self._db["conversations"]
+        self.messages: AsyncCollection[dict[str, Any]] = self._db["messages"]
+        self.events: AsyncCollection[dict[str, Any]] = self._db["events"]
+        self.tasks: AsyncCollection[dict[str, Any]] = self._db["tasks"]
+        self._next_seq: OrderedDict[str, int] = OrderedDict()
+
+    async def init(self) -> None:
+        """Create the collections' indexes (idempotent)."""
+        await init_beanie(database=self._db, document_models=DOCUMENTS)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def ping(self) -> bool:
+        await self._db.command("ping")
+        return True
+
+    # ------------------------------------------------------------ conversations
+
+    async def insert_conversation(self, conv: Conversation) -> None:
+        doc = to_doc(conv)
+        doc["conversationVersion"] = 0
+        try:
+            await self.conversations.insert_one(doc)
+        except DuplicateKeyError:
+            raise ParleyError(
+                ErrorCode.CONFLICT,
+                "a conversation with this conversationId already exists",
+                {"field": "conversationId"},
+            ) from None
+
+    async def get_conversation(self, conversation_id: str) -> Conversation | None:
+        doc = await self.conversations.find_one({"_id": conversation_id})
+        return conversation_from(doc) if doc else None
+
+    async def _version(self, conversation_id: str) -> int:
+        doc = await self.conversations.find_one(
+            {"_id": conversation_id}, {"conversationVersion": 1}
+        )
+        return int(doc.get("conversationVersion", 0)) if doc else -1
+
+    async def update_conversation(self, old: Conversation, new: Conversation) -> bool:
+        """Write the user-editable fields of ``new`` if nobody changed them since ``old``.
+
+        Optimistic: the filter compares ``updatedAt`` of ``old``; totals, lastMessage and
+        lastSeq are never written here (they move atomically in :meth:`add_totals`).
+        """
+        doc = to_doc(new)
+        fields = (
+            "title",
+            "description",
+            "agentId",
+            "modelId",
+            "conversationType",
+            "status",
+            "participants",
+            "tags",
+            "context",
+            "updatedAt",
+            "updatedBy",
+        )
+        set_: dict[str, Any] = {k: doc[k] for k in fields if k in doc}
+        unset = {k: "" for k in fields if k not in doc}
+        update: dict[str, Any] = {"$set": set_, "$inc": {"conversationVersion": 1}}
+        if unset:
+            update["$unset"] = unset
+        res = await self.conversations.update_one(
+            {"_id": old.id, "updatedAt": old.updated_at}, update
+        )
+        return res.matched_count == 1
+
+    async def list_conversations(
+        self,
+        principal: Principal,
+        status: ConversationStatus | None,
+        cursor: str | None,
+        limit: int,
+    ) -> Page:
+        query: dict[str, Any] = {}
+        if principal.kind is PrincipalKind.USER:
+            query["participants"] = {"$elemMatch": {"userId": principal.id, "leftAt": None}}
+        elif principal.kind is PrincipalKind.AGENT:
+            query["$or"] = [
+                {"agentId": principal.id},
+                {"participants": {"$elemMatch": {"agentId": principal.id, "leftAt": None}}},
+            ]
+        if status is not None:
+            query["status"] = status.value
+        if cursor:
+            at, cid = decode_cursor(cursor)
+            page_filter = {
+                "$or": [{"createdAt": {"$lt": at}}, {"createdAt": at, "_id": {"$lt": cid}}]
+            }
+            query = {"$and": [query, page_filter]} if query else page_filter
+        docs = (
+            await self.conversations.find(query)
+            .sort([("createdAt", DESCENDING), ("_id", DESCENDING)])
+            .limit(limit + 1)
+            .to_list()
+        )
+        more = len(docs) > limit
+        convs = [conversation_from(d) for d in docs[:limit]]
+        page = Page(items=[_wire(c) for c in convs])
+        if more and convs:
+            last = convs[-1]
+            assert last.created_at is not None
+            page.next_cursor = encode_cursor(last.created_at, last.id)
+        return page
+
+    # ------------------------------------------------------------ the event log
+
+    async def last_seq(self, conversation_id: str) -> int:
+        doc = await self.events.find_one(
+            {"conversationId": conversation_id}, {"seq": 1}, sort=[("seq", DESCENDING)]
+        )
+        return int(doc["seq"]) if doc else 0
+
+    def _remember(self, conversation_id: str, next_seq: int) -> None:
+        self._next_seq[conversation_id] = next_seq
+        self._next_seq.move_to_end(conversation_id)
+        while len(self._next_seq) > SEQ_CACHE_SIZE:
+            self._next_seq.popitem(last=False)
+
+    async def append_events(
+        self, conversation_id: str, events: Sequence[PendingEvent], hint: int | None = None
+    ) -> list[AppendResult]:
+        """Store the frames in order with consecutive seqs; never a gap, never a duplicate.
+
+        ``hint`` is a guess of the next seq (e.g. the conversation's lastSeq + 1); the
+        replica's cache is preferred, and a collision re-reads the log's maximum.
+        """
+        results: list[AppendResult | None] = [None] * len(events)
+        seq = (
+            self._next_seq.get(conversation_id)
+            or hint
+            or (await self.last_seq(conversation_id) + 1)
+        )
+        i = 0
+        rounds = 0
+        while i < len(events):
+            rounds += 1
+            if rounds > MAX_APPEND_ROUNDS:
+                raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "the store is too busy, retry")
+            docs: list[dict[str, Any]] = []
+            for k, pending in enumerate(events[i:]):
+                s = seq + k
+                frame = envelopes.event_frame(
+                    pending.event, pending.build(s), conversation_id=conversation_id, seq=s
+                )
+                doc: dict[str, Any] = {
+                    "_id": f"{conversation_id}:{s}",
+                    "conversationId": conversation_id,
+                    "seq": s,
+                    "event": pending.event.value,
+                    "frame": frame,
+                }
+                if pending.client_message_id is not None:
+                    doc["clientMessageId"] = pending.client_message_id
+                docs.append(doc)
+            try:
+                await self.events.insert_many(docs, ordered=True)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors") or []
+                if not errors or errors[0].get("code") != DUPLICATE_KEY:
+                    raise
+                k = int(errors[0]["index"])
+                for j in range(k):
+                    results[i + j] = AppendResult(docs[j]["seq"], docs[j]["frame"])
+                failed = events[i + k]
+                existing = None
+                if failed.client_message_id is not None:
+                    existing = await self.events.find_one(
+                        {
+                            "conversationId": conversation_id,
+                            "clientMessageId": failed.client_message_id,
+                        }
+                    )
+                if existing is not None and existing["seq"] != docs[k]["seq"]:
+                    # Already stored (a retry racing with its original): keep its frame.
+                    results[i + k] = AppendResult(
+                        int(existing["seq"]), existing["frame"], duplicate=True
+                    )
+                    i += k + 1
+                    seq = docs[k]["seq"]  # that seq is still free for the next one
+                else:
+                    # Another replica took this seq: continue after the log's maximum.
+                    i += k
+                    seq = await self.last_seq(conversation_id) + 1
+                continue
+            for j, doc in enumerate(docs):
+                results[i + j] = AppendResult(doc["seq"], doc["frame"])
+            seq = docs[-1]["seq"] + 1
+            i = len(events)
+        self._remember(conversation_id, seq)
+        return [r for r in results if r is not None]
+
+    async def frames_by_client_ids(
+        self, conversation_id: str, client_ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        if not client_ids:
+            return {}
+        docs = await self.events.find(
+            {"conversationId": conversation_id, "clientMessageId": {"$in": list(client_ids)}}
+        ).to_list()
+        return {d["clientMessageId"]: d["frame"] for d in docs}
+
+    async def events_since(
+        self, conversation_id: str, after_seq: int, until_seq: int | None, limit: int
+    ) -> list[dict[str, Any]]:
+        bounds: dict[str, int] = {"$gt": after_seq}
+        if until_seq is not None:
+            bounds["$lte"] = until_seq
+        docs = (
+            await self.events.find({"conversationId": conversation_id, "seq": bounds})
+            .sort("seq", ASCENDING)
+            .limit(limit)
+            .to_list()
+        )
+        return [d["frame"] for d in docs]
+
+    # ------------------------------------------------------------ messages
+
+    async def insert_messages(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        try:
+            await self.messages.insert_many([to_doc(m) for m in messages], ordered=False)
+        except BulkWriteError as exc:
+            # Re-applying an event whose message is already stored is fine; anything else not.
+            other = [
+                e for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY
+            ]
+            if other:
+                raise
+
+    async def add_totals(self, conversation_id: str, totals: MessageTotals) -> None:
+        """Atomic ``$inc``/``$max``; lastMessage only moves forward (by seq)."""
+        update: dict[str, Any] = {"$max": {"lastSeq": totals.max_seq}}
+        if totals.messages:
+            update["$inc"] = {
+                "totalMessages": totals.messages,
+                "totalTokens": totals.tokens,
+                "totalCost": totals.cost,
+            }
+        await self.conversations.update_one({"_id": conversation_id}, update)
+        last = totals.last_message
+        if last is not None and last.seq is not None:
+            await self.conversations.update_one(
+                {
+                    "_id": conversation_id,
+                    "$or": [
+                        {"lastMessage": None},
+                        {"lastMessage.seq": None},
+                        {"lastMessage.seq": {"$lt": last.seq}},
+                    ],
+                },
+                {"$set": {"lastMessage": last.model_dump(by_alias=True, exclude_none=True)}},
+            )
+
+    async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
+        doc = await self.messages.find_one({"_id": message_id, "conversationId": conversation_id})
+        return message_from(doc) if doc else None
+
+    async def update_message(
+        self, conversation_id: str, message_id: str, changes: dict[str, Any]
+    ) -> Message | None:
+        """Set fields of a message that is not deleted; None if none matched."""
+        doc = await self.messages.find_one_and_update(
+            {"_id": message_id, "conversationId": conversation_id, "deletedAt": None},
+            {"$set": changes},
+            return_document=ReturnDocument.AFTER,
+        )
+        return message_from(doc) if doc else None
+
+    async def react(
+        self, conversation_id: str, message_id: str, emoji: str, principal_id: str, remove: bool
+    ) -> Message | None:
+        path = f"reactions.{emoji}"
+        op = {"$pull": {path: principal_id}} if remove else {"$addToSet": {path: principal_id}}
+        doc = await self.messages.find_one_and_update(
+            {"_id": message_id, "conversationId": conversation_id, "deletedAt": None},
+            op,
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            return None
+        reactions = doc.get("reactions") or {}
+        if remove and reactions.get(emoji) == []:
+            doc = (
+                await self.messages.find_one_and_update(
+                    {"_id": message_id, "conversationId": conversation_id, path: {"$size": 0}},
+                    {"$unset": {path: ""}},
+                    return_document=ReturnDocument.AFTER,
+                )
+                or doc
+            )
+        return message_from(doc)
+
+    async def list_messages(
+        self, conversation_id: str, after_seq: int | None, before_seq: int | None, limit: int
+    ) -> tuple[list[Message], bool]:
+        """Messages in ascending seq; ``hasMore`` says whether the page could go on.
+
+        afterSeq: the next ``limit`` after it (more = newer ones exist). beforeSeq alone, or
+        neither: the ``limit`` latest before it (more = older ones exist).
+        """
+        query: dict[str, Any] = {"conversationId": conversation_id}
+        bounds: dict[str, int] = {}
+        if after_seq is not None:
+            bounds["$gt"] = after_seq
+        if before_seq is not None:
+            bounds["$lt"] = before_seq
+        if bounds:
+            query["seq"] = bounds
+        ascending = after_seq is not None
+        docs = (
+            await self.messages.find(query)
+            .sort("seq", ASCENDING if ascending else DESCENDING)
+            .limit(limit + 1)
+            .to_list()
+        )
+        more = len(docs) > limit
+        docs = docs[:limit]
+        if not ascending:
+            docs.reverse()
+        return [message_from(d) for d in docs], more
+
+    # ------------------------------------------------------------ tasks
+
+    async def insert_task(self, task: dict[str, Any]) -> None:
+        await self.tasks.insert_one(dict(task))
+
+
+def _wire(model: Conversation | Message) -> dict[str, Any]:
+    data: dict[str, Any] = model_json(model)
+    return data

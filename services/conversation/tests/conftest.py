@@ -1,0 +1,86 @@
+"""Fixtures: conversation-service replicas on the real NATS and the real store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from parley_contract import jsonutil
+from parley_contract.ids import new_id
+from parley_conversation.service import ConversationService
+from parley_conversation.settings import Settings
+from parley_devstack.servers import NatsServer, StoreServer
+
+Request = Callable[..., Awaitable[dict[str, Any]]]
+
+
+def settings_for(nats_url: str, mongodb_url: str, db: str, **extra: Any) -> Settings:
+    return Settings(
+        nats_url=nats_url,
+        mongodb_url=mongodb_url,
+        mongodb_database=db,
+        instance_id=new_id("test"),
+        drain_seconds=10,
+        **extra,
+    )
+
+
+@pytest.fixture
+async def service(
+    nats_server: NatsServer, store_server: StoreServer, db_name: str
+) -> AsyncIterator[ConversationService]:
+    svc = ConversationService(settings_for(nats_server.url, store_server.url, db_name))
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_server.url)
+    try:
+        yield client
+    finally:
+        await client.drain()
+
+
+@pytest.fixture
+def request_(nc: Client) -> Request:
+    """Send a request like a gateway does; returns the decoded reply envelope."""
+
+    async def send(
+        subject: str,
+        data: Any,
+        principal: dict[str, Any] | None = None,
+        *,
+        raw: bytes | None = None,
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        body = raw
+        if body is None:
+            body = jsonutil.dumps(
+                {"principal": principal or {"id": "u-alice", "kind": "user"}, "data": data}
+            )
+        msg = await nc.request(subject, body, timeout=timeout)
+        reply: dict[str, Any] = jsonutil.loads(msg.data)
+        return reply
+
+    return send
+
+
+def user(pid: str) -> dict[str, Any]:
+    return {"id": pid, "kind": "user", "name": pid}
+
+
+def agent(pid: str) -> dict[str, Any]:
+    return {"id": pid, "kind": "agent", "name": pid}
+
+
+def service_principal() -> dict[str, Any]:
+    return {"id": "svc-test", "kind": "service"}
