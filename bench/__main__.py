@@ -1,0 +1,301 @@
+"""``python -m bench`` (``make bench``): run the benchmark scenarios and write the results.
+
+    python -m bench                       # every scenario, full size (about 10-15 min)
+    python -m bench --quick               # a short smoke run of every scenario
+    python -m bench --scenario fanout     # one scenario
+    python -m bench --gateway-urls http://127.0.0.1:8001,http://127.0.0.1:8002
+                                          # against gateways already running (make run)
+    python -m bench --report              # rebuild latest.md and latency.png from results/
+
+Results: ``bench/results/<timestamp>-<scenario>.json``, ``bench/results/latest.md`` (the
+table), ``bench/results/latency.png``; logs of the processes under ``bench/results/raw/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report, scenarios
+from bench.generator import LOADGEN_DIR, ensure_node_modules
+from bench.machine import load_average, machine_info
+from bench.system import Gateway, System, external_system, raise_nofile, started_stack
+
+logger = logging.getLogger("bench")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RAW = RESULTS / "raw"
+SCENARIOS = ["idle", "fanout", "persisted", "scaleout"]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--scenario",
+        default="all",
+        choices=[*SCENARIOS, "all", "selfcheck"],
+        help="selfcheck: the generator against a trivial Node server (its ceiling)",
+    )
+    p.add_argument("--quick", action="store_true", help="a short smoke run")
+    p.add_argument(
+        "--gateway-urls",
+        default="",
+        help="comma-separated gateway base URLs of a running stack (default: start one)",
+    )
+    p.add_argument("--threads", type=int, default=2, help="generator worker threads")
+    p.add_argument(
+        "--idle-stages",
+        type=_ints,
+        default=None,
+        help="connection counts to measure at (default 10000,19900)",
+    )
+    p.add_argument(
+        "--fanout-rates",
+        type=_floats,
+        default=None,
+        help="typing:start events/s summed over all senders",
+    )
+    p.add_argument("--persist-rates", type=_floats, default=None, help="message:send/s")
+    p.add_argument("--scaleout-rates", type=_floats, default=None)
+    p.add_argument("--scaleout-gateways", type=_ints, default=[1, 2, 3])
+    p.add_argument(
+        "--replicas",
+        type=_ints,
+        default=[1, 2],
+        help="conversation-service replica counts for persisted",
+    )
+    p.add_argument("--duration", type=float, default=None, help="seconds per load step")
+    p.add_argument(
+        "--conversation-env",
+        default="",
+        help="extra env for the conversation service, K=V,K=V (e.g. group commit off)",
+    )
+    p.add_argument("--gateway-env", default="", help="extra env for the gateways, K=V,K=V")
+    p.add_argument("--label", default="", help="a note stored with the results (what changed)")
+    p.add_argument("--no-write", action="store_true", help="do not write results")
+    p.add_argument("--report", action="store_true", help="only rebuild latest.md and the plot")
+    return p.parse_args(argv)
+
+
+def _env_pairs(text: str) -> dict[str, str]:
+    out = {}
+    for pair in text.split(","):
+        if "=" in pair:
+            k, v = pair.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+@contextlib.contextmanager
+def system_for(
+    args: argparse.Namespace, name: str, *, gateways: int, replicas: int = 1
+) -> Iterator[System]:
+    if args.gateway_urls:
+        urls = [u.strip() for u in args.gateway_urls.split(",") if u.strip()]
+        yield external_system(urls)
+        return
+    extra = {
+        "conversation": _env_pairs(args.conversation_env),
+        "gateway": _env_pairs(args.gateway_env),
+    }
+    workdir = RAW / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{name}"
+    with started_stack(
+        workdir, gateways=gateways, conversation_replicas=replicas, extra_env=extra
+    ) as system:
+        logger.info("stack:\n%s", system.description)
+        yield system
+
+
+@contextlib.contextmanager
+def mock_system(n: int) -> Iterator[System]:
+    ensure_node_modules()
+    procs = []
+    try:
+        gws = []
+        for _ in range(n):
+            proc = subprocess.Popen(
+                ["node", str(LOADGEN_DIR / "mockgw.mjs"), "0"],
+                stdout=subprocess.PIPE,
+                cwd=LOADGEN_DIR,
+            )
+            procs.append(proc)
+            assert proc.stdout is not None
+            port = int(proc.stdout.readline())
+            gws.append(Gateway(f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}", proc.pid))
+        yield System(gws, description="mock Node gateways (generator self-check)")
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=5)
+
+
+def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    q = args.quick
+    dur = args.duration or (3.0 if q else 10.0)
+    drain = 1.5 if q else 2.0
+    log_dir = RAW / "loadgen"
+    if name == "idle":
+        stages = args.idle_stages or ([200, 500] if q else [10_000, 19_900])
+        with system_for(args, name, gateways=1) as system:
+            return scenarios.idle(
+                system,
+                stages=stages,
+                members=20,
+                hold_seconds=2.0 if q else 15.0,
+                per_process=9_500,
+                threads=args.threads,
+                log_dir=log_dir,
+                settle_seconds=2.0 if q else 5.0,
+            )
+    if name in ("fanout", "selfcheck"):
+        rates = args.fanout_rates or (
+            [200.0, 1000.0] if q else [500.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0]
+        )
+        if name == "selfcheck":
+            rates = args.fanout_rates or (
+                [2000.0, 6000.0] if q else [2000.0, 5000.0, 8000.0, 12000.0]
+            )
+        # The mock relays nothing between instances: its self-check uses one instance.
+        cm = mock_system(1) if name == "selfcheck" else system_for(args, name, gateways=2)
+        with cm as system:
+            return scenarios.fanout(
+                system,
+                gateways=[0] if name == "selfcheck" else [0, 1],
+                rates=rates,
+                n_convs=10,
+                members=20,
+                duration=dur,
+                drain=drain,
+                threads=args.threads,
+                log_dir=log_dir,
+                label=name,
+            )
+    if name == "persisted":
+        rates = args.persist_rates or (
+            [100.0, 400.0] if q else [250.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0]
+        )
+        replicas = sorted(args.replicas, reverse=True)
+        runs = []
+        with system_for(args, name, gateways=2, replicas=max(replicas)) as system:
+            for i, k in enumerate(replicas):
+                if i > 0 and system.stack is not None:
+                    for j in range(k, len(system.conversation_pids)):
+                        system.stop_conversation_replica(j)
+                    system.conversation_pids = system.conversation_pids[:k]
+                    time.sleep(1.0)
+                logger.info("persisted: %d conversation replica(s)", k)
+                runs.append(
+                    scenarios.persisted(
+                        system,
+                        gateways=[0, 1],
+                        rates=rates,
+                        n_convs=20,
+                        members=4,
+                        duration=dur,
+                        drain=max(drain, 3.0),
+                        threads=args.threads,
+                        log_dir=log_dir,
+                        label=f"persisted-r{k}",
+                    )
+                )
+                if system.stack is None:
+                    break
+        return {"runs": sorted(runs, key=lambda r: r["conversationReplicas"])}
+    if name == "scaleout":
+        rates = args.scaleout_rates or (
+            [1000.0, 2000.0] if q else [1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 8000.0]
+        )
+        runs = []
+        with system_for(args, name, gateways=max(args.scaleout_gateways)) as system:
+            for g in args.scaleout_gateways:
+                if g > len(system.gateways):
+                    continue
+                logger.info("scaleout: %d gateway(s)", g)
+                runs.append(
+                    scenarios.fanout(
+                        system,
+                        gateways=list(range(g)),
+                        rates=rates,
+                        n_convs=10,
+                        members=20,
+                        duration=dur,
+                        drain=drain,
+                        threads=args.threads,
+                        log_dir=log_dir,
+                        label=f"scaleout-g{g}",
+                    )
+                )
+        return {"runs": runs}
+    raise ValueError(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
+    )
+    if args.report:
+        report.write_latest(RESULTS)
+        return 0
+    nofile = raise_nofile()
+    logger.info("RLIMIT_NOFILE %s", nofile)
+    if shutil.which("node") is None:
+        logger.error("node (>= 20) is required for the load generator")
+        return 2
+    names = SCENARIOS if args.scenario == "all" else [args.scenario]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for name in names:
+        started = datetime.now(UTC)
+        machine = machine_info()
+        logger.info("== %s%s", name, " (quick)" if args.quick else "")
+        try:
+            result = run_scenario(name, args)
+        except Exception:
+            logger.exception("scenario %s failed", name)
+            failed.append(name)
+            continue
+        doc = {
+            "scenario": name,
+            "quick": args.quick,
+            "label": args.label,
+            "startedAt": started.isoformat().replace("+00:00", "Z"),
+            "finishedAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "machine": machine,
+            "loadAvgAtEnd": load_average(),
+            "target": args.gateway_urls or "stack started by the bench",
+            "result": result,
+        }
+        if not args.no_write:
+            path = RESULTS / f"{started:%Y%m%dT%H%M%SZ}-{name}{'-quick' if args.quick else ''}.json"
+            path.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+            logger.info("wrote %s", path.relative_to(RESULTS.parent.parent))
+    if not args.no_write:
+        report.write_latest(RESULTS)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

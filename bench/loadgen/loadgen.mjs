@@ -1,0 +1,590 @@
+// Parley load generator: many WebSocket clients of the Parley client protocol (protocol.md).
+//
+// One process = a main thread that takes JSON commands, one per line, on stdin and answers
+// each with one JSON line on stdout, plus N worker threads (own event loops) that hold the
+// sockets. Clients are spread round-robin over the threads. Typing events carry nothing a
+// client chose, so their latency is matched by count: the sender's thread writes the send
+// time of the k-th typing:start of a conversation into a SharedArrayBuffer before sending it,
+// and the k-th typing:start a receiver gets for that conversation is matched with it (core
+// NATS keeps one publisher's order; a drop shifts the match by one event, which only makes
+// the reported latency larger). message:send carries its send time in `content`.
+// Every time is process.hrtime (CLOCK_MONOTONIC): the same clock in every thread and process.
+//
+// Commands (main thread):
+//   {"op":"init","clients":[{"url","token","gw"}],"deflate":false}
+//   {"op":"connect","concurrency":200,"timeoutMs":30000}
+//   {"op":"commands","items":[{"client":i,"event":"...","data":{...}}],"concurrency":50}
+//   {"op":"load","kind":"typing"|"message","convs":[{"conv","sender","senderGw"}],
+//    "ratePerSender":200,"durationMs":10000,"drainMs":2000,"contentBytes":64}
+//   {"op":"stats"}  {"op":"close"}
+import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
+import { monitorEventLoopDelay } from "node:perf_hooks";
+import { createInterface } from "node:readline";
+import WebSocket from "ws";
+
+const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
+
+function percentiles(values) {
+  const n = values.length;
+  if (n === 0) return { count: 0 };
+  const a = Float64Array.from(values).sort();
+  const q = (p) => a[Math.min(n - 1, Math.max(0, Math.ceil(p * n) - 1))];
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += a[i];
+  const r = (x) => Math.round(x * 1000) / 1000;
+  return {
+    count: n,
+    mean: r(sum / n),
+    p50: r(q(0.5)),
+    p90: r(q(0.9)),
+    p99: r(q(0.99)),
+    p999: r(q(0.999)),
+    max: r(a[n - 1]),
+  };
+}
+
+// ---------------------------------------------------------------------------- worker thread
+
+function workerMain() {
+  const { threadIndex } = workerData;
+  const clients = []; // {idx, url, token, gw, ws, open, convs: Map}
+  const byIdx = new Map();
+  let deflate = false;
+  let nextId = 1;
+  const pending = new Map(); // command id -> {resolve, t0}
+  const closeCodes = {};
+  let load = null; // state of the running load phase
+  const lag = monitorEventLoopDelay({ resolution: 5 });
+  lag.enable();
+
+  function onFrame(client, raw) {
+    let msg;
+    try {
+      msg = JSON.parse(raw);
+    } catch {
+      return;
+    }
+    const id = msg.id;
+    if (id !== undefined && id !== null && pending.has(id)) {
+      const p = pending.get(id);
+      pending.delete(id);
+      p.resolve(msg);
+      return;
+    }
+    if (load !== null) load.onEvent(client, msg);
+  }
+
+  function connectOne(client, timeoutMs) {
+    return new Promise((resolve) => {
+      const t0 = nowMs();
+      let done = false;
+      const finish = (ok, error) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        resolve({ ok, error, ms: nowMs() - t0 });
+      };
+      const timer = setTimeout(() => {
+        finish(false, "timeout");
+        try {
+          client.ws?.terminate();
+        } catch {}
+      }, timeoutMs);
+      const ws = new WebSocket(client.url, {
+        headers: { Authorization: `Bearer ${client.token}` },
+        perMessageDeflate: deflate,
+        handshakeTimeout: timeoutMs,
+      });
+      client.ws = ws;
+      ws.on("unexpected-response", (_req, res) => finish(false, `http ${res.statusCode}`));
+      ws.on("error", (err) => finish(false, err.code || String(err.message).slice(0, 80)));
+      ws.on("close", (code) => {
+        client.open = false;
+        closeCodes[code] = (closeCodes[code] || 0) + 1;
+        finish(false, `closed ${code}`);
+      });
+      ws.on("message", (data, isBinary) => {
+        if (!done) {
+          let msg = null;
+          try {
+            msg = JSON.parse(data.toString());
+          } catch {}
+          if (msg && (msg.event === "connected" || msg.event === "reconnected")) {
+            client.open = true;
+            client.extensions = ws.extensions;
+            finish(true);
+          } else {
+            finish(false, `first frame ${msg && msg.event}`);
+          }
+          return;
+        }
+        if (!isBinary) onFrame(client, data.toString());
+      });
+    });
+  }
+
+  async function pool(items, concurrency, fn) {
+    let i = 0;
+    const results = new Array(items.length);
+    const runners = [];
+    for (let r = 0; r < Math.max(1, Math.min(concurrency, items.length)); r++) {
+      runners.push(
+        (async () => {
+          while (i < items.length) {
+            const k = i++;
+            results[k] = await fn(items[k]);
+          }
+        })(),
+      );
+    }
+    await Promise.all(runners);
+    return results;
+  }
+
+  function request(client, event, data, timeoutMs) {
+    return new Promise((resolve) => {
+      if (!client.open) {
+        resolve({ ok: false, error: "not connected", ms: 0 });
+        return;
+      }
+      const id = `r${threadIndex}-${nextId++}`;
+      const t0 = nowMs();
+      const timer = setTimeout(() => {
+        pending.delete(id);
+        resolve({ ok: false, error: "TIMEOUT(client)", ms: nowMs() - t0 });
+      }, timeoutMs);
+      pending.set(id, {
+        resolve: (msg) => {
+          clearTimeout(timer);
+          const ms = nowMs() - t0;
+          if (msg.success) resolve({ ok: true, ms, data: msg.data });
+          else resolve({ ok: false, ms, error: (msg.error && msg.error.code) || "error" });
+        },
+      });
+      client.ws.send(JSON.stringify({ event, id, data }));
+    });
+  }
+
+  function summarizeErrors(results) {
+    const errors = {};
+    let ok = 0;
+    const ms = [];
+    for (const r of results) {
+      if (r.ok) ok++;
+      else errors[r.error] = (errors[r.error] || 0) + 1;
+      ms.push(r.ms);
+    }
+    return { ok, failed: results.length - ok, errors, ms };
+  }
+
+  // ------------------------------------------------------------------ load phases
+
+  function startLoad(job) {
+    const { kind, convs, ratePerSender, durationMs, drainMs, contentBytes, t0 } = job;
+    const counts = new Int32Array(job.countsBuf);
+    const times = new Float64Array(job.timesBuf);
+    const cap = job.cap;
+    const convIndex = new Map(convs.map((c, i) => [c.conv, i]));
+    const isSenderOf = new Map(); // client idx -> conv index
+    convs.forEach((c, i) => isSenderOf.set(c.sender, i));
+    const st = {
+      sent: 0,
+      sendErrors: 0,
+      sameLat: [],
+      crossLat: [],
+      echoes: 0,
+      unmatched: 0,
+      foreign: 0,
+      ackLat: [],
+      acked: 0,
+      ackFailed: {},
+      seqGaps: 0,
+      seqDup: 0,
+      lastSeq: {}, // `${client}:${convIdx}` -> last seq seen
+      maxAckedSeq: {}, // convIdx -> max acked seq
+      delivered: {}, // convIdx -> deliveries to non-senders
+      behindMax: 0,
+      otherEvents: {},
+    };
+    const recvCount = new Map(); // `${client}:${convIdx}` -> count (typing)
+    const pad = contentBytes > 24 ? "x".repeat(contentBytes - 24) : "";
+
+    const onEvent = (client, msg) => {
+      const ev = msg.event;
+      if (kind === "typing" && ev === "typing:start") {
+        const conv = msg.conversationId ?? (msg.data && msg.data.conversationId);
+        const ci = convIndex.get(conv);
+        if (ci === undefined) {
+          st.foreign++;
+          return;
+        }
+        if (isSenderOf.get(client.idx) === ci) {
+          st.echoes++;
+          return;
+        }
+        const t = nowMs();
+        const key = client.idx * 4096 + ci;
+        const k = recvCount.get(key) || 0;
+        recvCount.set(key, k + 1);
+        st.delivered[ci] = (st.delivered[ci] || 0) + 1;
+        if (k >= Atomics.load(counts, ci) || k >= cap) {
+          st.unmatched++;
+          return;
+        }
+        const lat = t - times[ci * cap + k];
+        if (client.gw === convs[ci].senderGw) st.sameLat.push(lat);
+        else st.crossLat.push(lat);
+      } else if (kind === "message" && ev === "message:new") {
+        const t = nowMs();
+        const conv = msg.conversationId ?? (msg.data && msg.data.conversationId);
+        const ci = convIndex.get(conv);
+        if (ci === undefined) {
+          st.foreign++;
+          return;
+        }
+        const key = `${client.idx}:${ci}`;
+        const seq = msg.seq;
+        const last = st.lastSeq[key];
+        if (typeof seq === "number") {
+          if (last !== undefined) {
+            if (seq > last + 1) st.seqGaps += seq - last - 1;
+            else if (seq <= last) st.seqDup++;
+          }
+          if (last === undefined || seq > last) st.lastSeq[key] = seq;
+        }
+        if (isSenderOf.get(client.idx) === ci) {
+          st.echoes++;
+          return;
+        }
+        st.delivered[ci] = (st.delivered[ci] || 0) + 1;
+        const content = msg.data && msg.data.content;
+        const ts = typeof content === "string" ? parseFloat(content) : NaN;
+        if (Number.isNaN(ts)) {
+          st.unmatched++;
+          return;
+        }
+        const lat = t - ts;
+        if (client.gw === convs[ci].senderGw) st.sameLat.push(lat);
+        else st.crossLat.push(lat);
+      } else {
+        st.otherEvents[ev] = (st.otherEvents[ev] || 0) + 1;
+      }
+    };
+
+    // Senders owned by this thread.
+    const mySenders = [];
+    convs.forEach((c, ci) => {
+      const client = byIdx.get(c.sender);
+      if (client) mySenders.push({ client, ci, n: 0 });
+    });
+    const endAt = t0 + durationMs;
+    let timer = null;
+    const tick = () => {
+      const now = nowMs();
+      if (now < t0) return;
+      const elapsed = Math.min(now, endAt) - t0;
+      const due = Math.floor((elapsed * ratePerSender) / 1000);
+      for (const s of mySenders) {
+        if (!s.client.open) continue;
+        if (due - s.n > st.behindMax) st.behindMax = due - s.n;
+        while (s.n < due) {
+          const k = s.n++;
+          const ts = nowMs();
+          try {
+            if (kind === "typing") {
+              if (k < cap) {
+                times[s.ci * cap + k] = ts;
+                Atomics.store(counts, s.ci, k + 1);
+              }
+              s.client.ws.send(
+                `{"event":"typing:start","data":{"conversationId":"${convs[s.ci].conv}"}}`,
+              );
+            } else {
+              const id = `m${threadIndex}-${nextId++}`;
+              const content = ts.toFixed(3) + " " + pad;
+              pending.set(id, {
+                resolve: (msg) => {
+                  const ms = nowMs() - ts;
+                  if (msg.success) {
+                    st.acked++;
+                    st.ackLat.push(ms);
+                    const seq = msg.data && msg.data.seq;
+                    if (typeof seq === "number" && !(st.maxAckedSeq[s.ci] >= seq))
+                      st.maxAckedSeq[s.ci] = seq;
+                  } else {
+                    const code = (msg.error && msg.error.code) || "error";
+                    st.ackFailed[code] = (st.ackFailed[code] || 0) + 1;
+                  }
+                },
+              });
+              s.client.ws.send(
+                JSON.stringify({
+                  event: "message:send",
+                  id,
+                  data: {
+                    conversationId: convs[s.ci].conv,
+                    content,
+                    clientMessageId: id,
+                  },
+                }),
+              );
+            }
+            st.sent++;
+          } catch {
+            st.sendErrors++;
+          }
+        }
+      }
+      if (now >= endAt && timer !== null) {
+        clearInterval(timer);
+        timer = null;
+      }
+    };
+    if (mySenders.length > 0) timer = setInterval(tick, 1);
+    const cpu0 = process.cpuUsage();
+    lag.reset();
+    load = { onEvent, st };
+    return new Promise((resolve) => {
+      setTimeout(
+        () => {
+          if (timer !== null) clearInterval(timer);
+          load = null;
+          // Replies that never came are failed acks.
+          let lostAcks = 0;
+          for (const [id] of pending) {
+            if (id.startsWith("m")) {
+              pending.delete(id);
+              lostAcks++;
+            }
+          }
+          const cpu = process.cpuUsage(cpu0);
+          resolve({
+            ...st,
+            lostAcks,
+            lastSeq: undefined,
+            seqEnd: st.lastSeq,
+            sameLat: Float64Array.from(st.sameLat),
+            crossLat: Float64Array.from(st.crossLat),
+            ackLat: Float64Array.from(st.ackLat),
+            cpuMs: (cpu.user + cpu.system) / 1000,
+            lagP99Ms: lag.percentile(99) / 1e6,
+            lagMaxMs: lag.max / 1e6,
+          });
+        },
+        Math.max(0, t0 - nowMs()) + durationMs + drainMs,
+      );
+    });
+  }
+
+  parentPort.on("message", async (m) => {
+    try {
+      if (m.op === "init") {
+        deflate = !!m.deflate;
+        for (const c of m.clients) {
+          const client = { ...c, ws: null, open: false };
+          clients.push(client);
+          byIdx.set(c.idx, client);
+        }
+        parentPort.postMessage({ ok: true, clients: clients.length });
+      } else if (m.op === "connect") {
+        const todo = clients.filter((c) => !c.open);
+        const results = await pool(todo, m.concurrency || 100, (c) =>
+          connectOne(c, m.timeoutMs || 30000),
+        );
+        const s = summarizeErrors(results);
+        const ext = {};
+        for (const c of clients) if (c.open) ext[c.extensions || "none"] = (ext[c.extensions || "none"] || 0) + 1;
+        parentPort.postMessage({ ...s, ms: Float64Array.from(s.ms), extensions: ext });
+      } else if (m.op === "commands") {
+        const results = await pool(m.items, m.concurrency || 50, (it) =>
+          request(byIdx.get(it.client), it.event, it.data, m.timeoutMs || 30000),
+        );
+        const s = summarizeErrors(results);
+        parentPort.postMessage({ ...s, ms: Float64Array.from(s.ms) });
+      } else if (m.op === "load") {
+        const r = await startLoad(m);
+        parentPort.postMessage(r, [r.sameLat.buffer, r.crossLat.buffer, r.ackLat.buffer]);
+      } else if (m.op === "stats") {
+        let open = 0;
+        for (const c of clients) if (c.open) open++;
+        parentPort.postMessage({ open, closeCodes });
+      } else if (m.op === "close") {
+        for (const c of clients) {
+          try {
+            c.ws?.terminate();
+          } catch {}
+        }
+        parentPort.postMessage({ ok: true });
+      }
+    } catch (err) {
+      parentPort.postMessage({ error: String(err && err.stack ? err.stack : err) });
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------- main thread
+
+async function main() {
+  const argThreads = process.argv.indexOf("--threads");
+  const nThreads = argThreads > 0 ? parseInt(process.argv[argThreads + 1], 10) : 2;
+  const workers = [];
+  for (let i = 0; i < nThreads; i++) {
+    workers.push(new Worker(new URL(import.meta.url), { workerData: { threadIndex: i } }));
+  }
+  const ask = (w, msg, transfer) =>
+    new Promise((resolve, reject) => {
+      const onMsg = (r) => {
+        w.off("error", onErr);
+        if (r && r.error) reject(new Error(r.error));
+        else resolve(r);
+      };
+      const onErr = (e) => {
+        w.off("message", onMsg);
+        reject(e);
+      };
+      w.once("message", onMsg);
+      w.once("error", onErr);
+      w.postMessage(msg, transfer);
+    });
+  const all = (fn) => Promise.all(workers.map((w, i) => fn(w, i)));
+  const merge = (parts, key) => {
+    const out = [];
+    for (const p of parts) for (const v of p[key]) out.push(v);
+    return out;
+  };
+  const addMaps = (parts, key) => {
+    const out = {};
+    for (const p of parts)
+      for (const [k, v] of Object.entries(p[key] || {})) out[k] = (out[k] || 0) + v;
+    return out;
+  };
+  const sum = (parts, key) => parts.reduce((a, p) => a + (p[key] || 0), 0);
+  const owner = (idx) => idx % nThreads;
+
+  const handle = async (cmd) => {
+    const t0 = nowMs();
+    if (cmd.op === "init") {
+      const per = workers.map(() => []);
+      cmd.clients.forEach((c, idx) => per[owner(idx)].push({ ...c, idx }));
+      await all((w, i) => ask(w, { op: "init", clients: per[i], deflate: !!cmd.deflate }));
+      return { ok: true, clients: cmd.clients.length, threads: nThreads };
+    }
+    if (cmd.op === "connect") {
+      const parts = await all((w) => ask(w, cmd));
+      const wallMs = nowMs() - t0;
+      const ok = sum(parts, "ok");
+      return {
+        ok,
+        failed: sum(parts, "failed"),
+        errors: addMaps(parts, "errors"),
+        extensions: addMaps(parts, "extensions"),
+        wallMs,
+        perSecond: ok / (wallMs / 1000),
+        latencyMs: percentiles(merge(parts, "ms")),
+      };
+    }
+    if (cmd.op === "commands") {
+      const per = workers.map(() => []);
+      for (const it of cmd.items) per[owner(it.client)].push(it);
+      const parts = await all((w, i) =>
+        ask(w, { op: "commands", items: per[i], concurrency: cmd.concurrency, timeoutMs: cmd.timeoutMs }),
+      );
+      const wallMs = nowMs() - t0;
+      const ok = sum(parts, "ok");
+      return {
+        ok,
+        failed: sum(parts, "failed"),
+        errors: addMaps(parts, "errors"),
+        wallMs,
+        perSecond: ok / (wallMs / 1000),
+        latencyMs: percentiles(merge(parts, "ms")),
+      };
+    }
+    if (cmd.op === "load") {
+      const nConv = cmd.convs.length;
+      const cap = Math.ceil((cmd.ratePerSender * cmd.durationMs) / 1000) + 16;
+      const countsBuf = new SharedArrayBuffer(4 * nConv);
+      const timesBuf = new SharedArrayBuffer(8 * nConv * (cmd.kind === "typing" ? cap : 1));
+      const start = nowMs() + 300;
+      const cpu0 = process.cpuUsage();
+      const parts = await all((w) =>
+        ask(w, { ...cmd, op: "load", cap, countsBuf, timesBuf, t0: start }),
+      );
+      const cpu = process.cpuUsage(cpu0);
+      const same = merge(parts, "sameLat");
+      const cross = merge(parts, "crossLat");
+      const delivered = addMaps(parts, "delivered");
+      const maxAcked = {};
+      for (const p of parts)
+        for (const [k, v] of Object.entries(p.maxAckedSeq)) maxAcked[k] = Math.max(maxAcked[k] || 0, v);
+      const seqEnd = {};
+      for (const p of parts) Object.assign(seqEnd, p.seqEnd);
+      // Receivers whose last seq is below the conversation's last acked seq missed the tail.
+      let tailMissing = 0;
+      for (const [key, last] of Object.entries(seqEnd)) {
+        const ci = key.split(":")[1];
+        if (maxAcked[ci] !== undefined && last < maxAcked[ci]) tailMissing += maxAcked[ci] - last;
+      }
+      return {
+        kind: cmd.kind,
+        sent: sum(parts, "sent"),
+        sendErrors: sum(parts, "sendErrors"),
+        delivered: Object.values(delivered).reduce((a, b) => a + b, 0),
+        echoes: sum(parts, "echoes"),
+        unmatched: sum(parts, "unmatched"),
+        foreign: sum(parts, "foreign"),
+        acked: sum(parts, "acked"),
+        ackFailed: addMaps(parts, "ackFailed"),
+        lostAcks: sum(parts, "lostAcks"),
+        seqGaps: sum(parts, "seqGaps"),
+        seqDuplicates: sum(parts, "seqDup"),
+        seqTailMissing: tailMissing,
+        otherEvents: addMaps(parts, "otherEvents"),
+        senderBehindMax: Math.max(...parts.map((p) => p.behindMax)),
+        latencyMs: {
+          all: percentiles([...same, ...cross]),
+          same: percentiles(same),
+          cross: percentiles(cross),
+          ack: percentiles(merge(parts, "ackLat")),
+        },
+        generator: {
+          threads: nThreads,
+          cpuPercent: (((cpu.user + cpu.system) / 1000) / (nowMs() - start)) * 100,
+          threadCpuMs: parts.map((p) => Math.round(p.cpuMs)),
+          loopLagP99Ms: Math.max(...parts.map((p) => p.lagP99Ms)),
+          loopLagMaxMs: Math.max(...parts.map((p) => p.lagMaxMs)),
+        },
+        wallMs: nowMs() - t0,
+      };
+    }
+    if (cmd.op === "stats") {
+      const parts = await all((w) => ask(w, cmd));
+      return { open: sum(parts, "open"), closeCodes: addMaps(parts, "closeCodes") };
+    }
+    if (cmd.op === "close") {
+      await all((w) => ask(w, cmd));
+      return { ok: true };
+    }
+    return { error: `unknown op ${cmd.op}` };
+  };
+
+  const rl = createInterface({ input: process.stdin, crlfDelay: Infinity });
+  for await (const line of rl) {
+    if (!line.trim()) continue;
+    let cmd;
+    let out;
+    try {
+      cmd = JSON.parse(line);
+      out = await handle(cmd);
+    } catch (err) {
+      out = { error: String(err && err.stack ? err.stack : err) };
+    }
+    process.stdout.write(JSON.stringify({ op: cmd && cmd.op, ...out }) + "\n");
+    if (cmd && cmd.op === "close") break;
+  }
+  await Promise.all(workers.map((w) => w.terminate()));
+  process.exit(0);
+}
+
+if (isMainThread) main();
+else workerMain();

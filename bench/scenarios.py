@@ -1,0 +1,387 @@
+"""The four scenarios of issue 6: idle, fanout, persisted, scaleout.
+
+Each takes a :class:`~bench.system.System` and returns a JSON-able dict. Clients are created
+through the protocol only: each connects with its own JWT, conversations are created with
+``conversation:create`` (client-chosen ids, every member a participant) and every member
+sends ``conversation:join``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.generator import Client, GeneratorPool
+from bench.system import System, cpu_seconds
+from parley_contract.auth import mint_token
+from parley_contract.events import Event
+
+logger = logging.getLogger(__name__)
+
+# A p99 under this is "keeps up" when searching the highest sustainable rate.
+P99_LIMIT_MS = 100.0
+MIN_RATIO = 0.999
+
+
+@dataclass
+class Population:
+    clients: list[Client]
+    convs: list[dict[str, Any]]  # {conv, sender, senderGw, members: [client idx]}
+
+
+def population(
+    system: System, prefix: str, n_convs: int, members: int, gateways: list[int]
+) -> Population:
+    """``n_convs`` conversations of ``members`` users; member j of conversation r connects to
+    gateway ``gateways[(r + j) % len(gateways)]``, so members alternate over the gateways and
+    the sender (member 0) of successive conversations sits on successive gateways."""
+    clients: list[Client] = []
+    convs: list[dict[str, Any]] = []
+    for r in range(n_convs):
+        idxs = []
+        for j in range(members):
+            gw = gateways[(r + j) % len(gateways)]
+            user = f"{prefix}-u{r}-{j}"
+            idxs.append(len(clients))
+            clients.append(
+                Client(system.gateways[gw].ws_url, mint_token(user, ttl_seconds=6 * 3600), gw, user)
+            )
+        convs.append(
+            {
+                "conv": f"{prefix}-c{r}",
+                "sender": idxs[0],
+                "senderGw": clients[idxs[0]].gw,
+                "members": idxs,
+            }
+        )
+    return Population(clients, convs)
+
+
+def setup(pool: GeneratorPool, pop: Population, *, concurrency: int = 100) -> dict[str, Any]:
+    """Connect every client, create the conversations, join every member."""
+    out: dict[str, Any] = {}
+    out["connect"] = pool.connect(concurrency=concurrency)
+    creates = [
+        (
+            c["sender"],
+            Event.CONVERSATION_CREATE.value,
+            {
+                "conversationId": c["conv"],
+                "title": f"bench {c['conv']}",
+                "participants": [pop.clients[i].user for i in c["members"][1:]],
+            },
+        )
+        for c in pop.convs
+    ]
+    out["create"] = pool.commands(creates, concurrency=20)
+    joins = [
+        (i, Event.CONVERSATION_JOIN.value, {"conversationId": c["conv"]})
+        for c in pop.convs
+        for i in c["members"]
+    ]
+    out["join"] = pool.commands(joins, concurrency=concurrency)
+    for step in ("connect", "create", "join"):
+        r = out[step]
+        logger.info(
+            "%s: %d ok, %d failed %s in %.1fs (%.0f/s)",
+            step,
+            r["ok"],
+            r["failed"],
+            r.get("errors") or "",
+            r["wallMs"] / 1000,
+            r["perSecond"],
+        )
+    return out
+
+
+def _cpu(pids: dict[str, int | None]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items() if pid}
+
+
+def _watched_pids(
+    system: System, gateways: list[int], pool: GeneratorPool
+) -> dict[str, int | None]:
+    pids: dict[str, int | None] = {f"gateway-{g + 1}": system.gateways[g].pid for g in gateways}
+    for i, pid in enumerate(system.conversation_pids):
+        pids[f"conversation-{i + 1}"] = pid
+    pids.update(system.other_pids)
+    for i, pid in enumerate(pool.pids):
+        pids[f"loadgen-{i + 1}"] = pid
+    return pids
+
+
+# ---------------------------------------------------------------------------------- idle
+
+
+def idle(
+    system: System,
+    *,
+    stages: list[int],
+    members: int,
+    hold_seconds: float,
+    per_process: int,
+    threads: int,
+    log_dir: Path,
+    settle_seconds: float = 5.0,
+) -> dict[str, Any]:
+    """Connections held on ONE gateway, each joined to a conversation of ``members``."""
+    time.sleep(1.0)
+    baseline = system.rss_kb(0) or 0
+    logger.info("idle: gateway-1 RSS before any connection: %.1f MB", baseline / 1024)
+    pools: list[GeneratorPool] = []
+    result: dict[str, Any] = {"baselineRssKB": baseline, "members": members, "stages": []}
+    total = 0
+    try:
+        for s, target in enumerate(stages):
+            n = target - total
+            if n <= 0:
+                continue
+            pop = population(system, f"idle{s}-{int(time.time())}", n // members, members, [0])
+            pool = GeneratorPool(
+                pop.clients, threads=threads, per_process=per_process, log_dir=log_dir
+            )
+            pools.append(pool)
+            t0 = time.monotonic()
+            steps = setup(pool, pop, concurrency=200)
+            total += len(pop.clients)
+            time.sleep(settle_seconds)
+            rss = system.rss_kb(0) or 0
+            open_now = sum(p.stats()["open"] for p in pools)
+            stage = {
+                "connections": total,
+                "open": open_now,
+                "connectPerSecond": round(steps["connect"]["perSecond"], 1),
+                "connectLatencyMs": steps["connect"]["latencyMs"],
+                "connectFailed": steps["connect"]["failed"],
+                "connectErrors": steps["connect"]["errors"],
+                "joinPerSecond": round(steps["join"]["perSecond"], 1),
+                "joinFailed": steps["join"]["failed"],
+                "joinErrors": steps["join"]["errors"],
+                "createFailed": steps["create"]["failed"],
+                "extensions": steps["connect"].get("extensions", {}),
+                "setupSeconds": round(time.monotonic() - t0, 1),
+                "rssKB": rss,
+                "rssPerConnKB": round((rss - baseline) / max(1, open_now), 2),
+            }
+            logger.info(
+                "idle: %d connections open, gateway RSS %.1f MB, %.2f KB/connection",
+                open_now,
+                rss / 1024,
+                stage["rssPerConnKB"],
+            )
+            result["stages"].append(stage)
+        time.sleep(hold_seconds)
+        stats = [p.stats() for p in pools]
+        held = sum(s["open"] for s in stats)
+        rss = system.rss_kb(0) or 0
+        result["hold"] = {
+            "seconds": hold_seconds,
+            "open": held,
+            "closeCodes": [s["closeCodes"] for s in stats],
+            "rssKB": rss,
+            "rssPerConnKB": round((rss - baseline) / max(1, held), 2),
+        }
+        logger.info("idle: %d connections still open after %.0fs hold", held, hold_seconds)
+    finally:
+        for p in pools:
+            p.close()
+    return result
+
+
+# ---------------------------------------------------------------------------------- fanout
+
+
+def _load_step(
+    system: System,
+    pool: GeneratorPool,
+    pop: Population,
+    gateways: list[int],
+    *,
+    kind: str,
+    rate: float,
+    duration: float,
+    drain: float,
+    members: int,
+    content_bytes: int = 64,
+) -> dict[str, Any]:
+    pids = _watched_pids(system, gateways, pool)
+    cpu0 = _cpu(pids)
+    t0 = time.monotonic()
+    res = pool.load(
+        {
+            "kind": kind,
+            "convs": [
+                {"conv": c["conv"], "sender": c["sender"], "senderGw": c["senderGw"]}
+                for c in pop.convs
+            ],
+            "ratePerSender": rate / len(pop.convs),
+            "durationMs": int(duration * 1000),
+            "drainMs": int(drain * 1000),
+            "contentBytes": content_bytes,
+        }
+    )
+    wall = time.monotonic() - t0
+    cpu1 = _cpu(pids)
+    res["cpuPercent"] = {
+        name: round((cpu1[name] - cpu0.get(name, 0.0)) / wall * 100, 1) for name in cpu1
+    }
+    res["rate"] = rate
+    res["durationS"] = duration
+    basis = res["acked"] if kind == "message" else res["sent"]
+    expected = basis * (members - 1)
+    res["expectedDeliveries"] = expected
+    res["deliveryRatio"] = round(res["delivered"] / expected, 5) if expected else 0.0
+    res["deliveriesPerSecond"] = round(res["delivered"] / duration, 1)
+    res["sentPerSecond"] = round(res["sent"] / duration, 1)
+    if kind == "message":
+        res["ackedPerSecond"] = round(res["acked"] / duration, 1)
+    lat = res["latencyMs"]
+    logger.info(
+        "%s %6.0f/s: sent %d, delivered %d (ratio %.4f, %.0f/s), p50/p99/max same %s/%s/%s "
+        "cross %s/%s/%s ms%s, cpu %s",
+        kind,
+        rate,
+        res["sent"],
+        res["delivered"],
+        res["deliveryRatio"],
+        res["deliveriesPerSecond"],
+        lat["same"].get("p50"),
+        lat["same"].get("p99"),
+        lat["same"].get("max"),
+        lat["cross"].get("p50"),
+        lat["cross"].get("p99"),
+        lat["cross"].get("max"),
+        (
+            f", acked {res['acked']} ack p99 {lat['ack'].get('p99')} ms gaps {res['seqGaps']}"
+            if kind == "message"
+            else ""
+        ),
+        res["cpuPercent"],
+    )
+    return res
+
+
+def sustainable(step: dict[str, Any]) -> bool:
+    p99 = step["latencyMs"]["all"].get("p99")
+    return p99 is not None and p99 <= P99_LIMIT_MS and step["deliveryRatio"] >= MIN_RATIO
+
+
+def fanout(
+    system: System,
+    *,
+    gateways: list[int],
+    rates: list[float],
+    n_convs: int,
+    members: int,
+    duration: float,
+    drain: float,
+    threads: int,
+    log_dir: Path,
+    label: str = "fanout",
+) -> dict[str, Any]:
+    """``typing:start`` from one sender per conversation, at each total rate in ``rates``."""
+    pop = population(system, f"{label}-{int(time.time())}", n_convs, members, gateways)
+    pool = GeneratorPool(pop.clients, threads=threads, per_process=50_000, log_dir=log_dir)
+    try:
+        setup_steps = setup(pool, pop)
+        steps = []
+        failures = 0
+        for rate in rates:
+            step = _load_step(
+                system,
+                pool,
+                pop,
+                gateways,
+                kind="typing",
+                rate=rate,
+                duration=duration,
+                drain=drain,
+                members=members,
+            )
+            steps.append(step)
+            failures = 0 if sustainable(step) else failures + 1
+            if failures >= 2 or step["deliveryRatio"] < 0.5:
+                logger.info("%s: stopping the rate search (overloaded)", label)
+                break
+            time.sleep(1.0)
+        ok = [s for s in steps if sustainable(s)]
+        best = max(ok, key=lambda s: s["deliveriesPerSecond"]) if ok else None
+        return {
+            "gateways": len(gateways),
+            "conversations": n_convs,
+            "members": members,
+            "setup": {
+                k: {kk: v[kk] for kk in ("ok", "failed", "errors", "perSecond")}
+                for k, v in setup_steps.items()
+            },
+            "steps": steps,
+            "maxSustainedDeliveriesPerSecond": best["deliveriesPerSecond"] if best else 0.0,
+            "maxSustainedRate": best["rate"] if best else 0.0,
+            "closes": pool.stats()["closeCodes"],
+        }
+    finally:
+        pool.close()
+
+
+def persisted(
+    system: System,
+    *,
+    gateways: list[int],
+    rates: list[float],
+    n_convs: int,
+    members: int,
+    duration: float,
+    drain: float,
+    threads: int,
+    log_dir: Path,
+    label: str = "persisted",
+) -> dict[str, Any]:
+    """``message:send`` from one sender per conversation at each total rate."""
+    pop = population(system, f"{label}-{int(time.time())}", n_convs, members, gateways)
+    pool = GeneratorPool(pop.clients, threads=threads, per_process=50_000, log_dir=log_dir)
+    try:
+        setup_steps = setup(pool, pop)
+        steps = []
+        for rate in rates:
+            step = _load_step(
+                system,
+                pool,
+                pop,
+                gateways,
+                kind="message",
+                rate=rate,
+                duration=duration,
+                drain=drain,
+                members=members,
+            )
+            steps.append(step)
+            if step["acked"] < 0.5 * step["sent"]:
+                logger.info("%s: stopping (less than half of the sends acked)", label)
+                break
+            time.sleep(1.0)
+        good = [
+            s
+            for s in steps
+            if (s["latencyMs"]["ack"].get("p99") or 1e9) <= 50.0 and s["acked"] >= 0.999 * s["sent"]
+        ]
+        best = max(good, key=lambda s: s["ackedPerSecond"]) if good else None
+        return {
+            "gateways": len(gateways),
+            "conversationReplicas": len(system.conversation_pids),
+            "conversations": n_convs,
+            "members": members,
+            "setup": {
+                k: {kk: v[kk] for kk in ("ok", "failed", "errors", "perSecond")}
+                for k, v in setup_steps.items()
+            },
+            "steps": steps,
+            "maxAckedPerSecondAtP99Le50": best["ackedPerSecond"] if best else 0.0,
+            "maxAckedPerSecond": max((s["ackedPerSecond"] for s in steps), default=0.0),
+            "seqGaps": sum(s["seqGaps"] + s["seqTailMissing"] for s in steps),
+            "closes": pool.stats()["closeCodes"],
+        }
+    finally:
+        pool.close()
