@@ -173,6 +173,11 @@ export function App() {
       );
     };
     on(Ev.CONVERSATION_CREATED, onConv);
+    on(Ev.CONVERSATION_JOINED, (f) => {
+      const conv = (f.data as { conversation?: Conversation } | undefined)?.conversation;
+      if (conv?.conversationId)
+        dispatch({ cid: conv.conversationId, action: { type: 'conversation', conversation: conv } });
+    });
     on(Ev.CONVERSATION_UPDATED, onConv);
     on(Ev.MESSAGE_STREAM_START, (f) => {
       const d = f.data as StreamStart;
@@ -297,8 +302,11 @@ export function App() {
             client.messages(cid, { limit: PAGE }),
           ]);
           dispatch({ cid, action: { type: 'conversation', conversation: conv } });
-          dispatch({ cid, action: { type: 'history', messages: page, limit: PAGE, older: false } });
-          const maxSeq = page.reduce((a, m) => Math.max(a, m.seq ?? 0), 0);
+          dispatch({
+            cid,
+            action: { type: 'history', messages: page.items, hasMore: page.hasMore, older: false },
+          });
+          const maxSeq = page.items.reduce((a, m) => Math.max(a, m.seq ?? 0), 0);
           await client.join(cid, maxSeq);
         } else {
           await client.join(cid);
@@ -329,7 +337,7 @@ export function App() {
       const page = await client.messages(openId, { beforeSeq: v.oldestSeq, limit: OLDER_PAGE });
       dispatch({
         cid: openId,
-        action: { type: 'history', messages: page, limit: OLDER_PAGE, older: true },
+        action: { type: 'history', messages: page.items, hasMore: page.hasMore, older: true },
       });
     } catch (e) {
       dispatch({ cid: openId, action: { type: 'loadingOlder', value: false } });

@@ -714,28 +714,38 @@ export class ParleyClient {
 
   async listConversations(limit = 50): Promise<Conversation[]> {
     const body = await this.http<unknown>(`/v1/conversations?limit=${limit}`);
-    return pickList<Conversation>(body, ['conversations', 'items', 'data', 'results']);
+    return pickList<Conversation>(body, ['items', 'conversations', 'data', 'results']);
   }
 
   getConversation(conversationId: string): Promise<Conversation> {
     return this.http<Conversation>(`/v1/conversations/${encodeURIComponent(conversationId)}`);
   }
 
-  /** A page of history by seq, returned in ascending seq order. */
+  /** A page of history by seq, in ascending seq order; `hasMore`: older (or, with afterSeq, newer) exist. */
   async messages(
     conversationId: string,
     opts: { beforeSeq?: number; afterSeq?: number; limit?: number } = {},
-  ): Promise<Message[]> {
+  ): Promise<MessagePage> {
     const q = new URLSearchParams();
     if (opts.beforeSeq != null) q.set('beforeSeq', String(opts.beforeSeq));
     if (opts.afterSeq != null) q.set('afterSeq', String(opts.afterSeq));
-    q.set('limit', String(opts.limit ?? 50));
+    const limit = opts.limit ?? 50;
+    q.set('limit', String(limit));
     const body = await this.http<unknown>(
       `/v1/conversations/${encodeURIComponent(conversationId)}/messages?${q.toString()}`,
     );
-    const list = pickList<Message>(body, ['messages', 'items', 'data', 'results']);
-    return [...list].sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
+    const list = pickList<Message>(body, ['items', 'messages', 'data', 'results']);
+    const more = (body as { hasMore?: unknown } | null)?.hasMore;
+    return {
+      items: [...list].sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0)),
+      hasMore: typeof more === 'boolean' ? more : list.length >= limit,
+    };
   }
+}
+
+export interface MessagePage {
+  items: Message[];
+  hasMore: boolean;
 }
 
 function pickList<T>(body: unknown, keys: string[]): T[] {

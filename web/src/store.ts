@@ -60,7 +60,7 @@ export function emptyConv(conversationId: string): ConvView {
 
 export type Action =
   | { type: 'conversation'; conversation: Conversation }
-  | { type: 'history'; messages: Message[]; limit: number; older: boolean }
+  | { type: 'history'; messages: Message[]; hasMore: boolean; older: boolean }
   | { type: 'loadingOlder'; value: boolean }
   | { type: 'message'; message: Message }
   | { type: 'deleted'; messageId: string }
@@ -122,10 +122,7 @@ export function reduce(state: ConvView, action: Action): ConvView {
           : state.oldestSeq === null
             ? pageOldest
             : Math.min(state.oldestSeq, pageOldest);
-      const hasMore =
-        action.older || !state.loaded
-          ? action.messages.length >= action.limit && (oldestSeq ?? 0) > 1
-          : state.hasMore;
+      const hasMore = action.older || !state.loaded ? action.hasMore : state.hasMore;
       return { ...state, messages, oldestSeq, hasMore, loaded: true, loadingOlder: false };
     }
     case 'loadingOlder':
