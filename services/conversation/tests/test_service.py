@@ -396,7 +396,12 @@ async def test_agent_turn_and_stop_are_published(
     assert [(t.message_id, t.seq, t.agent_id) for t in turns] == [(sent["_id"], 2, "agent-general")]
 
     stops: list[AgentStop] = []
-    sub = await nc.subscribe(subjects.AGENT_STOP, cb=lambda m: _append(stops, m))
+    await psub.unsubscribe()
+
+    async def on_stop(msg: Any) -> None:
+        stops.append(AgentStop.model_validate_json(msg.data))
+
+    sub = await nc.subscribe(subjects.AGENT_STOP, cb=on_stop)
     r = await request_(STOP, {"conversationId": cid}, ALICE)
     assert r["success"] and r["data"] == {"stopping": True}
     for _ in range(50):
@@ -405,10 +410,6 @@ async def test_agent_turn_and_stop_are_published(
         await asyncio.sleep(0.02)
     await sub.unsubscribe()
     assert stops and stops[0].conversation_id == cid and stops[0].principal.id == "u-alice"
-
-
-async def _append(into: list[AgentStop], msg: Any) -> None:
-    into.append(AgentStop.model_validate_json(msg.data))
 
 
 async def test_roles_and_agent_fields(service: ConversationService, request_: Request) -> None:
