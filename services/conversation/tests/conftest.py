@@ -60,14 +60,14 @@ def request_(nc: Client) -> Request:
         principal: dict[str, Any] | None = None,
         *,
         raw: bytes | None = None,
-        timeout: float = 10.0,
+        wait: float = 10.0,
     ) -> dict[str, Any]:
         body = raw
         if body is None:
             body = jsonutil.dumps(
                 {"principal": principal or {"id": "u-alice", "kind": "user"}, "data": data}
             )
-        msg = await nc.request(subject, body, timeout=timeout)
+        msg = await nc.request(subject, body, timeout=wait)
         reply: dict[str, Any] = jsonutil.loads(msg.data)
         return reply
 

@@ -45,7 +45,12 @@ async def create(request_: Request, **data: Any) -> dict[str, Any]:
 async def events_since(
     request_: Request, cid: str, after: int = 0, principal: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    body = {"principal": principal or ALICE, "conversationId": cid, "afterSeq": after, "limit": 1000}
+    body = {
+        "principal": principal or ALICE,
+        "conversationId": cid,
+        "afterSeq": after,
+        "limit": 1000,
+    }
     return await request_(subjects.QUERY_EVENTS_SINCE, None, raw=jsonutil.dumps(body))
 
 
@@ -86,7 +91,7 @@ async def test_500_concurrent_sends_through_two_replicas(
     async def send(i: int) -> dict[str, Any]:
         if i % 2:
             data = {"conversationId": cid, "content": f"user {i}", "clientMessageId": f"c-{i}"}
-            return await request_(SEND, data, ALICE if i % 4 == 1 else BOB, timeout=60)
+            return await request_(SEND, data, ALICE if i % 4 == 1 else BOB, wait=60)
         data = {
             "conversationId": cid,
             "content": f"agent {i}",
@@ -94,7 +99,7 @@ async def test_500_concurrent_sends_through_two_replicas(
             "cost": 0.25,
             "clientMessageId": f"c-{i}",
         }
-        return await request_(SEND, data, AGENT, timeout=60)
+        return await request_(SEND, data, AGENT, wait=60)
 
     replies = await asyncio.gather(*(send(i) for i in range(500)))
     assert all(r["success"] for r in replies), [r for r in replies if not r["success"]][:3]
@@ -154,7 +159,9 @@ async def test_client_message_id_stores_once(
     assert got["data"]["totalMessages"] == 2
 
 
-async def test_outsider_can_neither_read_nor_write(service: ConversationService, request_: Request) -> None:
+async def test_outsider_can_neither_read_nor_write(
+    service: ConversationService, request_: Request
+) -> None:
     cid = (await create(request_))["_id"]
     sent = await request_(SEND, {"conversationId": cid, "content": "secret"}, ALICE)
     mid = sent["data"]["_id"]
@@ -201,13 +208,21 @@ async def test_bad_input_is_refused_with_the_right_code(
         (SEND, {"conversationId": "a.b.>", "content": "x"}, "VALIDATION_ERROR"),
         (SEND, {"content": "x"}, "VALIDATION_ERROR"),
         (SEND, {"conversationId": cid, "content": "x" * 32_001}, "VALIDATION_ERROR"),
-        (SEND, {"conversationId": cid, "content": "x", "metadata": {"$set": 1}}, "VALIDATION_ERROR"),
+        (
+            SEND,
+            {"conversationId": cid, "content": "x", "metadata": {"$set": 1}},
+            "VALIDATION_ERROR",
+        ),
         (SEND, {"conversationId": cid, "content": "x", "role": "assistant"}, "FORBIDDEN"),
         (SEND, {"conversationId": cid, "content": "x", "role": "system"}, "FORBIDDEN"),
         (SEND, {"conversationId": cid, "content": "x", "cost": 1.0}, "FORBIDDEN"),
         (
             SEND,
-            {"conversationId": cid, "content": "x", "usage": {"promptTokens": 1, "completionTokens": 1, "totalTokens": 2}},
+            {
+                "conversationId": cid,
+                "content": "x",
+                "usage": {"promptTokens": 1, "completionTokens": 1, "totalTokens": 2},
+            },
             "FORBIDDEN",
         ),
         (SEND, {"conversationId": cid, "content": "x", "messageType": "tool_call"}, "FORBIDDEN"),
@@ -219,7 +234,11 @@ async def test_bad_input_is_refused_with_the_right_code(
         (CREATE, {"title": "x" * 201}, "VALIDATION_ERROR"),
         (subjects.command(Event.TYPING_START), {"conversationId": cid}, "UNKNOWN_EVENT"),
         ("parley.cmd.nope", {}, "UNKNOWN_EVENT"),
-        (subjects.QUERY_MESSAGES_LIST, {"conversationId": cid, "limit": 100000}, "VALIDATION_ERROR"),
+        (
+            subjects.QUERY_MESSAGES_LIST,
+            {"conversationId": cid, "limit": 100000},
+            "VALIDATION_ERROR",
+        ),
         (subjects.QUERY_CONVERSATIONS_LIST, {"cursor": "!!!"}, "VALIDATION_ERROR"),
     ]
     for subject, data, code in bad:
@@ -230,8 +249,16 @@ async def test_bad_input_is_refused_with_the_right_code(
     raw_cases: list[tuple[bytes, str]] = [
         (b"not json", "VALIDATION_ERROR"),
         (b"{}", "VALIDATION_ERROR"),
-        (jsonutil.dumps({"principal": {"id": "u", "kind": "alien"}, "data": {}}), "VALIDATION_ERROR"),
-        (b'{"principal": {"id": "u-alice", "kind": "user"}, "data": {"content": "' + b"x" * 300_000 + b'"}}', "PAYLOAD_TOO_LARGE"),
+        (
+            jsonutil.dumps({"principal": {"id": "u", "kind": "alien"}, "data": {}}),
+            "VALIDATION_ERROR",
+        ),
+        (
+            b'{"principal": {"id": "u-alice", "kind": "user"}, "data": {"content": "'
+            + b"x" * 300_000
+            + b'"}}',
+            "PAYLOAD_TOO_LARGE",
+        ),
     ]
     for raw, code in raw_cases:
         r = await request_(SEND, None, raw=raw)
@@ -260,7 +287,9 @@ async def test_events_since_replays_exactly_what_was_published(
     sub = await nc.subscribe(subjects.conversation_events(cid), cb=on_event)
     m1 = (await request_(SEND, {"conversationId": cid, "content": "one"}, ALICE))["data"]
     m2 = (await request_(SEND, {"conversationId": cid, "content": "two"}, BOB))["data"]
-    r = await request_(EDIT, {"conversationId": cid, "messageId": m1["_id"], "content": "uno"}, ALICE)
+    r = await request_(
+        EDIT, {"conversationId": cid, "messageId": m1["_id"], "content": "uno"}, ALICE
+    )
     assert r["success"] and r["data"]["content"] == "uno" and r["data"]["editedAt"], r
     r = await request_(EDIT, {"conversationId": cid, "messageId": m1["_id"], "content": "x"}, BOB)
     assert r["error"]["code"] == "FORBIDDEN"
@@ -307,16 +336,26 @@ async def test_agent_switch_writes_a_system_message(
     assert r["success"], r
     assert r["data"]["agentId"] == "agent-code"
     log = (await events_since(request_, cid))["data"]["events"]
-    assert [f["event"] for f in log] == ["conversation:created", "conversation:updated", "message:new"]
+    assert [f["event"] for f in log] == [
+        "conversation:created",
+        "conversation:updated",
+        "message:new",
+    ]
     system = log[2]["data"]
     assert system["role"] == "system" and system["messageType"] == "system"
     assert system["content"] == "Agent switched from 'agent-general' to 'agent-code'"
     assert system["metadata"] == {"previousAgentId": "agent-general", "newAgentId": "agent-code"}
     # The old agent lost access, the new one has it.
-    r = await request_(subjects.QUERY_CONVERSATION_GET, {"conversationId": cid}, agent("agent-general"))
+    r = await request_(
+        subjects.QUERY_CONVERSATION_GET, {"conversationId": cid}, agent("agent-general")
+    )
     assert r["error"]["code"] == "FORBIDDEN"
-    r = await request_(SEND, {"conversationId": cid, "content": "hello from code"}, agent("agent-code"))
-    assert r["success"] and r["data"]["role"] == "assistant" and r["data"]["agentId"] == "agent-code"
+    r = await request_(
+        SEND, {"conversationId": cid, "content": "hello from code"}, agent("agent-code")
+    )
+    assert (
+        r["success"] and r["data"]["role"] == "assistant" and r["data"]["agentId"] == "agent-code"
+    )
 
 
 async def test_leave_ends_access_and_keeps_joined_at(
@@ -354,7 +393,9 @@ async def test_history_queries(service: ConversationService, request_: Request) 
     got = [c["_id"] for c in page1["data"]["items"]]
     cursor = page1["data"]["nextCursor"]
     while cursor:
-        page = await request_(subjects.QUERY_CONVERSATIONS_LIST, {"limit": 2, "cursor": cursor}, carol)
+        page = await request_(
+            subjects.QUERY_CONVERSATIONS_LIST, {"limit": 2, "cursor": cursor}, carol
+        )
         got += [c["_id"] for c in page["data"]["items"]]
         cursor = page["data"]["nextCursor"]
     assert got == list(reversed(ids))  # newest first
@@ -367,7 +408,11 @@ async def test_history_queries(service: ConversationService, request_: Request) 
     q = subjects.QUERY_MESSAGES_LIST
     latest = (await request_(q, {"conversationId": cid, "limit": 3}, carol))["data"]
     assert [m["content"] for m in latest["items"]] == ["m4", "m5", "m6"] and latest["hasMore"]
-    older = (await request_(q, {"conversationId": cid, "limit": 3, "beforeSeq": latest["items"][0]["seq"]}, carol))["data"]
+    older = (
+        await request_(
+            q, {"conversationId": cid, "limit": 3, "beforeSeq": latest["items"][0]["seq"]}, carol
+        )
+    )["data"]
     assert [m["content"] for m in older["items"]] == ["m1", "m2", "m3"] and older["hasMore"]
     newer = (await request_(q, {"conversationId": cid, "limit": 5, "afterSeq": 4}, carol))["data"]
     assert [m["seq"] for m in newer["items"]] == [5, 6, 7, 8] and not newer["hasMore"]
@@ -378,7 +423,9 @@ async def test_agent_turn_and_stop_are_published(
 ) -> None:
     cid = (await create(request_, agentId="agent-general"))["_id"]
     js = nc.jetstream()
-    psub = await js.pull_subscribe(subjects.AGENT_TURN, durable=None, stream=subjects.STREAM_AGENT_TURNS)
+    psub = await js.pull_subscribe(
+        subjects.AGENT_TURN, durable=None, stream=subjects.STREAM_AGENT_TURNS
+    )
     sent = (await request_(SEND, {"conversationId": cid, "content": "question?"}, ALICE))["data"]
     await request_(SEND, {"conversationId": cid, "content": "answer", "role": "assistant"}, AGENT)
     turns: list[AgentTurn] = []
@@ -418,7 +465,9 @@ async def test_roles_and_agent_fields(service: ConversationService, request_: Re
         "conversationId": cid,
         "content": "",
         "messageType": "tool_call",
-        "toolCalls": [{"id": "call-1", "type": "mcp_tool", "function": {"name": "search", "arguments": "{}"}}],
+        "toolCalls": [
+            {"id": "call-1", "type": "mcp_tool", "function": {"name": "search", "arguments": "{}"}}
+        ],
     }
     r = await request_(SEND, call, AGENT)
     assert r["success"] and r["data"]["role"] == "assistant", r
@@ -426,17 +475,34 @@ async def test_roles_and_agent_fields(service: ConversationService, request_: Re
         "conversationId": cid,
         "content": "42",
         "messageType": "tool_result",
-        "toolResults": [{"toolCallId": "call-1", "toolName": "search", "result": {"n": 42}, "success": True}],
+        "toolResults": [
+            {"toolCallId": "call-1", "toolName": "search", "result": {"n": 42}, "success": True}
+        ],
     }
     r = await request_(SEND, result, AGENT)
     assert r["success"] and r["data"]["role"] == "tool", r
-    thinking = {"conversationId": cid, "content": "", "messageType": "thinking", "thinking": {"content": "hmm"}}
+    thinking = {
+        "conversationId": cid,
+        "content": "",
+        "messageType": "thinking",
+        "thinking": {"content": "hmm"},
+    }
     assert (await request_(SEND, thinking, AGENT))["data"]["messageType"] == "thinking"
     r = await request_(SEND, {"conversationId": cid, "content": "x", "role": "system"}, AGENT)
     assert r["error"]["code"] == "FORBIDDEN"
     r = await request_(SEND, {"conversationId": cid, "content": "maintenance"}, service_principal())
     assert r["success"] and r["data"]["role"] == "system", r
-    r = await request_(subjects.INTERNAL_MESSAGE_APPEND, {"conversationId": cid, "content": "final", "role": "assistant", "usage": {"promptTokens": 5, "completionTokens": 5, "totalTokens": 10}, "cost": 0.5}, service_principal())
+    r = await request_(
+        subjects.INTERNAL_MESSAGE_APPEND,
+        {
+            "conversationId": cid,
+            "content": "final",
+            "role": "assistant",
+            "usage": {"promptTokens": 5, "completionTokens": 5, "totalTokens": 10},
+            "cost": 0.5,
+        },
+        service_principal(),
+    )
     assert r["success"] and r["data"]["agentId"] == "agent-general", r
     got = (await request_(subjects.QUERY_CONVERSATION_GET, {"conversationId": cid}, ALICE))["data"]
     assert got["totalMessages"] == 5 and got["totalTokens"] == 10 and got["totalCost"] == 0.5
@@ -452,7 +518,9 @@ async def test_create_notifies_participants(
         got.append(jsonutil.loads(msg.data))
 
     sub = await nc.subscribe(subjects.principal_events("u-dave"), cb=cb)
-    conv = await create(request_, participants=["u-dave", {"id": "u-erin", "kind": "user", "role": "observer"}])
+    conv = await create(
+        request_, participants=["u-dave", {"id": "u-erin", "kind": "user", "role": "observer"}]
+    )
     assert conv["createdBy"] == "u-alice"
     assert [(p.get("userId"), p["role"]) for p in conv["participants"]] == [
         ("u-alice", "user"),

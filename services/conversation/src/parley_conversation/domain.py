@@ -170,7 +170,7 @@ def new_conversation(principal: Principal, cmd: ConversationCreate) -> Conversat
         wanted.append(Participant(agent_id=cmd.agent_id, role=ParticipantRole.AGENT, joined_at=at))
     participants, _ = _merge_participants([], wanted)
     return Conversation(
-        _id=cid,
+        id=cid,
         conversation_id=cid,
         title=cmd.title,
         description=cmd.description,
@@ -300,7 +300,7 @@ def agent_switch_message(
     new = names.get(new_agent_id or "", new_agent_id or "none")
     at = now_ms()
     return Message(
-        _id=new_id("msg"),
+        id=new_id("msg"),
         conversation_id=conv_id,
         role=Role.SYSTEM,
         message_type=MessageType.SYSTEM,

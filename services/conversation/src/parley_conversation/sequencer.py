@@ -183,19 +183,19 @@ class Sequencer:
             live.sort(key=lambda j: order[id(j)])
         if not live:
             return
-        pending = [self._pending(job) for job in live]
+        pending = [self._pending(j) for j in live]
         hint = conv.last_seq + 1 if conv is not None and conv.last_seq else None
         results = await self._store.append_events(cid, pending, hint=hint)
         stored: list[Message] = []
         seqs: list[int] = []
-        for job, res in zip(live, results, strict=True):
+        for item, res in zip(live, results, strict=True):
             if res.duplicate:
                 continue
             seqs.append(res.seq)
-            if isinstance(job, _Send) and job.stored is not None:
-                if job.stored.seq != res.seq:  # built for a seq that was then taken
-                    job.stored = job.stored.model_copy(update={"seq": res.seq})
-                stored.append(job.stored)
+            if isinstance(item, _Send) and item.stored is not None:
+                if item.stored.seq != res.seq:  # built for a seq that was then taken
+                    item.stored = item.stored.model_copy(update={"seq": res.seq})
+                stored.append(item.stored)
         await self._store.insert_messages(stored)
         t = domain.totals_of(stored, seqs)
         await self._store.add_totals(
@@ -219,13 +219,13 @@ class Sequencer:
                 raise
             except Exception:
                 logger.exception("after-store hook failed for %s", cid)
-        for job, res in zip(live, results, strict=True):
-            if isinstance(job, _Send):
+        for item, res in zip(live, results, strict=True):
+            if isinstance(item, _Send):
                 result = SendResult(res.frame["data"], res.seq, duplicate=res.duplicate)
-                cmid = job.message.client_message_id
-                _resolve([job, *(followers.get(cmid, []) if cmid else [])], result)
-            elif not job.future.done():
-                job.future.set_result(res)
+                cmid = item.message.client_message_id
+                _resolve([item, *(followers.get(cmid, []) if cmid else [])], result)
+            elif not item.future.done():
+                item.future.set_result(res)
 
     @staticmethod
     def _pending(job: _Job) -> PendingEvent:
