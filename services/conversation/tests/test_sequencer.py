@@ -1,0 +1,138 @@
+"""Unit tests of the group commit (an in-memory repository: no network, no timing)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from parley_contract import envelopes, jsonutil
+from parley_contract.commands import ConversationCreate, MessageSend
+from parley_contract.errors import ErrorCode, ParleyError
+from parley_contract.events import Event, PrincipalKind
+from parley_contract.internal import Principal
+from parley_contract.models import Conversation, Message
+from parley_conversation import domain
+from parley_conversation.sequencer import Sequencer
+from parley_conversation.store import AppendResult, MessageTotals, PendingEvent
+
+ALICE = Principal(id="u-alice", kind=PrincipalKind.USER)
+MALLORY = Principal(id="u-mallory", kind=PrincipalKind.USER)
+
+
+class MemoryRepo:
+    """Just what the sequencer calls; each call yields to the loop like a real store."""
+
+    def __init__(self, conv: Conversation) -> None:
+        self.conv = conv
+        self.events: list[dict[str, Any]] = []
+        self.messages: list[Message] = []
+        self.totals = MessageTotals()
+        self.append_calls = 0
+
+    async def get_conversation(self, conversation_id: str) -> Conversation | None:
+        await asyncio.sleep(0)
+        return self.conv if conversation_id == self.conv.id else None
+
+    async def frames_by_client_ids(
+        self, conversation_id: str, client_ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        await asyncio.sleep(0)
+        return {e["cmid"]: e["frame"] for e in self.events if e["cmid"] in client_ids}
+
+    async def append_events(
+        self, conversation_id: str, events: Sequence[PendingEvent], hint: int | None = None
+    ) -> list[AppendResult]:
+        self.append_calls += 1
+        await asyncio.sleep(0)
+        out = []
+        for p in events:
+            seq = len(self.events) + 1
+            frame = envelopes.event_frame(
+                p.event, p.build(seq), conversation_id=conversation_id, seq=seq
+            )
+            self.events.append({"cmid": p.client_message_id, "frame": frame})
+            out.append(AppendResult(seq, frame))
+        return out
+
+    async def insert_messages(self, messages: Sequence[Message]) -> None:
+        self.messages.extend(messages)
+
+    async def add_totals(self, conversation_id: str, totals: MessageTotals) -> None:
+        self.totals.messages += totals.messages
+        self.totals.max_seq = max(self.totals.max_seq, totals.max_seq)
+
+
+@pytest.fixture
+def setup() -> tuple[MemoryRepo, Sequencer, list[tuple[str, dict[str, Any]]], list[int]]:
+    conv = domain.new_conversation(ALICE, ConversationCreate(conversation_id="c1"))
+    repo = MemoryRepo(conv)
+    published: list[tuple[str, dict[str, Any]]] = []
+    batches: list[int] = []
+
+    async def publish(subject: str, payload: bytes) -> None:
+        published.append((subject, jsonutil.loads(payload)))
+
+    seq = Sequencer(repo, publish, max_batch=50, on_batch=batches.append)  # type: ignore[arg-type]
+    return repo, seq, published, batches
+
+
+def message(text: str, cmid: str | None = None) -> Message:
+    return domain.new_message(
+        ALICE, MessageSend(conversation_id="c1", content=text, client_message_id=cmid)
+    )
+
+
+async def test_concurrent_sends_are_batched_in_order(setup: Any) -> None:
+    repo, seq, published, batches = setup
+    results = await asyncio.gather(*(seq.send(ALICE, message(f"m{i}")) for i in range(120)))
+    assert [r.seq for r in results] == list(range(1, 121))
+    assert [r.message["content"] for r in results] == [f"m{i}" for i in range(120)]
+    assert max(batches) > 1 and max(batches) <= 50 and sum(batches) == 120
+    assert repo.append_calls == len(batches) < 120
+    assert [f["seq"] for _, f in published] == list(range(1, 121))
+    assert repo.totals.messages == 120 and repo.totals.max_seq == 120
+
+
+async def test_outsider_fails_alone(setup: Any) -> None:
+    repo, seq, _published, _batches = setup
+    outcomes = await asyncio.gather(
+        seq.send(ALICE, message("a")),
+        seq.send(MALLORY, message("b")),
+        seq.send(ALICE, message("c")),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], ParleyError) and outcomes[1].code is ErrorCode.FORBIDDEN
+    assert [o.seq for o in (outcomes[0], outcomes[2])] == [1, 2]  # type: ignore[union-attr]
+    assert [m.content for m in repo.messages] == ["a", "c"]
+
+
+async def test_same_client_message_id_in_one_batch(setup: Any) -> None:
+    repo, seq, _published, _batches = setup
+    results = await asyncio.gather(*(seq.send(ALICE, message("x", "same")) for _ in range(10)))
+    assert len({r.message["_id"] for r in results}) == 1
+    assert len(repo.messages) == 1
+    again = await seq.send(ALICE, message("x", "same"))
+    assert again.duplicate and again.message == results[0].message
+
+
+async def test_generic_events_share_the_sequence(setup: Any) -> None:
+    _repo, seq, published, _batches = setup
+    a = await seq.send(ALICE, message("a"))
+    ev = await seq.append("c1", Event.CONVERSATION_UPDATED, lambda s: {"at": s})
+    assert (a.seq, ev.seq) == (1, 2) and ev.frame["data"] == {"at": 2}
+    assert [f["event"] for _, f in published] == ["message:new", "conversation:updated"]
+
+
+async def test_drain_finishes_work_then_refuses(setup: Any) -> None:
+    repo, seq, _published, _batches = setup
+    pending = [asyncio.ensure_future(seq.send(ALICE, message(f"m{i}"))) for i in range(20)]
+    await asyncio.sleep(0)
+    await seq.drain()
+    assert all(p.done() and not p.exception() for p in pending)
+    assert len(repo.messages) == 20
+    with pytest.raises(ParleyError) as exc:
+        await seq.send(ALICE, message("late"))
+    assert exc.value.code is ErrorCode.SERVICE_UNAVAILABLE
