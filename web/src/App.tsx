@@ -419,7 +419,7 @@ export function App() {
     <div className={`app ${openId ? 'has-open' : ''}`}>
       <header className="topbar">
         <h1>
-          <span aria-hidden="true">💬</span> Parley
+          <span aria-hidden="true" className="logo" /> Parley
         </h1>
         <div
           className={`conn conn-${connection}`}
@@ -455,12 +455,13 @@ export function App() {
           error={listError}
           disabled={!client}
           onOpen={(cid) => void openConversation(cid)}
-          onCreate={async (title, agentId) => {
+          onCreate={async (title, agentId, participants) => {
             if (!client) return;
             try {
               const conv = await client.createConversation({
                 title: title || 'New conversation',
                 ...(agentId ? { agentId } : {}),
+                ...(participants.length ? { participants } : {}),
               });
               setConversations((l) =>
                 sortConversations([...l.filter((x) => x.conversationId !== conv.conversationId), conv]),
@@ -486,6 +487,15 @@ export function App() {
               onStop={stop}
               onTyping={typing}
               onLoadOlder={() => void loadOlder()}
+              onSwitchAgent={(agentId) => {
+                if (!client || !openId) return;
+                client
+                  .request<Conversation>(Ev.CONVERSATION_UPDATE, { conversationId: openId, agentId })
+                  .then((conv) =>
+                    dispatch({ cid: openId, action: { type: 'conversation', conversation: conv } }),
+                  )
+                  .catch((e: Error) => setNotice(`Cannot switch agent: ${e.message}`));
+              }}
               onBack={() => {
                 if (client && openId) void client.leave(openId);
                 setOpenId(null);
@@ -516,18 +526,24 @@ function Sidebar({
   error: string | null;
   disabled: boolean;
   onOpen: (cid: string) => void;
-  onCreate: (title: string, agentId: string) => Promise<void>;
+  onCreate: (title: string, agentId: string, participants: string[]) => Promise<void>;
 }) {
   const [title, setTitle] = useState('');
   const [agent, setAgent] = useState('agent-demo');
   const [joinId, setJoinId] = useState('');
+  const [invite, setInvite] = useState('');
   const [busy, setBusy] = useState(false);
   const create = async (e: FormEvent) => {
     e.preventDefault();
     setBusy(true);
     try {
-      await onCreate(title.trim(), agent.trim());
+      const people = invite
+        .split(/[\s,]+/)
+        .map((x) => x.trim())
+        .filter(Boolean);
+      await onCreate(title.trim(), agent.trim(), people);
       setTitle('');
+      setInvite('');
     } finally {
       setBusy(false);
     }
@@ -550,6 +566,14 @@ function Sidebar({
           value={agent}
           onChange={(e) => setAgent(e.target.value)}
           data-testid="new-agent"
+        />
+        <label htmlFor="new-invite">Invite users (ids, comma-separated)</label>
+        <input
+          id="new-invite"
+          value={invite}
+          onChange={(e) => setInvite(e.target.value)}
+          placeholder="user-2"
+          data-testid="new-invite"
         />
         <button type="submit" disabled={disabled || busy} data-testid="create-conversation">
           {busy ? 'Creating…' : 'Create'}

@@ -23,6 +23,7 @@ export interface PaneProps {
   onTyping: (on: boolean) => void;
   onLoadOlder: () => void;
   onBack: () => void;
+  onSwitchAgent: (agentId: string) => void;
 }
 
 export function ConversationPane(props: PaneProps) {
@@ -115,7 +116,7 @@ export function ConversationPane(props: PaneProps) {
                   className={`dot ${online ? 'on' : online === false ? 'off' : 'unknown'}`}
                   aria-hidden="true"
                 />
-                {p.agentId ? '🤖 ' : ''}
+                
                 {id === self ? `${id} (you)` : id}
                 <span className="sr-only-text">{online ? ' online' : ' offline'}</span>
               </li>
@@ -123,6 +124,32 @@ export function ConversationPane(props: PaneProps) {
           })}
         </ul>
       )}
+
+      <details className="conv-settings">
+        <summary>Conversation settings</summary>
+        <form
+          aria-label="switch agent"
+          onSubmit={(e) => {
+            e.preventDefault();
+            const v = new FormData(e.currentTarget).get('agentId');
+            if (typeof v === 'string' && v.trim()) props.onSwitchAgent(v.trim());
+          }}
+        >
+          <label htmlFor="switch-agent">Agent answering in this conversation</label>
+          <div className="row">
+            <input
+              id="switch-agent"
+              name="agentId"
+              defaultValue={c?.agentId ?? ''}
+              key={c?.agentId ?? ''}
+              data-testid="switch-agent-input"
+            />
+            <button type="submit" data-testid="switch-agent">
+              Switch agent
+            </button>
+          </div>
+        </form>
+      </details>
 
       <div
         className="messages"

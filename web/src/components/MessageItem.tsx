@@ -39,6 +39,15 @@ function prettyJson(raw: unknown): string {
   }
 }
 
+function Avatar({ role, name }: { role: string; name: string }) {
+  const letter = role === 'assistant' ? 'AI' : (name.replace(/^(user|agent)-/, '')[0] ?? '?');
+  return (
+    <span aria-hidden="true" className={`avatar avatar-${role}`}>
+      {letter.toUpperCase()}
+    </span>
+  );
+}
+
 export function Markdown({ text }: { text: string }) {
   const html = useMemo(() => renderMarkdown(text), [text]);
   return <div className="md" dangerouslySetInnerHTML={{ __html: html }} />;
@@ -114,7 +123,7 @@ function ToolCallRow({
     <li className={`tool-call tool-${state}`} data-testid="tool-call" data-tool-state={state}>
       <div className="tool-head">
         <span className="tool-icon" aria-hidden="true">
-          🔧
+          ⚙
         </span>
         <span className="tool-name">{call.function.name}</span>
         {state === 'running' && (
@@ -173,11 +182,7 @@ export function MessageItem({ message: m, self, results, superseded }: MessageIt
   const header = (
     <div className="msg-head">
       <span className="who">
-        {m.role === 'assistant' && (
-          <span aria-hidden="true" className="avatar">
-            🤖
-          </span>
-        )}
+        <Avatar role={m.role} name={who} />
         {who}
       </span>
       <time dateTime={m.createdAt ?? undefined}>{formatTime(m.createdAt)}</time>
@@ -237,7 +242,10 @@ export function MessageItem({ message: m, self, results, superseded }: MessageIt
             testId="tool-result-toggle"
             label={
               <span>
-                <span aria-hidden="true">{ok ? '✅' : '❌'}</span> Tool result: {name}
+                <span aria-hidden="true" className={ok ? 'ok-mark' : 'err-mark'}>
+                  {ok ? '✓' : '✗'}
+                </span>{' '}
+                Tool result: {name}
                 {time ? ` · ${formatMs(time)}` : ''}
                 {m.content ? <span className="summary"> — {m.content}</span> : null}
               </span>
@@ -258,7 +266,7 @@ export function MessageItem({ message: m, self, results, superseded }: MessageIt
         <article {...common} className="msg msg-error" role="alert" aria-label="error">
           {header}
           <div>
-            <span aria-hidden="true">⚠️ </span>
+            <span aria-hidden="true">⚠ </span>
             {m.error || m.content || 'error'}
           </div>
           {m.error && m.content && m.content !== m.error && (
@@ -299,9 +307,7 @@ export function StreamBubble({ stream }: { stream: StreamView }) {
     >
       <div className="msg-head">
         <span className="who">
-          <span aria-hidden="true" className="avatar">
-            🤖
-          </span>
+          <Avatar role="assistant" name={stream.agentId ?? 'agent'} />
           {stream.agentId ?? 'agent'}
         </span>
         <span className="badge muted">{stream.ended ? 'finishing…' : 'streaming…'}</span>

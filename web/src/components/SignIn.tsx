@@ -53,7 +53,7 @@ export function SignIn({ onToken, error, busy }: SignInProps) {
   return (
     <main className="signin" aria-labelledby="signin-title">
       <h1 id="signin-title">
-        <span aria-hidden="true">💬</span> Parley
+        <span aria-hidden="true" className="logo" /> Parley
       </h1>
       <p className="muted">People and AI agents in live conversations.</p>
 
