@@ -78,7 +78,8 @@ async def test_bad_input(gateway_factory: Any, clients: Any, fake_conversation: 
     r = await c.cmd("nope:nope", {})
     assert r["error"]["code"] == "UNKNOWN_EVENT"
     await asyncio.sleep(0.5)
-    codes = [(await c.cmd("typing:start", {"conversationId": "x"}))["error"]["code"]
-             for _ in range(15)]
+    codes = [
+        (await c.cmd("typing:start", {"conversationId": "x"}))["error"]["code"] for _ in range(15)
+    ]
     assert "RATE_LIMITED" in codes
     assert "FORBIDDEN" in codes

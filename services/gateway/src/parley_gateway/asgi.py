@@ -11,6 +11,7 @@ A few lines instead of httpx's ASGITransport: it avoids a runtime dependency and
 
 from __future__ import annotations
 
+import asyncio
 import http
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -64,6 +65,9 @@ async def call_asgi(
         if not sent_request:
             sent_request = True
             return {"type": "http.request", "body": b"", "more_body": False}
+        # The client stays until the response is complete (responses that listen for a
+        # disconnect while streaming would otherwise stop at once).
+        await asyncio.Event().wait()
         return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:

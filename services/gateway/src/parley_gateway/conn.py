@@ -90,6 +90,14 @@ class Conn:
         if self.closing or ws.protocol.state is not State.OPEN:
             self.metrics.drops.labels("closed").inc()
             return False
+        transport = ws.transport
+        if transport is not None and transport.get_write_buffer_size() > self.limit:
+            # More than the limit is still waiting for this client: it cannot keep up.
+            self.metrics.slow_consumers.inc()
+            self.metrics.drops.labels("slow").inc()
+            logger.info("closing slow client %r (1013)", self)
+            self.close(CLOSE_TRY_AGAIN, "too slow: send queue full")
+            return False
         try:
             ws.protocol.send_text(data)
             ws.send_data()
@@ -98,11 +106,6 @@ class Conn:
             self.metrics.drops.labels("closed").inc()
             return False
         self.metrics.deliveries.inc()
-        transport = ws.transport
-        if transport is not None and transport.get_write_buffer_size() > self.limit:
-            self.metrics.slow_consumers.inc()
-            logger.info("closing slow client %r (1013)", self)
-            self.close(CLOSE_TRY_AGAIN, "too slow: send queue full")
         return True
 
     def send(self, frame: dict[str, Any]) -> bool:
@@ -125,7 +128,7 @@ class Conn:
                 logger.debug("close failed on %r", self, exc_info=True)
             loop = asyncio.get_running_loop()
             transport = ws.transport
-            loop.call_later(2.0, transport.abort)
+            loop.call_later(5.0, transport.abort)
             return
         task = asyncio.get_running_loop().create_task(ws.close(code, reason))
         _background.add(task)

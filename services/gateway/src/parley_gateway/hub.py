@@ -82,6 +82,7 @@ class Hub:
         self.kv_presence: KeyValue | None = None
         self.kv_instances: KeyValue | None = None
         self.kv_sessions: KeyValue | None = None
+        self.kv_agents: KeyValue | None = None  # written by agent bridges, read here
         self.convs: dict[str, ConvState] = {}
         self.principals: dict[str, PrincipalState] = {}
         self.sessions: dict[str, Conn] = {}
@@ -381,11 +382,11 @@ class Hub:
         finally:
             conv.gap_task = None
 
-    async def join(self, conn: Conn, cid: str, since: int | None, last_seq: int) -> list[bytes]:
-        """Make ``conn`` a member of ``cid`` after replaying seq > since; the caller has already
-        subscribed (``acquire``) before asking the conversation service for ``last_seq``.
+    async def join(self, conn: Conn, cid: str, since: int | None, last_seq: int) -> None:
+        """Make ``conn`` a member of ``cid`` after replaying seq > since (pushed in order).
 
-        Returns nothing; frames are pushed to the connection in order.
+        The caller has already subscribed (``acquire``) before asking the conversation service
+        for ``last_seq``, so every event after it reaches the sequencer.
         """
         conv = self.convs[cid]
         self._apply(conv, conv.seq.start(last_seq))
@@ -407,7 +408,6 @@ class Hub:
         conn.joined[cid] = delivered
         conv.members.add(conn)
         self.dirty.add(conn)
-        return []
 
     async def leave(self, conn: Conn, cid: str, *, announce: bool = True) -> None:
         conv = self.convs.get(cid)
@@ -623,6 +623,12 @@ class Hub:
             kind, _, rest = key.partition(".")
             pid = rest.rsplit(".", 1)[0]
             (users if kind == PrincipalKind.USER.value else agents).add(pid)
+        if self.kv_agents is None and self.nc is not None:
+            with contextlib.suppress(nats.js.errors.BucketNotFoundError):
+                self.kv_agents = await self.nc.jetstream().key_value(subjects.KV_AGENTS)
+        if self.kv_agents is not None:
+            # Agents served by agent bridges: key <agentId>.<bridgeInstanceId>.
+            agents.update(key.rsplit(".", 1)[0] for key in await _keys(self.kv_agents))
         instances = await _keys(self.kv_instances)
         n = len(instances)
         return {

@@ -178,9 +178,10 @@ class Gateway:
             pass
         finally:
             conn.closing = True
+            joined = dict(conn.joined)  # what a resume must restore
             await hub.unregister(conn)
             if not conn.kicked:
-                await hub.save_session(conn)
+                await hub.save_session(conn, joined)
 
     async def on_frame(self, conn: Conn, message: str | bytes) -> None:
         start = time.perf_counter()
@@ -309,9 +310,9 @@ class Gateway:
                 {"limit": self.settings.max_conversations},
             )
         was_member = cid in conn.joined
-        if was_member:
-            await hub.leave(conn, cid, announce=False)
         conv = await hub.acquire(cid)  # subscribe before asking where the conversation stands
+        if was_member:  # a re-join replays from sinceSeq again; the subscription stays
+            await hub.leave(conn, cid, announce=False)
         joined = False
         try:
             body = hub.command_body(conn.principal, {"conversationId": cid})
