@@ -148,7 +148,7 @@ async def test_token_expiry_closes_4401(gateway_factory: Any, clients: Any) -> N
 async def test_slow_reader_is_cut_off_alone(
     gateway_factory: Any, clients: Any, fake_conversation: Any
 ) -> None:
-    gw = gateway_factory({"PARLEY_GATEWAY_SEND_QUEUE_LIMIT": "65536"})
+    gw = gateway_factory({"PARLEY_GATEWAY_SEND_QUEUE_LIMIT": "2097152"})
     fast = await clients(gw.ws_url, "alice")
     slow = await clients(gw.ws_url, "bob")
     cid = await _conv(fast, "bob")
@@ -165,7 +165,8 @@ async def test_slow_reader_is_cut_off_alone(
             Event.MESSAGE_STREAM_DELTA, {"i": i, "delta": blob}, conversation_id=cid
         )
         await fake_conversation.nc.publish(subjects.conversation_events(cid), jsonutil.dumps(frame))
-    await fake_conversation.nc.flush()
+        await fake_conversation.nc.flush()
+        await asyncio.sleep(0.03)  # readers that read keep up; the paused one cannot
     await fast.wait_for(lambda f: f.get("data", {}).get("i") == n - 1, timeout=30)
     assert len(fast.events("message:stream-delta")) == n
     slow.ws.transport.resume_reading()
