@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from parley_conversation import asyncapi
 from parley_conversation.service import ConversationService
 from parley_conversation.settings import Settings
 
@@ -42,6 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not ready:
             response.status_code = 503
         return {"ready": ready, "instanceId": settings.instance_id}
+
+    @app.get("/asyncapi.json")
+    async def asyncapi_json() -> dict[str, Any]:
+        return asyncapi.build(service)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -9,7 +9,6 @@ can make a handler raise.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from faststream.nats import NatsBroker, NatsMessage
+from nats.errors import Error as NatsError
 from nats.js.api import RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -244,8 +244,12 @@ class ConversationService:
         for sub in self._subscribers:
             nats_sub = getattr(sub, "subscription", None)
             if nats_sub is not None:
-                with contextlib.suppress(Exception):
-                    await nats_sub.unsubscribe()
+                # drain: the server stops routing to this replica (the others take the work),
+                # and the requests already received are still handed to the handlers.
+                try:
+                    await nats_sub.drain()
+                except NatsError as exc:
+                    logger.warning("could not drain a subscription: %s", exc)
                 sub.subscription = None  # FastStream would unsubscribe it a second time
         try:
             await asyncio.wait_for(self._drain(), timeout=self.settings.drain_seconds)
@@ -256,8 +260,22 @@ class ConversationService:
         self._started = False
 
     async def _drain(self) -> None:
+        # Received requests may still sit in FastStream's queue for a tick before their
+        # handler starts: wait until nothing is in flight for a few consecutive checks.
+        quiet = 0
+        while quiet < 3:
+            await self.sequencer_drain_point()
+            if self._in_flight == 0:
+                quiet += 1
+            else:
+                quiet = 0
+                await self._idle.wait()
+            await asyncio.sleep(0.01)
         await self.sequencer.drain()
-        await self._idle.wait()
+
+    async def sequencer_drain_point(self) -> None:
+        """Let queued batches run (they resolve the handlers that wait for them)."""
+        await asyncio.sleep(0)
 
     async def check_ready(self) -> bool:
         if not self.ready:
