@@ -58,8 +58,10 @@ def interpolate_str(value: str, env: Mapping[str, str]) -> str:
     def repl(match: re.Match[str]) -> str:
         if match.group("escaped"):
             return "$"
-        if match.group("invalid") is not None and not match.group("named") and not match.group(
-            "braced"
+        if (
+            match.group("invalid") is not None
+            and not match.group("named")
+            and not match.group("braced")
         ):
             raise InterpolationError(f"invalid interpolation in {value!r}")
         name = match.group("braced") or match.group("named")

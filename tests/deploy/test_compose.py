@@ -157,10 +157,13 @@ def test_gateway_grace_period_covers_the_drain(dt: ModuleType) -> None:
 def test_nginx_balances_all_gateways_and_upgrades_websockets(dt: ModuleType) -> None:
     compose = _compose(dt)
     template = (REPO / "deploy" / "nginx" / "parley.conf.template").read_text()
-    gateways = sorted(n for n, s in compose["services"].items() if dt.compose_module(s) == "parley_gateway")
+    gateways = sorted(
+        n for n, s in compose["services"].items() if dt.compose_module(s) == "parley_gateway"
+    )
     upstreams = sorted(re.findall(r"^\s*server\s+([\w-]+):(\d+)", template, re.M))
     ports = {
-        dt.compose_environment(compose["services"][name])["PARLEY_GATEWAY_PORT"] for name in gateways
+        dt.compose_environment(compose["services"][name])["PARLEY_GATEWAY_PORT"]
+        for name in gateways
     }
     assert [host for host, _ in upstreams] == gateways
     assert {port for _, port in upstreams} == ports
@@ -171,9 +174,12 @@ def test_nginx_balances_all_gateways_and_upgrades_websockets(dt: ModuleType) -> 
     # ip_hash is an option, off by default.
     nginx_env = dt.compose_environment(compose["services"]["nginx"])
     assert nginx_env["PARLEY_LB_METHOD"] == "least_conn"
-    assert dt.compose_environment(
-        _compose(dt, PARLEY_LB_METHOD="ip_hash")["services"]["nginx"]
-    )["PARLEY_LB_METHOD"] == "ip_hash"
+    assert (
+        dt.compose_environment(_compose(dt, PARLEY_LB_METHOD="ip_hash")["services"]["nginx"])[
+            "PARLEY_LB_METHOD"
+        ]
+        == "ip_hash"
+    )
     # The only ${...} in the template is PARLEY_LB_METHOD (nginx's envsubst would replace any
     # other defined variable and break nginx's own $variables).
     assert set(re.findall(r"\$\{(\w+)\}", template)) == {"PARLEY_LB_METHOD"}

@@ -45,7 +45,10 @@ def test_every_manifest_validates_against_the_pinned_kubernetes_schema(dt: Modul
     for doc in docs:
         try:
             kubernetes_validate.validate(doc.body, dt.K8S_VERSION, strict=True)
-        except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as exc:
+        except (
+            kubernetes_validate.ValidationError,
+            kubernetes_validate.SchemaNotFoundError,
+        ) as exc:
             failures.append(f"{doc!r}: {getattr(exc, 'message', exc)}")
     assert not failures, "\n".join(failures)
 

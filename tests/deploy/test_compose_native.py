@@ -1,0 +1,301 @@
+"""Run the compose stack's Parley processes natively: same commands, same environment as
+docker-compose.yml, minus container networking.
+
+No Docker engine runs on these machines, so this is how the compose configuration is
+exercised rather than only parsed: the test reads docker-compose.yml, takes every Parley
+service's `command`, `environment` (interpolated, production mode, a generated JWT secret),
+`deploy.replicas` and `depends_on`, maps compose hostnames to 127.0.0.1 (nats -> the test's
+nats-server, mongodb -> the test's MongoDB-wire store, each service's own port -> a free
+port, bind-mounted and in-image paths -> their source in the repository), starts them in
+dependency order with ManagedProcess, waits on each one's compose healthcheck URL
+(/readyz), then uses the stack as a client would through a gateway, and stops everything
+with SIGTERM as `docker compose down` does.
+
+What differs from containers, on purpose: no nginx (the three gateways are checked
+directly), the MongoDB URL loses its user and password (the embedded test store has no
+users), and the processes share this machine's Python environment instead of images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+import websockets
+
+from parley_contract.auth import mint_token
+from parley_contract.events import PrincipalKind
+from parley_devstack.servers import ManagedProcess, NatsServer, StoreServer, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+# Paths that exist inside an image, and where the same content is in the repository.
+IMAGE_PATHS = {"/app/web/dist": REPO / "web" / "dist"}
+READY_TIMEOUT = 90.0
+
+
+@dataclass
+class Unit:
+    """One process of one compose service (a replica)."""
+
+    service: str
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    ready_url: str
+    stop_grace: float
+    process: ManagedProcess | None = None
+
+
+def _map_url(value: str, endpoints: dict[tuple[str, int], tuple[str, int]]) -> str:
+    """Rewrite scheme://[user:pass@]host:port... to the native endpoint; drop credentials."""
+    parts = urlsplit(value)
+    host, port = parts.hostname, parts.port
+    if host is None or port is None or (host, port) not in endpoints:
+        return value
+    new_host, new_port = endpoints[(host, port)]
+    return urlunsplit(parts._replace(netloc=f"{new_host}:{new_port}"))
+
+
+def _native_env(
+    env: dict[str, str],
+    endpoints: dict[tuple[str, int], tuple[str, int]],
+    mounts: dict[str, Path],
+) -> tuple[dict[str, str], dict[int, int]]:
+    """The compose environment with hostnames, ports and paths made native.
+
+    Returns the environment and the port map (container port -> native port) of the
+    process's own listening ports."""
+    native: dict[str, str] = {}
+    own_ports: dict[int, int] = {}
+    for name, raw in env.items():
+        value = raw
+        if name.endswith("_HOST") and value == "0.0.0.0":
+            value = "127.0.0.1"
+        elif name.endswith("_PORT") and value.isdigit():
+            port = free_port()
+            own_ports[int(value)] = port
+            value = str(port)
+        elif "://" in value:
+            value = ",".join(_map_url(part, endpoints) for part in value.split(","))
+        elif value.startswith("/"):
+            for container_path, host_path in mounts.items():
+                if value == container_path or value.startswith(container_path + "/"):
+                    value = str(host_path) + value[len(container_path) :]
+                    break
+        native[name] = value
+    return native, own_ports
+
+
+def _bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    mounts = dict(IMAGE_PATHS)
+    for volume in service.get("volumes", []):
+        source, _, rest = str(volume).partition(":")
+        if source.startswith("./"):
+            mounts[rest.split(":")[0]] = REPO / source
+    return mounts
+
+
+def _order(services: dict[str, dict[str, Any]]) -> list[str]:
+    """Parley services in depends_on order (dependencies first)."""
+    ordered: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"depends_on cycle: {path}"
+        if name in ordered or name not in services:
+            return
+        for dependency in services[name].get("depends_on") or {}:
+            visit(dependency, (*path, name))
+        ordered.append(name)
+
+    for name in services:
+        visit(name, ())
+    return ordered
+
+
+def _ready_url(service: dict[str, Any], own_ports: dict[int, int]) -> str:
+    test = " ".join(service["healthcheck"]["test"])
+    match = re.search(r"http://127\.0\.0\.1:(\d+)(/\S*?)['\"]", test)
+    assert match, f"healthcheck has no URL: {test}"
+    return f"http://127.0.0.1:{own_ports[int(match.group(1))]}{match.group(2)}"
+
+
+async def _wait_ready(unit: Unit, limit: float) -> None:
+    assert unit.process is not None
+    deadline = time.monotonic() + limit
+    last = "no answer"
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if not unit.process.running:
+                raise AssertionError(
+                    f"{unit.name} exited before it was ready:\n{unit.process.tail(60)}"
+                )
+            try:
+                response = await client.get(unit.ready_url)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            await asyncio.sleep(0.25)
+    raise AssertionError(
+        f"{unit.name} not ready at {unit.ready_url} in {limit}s ({last}):\n{unit.process.tail(60)}"
+    )
+
+
+@pytest.fixture
+def jwt_secret() -> str:
+    return secrets.token_hex(32)
+
+
+@pytest.fixture
+def stack(  # noqa: PLR0917 (fixtures are positional by nature)
+    dt: ModuleType,
+    nats_server: NatsServer,
+    store_server: StoreServer,
+    db_name: str,
+    jwt_secret: str,
+    tmp_path: Path,
+) -> Iterator[list[Unit]]:
+    compose = dt.load_compose(
+        {
+            "PARLEY_JWT_SECRET": jwt_secret,
+            "PARLEY_MONGODB_PASSWORD": "unused0native0run",
+            "MONGODB_DATABASE": db_name,
+        }
+    )
+    parley = {
+        name: service
+        for name, service in compose["services"].items()
+        if dt.compose_module(service) is not None
+    }
+    endpoints = {
+        ("nats", 4222): ("127.0.0.1", nats_server.port),
+        ("mongodb", 27017): ("127.0.0.1", store_server.port),
+    }
+    units: list[Unit] = []
+    for name in _order(parley):
+        service = parley[name]
+        replicas = int((service.get("deploy") or {}).get("replicas", 1))
+        for replica in range(1, replicas + 1):
+            env, own_ports = _native_env(
+                dt.compose_environment(service), endpoints, _bind_mounts(service)
+            )
+            command = [str(part) for part in service["command"]]
+            assert command[0] == "python"
+            unit_name = name if replicas == 1 else f"{name}-{replica}"
+            units.append(
+                Unit(
+                    service=name,
+                    name=unit_name,
+                    argv=[sys.executable, *command[1:]],
+                    env=env,
+                    ready_url=_ready_url(service, own_ports),
+                    stop_grace=float(str(service.get("stop_grace_period", "10s")).rstrip("s")),
+                )
+            )
+    for unit in units:
+        unit.process = ManagedProcess(
+            unit.name, unit.argv, tmp_path / f"{unit.name}.log", env=unit.env, cwd=tmp_path
+        )
+    try:
+        yield units
+    finally:
+        for unit in reversed(units):
+            assert unit.process is not None
+            unit.process.stop(timeout=30)
+
+
+async def _start_in_dependency_order(units: list[Unit]) -> None:
+    """As compose does with depends_on: condition service_healthy: a service's replicas
+    start together once every service before it (its dependencies) is ready."""
+    by_service: dict[str, list[Unit]] = {}
+    for unit in units:
+        by_service.setdefault(unit.service, []).append(unit)
+    for replicas in by_service.values():
+        for unit in replicas:
+            assert unit.process is not None
+            unit.process.start()
+        await asyncio.gather(*(_wait_ready(unit, READY_TIMEOUT) for unit in replicas))
+
+
+@pytest.mark.timeout(300)
+async def test_compose_stack_runs_natively_reaches_readyz_serves_and_stops(
+    stack: list[Unit], jwt_secret: str
+) -> None:
+    names = sorted(unit.name for unit in stack)
+    assert names == sorted(
+        ["conversation-1", "conversation-2", "agent-bridge", "gateway-1", "gateway-2", "gateway-3"]
+    )
+    for unit in stack:
+        assert unit.env["PARLEY_ENVIRONMENT"] == "production"
+    # Every process reaches its compose healthcheck URL (/readyz), dependencies first.
+    await _start_in_dependency_order(stack)
+
+    # Use it as a client: a token signed with the deployment's secret is accepted on every
+    # gateway, each gateway reports its compose PARLEY_INSTANCE_ID.
+    gateways = [u for u in stack if u.env.get("PARLEY_GATEWAY_PORT")]
+    token = mint_token("u-native", PrincipalKind.USER, name="Native", secret=jwt_secret)
+    instance_ids = set()
+    for gateway in gateways:
+        url = f"ws://127.0.0.1:{gateway.env['PARLEY_GATEWAY_PORT']}/ws?access_token={token}"
+        async with websockets.connect(url, open_timeout=10) as ws:
+            connected = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert connected["event"] == "connected", connected
+            instance_ids.add(connected["data"]["instanceId"])
+    assert instance_ids == {g.env["PARLEY_INSTANCE_ID"] for g in gateways}
+
+    # The development secret is refused by a production gateway: the upgrade gets 401.
+    dev_token = mint_token("u-native", PrincipalKind.USER, name="Native")
+    url = f"ws://127.0.0.1:{gateways[0].env['PARLEY_GATEWAY_PORT']}/ws?access_token={dev_token}"
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(url, open_timeout=10):
+            pass
+    assert refused.value.response.status_code == 401
+
+    # A conversation created through gateway-1 (stored by a conversation replica in the
+    # store compose points at) is read back through gateway-3's HTTP API.
+    first = f"ws://127.0.0.1:{gateways[0].env['PARLEY_GATEWAY_PORT']}/ws?access_token={token}"
+    async with websockets.connect(first, open_timeout=10) as ws:
+        await asyncio.wait_for(ws.recv(), 10)  # connected
+        command = {"event": "conversation:create", "id": "c-1", "data": {"title": "native"}}
+        await ws.send(json.dumps(command))
+        reply: dict[str, Any] = {}
+        while reply.get("id") != "c-1":
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        assert reply["success"] is True, reply
+        conversation_id = reply["data"]["conversationId"]
+    last = gateways[-1].env["PARLEY_GATEWAY_PORT"]
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(
+            f"http://127.0.0.1:{last}/v1/conversations/{conversation_id}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["title"] == "native"
+
+    # `docker compose stop`: SIGTERM (stop_signal), dependents first; each shuts down within
+    # its stop_grace_period (compose SIGKILLs after it) and cleanly: exit 0, or uvicorn's
+    # re-raised SIGTERM after its lifespan shutdown ran ("Application shutdown complete"),
+    # with no traceback.
+    for unit in reversed(stack):
+        assert unit.process is not None and unit.process.proc is not None
+        unit.process.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(unit.process.proc.wait, unit.stop_grace)
+        log = unit.process.tail(200)
+        graceful = code == 0 or (code == -signal.SIGTERM and "Application shutdown complete" in log)
+        assert graceful and "Traceback" not in log, (
+            f"{unit.name} exited {code} on SIGTERM:\n{unit.process.tail(40)}"
+        )
