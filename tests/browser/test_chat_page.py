@@ -1,0 +1,402 @@
+"""The chat page against the real running system, in headless Chromium (issue 5).
+
+Every test drives the page as a user would (sign in with a token, create, send, click) and
+compares what the page shows with what the system stored (HTTP history).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets.sync.client
+
+pytestmark = pytest.mark.browser
+
+# Fixture types (defined in conftest.py): the running system, browsers, screenshots.
+System = Any
+Browsers = Any
+Shot = Callable[[Any, str], Path]
+
+
+def fetch(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as res:
+            return int(res.status), res.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+MESSAGES = '[data-testid="message"]'
+
+
+def create_conversation(page: Any, title: str, agent: str = "agent-demo", invite: str = "") -> str:
+    page.fill('[data-testid="new-title"]', title)
+    page.fill('[data-testid="new-agent"]', agent)
+    page.fill('[data-testid="new-invite"]', invite)
+    page.click('[data-testid="create-conversation"]')
+    page.wait_for_function(
+        "t => document.querySelector('[data-testid=conversation-title]')?.textContent === t",
+        arg=title,
+    )
+    cid: str = page.text_content('[data-testid="conversation-id"]')
+    assert cid.startswith("conv")
+    return cid
+
+
+def send(page: Any, text: str) -> None:
+    page.fill('[data-testid="composer-input"]', text)
+    page.press('[data-testid="composer-input"]', "Enter")
+
+
+def agent_texts(page: Any) -> int:
+    return int(
+        page.locator(f'{MESSAGES}[data-role="assistant"][data-message-type="text"]').count()
+        + page.locator(f'{MESSAGES}[data-message-type="error"]').count()
+    )
+
+
+def wait_turn_done(page: Any, answers: int) -> None:
+    """Until the page shows `answers` final agent messages and nothing is still running."""
+    page.wait_for_function(
+        """n => document.querySelectorAll(
+              '[data-testid=message][data-role=assistant][data-message-type=text],' +
+              '[data-testid=message][data-message-type=error]').length >= n
+           && !document.querySelector('[data-testid=stream-bubble]')
+           && !document.querySelector('[data-testid=tool-spinner]')
+           && !document.querySelector('[data-testid=agent-status]')""",
+        arg=answers,
+    )
+
+
+def shown(page: Any) -> list[dict[str, Any]]:
+    """The messages the page shows, top to bottom."""
+    rows: list[dict[str, Any]] = page.eval_on_selector_all(
+        MESSAGES,
+        """els => els.map(e => ({id: e.dataset.messageId, type: e.dataset.messageType,
+                                 role: e.dataset.role, seq: Number(e.dataset.seq || 0)}))""",
+    )
+    return rows
+
+
+def squeeze(types: list[str]) -> list[str]:
+    out: list[str] = []
+    for t in types:
+        if not out or out[-1] != t:
+            out.append(t)
+    return out
+
+
+def assert_same_as_stored(system: System, page: Any, cid: str, sub: str = "user-1") -> None:
+    stored = system.history(cid, sub)
+    on_page = shown(page)
+    ids = [m["id"] for m in on_page]
+    assert len(ids) == len(set(ids)), f"a message is shown twice: {ids}"
+    assert ids == [m["_id"] for m in stored], "the page must show exactly the stored history"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gateway_serves_the_page(system: System, browsers: Browsers, shot: Shot) -> None:
+    """GET / on every gateway returns the built chat page (PARLEY_GATEWAY_WEB_DIST)."""
+    for i in range(len(system.stack.gateways)):
+        status, body = fetch(system.url(i) + "/")
+        assert status == 200
+        assert b'id="root"' in body, (
+            f"gateway {i + 1} answered GET / with {len(body)} bytes instead of web/dist/index.html"
+            " (its in-process ASGI call reports ASGI spec 2.3 and answers the second receive()"
+            " with http.disconnect, so Starlette's FileResponse cancels the body)"
+        )
+    page = browsers.new_page("user-1")
+    assert page.text_content('[data-testid="self"]') == "user-1"
+    shot(page, "signed-in")
+
+
+def test_sign_in_with_a_pasted_token(system: System, browsers: Browsers, shot: Shot) -> None:
+    page = browsers.new_page("user-1")
+    page.click("text=Sign out")
+    page.wait_for_selector("#token-input")
+    page.fill("#token-input", "not-a-token")
+    page.click('button:has-text("Sign in")')
+    page.wait_for_selector('[role="alert"]:has-text("refused")')
+    shot(page, "refused")
+    page.fill("#token-input", system.token("user-1"))
+    page.click('button:has-text("Sign in")')
+    page.wait_for_selector('[data-testid="connection-state"][data-state="open"]')
+    assert page.text_content('[data-testid="self"]') == "user-1"
+
+
+def test_demo_turns_render_every_message_type_in_order(
+    system: System, browsers: Browsers, shot: Shot
+) -> None:
+    page = browsers.new_page("user-1")
+    # No agent first: switching to the demo agent writes a system message.
+    cid = create_conversation(page, "Every message type", agent="")
+    page.click("text=Conversation settings")
+    page.fill('[data-testid="switch-agent-input"]', "agent-demo")
+    page.click('[data-testid="switch-agent"]')
+    page.wait_for_selector(f'{MESSAGES}[data-message-type="system"]')
+
+    send(page, "hello there")  # thinking, then a streamed text answer
+    wait_turn_done(page, 1)
+    send(page, "search AI news, then fail on the flaky api")  # two tools, one fails
+    wait_turn_done(page, 2)
+    send(page, "please simulate a backend error")  # an error message
+    wait_turn_done(page, 3)
+
+    types = [m["type"] if m["role"] != "user" else "user" for m in shown(page)]
+    assert squeeze(types) == [
+        "system",
+        "user",
+        "thinking",
+        "text",
+        "user",
+        "tool_call",
+        "tool_result",
+        "text",
+        "user",
+        "error",
+    ], types
+    # Tool calls: each shows its name and arguments, and the outcome of its matching result.
+    calls = page.locator('[data-testid="tool-call"]')
+    states = {
+        calls.nth(i).locator(".tool-name").text_content(): calls.nth(i).get_attribute(
+            "data-tool-state"
+        )
+        for i in range(calls.count())
+    }
+    assert states == {"web_search": "success", "rate_limited_api": "error"}
+    assert "AI news" in page.text_content('[aria-label="arguments of web_search"]')
+    # Thinking is collapsible, with its duration.
+    toggle = page.locator('[data-testid="thinking-toggle"]').first
+    assert toggle.get_attribute("aria-expanded") == "false"
+    toggle.click()
+    assert toggle.get_attribute("aria-expanded") == "true"
+    # Usage, latency and cost on agent messages; conversation totals.
+    meta = page.locator(f'{MESSAGES}[data-role="assistant"] [data-testid="message-meta"]').first
+    assert "tokens" in meta.text_content()
+    assert int(page.text_content('[data-testid="total-tokens"]')) > 0
+    # Markdown: the search summary has bold titles in an ordered list.
+    assert page.locator(f'{MESSAGES}[data-message-type="text"] ol li strong').count() >= 3
+    # Errors and system messages are distinct.
+    assert page.locator(f'{MESSAGES}[data-message-type="error"][role="alert"]').count() == 1
+    assert_same_as_stored(system, page, cid)
+    assert not page.page_errors
+    shot(page, "all-types")
+    page.locator(f'{MESSAGES}[data-message-type="tool_call"]').first.scroll_into_view_if_needed()
+    shot(page, "tool-calls")
+
+
+def test_tool_result_is_collapsed_and_expands(
+    system: System, browsers: Browsers, shot: Shot
+) -> None:
+    page = browsers.new_page("user-1")
+    create_conversation(page, "Calculator")
+    send(page, "calc 12 * 7")
+    wait_turn_done(page, 1)
+    result = page.locator(f'{MESSAGES}[data-message-type="tool_result"]')
+    toggle = result.locator('[data-testid="tool-result-toggle"]')
+    body = result.locator('[data-testid="tool-result-body"]')
+    assert toggle.get_attribute("aria-expanded") == "false"
+    assert not body.is_visible()
+    shot(page, "collapsed")
+    toggle.focus()
+    page.keyboard.press("Enter")  # keyboard works
+    assert toggle.get_attribute("aria-expanded") == "true"
+    assert body.is_visible()
+    assert "84" in body.text_content()
+    shot(page, "expanded")
+
+
+def test_tool_call_spinner_until_result_and_stop(
+    system: System, browsers: Browsers, shot: Shot
+) -> None:
+    page = browsers.new_page("user-1")
+    cid = create_conversation(page, "Slow tool")
+    send(page, "do something slow")
+    page.wait_for_selector('[data-testid="tool-spinner"]')
+    status = page.wait_for_selector('[data-testid="agent-status"][data-status="tool-calling"]')
+    assert "sleep" in status.text_content()
+    shot(page, "spinner")
+    page.click('[data-testid="stop-button"]')
+    page.wait_for_selector('[data-testid="tool-spinner"]', state="detached")
+    page.wait_for_selector('[data-testid="stop-button"]', state="detached")
+    state = page.get_attribute('[data-testid="tool-call"]', "data-tool-state")
+    assert state in {"error", "none"}, state
+    shot(page, "stopped")
+    assert_same_as_stored(system, page, cid)
+
+
+def test_streaming_text_grows_and_ends_equal_to_stored(
+    system: System, browsers: Browsers, shot: Shot
+) -> None:
+    page = browsers.new_page("user-1")
+    cid = create_conversation(page, "Streaming")
+    # Record every text the streaming bubble shows, as it changes.
+    page.evaluate(
+        """() => {
+          window.__streamed = [];
+          new MutationObserver(() => {
+            const el = document.querySelector('[data-testid=stream-text]');
+            if (el) {
+              const t = el.textContent;
+              const last = window.__streamed[window.__streamed.length - 1];
+              if (t !== last) window.__streamed.push(t);
+            }
+          }).observe(document.body, {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    send(page, "tell me about Parley")
+    page.wait_for_selector('[data-testid="stream-bubble"]')
+    time.sleep(0.4)
+    shot(page, "streaming")
+    wait_turn_done(page, 1)
+    streamed: list[str] = page.evaluate("window.__streamed")
+    assert len(streamed) >= 5, streamed
+    for before, after in itertools.pairwise(streamed):
+        assert after.startswith(before) and len(after) > len(before), (before, after)
+    stored = [
+        m for m in system.history(cid) if m["role"] == "assistant" and m["messageType"] == "text"
+    ]
+    assert streamed[-1] == stored[-1]["content"]
+    # The stored message replaced the bubble: shown once, rendered from the stored copy.
+    assert page.locator('[data-testid="stream-bubble"]').count() == 0
+    final = page.locator(f'{MESSAGES}[data-message-id="{stored[-1]["_id"]}"]')
+    assert final.count() == 1
+    assert "Parley demo agent" in final.text_content()
+    assert_same_as_stored(system, page, cid)
+    shot(page, "streamed")
+
+
+def test_second_browser_on_other_gateway_sees_it_live(
+    system: System, browsers: Browsers, shot: Shot
+) -> None:
+    alice = browsers.new_page("user-1", gateway=0)
+    bob = browsers.new_page("user-2", gateway=1)
+    cid = create_conversation(alice, "Two gateways", invite="user-2")
+    # Bob's list updates live; he opens the conversation from it.
+    bob.click(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
+    bob.wait_for_selector('[data-testid="conversation-title"]:has-text("Two gateways")')
+    # Presence: Alice sees Bob online.
+    alice.wait_for_selector('[data-testid="participant"][data-online="true"]:has-text("user-2")')
+    # Typing: Bob types, Alice sees it.
+    bob.fill('[data-testid="composer-input"]', "hmm")
+    alice.wait_for_selector('[data-testid="typing-indicator"]:has-text("user-2")')
+    shot(alice, "typing")
+    bob.fill('[data-testid="composer-input"]', "")
+    # Bob watches Alice's turn stream in, on the other gateway.
+    bob.evaluate(
+        """() => { window.__sawStream = false;
+          new MutationObserver(() => { if (document.querySelector('[data-testid=stream-text]')
+            ?.textContent) window.__sawStream = true; })
+          .observe(document.body, {subtree: true, childList: true, characterData: true}); }"""
+    )
+    send(alice, "search the news about agents")
+    bob.wait_for_selector('[data-testid="tool-call"]')
+    wait_turn_done(bob, 1)
+    wait_turn_done(alice, 1)
+    assert bob.evaluate("window.__sawStream") is True
+    assert_same_as_stored(system, alice, cid, "user-1")
+    assert_same_as_stored(system, bob, cid, "user-2")
+    assert alice.text_content('[data-testid="connection-state"]') != bob.text_content(
+        '[data-testid="connection-state"]'
+    ), "the two browsers must be on different gateway instances"
+    shot(alice, "gateway-1")
+    shot(bob, "gateway-2")
+
+
+def _send_as(system: System, sub: str, gateway: int, cid: str, texts: list[str]) -> None:
+    """Post messages from a plain WebSocket client (another user on another gateway)."""
+    url = system.stack.ws_url(gateway) + "?access_token=" + system.token(sub)
+    with websockets.sync.client.connect(url, open_timeout=10) as ws:
+        hello = json.loads(ws.recv(timeout=10))
+        assert hello["event"] == "connected"
+        for i, text in enumerate(texts):
+            ws.send(
+                json.dumps(
+                    {
+                        "event": "message:send",
+                        "id": f"s{i}",
+                        "data": {"conversationId": cid, "content": text},
+                    }
+                )
+            )
+            while True:
+                frame = json.loads(ws.recv(timeout=10))
+                if frame.get("id") == f"s{i}":
+                    assert frame["success"], frame
+                    break
+
+
+def test_killing_the_pages_gateway_reconnects_and_loses_nothing(
+    system: System, browsers: Browsers, shot: Shot
+) -> None:
+    page = browsers.new_page("user-1", gateway=0)
+    cid = create_conversation(page, "Resume", agent="", invite="user-2")
+    send(page, "before the crash")
+    page.wait_for_selector(f'{MESSAGES}:has-text("before the crash")[data-seq]')
+    session = page.evaluate("window.parley.sessionId")
+
+    gateway = system.stack.gateways[0]
+    gateway.process.kill()
+    page.wait_for_selector('[data-testid="connection-state"][data-state="reconnecting"]')
+    shot(page, "reconnecting")
+    # While the page is cut off, someone else talks through the other gateway.
+    missed = [f"said while you were away {i}" for i in range(3)]
+    _send_as(system, "user-2", 1, cid, missed)
+
+    gateway.process.start()
+    system.stack.wait_ready(gateway)
+    page.wait_for_selector('[data-testid="connection-state"][data-state="open"]', timeout=30_000)
+    assert page.evaluate("window.parley.sessionId") == session, "must resume the same session"
+    assert int(page.get_attribute('[data-testid="connection-state"]', "data-reconnects")) >= 1
+    for text in missed:
+        page.wait_for_selector(f'{MESSAGES}:has-text("{text}")')
+    send(page, "after the crash")
+    page.wait_for_selector(f'{MESSAGES}:has-text("after the crash")[data-seq]')
+    assert_same_as_stored(system, page, cid)
+    shot(page, "resumed")
+
+
+def test_history_pages_by_seq_when_scrolling_up(
+    system: System, browsers: Browsers, shot: Shot
+) -> None:
+    page = browsers.new_page("user-1", gateway=0)
+    cid = create_conversation(page, "Long history", agent="")
+    _send_as(system, "user-1", 1, cid, [f"line {i}" for i in range(80)])
+    page.wait_for_selector(f'{MESSAGES}:has-text("line 79")')
+    page.reload()
+    page.wait_for_selector('[data-testid="connection-state"][data-state="open"]')
+    page.click(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
+    page.wait_for_selector(f'{MESSAGES}:has-text("line 79")')
+    first = len(shown(page))
+    assert first < 81  # one page, not everything
+    for _ in range(10):
+        if len(shown(page)) >= 81:
+            break
+        page.eval_on_selector('[data-testid="message-list"]', "el => { el.scrollTop = 0; }")
+        time.sleep(0.5)
+    assert_same_as_stored(system, page, cid)
+    shot(page, "scrolled-up")
+
+
+def test_phone_sized_screen(system: System, browsers: Browsers, shot: Shot) -> None:
+    page = browsers.new_page("user-1")
+    page.set_viewport_size({"width": 390, "height": 800})
+    create_conversation(page, "On a phone")
+    send(page, "search phones")
+    wait_turn_done(page, 1)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
+    shot(page, "conversation")
+    page.click('[aria-label="Back to conversations"]')
+    page.wait_for_selector('[data-testid="conversation-list"]')
+    shot(page, "list")
