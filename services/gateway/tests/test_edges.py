@@ -257,3 +257,46 @@ async def test_http_surface(
     data = jsonutil.loads(body)["data"]
     assert data["users"] >= 1 and data["agents"] >= 1 and data["instances"] >= 1
     assert set(data) == {"users", "agents", "instances", "avgUsersPerInstance"}
+
+
+async def test_sigterm_readiness_fails_at_once_and_upgrades_are_refused(
+    gateway_factory: Any, clients: Any
+) -> None:
+    gw = gateway_factory({"PARLEY_GATEWAY_DRAIN_SECONDS": "3"})
+    a = await clients(gw.ws_url, "alice")
+    b = await clients(gw.ws_url, "bob")
+    gw.proc.signal(signal.SIGTERM)
+    status = 200
+    for _ in range(50):
+        status, body, _ = await aget(gw.http + "/readyz")
+        if status == 503:
+            break
+        await asyncio.sleep(0.02)
+    assert status == 503 and b"draining" in body
+    with pytest.raises(InvalidStatus) as exc:
+        await connect(gw.ws_url + "?access_token=" + token("carol"))
+    assert exc.value.response.status_code == 503
+    for c in (a, b):
+        await asyncio.wait_for(c.closed.wait(), 10)
+        assert c.ws.close_code == 1001
+    assert await asyncio.to_thread(gw.proc.proc.wait, 15) == 0
+
+
+async def test_resuming_a_live_session_elsewhere_closes_the_old_socket(
+    gateway_factory: Any, clients: Any, fake_conversation: Any
+) -> None:
+    gw1 = gateway_factory()
+    gw2 = gateway_factory()
+    old = await clients(gw1.ws_url, "alice")
+    cid = await _conv(old)
+    session = old.frames[0]["data"]["sessionId"]
+    await asyncio.sleep(0.5)
+    new = await clients(gw2.ws_url, "alice", query=f"?session={session}")
+    assert new.frames[0]["event"] == "reconnected"
+    await asyncio.wait_for(old.closed.wait(), 10)
+    assert old.ws.close_code == 1008
+    # the old socket's goodbye does not overwrite the resumed session
+    await asyncio.sleep(0.5)
+    again = await clients(gw1.ws_url, "alice", query=f"?session={session}")
+    assert again.frames[0]["event"] == "reconnected"
+    assert again.frames[0]["data"]["conversations"] == [{"conversationId": cid, "lastSeq": 0}]

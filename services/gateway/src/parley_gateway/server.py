@@ -381,10 +381,10 @@ class Gateway:
     async def drain(self) -> None:
         """SIGTERM: readiness off, stop accepting, close clients with 1001 over drain_seconds."""
         logger.info("draining: closing clients over %.1fs", self.settings.drain_seconds)
+        # /readyz answers 503 and upgrades are refused with 503 from now on; the port stays
+        # open during the spread so probes and load balancers see why.
         self.hub.draining = True
         server = self.server
-        if server is not None:
-            server.server.close()  # stop accepting new TCP connections
         await self.hub.drain_connections(self.settings.drain_seconds)
         if server is not None:
             server.close(close_connections=True)

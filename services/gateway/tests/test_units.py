@@ -1,0 +1,77 @@
+"""Plain logic of the gateway, no network: ordering of durable events, the rate limiter."""
+
+from __future__ import annotations
+
+from parley_gateway.ordering import Sequencer
+from parley_gateway.ratelimit import TokenBucket
+
+
+def _seqs(out: object) -> list[int]:
+    return [s for s, _ in out.deliver]  # type: ignore[attr-defined]
+
+
+def test_in_order_frames_pass_straight_through() -> None:
+    seq = Sequencer(last=0)
+    assert _seqs(seq.push(1, b"1")) == [1]
+    assert _seqs(seq.push(2, b"2")) == [2]
+    assert seq.missing() is None
+
+
+def test_duplicates_are_dropped() -> None:
+    seq = Sequencer(last=5)
+    out = seq.push(5, b"5")
+    assert out.duplicate and not out.deliver
+    out = seq.push(3, b"3")
+    assert out.duplicate
+    assert _seqs(seq.push(6, b"6")) == [6]
+
+
+def test_a_gap_waits_then_is_filled_in_order() -> None:
+    seq = Sequencer(last=1)
+    assert _seqs(seq.push(4, b"4")) == []
+    assert _seqs(seq.push(3, b"3")) == []
+    assert seq.missing() == (1, 2)  # fetch after 1 up to 2
+    out = seq.fill([(2, b"2")])
+    assert _seqs(out) == [2, 3, 4]
+    assert seq.last == 4 and seq.missing() is None
+    # a late live copy of 2 is a duplicate now
+    assert seq.push(2, b"2").duplicate
+
+
+def test_fill_with_duplicates_and_disorder() -> None:
+    seq = Sequencer(last=0)
+    seq.push(5, b"5")
+    out = seq.fill([(3, b"3"), (1, b"1"), (2, b"2"), (4, b"4"), (1, b"1")])
+    assert _seqs(out) == [1, 2, 3, 4, 5]
+
+
+def test_start_sets_the_point_and_drops_what_it_covers() -> None:
+    seq = Sequencer()
+    seq.push(3, b"3")
+    seq.push(5, b"5")
+    seq.push(6, b"6")
+    assert seq.last is None
+    out = seq.start(4)
+    assert _seqs(out) == [5, 6]
+    assert seq.start(10).deliver == []  # only the first start counts
+
+
+def test_skip_past_a_range_that_is_gone() -> None:
+    seq = Sequencer(last=1)
+    seq.push(5, b"5")
+    assert _seqs(seq.skip_to(4)) == [5]
+
+
+def test_too_many_pending_asks_for_a_fetch_now() -> None:
+    seq = Sequencer(last=0, max_pending=3)
+    for s in (3, 4, 5):
+        assert seq.push(s, b"").gap is None
+    assert seq.push(6, b"").gap == (0, 2)
+
+
+def test_token_bucket() -> None:
+    bucket = TokenBucket(rate=2.0)  # burst 4
+    t = bucket.stamp
+    assert [bucket.take(t) for _ in range(5)] == [True, True, True, True, False]
+    assert bucket.take(t + 0.5)  # one token back after half a second
+    assert not bucket.take(t + 0.5)
