@@ -97,6 +97,19 @@ def start_stack(
     return Stack(config).start()
 
 
+StartStack = Callable[..., Stack]
+
+
+@pytest.fixture(scope="session")
+def stack_factory(store_server: StoreServer, agents_file: Path) -> StartStack:
+    """``stack_factory(tmp, bridges=2, **bridge_env)``: a stack with the test agents."""
+
+    def factory(tmp: Path, *, bridges: int = 1, **bridge_env: str) -> Stack:
+        return start_stack(tmp, store_server, agents_file, bridges=bridges, **bridge_env)
+
+    return factory
+
+
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, store_server: StoreServer, agents_file: Path

@@ -362,9 +362,9 @@ class Bridge:
                 await msg.in_progress()
 
     async def _history(
-        self, agent: AgentConfig, work: AgentTurn, attempt: int
+        self, agent: AgentConfig, work: AgentTurn
     ) -> tuple[list[dict[str, Any]], bool]:
-        """Messages up to the user message (and this turn's own, on a retry); done already?"""
+        """Messages up to the user message plus this turn's own so far; answered already?"""
         assert self.nc is not None
         principal = agent_principal(agent)
         timeout = self.settings.request_timeout_seconds
@@ -380,33 +380,32 @@ class Bridge:
             timeout,
         )
         history = [m for m in (page or {}).get("items", []) if isinstance(m, dict)]
-        if attempt > 1:
-            after = work.seq
-            own: list[dict[str, Any]] = []
-            for _ in range(20):  # pages of 200
-                page = await query(
-                    self.nc,
-                    subjects.QUERY_MESSAGES_LIST,
-                    principal,
-                    {"conversationId": work.conversation_id, "afterSeq": after, "limit": 200},
-                    timeout,
-                )
-                items = [m for m in (page or {}).get("items", []) if isinstance(m, dict)]
-                own += [m for m in items if m.get("parentMessageId") == work.message_id]
-                if not items or not page.get("hasMore"):
-                    break
-                after = max(int(m.get("seq") or 0) for m in items)
-            if any(
-                m.get("role") == "assistant" and m.get("messageType") in ("text", "error")
-                for m in own
-            ):
-                return history, True
-            history += own
+        # Always (not only on redelivery): a turn published twice must not be answered twice.
+        after = work.seq
+        own: list[dict[str, Any]] = []
+        for _ in range(20):  # pages of 200
+            page = await query(
+                self.nc,
+                subjects.QUERY_MESSAGES_LIST,
+                principal,
+                {"conversationId": work.conversation_id, "afterSeq": after, "limit": 200},
+                timeout,
+            )
+            items = [m for m in (page or {}).get("items", []) if isinstance(m, dict)]
+            own += [m for m in items if m.get("parentMessageId") == work.message_id]
+            if not items or not page.get("hasMore"):
+                break
+            after = max(int(m.get("seq") or 0) for m in items)
+        if any(
+            m.get("role") == "assistant" and m.get("messageType") in ("text", "error") for m in own
+        ):
+            return history, True
+        history += own
         return history, False
 
     async def _run_turn(self, agent: AgentConfig, work: AgentTurn, attempt: int) -> str:
         assert self.nc is not None
-        history, done = await self._history(agent, work, attempt)
+        history, done = await self._history(agent, work)
         if done:
             logger.info("turn for %s already answered; not repeated", work.message_id)
             return "already-answered"

@@ -1,0 +1,141 @@
+"""Scale: bridge replicas share the turns; each user message is answered exactly once, also
+when a replica dies mid-turn or a turn is published twice."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from parley_agent_bridge.openai_stub import OpenAIStub, Step
+from parley_agent_bridge.testing import WsClient
+from parley_contract import jsonutil, subjects
+from parley_contract.internal import AgentTurn
+from parley_devstack.stack import ServiceProcess, Stack
+
+pytestmark = pytest.mark.timeout(240)
+
+Connect = Callable[..., Awaitable[WsClient]]
+StartStack = Callable[..., Stack]
+LLM_AGENT = "agent-llm"
+
+
+def turns_done(svc: ServiceProcess) -> dict[str, float]:
+    """parley_agent_bridge_turns_total of one bridge, by outcome."""
+    with urllib.request.urlopen(f"{svc.base_url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for m in re.finditer(
+        r'parley_agent_bridge_turns_total\{agent="[^"]+",outcome="([^"]+)"\} (\S+)', text
+    ):
+        out[m.group(1)] = out.get(m.group(1), 0) + float(m.group(2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_bridges(
+    tmp_path_factory: pytest.TempPathFactory, stack_factory: StartStack
+) -> Iterator[Stack]:
+    s = stack_factory(
+        tmp_path_factory.mktemp("stack2"), bridges=2, PARLEY_AGENT_BRIDGE_ACK_WAIT="3"
+    )
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+async def test_two_replicas_answer_each_message_once(two_bridges: Stack, connect: Connect) -> None:
+    client = await connect(two_bridges)
+    convs = [await client.conversation("agent-demo") for _ in range(8)]
+    users = await asyncio.gather(
+        *(client.send(c, f"hello number {i}") for i, c in enumerate(convs))
+    )
+    for user in users:
+        await client.answer(user, seconds=60)
+    await asyncio.sleep(1.0)  # a duplicate answer would arrive by now
+    for user in users:
+        msgs = client.turn_messages(user)
+        assert [(m["role"], m["messageType"]) for m in msgs] == [
+            ("assistant", "thinking"),
+            ("assistant", "text"),
+        ], msgs
+    done = [turns_done(b) for b in two_bridges.bridges]
+    assert sum(d.get("answered", 0) for d in done) >= 8
+
+
+async def test_turn_published_twice_is_answered_once(two_bridges: Stack, connect: Connect) -> None:
+    client = await connect(two_bridges)
+    conv = await client.conversation("agent-demo")
+    user = await client.send(conv, "hello once")
+    await client.answer(user, seconds=60)
+    before = sum(turns_done(b).get("already-answered", 0) for b in two_bridges.bridges)
+    nc = await nats.connect(two_bridges.nats_url)
+    try:
+        turn = AgentTurn(
+            conversation_id=conv, agent_id="agent-demo", message_id=user["_id"], seq=user["seq"]
+        )
+        await nc.jetstream().publish(
+            subjects.AGENT_TURN,
+            jsonutil.dumps(turn.model_dump(by_alias=True)),
+            stream=subjects.STREAM_AGENT_TURNS,
+            headers={"Nats-Msg-Id": user["_id"] + "-again"},  # past the dedup window's id
+        )
+    finally:
+        await nc.drain()
+    for _ in range(150):  # the metric is the only trace of a turn that wrote nothing
+        if sum(turns_done(b).get("already-answered", 0) for b in two_bridges.bridges) > before:
+            break
+        await asyncio.sleep(0.2)
+    else:
+        pytest.fail("the duplicate turn was not handled")
+    history = await client.http_get(f"/v1/conversations/{conv}/messages")
+    assert [m["messageType"] for m in history["items"]] == ["text", "thinking", "text"]
+
+
+async def test_replica_killed_mid_turn_is_resumed_once(
+    tmp_path: Path, stack_factory: StartStack, openai_stub: OpenAIStub, connect: Connect
+) -> None:
+    openai_stub.script(
+        "phoenix-e2e",
+        Step(
+            content=["Checking."],
+            tool_calls=[("call_k1", "calculator", '{"expression": "2 + 2"}')],
+        ),
+        Step(content=[f"part{i} " for i in range(40)], delay=0.05),
+    )
+    stack = stack_factory(tmp_path, PARLEY_AGENT_BRIDGE_ACK_WAIT="2")
+    try:
+        client = await connect(stack)
+        conv = await client.conversation(LLM_AGENT)
+        user = await client.send(conv, "phoenix-e2e compute and explain")
+        # The tool step is stored; the answer is streaming: kill the replica now.
+        await client.wait_for(
+            lambda f: f.get("event") == "message:stream-delta" and f["data"]["delta"] == "part3 ",
+            30,
+        )
+        bridge = stack.bridges[0]
+        bridge.process.kill()
+        bridge.process.start()  # a new replica takes over the redelivered turn
+        await asyncio.to_thread(stack.wait_ready, bridge)
+        final = await client.answer(user, seconds=60)
+        await asyncio.sleep(1.0)
+        msgs = client.turn_messages(user)
+        assert [(m["role"], m["messageType"]) for m in msgs] == [
+            ("assistant", "tool_call"),
+            ("tool", "tool_result"),
+            ("assistant", "text"),
+        ], msgs
+        assert final["content"] == "".join(f"part{i} " for i in range(40))
+        assert msgs[1]["toolResults"][0]["result"]["result"] == 4
+        # The retry resumed after the stored tool result instead of calling the tool again.
+        retried = [r for r in openai_stub.requests if "phoenix-e2e" in str(r["messages"])]
+        assert retried[-1]["messages"][-1]["tool_call_id"] == "call_k1"
+        assert sum(1 for r in retried if r["messages"][-1]["role"] == "user") == 1
+    finally:
+        stack.stop()
