@@ -10,8 +10,8 @@
   one attempt carry deterministic ``clientMessageId``s, so a retried write is deduplicated.
   After ``max_deliver`` attempts a visible ``error`` message ends the turn.
 - ``message:stop``: ``subjects.AGENT_STOP`` (every replica, no queue group).
-- ``tool:call``: request/reply on ``subjects.command(Event.TOOL_CALL)``, queue group
-  ``subjects.QUEUE_AGENT_BRIDGE``.
+- ``tool:call``: request/reply on ``subjects.command(Event.TOOL_CALL)`` (relayed by gateways)
+  and ``subjects.AGENT_TOOL_CALL``, queue group ``subjects.QUEUE_AGENT_BRIDGE``.
 - Presence: KV ``subjects.KV_AGENTS`` key ``<agentId>.<instanceId>`` refreshed every TTL/3;
   ``agent:online``/``agent:offline`` to the agent's conversations.
 """
@@ -183,13 +183,13 @@ class Bridge:
         self.kv = await self._bucket(js)
         sub = await js.pull_subscribe_bind(CONSUMER, subjects.STREAM_AGENT_TURNS)
         self._subs.append(await self.nc.subscribe(subjects.AGENT_STOP, cb=self._on_stop))
-        self._subs.append(
-            await self.nc.subscribe(
-                subjects.command(Event.TOOL_CALL),
-                queue=subjects.QUEUE_AGENT_BRIDGE,
-                cb=self._on_tool_call,
+        # tool:call as relayed by gateways, and the bridge's own subject for services.
+        for subject in (subjects.command(Event.TOOL_CALL), subjects.AGENT_TOOL_CALL):
+            self._subs.append(
+                await self.nc.subscribe(
+                    subject, queue=subjects.QUEUE_AGENT_BRIDGE, cb=self._on_tool_call
+                )
             )
-        )
         # Give MCP servers a moment so the first turns see their tools (they keep trying).
         await asyncio.gather(*(b.wait_ready(10.0) for b in self.toolboxes.values()))
         await self._heartbeat()
