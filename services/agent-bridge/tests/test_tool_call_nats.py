@@ -28,6 +28,7 @@ async def bridge_nats(tmp_path: Path) -> AsyncIterator[str]:
     bridge = Bridge(settings, load_agents(settings), Metrics(), demo_delay=0)
     await bridge.start()
     try:
+        assert await bridge.toolboxes["agent-demo"].wait_ready(60)  # a loaded machine is slow
         yield server.url
     finally:
         await bridge.stop()

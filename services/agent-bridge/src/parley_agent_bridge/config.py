@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(
         default=10.0, gt=0, alias="PARLEY_AGENT_BRIDGE_REQUEST_TIMEOUT"
     )
+    # How long startup waits for the agents' MCP servers before reporting ready (they keep
+    # reconnecting in the background; an agent answers without the tools meanwhile).
+    tools_wait_seconds: float = Field(default=20.0, ge=0, alias="PARLEY_AGENT_BRIDGE_TOOLS_WAIT")
     presence_ttl_seconds: float = Field(
         default=30.0, gt=2, alias="PARLEY_AGENT_BRIDGE_PRESENCE_TTL"
     )

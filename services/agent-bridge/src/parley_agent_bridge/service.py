@@ -191,7 +191,7 @@ class Bridge:
                 )
             )
         # Give MCP servers a moment so the first turns see their tools (they keep trying).
-        await asyncio.gather(*(b.wait_ready(10.0) for b in self.toolboxes.values()))
+        await asyncio.gather(*(b.wait_ready(s.tools_wait_seconds) for b in self.toolboxes.values()))
         await self._heartbeat()
         self._tasks = [
             asyncio.create_task(self._fetch_loop(sub), name="turns"),
