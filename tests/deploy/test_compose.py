@@ -146,12 +146,27 @@ def test_every_dependency_waits_for_a_healthy_service(dt: ModuleType) -> None:
         assert "/readyz" in test, name
 
 
-def test_gateway_grace_period_covers_the_drain(dt: ModuleType) -> None:
+def test_every_drain_fits_in_the_stop_grace_period(
+    dt: ModuleType, all_service_settings: dict[str, Any]
+) -> None:
+    """A service reading *_DRAIN_SECONDS gets the compose value (or its default) plus a
+    shutdown margin within stop_grace_period, after which compose sends SIGKILL."""
     compose = _compose(dt)
-    gateway = compose["services"]["gateway-1"]
-    grace = int(str(gateway["stop_grace_period"]).rstrip("s"))
-    drain = float(dt.compose_environment(gateway)["PARLEY_GATEWAY_DRAIN_SECONDS"])
-    assert drain + 10 <= grace
+    services: dict[str, str] = dt.SERVICES
+    checked = 0
+    for name, service in _parley_services(dt, compose).items():
+        module = dt.compose_module(service)
+        kind = next(k for k, package in services.items() if package == module)
+        settings = all_service_settings[kind]
+        env = dt.compose_environment(service)
+        grace = int(str(service["stop_grace_period"]).rstrip("s"))
+        for var, field in settings.env.items():
+            if var.endswith("_DRAIN_SECONDS"):
+                cls = next(c for c in settings.classes if c.__name__ == field.split(".")[0])
+                drain = float(env.get(var, cls.model_fields[field.split(".")[1]].default))
+                assert drain + 10 <= grace, (name, var, drain, grace)
+                checked += 1
+    assert checked >= 4, "three gateways and the conversation service drain"
 
 
 def test_nginx_balances_all_gateways_and_upgrades_websockets(dt: ModuleType) -> None:

@@ -214,3 +214,31 @@ def test_grafana_dashboard_uses_only_metrics_the_services_define() -> None:
         assert re.search(rf"[\"']{base}(_total)?[\"']", sources), (
             f"the dashboard queries {name}, which no service defines"
         )
+
+
+def test_every_drain_setting_fits_in_its_grace_period(
+    dt: ModuleType, all_service_settings: dict[str, Any]
+) -> None:
+    """For every service that reads a *_DRAIN_SECONDS setting, the value the pod gets (or
+    the Settings default) plus its preStop pause and a shutdown margin fits before SIGKILL."""
+    docs = _docs(dt)
+    services: dict[str, str] = dt.SERVICES
+    checked = 0
+    for body in _deployments(dt).values():
+        container = _container(body)
+        module = dt.container_module(container)
+        service = next(name for name, package in services.items() if package == module)
+        settings = all_service_settings[service]
+        env = dt.k8s_container_env(container, docs)
+        pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {})
+        pause = float(pre_stop["command"][1]) if pre_stop else 0.0
+        for name, field in settings.env.items():
+            if not name.endswith("_DRAIN_SECONDS"):
+                continue
+            cls = next(c for c in settings.classes if c.__name__ == field.split(".")[0])
+            default = cls.model_fields[field.split(".")[1]].default
+            drain = float(env.get(name, default))
+            grace = body["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            assert pause + drain + 10 <= grace, (service, name, drain, grace)
+            checked += 1
+    assert checked >= 2, "the gateway and the conversation service both drain"
