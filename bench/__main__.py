@@ -29,13 +29,17 @@ from typing import Any
 from bench import report, scenarios
 from bench.generator import LOADGEN_DIR, ensure_node_modules
 from bench.machine import load_average, machine_info
+from bench.profiling import pyinstrument_argv
 from bench.system import Gateway, System, external_system, raise_nofile, started_stack
 
 logger = logging.getLogger("bench")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RAW = RESULTS / "raw"
+PROFILES = RESULTS / "profiles"
 SCENARIOS = ["idle", "fanout", "persisted", "scaleout"]
+# The conversation service's group commit: most writes of one conversation per batch.
+GROUP_COMMIT_ENV = "PARLEY_CONVERSATION_MAX_BATCH"
 
 
 def _floats(text: str) -> list[float]:
@@ -55,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--scenario",
         default="all",
-        choices=[*SCENARIOS, "all", "selfcheck"],
+        choices=[*SCENARIOS, "all", "selfcheck", "groupcommit"],
         help="selfcheck: the generator against a trivial Node server (its ceiling)",
     )
     p.add_argument("--quick", action="store_true", help="a short smoke run")
@@ -93,6 +97,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra env for the conversation service, K=V,K=V (e.g. group commit off)",
     )
     p.add_argument("--gateway-env", default="", help="extra env for the gateways, K=V,K=V")
+    p.add_argument("--profile", action="store_true", help="py-spy the gateways during fanout steps")
+    p.add_argument("--profile-rates", type=_floats, default=None, help="fanout rates to profile")
+    p.add_argument(
+        "--pyinstrument", action="store_true", help="run gateway-1 under pyinstrument (fanout)"
+    )
     p.add_argument("--label", default="", help="a note stored with the results (what changed)")
     p.add_argument("--no-write", action="store_true", help="do not write results")
     p.add_argument("--report", action="store_true", help="only rebuild latest.md and the plot")
@@ -110,14 +119,19 @@ def _env_pairs(text: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def system_for(
-    args: argparse.Namespace, name: str, *, gateways: int, replicas: int = 1
+    args: argparse.Namespace,
+    name: str,
+    *,
+    gateways: int,
+    replicas: int = 1,
+    conv_env: dict[str, str] | None = None,
 ) -> Iterator[System]:
     if args.gateway_urls:
         urls = [u.strip() for u in args.gateway_urls.split(",") if u.strip()]
         yield external_system(urls)
         return
     extra = {
-        "conversation": _env_pairs(args.conversation_env),
+        "conversation": {**_env_pairs(args.conversation_env), **(conv_env or {})},
         "gateway": _env_pairs(args.gateway_env),
     }
     workdir = RAW / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{name}"
@@ -126,6 +140,22 @@ def system_for(
     ) as system:
         logger.info("stack:\n%s", system.description)
         yield system
+
+
+def run_under_pyinstrument(system: System, index: int, out: Path) -> None:
+    """Restart one gateway of our stack under pyinstrument (same port and environment)."""
+    assert system.stack is not None
+    svc = system.stack.gateways[index]
+    argv, env = pyinstrument_argv(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    svc.process.stop()
+    svc.process.argv = argv
+    svc.process.env = {**(svc.process.env or {}), **env}
+    svc.process.start()
+    system.stack.wait_ready(svc)
+    proc = svc.process.proc
+    system.gateways[index].pid = proc.pid if proc else None
+    logger.info("gateway-%d restarted under pyinstrument -> %s", index + 1, out)
 
 
 @contextlib.contextmanager
@@ -180,7 +210,12 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
         # The mock relays nothing between instances: its self-check uses one instance.
         cm = mock_system(1) if name == "selfcheck" else system_for(args, name, gateways=2)
         with cm as system:
-            return scenarios.fanout(
+            pyinst = None
+            if args.pyinstrument and system.stack is not None:
+                pyinst = PROFILES / f"pyinstrument-{name}-gateway-1.txt"
+                run_under_pyinstrument(system, 0, pyinst)
+            profile_rates = args.profile_rates or ([2000.0, rates[-1]] if args.profile else [])
+            result = scenarios.fanout(
                 system,
                 gateways=[0] if name == "selfcheck" else [0, 1],
                 rates=rates,
@@ -191,7 +226,34 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 threads=args.threads,
                 log_dir=log_dir,
                 label=name,
+                profile_rates=profile_rates,
+                profile_dir=PROFILES if profile_rates else None,
             )
+        if pyinst is not None:  # written when the gateway stopped with the stack
+            result["pyinstrument"] = pyinst.name
+        return result
+    if name == "groupcommit":
+        rates = args.persist_rates or (
+            [200.0, 600.0] if q else [500.0, 1000.0, 2000.0, 3000.0, 4000.0]
+        )
+        runs = []
+        for label, env in (("default", {}), ("max_batch_1", {GROUP_COMMIT_ENV: "1"})):
+            with system_for(args, f"{name}-{label}", gateways=2, conv_env=env) as system:
+                run = scenarios.persisted(
+                    system,
+                    gateways=[0, 1],
+                    rates=rates,
+                    n_convs=20,
+                    members=4,
+                    duration=dur,
+                    drain=max(drain, 3.0),
+                    threads=args.threads,
+                    log_dir=log_dir,
+                    label=f"gc-{label}",
+                )
+                run["groupCommit"] = label
+                runs.append(run)
+        return {"runs": runs}
     if name == "persisted":
         rates = args.persist_rates or (
             [100.0, 400.0] if q else [250.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0]

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.generator import Client, GeneratorPool
-from bench.system import System, cpu_seconds
+from bench.profiling import PySpy, summarize_collapsed
+from bench.system import System, cpu_seconds, nofile_limit, open_fds
 from parley_contract.auth import mint_token
 from parley_contract.events import Event
 
@@ -132,7 +133,13 @@ def idle(
     baseline = system.rss_kb(0) or 0
     logger.info("idle: gateway-1 RSS before any connection: %.1f MB", baseline / 1024)
     pools: list[GeneratorPool] = []
-    result: dict[str, Any] = {"baselineRssKB": baseline, "members": members, "stages": []}
+    gw_pid = system.gateways[0].pid
+    result: dict[str, Any] = {
+        "baselineRssKB": baseline,
+        "members": members,
+        "gatewayNofile": nofile_limit(gw_pid),
+        "stages": [],
+    }
     total = 0
     try:
         for s, target in enumerate(stages):
@@ -145,7 +152,7 @@ def idle(
             )
             pools.append(pool)
             t0 = time.monotonic()
-            steps = setup(pool, pop, concurrency=200)
+            steps = setup(pool, pop, concurrency=50)
             total += len(pop.clients)
             time.sleep(settle_seconds)
             rss = system.rss_kb(0) or 0
@@ -165,6 +172,7 @@ def idle(
                 "setupSeconds": round(time.monotonic() - t0, 1),
                 "rssKB": rss,
                 "rssPerConnKB": round((rss - baseline) / max(1, open_now), 2),
+                "gatewayFds": open_fds(gw_pid),
             }
             logger.info(
                 "idle: %d connections open, gateway RSS %.1f MB, %.2f KB/connection",
@@ -183,6 +191,7 @@ def idle(
             "closeCodes": [s["closeCodes"] for s in stats],
             "rssKB": rss,
             "rssPerConnKB": round((rss - baseline) / max(1, held), 2),
+            "gatewayFds": open_fds(gw_pid),
         }
         logger.info("idle: %d connections still open after %.0fs hold", held, hold_seconds)
     finally:
@@ -230,7 +239,8 @@ def _load_step(
     }
     res["rate"] = rate
     res["durationS"] = duration
-    basis = res["acked"] if kind == "message" else res["sent"]
+    # Persisted: every stored message (acked, or stored with its ack lost) must reach everyone.
+    basis = max(res["acked"], res["messagesSeen"]) if kind == "message" else res["sent"]
     expected = basis * (members - 1)
     res["expectedDeliveries"] = expected
     res["deliveryRatio"] = round(res["delivered"] / expected, 5) if expected else 0.0
@@ -281,8 +291,11 @@ def fanout(
     threads: int,
     log_dir: Path,
     label: str = "fanout",
+    profile_rates: list[float] | None = None,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """``typing:start`` from one sender per conversation, at each total rate in ``rates``."""
+    """``typing:start`` from one sender per conversation, at each total rate in ``rates``;
+    at ``profile_rates`` py-spy samples gateway-1 (raw stacks) and gateway-2 (flame graph)."""
     pop = population(system, f"{label}-{int(time.time())}", n_convs, members, gateways)
     pool = GeneratorPool(pop.clients, threads=threads, per_process=50_000, log_dir=log_dir)
     try:
@@ -290,6 +303,14 @@ def fanout(
         steps = []
         failures = 0
         for rate in rates:
+            spies: list[tuple[str, PySpy]] = []
+            if profile_dir is not None and rate in (profile_rates or []):
+                for g, fmt in zip(gateways[:2], ("raw", "flamegraph"), strict=False):
+                    pid = system.gateways[g].pid
+                    if pid:
+                        ext = "txt" if fmt == "raw" else "svg"
+                        out = profile_dir / f"{label}-{rate:.0f}-gateway-{g + 1}.{ext}"
+                        spies.append((fmt, PySpy(pid, out, duration, fmt=fmt)))
             step = _load_step(
                 system,
                 pool,
@@ -301,6 +322,13 @@ def fanout(
                 drain=drain,
                 members=members,
             )
+            for fmt, spy in spies:
+                spy.wait()
+                if fmt == "raw":
+                    step["profile"] = summarize_collapsed(spy.out, duration, spy.rate)
+                    step["profile"]["file"] = spy.out.name
+                else:
+                    step["flamegraph"] = spy.out.name
             steps.append(step)
             failures = 0 if sustainable(step) else failures + 1
             if failures >= 2 or step["deliveryRatio"] < 0.5:

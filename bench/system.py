@@ -53,6 +53,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def open_fds(pid: int | None) -> int | None:
+    """How many file descriptors a process holds (None if unknown)."""
+    if not pid:
+        return None
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def nofile_limit(pid: int | None) -> str | None:
+    """The process's 'Max open files' line from /proc/<pid>/limits."""
+    if not pid:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return " ".join(line.split()[3:5])
+    except OSError:
+        return None
+    return None
+
+
 def _descendants(pid: int) -> list[int]:
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()

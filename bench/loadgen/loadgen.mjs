@@ -71,7 +71,7 @@ function workerMain() {
       p.resolve(msg);
       return;
     }
-    if (load !== null) load.onEvent(client, msg);
+    if (load !== null) load.onEvent(client, msg, raw);
   }
 
   function connectOne(client, timeoutMs) {
@@ -205,12 +205,15 @@ function workerMain() {
       delivered: {}, // convIdx -> deliveries to non-senders
       behindMax: 0,
       otherEvents: {},
+      samples: {},
+      convMax: {}, // convIdx -> most message:new one receiver got (messages stored, seen)
     };
     const recvCount = new Map(); // `${client}:${convIdx}` -> count (typing)
     const pad = contentBytes > 24 ? "x".repeat(contentBytes - 24) : "";
 
-    const onEvent = (client, msg) => {
+    const onEvent = (client, msg, raw) => {
       const ev = msg.event;
+      if (!(ev in st.samples)) st.samples[ev] = raw.slice(0, 800);
       if (kind === "typing" && ev === "typing:start") {
         const conv = msg.conversationId ?? (msg.data && msg.data.conversationId);
         const ci = convIndex.get(conv);
@@ -257,6 +260,10 @@ function workerMain() {
           return;
         }
         st.delivered[ci] = (st.delivered[ci] || 0) + 1;
+        const rkey = client.idx * 4096 + ci;
+        const n = (recvCount.get(rkey) || 0) + 1;
+        recvCount.set(rkey, n);
+        if (!(st.convMax[ci] >= n)) st.convMax[ci] = n;
         const content = msg.data && msg.data.content;
         const ts = typeof content === "string" ? parseFloat(content) : NaN;
         if (Number.isNaN(ts)) {
@@ -517,6 +524,9 @@ async function main() {
       const maxAcked = {};
       for (const p of parts)
         for (const [k, v] of Object.entries(p.maxAckedSeq)) maxAcked[k] = Math.max(maxAcked[k] || 0, v);
+      const convMax = {};
+      for (const p of parts)
+        for (const [k, v] of Object.entries(p.convMax)) convMax[k] = Math.max(convMax[k] || 0, v);
       const seqEnd = {};
       for (const p of parts) Object.assign(seqEnd, p.seqEnd);
       // Receivers whose last seq is below the conversation's last acked seq missed the tail.
@@ -539,7 +549,9 @@ async function main() {
         seqGaps: sum(parts, "seqGaps"),
         seqDuplicates: sum(parts, "seqDup"),
         seqTailMissing: tailMissing,
+        messagesSeen: Object.values(convMax).reduce((a, b) => a + b, 0),
         otherEvents: addMaps(parts, "otherEvents"),
+        samples: Object.assign({}, ...parts.map((p) => p.samples)),
         senderBehindMax: Math.max(...parts.map((p) => p.behindMax)),
         latencyMs: {
           all: percentiles([...same, ...cross]),
