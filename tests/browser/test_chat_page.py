@@ -95,11 +95,17 @@ def squeeze(types: list[str]) -> list[str]:
 
 
 def assert_same_as_stored(system: System, page: Any, cid: str, sub: str = "user-1") -> None:
-    stored = system.history(cid, sub)
-    on_page = shown(page)
-    ids = [m["id"] for m in on_page]
-    assert len(ids) == len(set(ids)), f"a message is shown twice: {ids}"
-    assert ids == [m["_id"] for m in stored], "the page must show exactly the stored history"
+    """The page shows exactly the stored history: nothing twice, nothing missing, in order."""
+    deadline = time.monotonic() + 10
+    while True:
+        stored = [m["_id"] for m in system.history(cid, sub)]
+        ids = [m["id"] for m in shown(page)]
+        assert len(ids) == len(set(ids)), f"a message is shown twice: {ids}"
+        if ids == stored:
+            return
+        if time.monotonic() > deadline:
+            assert ids == stored, "the page must show exactly the stored history"
+        time.sleep(0.2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +138,18 @@ def test_sign_in_with_a_pasted_token(system: System, browsers: Browsers, shot: S
     page.click('button:has-text("Sign in")')
     page.wait_for_selector('[data-testid="connection-state"][data-state="open"]')
     assert page.text_content('[data-testid="self"]') == "user-1"
+
+
+def test_dev_sign_in(system: System, browsers: Browsers, shot: Shot) -> None:
+    status, _ = fetch(system.url(0) + "/v1/dev/token?sub=user-3")
+    if status != 200:
+        pytest.skip(f"this gateway has no development token endpoint (GET /v1/dev/token: {status})")
+    page = browsers.new_page("user-1")
+    page.click("text=Sign out")
+    page.fill("#dev-sub", "user-3")
+    page.click('button:has-text("Dev sign-in")')
+    page.wait_for_selector('[data-testid="connection-state"][data-state="open"]')
+    assert page.text_content('[data-testid="self"]') == "user-3"
 
 
 def test_demo_turns_render_every_message_type_in_order(
@@ -193,6 +211,12 @@ def test_demo_turns_render_every_message_type_in_order(
     shot(page, "all-types")
     page.locator(f'{MESSAGES}[data-message-type="tool_call"]').first.scroll_into_view_if_needed()
     shot(page, "tool-calls")
+    # A tall view of the whole conversation (the README's screenshot comes from this one).
+    page.click("text=Conversation settings")
+    page.locator('[data-testid="tool-result-toggle"]').first.click()
+    page.set_viewport_size({"width": 1280, "height": 2150})
+    page.eval_on_selector('[data-testid="message-list"]', "el => { el.scrollTop = 0; }")
+    shot(page, "full")
 
 
 def test_tool_result_is_collapsed_and_expands(
@@ -229,6 +253,9 @@ def test_tool_call_spinner_until_result_and_stop(
     page.click('[data-testid="stop-button"]')
     page.wait_for_selector('[data-testid="tool-spinner"]', state="detached")
     page.wait_for_selector('[data-testid="stop-button"]', state="detached")
+    # The turn ends: an aborted answer, or (as the bridge does today) an apology for the
+    # aborted tool. Either way, no more spinner, status or Stop button.
+    wait_turn_done(page, 1)
     state = page.get_attribute('[data-testid="tool-call"]', "data-tool-state")
     assert state in {"error", "none"}, state
     shot(page, "stopped")

@@ -184,6 +184,8 @@ export function App() {
       const cid = cidOf(f);
       if (!d?.streamId || !cid) return;
       streamConv.current.set(d.streamId, cid);
+      const agent = d.agentId;
+      if (agent) setPresence((p) => (p[agent] ? p : { ...p, [agent]: true }));
       dispatch({ cid, action: { type: 'streamStart', data: d, now: Date.now() } });
     });
     on(Ev.MESSAGE_STREAM_DELTA, (f) => {
@@ -209,6 +211,8 @@ export function App() {
         (d.toolName as string | undefined) ??
         (d.name as string | undefined) ??
         ((d.toolCall as { function?: { name?: string } } | undefined)?.function?.name ?? null);
+      const agent = actorOf(d);
+      if (agent) setPresence((p) => (p[agent] ? p : { ...p, [agent]: true }));
       dispatch({
         cid,
         action: {

@@ -118,7 +118,9 @@ export function ConversationPane(props: PaneProps) {
                 />
                 
                 {id === self ? `${id} (you)` : id}
-                <span className="sr-only-text">{online ? ' online' : ' offline'}</span>
+                <span className="sr-only-text">
+                  {online ? ' online' : online === false ? ' offline' : ' status unknown'}
+                </span>
               </li>
             );
           })}

@@ -288,7 +288,13 @@ export function MessageItem({ message: m, self, results, superseded }: MessageIt
           aria-label={`message from ${who}`}
         >
           {header}
-          <Markdown text={m.content} />
+          {m.content ? (
+            <Markdown text={m.content} />
+          ) : (
+            <p className="muted stopped-note">
+              {m.finishReason === 'aborted' ? 'Stopped before answering.' : '(empty)'}
+            </p>
+          )}
           <Meta m={m} />
         </article>
       );

@@ -25,10 +25,11 @@ export function SignIn({ onToken, error, busy }: SignInProps) {
     setDevError(null);
     setDevBusy(true);
     try {
-      const res = await fetch('/v1/dev/token', {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
-        body: JSON.stringify({ sub: sub.trim(), kind: 'user', name: name.trim() || undefined }),
+      // GET: the gateway's HTTP side answers GET only. Development gateways only.
+      const q = new URLSearchParams({ sub: sub.trim(), kind: 'user' });
+      if (name.trim()) q.set('name', name.trim());
+      const res = await fetch(`/v1/dev/token?${q.toString()}`, {
+        headers: { Accept: 'application/json' },
       });
       const body = (await res.json().catch(() => null)) as Record<string, unknown> | null;
       const data = (body && 'data' in body ? body.data : body) as Record<string, unknown> | null;
