@@ -4,7 +4,9 @@ with the scripted OpenAI-compatible server and a real MCP server (the sample flo
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,12 +14,14 @@ import pytest
 from parley_agent_bridge.openai_stub import OpenAIStub, Step
 from parley_agent_bridge.testing import WsClient
 from parley_contract.events import PrincipalKind
+from parley_devstack.servers import ManagedProcess
 from parley_devstack.stack import Stack
 
 LLM_AGENT = "agent-llm"  # configured by conftest.agents_file
 PRICE_PROMPT = 1.0
 PRICE_COMPLETION = 2.0
 Connect = Callable[..., Awaitable[WsClient]]
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -349,3 +353,42 @@ async def test_tool_call_command_runs_the_agents_tool(stack: Stack, connect: Con
     assert "rate limit" in failed["data"]["error"]
     unknown = await agent.call("tool:call", {"toolName": "no_such_tool"})
     assert unknown["success"] is False and unknown["error"]["code"] == "NOT_FOUND"
+
+
+async def test_external_agent_example_answers_through_the_gateway(
+    stack: Stack, connect: Connect, tmp_path: Path
+) -> None:
+    """examples/external_agent.py: an agent process on the gateway posts its own messages."""
+    client = await connect(stack)
+    conv = await client.conversation("agent-ext")
+    user = await client.send(conv, "count these five words please")
+    agent = ManagedProcess(
+        "external-agent",
+        [
+            sys.executable,
+            str(EXAMPLES / "external_agent.py"),
+            "--agent-id",
+            "agent-ext",
+            "--dev-token",
+            "--ws",
+            stack.ws_url(0),
+            "--http",
+            stack.gateway_url(0),
+        ],
+        tmp_path / "external-agent.log",
+    )
+    agent.start()
+    try:
+        final = await client.answer(user, seconds=60)
+    finally:
+        agent.stop()
+    assert final["content"] == "(external agent agent-ext) Your message has 5 words."
+    msgs = client.turn_messages(user)
+    assert kinds(msgs) == [
+        ("assistant", "thinking"),
+        ("assistant", "tool_call"),
+        ("tool", "tool_result"),
+        ("assistant", "text"),
+    ]
+    assert all(m["agentId"] == "agent-ext" for m in msgs)
+    assert msgs[2]["toolResults"][0]["result"] == {"words": 5}
