@@ -1,0 +1,1 @@
+"""Small, separate measurements that explain a benchmark figure (see docs/benchmarks.md)."""
