@@ -281,6 +281,7 @@ async def test_stop_during_tool_call_records_aborted_results() -> None:
     assert [m["messageType"] for m in io.messages] == ["tool_call", "tool_result", "text"]
     assert io.messages[1]["toolResults"][0]["success"] is False
     assert io.messages[2]["finishReason"] == "aborted"
+    assert io.messages[2]["content"] == "(stopped)"
 
 
 async def test_retry_after_replica_death_closes_interrupted_calls_and_finishes() -> None:

@@ -421,6 +421,9 @@ class Bridge:
             max_steps=self.settings.max_steps,
             timeout=self.settings.turn_timeout_seconds,
         )
+        if work.conversation_id not in self._announced[agent.id]:
+            self._announced[agent.id].add(work.conversation_id)
+            await self._announce(agent, {work.conversation_id}, online=True)
         running = self._running[work.conversation_id]
         running.add(turn)
         self.metrics.running.inc()
@@ -436,7 +439,6 @@ class Bridge:
         self.metrics.tokens.labels(agent.id, "prompt").inc(result.usage.prompt_tokens)
         self.metrics.tokens.labels(agent.id, "completion").inc(result.usage.completion_tokens)
         self.metrics.cost.labels(agent.id).inc(result.cost)
-        self._announced[agent.id].add(work.conversation_id)
         return result.outcome
 
     async def _give_up(self, agent: AgentConfig, work: AgentTurn, attempt: int, error: str) -> None:

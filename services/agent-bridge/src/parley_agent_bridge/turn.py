@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+STOPPED = "(stopped)"
 INTERRUPTED = "interrupted: the bridge replica running this turn stopped before the result"
 
 
@@ -559,7 +560,8 @@ class Turn:
                 **self._base(step.index, "final"),
                 "role": Role.ASSISTANT.value,
                 "messageType": MessageType.TEXT.value,
-                "content": step.content,
+                # The store refuses empty content: say that nothing was written yet.
+                "content": step.content if step.content.strip() else STOPPED,
                 "usage": self._usage_json(),
                 "latency": self._latency_ms(),
                 "cost": self._cost(),
