@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -32,37 +32,39 @@ class MemoryRepo:
         self.totals = MessageTotals()
         self.append_calls = 0
 
-    async def get_conversation(self, conversation_id: str) -> Conversation | None:
+    async def get_conversations(self, ids: Sequence[str]) -> dict[str, Conversation]:
         await asyncio.sleep(0)
-        return self.conv if conversation_id == self.conv.id else None
+        return {self.conv.id: self.conv} if self.conv.id in ids else {}
 
     async def frames_by_client_ids(
-        self, conversation_id: str, client_ids: Sequence[str]
-    ) -> dict[str, dict[str, Any]]:
+        self, wanted: Mapping[str, Sequence[str]]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
         await asyncio.sleep(0)
-        return {e["cmid"]: e["frame"] for e in self.events if e["cmid"] in client_ids}
+        ids = wanted.get(self.conv.id, [])
+        return {(self.conv.id, e["cmid"]): e["frame"] for e in self.events if e["cmid"] in ids}
 
     async def append_events(
-        self, conversation_id: str, events: Sequence[PendingEvent], hint: int | None = None
-    ) -> list[AppendResult]:
+        self, groups: Mapping[str, Sequence[PendingEvent]], hints: Mapping[str, int] | None = None
+    ) -> dict[str, list[AppendResult]]:
         self.append_calls += 1
         await asyncio.sleep(0)
-        out = []
-        for p in events:
-            seq = len(self.events) + 1
-            frame = envelopes.event_frame(
-                p.event, p.build(seq), conversation_id=conversation_id, seq=seq
-            )
-            self.events.append({"cmid": p.client_message_id, "frame": frame})
-            out.append(AppendResult(seq, frame))
+        out: dict[str, list[AppendResult]] = {}
+        for cid, events in groups.items():
+            out[cid] = []
+            for p in events:
+                seq = len(self.events) + 1
+                frame = envelopes.event_frame(p.event, p.build(seq), conversation_id=cid, seq=seq)
+                self.events.append({"cmid": p.client_message_id, "frame": frame})
+                out[cid].append(AppendResult(seq, frame))
         return out
 
     async def insert_messages(self, messages: Sequence[Message]) -> None:
         self.messages.extend(messages)
 
-    async def add_totals(self, conversation_id: str, totals: MessageTotals) -> None:
-        self.totals.messages += totals.messages
-        self.totals.max_seq = max(self.totals.max_seq, totals.max_seq)
+    async def add_totals(self, totals: Mapping[str, MessageTotals]) -> None:
+        for t in totals.values():
+            self.totals.messages += t.messages
+            self.totals.max_seq = max(self.totals.max_seq, t.max_seq)
 
 
 @pytest.fixture

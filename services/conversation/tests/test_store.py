@@ -155,10 +155,10 @@ async def test_list_conversations_filters_and_pages(store: MongoStore) -> None:
 
 
 async def test_append_events_consecutive_and_replayable(store: MongoStore) -> None:
-    res = await store.append_events("c1", [pending(i) for i in range(5)])
+    res = (await store.append_events({"c1": [pending(i) for i in range(5)]}))["c1"]
     assert [r.seq for r in res] == [1, 2, 3, 4, 5]
     assert [r.frame["data"] for r in res] == [{"n": i, "seq": i + 1} for i in range(5)]
-    res = await store.append_events("c1", [pending(9)])
+    res = (await store.append_events({"c1": [pending(9)]}))["c1"]
     assert res[0].seq == 6 and res[0].frame["conversationId"] == "c1"
     frames = await store.events_since("c1", 2, None, 100)
     assert [f["seq"] for f in frames] == [3, 4, 5, 6]
@@ -176,8 +176,8 @@ async def test_two_replicas_never_gap_or_duplicate(store: MongoStore, other: Mon
     async def writer(s: MongoStore, base: int) -> list[int]:
         seqs: list[int] = []
         for b in range(10):
-            res = await s.append_events("c1", [pending(base + b * 10 + k) for k in range(10)])
-            seqs += [r.seq for r in res]
+            res = await s.append_events({"c1": [pending(base + b * 10 + k) for k in range(10)]})
+            seqs += [r.seq for r in res["c1"]]
         return seqs
 
     a, b = await asyncio.gather(writer(store, 0), writer(other, 1000))
@@ -190,17 +190,39 @@ async def test_two_replicas_never_gap_or_duplicate(store: MongoStore, other: Mon
 
 
 async def test_client_message_id_is_unique_in_the_log(store: MongoStore, other: MongoStore) -> None:
-    first = await store.append_events("c1", [pending(1, "cm-1"), pending(2)])
-    res = await other.append_events("c1", [pending(3), pending(4, "cm-1"), pending(5, "cm-2")])
+    first = (await store.append_events({"c1": [pending(1, "cm-1"), pending(2)]}))["c1"]
+    res = (await other.append_events({"c1": [pending(3), pending(4, "cm-1"), pending(5, "cm-2")]}))[
+        "c1"
+    ]
     assert [(r.seq, r.duplicate) for r in res] == [(3, False), (1, True), (4, False)]
     assert res[1].frame == first[0].frame
     frames = await store.events_since("c1", 0, None, 100)
     assert [f["seq"] for f in frames] == [1, 2, 3, 4]
-    known = await store.frames_by_client_ids("c1", ["cm-1", "cm-2", "cm-x"])
-    assert set(known) == {"cm-1", "cm-2"} and known["cm-2"]["seq"] == 4
+    known = await store.frames_by_client_ids({"c1": ["cm-1", "cm-2", "cm-x"], "c2": ["cm-1"]})
+    assert set(known) == {("c1", "cm-1"), ("c1", "cm-2")} and known[("c1", "cm-2")]["seq"] == 4
     # Events without clientMessageId never collide on it.
-    more = await store.append_events("c1", [pending(6), pending(7)])
+    more = (await store.append_events({"c1": [pending(6), pending(7)]}))["c1"]
     assert [r.seq for r in more] == [5, 6]
+
+
+async def test_many_conversations_in_one_append(store: MongoStore, other: MongoStore) -> None:
+    await store.append_events({"a": [pending(0)], "b": [pending(0), pending(1)]})
+    # The other replica's cache is cold and a's seq 2 is taken meanwhile by this one.
+    await store.append_events({"a": [pending(1)]})
+    res = await other.append_events(
+        {"a": [pending(2), pending(3)], "b": [pending(2)], "c": [pending(0)]},
+        {"a": 2, "b": 3},
+    )
+    assert {cid: [r.seq for r in rs] for cid, rs in res.items()} == {
+        "a": [3, 4],
+        "b": [3],
+        "c": [1],
+    }
+    for cid, last in (("a", 4), ("b", 3), ("c", 1)):
+        frames = await store.events_since(cid, 0, None, 100)
+        assert [f["seq"] for f in frames] == list(range(1, last + 1))
+        assert all(f["conversationId"] == cid for f in frames)
+    assert await store.last_seqs(["a", "b", "c", "d"]) == {"a": 4, "b": 3, "c": 1, "d": 0}
 
 
 async def test_messages_insert_list_and_page(store: MongoStore) -> None:
@@ -230,7 +252,7 @@ async def test_totals_are_atomic_under_concurrency(store: MongoStore, other: Mon
             content=f"m{seq}", role="user", created_at=now_ms(), message_id=f"m{seq}", seq=seq
         )
         await s.add_totals(
-            "c1", MessageTotals(messages=2, tokens=10, cost=0.5, last_message=last, max_seq=seq)
+            {"c1": MessageTotals(messages=2, tokens=10, cost=0.5, last_message=last, max_seq=seq)}
         )
 
     await asyncio.gather(*(add(store if i % 2 else other, i) for i in range(1, 61)))

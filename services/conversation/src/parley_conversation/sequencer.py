@@ -1,20 +1,20 @@
-"""Group commit of durable writes, per conversation, per replica.
+"""Group commit of durable writes, per replica, across conversations.
 
-Every durable event of a conversation (a new message or any other durable frame) is queued
-here. One worker task per conversation with pending work takes everything queued (up to
-``max_batch``), authorizes the sends with one read of the conversation, drops retried
-``clientMessageId``s, claims consecutive seqs by inserting the frames into the event log in one
-``insert_many`` (see :mod:`parley_conversation.store`), inserts the messages in one
-``insert_many``, moves the totals with one atomic update, publishes the frames in seq order
-and only then resolves the callers. While a batch is being written the next one
-accumulates, so the batch size grows with the load (no fixed timer).
+Every durable event (a new message or any other durable frame) is queued here. One worker
+takes everything queued (up to ``max_batch``) and commits it with a fixed number of store
+round trips whatever the number of conversations in it: one read of the conversations
+(authorizes every send), one lookup of the batch's ``clientMessageId``s, one ordered
+``insert_many`` into the event log (claims the seqs, see :mod:`parley_conversation.store`), one
+``insert_many`` of the messages and one bulk update of the totals. Then it publishes the
+frames in seq order and only then resolves the callers. While a batch is being written the
+next one accumulates, so the batch size grows with the load (no timer, no idle latency).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from parley_conversation.store import AppendResult, MessageTotals, PendingEvent,
 logger = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], Awaitable[None]]
-OnStored = Callable[[Conversation, list[Message]], Awaitable[None]]
+OnStored = Callable[[Conversation, list[Message]], Coroutine[Any, Any, None]]
 
 
 @dataclass
@@ -75,22 +75,21 @@ class Sequencer:
         self._on_stored = on_stored
         self._max_batch = max_batch
         self._on_batch = on_batch
-        self._queues: dict[str, list[_Job]] = {}
-        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._queue: list[tuple[str, _Job]] = []
+        self._worker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._closing = False
 
     @property
     def in_flight(self) -> int:
-        return sum(len(q) for q in self._queues.values()) + len(self._workers)
+        return len(self._queue) + (1 if self._worker is not None else 0)
 
     def _submit(self, conversation_id: str, job: _Job) -> None:
         if self._closing:
             raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "this replica is shutting down, retry")
-        self._queues.setdefault(conversation_id, []).append(job)
-        if conversation_id not in self._workers:
-            self._workers[conversation_id] = asyncio.create_task(
-                self._work(conversation_id), name=f"sequencer:{conversation_id}"
-            )
+        self._queue.append((conversation_id, job))
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name="sequencer")
 
     async def send(self, principal: Principal, message: Message) -> SendResult:
         """Authorize, store and publish a message; returns it as stored (with seq)."""
@@ -109,123 +108,157 @@ class Sequencer:
     async def drain(self) -> None:
         """Refuse new work and wait for every queued batch to be written and answered."""
         self._closing = True
-        while self._workers:
-            await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
+        while self._worker is not None or self._background:
+            await asyncio.gather(
+                *([self._worker] if self._worker else []),
+                *self._background,
+                return_exceptions=True,
+            )
 
-    async def _work(self, conversation_id: str) -> None:
-        jobs: list[_Job] = []
+    async def _work(self) -> None:
+        jobs: list[tuple[str, _Job]] = []
         try:
-            while True:
-                queue = self._queues.get(conversation_id)
-                if not queue:
-                    break
-                jobs = queue[: self._max_batch]
-                del queue[: self._max_batch]
+            while self._queue:
+                jobs = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
                 if self._on_batch is not None:
                     self._on_batch(len(jobs))
                 try:
-                    await self._process(conversation_id, jobs)
+                    await self._process(jobs)
                 except ParleyError as exc:
-                    _fail(jobs, exc)
+                    _fail([j for _, j in jobs], exc)
                 except PyMongoError:
-                    logger.exception("store error while writing %s", conversation_id)
+                    logger.exception("store error while writing a batch")
                     _fail(
-                        jobs,
+                        [j for _, j in jobs],
                         ParleyError(
                             ErrorCode.SERVICE_UNAVAILABLE, "the store is unavailable, retry"
                         ),
                     )
                 except Exception:
-                    logger.exception("unexpected error while writing %s", conversation_id)
-                    _fail(jobs, ParleyError(ErrorCode.INTERNAL_ERROR, "internal error"))
+                    logger.exception("unexpected error while writing a batch")
+                    _fail(
+                        [j for _, j in jobs],
+                        ParleyError(ErrorCode.INTERNAL_ERROR, "internal error"),
+                    )
                 jobs = []
         finally:
             # Only non-empty if this task was cancelled: nobody may wait forever.
-            self._workers.pop(conversation_id, None)
-            rest = jobs + self._queues.pop(conversation_id, [])
+            self._worker = None
+            rest = [j for _, j in jobs + self._queue]
+            self._queue.clear()
             _fail(rest, ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "write interrupted, retry"))
 
-    async def _process(self, cid: str, jobs: list[_Job]) -> None:
-        conv: Conversation | None = None
-        sends = [j for j in jobs if isinstance(j, _Send)]
-        live: list[_Job] = [j for j in jobs if isinstance(j, _Event)]
-        followers: dict[str, list[_Send]] = {}
-        if sends:
-            conv = await self._store.get_conversation(cid)
-            accepted: list[_Send] = []
-            for job in sends:
+    async def _process(self, jobs: list[tuple[str, _Job]]) -> None:
+        """One group commit for every conversation with queued writes."""
+        groups: dict[str, list[_Job]] = {}
+        for cid, job in jobs:
+            groups.setdefault(cid, []).append(job)
+        send_cids = [cid for cid, js in groups.items() if any(isinstance(j, _Send) for j in js)]
+        convs = await self._store.get_conversations(list(groups))
+        live: dict[str, list[_Job]] = {}
+        followers: dict[tuple[str, str], list[_Send]] = {}
+        wanted: dict[str, list[str]] = {}
+        for cid, group in groups.items():
+            conv = convs.get(cid)
+            kept: list[_Job] = []
+            for job in group:
+                if isinstance(job, _Event):
+                    kept.append(job)
+                    continue
                 if conv is None or not domain.can_access(conv, job.principal):
                     _fail([job], forbidden())
-                elif conv.status is ConversationStatus.CLOSED:
-                    _fail([job], ParleyError(ErrorCode.CONFLICT, "the conversation is closed"))
-                else:
-                    accepted.append(job)
-            # Retries of one clientMessageId inside the batch wait for the first one.
-            primaries: list[_Send] = []
-            for job in accepted:
-                cmid = job.message.client_message_id
-                if cmid is not None and cmid in followers:
-                    followers[cmid].append(job)
                     continue
-                if cmid is not None:
-                    followers[cmid] = []
-                primaries.append(job)
-            known = await self._store.frames_by_client_ids(cid, list(followers))
-            for job in primaries:
+                if conv.status is ConversationStatus.CLOSED:
+                    _fail([job], ParleyError(ErrorCode.CONFLICT, "the conversation is closed"))
+                    continue
                 cmid = job.message.client_message_id
-                if cmid is not None and cmid in known:
-                    frame = known[cmid]
-                    result = SendResult(frame["data"], int(frame["seq"]), duplicate=True)
-                    _resolve([job, *followers.pop(cmid)], result)
-                else:
-                    live.append(job)
-            order = {id(j): k for k, j in enumerate(jobs)}
-            live.sort(key=lambda j: order[id(j)])
+                if cmid is not None:
+                    if (cid, cmid) in followers:  # a retry inside the batch waits for the first
+                        followers[(cid, cmid)].append(job)
+                        continue
+                    followers[(cid, cmid)] = []
+                    wanted.setdefault(cid, []).append(cmid)
+                kept.append(job)
+            live[cid] = kept
+        known = await self._store.frames_by_client_ids(wanted) if wanted else {}
+        if known:
+            for cid in send_cids:
+                kept = []
+                for job in live[cid]:
+                    cmid = job.message.client_message_id if isinstance(job, _Send) else None
+                    frame = known.get((cid, cmid)) if cmid is not None else None
+                    if isinstance(job, _Send) and frame is not None and cmid is not None:
+                        result = SendResult(frame["data"], int(frame["seq"]), duplicate=True)
+                        _resolve([job, *followers.pop((cid, cmid), [])], result)
+                    else:
+                        kept.append(job)
+                live[cid] = kept
+        live = {cid: js for cid, js in live.items() if js}
         if not live:
             return
-        pending = [self._pending(j) for j in live]
-        hint = conv.last_seq + 1 if conv is not None and conv.last_seq else None
-        results = await self._store.append_events(cid, pending, hint=hint)
-        stored: list[Message] = []
-        seqs: list[int] = []
-        for item, res in zip(live, results, strict=True):
-            if res.duplicate:
-                continue
-            seqs.append(res.seq)
-            if isinstance(item, _Send) and item.stored is not None:
-                if item.stored.seq != res.seq:  # built for a seq that was then taken
-                    item.stored = item.stored.model_copy(update={"seq": res.seq})
-                stored.append(item.stored)
-        await self._store.insert_messages(stored)
-        t = domain.totals_of(stored, seqs)
-        await self._store.add_totals(
-            cid,
-            MessageTotals(
+        hints = {
+            cid: convs[cid].last_seq + 1 for cid in live if cid in convs and convs[cid].last_seq
+        }
+        pending = {cid: [self._pending(j) for j in js] for cid, js in live.items()}
+        results = await self._store.append_events(pending, hints)
+        stored_by: dict[str, list[Message]] = {}
+        totals: dict[str, MessageTotals] = {}
+        all_stored: list[Message] = []
+        for cid, js in live.items():
+            stored: list[Message] = []
+            seqs: list[int] = []
+            for item, res in zip(js, results[cid], strict=True):
+                if res.duplicate:
+                    continue
+                seqs.append(res.seq)
+                if isinstance(item, _Send) and item.stored is not None:
+                    stored.append(item.stored)
+            t = domain.totals_of(stored, seqs)
+            totals[cid] = MessageTotals(
                 messages=t.messages,
                 tokens=t.tokens,
                 cost=t.cost,
                 last_message=domain.last_message_of(t.last) if t.last else None,
                 max_seq=t.max_seq,
-            ),
-        )
-        subject = subjects.conversation_events(cid)
-        for res in results:
-            if not res.duplicate:
-                await self._publish(subject, jsonutil.dumps(res.frame))
-        if self._on_stored is not None and conv is not None and stored:
+            )
+            stored_by[cid] = stored
+            all_stored.extend(stored)
+        await self._store.insert_messages(all_stored)
+        await self._store.add_totals(totals)
+        for cid, res_list in results.items():
+            subject = subjects.conversation_events(cid)
+            for res in res_list:
+                if not res.duplicate:
+                    await self._publish(subject, jsonutil.dumps(res.frame))
+        if self._on_stored is not None:
+            for cid, stored in stored_by.items():
+                if stored and cid in convs:
+                    self._in_background(self._on_stored(convs[cid], stored))
+        for cid, js in live.items():
+            for item, res in zip(js, results[cid], strict=True):
+                if isinstance(item, _Send):
+                    result = SendResult(res.frame["data"], res.seq, duplicate=res.duplicate)
+                    cmid = item.message.client_message_id
+                    more = followers.get((cid, cmid), []) if cmid else []
+                    _resolve([item, *more], result)
+                elif not item.future.done():
+                    item.future.set_result(res)
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """After-store work (agent turns) that must not hold up the next batch."""
+
+        async def guarded() -> None:
             try:
-                await self._on_stored(conv, stored)
+                await coro
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.exception("after-store hook failed for %s", cid)
-        for item, res in zip(live, results, strict=True):
-            if isinstance(item, _Send):
-                result = SendResult(res.frame["data"], res.seq, duplicate=res.duplicate)
-                cmid = item.message.client_message_id
-                _resolve([item, *(followers.get(cmid, []) if cmid else [])], result)
-            elif not item.future.done():
-                item.future.set_result(res)
+                logger.exception("after-store hook failed")
+
+        task = asyncio.create_task(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @staticmethod
     def _pending(job: _Job) -> PendingEvent:

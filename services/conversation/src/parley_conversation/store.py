@@ -17,14 +17,14 @@ from __future__ import annotations
 import base64
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 from beanie import Document, init_beanie
 from pydantic import ConfigDict
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
@@ -201,18 +201,21 @@ class Repository(Protocol):
         cursor: str | None,
         limit: int,
     ) -> Page: ...
+    async def get_conversations(self, ids: Sequence[str]) -> dict[str, Conversation]: ...
     async def append_events(
-        self, conversation_id: str, events: Sequence[PendingEvent], hint: int | None = None
-    ) -> list[AppendResult]: ...
+        self,
+        groups: Mapping[str, Sequence[PendingEvent]],
+        hints: Mapping[str, int] | None = None,
+    ) -> dict[str, list[AppendResult]]: ...
     async def frames_by_client_ids(
-        self, conversation_id: str, client_ids: Sequence[str]
-    ) -> dict[str, dict[str, Any]]: ...
+        self, wanted: Mapping[str, Sequence[str]]
+    ) -> dict[tuple[str, str], dict[str, Any]]: ...
     async def events_since(
         self, conversation_id: str, after_seq: int, until_seq: int | None, limit: int
     ) -> list[dict[str, Any]]: ...
     async def last_seq(self, conversation_id: str) -> int: ...
     async def insert_messages(self, messages: Sequence[Message]) -> None: ...
-    async def add_totals(self, conversation_id: str, totals: MessageTotals) -> None: ...
+    async def add_totals(self, totals: Mapping[str, MessageTotals]) -> None: ...
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None: ...
     async def update_message(
         self, conversation_id: str, message_id: str, changes: dict[str, Any]
@@ -359,94 +362,132 @@ class MongoStore:
         )
         return int(doc["seq"]) if doc else 0
 
+    async def last_seqs(self, ids: Sequence[str]) -> dict[str, int]:
+        """The highest stored seq of each conversation (0 if none), in one aggregation."""
+        out = dict.fromkeys(ids, 0)
+        if not ids:
+            return out
+        cursor = await self.events.aggregate(
+            [
+                {"$match": {"conversationId": {"$in": list(ids)}}},
+                {"$group": {"_id": "$conversationId", "max": {"$max": "$seq"}}},
+            ]
+        )
+        for row in await cursor.to_list():
+            out[row["_id"]] = int(row["max"])
+        return out
+
     def _remember(self, conversation_id: str, next_seq: int) -> None:
         self._next_seq[conversation_id] = next_seq
         self._next_seq.move_to_end(conversation_id)
         while len(self._next_seq) > SEQ_CACHE_SIZE:
             self._next_seq.popitem(last=False)
 
-    async def append_events(
-        self, conversation_id: str, events: Sequence[PendingEvent], hint: int | None = None
-    ) -> list[AppendResult]:
-        """Store the frames in order with consecutive seqs; never a gap, never a duplicate.
+    async def get_conversations(self, ids: Sequence[str]) -> dict[str, Conversation]:
+        docs = await self.conversations.find({"_id": {"$in": list(ids)}}).to_list()
+        return {d["_id"]: conversation_from(d) for d in docs}
 
-        ``hint`` is a guess of the next seq (e.g. the conversation's lastSeq + 1); the
-        replica's cache is preferred, and a collision re-reads the log's maximum.
+    async def append_events(
+        self,
+        groups: Mapping[str, Sequence[PendingEvent]],
+        hints: Mapping[str, int] | None = None,
+    ) -> dict[str, list[AppendResult]]:
+        """Store each conversation's frames in order with consecutive seqs, in one
+        ordered ``insert_many`` for all of them; never a gap, never a duplicate.
+
+        The first seq tried is this replica's cache, else ``hints`` (e.g. the conversation's
+        lastSeq + 1), else the log's maximum + 1. An ordered insert stops at the first
+        duplicate key: everything before it is stored (a prefix per conversation, so a crash
+        or a collision never leaves a hole); a taken seq re-reads that conversation's maximum,
+        a stored clientMessageId returns the earlier frame; the rest is retried.
         """
-        results: list[AppendResult | None] = [None] * len(events)
-        seq = (
-            self._next_seq.get(conversation_id)
-            or hint
-            or (await self.last_seq(conversation_id) + 1)
-        )
-        i = 0
+        hints = hints or {}
+        results: dict[str, list[AppendResult | None]] = {
+            cid: [None] * len(evts) for cid, evts in groups.items()
+        }
+        pos = dict.fromkeys(groups, 0)
+        nxt: dict[str, int] = {}
+        unknown = []
+        for cid in groups:
+            guess = self._next_seq.get(cid) or hints.get(cid)
+            if guess:
+                nxt[cid] = guess
+            else:
+                unknown.append(cid)
+        for cid, last in (await self.last_seqs(unknown)).items():
+            nxt[cid] = last + 1
         rounds = 0
-        while i < len(events):
+        while True:
+            docs: list[dict[str, Any]] = []
+            owners: list[tuple[str, int]] = []
+            for cid, evts in groups.items():
+                for k in range(pos[cid], len(evts)):
+                    s = nxt[cid] + k - pos[cid]
+                    docs.append(_event_doc(cid, s, evts[k]))
+                    owners.append((cid, k))
+            if not docs:
+                break
             rounds += 1
             if rounds > MAX_APPEND_ROUNDS:
                 raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "the store is too busy, retry")
-            docs: list[dict[str, Any]] = []
-            for k, pending in enumerate(events[i:]):
-                s = seq + k
-                frame = envelopes.event_frame(
-                    pending.event, pending.build(s), conversation_id=conversation_id, seq=s
-                )
-                doc: dict[str, Any] = {
-                    "_id": f"{conversation_id}:{s}",
-                    "conversationId": conversation_id,
-                    "seq": s,
-                    "event": pending.event.value,
-                    "frame": frame,
-                }
-                if pending.client_message_id is not None:
-                    doc["clientMessageId"] = pending.client_message_id
-                docs.append(doc)
             try:
                 await self.events.insert_many(docs, ordered=True)
+                done = len(docs)
+                error: dict[str, Any] | None = None
             except BulkWriteError as exc:
                 errors = exc.details.get("writeErrors") or []
                 if not errors or errors[0].get("code") != DUPLICATE_KEY:
                     raise
-                k = int(errors[0]["index"])
-                for j in range(k):
-                    results[i + j] = AppendResult(docs[j]["seq"], docs[j]["frame"])
-                failed = events[i + k]
-                existing = None
-                if failed.client_message_id is not None:
-                    existing = await self.events.find_one(
-                        {
-                            "conversationId": conversation_id,
-                            "clientMessageId": failed.client_message_id,
-                        }
-                    )
-                if existing is not None and existing["seq"] != docs[k]["seq"]:
-                    # Already stored (a retry racing with its original): keep its frame.
-                    results[i + k] = AppendResult(
-                        int(existing["seq"]), existing["frame"], duplicate=True
-                    )
-                    i += k + 1
-                    seq = docs[k]["seq"]  # that seq is still free for the next one
-                else:
-                    # Another replica took this seq: continue after the log's maximum.
-                    i += k
-                    seq = await self.last_seq(conversation_id) + 1
-                continue
-            for j, doc in enumerate(docs):
-                results[i + j] = AppendResult(doc["seq"], doc["frame"])
-            seq = docs[-1]["seq"] + 1
-            i = len(events)
-        self._remember(conversation_id, seq)
-        return [r for r in results if r is not None]
+                error = errors[0]
+                done = int(error["index"])
+            for j in range(done):
+                cid, k = owners[j]
+                results[cid][k] = AppendResult(docs[j]["seq"], docs[j]["frame"])
+                pos[cid] = k + 1
+                nxt[cid] = docs[j]["seq"] + 1
+            for j in range(done, len(docs)):
+                cid, k = owners[j]
+                if k == pos[cid]:
+                    nxt[cid] = docs[j]["seq"]  # first one not stored: try that seq again
+            if error is None:
+                break
+            cid, k = owners[done]
+            failed = groups[cid][k]
+            existing = None
+            if failed.client_message_id is not None:
+                existing = await self.events.find_one(
+                    {"conversationId": cid, "clientMessageId": failed.client_message_id}
+                )
+            if existing is not None and existing["seq"] != docs[done]["seq"]:
+                # Already stored (a retry racing with its original): answer with that frame.
+                results[cid][k] = AppendResult(
+                    int(existing["seq"]), existing["frame"], duplicate=True
+                )
+                pos[cid] = k + 1  # nxt[cid] stays: that seq is still free
+            else:
+                # Another replica took this seq: continue after the log's maximum.
+                nxt[cid] = (await self.last_seqs([cid]))[cid] + 1
+        out: dict[str, list[AppendResult]] = {}
+        for cid, res in results.items():
+            self._remember(cid, nxt[cid])
+            out[cid] = [r for r in res if r is not None]
+        return out
 
     async def frames_by_client_ids(
-        self, conversation_id: str, client_ids: Sequence[str]
-    ) -> dict[str, dict[str, Any]]:
-        if not client_ids:
+        self, wanted: Mapping[str, Sequence[str]]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """Stored frames of these (conversationId, clientMessageId) pairs, in one query."""
+        ids = {cmid for cmids in wanted.values() for cmid in cmids}
+        if not ids:
             return {}
         docs = await self.events.find(
-            {"conversationId": conversation_id, "clientMessageId": {"$in": list(client_ids)}}
+            {"conversationId": {"$in": list(wanted)}, "clientMessageId": {"$in": list(ids)}}
         ).to_list()
-        return {d["clientMessageId"]: d["frame"] for d in docs}
+        return {
+            (d["conversationId"], d["clientMessageId"]): d["frame"]
+            for d in docs
+            if d["clientMessageId"] in wanted.get(d["conversationId"], ())
+        }
 
     async def events_since(
         self, conversation_id: str, after_seq: int, until_seq: int | None, limit: int
@@ -477,29 +518,40 @@ class MongoStore:
             if other:
                 raise
 
-    async def add_totals(self, conversation_id: str, totals: MessageTotals) -> None:
-        """Atomic ``$inc``/``$max``; lastMessage only moves forward (by seq)."""
-        update: dict[str, Any] = {"$max": {"lastSeq": totals.max_seq}}
-        if totals.messages:
-            update["$inc"] = {
-                "totalMessages": totals.messages,
-                "totalTokens": totals.tokens,
-                "totalCost": totals.cost,
-            }
-        await self.conversations.update_one({"_id": conversation_id}, update)
-        last = totals.last_message
-        if last is not None and last.seq is not None:
-            await self.conversations.update_one(
-                {
-                    "_id": conversation_id,
-                    "$or": [
-                        {"lastMessage": None},
-                        {"lastMessage.seq": None},
-                        {"lastMessage.seq": {"$lt": last.seq}},
-                    ],
-                },
-                {"$set": {"lastMessage": last.model_dump(by_alias=True, exclude_none=True)}},
-            )
+    async def add_totals(self, totals: Mapping[str, MessageTotals]) -> None:
+        """Atomic ``$inc``/``$max`` per conversation in one bulk write; lastMessage only
+        moves forward (by seq)."""
+        ops: list[UpdateOne] = []
+        for cid, t in totals.items():
+            update: dict[str, Any] = {"$max": {"lastSeq": t.max_seq}}
+            if t.messages:
+                update["$inc"] = {
+                    "totalMessages": t.messages,
+                    "totalTokens": t.tokens,
+                    "totalCost": t.cost,
+                }
+            ops.append(UpdateOne({"_id": cid}, update))
+            last = t.last_message
+            if last is not None and last.seq is not None:
+                ops.append(
+                    UpdateOne(
+                        {
+                            "_id": cid,
+                            "$or": [
+                                {"lastMessage": None},
+                                {"lastMessage.seq": None},
+                                {"lastMessage.seq": {"$lt": last.seq}},
+                            ],
+                        },
+                        {
+                            "$set": {
+                                "lastMessage": last.model_dump(by_alias=True, exclude_none=True)
+                            }
+                        },
+                    )
+                )
+        if ops:
+            await self.conversations.bulk_write(ops, ordered=True)
 
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
         doc = await self.messages.find_one({"_id": message_id, "conversationId": conversation_id})
@@ -573,6 +625,22 @@ class MongoStore:
 
     async def insert_task(self, task: dict[str, Any]) -> None:
         await self.tasks.insert_one(dict(task))
+
+
+def _event_doc(conversation_id: str, seq: int, pending: PendingEvent) -> dict[str, Any]:
+    frame = envelopes.event_frame(
+        pending.event, pending.build(seq), conversation_id=conversation_id, seq=seq
+    )
+    doc: dict[str, Any] = {
+        "_id": f"{conversation_id}:{seq}",
+        "conversationId": conversation_id,
+        "seq": seq,
+        "event": pending.event.value,
+        "frame": frame,
+    }
+    if pending.client_message_id is not None:
+        doc["clientMessageId"] = pending.client_message_id
+    return doc
 
 
 def _wire(model: Conversation | Message) -> dict[str, Any]:
