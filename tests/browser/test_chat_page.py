@@ -20,6 +20,8 @@ import websockets.sync.client
 
 pytestmark = pytest.mark.browser
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 # Fixture types (defined in conftest.py): the running system, browsers, screenshots.
 System = Any
 Browsers = Any
@@ -427,3 +429,72 @@ def test_phone_sized_screen(system: System, browsers: Browsers, shot: Shot) -> N
     page.click('[aria-label="Back to conversations"]')
     page.wait_for_selector('[data-testid="conversation-list"]')
     shot(page, "list")
+
+
+AXE = REPO_ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def _axe(page: Any) -> list[dict[str, Any]]:
+    """Serious and critical WCAG A/AA violations reported by axe-core on the current page."""
+    page.add_script_tag(path=str(AXE))
+    result: dict[str, Any] = page.evaluate(
+        """async () => await axe.run(document, {
+              runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})"""
+    )
+    return [
+        {"id": v["id"], "help": v["help"], "nodes": [n["target"] for n in v["nodes"]][:5]}
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+def test_accessible_with_axe_and_keyboard(system: System, browsers: Browsers, shot: Shot) -> None:
+    if not AXE.exists():
+        pytest.skip("axe-core is not installed in web/node_modules (cd web && npm ci)")
+    page = browsers.new_page("user-1")
+    assert _axe(page) == []
+    # Keyboard only: create a conversation, send, open a tool result.
+    page.focus('[data-testid="new-title"]')
+    page.keyboard.type("Keyboard only")
+    page.keyboard.press("Enter")  # submits the form
+    page.wait_for_selector('[data-testid="conversation-title"]:has-text("Keyboard only")')
+    page.focus('[data-testid="composer-input"]')
+    page.keyboard.type("calc 2 + 3")
+    page.keyboard.press("Enter")
+    wait_turn_done(page, 1)
+    page.focus('[data-testid="tool-result-toggle"]')
+    page.keyboard.press("Space")
+    assert page.get_attribute('[data-testid="tool-result-toggle"]', "aria-expanded") == "true"
+    assert _axe(page) == []
+    shot(page, "keyboard")
+
+
+def test_page_fails_over_to_the_other_gateway_with_its_session(
+    system: System, browsers: Browsers, shot: Shot
+) -> None:
+    """With ?gateways=<other>, a page whose gateway dies resumes its session on the other one."""
+    other = system.url(1)
+    page = browsers.new_page("user-1", gateway=0, query=f"?gateways={other}")
+    cid = create_conversation(page, "Failover", agent="", invite="user-2")
+    send(page, "on gateway one")
+    page.wait_for_selector(f'{MESSAGES}:has-text("on gateway one")[data-seq]')
+    session = page.evaluate("window.parley.sessionId")
+    assert page.evaluate("window.parley.instanceId") == "gateway-1"
+
+    gateway = system.stack.gateways[0]
+    gateway.process.kill()
+    try:
+        _send_as(system, "user-2", 1, cid, ["while failing over"])
+        page.wait_for_function("() => window.parley.instanceId === 'gateway-2'")
+        page.wait_for_selector('[data-testid="connection-state"][data-state="open"]')
+        assert page.evaluate("window.parley.sessionId") == session
+        page.wait_for_selector(f'{MESSAGES}:has-text("while failing over")')
+        send(page, "now on gateway two")
+        page.wait_for_selector(f'{MESSAGES}:has-text("now on gateway two")[data-seq]')
+        ids = [m["id"] for m in shown(page)]
+        stored = [m["_id"] for m in system.history(cid, gateway=1)]
+        assert ids == stored
+        shot(page, "on-gateway-2")
+    finally:
+        gateway.process.start()
+        system.stack.wait_ready(gateway)
