@@ -259,6 +259,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
             [100.0, 400.0] if q else [250.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0]
         )
         replicas = sorted(args.replicas, reverse=True)
+        persist_profile = args.profile_rates or ([rates[-1]] if args.profile else [])
         runs = []
         with system_for(args, name, gateways=2, replicas=max(replicas)) as system:
             for i, k in enumerate(replicas):
@@ -280,6 +281,8 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
                         threads=args.threads,
                         log_dir=log_dir,
                         label=f"persisted-r{k}",
+                        profile_rates=persist_profile,
+                        profile_dir=PROFILES if persist_profile else None,
                     )
                 )
                 if system.stack is None:

@@ -107,7 +107,7 @@ class GeneratorPool:
         threads: int,
         per_process: int,
         log_dir: Path,
-        deflate: bool = False,
+        deflate: bool = True,  # offer permessage-deflate as browsers do; the server decides
     ) -> None:
         ensure_node_modules()
         n_proc = max(1, -(-len(clients) // per_process))

@@ -366,14 +366,30 @@ def persisted(
     threads: int,
     log_dir: Path,
     label: str = "persisted",
+    profile_rates: list[float] | None = None,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """``message:send`` from one sender per conversation at each total rate."""
+    """``message:send`` from one sender per conversation at each total rate; at
+    ``profile_rates`` py-spy samples conversation-1, the store and gateway-1."""
     pop = population(system, f"{label}-{int(time.time())}", n_convs, members, gateways)
     pool = GeneratorPool(pop.clients, threads=threads, per_process=50_000, log_dir=log_dir)
     try:
         setup_steps = setup(pool, pop)
         steps = []
         for rate in rates:
+            spies: list[tuple[str, PySpy]] = []
+            if profile_dir is not None and rate in (profile_rates or []):
+                targets = {
+                    "conversation-1": system.conversation_pids[0]
+                    if system.conversation_pids
+                    else None,
+                    "store": system.other_pids.get("store"),
+                    "gateway-1": system.gateways[0].pid,
+                }
+                for name, pid in targets.items():
+                    if pid:
+                        out = profile_dir / f"{label}-{rate:.0f}-{name}.txt"
+                        spies.append((name, PySpy(pid, out, duration)))
             step = _load_step(
                 system,
                 pool,
@@ -385,6 +401,13 @@ def persisted(
                 drain=drain,
                 members=members,
             )
+            if spies:
+                step["profiles"] = {}
+                for name, spy in spies:
+                    spy.wait()
+                    prof = summarize_collapsed(spy.out, duration, spy.rate, top=15)
+                    prof["file"] = spy.out.name
+                    step["profiles"][name] = prof
             steps.append(step)
             if step["acked"] < 0.5 * step["sent"]:
                 logger.info("%s: stopping (less than half of the sends acked)", label)

@@ -57,7 +57,20 @@ function workerMain() {
   const lag = monitorEventLoopDelay({ resolution: 5 });
   lag.enable();
 
+  const TYPING_PREFIX = '{"event":"typing:start"';
+  const CONV_KEY = '"conversationId":"';
+
   function onFrame(client, raw) {
+    // Fast path for the flood of relayed typing:start frames: no JSON.parse.
+    if (load !== null && load.kind === "typing" && raw.startsWith(TYPING_PREFIX)) {
+      const at = raw.indexOf(CONV_KEY);
+      if (at > 0) {
+        const from = at + CONV_KEY.length;
+        const conv = raw.slice(from, raw.indexOf('"', from));
+        load.onTyping(client, conv, raw);
+        return;
+      }
+    }
     let msg;
     try {
       msg = JSON.parse(raw);
@@ -211,11 +224,9 @@ function workerMain() {
     const recvCount = new Map(); // `${client}:${convIdx}` -> count (typing)
     const pad = contentBytes > 24 ? "x".repeat(contentBytes - 24) : "";
 
-    const onEvent = (client, msg, raw) => {
-      const ev = msg.event;
-      if (!(ev in st.samples)) st.samples[ev] = raw.slice(0, 800);
-      if (kind === "typing" && ev === "typing:start") {
-        const conv = msg.conversationId ?? (msg.data && msg.data.conversationId);
+    const onTyping = (client, conv, raw) => {
+        const t = nowMs();
+        if (st.samples["typing:start"] === undefined) st.samples["typing:start"] = raw.slice(0, 800);
         const ci = convIndex.get(conv);
         if (ci === undefined) {
           st.foreign++;
@@ -225,7 +236,6 @@ function workerMain() {
           st.echoes++;
           return;
         }
-        const t = nowMs();
         const key = client.idx * 4096 + ci;
         const k = recvCount.get(key) || 0;
         recvCount.set(key, k + 1);
@@ -237,7 +247,17 @@ function workerMain() {
         const lat = t - times[ci * cap + k];
         if (client.gw === convs[ci].senderGw) st.sameLat.push(lat);
         else st.crossLat.push(lat);
-      } else if (kind === "message" && ev === "message:new") {
+    };
+
+    const onEvent = (client, msg, raw) => {
+      const ev = msg.event;
+      if (!(ev in st.samples)) st.samples[ev] = raw.slice(0, 800);
+      if (kind === "typing" && ev === "typing:start") {
+        const conv = msg.conversationId ?? (msg.data && msg.data.conversationId);
+        onTyping(client, conv, raw);
+        return;
+      }
+      if (kind === "message" && ev === "message:new") {
         const t = nowMs();
         const conv = msg.conversationId ?? (msg.data && msg.data.conversationId);
         const ci = convIndex.get(conv);
@@ -350,7 +370,7 @@ function workerMain() {
     if (mySenders.length > 0) timer = setInterval(tick, 1);
     const cpu0 = process.cpuUsage();
     lag.reset();
-    load = { onEvent, st };
+    load = { kind, onEvent, onTyping, st };
     return new Promise((resolve) => {
       setTimeout(
         () => {
