@@ -57,6 +57,8 @@ from parley_contract.timeutil import now_iso
 logger = logging.getLogger(__name__)
 
 CONSUMER = subjects.QUEUE_AGENT_BRIDGE  # the durable consumer shared by every replica
+# Refusals of the conversation service that a retry cannot change.
+_FINAL_ERRORS = frozenset({ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR})
 
 
 def agent_principal(agent: AgentConfig) -> Principal:
@@ -334,14 +336,19 @@ class Bridge:
                 outcome = await self._run_turn(agent, work, attempt)
             self.metrics.turns.labels(agent.id, outcome).inc()
             await msg.ack()
-        except (WriteError, ParleyError, nats.errors.Error) as exc:
-            logger.warning("turn for %s (attempt %d) failed: %s", work.message_id, attempt, exc)
-            self.metrics.turns.labels(agent.id, "retry").inc()
-            if attempt >= self.settings.max_deliver:
-                await self._give_up(agent, work, attempt, str(exc))
+        except ParleyError as exc:
+            if exc.code in _FINAL_ERRORS:
+                # e.g. the agent is no longer assigned: retrying cannot help.
+                logger.warning("turn for %s dropped: %s", work.message_id, exc)
+                self.metrics.turns.labels(agent.id, "dropped").inc()
                 await msg.term()
             else:
-                await msg.nak(delay=min(2.0 * attempt, 10.0))
+                await self._retry_or_give_up(msg, agent, work, attempt, exc)
+        except (WriteError, nats.errors.Error) as exc:
+            await self._retry_or_give_up(msg, agent, work, attempt, exc)
+        except Exception as exc:  # the boundary: a bug must not stop a turn silently
+            logger.exception("turn for %s crashed", work.message_id)
+            await self._retry_or_give_up(msg, agent, work, attempt, exc)
         except asyncio.CancelledError:
             # Shutting down mid-turn: another replica resumes it.
             with contextlib.suppress(nats.errors.Error):
@@ -353,6 +360,18 @@ class Bridge:
             if self._conv_users[cid] <= 0:
                 self._conv_users.pop(cid, None)
                 self._conv_locks.pop(cid, None)
+
+    async def _retry_or_give_up(
+        self, msg: Msg, agent: AgentConfig, work: AgentTurn, attempt: int, exc: Exception
+    ) -> None:
+        logger.warning("turn for %s (attempt %d) failed: %s", work.message_id, attempt, exc)
+        if attempt >= self.settings.max_deliver:
+            self.metrics.turns.labels(agent.id, "failed").inc()
+            await self._give_up(agent, work, attempt, str(exc) or type(exc).__name__)
+            await msg.term()
+        else:
+            self.metrics.turns.labels(agent.id, "retry").inc()
+            await msg.nak(delay=min(2.0 * attempt, 10.0))
 
     async def _keep_alive(self, msg: Msg) -> None:
         interval = max(self.settings.ack_wait_seconds / 3, 0.5)
