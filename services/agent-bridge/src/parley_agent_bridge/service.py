@@ -45,7 +45,7 @@ from parley_agent_bridge.backends import ModelBackend, OpenAIChatBackend
 from parley_agent_bridge.config import DEMO_AGENT_ID, AgentConfig, Settings
 from parley_agent_bridge.demo import ScriptedDemoBackend
 from parley_agent_bridge.metrics import Metrics
-from parley_agent_bridge.tools import McpToolbox
+from parley_agent_bridge.tools import McpToolbox, ToolOutcome
 from parley_agent_bridge.turn import Turn, TurnRequest, WriteError
 from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.commands import ToolCallCommand, parse_payload
@@ -124,6 +124,22 @@ async def query(
             code = ErrorCode(str(err.get("code")))
         raise ParleyError(code, str(err.get("message") or "query failed"))
     return body.get("data")
+
+
+class MeteredTools:
+    """An agent's toolbox, counting calls in the metrics."""
+
+    def __init__(self, box: McpToolbox, metrics: Metrics) -> None:
+        self.box = box
+        self.metrics = metrics
+
+    def specs(self) -> list[dict[str, Any]]:
+        return self.box.specs()
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> ToolOutcome:
+        out = await self.box.call(name, arguments)
+        self.metrics.tool_calls.labels(name, str(out.success).lower()).inc()
+        return out
 
 
 def make_backend(agent: AgentConfig, demo_delay: float) -> ModelBackend:
@@ -431,7 +447,7 @@ class Bridge:
         turn = Turn(
             agent=agent,
             backend=self.backends[agent.id],
-            tools=self.toolboxes[agent.id],
+            tools=MeteredTools(self.toolboxes[agent.id], self.metrics),
             io=NatsTurnIO(
                 self.nc, agent, work.conversation_id, self.settings.request_timeout_seconds
             ),
