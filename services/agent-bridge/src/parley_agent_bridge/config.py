@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     # How long startup waits for the agents' MCP servers before reporting ready (they keep
     # reconnecting in the background; an agent answers without the tools meanwhile).
     tools_wait_seconds: float = Field(default=20.0, ge=0, alias="PARLEY_AGENT_BRIDGE_TOOLS_WAIT")
+    # On SIGTERM running turns get this long to finish; the rest are resumed by other replicas.
+    drain_seconds: float = Field(default=10.0, ge=0, alias="PARLEY_AGENT_BRIDGE_DRAIN_SECONDS")
     presence_ttl_seconds: float = Field(
         default=30.0, gt=2, alias="PARLEY_AGENT_BRIDGE_PRESENCE_TTL"
     )

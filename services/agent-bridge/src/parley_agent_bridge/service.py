@@ -221,7 +221,7 @@ class Bridge:
             "agent bridge %s ready: agents %s", self.instance_id, ", ".join(sorted(self.agents))
         )
 
-    async def stop(self, grace: float = 20.0) -> None:
+    async def stop(self) -> None:
         self.ready = False
         self._closing.set()
         for task in self._tasks:
@@ -230,7 +230,9 @@ class Bridge:
             await asyncio.wait(self._tasks)
         if self._turn_tasks:
             # Running turns get a grace period; the rest are nak'ed and resumed elsewhere.
-            _, pending = await asyncio.wait(set(self._turn_tasks), timeout=grace)
+            _, pending = await asyncio.wait(
+                set(self._turn_tasks), timeout=self.settings.drain_seconds
+            )
             for task in pending:
                 task.cancel()
             if pending:
