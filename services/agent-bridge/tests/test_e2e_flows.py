@@ -392,3 +392,27 @@ async def test_external_agent_example_answers_through_the_gateway(
     ]
     assert all(m["agentId"] == "agent-ext" for m in msgs)
     assert msgs[2]["toolResults"][0]["result"] == {"words": 5}
+
+
+async def test_agent_switch_then_the_new_agent_answers(
+    stack: Stack, openai_stub: OpenAIStub, connect: Connect
+) -> None:
+    """Case 19: after conversation:update {agentId}, the next message gets the new agent."""
+    openai_stub.script("switched-e2e", Step(content=["The code expert here."]))
+    client = await connect(stack)
+    conv = await client.conversation("agent-demo")
+    first = await client.send(conv, "hello demo")
+    assert (await client.answer(first))["agentId"] == "agent-demo"
+    reply = await client.call("conversation:update", {"conversationId": conv, "agentId": LLM_AGENT})
+    assert reply["success"], reply
+    system = await client.wait_for(
+        lambda f: f.get("event") == "message:new" and f["data"].get("role") == "system"
+    )
+    assert system["data"]["metadata"] == {"previousAgentId": "agent-demo", "newAgentId": LLM_AGENT}
+    second = await client.send(conv, "switched-e2e: who are you?")
+    final = await client.answer(second)
+    assert final["agentId"] == LLM_AGENT
+    assert final["content"] == "The code expert here."
+    # The new agent's model saw the earlier exchange but not the system message.
+    sent = [r for r in openai_stub.requests if "switched-e2e" in json.dumps(r["messages"])][-1]
+    assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "user"]
