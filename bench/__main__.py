@@ -97,6 +97,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra env for the conversation service, K=V,K=V (e.g. group commit off)",
     )
     p.add_argument("--gateway-env", default="", help="extra env for the gateways, K=V,K=V")
+    p.add_argument(
+        "--gateway-src",
+        default="",
+        help="run the gateways from another source tree (e.g. a `git worktree` of an older "
+        "commit: <worktree>/services/gateway/src), to measure a change's effect",
+    )
     p.add_argument("--profile", action="store_true", help="py-spy the gateways during fanout steps")
     p.add_argument("--profile-rates", type=_floats, default=None, help="fanout rates to profile")
     p.add_argument(
@@ -132,7 +138,10 @@ def system_for(
         return
     extra = {
         "conversation": {**_env_pairs(args.conversation_env), **(conv_env or {})},
-        "gateway": _env_pairs(args.gateway_env),
+        "gateway": {
+            **_env_pairs(args.gateway_env),
+            **({"PYTHONPATH": str(Path(args.gateway_src).resolve())} if args.gateway_src else {}),
+        },
     }
     workdir = RAW / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{name}"
     with started_stack(
@@ -179,6 +188,16 @@ def mock_system(n: int) -> Iterator[System]:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=5)
+
+
+def _src_commit(path: str) -> str:
+    out = subprocess.run(
+        ["git", "-C", path, "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return f"{path} @ {out.stdout.strip() or '?'}"
 
 
 def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -351,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine,
             "loadAvgAtEnd": load_average(),
             "target": args.gateway_urls or "stack started by the bench",
+            "gatewaySrc": _src_commit(args.gateway_src) if args.gateway_src else None,
             "result": result,
         }
         if not args.no_write:
