@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from parley_agent_bridge.backends import (
@@ -86,3 +87,35 @@ async def test_unreachable_backend_is_a_backend_error() -> None:
     with pytest.raises(BackendError, match="unreachable"):
         await collect(backend, "x")
     await backend.aclose()
+
+
+def _sse_backend(body: str, status: int = 200) -> OpenAIChatBackend:
+    """A backend on a canned HTTP response (narrow parser test, no server)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, text=body, headers={"content-type": "text/event-stream"})
+
+    return OpenAIChatBackend(
+        base_url="http://backend/v1",
+        model="m",
+        client=httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+    )
+
+
+async def test_sse_parser_comments_multiline_and_missing_done() -> None:
+    body = (
+        ": keep-alive comment\n\n"
+        'data: {"choices": [{"delta": {"content": "a"}}]}\n\n'
+        'data: {"choices": [{"delta":\n'
+        'data: {"content": "b"}}]}\n\n'
+        'data: {"choices": [{"delta": {"reasoning": "r"}, "finish_reason": "length"}]}\n\n'
+    )
+    events = await collect(_sse_backend(body), "x")
+    assert events == [TextDelta("a"), TextDelta("b"), ReasoningDelta("r"), Finish("length", None)]
+
+
+async def test_error_chunk_and_bad_json_are_backend_errors() -> None:
+    with pytest.raises(BackendError, match="overloaded"):
+        await collect(_sse_backend('data: {"error": {"message": "overloaded"}}\n\n'), "x")
+    with pytest.raises(BackendError, match="invalid JSON"):
+        await collect(_sse_backend("data: {nope\n\n"), "x")
