@@ -94,6 +94,7 @@ export function App() {
   const [notice, setNotice] = useState<string | null>(null);
   const [reconnects, setReconnects] = useState(0);
   const [log, setLog] = useState<string[]>([]);
+  const [attempt, setAttempt] = useState(0);
   const streamConv = useRef(new Map<string, string>());
   const openRef = useRef<string | null>(null);
   openRef.current = openId;
@@ -103,6 +104,7 @@ export function App() {
     if (!token) return;
     const c = new ParleyClient({ baseUrls: gatewayUrls(), token });
     let alive = true;
+    let retryTimer: ReturnType<typeof setTimeout> | null = null;
     const offState = c.onState((s) => {
       if (!alive) return;
       setConnection(s);
@@ -159,10 +161,14 @@ export function App() {
     on(Ev.MESSAGE_UPDATED, onMessage);
     on(Ev.MESSAGE_REACTED, onMessage);
     on(Ev.MESSAGE_DELETED, (f) => {
-      const d = (f.data ?? {}) as Record<string, unknown>;
+      // The data is the stored message with deletedAt: it stays in place as a placeholder,
+      // like in the stored history.
+      const d = (f.data ?? {}) as Partial<Message> & { messageId?: string };
       const cid = cidOf(f);
-      const id = (d.messageId ?? d._id) as string | undefined;
-      if (cid && id) dispatch({ cid, action: { type: 'deleted', messageId: id } });
+      if (cid && d._id && d.role)
+        dispatch({ cid, action: { type: 'message', message: d as Message } });
+      else if (cid && d.messageId)
+        dispatch({ cid, action: { type: 'deleted', messageId: d.messageId } });
     });
     const onConv = (f: ServerFrame) => {
       const conv = f.data as Conversation;
@@ -261,6 +267,7 @@ export function App() {
       .then(() => c.connect())
       .then((d) => {
         if (!alive) return;
+        setNotice(null);
         setSelf(d.principal?.id ?? null);
         setClient(c);
         c.notify(Ev.PRESENCE_ONLINE, {});
@@ -269,20 +276,25 @@ export function App() {
         if (!alive) return;
         c.close();
         const unauthorized = e instanceof ParleyError && /UNAUTHORIZED|HTTP_401/.test(e.code);
-        setSignInError(
-          unauthorized ? `The token was refused: ${e.message}` : `Cannot connect: ${e.message}`,
-        );
-        sessionStorage.removeItem(TOKEN_KEY);
-        setToken(null);
+        if (unauthorized) {
+          setSignInError(`The token was refused: ${e.message}`);
+          sessionStorage.removeItem(TOKEN_KEY);
+          setToken(null);
+          return;
+        }
+        // The gateway is unreachable (or failing): keep the token and try again.
+        setNotice(`Cannot reach the gateway (${e.message}); retrying…`);
+        retryTimer = setTimeout(() => setAttempt((a) => a + 1), 3000);
       });
     (window as unknown as { parley?: ParleyClient }).parley = c; // for developers and tests
     return () => {
       alive = false;
+      if (retryTimer) clearTimeout(retryTimer);
       offs.forEach((f) => f());
       c.close();
       setClient(null);
     };
-  }, [token]);
+  }, [token, attempt]);
 
   // Expire typing indicators.
   useEffect(() => {

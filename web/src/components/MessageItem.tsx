@@ -192,6 +192,14 @@ export function MessageItem({ message: m, self, results, superseded }: MessageIt
     </div>
   );
 
+  if (m.deletedAt)
+    return (
+      <article {...common} className="msg msg-deleted" aria-label="deleted message">
+        {header}
+        <p className="muted">This message was deleted.</p>
+      </article>
+    );
+
   switch (type) {
     case 'thinking': {
       const t = m.thinking;
