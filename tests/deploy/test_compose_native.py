@@ -56,6 +56,7 @@ class Unit:
     env: dict[str, str]
     ready_url: str
     stop_grace: float
+    depends_on: list[str]
     process: ManagedProcess | None = None
 
 
@@ -204,6 +205,7 @@ def stack(  # noqa: PLR0917 (fixtures are positional by nature)
                     env=env,
                     ready_url=_ready_url(service, own_ports),
                     stop_grace=float(str(service.get("stop_grace_period", "10s")).rstrip("s")),
+                    depends_on=[d for d in service.get("depends_on") or {} if d in parley],
                 )
             )
     for unit in units:
@@ -220,15 +222,24 @@ def stack(  # noqa: PLR0917 (fixtures are positional by nature)
 
 async def _start_in_dependency_order(units: list[Unit]) -> None:
     """As compose does with depends_on: condition service_healthy: a service's replicas
-    start together once every service before it (its dependencies) is ready."""
-    by_service: dict[str, list[Unit]] = {}
-    for unit in units:
-        by_service.setdefault(unit.service, []).append(unit)
-    for replicas in by_service.values():
+    start once every service it depends on is ready; independent services start together."""
+    services = {unit.service for unit in units}
+    ready = {service: asyncio.Event() for service in services}
+
+    async def run(service: str) -> None:
+        replicas = [unit for unit in units if unit.service == service]
+        for dependency in replicas[0].depends_on:
+            await ready[dependency].wait()
         for unit in replicas:
             assert unit.process is not None
             unit.process.start()
         await asyncio.gather(*(_wait_ready(unit, READY_TIMEOUT) for unit in replicas))
+        ready[service].set()
+
+    # A TaskGroup: if one service never gets ready, the waits of the others are cancelled.
+    async with asyncio.TaskGroup() as group:
+        for service in sorted(services):
+            group.create_task(run(service))
 
 
 @pytest.mark.timeout(300)
