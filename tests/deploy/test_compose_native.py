@@ -297,6 +297,14 @@ async def test_compose_stack_runs_natively_reaches_readyz_serves_and_stops(
     assert response.status_code == 200, response.text
     assert response.json()["data"]["title"] == "native"
 
+    # The UI at PARLEY_GATEWAY_WEB_DIST (in the image: /app/web/dist, here web/dist, which
+    # `make test` builds before pytest; without a build the gateway serves no UI).
+    web_dist = Path(gateways[1].env["PARLEY_GATEWAY_WEB_DIST"])
+    if (web_dist / "index.html").is_file():
+        async with httpx.AsyncClient(timeout=10) as client:
+            page = await client.get(f"http://127.0.0.1:{gateways[1].env['PARLEY_GATEWAY_PORT']}/")
+        assert page.status_code == 200 and "<html" in page.text.lower()
+
     # `docker compose stop`: SIGTERM (stop_signal), dependents first; each shuts down within
     # its stop_grace_period (compose SIGKILLs after it) and cleanly: exit 0, or uvicorn's
     # re-raised SIGTERM after its lifespan shutdown ran ("Application shutdown complete"),
