@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import websockets.sync.client
 
-pytestmark = pytest.mark.browser
+# Each test drives a real system in a browser; the module's first test also starts the stack.
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -377,6 +378,7 @@ def test_killing_the_pages_gateway_reconnects_and_loses_nothing(
     gateway = system.stack.gateways[0]
     gateway.process.kill()
     page.wait_for_selector('[data-testid="connection-state"][data-state="reconnecting"]')
+    page.wait_for_selector('[data-testid="offline-note"]')
     shot(page, "reconnecting")
     # While the page is cut off, someone else talks through the other gateway.
     missed = [f"said while you were away {i}" for i in range(3)]

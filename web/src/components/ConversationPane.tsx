@@ -209,6 +209,11 @@ export function ConversationPane(props: PaneProps) {
             calling {status.toolName ?? 'a tool'}…
           </span>
         )}
+        {(connection === 'reconnecting' || connection === 'connecting') && (
+          <span className="offline-note" data-testid="offline-note">
+            Connection lost: reconnecting. Messages you send now go out when it is back.
+          </span>
+        )}
         {typers.length > 0 && (
           <span data-testid="typing-indicator">
             {typers.join(', ')} {typers.length === 1 ? 'is' : 'are'} typing…
