@@ -37,6 +37,7 @@ from parley_contract.internal import EventsSinceRequest, Principal
 from parley_contract.timeutil import now_iso
 from parley_gateway.conn import CLOSE_POLICY, Conn
 from parley_gateway.metrics import Metrics
+from parley_gateway.natsdirect import subscribe_direct
 from parley_gateway.ordering import Outcome, Sequencer
 from parley_gateway.settings import Settings
 
@@ -269,8 +270,8 @@ class Hub:
             conv.refs += 1
             try:
                 assert self.nc is not None
-                conv.sub = await self.nc.subscribe(
-                    subjects.conversation_events(cid), cb=self._conv_handler(conv)
+                conv.sub = await subscribe_direct(
+                    self.nc, subjects.conversation_events(cid), self._conv_handler(conv)
                 )
                 await self.nc.flush()
             except BaseException as exc:
@@ -302,8 +303,8 @@ class Hub:
             with contextlib.suppress(nats.errors.Error):
                 await conv.sub.unsubscribe()
 
-    def _conv_handler(self, conv: ConvState) -> Callable[[Msg], Awaitable[None]]:
-        async def on_msg(msg: Msg) -> None:
+    def _conv_handler(self, conv: ConvState) -> Callable[[Msg], None]:
+        def on_msg(msg: Msg) -> None:
             self.on_conversation_frame(conv, msg.data)
 
         return on_msg
@@ -449,16 +450,16 @@ class Hub:
             state = PrincipalState()
             self.principals[pid] = state
             assert self.nc is not None
-            state.sub = await self.nc.subscribe(
-                subjects.principal_events(pid), cb=self._principal_handler(state)
+            state.sub = await subscribe_direct(
+                self.nc, subjects.principal_events(pid), self._principal_handler(state)
             )
         state.conns.add(conn)
         self.sessions[conn.session_id] = conn
         self.metrics.connections.labels(conn.principal.kind.value).inc()
         await self._put_presence(conn.principal.kind, pid, len(state.conns))
 
-    def _principal_handler(self, state: PrincipalState) -> Callable[[Msg], Awaitable[None]]:
-        async def on_msg(msg: Msg) -> None:
+    def _principal_handler(self, state: PrincipalState) -> Callable[[Msg], None]:
+        def on_msg(msg: Msg) -> None:
             self.metrics.events_in.labels("principal").inc()
             for conn in list(state.conns):
                 conn.push(msg.data)

@@ -1,0 +1,79 @@
+"""NATS subscriptions that cost no task and no queue: messages go straight to a function.
+
+nats-py gives every subscription with a callback its own ``asyncio.Queue`` and its own task
+(about 7 KB). A gateway holds one subscription per connected principal and one per joined
+conversation, and its handlers never await (they write into socket buffers), so those hops
+only cost memory and latency. :func:`subscribe_direct` creates a plain subscription (no
+callback: no task) and puts in place of its pending queue a stand-in whose ``put_nowait``
+calls the handler synchronously, in the order the client reads messages off the socket.
+
+This relies on nats-py internals (``Subscription._pending_queue``, used by
+``Client._process_msg``); pinned by uv.lock and covered by every gateway test. If they
+change, :func:`subscribe_direct` falls back to an ordinary callback subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Msg], None]
+
+
+class _DirectQueue:
+    """Duck-types the parts of asyncio.Queue that nats-py uses on a subscription."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def put_nowait(self, msg: Msg) -> None:
+        try:
+            self.handler(msg)
+        except Exception:
+            logger.exception("handler failed for a message on %s", msg.subject)
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def task_done(self) -> None:
+        return None
+
+    async def join(self) -> None:
+        return None
+
+    def __bool__(self) -> bool:
+        return True
+
+
+async def subscribe_direct(nc: NATS, subject: str, handler: Handler) -> Subscription:
+    # pending_bytes_limit=0: nats-py counts pending bytes down only in its own task.
+    sub: Subscription = await nc.subscribe(subject, pending_bytes_limit=0)
+    original: Any = getattr(sub, "_pending_queue", None)
+    if not isinstance(original, asyncio.Queue) or getattr(sub, "_wait_for_msgs_task", True):
+        logger.warning("nats-py internals changed: using a callback subscription for %s", subject)
+        await sub.unsubscribe()
+
+        async def cb(msg: Msg) -> None:
+            handler(msg)
+
+        fallback: Subscription = await nc.subscribe(subject, cb=cb)
+        return fallback
+    sub._pending_queue = _DirectQueue(handler)  # type: ignore[assignment]
+    sub._message_iterator = None  # it holds the original queue (and a future): let them go
+    sub._pending_next_msgs_calls = None  # type: ignore[assignment]
+    while not original.empty():  # anything that arrived while subscribing
+        handler(original.get_nowait())
+    return sub
