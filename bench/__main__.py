@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--idle-stages",
         type=_ints,
         default=None,
-        help="connection counts to measure at (default 10000,19900)",
+        help="connection counts to measure at (default 10000,19800)",
     )
     p.add_argument(
         "--fanout-rates",
@@ -206,7 +206,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
     drain = 1.5 if q else 2.0
     log_dir = RAW / "loadgen"
     if name == "idle":
-        stages = args.idle_stages or ([200, 500] if q else [10_000, 19_900])
+        stages = args.idle_stages or ([200, 500] if q else [10_000, 19_800])
         with system_for(args, name, gateways=1) as system:
             return scenarios.idle(
                 system,
