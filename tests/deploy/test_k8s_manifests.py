@@ -197,23 +197,36 @@ def test_ingress_routes_to_the_gateway_service_with_websocket_timeouts(dt: Modul
     assert backend["port"]["name"] in {p["name"] for p in gateway["spec"]["ports"]}
 
 
+def _undefined_metrics(exprs: list[str]) -> list[str]:
+    """parley_* names in PromQL expressions that no service source defines."""
+    sources = "\n".join(
+        path.read_text() for path in (REPO / "services").rglob("src/**/*.py") if path.is_file()
+    )
+    used = {name for expr in exprs for name in re.findall(r"\bparley_[a-z0-9_]+", expr)}
+    assert used
+    missing = []
+    for name in sorted(used):
+        base = re.sub(r"_(bucket|count|sum)$", "", name)
+        base = re.sub(r"_total$", "", base)
+        if not re.search(rf"[\"']{base}(_total)?[\"']", sources):
+            missing.append(name)
+    return missing
+
+
 def test_grafana_dashboard_uses_only_metrics_the_services_define() -> None:
     dashboard = json.loads((K8S / "monitoring" / "parley-dashboard.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
     for topic in ("connections", "deliveries", "latency", "drops", "presence"):
         assert topic in titles, f"the dashboard has no {topic} panel"
-    sources = "\n".join(
-        path.read_text() for path in (REPO / "services").rglob("src/**/*.py") if path.is_file()
-    )
-    used = {name for expr in exprs for name in re.findall(r"\bparley_[a-z0-9_]+", expr)}
-    assert used
-    for name in sorted(used):
-        base = re.sub(r"_(bucket|count|sum)$", "", name)
-        base = re.sub(r"_total$", "", base)
-        assert re.search(rf"[\"']{base}(_total)?[\"']", sources), (
-            f"the dashboard queries {name}, which no service defines"
-        )
+    assert not _undefined_metrics(exprs), "the dashboard queries metrics no service defines"
+
+
+def test_alert_rules_use_only_metrics_the_services_define() -> None:
+    rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    assert exprs
+    assert not _undefined_metrics(exprs), "an alert queries metrics no service defines"
 
 
 def test_every_drain_setting_fits_in_its_grace_period(
