@@ -52,6 +52,15 @@ class MemoryRepo:
         for cid, events in groups.items():
             out[cid] = []
             for p in events:
+                earlier = [
+                    e
+                    for e in self.events
+                    if p.client_message_id and e["cmid"] == p.client_message_id
+                ]
+                if earlier:  # what the unique index does
+                    frame = earlier[0]["frame"]
+                    out[cid].append(AppendResult(frame["seq"], frame, duplicate=True))
+                    continue
                 seq = len(self.events) + 1
                 frame = envelopes.event_frame(p.event, p.build(seq), conversation_id=cid, seq=seq)
                 self.events.append({"cmid": p.client_message_id, "frame": frame})

@@ -3,9 +3,12 @@
 Every durable event (a new message or any other durable frame) is queued here. One worker
 takes everything queued (up to ``max_batch``) and commits it with a fixed number of store
 round trips whatever the number of conversations in it: one read of the conversations
-(authorizes every send), one lookup of the batch's ``clientMessageId``s, one ordered
+(authorizes every send), one ordered
 ``insert_many`` into the event log (claims the seqs, see :mod:`parley_conversation.store`), one
-``insert_many`` of the messages and one bulk update of the totals. Then it publishes the
+``insert_many`` of the messages and one bulk update of the totals. A retried
+``clientMessageId`` is caught by the event log's unique index (no lookup per batch: on the
+embedded store an ``$in`` lookup scans the collection); retries inside one batch wait for
+the first. Then it publishes the
 frames in seq order and only then resolves the callers. While a batch is being written the
 next one accumulates, so the batch size grows with the load (no timer, no idle latency).
 """
@@ -154,11 +157,9 @@ class Sequencer:
         groups: dict[str, list[_Job]] = {}
         for cid, job in jobs:
             groups.setdefault(cid, []).append(job)
-        send_cids = [cid for cid, js in groups.items() if any(isinstance(j, _Send) for j in js)]
         convs = await self._store.get_conversations(list(groups))
         live: dict[str, list[_Job]] = {}
         followers: dict[tuple[str, str], list[_Send]] = {}
-        wanted: dict[str, list[str]] = {}
         for cid, group in groups.items():
             conv = convs.get(cid)
             kept: list[_Job] = []
@@ -178,22 +179,8 @@ class Sequencer:
                         followers[(cid, cmid)].append(job)
                         continue
                     followers[(cid, cmid)] = []
-                    wanted.setdefault(cid, []).append(cmid)
                 kept.append(job)
             live[cid] = kept
-        known = await self._store.frames_by_client_ids(wanted) if wanted else {}
-        if known:
-            for cid in send_cids:
-                kept = []
-                for job in live[cid]:
-                    cmid = job.message.client_message_id if isinstance(job, _Send) else None
-                    frame = known.get((cid, cmid)) if cmid is not None else None
-                    if isinstance(job, _Send) and frame is not None and cmid is not None:
-                        result = SendResult(frame["data"], int(frame["seq"]), duplicate=True)
-                        _resolve([job, *followers.pop((cid, cmid), [])], result)
-                    else:
-                        kept.append(job)
-                live[cid] = kept
         live = {cid: js for cid, js in live.items() if js}
         if not live:
             return
@@ -224,8 +211,10 @@ class Sequencer:
             )
             stored_by[cid] = stored
             all_stored.extend(stored)
-        await self._store.insert_messages(all_stored)
-        await self._store.add_totals(totals)
+        # Independent writes: in parallel (the events that make them durable are stored).
+        await asyncio.gather(
+            self._store.insert_messages(all_stored), self._store.add_totals(totals)
+        )
         for cid, res_list in results.items():
             subject = subjects.conversation_events(cid)
             for res in res_list:

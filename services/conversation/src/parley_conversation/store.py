@@ -14,6 +14,7 @@ never leave a gap; a collision (another replica took that seq) is retried with a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections import OrderedDict
@@ -79,11 +80,6 @@ class MessageDocument(_Doc):
             IndexModel([("conversationId", ASCENDING), ("role", ASCENDING)]),
             IndexModel([("agentId", ASCENDING), ("createdAt", DESCENDING)]),
             IndexModel([("parentMessageId", ASCENDING)]),
-            IndexModel(
-                [("conversationId", ASCENDING), ("clientMessageId", ASCENDING)],
-                unique=True,
-                partialFilterExpression=_STRING_ONLY,
-            ),
         ]
 
 
@@ -363,19 +359,9 @@ class MongoStore:
         return int(doc["seq"]) if doc else 0
 
     async def last_seqs(self, ids: Sequence[str]) -> dict[str, int]:
-        """The highest stored seq of each conversation (0 if none), in one aggregation."""
-        out = dict.fromkeys(ids, 0)
-        if not ids:
-            return out
-        cursor = await self.events.aggregate(
-            [
-                {"$match": {"conversationId": {"$in": list(ids)}}},
-                {"$group": {"_id": "$conversationId", "max": {"$max": "$seq"}}},
-            ]
-        )
-        for row in await cursor.to_list():
-            out[row["_id"]] = int(row["max"])
-        return out
+        """The highest stored seq of each conversation (0 if none)."""
+        values = await asyncio.gather(*(self.last_seq(cid) for cid in ids))
+        return dict(zip(ids, values, strict=True))
 
     def _remember(self, conversation_id: str, next_seq: int) -> None:
         self._next_seq[conversation_id] = next_seq
@@ -519,39 +505,34 @@ class MongoStore:
                 raise
 
     async def add_totals(self, totals: Mapping[str, MessageTotals]) -> None:
-        """Atomic ``$inc``/``$max`` per conversation in one bulk write; lastMessage only
-        moves forward (by seq)."""
+        """One atomic update per conversation, all in one bulk write.
+
+        An update pipeline (``$add``/``$max``/``$cond`` on the document's own values) so the
+        totals move without read-modify-write and ``lastMessage`` only moves to a higher seq
+        (a ``{_id, $or: [...]}`` filter would do it too, but SecantusDB scans the collection
+        for it).
+        """
         ops: list[UpdateOne] = []
         for cid, t in totals.items():
-            update: dict[str, Any] = {"$max": {"lastSeq": t.max_seq}}
+            fields: dict[str, Any] = {
+                "lastSeq": {"$max": [{"$ifNull": ["$lastSeq", 0]}, t.max_seq]}
+            }
             if t.messages:
-                update["$inc"] = {
-                    "totalMessages": t.messages,
-                    "totalTokens": t.tokens,
-                    "totalCost": t.cost,
-                }
-            ops.append(UpdateOne({"_id": cid}, update))
+                fields["totalMessages"] = {"$add": [{"$ifNull": ["$totalMessages", 0]}, t.messages]}
+                fields["totalTokens"] = {"$add": [{"$ifNull": ["$totalTokens", 0]}, t.tokens]}
+                fields["totalCost"] = {"$add": [{"$ifNull": ["$totalCost", 0]}, t.cost]}
             last = t.last_message
             if last is not None and last.seq is not None:
-                ops.append(
-                    UpdateOne(
-                        {
-                            "_id": cid,
-                            "$or": [
-                                {"lastMessage": None},
-                                {"lastMessage.seq": None},
-                                {"lastMessage.seq": {"$lt": last.seq}},
-                            ],
-                        },
-                        {
-                            "$set": {
-                                "lastMessage": last.model_dump(by_alias=True, exclude_none=True)
-                            }
-                        },
-                    )
-                )
+                fields["lastMessage"] = {
+                    "$cond": [
+                        {"$lt": [{"$ifNull": ["$lastMessage.seq", 0]}, last.seq]},
+                        {"$literal": last.model_dump(by_alias=True, exclude_none=True)},
+                        "$lastMessage",
+                    ]
+                }
+            ops.append(UpdateOne({"_id": cid}, [{"$set": fields}]))
         if ops:
-            await self.conversations.bulk_write(ops, ordered=True)
+            await self.conversations.bulk_write(ops, ordered=False)
 
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
         doc = await self.messages.find_one({"_id": message_id, "conversationId": conversation_id})
