@@ -383,6 +383,10 @@ def test_killing_the_pages_gateway_reconnects_and_loses_nothing(
     # While the page is cut off, someone else talks through the other gateway.
     missed = [f"said while you were away {i}" for i in range(3)]
     _send_as(system, "user-2", 1, cid, missed)
+    # And the page's user sends one too: it waits, then goes out once after the reconnect.
+    send(page, "sent while offline")
+    page.wait_for_selector(f'{MESSAGES}:has-text("sent while offline"):has-text("sending")')
+    shot(page, "sending-offline")
 
     gateway.process.start()
     system.stack.wait_ready(gateway)
@@ -391,6 +395,7 @@ def test_killing_the_pages_gateway_reconnects_and_loses_nothing(
     assert int(page.get_attribute('[data-testid="connection-state"]', "data-reconnects")) >= 1
     for text in missed:
         page.wait_for_selector(f'{MESSAGES}:has-text("{text}")')
+    page.wait_for_selector(f'{MESSAGES}:has-text("sent while offline")[data-seq]')
     send(page, "after the crash")
     page.wait_for_selector(f'{MESSAGES}:has-text("after the crash")[data-seq]')
     assert_same_as_stored(system, page, cid)

@@ -253,7 +253,10 @@ export function totals(view: ConvView): Totals {
   }
   const c = view.conversation;
   return {
-    messages: Math.max(c?.totalMessages ?? 0, view.messages.length),
+    messages: Math.max(
+      c?.totalMessages ?? 0,
+      view.messages.filter((m) => !m._id.startsWith('local:')).length,
+    ),
     tokens: Math.max(c?.totalTokens ?? 0, tokens),
     cost: Math.max(c?.totalCost ?? 0, cost),
   };
