@@ -399,6 +399,10 @@ async def test_history_queries(service: ConversationService, request_: Request) 
         got += [c["_id"] for c in page["data"]["items"]]
         cursor = page["data"]["nextCursor"]
     assert got == list(reversed(ids))  # newest first
+    # The gateway forwards absent HTTP query parameters as null.
+    nulls = {"status": None, "cursor": None, "limit": None}
+    everything = await request_(subjects.QUERY_CONVERSATIONS_LIST, nulls, carol)
+    assert [c["_id"] for c in everything["data"]["items"]] == list(reversed(ids))
     archived = await request_(subjects.QUERY_CONVERSATIONS_LIST, {"status": "archived"}, carol)
     assert [c["_id"] for c in archived["data"]["items"]] == [ids[0]]
 
@@ -414,6 +418,9 @@ async def test_history_queries(service: ConversationService, request_: Request) 
         )
     )["data"]
     assert [m["content"] for m in older["items"]] == ["m1", "m2", "m3"] and older["hasMore"]
+    nulls = {"conversationId": cid, "afterSeq": None, "beforeSeq": None, "limit": None}
+    default = (await request_(q, nulls, carol))["data"]
+    assert len(default["items"]) == 7 and not default["hasMore"]
     newer = (await request_(q, {"conversationId": cid, "limit": 5, "afterSeq": 4}, carol))["data"]
     assert [m["seq"] for m in newer["items"]] == [5, 6, 7, 8] and not newer["hasMore"]
 

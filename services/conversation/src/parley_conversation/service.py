@@ -83,7 +83,7 @@ class QueryData(BaseModel):
 class ListConversationsQuery(QueryData):
     status: ConversationStatus | None = None
     cursor: str | None = Field(default=None, max_length=512)
-    limit: int = Field(default=20, ge=1, le=100)
+    limit: int = Field(default=20, ge=1, le=200)
 
 
 class GetConversationQuery(QueryData):
@@ -94,7 +94,7 @@ class ListMessagesQuery(QueryData):
     conversation_id: SafeId
     after_seq: int | None = Field(default=None, ge=0)
     before_seq: int | None = Field(default=None, ge=1)
-    limit: int = Field(default=50, ge=1, le=200)
+    limit: int = Field(default=50, ge=1, le=500)
 
 
 class Metrics:
@@ -132,6 +132,8 @@ class Metrics:
 
 
 def _parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    # Query parameters the HTTP caller left out may arrive as null: same as absent.
+    data = {k: v for k, v in data.items() if v is not None}
     try:
         return model.model_validate(data)
     except ValidationError as exc:
