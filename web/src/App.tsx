@@ -28,8 +28,12 @@ type ViewsAction = { cid: string; action: Action } | { cid: '*'; action: Action 
 function viewsReducer(state: Views, a: ViewsAction): Views {
   if (a.cid === '*') {
     const out: Views = {};
-    for (const [k, v] of Object.entries(state)) out[k] = reduce(v, a.action);
-    return out;
+    let changed = false;
+    for (const [k, v] of Object.entries(state)) {
+      out[k] = reduce(v, a.action);
+      if (out[k] !== v) changed = true;
+    }
+    return changed ? out : state;
   }
   const cur = state[a.cid] ?? emptyConv(a.cid);
   const next = reduce(cur, a.action);
@@ -637,7 +641,11 @@ function Sidebar({
             >
               <span className="conv-title">{c.title}</span>
               <span className="conv-last muted">
-                {c.lastMessage?.content?.slice(0, 60) ?? (c.agentId ? `with ${c.agentId}` : '')}
+                {c.lastMessage
+                  ? c.lastMessage.content.replace(/[*_`#>]+/g, '').slice(0, 80) || '…'
+                  : c.agentId
+                    ? `with ${c.agentId}`
+                    : ''}
               </span>
             </button>
           </li>
