@@ -9,6 +9,7 @@ can make a handler raise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,8 +18,8 @@ from typing import Any
 
 from faststream.nats import NatsBroker, NatsMessage
 from nats.errors import Error as NatsError
-from nats.js.api import RetentionPolicy, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -175,8 +176,12 @@ class ConversationService:
     def _register(self) -> None:
         n = self.settings.max_concurrency
         q = subjects.QUEUE_CONVERSATION
+        # One subscription per handled command (not parley.cmd.>: other services answer
+        # other commands there, e.g. the agent bridge answers tool:call).
         routes: list[tuple[str, str, str]] = [
-            (subjects.COMMANDS_WILDCARD, "command", "Commands relayed by gateways"),
+            (subjects.command(e), e.value, f"Command {e.value}") for e in HANDLED_COMMANDS
+        ]
+        routes += [
             (subjects.INTERNAL_MESSAGE_APPEND, "internal.message.append", "Service writes"),
             (subjects.QUERY_CONVERSATIONS_LIST, "query.conversations.list", "My conversations"),
             (subjects.QUERY_CONVERSATION_GET, "query.conversation.get", "One conversation"),
@@ -228,14 +233,18 @@ class ConversationService:
         try:
             await js.stream_info(subjects.STREAM_AGENT_TURNS)
         except NotFoundError:
-            await js.add_stream(
-                StreamConfig(
-                    name=subjects.STREAM_AGENT_TURNS,
-                    subjects=[subjects.AGENT_TURN],
-                    retention=RetentionPolicy.WORK_QUEUE,
-                    duplicate_window=120.0,
+            # Same configuration as the agent bridge's; whichever starts first creates it.
+            with contextlib.suppress(BadRequestError):
+                await js.add_stream(
+                    StreamConfig(
+                        name=subjects.STREAM_AGENT_TURNS,
+                        subjects=[subjects.AGENT_TURN],
+                        retention=RetentionPolicy.WORK_QUEUE,
+                        storage=StorageType.FILE,
+                        duplicate_window=120.0,
+                        max_age=7 * 24 * 3600.0,
+                    )
                 )
-            )
 
     async def stop(self) -> None:
         """Stop taking requests, finish the in-flight batches and replies, then disconnect."""
