@@ -300,3 +300,23 @@ async def test_resuming_a_live_session_elsewhere_closes_the_old_socket(
     again = await clients(gw1.ws_url, "alice", query=f"?session={session}")
     assert again.frames[0]["event"] == "reconnected"
     assert again.frames[0]["data"]["conversations"] == [{"conversationId": cid, "lastSeq": 0}]
+
+
+async def test_a_long_history_replay_waits_for_the_reader_instead_of_1013(
+    gateway_factory: Any, clients: Any, fake_conversation: Any
+) -> None:
+    gw = gateway_factory(
+        {"PARLEY_GATEWAY_SEND_QUEUE_LIMIT": "65536", "PARLEY_GATEWAY_COMMANDS_PER_SECOND": "1000"}
+    )
+    alice = await clients(gw.ws_url, "alice")
+    r = await alice.cmd("conversation:create", {"participants": ["bob"]})
+    cid = r["data"]["_id"]
+    n = 150
+    for i in range(n):
+        r = await alice.cmd("message:send", {"conversationId": cid, "content": f"{i:03d}" * 10_000})
+        assert r["success"]
+    bob = await clients(gw.ws_url, "bob")
+    r = await bob.cmd("conversation:join", {"conversationId": cid, "sinceSeq": 0}, timeout=60)
+    assert r["success"], r
+    assert bob.seqs(cid) == list(range(1, n + 1))
+    assert not bob.closed.is_set()

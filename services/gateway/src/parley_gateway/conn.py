@@ -108,6 +108,21 @@ class Conn:
         self.metrics.deliveries.inc()
         return True
 
+    async def wait_writable(self, patience: float = 30.0) -> None:
+        """Wait until at most half the send queue is used (replays must not trip 1013)."""
+        transport = self.ws.transport
+        deadline = time.monotonic() + patience
+        while (
+            not self.closing
+            and transport is not None
+            and transport.get_write_buffer_size() > self.limit // 2
+        ):
+            if time.monotonic() > deadline:
+                self.metrics.slow_consumers.inc()
+                self.close(CLOSE_TRY_AGAIN, "too slow: send queue full")
+                return
+            await asyncio.sleep(0.005)
+
     def send(self, frame: dict[str, Any]) -> bool:
         return self.push(jsonutil.dumps(frame))
 

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats
@@ -42,6 +42,8 @@ from parley_gateway.ordering import Outcome, Sequencer
 from parley_gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+EVENTS_PAGE = 200  # events per QUERY_EVENTS_SINCE request (the service allows up to 1000)
 
 _PRESENCE_EVENTS = {
     (PrincipalKind.USER, True): Event.PRESENCE_ONLINE,
@@ -229,35 +231,53 @@ class Hub:
     ) -> list[tuple[int, bytes]]:
         """Durable frames of a conversation with after < seq <= until (all pages), in order."""
         out: list[tuple[int, bytes]] = []
+        async for page in self.event_pages(principal, cid, after, until):
+            out.extend(page)
+        return out
+
+    async def event_pages(
+        self, principal: Principal, cid: str, after: int, until: int | None
+    ) -> AsyncIterator[list[tuple[int, bytes]]]:
+        """Pages of (seq, frame bytes) with after < seq <= until, in order, from the store.
+
+        A page that times out is asked again smaller (a reply over the NATS max payload
+        never arrives): EVENTS_PAGE, then /10, then 1 event at a time.
+        """
+        limit = EVENTS_PAGE
         while True:
             req = EventsSinceRequest(
-                principal=principal, conversation_id=cid, after_seq=after, until_seq=until
+                principal=principal,
+                conversation_id=cid,
+                after_seq=after,
+                until_seq=until,
+                limit=limit,
             )
             reply = await self.request(
                 subjects.QUERY_EVENTS_SINCE, req.model_dump(mode="json", by_alias=True)
             )
             if not reply["success"]:
                 err = reply.get("error") or {}
-                raise ParleyError(
-                    ErrorCode(err.get("code", ErrorCode.INTERNAL_ERROR.value)),
-                    str(err.get("message", "events query failed")),
-                )
+                code = err.get("code", ErrorCode.INTERNAL_ERROR.value)
+                if code == ErrorCode.TIMEOUT.value and limit > 1:
+                    limit = max(1, limit // 10)
+                    continue
+                raise ParleyError(ErrorCode(code), str(err.get("message", "events query failed")))
             data = reply.get("data") or {}
             frames = data.get("events") or []
             page: list[tuple[int, bytes]] = []
             for frame in frames:
                 seq = frame.get("seq") if isinstance(frame, dict) else None
-                if isinstance(seq, int) and seq > after:
+                if isinstance(seq, int) and seq > after and (until is None or seq <= until):
                     page.append((seq, jsonutil.dumps(frame)))
             page.sort(key=lambda p: p[0])
-            out.extend(page)
             if not page:
-                return out
+                return
+            yield page
             after = page[-1][0]
             last_seq = data.get("lastSeq")
             target = until if until is not None else last_seq
             if not isinstance(target, int) or after >= target:
-                return out
+                return
 
     # ------------------------------------------------------------------ conversations
 
@@ -396,14 +416,18 @@ class Hub:
         conv.members.discard(conn)
         delivered = start
         target = max(last_seq, conv.seq.last or 0)
-        while delivered < target:
-            frames = await self.events_since(conn.principal, cid, delivered, target)
-            if not frames:
+        while delivered < target and not conn.closing:
+            before = delivered
+            async for page in self.event_pages(conn.principal, cid, delivered, target):
+                for seq, frame in page:
+                    if seq > delivered and not conn.closing:
+                        await conn.wait_writable()  # a long history waits for the reader
+                        conn.push(frame)
+                        delivered = seq
+                if conn.closing:
+                    break  # still becomes a member below: unregister cleans up
+            if delivered == before:
                 break
-            for seq, frame in frames:
-                if seq > delivered:
-                    conn.push(frame)
-                    delivered = seq
             target = max(target, conv.seq.last or 0)
         # No await between this check and joining the members: nothing can slip in between.
         conn.joined[cid] = delivered

@@ -71,7 +71,6 @@ class Gateway:
         self.app: ASGIApp = create_app(self.hub)
         self.jwt = settings.jwt_config()
         self.server: Server | None = None
-        self._auth: dict[int, tuple[Principal, float, str | None]] = {}
 
     # ------------------------------------------------------------------ HTTP / handshake
 
@@ -111,13 +110,15 @@ class Gateway:
         session = params.get("session", [None])[0]
         if session is not None and not is_valid_id(session):
             session = None
-        self._auth[id(ws)] = (principal, exp, session)
+        # Handed to the handler on the connection itself (nothing to leak if the handshake
+        # fails after this point).
+        ws.parley_auth = (principal, exp, session)  # type: ignore[attr-defined]
         return None
 
     # ------------------------------------------------------------------ WebSocket
 
     async def handler(self, ws: ServerConnection) -> None:
-        auth = self._auth.pop(id(ws), None)
+        auth: tuple[Principal, float, str | None] | None = getattr(ws, "parley_auth", None)
         if auth is None:  # pragma: no cover - process_request always sets it
             await ws.close(1008, "unauthenticated")
             return
