@@ -83,7 +83,7 @@ def setup(pool: GeneratorPool, pop: Population, *, concurrency: int = 100) -> di
         for c in pop.convs
         for i in c["members"]
     ]
-    out["join"] = pool.commands(joins, concurrency=concurrency)
+    out["join"] = pool.commands(joins, concurrency=min(concurrency, 16))
     for step in ("connect", "create", "join"):
         r = out[step]
         logger.info(
