@@ -41,7 +41,7 @@ async def call_asgi(
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
-        "method": method,
+        "method": "GET" if method == "HEAD" else method,  # HEAD: GET without the body
         "scheme": "http",
         "path": unquote(path),
         "raw_path": path.encode("latin-1"),
@@ -82,9 +82,9 @@ async def call_asgi(
 
     await app(scope, receive, send)
     out = Headers([(k, v) for k, v in headers if k.lower() not in {"content-length", "connection"}])
+    out["Content-Length"] = str(len(body))
     if method == "HEAD":
         body.clear()
-    out["Content-Length"] = str(len(body))
     out["Connection"] = "close"
     try:
         phrase = http.HTTPStatus(status).phrase

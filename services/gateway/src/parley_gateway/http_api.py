@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parley_contract import envelopes, subjects
 from parley_contract.auth import verify_token
@@ -26,6 +27,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope} for status in (401, 403, 404, 422, 503, 504)
 }
 
+
+_HTTP_CODES = {
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    409: ErrorCode.CONFLICT,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    429: ErrorCode.RATE_LIMITED,
+}
 
 Auth = Annotated[str | None, Header(description="Bearer <jwt>")]
 
@@ -56,6 +66,16 @@ def create_app(hub: Hub) -> FastAPI:
     @app.exception_handler(ParleyError)
     async def _parley_error(_: Request, exc: ParleyError) -> Response:
         return JSONResponse(envelopes.fail_from(exc), status_code=exc.http_status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        code = _HTTP_CODES.get(exc.status_code, ErrorCode.VALIDATION_ERROR)
+        if exc.status_code >= 500:
+            code = ErrorCode.INTERNAL_ERROR
+        message = exc.detail if isinstance(exc.detail, str) else code.value
+        return JSONResponse(
+            envelopes.fail(code, message), status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:

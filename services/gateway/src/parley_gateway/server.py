@@ -86,7 +86,11 @@ class Gateway:
             remote = ws.remote_address
             client = (str(remote[0]), int(remote[1])) if remote else None
             return await call_asgi(
-                self.app, request, client=client, server=(self.settings.host, self.settings.port)
+                self.app,
+                request,
+                client=client,
+                server=(self.settings.host, self.settings.port),
+                method=getattr(request, "method", "GET"),
             )
         if self.hub.draining or not self.hub.ready:
             return _json_response(
