@@ -1,0 +1,15 @@
+"""The README's contract tables are the ones generated from the registries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from parley_contract.docs import errors_table, events_table, subjects_table
+
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+def test_readme_tables_match_the_registries() -> None:
+    text = README.read_text(encoding="utf-8")
+    for table in (events_table(), errors_table(), subjects_table()):
+        assert table in text, "README is stale: run `uv run python -m parley_contract.docs`"
