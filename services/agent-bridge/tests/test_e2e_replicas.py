@@ -139,3 +139,39 @@ async def test_replica_killed_mid_turn_is_resumed_once(
         assert sum(1 for r in retried if r["messages"][-1]["role"] == "user") == 1
     finally:
         stack.stop()
+
+
+def turns_running(svc: ServiceProcess) -> float:
+    with urllib.request.urlopen(f"{svc.base_url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    match = re.search(r"^parley_agent_bridge_turns_running (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_sigterm_mid_turn_exits_promptly_and_the_turn_is_answered_once(
+    two_bridges: Stack, connect: Connect
+) -> None:
+    client = await connect(two_bridges)
+    conv = await client.conversation("agent-demo")
+    user = await client.send(conv, "do something slow")  # the demo's 3 s sleep tool
+    await client.wait_for(lambda f: f.get("event") == "agent:tool-calling", 60)
+    busy = [b for b in two_bridges.bridges if turns_running(b) > 0]
+    assert len(busy) == 1
+    bridge = busy[0]
+    started = asyncio.get_running_loop().time()
+    await asyncio.to_thread(bridge.process.stop, 30.0)  # SIGTERM
+    assert asyncio.get_running_loop().time() - started < 20
+    # uvicorn re-raises SIGTERM after its graceful shutdown: -15 after a complete shutdown.
+    assert bridge.process.proc is not None and bridge.process.proc.returncode in (0, -15)
+    assert "Application shutdown complete" in bridge.process.tail(20)
+    final = await client.answer(user, seconds=60)
+    await asyncio.sleep(1.0)
+    msgs = client.turn_messages(user)
+    assert [(m["role"], m["messageType"]) for m in msgs] == [
+        ("assistant", "tool_call"),
+        ("tool", "tool_result"),
+        ("assistant", "text"),
+    ], msgs
+    assert final["finishReason"] == "stop"
+    bridge.process.start()
+    await asyncio.to_thread(two_bridges.wait_ready, bridge)

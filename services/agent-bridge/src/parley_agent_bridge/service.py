@@ -182,6 +182,7 @@ class Bridge:
         self._slots = asyncio.Semaphore(settings.max_concurrent_turns)
         self._announced: dict[str, set[str]] = defaultdict(set)  # agentId → conversations
         self._subs: list[Any] = []
+        self._pull: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -195,11 +196,13 @@ class Bridge:
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
             connect_timeout=5,
+            drain_timeout=5,
         )
         js = self.nc.jetstream()
         await self._ensure_stream(js)
         self.kv = await self._bucket(js)
         sub = await js.pull_subscribe_bind(CONSUMER, subjects.STREAM_AGENT_TURNS)
+        self._pull = sub
         self._subs.append(await self.nc.subscribe(subjects.AGENT_STOP, cb=self._on_stop))
         # tool:call as relayed by gateways, and the bridge's own subject for services.
         for subject in (subjects.command(Event.TOOL_CALL), subjects.AGENT_TOOL_CALL):
@@ -244,6 +247,11 @@ class Bridge:
             if isinstance(backend, OpenAIChatBackend):
                 await backend.aclose()
         if self.nc is not None:
+            # The pull subscription has no callback: drain() would wait for its queue (a
+            # fetch's leftovers) until drain_timeout. Nothing there is acked, so drop it.
+            if self._pull is not None:
+                with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                    await self._pull.unsubscribe()
             with contextlib.suppress(nats.errors.Error):
                 await self.nc.drain()
 
