@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from faststream.nats import NatsBroker, NatsMessage
+from faststream.message import StreamMessage
+from faststream.nats import NatsBroker
 from nats.errors import Error as NatsError
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
@@ -190,16 +191,22 @@ class ConversationService:
         ]
         for subject, op, title in routes:
             sub = self.broker.subscriber(
-                subject, queue=q, max_workers=n, title=f"{title} ({subject})"
+                subject,
+                queue=q,
+                max_workers=n,
+                title=f"{title} ({subject})",
+                decoder=_raw_body,
             )
             sub(self._make_handler(subject, op))
             self._subscribers.append(sub)
 
-    def _make_handler(self, subject: str, op: str) -> Callable[[NatsMessage], Awaitable[bytes]]:
-        async def handler(msg: NatsMessage) -> bytes:
-            return await self.handle(msg.raw_message.subject, msg.body)
+    def _make_handler(self, subject: str, op: str) -> Callable[[bytes], Awaitable[bytes]]:
+        # The subject is bound here and the body arrives raw (see _raw_body): the handler
+        # needs no FastStream context injection, which resolves in a worker thread per message.
+        async def handler(body: bytes) -> bytes:
+            return await self.handle(subject, body)
 
-        handler.__name__ = f"handle_{op.replace('.', '_')}"
+        handler.__name__ = f"handle_{op.replace('.', '_').replace(':', '_')}"
         return handler
 
     # ------------------------------------------------------------ lifecycle
@@ -616,6 +623,12 @@ class ConversationService:
         frames = await self.store.events_since(cid, req.after_seq, req.until_seq, req.limit)
         last = await self.store.last_seq(cid)
         return {"events": frames, "lastSeq": last}
+
+
+async def _raw_body(msg: StreamMessage[Any]) -> bytes:
+    """The request body untouched: parsed once, by the handler, into an envelope on error."""
+    body: bytes = msg.body
+    return body
 
 
 def _may_send(kind: PrincipalKind, event: Event) -> bool:
