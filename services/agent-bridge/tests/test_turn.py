@@ -383,3 +383,26 @@ def test_chat_history_merges_tool_calls_and_skips_thinking() -> None:
     assert [m["role"] for m in out] == ["system", "user", "assistant", "tool", "tool", "assistant"]
     assert [c["id"] for c in out[2]["tool_calls"]] == ["1", "2"]
     assert json.loads(out[4]["content"])["success"] is False  # the missing result of call 2
+
+
+def test_tool_results_are_made_storable() -> None:
+    from parley_agent_bridge.turn import MAX_RESULT_CHARS, storable_result
+
+    assert storable_result({"a": [1, {"b": 2}]}) == {"a": [1, {"b": 2}]}
+    assert storable_result({"$where": 1}) == '{"$where": 1}'
+    assert storable_result({"a.b": 1}) == '{"a.b": 1}'
+    big = storable_result({"x": "y" * 100_000})
+    assert isinstance(big, str) and len(big) == MAX_RESULT_CHARS and big.endswith("[truncated]")
+    deep: object = 1
+    for _ in range(12):
+        deep = [deep]
+    assert isinstance(storable_result(deep), str)
+
+
+async def test_long_answer_is_clipped_to_the_content_limit() -> None:
+    from parley_contract.commands import MAX_CONTENT_CHARS
+
+    io = MemoryIO()
+    backend = Scripted([TextDelta("z" * (MAX_CONTENT_CHARS + 10)), Finish("stop")])
+    await make_turn(backend, FakeTools({}), io).run()
+    assert len(io.messages[0]["content"]) == MAX_CONTENT_CHARS

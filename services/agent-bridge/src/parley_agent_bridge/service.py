@@ -85,7 +85,7 @@ class NatsTurnIO:
                 jsonutil.dumps(req.model_dump(mode="json", by_alias=True, exclude_none=True)),
                 timeout=self.timeout,
             )
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        except nats.errors.Error as exc:  # timeout, no responders, reconnecting...
             raise WriteError(f"conversation service did not answer: {type(exc).__name__}") from exc
         body = jsonutil.loads(reply.data)
         if not isinstance(body, dict) or not body.get("success"):
@@ -96,7 +96,10 @@ class NatsTurnIO:
 
     async def publish(self, event: Event, data: dict[str, Any]) -> None:
         frame = envelopes.event_frame(event, data, conversation_id=self.conversation_id)
-        await self.nc.publish(self.subject, jsonutil.dumps(frame))
+        try:
+            await self.nc.publish(self.subject, jsonutil.dumps(frame))
+        except nats.errors.Error as exc:  # ephemeral: the stored messages still tell the story
+            logger.warning("publishing %s failed: %r", event.value, exc)
 
 
 async def query(

@@ -38,6 +38,7 @@ from parley_agent_bridge.backends import (
 )
 from parley_agent_bridge.config import AgentConfig
 from parley_agent_bridge.tools import ToolOutcome, ToolRunner, parse_arguments
+from parley_contract.commands import MAX_CONTENT_CHARS
 from parley_contract.events import Event
 from parley_contract.ids import new_id
 from parley_contract.models import MessageType, Role
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STOPPED = "(stopped)"
+MAX_RESULT_CHARS = 32_000  # a stored tool result; larger ones are kept as truncated JSON text
+MAX_DEPTH = 8  # nesting the store accepts
 INTERRUPTED = "interrupted: the bridge replica running this turn stopped before the result"
 
 
@@ -107,8 +110,42 @@ def client_message_id(turn: TurnRequest, step: int, kind: str) -> str:
     return "turn-" + hashlib.sha256(raw.encode()).hexdigest()
 
 
+def _clip(text: str, limit: int = MAX_CONTENT_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 12] + " [truncated]"
+
+
+def _store_safe(value: Any, depth: int = 0) -> bool:
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return all(
+            isinstance(k, str)
+            and not k.startswith("$")
+            and "." not in k
+            and "\x00" not in k
+            and _store_safe(v, depth + 1)
+            for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return all(_store_safe(v, depth + 1) for v in value)
+    return True
+
+
+def storable_result(value: Any) -> Any:
+    """A tool result as the store accepts it: big or odd-keyed results become JSON text."""
+    text = json.dumps(value, default=str)
+    if len(text) > MAX_RESULT_CHARS:
+        return _clip(text, MAX_RESULT_CHARS)
+    if not _store_safe(value):
+        return text
+    return value
+
+
 def _tool_content(ok: bool, result: Any, error: str | None) -> str:
-    return json.dumps({"success": ok, "result": result, "error": error}, default=str)
+    """A tool result as the model reads it (bounded)."""
+    return _clip(
+        json.dumps({"success": ok, "result": result, "error": error}, default=str), 100_000
+    )
 
 
 def chat_history(system_prompt: str, stored: list[dict[str, Any]]) -> list[ChatMessage]:
@@ -405,7 +442,7 @@ class Turn:
                 "messageType": MessageType.THINKING.value,
                 "content": "",
                 "thinking": {
-                    "content": "".join(step.reasoning),
+                    "content": _clip("".join(step.reasoning)),
                     "visible": self.agent.thinking_visible,
                     "duration": duration,
                 },
@@ -423,7 +460,7 @@ class Turn:
     async def _write_tool_calls(self, step: _Step) -> list[dict[str, Any]]:
         written: list[dict[str, Any]] = []
         for i, call in enumerate(step.calls):
-            content = step.content if i == 0 and step.content else f"Calling {call.name}..."
+            content = _clip(step.content) if i == 0 and step.content else f"Calling {call.name}..."
             written.append(
                 await self._write(
                     {
@@ -478,12 +515,12 @@ class Turn:
         result: dict[str, Any] = {
             "toolCallId": call_id,
             "toolName": name,
-            "result": out.result,
+            "result": storable_result(out.result),
             "success": out.success,
             "executionTime": out.execution_time_ms,
         }
         if out.error is not None:
-            result["error"] = out.error
+            result["error"] = _clip(out.error)
         return await self._write(
             {
                 **self._base(step, f"result{i}"),
@@ -535,7 +572,7 @@ class Turn:
                 **self._base(step.index, "final"),
                 "role": Role.ASSISTANT.value,
                 "messageType": MessageType.TEXT.value,
-                "content": step.content,
+                "content": _clip(step.content),
                 "usage": self._usage_json(),
                 "latency": self._latency_ms(),
                 "cost": self._cost(),
@@ -561,7 +598,7 @@ class Turn:
                 "role": Role.ASSISTANT.value,
                 "messageType": MessageType.TEXT.value,
                 # The store refuses empty content: say that nothing was written yet.
-                "content": step.content if step.content.strip() else STOPPED,
+                "content": _clip(step.content) if step.content.strip() else STOPPED,
                 "usage": self._usage_json(),
                 "latency": self._latency_ms(),
                 "cost": self._cost(),
@@ -582,8 +619,8 @@ class Turn:
             **self._base(step.index, "error"),
             "role": Role.ASSISTANT.value,
             "messageType": MessageType.ERROR.value,
-            "content": "Sorry, I could not answer: " + error,
-            "error": error,
+            "content": _clip("Sorry, I could not answer: " + error),
+            "error": _clip(error),
             "finishReason": "error",
             "latency": self._latency_ms(),
         }
