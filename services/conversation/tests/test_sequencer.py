@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
+from pymongo.errors import AutoReconnect
 
 from parley_contract import envelopes, jsonutil
 from parley_contract.commands import ConversationCreate, MessageSend
@@ -14,7 +15,7 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import Principal
 from parley_contract.models import Conversation, Message
-from parley_conversation import domain
+from parley_conversation import domain, sequencer
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.store import AppendResult, MessageTotals, PendingEvent
 
@@ -31,6 +32,7 @@ class MemoryRepo:
         self.messages: list[Message] = []
         self.totals = MessageTotals()
         self.append_calls = 0
+        self.fail_inserts = 0
 
     async def get_conversations(self, ids: Sequence[str]) -> dict[str, Conversation]:
         await asyncio.sleep(0)
@@ -68,6 +70,9 @@ class MemoryRepo:
         return out
 
     async def insert_messages(self, messages: Sequence[Message]) -> None:
+        if self.fail_inserts:
+            self.fail_inserts -= 1
+            raise AutoReconnect("store restarting")
         self.messages.extend(messages)
 
     async def add_totals(self, totals: Mapping[str, MessageTotals]) -> None:
@@ -147,3 +152,19 @@ async def test_drain_finishes_work_then_refuses(setup: Any) -> None:
     with pytest.raises(ParleyError) as exc:
         await seq.send(ALICE, message("late"))
     assert exc.value.code is ErrorCode.SERVICE_UNAVAILABLE
+
+
+async def test_projection_errors_are_retried_and_never_fail_a_stored_send(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, seq, published, _batches = setup
+    monkeypatch.setattr(sequencer, "PROJECTION_FIRST_DELAY", 0)
+    repo.fail_inserts = 2
+    res = await seq.send(ALICE, message("survives"))
+    assert res.seq == 1 and [m.content for m in repo.messages] == ["survives"]
+    failures: list[int] = []
+    seq._on_projection_failure = lambda: failures.append(1)
+    repo.fail_inserts = 100
+    res = await seq.send(ALICE, message("event only"))
+    assert res.seq == 2 and failures == [1]
+    assert [f["data"]["content"] for _, f in published] == ["survives", "event only"]

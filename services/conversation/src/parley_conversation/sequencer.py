@@ -34,6 +34,9 @@ from parley_conversation.store import AppendResult, MessageTotals, PendingEvent,
 
 logger = logging.getLogger(__name__)
 
+PROJECTION_ATTEMPTS = 5
+PROJECTION_FIRST_DELAY = 0.05  # seconds, x4 per attempt, capped at 2 s
+
 Publish = Callable[[str, bytes], Awaitable[None]]
 OnStored = Callable[[Conversation, list[Message]], Coroutine[Any, Any, None]]
 
@@ -72,12 +75,14 @@ class Sequencer:
         *,
         max_batch: int = 500,
         on_batch: Callable[[int], None] | None = None,
+        on_projection_failure: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._publish = publish
         self._on_stored = on_stored
         self._max_batch = max_batch
         self._on_batch = on_batch
+        self._on_projection_failure = on_projection_failure
         self._queue: list[tuple[str, _Job]] = []
         self._worker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -211,9 +216,11 @@ class Sequencer:
             )
             stored_by[cid] = stored
             all_stored.extend(stored)
-        # Independent writes: in parallel (the events that make them durable are stored).
+        # The events are stored: the writes are durable from here on. The projections
+        # (messages, totals) are independent, so in parallel, each retried on a store error.
         await asyncio.gather(
-            self._store.insert_messages(all_stored), self._store.add_totals(totals)
+            self._project("messages", lambda: self._store.insert_messages(all_stored)),
+            self._project("totals", lambda: self._store.add_totals(totals)),
         )
         for cid, res_list in results.items():
             subject = subjects.conversation_events(cid)
@@ -233,6 +240,28 @@ class Sequencer:
                     _resolve([item, *more], result)
                 elif not item.future.done():
                     item.future.set_result(res)
+
+    async def _project(self, what: str, write: Callable[[], Awaitable[None]]) -> None:
+        """A projection write after the event log insert: retried, never fails the batch.
+
+        Failing the callers here would be wrong: their events are stored and will be
+        replayed. If the store stays down, the projection is left behind (logged, counted)
+        and the callers still get their stored message.
+        """
+        delay = PROJECTION_FIRST_DELAY
+        for attempt in range(1, PROJECTION_ATTEMPTS + 1):
+            try:
+                await write()
+                return
+            except PyMongoError:
+                if attempt == PROJECTION_ATTEMPTS:
+                    logger.exception("projection %s lost after %d attempts", what, attempt)
+                    if self._on_projection_failure is not None:
+                        self._on_projection_failure()
+                    return
+                logger.warning("projection %s failed (attempt %d), retrying", what, attempt)
+                await asyncio.sleep(delay)
+                delay = min(delay * 4, 2.0)
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         """After-store work (agent turns) that must not hold up the next batch."""

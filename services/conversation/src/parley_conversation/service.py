@@ -126,6 +126,11 @@ class Metrics:
             "Requests being handled right now.",
             registry=self.registry,
         )
+        self.projection_failures = Counter(
+            "parley_conversation_projection_failures_total",
+            "Batches whose messages or totals could not be written after their events were.",
+            registry=self.registry,
+        )
         self.agent_turn_failures = Counter(
             "parley_conversation_agent_turn_publish_failures_total",
             "Agent turns that could not be published to JetStream.",
@@ -163,6 +168,7 @@ class ConversationService:
             self._after_store,
             max_batch=settings.max_batch,
             on_batch=self.metrics.batch.observe,
+            on_projection_failure=self.metrics.projection_failures.inc,
         )
         self.ready = False
         self._started = False
