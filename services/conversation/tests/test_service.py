@@ -14,7 +14,7 @@ from parley_contract import jsonutil, subjects
 from parley_contract.events import Event
 from parley_contract.internal import AgentStop, AgentTurn
 from parley_conversation.service import ConversationService
-from parley_devstack.servers import NatsServer, StoreServer
+from parley_devstack.servers import NatsServer, StoreServer, free_port
 
 from .conftest import Request, agent, service_principal, settings_for, user
 
@@ -548,3 +548,33 @@ async def test_create_notifies_participants(
         await asyncio.sleep(0.02)
     await sub.unsubscribe()
     assert got[0]["event"] == "conversation:created" and got[0]["data"]["_id"] == conv["_id"]
+
+
+async def test_starts_before_nats_is_up_and_refuses_sends_to_closed_conversations(
+    store_server: StoreServer, db_name: str, tmp_path: Any
+) -> None:
+    late = NatsServer(tmp_path / "late-nats", port=free_port())
+    svc = ConversationService(settings_for(late.url, store_server.url, db_name))
+    starting = asyncio.ensure_future(svc.start())
+    await asyncio.sleep(0.5)
+    assert not starting.done() and not svc.ready
+    await asyncio.to_thread(late.start)
+    try:
+        await asyncio.wait_for(starting, 30)
+        assert await svc.check_ready()
+        nc = await nats.connect(late.url)
+        try:
+            body = {"principal": ALICE, "data": {"title": "closing"}}
+            r = jsonutil.loads((await nc.request(CREATE, jsonutil.dumps(body), timeout=10)).data)
+            cid = r["data"]["_id"]
+            body = {"principal": ALICE, "data": {"conversationId": cid, "status": "closed"}}
+            r = jsonutil.loads((await nc.request(UPDATE, jsonutil.dumps(body), timeout=10)).data)
+            assert r["data"]["status"] == "closed"
+            body = {"principal": ALICE, "data": {"conversationId": cid, "content": "late"}}
+            r = jsonutil.loads((await nc.request(SEND, jsonutil.dumps(body), timeout=10)).data)
+            assert r["error"]["code"] == "CONFLICT"
+        finally:
+            await nc.drain()
+    finally:
+        await svc.stop()
+        await asyncio.to_thread(late.stop)

@@ -232,8 +232,8 @@ class ConversationService:
             try:
                 await self.broker.start()
                 break
-            except (OSError, TimeoutError) as exc:
-                logger.warning("NATS not ready (%s); retrying in %.1fs", exc, delay)
+            except (OSError, TimeoutError, NatsError) as exc:
+                logger.warning("NATS not ready (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         await self._ensure_stream()
