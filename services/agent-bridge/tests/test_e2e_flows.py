@@ -331,12 +331,6 @@ async def test_scaling_counts_bridge_agents(stack: Stack, connect: Connect) -> N
     assert scaling["agents"] >= 2  # agent-demo and agent-llm, from the bridge's KV heartbeats
 
 
-@pytest.mark.xfail(
-    reason="the conversation service's parley.cmd.> queue subscriber also answers "
-    "parley.cmd.tool.call (UNKNOWN_EVENT) and can win the race; it must leave tool.call to "
-    "the bridge (see README). The bridge side is tested in test_tool_call_over_nats.",
-    strict=False,
-)
 async def test_tool_call_command_runs_the_agents_tool(stack: Stack, connect: Connect) -> None:
     """tool:call from an agent connected to the gateway: the bridge runs the tool (MCP)."""
     agent = await connect(stack, LLM_AGENT, PrincipalKind.AGENT)
