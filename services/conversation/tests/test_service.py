@@ -433,9 +433,36 @@ async def test_history_queries(service: ConversationService, request_: Request) 
     assert [m["seq"] for m in newer["items"]] == [5, 6, 7, 8] and not newer["hasMore"]
 
 
+@pytest.fixture
+async def own_nats(tmp_path: Any) -> AsyncIterator[NatsServer]:
+    """A NATS server of its own: the agent bridge's tests put a consumer on the shared
+    work-queue stream, and a work queue allows only one consumer per subject."""
+    server = await asyncio.to_thread(NatsServer(tmp_path / "own-nats").start)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
 async def test_agent_turn_and_stop_are_published(
-    service: ConversationService, request_: Request, nc: Client
+    own_nats: NatsServer, store_server: StoreServer, db_name: str
 ) -> None:
+    svc = ConversationService(settings_for(own_nats.url, store_server.url, db_name))
+    await svc.start()
+    nc = await nats.connect(own_nats.url)
+    try:
+        await _agent_turn_and_stop(nc)
+    finally:
+        await nc.drain()
+        await svc.stop()
+
+
+async def _agent_turn_and_stop(nc: Client) -> None:
+    async def request_(subject: str, data: Any, principal: dict[str, Any]) -> dict[str, Any]:
+        body = jsonutil.dumps({"principal": principal, "data": data})
+        reply: dict[str, Any] = jsonutil.loads((await nc.request(subject, body, timeout=10)).data)
+        return reply
+
     cid = (await create(request_, agentId="agent-general"))["_id"]
     js = nc.jetstream()
     psub = await js.pull_subscribe(
@@ -444,7 +471,7 @@ async def test_agent_turn_and_stop_are_published(
     sent = (await request_(SEND, {"conversationId": cid, "content": "question?"}, ALICE))["data"]
     await request_(SEND, {"conversationId": cid, "content": "answer", "role": "assistant"}, AGENT)
     turns: list[AgentTurn] = []
-    for _ in range(200):  # the stream also holds the turns of earlier tests
+    for _ in range(20):
         try:
             msgs = await psub.fetch(256, timeout=0.5)
         except TimeoutError:
