@@ -137,6 +137,10 @@ async def test_replica_killed_mid_turn_is_resumed_once(
         retried = [r for r in openai_stub.requests if "phoenix-e2e" in str(r["messages"])]
         assert retried[-1]["messages"][-1]["tool_call_id"] == "call_k1"
         assert sum(1 for r in retried if r["messages"][-1]["role"] == "user") == 1
+        # agent:online: on the first turn, and from the new replica at startup (it lists the
+        # agent's conversations).
+        online = client.events("agent:online", conv)
+        assert len(online) >= 2 and online[0]["data"]["agentId"] == LLM_AGENT
     finally:
         stack.stop()
 
