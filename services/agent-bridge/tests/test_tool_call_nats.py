@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from parley_agent_bridge.service import Bridge
 from parley_contract import jsonutil, subjects
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import CommandRequest, Principal
-from parley_devstack.servers import NatsServer
+from parley_devstack.servers import NatsServer, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,3 +83,24 @@ async def test_kv_heartbeat_announces_agents(bridge_nats: str) -> None:
         assert value["agentId"] == "agent-demo" and value["instanceId"] == "bridge-t"
     finally:
         await nc.drain()
+
+
+async def test_bridge_waits_for_nats_that_starts_later(tmp_path: Path) -> None:
+    port = free_port()
+    settings = Settings(
+        nats_url=f"nats://127.0.0.1:{port}",
+        instance_id="bridge-late",
+        presence_conversations=0,
+        demo_agent=False,
+    )
+    bridge = Bridge(settings, load_agents(settings), Metrics(), demo_delay=0)
+    starting = asyncio.create_task(bridge.start())
+    await asyncio.sleep(1.0)
+    assert not starting.done() and not bridge.ready
+    server = NatsServer(tmp_path / "nats", port=port).start()
+    try:
+        await asyncio.wait_for(starting, 30)
+        assert bridge.ready
+    finally:
+        await bridge.stop()
+        server.stop()

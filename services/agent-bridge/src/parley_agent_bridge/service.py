@@ -193,14 +193,7 @@ class Bridge:
         s = self.settings
         for box in self.toolboxes.values():
             box.start()
-        self.nc = await nats.connect(
-            s.nats_url,
-            name=f"parley-agent-bridge-{self.instance_id}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-            connect_timeout=5,
-            drain_timeout=5,
-        )
+        self.nc = await self._connect()
         js = self.nc.jetstream()
         await self._ensure_stream(js)
         self.kv = await self._bucket(js)
@@ -226,6 +219,24 @@ class Bridge:
         logger.info(
             "agent bridge %s ready: agents %s", self.instance_id, ", ".join(sorted(self.agents))
         )
+
+    async def _connect(self) -> NatsClient:
+        """NATS, retried with capped backoff while it is not up yet (either may start first)."""
+        delay = 0.5
+        while True:
+            try:
+                return await nats.connect(
+                    self.settings.nats_url,
+                    name=f"parley-agent-bridge-{self.instance_id}",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    connect_timeout=5,
+                    drain_timeout=5,
+                )
+            except (OSError, TimeoutError, nats.errors.Error) as exc:
+                logger.warning("NATS not ready (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def stop(self) -> None:
         self.ready = False
