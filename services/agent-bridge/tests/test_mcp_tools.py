@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -63,4 +64,30 @@ async def test_streamable_http_server(tmp_path: Path) -> None:
         assert out.success and out.result["query"] == "x"
         await box.close()
     finally:
+        proc.stop()
+
+
+async def test_reconnects_after_the_server_restarts(tmp_path: Path) -> None:
+    port = free_port()
+    argv = [sys.executable, "-m", "parley_agent_bridge.demo_tools", "--http", str(port)]
+    proc = ManagedProcess("mcp-http", argv, tmp_path / "mcp.log")
+    proc.start()
+    box = McpToolbox([McpServerConfig(name="http", url=f"http://127.0.0.1:{port}/mcp")])
+    try:
+        wait_port("127.0.0.1", port, 30, proc.proc)
+        box.start()
+        assert await box.wait_ready(30)
+        proc.kill()
+        down = await box.call("calculator", {"expression": "1+1"})
+        assert down.success is False and down.error
+        proc.start()
+        wait_port("127.0.0.1", port, 30, proc.proc)
+        for _ in range(100):  # the connection is reopened in the background
+            out = await box.call("calculator", {"expression": "1+1"})
+            if out.success:
+                break
+            await asyncio.sleep(0.3)
+        assert out.success and out.result["result"] == 2
+    finally:
+        await box.close()
         proc.stop()
