@@ -406,3 +406,11 @@ async def test_long_answer_is_clipped_to_the_content_limit() -> None:
     backend = Scripted([TextDelta("z" * (MAX_CONTENT_CHARS + 10)), Finish("stop")])
     await make_turn(backend, FakeTools({}), io).run()
     assert len(io.messages[0]["content"]) == MAX_CONTENT_CHARS
+
+
+async def test_empty_model_answer_is_stored_visibly() -> None:
+    io = MemoryIO()
+    await make_turn(Scripted([ReasoningDelta("hmm"), Finish("length")]), FakeTools({}), io).run()
+    assert [m["messageType"] for m in io.messages] == ["thinking", "text"]
+    assert io.messages[1]["content"] == "(the model returned no text) (length)"
+    assert io.messages[1]["finishReason"] == "length"

@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STOPPED = "(stopped)"
+EMPTY = "(the model returned no text)"  # the store refuses empty content
 MAX_RESULT_CHARS = 32_000  # a stored tool result; larger ones are kept as truncated JSON text
 MAX_DEPTH = 8  # nesting the store accepts
 INTERRUPTED = "interrupted: the bridge replica running this turn stopped before the result"
@@ -567,12 +568,13 @@ class Turn:
     async def _finish_answer(self, step: _Step) -> TurnResult:
         assert step.finish is not None
         reason = step.finish.finish_reason or "stop"
+        content = _clip(step.content) if step.content.strip() else f"{EMPTY} ({reason})"
         msg = await self._write(
             {
                 **self._base(step.index, "final"),
                 "role": Role.ASSISTANT.value,
                 "messageType": MessageType.TEXT.value,
-                "content": _clip(step.content),
+                "content": content,
                 "usage": self._usage_json(),
                 "latency": self._latency_ms(),
                 "cost": self._cost(),
