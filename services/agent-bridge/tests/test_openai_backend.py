@@ -46,6 +46,23 @@ async def test_streams_reasoning_text_and_usage(stub: OpenAIStub) -> None:
     assert isinstance(last, Finish) and last.usage is not None
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (12, 3)
     assert stub.requests[-1]["stream"] is True
+    assert stub.requests[-1]["stream_options"] == {"include_usage": True}
+
+
+async def test_extra_body_and_no_stream_usage(stub: OpenAIStub) -> None:
+    stub.script("extra-1", Step(content=["ok"], usage=None))
+    backend = OpenAIChatBackend(
+        base_url=stub.base_url,
+        model="m",
+        stream_usage=False,
+        extra_body={"reasoning_effort": "low", "stream": False},
+    )
+    events = await collect(backend, "extra-1")
+    await backend.aclose()
+    sent = stub.requests[-1]
+    assert sent["reasoning_effort"] == "low" and sent["stream"] is True
+    assert "stream_options" not in sent
+    assert events[-1] == Finish("stop", None)
 
 
 async def test_assembles_parallel_tool_call_deltas(stub: OpenAIStub) -> None:

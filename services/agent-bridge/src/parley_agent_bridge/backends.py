@@ -98,8 +98,12 @@ class OpenAIChatBackend:
         temperature: float | None = None,
         max_tokens: int | None = None,
         timeout: float = 120.0,
+        stream_usage: bool = True,
+        extra_body: dict[str, Any] | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
+        self.stream_usage = stream_usage
+        self.extra_body = dict(extra_body or {})
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key = api_key
@@ -113,12 +117,10 @@ class OpenAIChatBackend:
             await self._client.aclose()
 
     def _body(self, messages: list[ChatMessage], tools: list[ToolSpec]) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        body: dict[str, Any] = {**self.extra_body, "model": self.model, "messages": messages}
+        body["stream"] = True
+        if self.stream_usage:
+            body["stream_options"] = {"include_usage": True}
         if tools:
             body["tools"] = tools
             body["tool_choice"] = "auto"

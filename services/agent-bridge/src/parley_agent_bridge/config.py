@@ -100,6 +100,11 @@ class AgentConfig(BaseModel):
     temperature: float | None = None
     max_tokens: int | None = None
     thinking_visible: bool = True
+    # Ask for the final usage chunk (stream_options.include_usage); off for servers that
+    # refuse the option (usage is then estimated).
+    stream_usage: bool = True
+    # Extra fields merged into every chat-completions request (e.g. {"reasoning_effort": "low"}).
+    extra_body: dict[str, Any] = Field(default_factory=dict)
     price_per_1k_prompt: float = Field(default=0.0, ge=0)
     price_per_1k_completion: float = Field(default=0.0, ge=0)
     mcp_servers: list[McpServerConfig] = Field(default_factory=list)

@@ -155,6 +155,8 @@ def make_backend(agent: AgentConfig, demo_delay: float) -> ModelBackend:
         temperature=agent.temperature,
         max_tokens=agent.max_tokens,
         timeout=agent.request_timeout_seconds,
+        stream_usage=agent.stream_usage,
+        extra_body=agent.extra_body,
     )
 
 
