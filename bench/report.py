@@ -264,13 +264,13 @@ def write_latest(results: Path) -> None:
     docs = latest_results(results)
     text = render(docs)
     (results / "latest.md").write_text("# Latest benchmark results\n\n" + text + "\n")
-    readme = results.parent / "README.md"
-    if readme.exists():
-        body = readme.read_text()
-        if README_START in body and README_END in body:
-            head, rest = body.split(README_START, 1)
-            _, tail = rest.split(README_END, 1)
-            readme.write_text(f"{head}{README_START}\n{text}\n{README_END}{tail}")
+    for doc in (results.parent / "README.md", results.parent.parent / "docs" / "benchmarks.md"):
+        if doc.exists():
+            body = doc.read_text()
+            if README_START in body and README_END in body:
+                head, rest = body.split(README_START, 1)
+                _, tail = rest.split(README_END, 1)
+                doc.write_text(f"{head}{README_START}\n{text}\n{README_END}{tail}")
     summary = results / "raw" / "plot-input.json"
     summary.parent.mkdir(parents=True, exist_ok=True)
     summary.write_text(json.dumps({k: v["result"] for k, v in docs.items()}))

@@ -581,8 +581,8 @@ async function main() {
         },
         generator: {
           threads: nThreads,
+          // process.cpuUsage() is process-wide: every thread, main included.
           cpuPercent: (((cpu.user + cpu.system) / 1000) / (nowMs() - start)) * 100,
-          threadCpuMs: parts.map((p) => Math.round(p.cpuMs)),
           loopLagP99Ms: Math.max(...parts.map((p) => p.lagP99Ms)),
           loopLagMaxMs: Math.max(...parts.map((p) => p.lagMaxMs)),
         },
