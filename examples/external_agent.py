@@ -40,6 +40,15 @@ except ImportError:  # pragma: no cover
 
 logger = logging.getLogger("external_agent")
 
+# The public protocol's event names, spelled once here as any client spells them (the web
+# client does the same in web/src/protocol.ts); Parley's services use parley_contract.events.
+MESSAGE_SEND = "message:send"
+MESSAGE_NEW = "message:new"
+CONVERSATION_JOIN = "conversation:join"
+CONVERSATION_CREATED = "conversation:created"
+CONVERSATION_UPDATED = "conversation:updated"
+TOOL_CALL = "tool:call"
+
 
 class ExternalAgent:
     def __init__(self, args: argparse.Namespace, token: str) -> None:
@@ -82,7 +91,7 @@ class ExternalAgent:
             self.pending.pop(cmd_id, None)
 
     async def post(self, data: dict[str, Any]) -> dict[str, Any]:
-        reply = await self.call("message:send", data)
+        reply = await self.call(MESSAGE_SEND, data)
         if not reply.get("success"):
             raise RuntimeError(f"message:send refused: {reply.get('error')}")
         stored: dict[str, Any] = reply["data"]
@@ -107,7 +116,7 @@ class ExternalAgent:
             if m.get("role") == "assistant" and m.get("parentMessageId"):
                 self.answered.add(m["parentMessageId"])
         last = max((m.get("seq") or 0 for m in items), default=0)
-        reply = await self.call("conversation:join", {"conversationId": cid, "sinceSeq": last})
+        reply = await self.call(CONVERSATION_JOIN, {"conversationId": cid, "sinceSeq": last})
         if not reply.get("success"):
             logger.warning("cannot join %s: %s", cid, reply.get("error"))
             return
@@ -164,7 +173,7 @@ class ExternalAgent:
             t0 = time.monotonic()
             if self.args.platform_tool:
                 reply = await self.call(
-                    "tool:call", {"toolName": tool, "arguments": arguments, "conversationId": cid}
+                    TOOL_CALL, {"toolName": tool, "arguments": arguments, "conversationId": cid}
                 )
                 if reply.get("success"):
                     out = reply["data"]
@@ -230,10 +239,10 @@ class ExternalAgent:
                 future.set_result(frame)
             return
         event, data = frame.get("event"), frame.get("data") or {}
-        if event == "message:new" and data.get("role") == "user":
+        if event == MESSAGE_NEW and data.get("role") == "user":
             self.spawn(self.answer(data))
         elif (
-            event in ("conversation:created", "conversation:updated")
+            event in (CONVERSATION_CREATED, CONVERSATION_UPDATED)
             and data.get("agentId") == self.args.agent_id
             and data.get("_id") not in self.joined
         ):

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import websockets
 
+from parley_contract.events import Event
+
 
 class WsClient:
     """A protocol client: commands with ids, and every frame kept for assertions."""
@@ -50,15 +52,15 @@ class WsClient:
         )
 
     async def conversation(self, agent_id: str) -> str:
-        reply = await self.call("conversation:create", {"title": "test", "agentId": agent_id})
+        reply = await self.call(Event.CONVERSATION_CREATE, {"title": "test", "agentId": agent_id})
         assert reply["success"], reply
         conv_id: str = reply["data"]["_id"]
-        joined = await self.call("conversation:join", {"conversationId": conv_id})
+        joined = await self.call(Event.CONVERSATION_JOIN, {"conversationId": conv_id})
         assert joined["success"], joined
         return conv_id
 
     async def send(self, conv_id: str, content: str) -> dict[str, Any]:
-        reply = await self.call("message:send", {"conversationId": conv_id, "content": content})
+        reply = await self.call(Event.MESSAGE_SEND, {"conversationId": conv_id, "content": content})
         assert reply["success"], reply
         msg: dict[str, Any] = reply["data"]
         return msg
@@ -67,7 +69,7 @@ class WsClient:
         """The final assistant message (text or error) answering a user message."""
         frame = await self.wait_for(
             lambda f: (
-                f.get("event") == "message:new"
+                f.get("event") == Event.MESSAGE_NEW
                 and f["data"].get("parentMessageId") == user_msg["_id"]
                 and f["data"].get("role") == "assistant"
                 and f["data"].get("messageType") in ("text", "error")
@@ -82,7 +84,7 @@ class WsClient:
         msgs = [
             f["data"]
             for f in self.frames
-            if f.get("event") == "message:new"
+            if f.get("event") == Event.MESSAGE_NEW
             and f["data"].get("parentMessageId") == user_msg["_id"]
         ]
         return sorted(msgs, key=lambda m: m["seq"])
