@@ -8,6 +8,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import BaseModel
+
 from parley_agent_bridge.backends import (
     BackendError,
     ChatMessage,
@@ -414,3 +416,25 @@ async def test_empty_model_answer_is_stored_visibly() -> None:
     assert [m["messageType"] for m in io.messages] == ["thinking", "text"]
     assert io.messages[1]["content"] == "(the model returned no text) (length)"
     assert io.messages[1]["finishReason"] == "length"
+
+
+async def test_event_data_match_the_contract_models() -> None:
+    from parley_contract import agent_events as ae
+
+    models: dict[Event, type[BaseModel]] = {
+        Event.AGENT_THINKING: ae.AgentThinking,
+        Event.AGENT_TOOL_CALLING: ae.AgentToolCalling,
+        Event.MESSAGE_STREAM_START: ae.StreamStart,
+        Event.MESSAGE_STREAM_DELTA: ae.StreamDelta,
+        Event.MESSAGE_STREAM_END: ae.StreamEnd,
+    }
+    io = MemoryIO()
+    backend = Scripted(
+        [TextDelta("a"), ToolCalls([ModelToolCall("c", "t", "{}")]), Finish("tool_calls")],
+        [ReasoningDelta("r"), TextDelta("b"), Finish("stop")],
+    )
+    await make_turn(backend, FakeTools({"t": ToolOutcome(1, True, None, 1.0)}), io).run()
+    assert {e for e, _ in io.events} == set(models)
+    for event, data in io.events:
+        parsed = models[event].model_validate(data)  # extra fields are refused
+        assert parsed.model_dump(by_alias=True, exclude_unset=True) == data
