@@ -79,7 +79,7 @@ async def main() -> None:
         await asyncio.sleep(2)
         base = rss_kb(gw.proc.pid)
         conns = []
-        sem = asyncio.Semaphore(200)
+        sem = asyncio.Semaphore(50)
         tokens = [
             mint_token("user-0" if args.same_user else f"user-{i}") for i in range(args.connections)
         ]
@@ -94,7 +94,11 @@ async def main() -> None:
                 await c.recv()
                 conns.append(c)
 
-        await asyncio.gather(*(one(i) for i in range(args.connections)))
+        try:
+            await asyncio.gather(*(one(i) for i in range(args.connections)))
+        except Exception:
+            print(gw.tail(30))  # noqa: T201
+            raise
         await asyncio.sleep(5)
         full = rss_kb(gw.proc.pid)
         per = (full - base) / args.connections

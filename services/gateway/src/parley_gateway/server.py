@@ -47,6 +47,8 @@ _RELAYED = frozenset(
         Event.TASK_CREATE,
     }
 )
+_INVALID = object()  # a frame that is not JSON
+_SLIM_REQUEST = Request("/ws", Headers())
 _CONTENT_CHECKED = frozenset({Event.MESSAGE_SEND, Event.MESSAGE_EDIT})
 
 
@@ -71,6 +73,9 @@ class Gateway:
         self.app: ASGIApp = create_app(self.hub)
         self.jwt = settings.jwt_config()
         self.server: Server | None = None
+        self._rate_message = (
+            f"more than {settings.commands_per_second:g} commands per second (burst 2x)"
+        )
 
     # ------------------------------------------------------------------ HTTP / handshake
 
@@ -127,6 +132,11 @@ class Gateway:
             await ws.close(1008, "unauthenticated")
             return
         principal, exp, resume = auth
+        del ws.parley_auth  # type: ignore[attr-defined]
+        # The handshake's request and response (headers: ~2-3 KB) are not needed any more;
+        # websockets only checks that ``request`` is set, so a shared placeholder will do.
+        ws.request = _SLIM_REQUEST
+        ws.response = None
         hub = self.hub
         restored: dict[str, int] | None = None
         if resume is not None:
@@ -163,7 +173,10 @@ class Gateway:
             conn.send(envelopes.event_frame(first, hello))
             if restored is not None:
                 for cid, seq in restored.items():
-                    env = await self.join(conn, cid, seq)
+                    try:
+                        env = await self.join(conn, cid, seq)
+                    except ParleyError as exc:
+                        env = envelopes.fail_from(exc)
                     if not env["success"]:
                         details = dict(env["error"].get("details") or {})
                         details["conversationId"] = cid
@@ -184,7 +197,10 @@ class Gateway:
         finally:
             conn.closing = True
             joined = dict(conn.joined)  # what a resume must restore
-            await hub.unregister(conn)
+            try:
+                await hub.unregister(conn)
+            except Exception:  # never skip saving the session for one failed cleanup step
+                logger.exception("cleanup of %r failed", conn)
             if not conn.kicked:
                 await hub.save_session(conn, joined)
 
@@ -193,14 +209,23 @@ class Gateway:
         try:
             frame = jsonutil.loads(message)
         except ValueError:
-            self.metrics.commands.labels("-", "invalid_json").inc()
-            conn.send(envelopes.error_frame(ErrorCode.VALIDATION_ERROR, "invalid JSON"))
-            return
+            frame = _INVALID
         if not isinstance(frame, dict):
-            self.metrics.commands.labels("-", "not_object").inc()
-            conn.send(
-                envelopes.error_frame(ErrorCode.VALIDATION_ERROR, "a frame must be a JSON object")
-            )
+            # Garbage counts against the rate limit too (a flood of it gets RATE_LIMITED).
+            if not conn.bucket.take():
+                self.metrics.commands.labels("-", "RATE_LIMITED").inc()
+                conn.send(envelopes.error_frame(ErrorCode.RATE_LIMITED, self._rate_message))
+                return
+            if frame is _INVALID:
+                self.metrics.commands.labels("-", "invalid_json").inc()
+                conn.send(envelopes.error_frame(ErrorCode.VALIDATION_ERROR, "invalid JSON"))
+            else:
+                self.metrics.commands.labels("-", "not_object").inc()
+                conn.send(
+                    envelopes.error_frame(
+                        ErrorCode.VALIDATION_ERROR, "a frame must be a JSON object"
+                    )
+                )
             return
         cmd_id = frame.get("id")
         if cmd_id is not None and not (isinstance(cmd_id, str) and 0 < len(cmd_id) <= 128):
@@ -233,7 +258,7 @@ class Gateway:
             if not conn.bucket.take():
                 raise ParleyError(
                     ErrorCode.RATE_LIMITED,
-                    f"more than {self.settings.commands_per_second:g} commands per second",
+                    self._rate_message,
                     {"limit": self.settings.commands_per_second},
                 )
             if not may_send(conn.principal.kind, event):
