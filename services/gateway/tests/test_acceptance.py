@@ -313,3 +313,18 @@ async def test_drain_on_sigterm(stack: Stack, clients: Any) -> None:
     assert gw.process.proc is not None
     assert await asyncio.to_thread(gw.process.proc.wait, 15) == 0
     await asyncio.to_thread(stack.restart, gw)
+
+
+async def test_invited_principal_is_notified_on_any_instance(stack: Stack, clients: Any) -> None:
+    user, friend = _uid("alice"), _uid("bob")
+    bob = await clients(ws(stack, 1), friend)
+    alice = await clients(ws(stack, 0), user)
+    cid = await _create(alice, friend)
+    note = await bob.wait_for(
+        lambda f: f.get("event") == "conversation:created" and f.get("conversationId") == cid
+    )
+    assert any(p.get("userId") == friend for p in note["data"]["participants"]), (
+        note
+    )  # bob learns about it without having joined anything
+    r = await bob.cmd("conversation:join", {"conversationId": cid, "sinceSeq": 0})
+    assert r["success"] and bob.seqs(cid)[-1] == 1

@@ -246,6 +246,8 @@ async def test_http_surface(
     assert status == 200 and b"parley ui" in body
     status, body, headers = await aget(gw.http + "/app.js")
     assert status == 200 and "javascript" in headers["Content-Type"]
+    status, body, _ = await aget(gw.http + "/no/such/thing")
+    assert status == 404 and jsonutil.loads(body)["error"]["code"] == "NOT_FOUND"
     status, _, _ = await aget(gw.http + "/healthz")
     assert status == 200
     status, body, _ = await aget(gw.http + "/metrics")
