@@ -24,7 +24,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from parley_contract import commands, envelopes, jsonutil, subjects
 from parley_contract.commands import (
@@ -223,7 +223,7 @@ class ConversationService:
             try:
                 await self.store.init()
                 break
-            except PyMongoError as exc:
+            except ConnectionFailure as exc:  # not reachable yet; anything else is fatal
                 logger.warning("store not ready (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -78,8 +78,18 @@ class MessageDocument(_Doc):
             IndexModel([("conversationId", ASCENDING), ("seq", ASCENDING)], unique=True),
             IndexModel([("conversationId", ASCENDING), ("createdAt", ASCENDING)]),
             IndexModel([("conversationId", ASCENDING), ("role", ASCENDING)]),
-            IndexModel([("agentId", ASCENDING), ("createdAt", DESCENDING)]),
-            IndexModel([("parentMessageId", ASCENDING)]),
+            # Partial: most messages (users') have neither field, and every index entry is
+            # a large part of an insert's cost on the embedded store.
+            IndexModel(
+                [("agentId", ASCENDING), ("createdAt", DESCENDING)],
+                name="agentId_createdAt_partial",
+                partialFilterExpression={"agentId": {"$type": "string"}},
+            ),
+            IndexModel(
+                [("parentMessageId", ASCENDING)],
+                name="parentMessageId_partial",
+                partialFilterExpression={"parentMessageId": {"$type": "string"}},
+            ),
         ]
 
 
@@ -249,7 +259,9 @@ class MongoStore:
 
     async def init(self) -> None:
         """Create the collections' indexes (idempotent)."""
-        await init_beanie(database=self._db, document_models=DOCUMENTS)
+        # allow_index_dropping: an index no longer declared here (an older version's) is
+        # dropped, so a changed definition never blocks startup with a name conflict.
+        await init_beanie(database=self._db, document_models=DOCUMENTS, allow_index_dropping=True)
 
     async def close(self) -> None:
         await self._client.close()
