@@ -18,7 +18,11 @@ def main() -> None:
     )
     # websockets logs every connection and every HTTP response at INFO.
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    settings.check()
+    try:
+        settings.check()
+    except ValueError as exc:
+        logging.getLogger(__name__).error("refusing to start: %s", exc)
+        raise SystemExit(2) from None
     uvloop.run(serve_forever(settings))
 
 

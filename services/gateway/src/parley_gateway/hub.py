@@ -118,6 +118,9 @@ class Hub:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
                     connect_timeout=3,
+                    error_cb=self._nats_error,
+                    disconnected_cb=self._nats_disconnected,
+                    reconnected_cb=self._nats_reconnected,
                 )
                 break
             except (OSError, nats.errors.Error) as exc:
@@ -143,6 +146,15 @@ class Hub:
             asyncio.create_task(self._loop(self.settings.heartbeat_seconds, self._heartbeat)),
         ]
         logger.info("gateway %s connected to NATS %s", self.instance_id, self.settings.nats_url)
+
+    async def _nats_error(self, exc: Exception) -> None:
+        logger.warning("NATS: %s", exc or type(exc).__name__)
+
+    async def _nats_disconnected(self) -> None:
+        logger.warning("NATS disconnected; reconnecting (readyz is 503 meanwhile)")
+
+    async def _nats_reconnected(self) -> None:
+        logger.info("NATS reconnected")
 
     @property
     def _presence_ttl(self) -> float:

@@ -385,7 +385,8 @@ class Gateway:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.hub.start()
+        # The port opens at once (/healthz answers, /readyz says 503 until NATS is there);
+        # SIGTERM works even while NATS is still unreachable.
         self.server = await serve(
             self.handler,
             self.settings.host,
@@ -405,7 +406,18 @@ class Gateway:
             self.settings.host,
             self.settings.port,
         )
-        await stop.wait()
+        starting = asyncio.create_task(self.hub.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+        elif starting.exception() is not None:
+            stopping.cancel()
+            self.server.close()
+            raise starting.exception()  # type: ignore[misc]
+        await stopping
         await self.drain()
 
     async def drain(self) -> None:
