@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -179,3 +180,16 @@ def test_task() -> None:
     conv = domain.new_conversation(ALICE, ConversationCreate(agent_id="agent-1"))
     task = domain.new_task(ALICE, TaskCreate(conversation_id=conv.id, title="do"), conv)
     assert task["agentId"] == "agent-1" and task["status"] == "pending"
+
+
+def test_updates_always_move_updated_at_forward() -> None:
+    conv = domain.new_conversation(ALICE, ConversationCreate())
+    assert conv.updated_at is not None
+    future = conv.model_copy(update={"updated_at": conv.updated_at + timedelta(seconds=5)})
+    change = domain.apply_update(
+        future, ALICE, ConversationUpdate(conversation_id=conv.id, title="x")
+    )
+    assert change.conversation.updated_at == future.updated_at + timedelta(milliseconds=1)  # type: ignore[operator]
+    left = domain.leave(future, ALICE)
+    assert left.updated_at is not None and future.updated_at is not None
+    assert left.updated_at > future.updated_at

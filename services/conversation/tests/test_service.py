@@ -605,3 +605,23 @@ async def test_starts_before_nats_is_up_and_refuses_sends_to_closed_conversation
     finally:
         await svc.stop()
         await asyncio.to_thread(late.stop)
+
+
+async def test_concurrent_leaves_and_updates_lose_nothing(
+    two_replicas: list[ConversationService], request_: Request
+) -> None:
+    people = [f"u-p{i}" for i in range(12)]
+    cid = (await create(request_, participants=people))["_id"]
+    leaves = [request_(LEAVE, {"conversationId": cid}, user(p)) for p in people[:8]]
+    renames = [
+        request_(UPDATE, {"conversationId": cid, "tags": [f"t{i}"]}, user(p))
+        for i, p in enumerate(people[8:])
+    ]
+    replies = await asyncio.gather(*leaves, *renames)
+    assert all(r["success"] for r in replies), [r for r in replies if not r["success"]]
+    conv = (await request_(subjects.QUERY_CONVERSATION_GET, {"conversationId": cid}, ALICE))["data"]
+    left = {p["userId"] for p in conv["participants"] if p.get("leftAt")}
+    assert left == set(people[:8])
+    assert len(conv["tags"]) == 1 and conv["tags"][0] in {"t0", "t1", "t2", "t3"}
+    log = (await events_since(request_, cid))["data"]["events"]
+    assert [f["seq"] for f in log] == list(range(1, 14))  # created + 12 updates

@@ -7,7 +7,7 @@ system message live here so they are unit-tested without NATS or MongoDB.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from parley_contract.commands import (
@@ -60,6 +60,15 @@ def now_ms() -> datetime:
     """Now in UTC, truncated to milliseconds (what BSON stores), so replies equal reads."""
     now = datetime.now(UTC)
     return now.replace(microsecond=(now.microsecond // 1000) * 1000)
+
+
+def later_than(previous: datetime | None) -> datetime:
+    """Now, but strictly after ``previous``: a conversation's ``updatedAt`` is the version
+    its optimistic updates compare, so two updates must never write the same value."""
+    at = now_ms()
+    if previous is not None and at <= previous:
+        at = previous + timedelta(milliseconds=1)
+    return at
 
 
 # ---------------------------------------------------------------- authorization
@@ -208,7 +217,7 @@ def apply_update(
     conv: Conversation, principal: Principal, cmd: ConversationUpdate
 ) -> ConversationChange:
     """The conversation after an update (pure; the store writes it conditionally)."""
-    at = now_ms()
+    at = later_than(conv.updated_at)
     fields = cmd.model_fields_set - {"conversation_id"}
     new = conv.model_copy(deep=True)
     changed: list[str] = []
@@ -276,7 +285,7 @@ def apply_update(
 
 
 def leave(conv: Conversation, principal: Principal) -> Conversation:
-    at = now_ms()
+    at = later_than(conv.updated_at)
     new = conv.model_copy(deep=True)
     new.participants = [
         p.model_copy(update={"left_at": at}) if p.active and p.principal_id == principal.id else p

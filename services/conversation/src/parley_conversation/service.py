@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -72,7 +73,7 @@ HANDLED_COMMANDS: tuple[Event, ...] = (
     Event.TASK_CREATE,
 )
 COMMAND_BY_SUBJECT: dict[str, Event] = {subjects.command(e): e for e in HANDLED_COMMANDS}
-UPDATE_RETRIES = 8
+UPDATE_RETRIES = 50  # optimistic conversation updates under contention
 
 
 # ---------------------------------------------------------------- query payloads
@@ -466,6 +467,7 @@ class ConversationService:
             if await self.store.update_conversation(conv, new):
                 new, _ = await self._append_conversation_event(Event.CONVERSATION_UPDATED, new)
                 return model_json(new)
+            await _backoff()
         raise ParleyError(ErrorCode.CONFLICT, "the conversation is changing too fast, retry")
 
     async def conversation_update(self, p: Principal, data: dict[str, Any]) -> Any:
@@ -478,6 +480,7 @@ class ConversationService:
                 return model_json(conv)
             if await self.store.update_conversation(conv, change.conversation):
                 break
+            await _backoff()
         else:
             raise ParleyError(ErrorCode.CONFLICT, "the conversation is changing too fast, retry")
         new, frame = await self._append_conversation_event(
@@ -629,6 +632,11 @@ class ConversationService:
         frames = await self.store.events_since(cid, req.after_seq, req.until_seq, req.limit)
         last = await self.store.last_seq(cid)
         return {"events": frames, "lastSeq": last}
+
+
+async def _backoff() -> None:
+    """A short random pause after losing an optimistic update, so contenders spread out."""
+    await asyncio.sleep(random.uniform(0, 0.01))
 
 
 async def _raw_body(msg: StreamMessage[Any]) -> bytes:
