@@ -322,3 +322,28 @@ async def test_a_long_history_replay_waits_for_the_reader_instead_of_1013(
     assert r["success"], r
     assert bob.seqs(cid) == list(range(1, n + 1))
     assert not bob.closed.is_set()
+
+
+async def test_a_crashed_instances_clients_go_offline(
+    gateway_factory: Any, clients: Any, fake_conversation: Any
+) -> None:
+    from parley_contract import subjects
+
+    env = {"PARLEY_GATEWAY_PRESENCE_TTL_SECONDS": "3"}
+    gw1 = gateway_factory(env)
+    gw2 = gateway_factory(env)
+    alice = await clients(gw1.ws_url, "alice")
+    bob = await clients(gw2.ws_url, "bob")
+    cid = await _conv(alice, "bob")
+    assert (await bob.cmd("conversation:join", {"conversationId": cid}))["success"]
+    await asyncio.sleep(1.5)  # sessions saved, gw2 has seen gw1's heartbeat
+    gw1.proc.kill()
+    # What the bucket TTL does after PARLEY_GATEWAY_PRESENCE_TTL_SECONDS without heartbeats
+    # (the shared test bucket was created with a longer TTL, so expire it by hand):
+    kv = await fake_conversation.nc.jetstream().key_value(subjects.KV_INSTANCES)
+    await kv.delete(gw1.name)
+    off = await bob.wait_for(
+        lambda f: f.get("event") == "presence:offline" and f["data"]["principalId"] == "alice",
+        timeout=15,
+    )
+    assert off["conversationId"] == cid and off["data"]["reason"] == "instance-lost"

@@ -96,6 +96,7 @@ class Hub:
         self.service_principal = Principal(id=self.instance_id, kind=PrincipalKind.SERVICE)
         self._tasks: list[asyncio.Task[None]] = []
         self._kick_sub: Subscription | None = None
+        self._seen_instances: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -654,6 +655,60 @@ class Hub:
         ]
         for i in range(0, len(items), 200):
             await asyncio.gather(*(self._put_presence(*it) for it in items[i : i + 200]))
+        await self._watch_instances()
+
+    async def _watch_instances(self) -> None:
+        """Notice instances whose heartbeat key is gone (crashed: expired) and reap them."""
+        if self.kv_instances is None or self.draining:
+            return
+        keys = set(await _keys(self.kv_instances))
+        gone = self._seen_instances - keys - {self.instance_id}
+        self._seen_instances = keys
+        for instance in sorted(gone):
+            await self._reap(instance)
+
+    async def _reap(self, instance: str) -> None:
+        """Publish the offline events a vanished instance could not send.
+
+        One gateway does it (a KV ``create`` is the lock): each session still attributed to
+        that instance (clients that have not resumed elsewhere) gets ``presence:offline`` /
+        ``agent:offline`` in each of its conversations. After a graceful drain these repeat
+        offline events already sent; after a crash they are the only ones.
+        """
+        assert self.kv_presence is not None and self.kv_sessions is not None
+        try:
+            await self.kv_presence.create(f"reaped.{instance}", self.instance_id.encode())
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
+            return  # another gateway is on it
+        logger.info("instance %s is gone: publishing its clients' offline events", instance)
+        count = 0
+        for key in await _keys(self.kv_sessions):
+            try:
+                entry = await self.kv_sessions.get(key)
+                doc = jsonutil.loads(entry.value or b"")
+            except (nats.js.errors.Error, nats.errors.Error, ValueError):
+                continue
+            if not isinstance(doc, dict) or doc.get("instanceId") != instance:
+                continue
+            try:
+                principal = Principal.model_validate(doc.get("principal"))
+            except ValueError:
+                continue
+            event = _PRESENCE_EVENTS.get((principal.kind, False))
+            if event is None:
+                continue
+            for cid in doc.get("conversations") or {}:
+                data = {
+                    "conversationId": cid,
+                    "principalId": principal.id,
+                    "kind": principal.kind.value,
+                    "name": principal.name,
+                    "reason": "instance-lost",
+                }
+                with contextlib.suppress(nats.errors.Error):
+                    await self.publish(cid, envelopes.event_frame(event, data, conversation_id=cid))
+                    count += 1
+        logger.info("instance %s: %d offline events published", instance, count)
 
     async def scaling(self) -> dict[str, Any]:
         """design doc 1.4: users, agents and instances online across the cluster."""
@@ -663,7 +718,10 @@ class Hub:
         for key in await _keys(self.kv_presence):
             kind, _, rest = key.partition(".")
             pid = rest.rsplit(".", 1)[0]
-            (users if kind == PrincipalKind.USER.value else agents).add(pid)
+            if kind == PrincipalKind.USER.value:
+                users.add(pid)
+            elif kind == PrincipalKind.AGENT.value:
+                agents.add(pid)
         if self.kv_agents is None and self.nc is not None:
             with contextlib.suppress(nats.js.errors.BucketNotFoundError):
                 self.kv_agents = await self.nc.jetstream().key_value(subjects.KV_AGENTS)
