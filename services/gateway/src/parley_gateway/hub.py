@@ -752,21 +752,30 @@ class Hub:
     # ------------------------------------------------------------------ drain
 
     async def drain_connections(self, seconds: float) -> None:
-        """Close every client with 1001, spread over ``seconds``, after in-flight commands."""
+        """Close every client with 1001, spread over ``seconds``, after in-flight commands.
+
+        Up to 20 batches a second; in a batch each connection finishes its command in flight
+        (at most 2 s), its session is saved, then it is closed.
+        """
         conns = list(self.sessions.values())
         random.shuffle(conns)
         await self.flush()
         if not conns:
             return
-        step = seconds / len(conns)
-        for conn in conns:
-            deadline = time.monotonic() + 2.0
-            while conn.busy and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            await self.save_session(conn)
-            conn.close(1001, "server draining: reconnect with your session")
-            if step:
-                await asyncio.sleep(step)
+        ticks = max(1, min(len(conns), int(seconds * 20)))
+        per = -(-len(conns) // ticks)
+        interval = seconds / ticks
+        for i in range(0, len(conns), per):
+            await asyncio.gather(*(self._drain_one(c) for c in conns[i : i + per]))
+            if interval and i + per < len(conns):
+                await asyncio.sleep(interval)
+
+    async def _drain_one(self, conn: Conn) -> None:
+        deadline = time.monotonic() + 2.0
+        while conn.busy and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        await self.save_session(conn)
+        conn.close(1001, "server draining: reconnect with your session")
 
 
 async def _keys(kv: KeyValue) -> list[str]:
