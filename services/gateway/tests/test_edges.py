@@ -230,6 +230,8 @@ async def test_http_surface(
     assert status == 200, body
     doc = jsonutil.loads(body)
     assert doc["success"] and doc["data"]["q"] == {"status": "active", "limit": 5}
+    status, body, _ = await aget(gw.http + "/v1/conversations?status=&cursor=&limit=", tok)
+    assert status == 200 and jsonutil.loads(body)["data"]["q"] == {}  # empty = not given
     status, body, _ = await aget(gw.http + "/v1/conversations")
     assert status == 401 and jsonutil.loads(body)["error"]["code"] == "UNAUTHORIZED"
     status, body, _ = await aget(gw.http + "/v1/conversations/nope", tok)

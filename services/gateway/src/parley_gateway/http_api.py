@@ -38,6 +38,23 @@ _HTTP_CODES = {
 }
 
 Auth = Annotated[str | None, Header(description="Bearer <jwt>")]
+# Integers in the query; an empty value (``?limit=``) means "not given".
+IntParam = Annotated[str | None, Query(description="integer; empty = not given")]
+
+
+def _int(name: str, raw: str | None, low: int, high: int | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ParleyError(
+            ErrorCode.VALIDATION_ERROR, f"{name} must be an integer", {"field": name}
+        ) from None
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ParleyError(ErrorCode.VALIDATION_ERROR, f"{name} must be {bounds}", {"field": name})
+    return value
 
 
 def _envelope_response(envelope: dict[str, Any]) -> Response:
@@ -96,7 +113,9 @@ def create_app(hub: Hub) -> FastAPI:
         return principal
 
     async def query(subject: str, principal: Principal, data: dict[str, Any]) -> Response:
-        body = hub.command_body(principal, {k: v for k, v in data.items() if v is not None})
+        # An empty query parameter (``?status=``) means "not given".
+        given = {k: v for k, v in data.items() if v is not None and v != ""}
+        body = hub.command_body(principal, given)
         return _envelope_response(await hub.request(subject, body))
 
     @app.get("/healthz", tags=["ops"])
@@ -126,10 +145,10 @@ def create_app(hub: Hub) -> FastAPI:
         authorization: Auth = None,
         status: Annotated[str | None, Query(max_length=20)] = None,
         cursor: Annotated[str | None, Query(max_length=500)] = None,
-        limit: Annotated[int | None, Query(ge=1, le=200)] = None,
+        limit: IntParam = None,
     ) -> Response:
         principal = principal_of(authorization)
-        data = {"status": status, "cursor": cursor, "limit": limit}
+        data = {"status": status, "cursor": cursor, "limit": _int("limit", limit, 1, 200)}
         return await query(subjects.QUERY_CONVERSATIONS_LIST, principal, data)
 
     @app.get(
@@ -153,17 +172,21 @@ def create_app(hub: Hub) -> FastAPI:
     async def list_messages(
         conversation_id: str,
         authorization: Auth = None,
-        after_seq: Annotated[int | None, Query(alias="afterSeq", ge=0)] = None,
-        before_seq: Annotated[int | None, Query(alias="beforeSeq", ge=1)] = None,
-        limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+        after_seq: Annotated[
+            str | None, Query(alias="afterSeq", description="integer >= 0")
+        ] = None,
+        before_seq: Annotated[
+            str | None, Query(alias="beforeSeq", description="integer >= 1")
+        ] = None,
+        limit: IntParam = None,
     ) -> Response:
         principal = principal_of(authorization)
         check_id(conversation_id, "conversationId")
         data = {
             "conversationId": conversation_id,
-            "afterSeq": after_seq,
-            "beforeSeq": before_seq,
-            "limit": limit,
+            "afterSeq": _int("afterSeq", after_seq, 0, None),
+            "beforeSeq": _int("beforeSeq", before_seq, 1, None),
+            "limit": _int("limit", limit, 1, 500),
         }
         return await query(subjects.QUERY_MESSAGES_LIST, principal, data)
 
