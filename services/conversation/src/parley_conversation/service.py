@@ -237,7 +237,12 @@ class ConversationService:
                 logger.warning("NATS not ready (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        await self._ensure_stream()
+        try:
+            await self._ensure_stream()
+        except NatsError:
+            # Without the stream agent turns cannot be published (counted per message);
+            # everything else works, so the replica still starts.
+            logger.exception("could not ensure the JetStream stream of agent turns")
         self._started = True
         self.ready = True
         logger.info("conversation service %s ready", self.settings.instance_id)
@@ -289,7 +294,6 @@ class ConversationService:
         # handler starts: wait until nothing is in flight for a few consecutive checks.
         quiet = 0
         while quiet < 3:
-            await self.sequencer_drain_point()
             if self._in_flight == 0:
                 quiet += 1
             else:
@@ -297,10 +301,6 @@ class ConversationService:
                 await self._idle.wait()
             await asyncio.sleep(0.01)
         await self.sequencer.drain()
-
-    async def sequencer_drain_point(self) -> None:
-        """Let queued batches run (they resolve the handlers that wait for them)."""
-        await asyncio.sleep(0)
 
     async def check_ready(self) -> bool:
         if not self.ready:
