@@ -132,6 +132,11 @@ class Metrics:
             "Batches whose messages or totals could not be written after their events were.",
             registry=self.registry,
         )
+        self.publish_failures = Counter(
+            "parley_conversation_publish_failures_total",
+            "Frames stored but not published live (gateways gap-fill them).",
+            registry=self.registry,
+        )
         self.agent_turn_failures = Counter(
             "parley_conversation_agent_turn_publish_failures_total",
             "Agent turns that could not be published to JetStream.",
@@ -387,7 +392,13 @@ class ConversationService:
     # ------------------------------------------------------------ helpers
 
     async def _publish(self, subject: str, payload: bytes) -> None:
-        await self.broker.connection.publish(subject, payload)
+        """Core NATS publish. A failure never fails a stored write: the frame is in the event
+        log, and gateways fill the gap from QUERY_EVENTS_SINCE when the next one arrives."""
+        try:
+            await self.broker.connection.publish(subject, payload)
+        except NatsError as exc:
+            self.metrics.publish_failures.inc()
+            logger.warning("could not publish on %s: %r", subject, exc)
 
     async def _after_store(self, conv: Conversation, stored: list[Message]) -> None:
         """Agent turns for user messages in a conversation with an agent (JetStream, dedup)."""
