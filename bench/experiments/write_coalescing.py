@@ -84,7 +84,7 @@ async def serve(events: int, batch: int, coalesce: bool) -> float:
                 t.write(bytes(buf))
             buffers.clear()
         await asyncio.sleep(0)  # one loop tick per batch
-        while any(t.get_write_buffer_size() > 1 << 20 for t in transports):
+        while any(t.get_write_buffer_size() > 1 << 20 for t in transports):  # noqa: ASYNC110
             await asyncio.sleep(0.001)
     cpu = time.process_time() - cpu0
     server.close()
