@@ -32,6 +32,14 @@ CLOSE_TOKEN_EXPIRED = 4401
 CLOSE_HEARTBEAT = 4408
 
 _background: set[asyncio.Task[None]] = set()
+_FLUSH: list[Conn] = []  # connections with framed, unwritten data (flushed once per tick)
+
+
+def _flush_all() -> None:
+    pending = _FLUSH[:]
+    _FLUSH.clear()
+    for conn in pending:
+        conn.flush()
 
 
 class Conn:
@@ -46,6 +54,7 @@ class Conn:
         "metrics",
         "ping_waiter",
         "principal",
+        "queued",
         "resumed",
         "session_id",
         "ws",
@@ -76,6 +85,7 @@ class Conn:
         self.kicked = False
         self.resumed = False
         self.busy = False
+        self.queued = False  # in _FLUSH
 
     def __repr__(self) -> str:
         return f"Conn({self.principal.kind.value}:{self.principal.id}, {self.session_id})"
@@ -99,17 +109,48 @@ class Conn:
             self.close(CLOSE_TRY_AGAIN, "too slow: send queue full")
             return False
         try:
-            ws.protocol.send_text(data)
-            ws.send_data()
-        except Exception:  # the transport may fail in many ways; the socket is gone
+            ws.protocol.send_text(data)  # framed into the protocol's outgoing buffer
+        except Exception:  # the protocol may refuse in many ways; the socket is gone
             logger.debug("write failed on %r", self, exc_info=True)
             self.metrics.drops.labels("closed").inc()
             return False
-        self.metrics.deliveries.inc()
+        if not self.queued:
+            # One socket write per connection per loop iteration, whatever the number of
+            # frames (a burst of NATS messages read at once becomes one syscall per client).
+            self.queued = True
+            _FLUSH.append(self)
+            if len(_FLUSH) == 1:
+                asyncio.get_running_loop().call_soon(_flush_all)
+        self.metrics.delivered += 1
         return True
+
+    def flush(self) -> None:
+        """Hand the frames framed since the last flush to the transport in one write."""
+        self.queued = False
+        ws = self.ws
+        transport = ws.transport
+        try:
+            chunks = ws.protocol.data_to_send()
+            if not chunks:
+                return
+            if all(chunks):
+                transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                return
+            # An empty chunk means "half-close": let websockets do it its way.
+            for chunk in chunks:
+                if chunk:
+                    transport.write(chunk)
+                elif transport.can_write_eof():
+                    transport.write_eof()
+                else:
+                    transport.close()
+        except Exception:  # the transport may fail in many ways; the socket is gone
+            logger.debug("flush failed on %r", self, exc_info=True)
 
     async def wait_writable(self, patience: float = 30.0) -> None:
         """Wait until at most half the send queue is used (replays must not trip 1013)."""
+        if self.queued:
+            self.flush()  # count what is framed but not yet written
         transport = self.ws.transport
         deadline = time.monotonic() + patience
         while (

@@ -131,6 +131,7 @@ def create_app(hub: Hub) -> FastAPI:
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     async def metrics() -> Response:
+        hub.metrics.sync()
         return Response(generate_latest(hub.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/scaling", tags=["v1"], response_model=SuccessEnvelope, responses=_ERRORS)

@@ -62,6 +62,15 @@ class Metrics:
             "Conversations this instance is subscribed to",
             registry=r,
         )
+        # Counted as plain ints on the hot path, moved into the counters at scrape time.
+        self.delivered = 0
+        self._delivered_synced = 0
         self.slow_consumers = Counter(
             "parley_gateway_slow_consumers_total", "Clients closed with 1013", registry=r
         )
+
+    def sync(self) -> None:
+        """Move the hot-path tallies into their Prometheus counters (before a scrape)."""
+        delivered = self.delivered
+        self.deliveries.inc(delivered - self._delivered_synced)
+        self._delivered_synced = delivered
