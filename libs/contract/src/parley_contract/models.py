@@ -8,11 +8,15 @@ fields left out) so that every sample of ``seed/sample-messages.jsonl`` round-tr
 from __future__ import annotations
 
 import enum
-from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
+
+from parley_contract.timeutil import iso
+
+# Every timestamp on the wire as the frames write theirs: UTC, trailing Z, milliseconds.
+Timestamp = Annotated[AwareDatetime, PlainSerializer(iso, return_type=str, when_used="json")]
 
 
 class WireModel(BaseModel):
@@ -30,8 +34,8 @@ class BaseDocument(WireModel):
 
     created_by: str | None = None
     updated_by: str | None = None
-    created_at: AwareDatetime | None = None
-    updated_at: AwareDatetime | None = None
+    created_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
     is_active: bool = True
 
 
@@ -54,8 +58,8 @@ class Participant(WireModel):
     user_id: str | None = None
     agent_id: str | None = None
     role: ParticipantRole
-    joined_at: AwareDatetime
-    left_at: AwareDatetime | None = None
+    joined_at: Timestamp
+    left_at: Timestamp | None = None
 
     @property
     def principal_id(self) -> str:
@@ -69,7 +73,7 @@ class Participant(WireModel):
 class LastMessage(WireModel):
     content: str
     role: str
-    created_at: AwareDatetime
+    created_at: Timestamp
     # Parley additions so a list view can link and order without another fetch.
     message_id: str | None = None
     message_type: str | None = None
@@ -193,5 +197,5 @@ class Message(BaseDocument):
     reactions: dict[str, list[str]] | None = None  # emoji → principal ids
     cost: float | None = None  # USD, for agent messages with usage
     finish_reason: str | None = None  # 'stop' | 'tool_calls' | 'aborted' | 'error' | ...
-    edited_at: datetime | None = None
-    deleted_at: datetime | None = None
+    edited_at: Timestamp | None = None
+    deleted_at: Timestamp | None = None
