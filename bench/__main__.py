@@ -90,6 +90,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[1, 2],
         help="conversation-service replica counts for persisted",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs per fanout rate, the median counts (default 3, --quick 1)",
+    )
     p.add_argument("--duration", type=float, default=None, help="seconds per load step")
     p.add_argument(
         "--conversation-env",
@@ -220,7 +226,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
             )
     if name in ("fanout", "selfcheck"):
         rates = args.fanout_rates or (
-            [200.0, 1000.0] if q else [500.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0]
+            [200.0, 1000.0] if q else [1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0]
         )
         if name == "selfcheck":
             rates = args.fanout_rates or (
@@ -245,6 +251,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 threads=args.threads,
                 log_dir=log_dir,
                 label=name,
+                repeat=args.repeat or (1 if q or name == "selfcheck" else 3),
                 profile_rates=profile_rates,
                 profile_dir=PROFILES if profile_rates else None,
             )
