@@ -194,5 +194,9 @@ def create_app(hub: Hub) -> FastAPI:
     if settings.web_dist and Path(settings.web_dist).is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dist, html=True), name="web")
         logger.info("serving the web UI from %s", settings.web_dist)
+    elif settings.web_dist:
+        logger.warning(
+            "PARLEY_GATEWAY_WEB_DIST=%s is not a directory: no web UI", settings.web_dist
+        )
 
     return app
