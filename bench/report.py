@@ -163,8 +163,9 @@ def fanout_table(steps: list[dict[str, Any]]) -> list[str]:
 
 def persisted_table(runs: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| replicas | sent/s | acked/s | ack p50 / p99 / max ms | message:new p50 / p99 ms "
-        "| delivery ratio | seq gaps | failed acks | CPU % (conv, gw, store) |",
+        "| replicas / group commit | sent/s | acked/s | ack p50 / p99 / max ms "
+        "| message:new p50 / p99 ms | delivery ratio | seq gaps | failed acks "
+        "| CPU % (conv, gw, store) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
@@ -175,7 +176,8 @@ def persisted_table(runs: list[dict[str, Any]]) -> list[str]:
             conv = sum(v for k, v in cpu.items() if k.startswith("conversation"))
             gw = sum(v for k, v in cpu.items() if k.startswith("gateway"))
             lines.append(
-                f"| {r['conversationReplicas']} | {s['sentPerSecond']:,.0f} | "
+                f"| {r.get('groupCommit') or r['conversationReplicas']} | "
+                f"{s['sentPerSecond']:,.0f} | "
                 f"{s['ackedPerSecond']:,.0f} | "
                 + " / ".join(_f(_lat(lat["ack"], k)) for k in ("p50", "p99", "max"))
                 + " | "
@@ -242,7 +244,13 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
             )
             out.append("")
             out += fanout_table(res["steps"])
-        elif name == "persisted":
+        elif name in ("persisted", "groupcommit"):
+            if name == "groupcommit":
+                out.append(
+                    "1 conversation replica; `default` = group commit "
+                    "(`PARLEY_CONVERSATION_MAX_BATCH=500`), `max_batch_1` = one write per batch."
+                )
+                out.append("")
             out += persisted_table(res["runs"])
         elif name == "scaleout":
             out.append(

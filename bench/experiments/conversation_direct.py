@@ -1,0 +1,95 @@
+"""The conversation service alone: ``message:send`` requests straight over NATS (no gateway,
+no WebSocket) at 1, 10 and 50 in flight, against a Stack with the embedded store:
+``python -m bench.experiments.conversation_direct``. Separates the service + store ceiling
+from the gateway in the ``persisted`` scenario.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+
+from parley_contract import subjects
+from parley_contract.events import Event
+from parley_devstack.servers import free_port
+from parley_devstack.stack import Stack, StackConfig
+
+CONVERSATIONS = 50
+
+
+def _body(user: str, data: dict[str, Any]) -> bytes:
+    principal = {"id": user, "kind": "user", "name": None}
+    return json.dumps({"principal": principal, "data": data, "instanceId": "bench"}).encode()
+
+
+async def measure(nats_url: str, seconds: float) -> list[dict[str, Any]]:
+    nc = await nats.connect(nats_url)
+    convs = [f"direct-c{i}" for i in range(CONVERSATIONS)]
+    for c in convs:
+        await nc.request(
+            subjects.command(Event.CONVERSATION_CREATE),
+            _body("direct-u", {"conversationId": c}),
+            timeout=10,
+        )
+    out = []
+    for in_flight in (1, 10, 50):
+        lat: list[float] = []
+        failed = 0
+
+        async def one(conv: str, k: int, lat: list[float] = lat) -> bool:
+            t = time.perf_counter()
+            reply = await nc.request(
+                subjects.command(Event.MESSAGE_SEND),
+                _body("direct-u", {"conversationId": conv, "content": f"m{k}"}),
+                timeout=30,
+            )
+            lat.append((time.perf_counter() - t) * 1000)
+            return bool(json.loads(reply.data).get("success"))
+
+        t0 = time.perf_counter()
+        sent = 0
+        while time.perf_counter() - t0 < seconds:
+            oks = await asyncio.gather(
+                *(one(convs[(sent + i) % CONVERSATIONS], sent + i) for i in range(in_flight))
+            )
+            failed += sum(1 for ok in oks if not ok)
+            sent += in_flight
+        elapsed = time.perf_counter() - t0
+        lat.sort()
+        out.append(
+            {
+                "inFlight": in_flight,
+                "messagesPerSecond": round(sent / elapsed, 1),
+                "p50Ms": round(lat[len(lat) // 2], 1),
+                "p99Ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
+                "failed": failed,
+            }
+        )
+    await nc.close()
+    return out
+
+
+def main() -> None:
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = StackConfig(
+            workdir=Path(tmp),
+            gateway_ports=[free_port()],
+            agent_bridges=0,
+            log_level="WARNING",
+            database="bench_direct",
+        )
+        with Stack(cfg) as stack:
+            out = asyncio.run(measure(stack.nats_url, seconds))
+    sys.stdout.write(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
