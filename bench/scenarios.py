@@ -251,7 +251,7 @@ def _load_step(
     lat = res["latencyMs"]
     logger.info(
         "%s %6.0f/s: sent %d, delivered %d (ratio %.4f, %.0f/s), p50/p99/max same %s/%s/%s "
-        "cross %s/%s/%s ms%s, cpu %s",
+        "cross %s/%s/%s ms%s, cpu %s, generator loop lag p99/max %.0f/%.0f ms",
         kind,
         rate,
         res["sent"],
@@ -270,6 +270,8 @@ def _load_step(
             else ""
         ),
         res["cpuPercent"],
+        res["generator"]["loopLagP99Ms"],
+        res["generator"]["loopLagMaxMs"],
     )
     return res
 
