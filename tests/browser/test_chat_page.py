@@ -11,6 +11,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -349,21 +350,25 @@ def _send_as(system: System, sub: str, gateway: int, cid: str, texts: list[str])
     with websockets.sync.client.connect(url, open_timeout=10) as ws:
         hello = json.loads(ws.recv(timeout=10))
         assert hello["event"] == "connected"
+        batch = uuid.uuid4().hex[:8]
         for i, text in enumerate(texts):
-            ws.send(
-                json.dumps(
-                    {
-                        "event": "message:send",
-                        "id": f"s{i}",
-                        "data": {"conversationId": cid, "content": text},
-                    }
-                )
-            )
-            while True:
-                frame = json.loads(ws.recv(timeout=10))
-                if frame.get("id") == f"s{i}":
-                    assert frame["success"], frame
+            command = {
+                "event": "message:send",
+                "id": f"s{i}",
+                "data": {"conversationId": cid, "content": text, "clientMessageId": f"{batch}-{i}"},
+            }
+            # A well-behaved client: on RATE_LIMITED it waits and retries the same message
+            # (the clientMessageId makes the retry safe).
+            for _attempt in range(20):
+                ws.send(json.dumps(command))
+                while True:
+                    frame = json.loads(ws.recv(timeout=10))
+                    if frame.get("id") == f"s{i}":
+                        break
+                if frame["success"] or frame["error"]["code"] != "RATE_LIMITED":
                     break
+                time.sleep(0.5)
+            assert frame["success"], frame
 
 
 def test_killing_the_pages_gateway_reconnects_and_loses_nothing(
