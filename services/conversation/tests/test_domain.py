@@ -193,3 +193,16 @@ def test_updates_always_move_updated_at_forward() -> None:
     left = domain.leave(future, ALICE)
     assert left.updated_at is not None and future.updated_at is not None
     assert left.updated_at > future.updated_at
+
+
+def test_cap_page_keeps_at_least_one_item_and_refuses_one_over_the_limit() -> None:
+    items = ["a", "b", "c", "d"]
+    assert domain.cap_page(items, [10, 10, 10, 10], 25, 100) == (["a", "b"], True)
+    assert domain.cap_page(items, [10, 10, 10, 10], 25, 100, keep_end=True) == (["c", "d"], True)
+    assert domain.cap_page(items, [10, 10, 10, 10], 40, 100) == (items, False)
+    assert domain.cap_page(items, [50, 10, 10, 10], 25, 100) == (["a"], True)
+    assert domain.cap_page([], [], 25, 100) == ([], False)
+    with pytest.raises(ParleyError) as err:
+        domain.cap_page(items, [10, 10, 10, 500], 25, 100, keep_end=True)
+    assert err.value.code is ErrorCode.PAYLOAD_TOO_LARGE
+    assert err.value.details == {"index": 3, "bytes": 500, "maxBytes": 100}

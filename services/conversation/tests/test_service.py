@@ -625,3 +625,70 @@ async def test_concurrent_leaves_and_updates_lose_nothing(
     assert len(conv["tags"]) == 1 and conv["tags"][0] in {"t0", "t1", "t2", "t3"}
     log = (await events_since(request_, cid))["data"]["events"]
     assert [f["seq"] for f in log] == list(range(1, 14))  # created + 12 updates
+
+
+async def test_history_replies_are_cut_in_bytes_and_page_through(
+    service: ConversationService, request_: Request
+) -> None:
+    """10 messages of ~128 KB each (1.3 MB) would be one reply over NATS's 1 MB max payload,
+    never delivered. The replies are cut near 512 KB, say hasMore, and page through."""
+    conv = await create(request_)
+    cid = conv["_id"]
+    big = "\U0001f600" * 32_000  # 32,000 characters, 128,000 bytes of UTF-8
+    for i in range(10):
+        r = await request_(SEND, {"conversationId": cid, "content": f"{i}{big}"[:32_000]}, ALICE)
+        assert r["success"], r["error"]
+    budget = service.settings.max_reply_bytes
+    # Events: pages of several events, under the budget, gapless, until hasMore is false.
+    seqs: list[int] = []
+    after, pages = 0, 0
+    while True:
+        msg = await request_(
+            subjects.QUERY_EVENTS_SINCE,
+            None,
+            raw=jsonutil.dumps(
+                {"principal": ALICE, "conversationId": cid, "afterSeq": after, "limit": 1000}
+            ),
+        )
+        assert msg["success"], msg
+        page = msg["data"]["events"]
+        assert page and len(jsonutil.dumps(msg)) <= budget + 4096
+        seqs += [f["seq"] for f in page]
+        after, pages = page[-1]["seq"], pages + 1
+        if not msg["data"]["hasMore"]:
+            break
+        assert after < msg["data"]["lastSeq"]
+    assert seqs == list(range(1, 12))  # conversation:created + 10 messages
+    assert pages >= 3
+    # Messages forward (afterSeq): cut at the newest end.
+    got: list[int] = []
+    after = 0
+    while True:
+        r = await request_(
+            subjects.QUERY_MESSAGES_LIST, {"conversationId": cid, "afterSeq": after, "limit": 500}
+        )
+        assert r["success"], r
+        items = r["data"]["items"]
+        assert items and len(jsonutil.dumps(r)) <= budget + 4096
+        got += [m["seq"] for m in items]
+        after = items[-1]["seq"]
+        if not r["data"]["hasMore"]:
+            break
+    assert got == list(range(2, 12))
+    # The latest messages (no cursor): cut at the oldest end, then page back with beforeSeq.
+    got = []
+    before: int | None = None
+    while True:
+        data: dict[str, Any] = {"conversationId": cid, "limit": 500}
+        if before is not None:
+            data["beforeSeq"] = before
+        r = await request_(subjects.QUERY_MESSAGES_LIST, data)
+        assert r["success"], r
+        items = r["data"]["items"]
+        assert items and len(jsonutil.dumps(r)) <= budget + 4096
+        got = [m["seq"] for m in items] + got
+        before = items[0]["seq"]
+        if not r["data"]["hasMore"]:
+            break
+    assert got == list(range(2, 12))
+    assert r["data"]["items"][0]["content"].startswith("0")

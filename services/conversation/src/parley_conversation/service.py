@@ -74,6 +74,7 @@ HANDLED_COMMANDS: tuple[Event, ...] = (
 )
 COMMAND_BY_SUBJECT: dict[str, Event] = {subjects.command(e): e for e in HANDLED_COMMANDS}
 UPDATE_RETRIES = 50  # optimistic conversation updates under contention
+REPLY_ENVELOPE_BYTES = 4096  # room for the reply envelope around a page's items
 
 
 # ---------------------------------------------------------------- query payloads
@@ -635,14 +636,44 @@ class ConversationService:
         items, more = await self.store.list_messages(
             q.conversation_id, q.after_seq, q.before_seq, q.limit
         )
-        return {"items": [model_json(m) for m in items], "hasMore": more}
+        wire = [model_json(m) for m in items]
+        # afterSeq pages run forward (cut the newest end); the others are "the latest N"
+        # (cut the oldest end). Either way the cut side is the one hasMore speaks of.
+        kept, cut = self._cap_reply(wire, keep_end=q.after_seq is None)
+        return {"items": kept, "hasMore": more or cut}
+
+    def _reply_limits(self) -> tuple[int, int]:
+        """(page budget, hard limit of one item) in bytes, under the NATS max payload."""
+        try:
+            max_payload = int(self.broker.connection.max_payload)
+        except AttributeError:  # not connected yet
+            max_payload = 1024 * 1024
+        hard = max(1024, max_payload - REPLY_ENVELOPE_BYTES)
+        return min(self.settings.max_reply_bytes, hard), hard
+
+    def _cap_reply(self, items: list[Any], *, keep_end: bool = False) -> tuple[list[Any], bool]:
+        budget, hard = self._reply_limits()
+        sizes = [len(jsonutil.dumps(x)) + 1 for x in items]
+        try:
+            return domain.cap_page(items, sizes, budget, hard, keep_end=keep_end)
+        except ParleyError as exc:
+            details = dict(exc.details or {})
+            index = details.pop("index", None)
+            if isinstance(index, int) and isinstance(items[index], dict):
+                details["seq"] = items[index].get("seq")
+            raise ParleyError(exc.code, exc.message, details) from None
 
     async def events_since(self, req: EventsSinceRequest) -> Any:
         cid = check_id(req.conversation_id, "conversationId")
         await self._conversation(req.principal, cid)
         frames = await self.store.events_since(cid, req.after_seq, req.until_seq, req.limit)
         last = await self.store.last_seq(cid)
-        return {"events": frames, "lastSeq": last}
+        # A reply over the NATS max payload is never delivered: cut the page in bytes.
+        frames, _cut = self._cap_reply(frames)
+        end = last if req.until_seq is None else min(last, req.until_seq)
+        sent = frames[-1].get("seq") if frames else None
+        more = isinstance(sent, int) and sent < end
+        return {"events": frames, "lastSeq": last, "hasMore": more}
 
 
 async def _backoff() -> None:

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     max_batch: int = Field(
         default=500, ge=1, validation_alias=_env("PARLEY_CONVERSATION_MAX_BATCH")
     )
+    # Largest history reply (QUERY_EVENTS_SINCE, QUERY_MESSAGES_LIST) in bytes: a page is cut
+    # there (hasMore: true), always keeping one item; never above the NATS max payload.
+    max_reply_bytes: int = Field(
+        default=512 * 1024, ge=1024, validation_alias=_env("PARLEY_CONVERSATION_MAX_REPLY_BYTES")
+    )
     # Seconds a SIGTERM waits for in-flight batches before giving up.
     drain_seconds: float = Field(
         default=20.0, ge=0, validation_alias=_env("PARLEY_CONVERSATION_DRAIN_SECONDS")
