@@ -14,14 +14,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parley_contract import envelopes, subjects
-from parley_contract.auth import verify_token
+from parley_contract.auth import mint_token, verify_token
 from parley_contract.envelopes import ErrorEnvelope, SuccessEnvelope
 from parley_contract.errors import HTTP_STATUS, ErrorCode, ParleyError
+from parley_contract.events import PrincipalKind
 from parley_contract.ids import check_id
 from parley_contract.internal import Principal
 from parley_gateway.hub import Hub
 
 logger = logging.getLogger(__name__)
+
+DEV_TOKEN_TTL_SECONDS = 12 * 3600
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope} for status in (401, 403, 404, 422, 503, 504)
@@ -190,6 +193,39 @@ def create_app(hub: Hub) -> FastAPI:
             "limit": _int("limit", limit, 1, 500),
         }
         return await query(subjects.QUERY_MESSAGES_LIST, principal, data)
+
+    dev_tokens = settings.environment == "development" and settings.jwt_algorithm == "HS256"
+
+    @app.get(
+        "/v1/dev/token",
+        tags=["dev"],
+        response_model=SuccessEnvelope,
+        responses=_ERRORS,
+        include_in_schema=dev_tokens,
+    )
+    async def dev_token(
+        sub: Annotated[str | None, Query(description="principal id")] = None,
+        kind: Annotated[str | None, Query(description="user | agent")] = None,
+        name: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> Response:
+        """A short-lived token signed with this gateway's HS256 secret (development only)."""
+        if not dev_tokens:
+            raise ParleyError(ErrorCode.NOT_FOUND, "Not Found")
+        principal_id = check_id(sub, "sub")
+        kind = kind or PrincipalKind.USER.value
+        if kind not in (PrincipalKind.USER.value, PrincipalKind.AGENT.value):
+            raise ParleyError(
+                ErrorCode.VALIDATION_ERROR, "kind must be 'user' or 'agent'", {"field": "kind"}
+            )
+        assert settings.jwt_secret is not None
+        tok = mint_token(
+            principal_id,
+            PrincipalKind(kind),
+            name=name or None,
+            ttl_seconds=DEV_TOKEN_TTL_SECONDS,
+            secret=settings.jwt_secret,
+        )
+        return JSONResponse(envelopes.ok({"token": tok}))
 
     if settings.web_dist and Path(settings.web_dist).is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dist, html=True), name="web")
