@@ -75,3 +75,21 @@ def test_token_bucket() -> None:
     assert [bucket.take(t) for _ in range(5)] == [True, True, True, True, False]
     assert bucket.take(t + 0.5)  # one token back after half a second
     assert not bucket.take(t + 0.5)
+
+
+def test_timestamps_keep_the_protocol_format() -> None:
+    import re
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from parley_contract.timeutil import iso, now_iso, utcnow
+
+    assert iso(datetime(2026, 1, 1, 10, 0, 0, tzinfo=UTC)) == "2026-01-01T10:00:00Z"
+    assert iso(datetime(2026, 1, 1, 10, 0, 0, 5, tzinfo=UTC)) == "2026-01-01T10:00:00.000Z"
+    assert iso(datetime(2026, 1, 1, 10, 0, 0, 123999, tzinfo=UTC)) == "2026-01-01T10:00:00.123Z"
+    plus2 = timezone(timedelta(hours=2))
+    assert iso(datetime(2026, 1, 1, 1, 30, 0, 450000, tzinfo=plus2)) == "2025-12-31T23:30:00.450Z"
+    before = iso(utcnow())
+    now = now_iso()
+    after = iso(utcnow())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", now)
+    assert before[:19] <= now[:19] <= after[:19]

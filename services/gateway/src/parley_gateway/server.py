@@ -278,6 +278,12 @@ class Gateway:
                     )
             parse_payload(event, data)
             envelope = await self.dispatch(conn, event, data)
+            if envelope is None:  # success without data: no envelope unless a reply is due
+                self.metrics.commands.labels(label, "ok").inc()
+                self.metrics.command_latency.labels(label).observe(time.perf_counter() - start)
+                if cmd_id is not None:
+                    conn.send(envelopes.reply_frame(reply_event, cmd_id, envelopes.ok(None)))
+                return
         except ParleyError as exc:
             envelope = envelopes.fail_from(exc)
         except Exception:
@@ -291,7 +297,10 @@ class Gateway:
         elif not envelope["success"]:
             conn.send({"event": Event.ERROR.value, **envelope})
 
-    async def dispatch(self, conn: Conn, event: Event, data: dict[str, Any]) -> dict[str, Any]:
+    async def dispatch(
+        self, conn: Conn, event: Event, data: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The reply envelope of a command; ``None`` for a success with ``data: null``."""
         hub = self.hub
         if event in _RELAYED:
             return await hub.request(
@@ -320,7 +329,7 @@ class Gateway:
                 "name": p.name,
             }
             await hub.publish(cid, envelopes.event_frame(event, payload, conversation_id=cid))
-            return envelopes.ok(None)
+            return None
         if event in (Event.PRESENCE_ONLINE, Event.PRESENCE_OFFLINE):
             status = data.get("status")
             for cid in list(conn.joined):
