@@ -93,3 +93,14 @@ def test_timestamps_keep_the_protocol_format() -> None:
     after = iso(utcnow())
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", now)
     assert before[:19] <= now[:19] <= after[:19]
+
+
+def test_frame_text_matches_websockets() -> None:
+    from websockets.frames import Frame, Opcode
+
+    from parley_gateway.conn import frame_text
+
+    for n in (0, 1, 125, 126, 127, 1000, 65535, 65536, 70000):
+        payload = b"x" * n
+        expected = Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+        assert frame_text(payload) == expected, n

@@ -35,6 +35,22 @@ _background: set[asyncio.Task[None]] = set()
 _FLUSH: list[Conn] = []  # connections with framed, unwritten data (flushed once per tick)
 
 
+def frame_text(payload: bytes) -> bytes:
+    """The WebSocket text frame of ``payload`` as this server sends it (RFC 6455 5.2).
+
+    Server frames are unmasked and the gateway runs without extensions (compression off), so
+    the frame of an event is the same bytes for every receiver: framed once per event, then
+    handed to every member (``Conn.push_frame``). Same bytes as websockets'
+    ``Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])``.
+    """
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 0x10000:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
 def _flush_all() -> None:
     pending = _FLUSH[:]
     _FLUSH.clear()
@@ -96,6 +112,16 @@ class Conn:
 
     def push(self, data: bytes) -> bool:
         """Write one text frame without waiting; close 1013 if the client cannot keep up."""
+        return self.push_frame(frame_text(data))
+
+    def push_frame(self, frame: bytes) -> bool:
+        """Queue an already framed text frame (``frame_text``) for this client.
+
+        The bytes go into websockets' own outgoing list (``protocol.writes``), the list that
+        ``send_text`` appends to and ``data_to_send`` empties: pongs, pings and the close
+        frame that websockets queues stay in order with the data, and its state machine
+        (closing handshake) is untouched. The protocol keeps no byte count of what it sent.
+        """
         ws = self.ws
         if self.closing or ws.protocol.state is not State.OPEN:
             self.metrics.drops.labels("closed").inc()
@@ -108,12 +134,7 @@ class Conn:
             logger.info("closing slow client %r (1013)", self)
             self.close(CLOSE_TRY_AGAIN, "too slow: send queue full")
             return False
-        try:
-            ws.protocol.send_text(data)  # framed into the protocol's outgoing buffer
-        except Exception:  # the protocol may refuse in many ways; the socket is gone
-            logger.debug("write failed on %r", self, exc_info=True)
-            self.metrics.drops.labels("closed").inc()
-            return False
+        ws.protocol.writes.append(frame)  # the protocol is OPEN: send_text would do this
         if not self.queued:
             # One socket write per connection per loop iteration, whatever the number of
             # frames (a burst of NATS messages read at once becomes one syscall per client).

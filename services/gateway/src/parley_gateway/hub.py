@@ -35,7 +35,7 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import EventsSinceRequest, Principal
 from parley_contract.timeutil import now_iso
-from parley_gateway.conn import CLOSE_POLICY, Conn
+from parley_gateway.conn import CLOSE_POLICY, Conn, frame_text
 from parley_gateway.metrics import Metrics
 from parley_gateway.natsdirect import subscribe_direct
 from parley_gateway.ordering import Outcome, Sequencer
@@ -355,8 +355,9 @@ class Hub:
         seq = frame.get("seq")
         if not isinstance(seq, int):
             self.metrics.events_in.labels("ephemeral").inc()
+            wire = frame_text(data)  # framed once, the same bytes for every member
             for conn in list(conv.members):
-                conn.push(data)
+                conn.push_frame(wire)
             return
         self.metrics.events_in.labels("durable").inc()
         out = conv.seq.push(seq, data)
@@ -374,13 +375,16 @@ class Hub:
 
     def deliver(self, conv: ConvState, seq: int, frame: bytes) -> None:
         cid = conv.cid
+        wire: bytes | None = None
         for conn in list(conv.members):
             if conn.joined.get(cid, 0) >= seq:
                 self.metrics.drops.labels("duplicate").inc()
                 continue
             conn.joined[cid] = seq
             self.dirty.add(conn)
-            conn.push(frame)
+            if wire is None:
+                wire = frame_text(frame)  # framed once, the same bytes for every member
+            conn.push_frame(wire)
 
     async def _fill_gap(self, conv: ConvState, wait: float) -> None:
         try:
@@ -499,8 +503,9 @@ class Hub:
     def _principal_handler(self, state: PrincipalState) -> Callable[[Msg], None]:
         def on_msg(msg: Msg) -> None:
             self.metrics.events_in.labels("principal").inc()
+            wire = frame_text(msg.data)
             for conn in list(state.conns):
-                conn.push(msg.data)
+                conn.push_frame(wire)
 
         return on_msg
 
