@@ -12,6 +12,7 @@ what docker compose, the k8s manifests and docs/configuration.md provide:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -145,3 +146,29 @@ def test_settings_accept_the_deployed_environment(
             check = getattr(settings, "check", None)
             if callable(check):
                 check()
+
+
+def _size(text: str) -> int:
+    match = re.fullmatch(r"(\d+)\s*([KMG]?B?)", text.strip().upper())
+    assert match, text
+    unit = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3}
+    return int(match.group(1)) * unit[match.group(2)]
+
+
+def test_nats_max_payload_carries_the_largest_reply(
+    dt: ModuleType, all_service_settings: dict[str, Any]
+) -> None:
+    """History replies are cut at PARLEY_CONVERSATION_MAX_REPLY_BYTES; NATS must accept them."""
+    settings = all_service_settings["conversation"]
+    field = settings.env.get("PARLEY_CONVERSATION_MAX_REPLY_BYTES")
+    if field is None:
+        pytest.skip("the conversation service no longer reads PARLEY_CONVERSATION_MAX_REPLY_BYTES")
+    cls = next(c for c in settings.classes if c.__name__ == field.split(".")[0])
+    reply = int(cls.model_fields[field.split(".")[1]].default)
+    config_map = next(d for d in dt.k8s_docs() if d.kind == "ConfigMap" and d.name == "nats-config")
+    confs = [config_map.body["data"]["nats.conf"]]
+    confs += [p.read_text() for p in sorted((REPO / "deploy" / "nats").glob("*.conf"))]
+    for conf in confs:
+        match = re.search(r"^\s*max_payload:\s*(\S+)", conf, re.M)
+        assert match, "set max_payload explicitly"
+        assert _size(match.group(1)) > reply
