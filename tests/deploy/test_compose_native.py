@@ -294,8 +294,11 @@ async def test_compose_stack_runs_natively_reaches_readyz_serves_and_stops(
             f"http://127.0.0.1:{last}/v1/conversations/{conversation_id}",
             headers={"Authorization": f"Bearer {token}"},
         )
+        # Production mode: the development token endpoint is not there.
+        dev = await client.get(f"http://127.0.0.1:{last}/v1/dev/token", params={"sub": "u-1"})
     assert response.status_code == 200, response.text
     assert response.json()["data"]["title"] == "native"
+    assert dev.status_code == 404, dev.text
 
     # The UI at PARLEY_GATEWAY_WEB_DIST (in the image: /app/web/dist, here web/dist, which
     # `make test` builds before pytest; without a build the gateway serves no UI).
