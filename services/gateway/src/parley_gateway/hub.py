@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 FLUSH_BATCH = 500  # session writes per flush tick at most (2000/s at the default 0.25 s)
 EVENTS_PAGE = 200  # events per QUERY_EVENTS_SINCE request (the service allows up to 1000)
+# Ephemeral events this gateway publishes (typing, presence) wait at most this long so that
+# the publishes of many commands share one socket write of the NATS client.
+PUBLISH_WINDOW_SECONDS = 0.001
 
 _PRESENCE_EVENTS = {
     (PrincipalKind.USER, True): Event.PRESENCE_ONLINE,
@@ -97,6 +100,8 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._kick_sub: Subscription | None = None
         self._seen_instances: set[str] = set()
+        self._outbox: list[tuple[str, bytes]] = []  # publishes waiting for the window
+        self._publishing: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -193,6 +198,7 @@ class Hub:
                 await task
         with contextlib.suppress(Exception):
             await self.flush()
+        await self._flush_publishes()
         if self.kv_instances is not None:
             with contextlib.suppress(Exception):
                 await self.kv_instances.delete(self.instance_id)
@@ -464,8 +470,41 @@ class Hub:
         await self.release(conv)
 
     async def publish(self, cid: str, frame: dict[str, Any]) -> None:
-        assert self.nc is not None
-        await self.nc.publish(subjects.conversation_events(cid), jsonutil.dumps(frame))
+        """Publish an ephemeral event to a conversation (batched; never waits for NATS).
+
+        Publishes are collected for ``PUBLISH_WINDOW_SECONDS`` and handed to the NATS client
+        together: one socket write for the batch instead of one per event loop tick that
+        published (the gateway publishes only ephemeral events: typing, presence).
+        """
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "message bus unavailable")
+        self._outbox.append((subjects.conversation_events(cid), jsonutil.dumps(frame)))
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_later(PUBLISH_WINDOW_SECONDS, self._send_outbox)
+
+    def _send_outbox(self) -> None:
+        batch, self._outbox = self._outbox, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._publish_batch(batch))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+
+    async def _publish_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        nc = self.nc
+        if nc is None:
+            return
+        for subject, payload in batch:  # no real wait inside: one flush for all of them
+            try:
+                await nc.publish(subject, payload)
+            except nats.errors.Error as exc:
+                logger.warning("publish on %s failed: %s", subject, exc)
+
+    async def _flush_publishes(self) -> None:
+        """Send what waits in the outbox now (drain, stop)."""
+        self._send_outbox()
+        if self._publishing:
+            await asyncio.gather(*self._publishing, return_exceptions=True)
 
     async def publish_presence(
         self, conn: Conn, cid: str, *, online: bool, status: str | None = None
@@ -480,7 +519,7 @@ class Hub:
         }
         if status is not None:
             data["status"] = status
-        with contextlib.suppress(nats.errors.Error):
+        with contextlib.suppress(nats.errors.Error, ParleyError):
             await self.publish(cid, envelopes.event_frame(event, data, conversation_id=cid))
 
     # ------------------------------------------------------------------ connections
@@ -710,7 +749,7 @@ class Hub:
                     "name": principal.name,
                     "reason": "instance-lost",
                 }
-                with contextlib.suppress(nats.errors.Error):
+                with contextlib.suppress(nats.errors.Error, ParleyError):
                     await self.publish(cid, envelopes.event_frame(event, data, conversation_id=cid))
                     count += 1
         logger.info("instance %s: %d offline events published", instance, count)
