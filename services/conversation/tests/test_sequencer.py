@@ -109,6 +109,7 @@ async def test_concurrent_sends_are_batched_in_order(setup: Any) -> None:
     assert max(batches) > 1 and max(batches) <= 50 and sum(batches) == 120
     assert repo.append_calls == len(batches) < 120
     assert [f["seq"] for _, f in published] == list(range(1, 121))
+    await seq.settle_totals()
     assert repo.totals.messages == 120 and repo.totals.max_seq == 120
 
 
@@ -168,3 +169,37 @@ async def test_projection_errors_are_retried_and_never_fail_a_stored_send(
     res = await seq.send(ALICE, message("event only"))
     assert res.seq == 2 and failures == [1]
     assert [f["data"]["content"] for _, f in published] == ["survives", "event only"]
+
+
+async def test_totals_are_coalesced_and_exact_once_settled(setup: Any) -> None:
+    repo, seq, _published, batches = setup
+    calls: list[int] = []
+    gate = asyncio.Event()
+    real = repo.add_totals
+
+    async def slow_totals(totals: Mapping[str, MessageTotals]) -> None:
+        calls.append(sum(t.messages for t in totals.values()))
+        await gate.wait()  # the store is slow: the next batches' totals must merge
+        await real(totals)
+
+    repo.add_totals = slow_totals
+    first = await seq.send(ALICE, message("first"))  # replied before its totals are written
+    assert first.seq == 1 and repo.totals.messages == 0
+    rest = [asyncio.ensure_future(seq.send(ALICE, message(f"m{i}"))) for i in range(30)]
+    await asyncio.gather(*rest)
+    assert len(batches) >= 2
+    gate.set()
+    await seq.settle_totals()
+    assert repo.totals.messages == 31 and repo.totals.max_seq == 31
+    assert calls == [1, 30]  # one write in flight, everything after it merged into one
+
+
+def test_merge_totals_keeps_the_higher_last_message() -> None:
+    a = MessageTotals(messages=1, tokens=2, cost=0.5, last_message=None, max_seq=3)
+    conv_msg = domain.new_message(ALICE, MessageSend(conversation_id="c1", content="x"))
+    last = domain.last_message_of(conv_msg.model_copy(update={"seq": 7}))
+    b = MessageTotals(messages=2, tokens=1, cost=0.25, last_message=last, max_seq=7)
+    m = sequencer.merge_totals(a, b)
+    assert (m.messages, m.tokens, m.cost, m.max_seq) == (3, 3, 0.75, 7)
+    assert m.last_message is last
+    assert sequencer.merge_totals(b, a).last_message is last

@@ -119,6 +119,9 @@ async def test_500_concurrent_sends_through_two_replicas(
     for r in replies:
         assert by_seq[r["data"]["seq"]]["data"] == r["data"]
 
+    # Totals are written in the background (coalesced); a replica's reads wait for its own,
+    # so across replicas wait for both to settle.
+    await asyncio.gather(*(s.sequencer.settle_totals() for s in two_replicas))
     got = await request_(subjects.QUERY_CONVERSATION_GET, {"conversationId": cid}, ALICE)
     assert got["success"], got
     c = got["data"]

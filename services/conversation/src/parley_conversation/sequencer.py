@@ -16,6 +16,7 @@ next one accumulates, so the batch size grows with the load (no timer, no idle l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ class Sequencer:
         max_batch: int = 500,
         on_batch: Callable[[int], None] | None = None,
         on_projection_failure: Callable[[], None] | None = None,
+        totals_interval: float = 0.0,
     ) -> None:
         self._store = store
         self._publish = publish
@@ -87,6 +89,14 @@ class Sequencer:
         self._worker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
+        # Totals not written yet, merged per conversation (see _add_totals).
+        self._totals: dict[str, MessageTotals] = {}
+        self._totals_writer: asyncio.Task[None] | None = None
+        self._totals_added = 0  # batches of totals queued so far
+        self._totals_written = 0  # ... of which written (or given up, see _project)
+        self._totals_round = asyncio.Event()  # set (and replaced) after each write
+        self._totals_interval = totals_interval  # least pause between two totals writes
+        self._totals_flush = asyncio.Event()  # cuts that pause short (a read, a drain)
 
     @property
     def in_flight(self) -> int:
@@ -116,12 +126,60 @@ class Sequencer:
     async def drain(self) -> None:
         """Refuse new work and wait for every queued batch to be written and answered."""
         self._closing = True
-        while self._worker is not None or self._background:
+        self._totals_flush.set()
+        while self._worker is not None or self._background or self._totals_writer is not None:
             await asyncio.gather(
                 *([self._worker] if self._worker else []),
+                *([self._totals_writer] if self._totals_writer else []),
                 *self._background,
                 return_exceptions=True,
             )
+
+    async def settle_totals(self) -> None:
+        """Wait until the totals of the batches this replica stored so far are written
+        (not the ones stored after this call: it ends even under a steady load)."""
+        target = self._totals_added
+        while self._totals_written < target and self._totals_writer is not None:
+            self._totals_flush.set()
+            await self._totals_round.wait()
+
+    def _add_totals(self, totals: dict[str, MessageTotals]) -> None:
+        """Queue a batch's totals for the totals writer, merged per conversation.
+
+        The writer has at most one bulk update in flight; the totals of the batches stored
+        meanwhile merge into one ``$inc``/``$max`` per conversation and go out next. So the
+        store does one totals update per conversation per write (not per batch) when it is
+        the bottleneck, and none of it holds up the next batch's inserts or the replies.
+        When totals are still pending after a write, the writer pauses ``totals_interval``
+        seconds (cut short by ``settle_totals`` or a drain) so more batches merge: when
+        busy, each conversation's totals are updated at most once per pause. The totals are
+        exact once the writer is idle (``settle_totals``).
+        """
+        for cid, t in totals.items():
+            old = self._totals.get(cid)
+            self._totals[cid] = t if old is None else merge_totals(old, t)
+        self._totals_added += 1
+        if self._totals_writer is None:
+            self._totals_writer = asyncio.create_task(self._write_totals(), name="totals")
+
+    async def _write_totals(self) -> None:
+        try:
+            while self._totals:
+                self._totals_flush.clear()
+                batch, self._totals = self._totals, {}
+                upto = self._totals_added
+                await self._project("totals", lambda b=batch: self._store.add_totals(b))  # type: ignore[misc]
+                self._totals_written = upto
+                self._totals_round.set()
+                self._totals_round = asyncio.Event()
+                if self._totals and self._totals_interval > 0 and not self._closing:
+                    # Busy: let more batches merge (one update per conversation per pause).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._totals_flush.wait(), self._totals_interval)
+        finally:
+            self._totals_writer = None
+            self._totals_round.set()
+            self._totals_round = asyncio.Event()
 
     async def _work(self) -> None:
         jobs: list[tuple[str, _Job]] = []
@@ -217,11 +275,10 @@ class Sequencer:
             stored_by[cid] = stored
             all_stored.extend(stored)
         # The events are stored: the writes are durable from here on. The projections
-        # (messages, totals) are independent, so in parallel, each retried on a store error.
-        await asyncio.gather(
-            self._project("messages", lambda: self._store.insert_messages(all_stored)),
-            self._project("totals", lambda: self._store.add_totals(totals)),
-        )
+        # (messages, totals) are each retried on a store error. The reply waits for the
+        # messages; the totals go to the totals writer (coalesced, written in the background).
+        self._add_totals(totals)
+        await self._project("messages", lambda: self._store.insert_messages(all_stored))
         for cid, res_list in results.items():
             subject = subjects.conversation_events(cid)
             for res in res_list:
@@ -288,6 +345,20 @@ class Sequencer:
             return model_json(job.stored)
 
         return PendingEvent(Event.MESSAGE_NEW, build, job.message.client_message_id)
+
+
+def merge_totals(a: MessageTotals, b: MessageTotals) -> MessageTotals:
+    """The totals of ``a`` then ``b`` (sums; the last message and seq of the higher seq)."""
+    last = a.last_message
+    if b.last_message is not None and (last is None or (b.last_message.seq or 0) > (last.seq or 0)):
+        last = b.last_message
+    return MessageTotals(
+        messages=a.messages + b.messages,
+        tokens=a.tokens + b.tokens,
+        cost=a.cost + b.cost,
+        last_message=last,
+        max_seq=max(a.max_seq, b.max_seq),
+    )
 
 
 def _resolve(jobs: list[_Send], result: SendResult) -> None:

@@ -176,6 +176,7 @@ class ConversationService:
             max_batch=settings.max_batch,
             on_batch=self.metrics.batch.observe,
             on_projection_failure=self.metrics.projection_failures.inc,
+            totals_interval=settings.totals_interval_seconds,
         )
         self.ready = False
         self._started = False
@@ -463,6 +464,7 @@ class ConversationService:
     async def conversation_join(self, p: Principal, data: dict[str, Any]) -> Any:
         cmd = commands.parse_payload(Event.CONVERSATION_JOIN, data)
         assert isinstance(cmd, ConversationJoin)
+        await self.sequencer.settle_totals()
         conv = await self._conversation(p, cmd.conversation_id)
         last = await self.store.last_seq(conv.id)
         conv = conv.model_copy(update={"last_seq": max(last, conv.last_seq)})
@@ -622,11 +624,13 @@ class ConversationService:
 
     async def _q_list(self, p: Principal, data: dict[str, Any]) -> Any:
         q: ListConversationsQuery = _parse(ListConversationsQuery, data)
+        await self.sequencer.settle_totals()  # read-your-writes for this replica's totals
         page = await self.store.list_conversations(p, q.status, q.cursor, q.limit)
         return {"items": page.items, "nextCursor": page.next_cursor}
 
     async def _q_get(self, p: Principal, data: dict[str, Any]) -> Any:
         q: GetConversationQuery = _parse(GetConversationQuery, data)
+        await self.sequencer.settle_totals()  # read-your-writes for this replica's totals
         conv = await self._conversation(p, q.conversation_id)
         return model_json(conv)
 

@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     max_reply_bytes: int = Field(
         default=512 * 1024, ge=1024, validation_alias=_env("PARLEY_CONVERSATION_MAX_REPLY_BYTES")
     )
+    # When busy, the conversation totals (totalMessages, lastMessage, lastSeq...) are written
+    # at most once per this many seconds per replica, merged (0: after every write).
+    totals_interval_seconds: float = Field(
+        default=0.25,
+        ge=0,
+        le=10,
+        validation_alias=_env("PARLEY_CONVERSATION_TOTALS_INTERVAL_SECONDS"),
+    )
     # Seconds a SIGTERM waits for in-flight batches before giving up.
     drain_seconds: float = Field(
         default=20.0, ge=0, validation_alias=_env("PARLEY_CONVERSATION_DRAIN_SECONDS")
