@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from parley_contract import jsonutil
 from parley_contract.events import PrincipalKind
 
 
@@ -83,3 +84,37 @@ async def test_bad_input(gateway_factory: Any, clients: Any, fake_conversation: 
     ]
     assert "RATE_LIMITED" in codes
     assert "FORBIDDEN" in codes
+
+
+async def test_a_connection_pipelines_its_commands_in_order_per_conversation(
+    gateway_factory: Any, clients: Any, fake_conversation: Any
+) -> None:
+    gw = gateway_factory({"PARLEY_GATEWAY_COMMANDS_PER_SECOND": "1000"})
+    alice = await clients(gw.ws_url, "alice")
+    bob = await clients(gw.ws_url, "bob")
+    cids = []
+    for _ in range(2):
+        cid = (await alice.cmd("conversation:create", {"participants": ["bob"]}))["data"]["_id"]
+        assert (await bob.cmd("conversation:join", {"conversationId": cid}))["success"]
+        cids.append(cid)
+    # 50 sends fired without waiting for any reply, alternating between two conversations.
+    for i in range(50):
+        frame = {
+            "event": "message:send",
+            "id": f"s-{i}",
+            "data": {"conversationId": cids[i % 2], "content": f"m{i}"},
+        }
+        await alice.send_raw(jsonutil.dumps(frame).decode())
+    for i in range(50):
+        await alice.wait_for(lambda f, i=i: f.get("id") == f"s-{i}" and "success" in f)
+    replies = [f for f in alice.frames if str(f.get("id", "")).startswith("s-")]
+    assert len(replies) == 50 and all(r["success"] for r in replies)
+    assert sorted(r["id"] for r in replies) == sorted(f"s-{i}" for i in range(50))
+    for k, cid in enumerate(cids):
+        stored = [f["data"]["content"] for f in fake_conversation.events[cid]]
+        assert stored == [f"m{i}" for i in range(k, 50, 2)]  # the sender's order
+        by_id = {r["id"]: r["data"]["seq"] for r in replies if r["data"]["conversationId"] == cid}
+        assert [by_id[f"s-{i}"] for i in range(k, 50, 2)] == list(range(1, 26))
+    await bob.wait_for(lambda f: f.get("seq") == 25 and f.get("conversationId") == cids[1])
+    assert bob.seqs(cids[0]) == list(range(1, 26))
+    assert bob.seqs(cids[1]) == list(range(1, 26))

@@ -69,6 +69,7 @@ class Conn:
         "limit",
         "metrics",
         "ping_waiter",
+        "pipe",
         "principal",
         "queued",
         "resumed",
@@ -100,7 +101,8 @@ class Conn:
         self.closing = False
         self.kicked = False
         self.resumed = False
-        self.busy = False
+        self.busy = 0  # commands in flight (submitted, not yet answered)
+        self.pipe: Any = None  # server._Pipeline while commands are in flight
         self.queued = False  # in _FLUSH
 
     def __repr__(self) -> str:

@@ -48,6 +48,39 @@ _RELAYED = frozenset(
     }
 )
 _INVALID = object()  # a frame that is not JSON
+# Commands of one connection in flight at once (the reader stops reading beyond this).
+MAX_IN_FLIGHT = 32
+# On disconnect, how long the connection's commands in flight may still take.
+_CLOSE_GRACE_SECONDS = 2.0
+
+
+class _Pipeline:
+    """The commands of one connection in flight: several at once, in order per conversation.
+
+    A command waits for the previous command of the same connection that names the same
+    ``conversationId`` (commands without one form their own chain), so a client's
+    ``message:send``s to one conversation are stored in the order it sent them, while
+    commands to other conversations do not wait for them. Created on the first command,
+    dropped when nothing is in flight (idle connections do not pay for it).
+    """
+
+    __slots__ = ("chains", "slots", "tasks")
+
+    def __init__(self) -> None:
+        self.chains: dict[str | None, asyncio.Task[None]] = {}  # last command per chain
+        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+
+def _chain_key(frame: dict[str, Any]) -> str | None:
+    data = frame.get("data")
+    if isinstance(data, dict):
+        cid = data.get("conversationId")
+        if isinstance(cid, str):
+            return cid
+    return None
+
+
 _SLIM_REQUEST = Request("/ws", Headers())
 _CONTENT_CHECKED = frozenset({Event.MESSAGE_SEND, Event.MESSAGE_EDIT})
 
@@ -187,14 +220,19 @@ class Gateway:
                         )
             await hub.save_session(conn)
             async for message in ws:
-                conn.busy = True
-                try:
-                    await self.on_frame(conn, message)
-                finally:
-                    conn.busy = False
+                await self.submit(conn, message)
         except ConnectionClosed:
             pass
         finally:
+            pipe = conn.pipe
+            if pipe is not None and pipe.tasks:
+                # Let the commands in flight finish (bounded) before the cleanup, so that none
+                # of them joins a conversation after the connection has left it.
+                _, late = await asyncio.wait(set(pipe.tasks), timeout=_CLOSE_GRACE_SECONDS)
+                for task in late:
+                    task.cancel()
+                if late:
+                    await asyncio.wait(late)
             conn.closing = True
             joined = dict(conn.joined)  # what a resume must restore
             try:
@@ -204,29 +242,84 @@ class Gateway:
             if not conn.kicked:
                 await hub.save_session(conn, joined)
 
-    async def on_frame(self, conn: Conn, message: str | bytes) -> None:
+    async def submit(self, conn: Conn, message: str | bytes) -> None:
+        """Start one client frame's command; waits only while MAX_IN_FLIGHT are running."""
         start = time.perf_counter()
         try:
             frame = jsonutil.loads(message)
         except ValueError:
             frame = _INVALID
         if not isinstance(frame, dict):
-            # Garbage counts against the rate limit too (a flood of it gets RATE_LIMITED).
-            if not conn.bucket.take():
-                self.metrics.commands.labels("-", "RATE_LIMITED").inc()
-                conn.send(envelopes.error_frame(ErrorCode.RATE_LIMITED, self._rate_message))
-                return
-            if frame is _INVALID:
-                self.metrics.commands.labels("-", "invalid_json").inc()
-                conn.send(envelopes.error_frame(ErrorCode.VALIDATION_ERROR, "invalid JSON"))
-            else:
-                self.metrics.commands.labels("-", "not_object").inc()
-                conn.send(
-                    envelopes.error_frame(
-                        ErrorCode.VALIDATION_ERROR, "a frame must be a JSON object"
-                    )
-                )
+            self.bad_frame(conn, frame)
             return
+        pipe = conn.pipe
+        if pipe is None:
+            pipe = conn.pipe = _Pipeline()
+        await pipe.slots.acquire()
+        conn.pipe = pipe  # dropped meanwhile if everything finished: the same one, now empty
+        key = _chain_key(frame)
+        prev = pipe.chains.get(key)
+        conn.busy += 1
+        task = asyncio.get_running_loop().create_task(
+            self._run(conn, pipe, key=key, prev=prev, frame=frame, start=start)
+        )
+        pipe.chains[key] = task
+        pipe.tasks.add(task)
+
+    async def _run(
+        self,
+        conn: Conn,
+        pipe: _Pipeline,
+        *,
+        key: str | None,
+        prev: asyncio.Task[None] | None,
+        frame: dict[str, Any],
+        start: float,
+    ) -> None:
+        me = asyncio.current_task()
+        try:
+            if prev is not None and not prev.done():
+                await asyncio.wait((prev,))  # the previous command of this chain first
+            await self.on_command(conn, frame, start)
+        finally:
+            conn.busy -= 1
+            pipe.slots.release()
+            pipe.tasks.discard(me)
+            if pipe.chains.get(key) is me:
+                del pipe.chains[key]
+            if not pipe.tasks and conn.pipe is pipe:
+                conn.pipe = None
+
+    async def on_frame(self, conn: Conn, message: str | bytes) -> None:
+        """Handle one client frame to the end (no pipelining)."""
+        start = time.perf_counter()
+        try:
+            frame = jsonutil.loads(message)
+        except ValueError:
+            frame = _INVALID
+        if not isinstance(frame, dict):
+            self.bad_frame(conn, frame)
+            return
+        await self.on_command(conn, frame, start)
+
+    def bad_frame(self, conn: Conn, frame: object) -> None:
+        """A frame that is not a JSON object: an ``error`` frame (no id to answer)."""
+        # Garbage counts against the rate limit too (a flood of it gets RATE_LIMITED).
+        if not conn.bucket.take():
+            self.metrics.commands.labels("-", "RATE_LIMITED").inc()
+            conn.send(envelopes.error_frame(ErrorCode.RATE_LIMITED, self._rate_message))
+            return
+        if frame is _INVALID:
+            self.metrics.commands.labels("-", "invalid_json").inc()
+            conn.send(envelopes.error_frame(ErrorCode.VALIDATION_ERROR, "invalid JSON"))
+        else:
+            self.metrics.commands.labels("-", "not_object").inc()
+            conn.send(
+                envelopes.error_frame(ErrorCode.VALIDATION_ERROR, "a frame must be a JSON object")
+            )
+
+    async def on_command(self, conn: Conn, frame: dict[str, Any], start: float) -> None:
+        """One command (a JSON object): validate, dispatch, reply exactly once if it has an id."""
         cmd_id = frame.get("id")
         if cmd_id is not None and not (isinstance(cmd_id, str) and 0 < len(cmd_id) <= 128):
             conn.send(
