@@ -303,7 +303,8 @@ function workerMain() {
     const mySenders = [];
     convs.forEach((c, ci) => {
       const client = byIdx.get(c.sender);
-      if (client) mySenders.push({ client, ci, n: 0 });
+      // Senders are spread evenly over one sending period (no synchronized bursts).
+      if (client) mySenders.push({ client, ci, n: 0, phase: ci / convs.length });
     });
     const endAt = t0 + durationMs;
     let timer = null;
@@ -311,9 +312,10 @@ function workerMain() {
       const now = nowMs();
       if (now < t0) return;
       const elapsed = Math.min(now, endAt) - t0;
-      const due = Math.floor((elapsed * ratePerSender) / 1000);
+      const periods = (elapsed * ratePerSender) / 1000;
       for (const s of mySenders) {
         if (!s.client.open) continue;
+        const due = Math.floor(periods + 1 - s.phase);
         if (due - s.n > st.behindMax) st.behindMax = due - s.n;
         while (s.n < due) {
           const k = s.n++;
