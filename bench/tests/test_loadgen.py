@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from bench.profiling import summarize_collapsed
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node >= 20")
 
 
-def _run(kind: str, tmp_path: Path) -> dict[str, object]:
+def _run(kind: str, tmp_path: Path) -> dict[str, Any]:
     with mock_system(1) as system:
         pop = scenarios.population(system, "t", n_convs=3, members=5, gateways=[0])
         pool = GeneratorPool(pop.clients, threads=2, per_process=1000, log_dir=tmp_path)
