@@ -23,6 +23,16 @@ KV_INSTANCES: Final = "parley_instances"  # key: <instanceId> → heartbeat JSON
 KV_SESSIONS: Final = "parley_sessions"  # key: <sessionId> → principal + joined conversations
 KV_AGENTS: Final = "parley_agents"  # key: <agentId>.<bridgeInstanceId> → agent availability
 
+
+def kv_key_subject(bucket: str, key: str) -> str:
+    """The subject a KV put of ``key`` publishes to (JetStream's ``$KV.<bucket>.<key>``).
+
+    For writes that need no acknowledgement: a plain publish there is a KV put without the
+    round trip (the gateway's periodic session and presence writes).
+    """
+    return f"$KV.{bucket}.{key}"
+
+
 # JetStream stream of agent turns (work queue so each user message is answered once).
 STREAM_AGENT_TURNS: Final = "PARLEY_AGENT_TURNS"
 

@@ -537,7 +537,9 @@ class Hub:
         state.conns.add(conn)
         self.sessions[conn.session_id] = conn
         self.metrics.connections.labels(conn.principal.kind.value).inc()
-        await self._put_presence(conn.principal.kind, pid, len(state.conns))
+        # Not acknowledged: the client gets ``connected`` without waiting for JetStream, and
+        # the presence refresh (every presenceTtl/3, acknowledged) repairs a lost write.
+        await self._put_presence(conn.principal.kind, pid, len(state.conns), ack=False)
 
     def _principal_handler(self, state: PrincipalState) -> Callable[[Msg], None]:
         def on_msg(msg: Msg) -> None:
@@ -585,13 +587,30 @@ class Hub:
             }
         )
 
-    async def save_session(self, conn: Conn, joined: dict[str, int] | None = None) -> None:
+    async def save_session(
+        self, conn: Conn, joined: dict[str, int] | None = None, *, ack: bool = True
+    ) -> None:
+        """Write the session to the KV; ``ack=False``: a plain publish, no round trip."""
         if conn.kicked or self.kv_sessions is None:
             return
+        doc = self.session_doc(conn, joined)
+        if not ack:
+            await self._kv_publish(subjects.KV_SESSIONS, conn.session_id, doc)
+            return
         try:
-            await self.kv_sessions.put(conn.session_id, self.session_doc(conn, joined))
+            await self.kv_sessions.put(conn.session_id, doc)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             logger.warning("session %s not saved: %s", conn.session_id, exc)
+
+    async def _kv_publish(self, bucket: str, key: str, value: bytes) -> None:
+        """A KV put without waiting for JetStream's acknowledgement (batched by the client)."""
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            return
+        try:
+            await nc.publish(subjects.kv_key_subject(bucket, key), value)
+        except nats.errors.Error as exc:
+            logger.warning("%s %s not saved: %s", bucket, key, exc)
 
     async def load_session(self, session_id: str, principal: Principal) -> dict[str, int] | None:
         """The conversations (cid → last seq delivered) of a session of this principal."""
@@ -649,7 +668,11 @@ class Hub:
             batch, self.dirty = list(self.dirty), set()
         else:  # bounded KV load under heavy traffic: the rest waits for the next tick
             batch = [self.dirty.pop() for _ in range(FLUSH_BATCH)]
-        await asyncio.gather(*(self.save_session(c) for c in batch if not c.closing))
+        # One unacknowledged KV write per changed session per interval, all handed to the
+        # NATS client in one go (one socket write), no reply inbox or future per write.
+        for conn in batch:
+            if not conn.closing:
+                await self.save_session(conn, ack=False)
 
     async def _refresh_sessions(self) -> None:
         conns = list(self.sessions.values())
@@ -661,8 +684,15 @@ class Hub:
     def _presence_key(self, kind: PrincipalKind, pid: str) -> str:
         return f"{kind.value}.{pid}.{self.instance_id}"
 
-    async def _put_presence(self, kind: PrincipalKind, pid: str, count: int) -> None:
+    async def _put_presence(
+        self, kind: PrincipalKind, pid: str, count: int, *, ack: bool = True
+    ) -> None:
         if self.kv_presence is None:
+            return
+        if not ack:
+            await self._kv_publish(
+                subjects.KV_PRESENCE, self._presence_key(kind, pid), str(count).encode()
+            )
             return
         try:
             await self.kv_presence.put(self._presence_key(kind, pid), str(count).encode())

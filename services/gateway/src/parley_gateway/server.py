@@ -218,7 +218,7 @@ class Gateway:
                                 ErrorCode(env["error"]["code"]), env["error"]["message"], details
                             )
                         )
-            await hub.save_session(conn)
+            await hub.save_session(conn, ack=False)  # no round trip before the first command
             async for message in ws:
                 await self.submit(conn, message)
         except ConnectionClosed:
