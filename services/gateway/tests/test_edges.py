@@ -7,6 +7,7 @@ end-to-end scenarios against the real conversation service.
 from __future__ import annotations
 
 import asyncio
+import base64
 import signal
 from pathlib import Path
 from typing import Any
@@ -349,3 +350,49 @@ async def test_a_crashed_instances_clients_go_offline(
         timeout=15,
     )
     assert off["conversationId"] == cid and off["data"]["reason"] == "instance-lost"
+
+
+async def test_resume_with_the_clients_own_last_seqs(
+    gateway_factory: Any, clients: Any, fake_conversation: Any
+) -> None:
+    gw = gateway_factory()
+    alice = await clients(gw.ws_url, "alice")
+    bob = await clients(gw.ws_url, "bob")
+    cid = (await alice.cmd("conversation:create", {"participants": ["bob"]}))["data"]["_id"]
+    assert (await bob.cmd("conversation:join", {"conversationId": cid}))["success"]
+    for i in range(5):
+        assert (await alice.cmd("message:send", {"conversationId": cid, "content": f"m{i}"}))[
+            "success"
+        ]
+    await bob.wait_for(lambda f: f.get("seq") == 5)
+    sid = bob.frames[0]["data"]["sessionId"]
+    await bob.close()  # graceful: the session says lastSeq 5
+
+    def since(doc: dict[str, int]) -> str:
+        return base64.urlsafe_b64encode(jsonutil.dumps(doc)).decode().rstrip("=")
+
+    # The client says it has seen up to 3 (e.g. the session lagged after a crash): 4 and 5.
+    again = await clients(gw.ws_url, "bob", query=f"?session={sid}&since={since({cid: 3})}")
+    hello = again.frames[0]
+    assert hello["event"] == "reconnected"
+    assert hello["data"]["conversations"] == [{"conversationId": cid, "lastSeq": 3}]
+    await again.wait_for(lambda f: f.get("seq") == 5)
+    assert again.seqs(cid) == [4, 5]
+    await again.close()
+
+    # A client ahead of the session gets nothing twice; unknown conversations are ignored.
+    doc = {cid: 5, "conv-other": 1}
+    third = await clients(gw.ws_url, "bob", query=f"?session={sid}&since={since(doc)}")
+    assert third.frames[0]["data"]["conversations"] == [{"conversationId": cid, "lastSeq": 5}]
+    await third.wait_for(lambda f: f.get("event") == "conversation:joined")
+    assert (await alice.cmd("message:send", {"conversationId": cid, "content": "m6"}))["success"]
+    await third.wait_for(lambda f: f.get("seq") == 6)
+    assert third.seqs(cid) == [6]
+
+    for bad in ("not-base64!", since({"a.b": 1}), since({cid: -1}), since({cid: "3"}), "WzFd"):
+        url = f"{gw.ws_url}?session={sid}&since={bad}&access_token={token('bob')}"
+        with pytest.raises(InvalidStatus) as info:
+            await connect(url)
+        assert info.value.response.status_code == 422, bad
+        body = jsonutil.loads(info.value.response.body)
+        assert body["error"]["details"] == {"field": "since"}, bad

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import http
 import logging
@@ -85,6 +87,30 @@ _SLIM_REQUEST = Request("/ws", Headers())
 _CONTENT_CHECKED = frozenset({Event.MESSAGE_SEND, Event.MESSAGE_EDIT})
 
 
+def parse_since(raw: str, limit: int) -> dict[str, int]:
+    """The ``since`` query parameter of a resume: base64url JSON ``{conversationId: lastSeq}``.
+
+    Raises ParleyError(VALIDATION_ERROR) for anything else (padding is optional).
+    """
+    bad = ParleyError(
+        ErrorCode.VALIDATION_ERROR,
+        "since must be base64url JSON {conversationId: lastSeq (integer >= 0)}",
+        {"field": "since"},
+    )
+    try:
+        doc = jsonutil.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, binascii.Error):
+        raise bad from None
+    if not isinstance(doc, dict) or len(doc) > limit:
+        raise bad
+    out: dict[str, int] = {}
+    for cid, seq in doc.items():
+        if not is_valid_id(cid) or type(seq) is not int or seq < 0:
+            raise bad
+        out[cid] = seq
+    return out
+
+
 def _json_response(status: int, body: dict[str, Any]) -> Response:
     data = jsonutil.dumps(body)
     headers = Headers(
@@ -152,19 +178,27 @@ class Gateway:
         session = params.get("session", [None])[0]
         if session is not None and not is_valid_id(session):
             session = None
+        since: dict[str, int] | None = None
+        if params.get("since"):
+            try:
+                since = parse_since(params["since"][0], self.settings.max_conversations)
+            except ParleyError as exc:
+                return _json_response(exc.http_status, envelopes.fail_from(exc))
         # Handed to the handler on the connection itself (nothing to leak if the handshake
         # fails after this point).
-        ws.parley_auth = (principal, exp, session)  # type: ignore[attr-defined]
+        ws.parley_auth = (principal, exp, session, since)  # type: ignore[attr-defined]
         return None
 
     # ------------------------------------------------------------------ WebSocket
 
     async def handler(self, ws: ServerConnection) -> None:
-        auth: tuple[Principal, float, str | None] | None = getattr(ws, "parley_auth", None)
+        auth: tuple[Principal, float, str | None, dict[str, int] | None] | None = getattr(
+            ws, "parley_auth", None
+        )
         if auth is None:  # pragma: no cover - process_request always sets it
             await ws.close(1008, "unauthenticated")
             return
-        principal, exp, resume = auth
+        principal, exp, resume, since = auth
         del ws.parley_auth  # type: ignore[attr-defined]
         # The handshake's request and response (headers: ~2-3 KB) are not needed any more;
         # websockets only checks that ``request`` is set, so a shared placeholder will do.
@@ -174,6 +208,10 @@ class Gateway:
         restored: dict[str, int] | None = None
         if resume is not None:
             restored = await hub.load_session(resume, principal)
+            if restored is not None and since:
+                # The client's own last seqs win: exact also after a crash of the old instance
+                # (whose delivered seqs may lag by up to one session flush interval).
+                restored = {cid: since.get(cid, seq) for cid, seq in restored.items()}
         session_id = resume if restored is not None and resume else new_id("ses")
         conn = Conn(
             ws,
