@@ -695,3 +695,48 @@ async def test_history_replies_are_cut_in_bytes_and_page_through(
             break
     assert got == list(range(2, 12))
     assert r["data"]["items"][0]["content"].startswith("0")
+
+
+async def test_repair_pass_reapplies_events_whose_message_is_missing(
+    service: ConversationService, request_: Request
+) -> None:
+    """The crash window: a replica stored a message:new event, then died before inserting
+    the message and its totals. The repair pass re-applies it, once."""
+    from parley_contract.commands import MessageSend
+    from parley_contract.internal import Principal
+    from parley_contract.jsonutil import model_json
+    from parley_conversation import domain
+    from parley_conversation.store import PendingEvent
+
+    conv = await create(request_)
+    cid = conv["_id"]
+    r = await request_(SEND, {"conversationId": cid, "content": "stored normally"}, ALICE)
+    assert r["success"], r
+    alice = Principal.model_validate(ALICE)
+    lost = domain.new_message(alice, MessageSend(conversation_id=cid, content="crashed"))
+
+    def build(seq: int) -> Any:
+        return model_json(lost.model_copy(update={"seq": seq}))
+
+    # What the dead replica left: the event only (the projections never ran).
+    await service.store.append_events({cid: [PendingEvent(Event.MESSAGE_NEW, build)]})
+    log = await events_since(request_, cid)
+    assert [f["seq"] for f in log["data"]["events"]] == [1, 2, 3]
+    listed = await request_(subjects.QUERY_MESSAGES_LIST, {"conversationId": cid})
+    assert [m["content"] for m in listed["data"]["items"]] == ["stored normally"]
+
+    await asyncio.sleep(0.01)  # the pass looks at frames strictly older than now - grace
+    assert await service.repair(grace=0) == 1
+    listed = await request_(subjects.QUERY_MESSAGES_LIST, {"conversationId": cid})
+    items = listed["data"]["items"]
+    assert [(m["content"], m["seq"], m["_id"]) for m in items] == [
+        ("stored normally", 2, r["data"]["_id"]),
+        ("crashed", 3, lost.id),
+    ]
+    got = (await request_(subjects.QUERY_CONVERSATION_GET, {"conversationId": cid}))["data"]
+    assert got["totalMessages"] == 2 and got["lastSeq"] == 3
+    assert got["lastMessage"]["content"] == "crashed"
+    # Idempotent: a second pass (or another replica's) changes nothing.
+    assert await service.repair(grace=0) == 0
+    got = (await request_(subjects.QUERY_CONVERSATION_GET, {"conversationId": cid}))["data"]
+    assert got["totalMessages"] == 2

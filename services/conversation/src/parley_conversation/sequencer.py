@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,7 @@ class Sequencer:
         self._worker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
+        self.last_batch_at = 0.0  # time.monotonic() of the last committed batch
         # Totals not written yet, merged per conversation (see _add_totals).
         self._totals: dict[str, MessageTotals] = {}
         self._totals_writer: asyncio.Task[None] | None = None
@@ -277,8 +279,12 @@ class Sequencer:
         # The events are stored: the writes are durable from here on. The projections
         # (messages, totals) are each retried on a store error. The reply waits for the
         # messages; the totals go to the totals writer (coalesced, written in the background).
+        if not await self._project("messages", lambda: self._store.insert_messages(all_stored)):
+            # The messages are left to the repair pass, which adds their totals when it
+            # inserts them: only the seqs move now (no double count).
+            totals = {cid: MessageTotals(max_seq=t.max_seq) for cid, t in totals.items()}
         self._add_totals(totals)
-        await self._project("messages", lambda: self._store.insert_messages(all_stored))
+        self.last_batch_at = time.monotonic()
         for cid, res_list in results.items():
             subject = subjects.conversation_events(cid)
             for res in res_list:
@@ -298,7 +304,7 @@ class Sequencer:
                 elif not item.future.done():
                     item.future.set_result(res)
 
-    async def _project(self, what: str, write: Callable[[], Awaitable[None]]) -> None:
+    async def _project(self, what: str, write: Callable[[], Awaitable[None]]) -> bool:
         """A projection write after the event log insert: retried, never fails the batch.
 
         Failing the callers here would be wrong: their events are stored and will be
@@ -309,16 +315,17 @@ class Sequencer:
         for attempt in range(1, PROJECTION_ATTEMPTS + 1):
             try:
                 await write()
-                return
+                return True
             except PyMongoError:
                 if attempt == PROJECTION_ATTEMPTS:
                     logger.exception("projection %s lost after %d attempts", what, attempt)
                     if self._on_projection_failure is not None:
                         self._on_projection_failure()
-                    return
+                    return False
                 logger.warning("projection %s failed (attempt %d), retrying", what, attempt)
                 await asyncio.sleep(delay)
                 delay = min(delay * 4, 2.0)
+        return False
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         """After-store work (agent turns) that must not hold up the next batch."""

@@ -221,6 +221,10 @@ class Repository(Protocol):
     ) -> list[dict[str, Any]]: ...
     async def last_seq(self, conversation_id: str) -> int: ...
     async def insert_messages(self, messages: Sequence[Message]) -> None: ...
+    async def message_frames_between(
+        self, start: str, end: str, limit: int
+    ) -> list[dict[str, Any]]: ...
+    async def insert_missing_messages(self, messages: Sequence[Message]) -> list[Message]: ...
     async def add_totals(self, totals: Mapping[str, MessageTotals]) -> None: ...
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None: ...
     async def update_message(
@@ -515,6 +519,47 @@ class MongoStore:
             ]
             if other:
                 raise
+
+    async def message_frames_between(
+        self, start: str, end: str, limit: int
+    ) -> list[dict[str, Any]]:
+        """``message:new`` frames with start <= frame timestamp < end (ISO strings), for the
+        repair pass. No index serves it (on the embedded store it scans the event log), so
+        it runs rarely and only when the replica is idle."""
+        docs = (
+            await self.events.find(
+                {
+                    "event": Event.MESSAGE_NEW.value,
+                    "frame.timestamp": {"$gte": start, "$lt": end},
+                },
+                {"frame": 1},
+            )
+            .limit(limit)
+            .to_list()
+        )
+        return [d["frame"] for d in docs]
+
+    async def insert_missing_messages(self, messages: Sequence[Message]) -> list[Message]:
+        """Insert the messages not stored yet; returns the ones this call inserted (the
+        others were stored meanwhile, e.g. by another replica's repair: not counted twice)."""
+        if not messages:
+            return []
+        ids = [m.id for m in messages]
+        have = {
+            d["_id"] for d in await self.messages.find({"_id": {"$in": ids}}, {"_id": 1}).to_list()
+        }
+        todo = [m for m in messages if m.id not in have]
+        if not todo:
+            return []
+        try:
+            await self.messages.insert_many([to_doc(m) for m in todo], ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            taken = {int(e["index"]) for e in errors}
+            return [m for i, m in enumerate(todo) if i not in taken]
+        return todo
 
     async def add_totals(self, totals: Mapping[str, MessageTotals]) -> None:
         """One atomic update per conversation, all in one bulk write.
