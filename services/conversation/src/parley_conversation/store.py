@@ -544,11 +544,24 @@ class MongoStore:
         others were stored meanwhile, e.g. by another replica's repair: not counted twice)."""
         if not messages:
             return []
-        ids = [m.id for m in messages]
-        have = {
-            d["_id"] for d in await self.messages.find({"_id": {"$in": ids}}, {"_id": 1}).to_list()
-        }
-        todo = [m for m in messages if m.id not in have]
+        # Which are stored: one seq-range query per conversation on the (conversationId, seq)
+        # index (an `_id: {$in}` of thousands of ids costs ms per id on the embedded store).
+        by_conv: dict[str, list[int]] = {}
+        for m in messages:
+            if m.seq is not None:
+                by_conv.setdefault(m.conversation_id, []).append(m.seq)
+
+        async def stored(cid: str, seqs: list[int]) -> set[tuple[str, int]]:
+            docs = await self.messages.find(
+                {"conversationId": cid, "seq": {"$gte": min(seqs), "$lte": max(seqs)}},
+                {"seq": 1},
+            ).to_list()
+            return {(cid, int(d["seq"])) for d in docs}
+
+        have: set[tuple[str, int]] = set()
+        for found in await asyncio.gather(*(stored(c, q) for c, q in by_conv.items())):
+            have |= found
+        todo = [m for m in messages if (m.conversation_id, m.seq) not in have]
         if not todo:
             return []
         try:
