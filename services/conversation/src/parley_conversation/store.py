@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 DUPLICATE_KEY = 11000
 _STRING_ONLY = {"clientMessageId": {"$type": "string"}}
+IN_CHUNK = 50  # keys per `$in` query (see get_conversations)
 MAX_APPEND_ROUNDS = 10_000
 SEQ_CACHE_SIZE = 50_000
 
@@ -386,8 +387,14 @@ class MongoStore:
             self._next_seq.popitem(last=False)
 
     async def get_conversations(self, ids: Sequence[str]) -> dict[str, Conversation]:
-        docs = await self.conversations.find({"_id": {"$in": list(ids)}}).to_list()
-        return {d["_id"]: conversation_from(d) for d in docs}
+        # In chunks: on the embedded store an `_id: {$in}` costs more per key the more keys
+        # it has (50 keys ~11 ms, 200 keys ~96 ms; 4 x 50 ~45 ms).
+        keys = list(ids)
+        chunks = [keys[i : i + IN_CHUNK] for i in range(0, len(keys), IN_CHUNK)]
+        found = await asyncio.gather(
+            *(self.conversations.find({"_id": {"$in": c}}).to_list() for c in chunks)
+        )
+        return {d["_id"]: conversation_from(d) for docs in found for d in docs}
 
     async def append_events(
         self,
