@@ -368,7 +368,7 @@ async def test_resume_with_the_clients_own_last_seqs(
     sid = bob.frames[0]["data"]["sessionId"]
     await bob.close()  # graceful: the session says lastSeq 5
 
-    def since(doc: dict[str, int]) -> str:
+    def since(doc: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(jsonutil.dumps(doc)).decode().rstrip("=")
 
     # The client says it has seen up to 3 (e.g. the session lagged after a crash): 4 and 5.
