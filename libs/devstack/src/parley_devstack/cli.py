@@ -53,7 +53,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if _nats_answers(nats_url):
         logger.info("using the NATS server that answers at %s", nats_url)
     else:
-        port = 4222 if not port_open("127.0.0.1", 4222) else free_port()
+        wanted = urlparse(nats_url).port or 4222
+        port = wanted if not port_open("127.0.0.1", wanted) else free_port()
         logger.info("no NATS at %s: starting nats-server with JetStream on port %d", nats_url, port)
         own_nats = NatsServer(var / "nats", port=port).start()
         nats_url = own_nats.url
