@@ -1,0 +1,75 @@
+"""The `parley` CLI: tokens, and `parley run` (what `make run` starts) up and down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from parley_contract.auth import JwtConfig, mint_token, verify_token
+from parley_contract.events import PrincipalKind
+from parley_devstack.cli import main
+from parley_devstack.servers import NatsServer, StoreServer, free_port
+from parley_devstack.stack import http_ok
+
+
+def test_token_is_a_valid_development_jwt(capsys: object) -> None:
+    assert main(["token", "--sub", "user-456", "--kind", "agent", "--name", "Ada"]) == 0
+    token = capsys.readouterr().out.strip()  # type: ignore[attr-defined]
+    principal, _ = verify_token(token, JwtConfig())
+    assert (principal.id, principal.kind, principal.name) == (
+        "user-456",
+        PrincipalKind.AGENT,
+        "Ada",
+    )
+
+
+def test_run_starts_everything_and_ctrl_c_stops_it(
+    nats_server: NatsServer, store_server: StoreServer, tmp_path: Path
+) -> None:
+    ports = [free_port(), free_port()]
+    env = {
+        **os.environ,
+        "NATS_URL": nats_server.url,
+        "MONGODB_URL": store_server.url,
+        "MONGODB_DATABASE": f"parley_cli_{ports[0]}",
+        "PARLEY_RUN_GATEWAY_PORTS": ",".join(map(str, ports)),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parley_devstack.cli", "run", "--data-dir", str(tmp_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not all(http_ok(f"http://127.0.0.1:{p}/readyz") for p in ports):
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "parley run did not bring both gateways up"
+            time.sleep(0.2)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{ports[1]}/v1/scaling",
+            headers={"Authorization": f"Bearer {mint_token('user-1')}"},
+        )
+        # Gateways and the bridge announce themselves in JetStream KV right after start.
+        scaling: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(request) as response:
+                scaling = json.load(response)["data"]
+            if scaling["instances"] == 2 and scaling["agents"] >= 1:
+                break
+            time.sleep(0.5)
+        assert scaling["instances"] == 2, scaling
+        assert scaling["agents"] >= 1, scaling  # the offline demo agent
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "Parley is running." in out and f"http://127.0.0.1:{ports[0]}/" in out
+    assert not any(http_ok(f"http://127.0.0.1:{p}/healthz") for p in ports)
