@@ -130,8 +130,10 @@ def targets(docs: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
             rows.append(
                 (
                     "persisted: >= 2,000 acked message:send/s, ack p99 <= 50 ms, 0 seq gaps",
-                    f"{v:,.0f} acked/s with ack p99 <= 50 ms "
-                    f"({best_run['conversationReplicas']} replica(s)); seq gaps {gaps}",
+                    f"{v:,.0f} acked/s with ack p99 <= 50 ms; at most "
+                    f"{max(r['maxAckedPerSecond'] for r in runs):,.0f} acked/s sustained "
+                    f"(replicas {', '.join(str(r['conversationReplicas']) for r in runs)}); "
+                    f"seq gaps {gaps}",
                     "met" if v >= 2000 and gaps == 0 else "missed",
                     per["_file"],
                 )
