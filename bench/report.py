@@ -278,13 +278,23 @@ def write_latest(results: Path) -> None:
     docs = latest_results(results)
     text = render(docs)
     (results / "latest.md").write_text("# Latest benchmark results\n\n" + text + "\n")
-    for doc in (results.parent / "README.md", results.parent.parent / "docs" / "benchmarks.md"):
+    # The project README shows the targets table only; the bench docs show everything.
+    targets = text.split("\n### ", 1)[0].strip()
+    links = (
+        "Full tables: [bench/results/latest.md](bench/results/latest.md); plot:\n"
+        "[bench/results/latency.png](bench/results/latency.png)."
+    )
+    for doc, block in (
+        (results.parent / "README.md", text),
+        (results.parent.parent / "docs" / "benchmarks.md", text),
+        (results.parent.parent / "README.md", f"{targets}\n\n{links}"),
+    ):
         if doc.exists():
             body = doc.read_text()
             if README_START in body and README_END in body:
                 head, rest = body.split(README_START, 1)
                 _, tail = rest.split(README_END, 1)
-                doc.write_text(f"{head}{README_START}\n{text}\n{README_END}{tail}")
+                doc.write_text(f"{head}{README_START}\n{block}\n{README_END}{tail}")
     summary = results / "raw" / "plot-input.json"
     summary.parent.mkdir(parents=True, exist_ok=True)
     summary.write_text(json.dumps({k: v["result"] for k, v in docs.items()}))
