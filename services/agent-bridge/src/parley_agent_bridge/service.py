@@ -34,9 +34,6 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     KeyValueConfig,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
 )
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
@@ -52,6 +49,7 @@ from parley_contract.commands import ToolCallCommand, parse_payload
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import AgentStop, AgentTurn, CommandRequest, Principal
+from parley_contract.streams import ensure_agent_turns_stream
 from parley_contract.timeutil import now_iso
 
 logger = logging.getLogger(__name__)
@@ -273,20 +271,7 @@ class Bridge:
 
     async def _ensure_stream(self, js: Any) -> None:
         """The turns stream and the shared consumer, created idempotently by either side."""
-        try:
-            await js.stream_info(subjects.STREAM_AGENT_TURNS)
-        except nats.js.errors.NotFoundError:
-            with contextlib.suppress(nats.js.errors.BadRequestError):  # created concurrently
-                await js.add_stream(
-                    StreamConfig(
-                        name=subjects.STREAM_AGENT_TURNS,
-                        subjects=[subjects.AGENT_TURN],
-                        retention=RetentionPolicy.WORK_QUEUE,
-                        storage=StorageType.FILE,
-                        duplicate_window=120.0,
-                        max_age=7 * 24 * 3600.0,
-                    )
-                )
+        await ensure_agent_turns_stream(js)
         try:
             await js.consumer_info(subjects.STREAM_AGENT_TURNS, CONSUMER)
         except nats.js.errors.NotFoundError:

@@ -20,8 +20,6 @@ from typing import Any
 from faststream.message import StreamMessage
 from faststream.nats import NatsBroker
 from nats.errors import Error as NatsError
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -52,6 +50,7 @@ from parley_contract.internal import (
 )
 from parley_contract.jsonutil import model_json
 from parley_contract.models import Conversation, ConversationStatus, Message, Role
+from parley_contract.streams import ensure_agent_turns_stream
 from parley_contract.timeutil import iso
 from parley_conversation import domain
 from parley_conversation.repair import REPAIR_GRACE_SECONDS, repair_once
@@ -264,22 +263,7 @@ class ConversationService:
         logger.info("conversation service %s ready", self.settings.instance_id)
 
     async def _ensure_stream(self) -> None:
-        js = self.broker.connection.jetstream()
-        try:
-            await js.stream_info(subjects.STREAM_AGENT_TURNS)
-        except NotFoundError:
-            # Same configuration as the agent bridge's; whichever starts first creates it.
-            with contextlib.suppress(BadRequestError):
-                await js.add_stream(
-                    StreamConfig(
-                        name=subjects.STREAM_AGENT_TURNS,
-                        subjects=[subjects.AGENT_TURN],
-                        retention=RetentionPolicy.WORK_QUEUE,
-                        storage=StorageType.FILE,
-                        duplicate_window=120.0,
-                        max_age=7 * 24 * 3600.0,
-                    )
-                )
+        await ensure_agent_turns_stream(self.broker.connection.jetstream())
 
     async def _repair_loop(self) -> None:
         """The repair pass at startup, then every repair interval while the replica is idle
