@@ -328,18 +328,6 @@ class Gateway:
             if not pipe.tasks and conn.pipe is pipe:
                 conn.pipe = None
 
-    async def on_frame(self, conn: Conn, message: str | bytes) -> None:
-        """Handle one client frame to the end (no pipelining)."""
-        start = time.perf_counter()
-        try:
-            frame = jsonutil.loads(message)
-        except ValueError:
-            frame = _INVALID
-        if not isinstance(frame, dict):
-            self.bad_frame(conn, frame)
-            return
-        await self.on_command(conn, frame, start)
-
     def bad_frame(self, conn: Conn, frame: object) -> None:
         """A frame that is not a JSON object: an ``error`` frame (no id to answer)."""
         # Garbage counts against the rate limit too (a flood of it gets RATE_LIMITED).
