@@ -31,6 +31,7 @@ from parley_gateway.http_api import create_app
 from parley_gateway.hub import Hub
 from parley_gateway.metrics import Metrics
 from parley_gateway.settings import Settings
+from parley_gateway.slim import slim_after_handshake
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,6 @@ def _chain_key(frame: dict[str, Any]) -> str | None:
     return None
 
 
-_SLIM_REQUEST = Request("/ws", Headers())
 _CONTENT_CHECKED = frozenset({Event.MESSAGE_SEND, Event.MESSAGE_EDIT})
 
 
@@ -135,6 +135,15 @@ class Gateway:
         self._rate_message = (
             f"more than {settings.commands_per_second:g} commands per second (burst 2x)"
         )
+        self._done_future: asyncio.Future[None] | None = None
+
+    def _done(self) -> asyncio.Future[None]:
+        """A completed future shared by all connections (in place of per-connection ones)."""
+        fut = self._done_future
+        if fut is None:
+            fut = self._done_future = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+        return fut
 
     # ------------------------------------------------------------------ HTTP / handshake
 
@@ -200,10 +209,9 @@ class Gateway:
             return
         principal, exp, resume, since = auth
         del ws.parley_auth  # type: ignore[attr-defined]
-        # The handshake's request and response (headers: ~2-3 KB) are not needed any more;
-        # websockets only checks that ``request`` is set, so a shared placeholder will do.
-        ws.request = _SLIM_REQUEST
-        ws.response = None
+        # The handshake's request (headers: ~3 KB, held by websockets' parser too), response
+        # and logger adapter are not needed any more (idle memory, see slim.py).
+        slim_after_handshake(ws, self._done())
         hub = self.hub
         restored: dict[str, int] | None = None
         if resume is not None:

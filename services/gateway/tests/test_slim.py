@@ -1,0 +1,141 @@
+"""slim.py: what is dropped from a websockets connection after the handshake, and that the
+connection still behaves (frames in both directions, fragments, pings, close).
+
+A real websockets server and client over loopback; the websockets internals slim.py relies on
+are asserted here, so an upgrade that changes them fails these tests instead of silently
+keeping the memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import Protocol, State
+from websockets.server import ServerProtocol
+
+from parley_gateway import slim
+
+
+def _handshake(protocol: ServerProtocol) -> None:
+    protocol.receive_data(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Authorization: Bearer " + b"x" * 300 + b"\r\n\r\n"
+    )
+    (request,) = protocol.events_received()
+    assert isinstance(request, Request)
+    protocol.send_response(protocol.accept(request))
+    assert protocol.state is State.OPEN
+
+
+def _masked_text(payload: bytes) -> bytes:
+    return Frame(Opcode.TEXT, payload).serialize(mask=True, extensions=[])
+
+
+def test_parser_restarted_between_frames_keeps_parsing() -> None:
+    protocol = ServerProtocol()
+    _handshake(protocol)
+    old = protocol.parser
+    assert slim._between_frames(old)
+    assert slim.restart_parser(protocol)
+    assert protocol.parser is not old
+    assert protocol.parser.gi_code is Protocol.parse.__code__  # type: ignore[attr-defined]
+    data = _masked_text(b'{"event":"a"}') + _masked_text(b"x" * 70_000)
+    protocol.receive_data(data[:3])  # a frame split over reads
+    protocol.receive_data(data[3:])
+    frames = protocol.events_received()
+    assert [bytes(f.data) for f in frames] == [b'{"event":"a"}', b"x" * 70_000]  # type: ignore[union-attr]
+    assert not slim.restart_parser(protocol)  # already a bare frame loop
+
+
+def test_parser_left_alone_in_the_middle_of_a_frame() -> None:
+    protocol = ServerProtocol()
+    _handshake(protocol)
+    frame = _masked_text(b"hello")
+    protocol.receive_data(frame[:2])  # header consumed, the rest not there yet
+    old = protocol.parser
+    assert not slim._between_frames(old)
+    assert not slim.restart_parser(protocol)
+    assert protocol.parser is old
+    protocol.receive_data(frame[2:])
+    (got,) = protocol.events_received()
+    assert bytes(got.data) == b"hello"  # type: ignore[union-attr]
+
+
+def test_parser_left_alone_before_the_handshake() -> None:
+    protocol = ServerProtocol()
+    assert protocol.state is State.CONNECTING
+    assert not slim.restart_parser(protocol)
+
+
+async def test_slimmed_connection_still_works() -> None:
+    seen: dict[str, Any] = {}
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    done.set_result(None)
+
+    async def handler(ws: ServerConnection) -> None:
+        request = ws.request
+        assert request is not None and "authorization" in request.headers
+        old_parser = ws.protocol.parser
+        slim.slim_after_handshake(ws, done)
+        seen["request"] = ws.request
+        seen["parser_replaced"] = ws.protocol.parser is not old_parser
+        seen["logger"] = ws.logger
+        seen["request_rcvd"] = ws.request_rcvd
+        async for message in ws:
+            await ws.send(message)  # echo
+        seen["closed"] = True
+
+    async with serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(
+            f"ws://127.0.0.1:{port}/ws",
+            additional_headers={"Authorization": "Bearer " + "t" * 400},
+            compression=None,
+        ) as client:
+            await client.send("one")
+            assert await client.recv() == "one"
+            await client.send(["frag", "mented"])  # a fragmented message
+            assert await client.recv() == "fragmented"
+            big = "y" * 200_000
+            await client.send(big)
+            assert await client.recv() == big
+            latency = await asyncio.wait_for(await client.ping(), 5)  # pong from the server
+            assert latency >= 0
+        for _ in range(100):
+            if seen.get("closed"):
+                break
+            await asyncio.sleep(0.01)
+    assert seen["closed"]
+    assert seen["request"] is slim.SLIM_REQUEST
+    assert seen["parser_replaced"]
+    assert isinstance(seen["logger"], logging.Logger)
+    assert seen["request_rcvd"] is done
+
+
+async def test_server_close_after_slimming() -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    done.set_result(None)
+
+    async def handler(ws: ServerConnection) -> None:
+        slim.slim_after_handshake(ws, done)
+        await ws.recv()
+        await ws.close(4001, "bye")
+
+    async with serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/ws", compression=None) as client:
+            await client.send("x")
+            with pytest.raises(ConnectionClosed):
+                await client.recv()
+            assert client.close_code == 4001
