@@ -1,7 +1,8 @@
 """The conversation service alone: ``message:send`` requests straight over NATS (no gateway,
 no WebSocket) at 1, 10 and 50 in flight, against a Stack with the embedded store:
-``python -m bench.experiments.conversation_direct``. Separates the service + store ceiling
-from the gateway in the ``persisted`` scenario.
+``python -m bench.experiments.conversation_direct [seconds] [in-flight,...]``. Separates the
+service + store ceiling from the gateway in the ``persisted`` scenario, and gives the CPU
+milliseconds per acked message of the store and of the conversation service (from /proc).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import nats
 
+from bench.system import cpu_seconds
 from parley_contract import subjects
 from parley_contract.events import Event
 from parley_devstack.servers import free_port
@@ -29,7 +31,9 @@ def _body(user: str, data: dict[str, Any]) -> bytes:
     return json.dumps({"principal": principal, "data": data, "instanceId": "bench"}).encode()
 
 
-async def measure(nats_url: str, seconds: float) -> list[dict[str, Any]]:
+async def measure(
+    nats_url: str, seconds: float, levels: list[int], pids: dict[str, int]
+) -> list[dict[str, Any]]:
     nc = await nats.connect(nats_url)
     convs = [f"direct-c{i}" for i in range(CONVERSATIONS)]
     for c in convs:
@@ -39,7 +43,7 @@ async def measure(nats_url: str, seconds: float) -> list[dict[str, Any]]:
             timeout=10,
         )
     out = []
-    for in_flight in (1, 10, 50):
+    for in_flight in levels:
         lat: list[float] = []
         failed = 0
 
@@ -53,6 +57,7 @@ async def measure(nats_url: str, seconds: float) -> list[dict[str, Any]]:
             lat.append((time.perf_counter() - t) * 1000)
             return bool(json.loads(reply.data).get("success"))
 
+        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         t0 = time.perf_counter()
         sent = 0
         while time.perf_counter() - t0 < seconds:
@@ -62,6 +67,10 @@ async def measure(nats_url: str, seconds: float) -> list[dict[str, Any]]:
             failed += sum(1 for ok in oks if not ok)
             sent += in_flight
         elapsed = time.perf_counter() - t0
+        cpu_ms = {
+            f"{name}CpuMsPerMessage": round((cpu_seconds(pid) - cpu0[name]) * 1000 / sent, 2)
+            for name, pid in pids.items()
+        }
         lat.sort()
         out.append(
             {
@@ -70,6 +79,7 @@ async def measure(nats_url: str, seconds: float) -> list[dict[str, Any]]:
                 "p50Ms": round(lat[len(lat) // 2], 1),
                 "p99Ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
                 "failed": failed,
+                **cpu_ms,
             }
         )
     await nc.close()
@@ -78,6 +88,7 @@ async def measure(nats_url: str, seconds: float) -> list[dict[str, Any]]:
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
+    levels = [int(x) for x in sys.argv[2].split(",")] if len(sys.argv) > 2 else [1, 10, 50]
     with tempfile.TemporaryDirectory() as tmp:
         cfg = StackConfig(
             workdir=Path(tmp),
@@ -87,7 +98,11 @@ def main() -> None:
             database="bench_direct",
         )
         with Stack(cfg) as stack:
-            out = asyncio.run(measure(stack.nats_url, seconds))
+            procs = {"conversation": stack.conversation[0].process.proc}
+            if stack.store is not None and stack.store.process is not None:
+                procs["store"] = stack.store.process.proc
+            pids = {name: p.pid for name, p in procs.items() if p is not None}
+            out = asyncio.run(measure(stack.nats_url, seconds, levels, pids))
     sys.stdout.write(json.dumps(out, indent=1) + "\n")
 
 

@@ -34,7 +34,9 @@ class MemoryRepo:
         self.append_calls = 0
         self.fail_inserts = 0
 
-    async def get_conversations(self, ids: Sequence[str]) -> dict[str, Conversation]:
+    async def get_conversations(
+        self, ids: Sequence[str], *, with_totals: bool = True
+    ) -> dict[str, Conversation]:
         await asyncio.sleep(0)
         return {self.conv.id: self.conv} if self.conv.id in ids else {}
 

@@ -264,6 +264,61 @@ async def test_totals_are_atomic_under_concurrency(store: MongoStore, other: Mon
     assert got.last_message is not None and got.last_message.seq == 60
 
 
+async def test_first_totals_of_many_conversations_from_two_replicas(
+    store: MongoStore, other: MongoStore
+) -> None:
+    """Both replicas upsert the first totals document of the same conversations at once:
+    the loser of each insert race is retried as an update, nothing is counted twice."""
+    ids = [f"t{i}" for i in range(20)]
+    for cid in ids:
+        await store.insert_conversation(conv(cid, "u-a"))
+
+    async def add(s: MongoStore, seq: int) -> None:
+        await s.add_totals({cid: MessageTotals(messages=1, tokens=3, max_seq=seq) for cid in ids})
+
+    await asyncio.gather(*(add(store if i % 2 else other, i) for i in range(1, 9)))
+    got = await store.get_conversations(ids)
+    assert sorted(got) == sorted(ids)
+    for c in got.values():
+        assert (c.total_messages, c.total_tokens, c.last_seq) == (8, 24, 8)
+    page = await store.list_conversations(U, None, None, 50)
+    assert {item["conversationId"]: item["totalMessages"] for item in page.items} == dict.fromkeys(
+        ids, 8
+    )
+
+
+async def test_totals_written_on_the_conversation_itself_still_count(store: MongoStore) -> None:
+    """Conversations stored before the totals moved to their own collection keep their
+    totals; new ones add to them."""
+    last = LastMessage(content="old", role="user", created_at=now_ms(), message_id="m3", seq=3)
+    await store.insert_conversation(conv("old", "u-a"))
+    await store.conversations.update_one(
+        {"_id": "old"},
+        {
+            "$set": {
+                "totalMessages": 2,
+                "totalTokens": 5,
+                "totalCost": 0.25,
+                "lastSeq": 3,
+                "lastMessage": last.model_dump(by_alias=True, exclude_none=True),
+            }
+        },
+    )
+    got = await store.get_conversation("old")
+    assert got is not None and (got.total_messages, got.last_seq) == (2, 3)
+    newer = LastMessage(content="new", role="user", created_at=now_ms(), message_id="m4", seq=4)
+    await store.add_totals(
+        {"old": MessageTotals(messages=1, tokens=1, cost=0.5, last_message=newer, max_seq=4)}
+    )
+    got = await store.get_conversation("old")
+    assert got is not None
+    assert (got.total_messages, got.total_tokens, got.last_seq) == (3, 6, 4)
+    assert got.total_cost == pytest.approx(0.75)
+    assert got.last_message is not None and got.last_message.content == "new"
+    raw = await store.get_conversations(["old"], with_totals=False)
+    assert raw["old"].total_messages == 2  # the sequencer's authorizing read skips totals
+
+
 async def test_update_react_and_soft_delete(store: MongoStore) -> None:
     m = msg("c1", 1, "hello")
     await store.insert_messages([m])

@@ -75,22 +75,13 @@ class MessageDocument(_Doc):
     class Settings:
         name = "messages"
         validate_on_save = False
+        # Only the indexes a query here uses: history pages by (conversationId, seq), single
+        # messages by _id. The design doc's (conversationId, createdAt), (conversationId,
+        # role), (agentId, createdAt) and (parentMessageId) served no query, and on the
+        # embedded store every index costs about as much per insert as the document itself
+        # (docs/benchmarks.md, 2026-11-26 23:40). Add one back with the query that needs it.
         indexes: ClassVar[list[IndexModel]] = [
             IndexModel([("conversationId", ASCENDING), ("seq", ASCENDING)], unique=True),
-            IndexModel([("conversationId", ASCENDING), ("createdAt", ASCENDING)]),
-            IndexModel([("conversationId", ASCENDING), ("role", ASCENDING)]),
-            # Partial: most messages (users') have neither field, and every index entry is
-            # a large part of an insert's cost on the embedded store.
-            IndexModel(
-                [("agentId", ASCENDING), ("createdAt", DESCENDING)],
-                name="agentId_createdAt_partial",
-                partialFilterExpression={"agentId": {"$type": "string"}},
-            ),
-            IndexModel(
-                [("parentMessageId", ASCENDING)],
-                name="parentMessageId_partial",
-                partialFilterExpression={"parentMessageId": {"$type": "string"}},
-            ),
         ]
 
 
@@ -110,6 +101,22 @@ class EventDocument(_Doc):
         ]
 
 
+class ConversationTotalsDocument(_Doc):
+    """The counters of a conversation that move with every message, ``_id`` = its id.
+
+    Apart from the conversation document on purpose: the stores rewrite every index entry of
+    a document they update, and the conversation's eight indexes (participants multikey)
+    made each totals update cost ~1.4 ms on the embedded store, more than the inserts of
+    the messages it counted. This one has the ``_id`` index only. Reads add these values to
+    the conversation's own (which stay as written before this collection existed).
+    """
+
+    class Settings:
+        name = "conversation_totals"
+        validate_on_save = False
+        indexes: ClassVar[list[IndexModel]] = []
+
+
 class TaskDocument(_Doc):
     class Settings:
         name = "tasks"
@@ -124,6 +131,7 @@ DOCUMENTS: list[type[Document]] = [
     ConversationDocument,
     MessageDocument,
     EventDocument,
+    ConversationTotalsDocument,
     TaskDocument,
 ]
 
@@ -138,6 +146,23 @@ def to_doc(model: Conversation | Message) -> dict[str, Any]:
 def conversation_from(doc: dict[str, Any]) -> Conversation:
     doc.pop("conversationVersion", None)
     return Conversation.model_validate(doc)
+
+
+TOTAL_SUMS = ("totalMessages", "totalTokens", "totalCost")
+
+
+def merge_totals_doc(conv: dict[str, Any], totals: dict[str, Any]) -> dict[str, Any]:
+    """The conversation document with its ``conversation_totals`` document added in."""
+    for name in TOTAL_SUMS:
+        if name in totals:
+            conv[name] = conv.get(name, 0) + totals[name]
+    conv["lastSeq"] = max(int(conv.get("lastSeq") or 0), int(totals.get("lastSeq") or 0))
+    last = totals.get("lastMessage")
+    if last is not None:
+        mine = conv.get("lastMessage")
+        if mine is None or (mine.get("seq") or 0) < (last.get("seq") or 0):
+            conv["lastMessage"] = last
+    return conv
 
 
 def message_from(doc: dict[str, Any]) -> Message:
@@ -208,7 +233,9 @@ class Repository(Protocol):
         cursor: str | None,
         limit: int,
     ) -> Page: ...
-    async def get_conversations(self, ids: Sequence[str]) -> dict[str, Conversation]: ...
+    async def get_conversations(
+        self, ids: Sequence[str], *, with_totals: bool = True
+    ) -> dict[str, Conversation]: ...
     async def append_events(
         self,
         groups: Mapping[str, Sequence[PendingEvent]],
@@ -259,6 +286,7 @@ class MongoStore:
         self.conversations: AsyncCollection[dict[str, Any]] = self._db["conversations"]
         self.messages: AsyncCollection[dict[str, Any]] = self._db["messages"]
         self.events: AsyncCollection[dict[str, Any]] = self._db["events"]
+        self.totals: AsyncCollection[dict[str, Any]] = self._db["conversation_totals"]
         self.tasks: AsyncCollection[dict[str, Any]] = self._db["tasks"]
         self._next_seq: OrderedDict[str, int] = OrderedDict()
 
@@ -291,7 +319,30 @@ class MongoStore:
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
         doc = await self.conversations.find_one({"_id": conversation_id})
-        return conversation_from(doc) if doc else None
+        if doc is None:
+            return None
+        totals = await self.totals.find_one({"_id": conversation_id})
+        return conversation_from(merge_totals_doc(doc, totals) if totals else doc)
+
+    async def _with_totals(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not docs:
+            return docs
+        found = await self._find_by_ids(self.totals, [d["_id"] for d in docs])
+        for d in docs:
+            if (t := found.get(d["_id"])) is not None:
+                merge_totals_doc(d, t)
+        return docs
+
+    @staticmethod
+    async def _find_by_ids(
+        coll: AsyncCollection[dict[str, Any]], ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        # In chunks: on the embedded store an `_id: {$in}` costs more per key the more keys
+        # it has (50 keys ~11 ms, 200 keys ~96 ms; 4 x 50 ~45 ms).
+        keys = list(ids)
+        chunks = [keys[i : i + IN_CHUNK] for i in range(0, len(keys), IN_CHUNK)]
+        found = await asyncio.gather(*(coll.find({"_id": {"$in": c}}).to_list() for c in chunks))
+        return {d["_id"]: d for docs in found for d in docs}
 
     async def _version(self, conversation_id: str) -> int:
         doc = await self.conversations.find_one(
@@ -359,7 +410,7 @@ class MongoStore:
             .to_list()
         )
         more = len(docs) > limit
-        convs = [conversation_from(d) for d in docs[:limit]]
+        convs = [conversation_from(d) for d in await self._with_totals(docs[:limit])]
         page = Page(items=[_wire(c) for c in convs])
         if more and convs:
             last = convs[-1]
@@ -386,15 +437,15 @@ class MongoStore:
         while len(self._next_seq) > SEQ_CACHE_SIZE:
             self._next_seq.popitem(last=False)
 
-    async def get_conversations(self, ids: Sequence[str]) -> dict[str, Conversation]:
-        # In chunks: on the embedded store an `_id: {$in}` costs more per key the more keys
-        # it has (50 keys ~11 ms, 200 keys ~96 ms; 4 x 50 ~45 ms).
-        keys = list(ids)
-        chunks = [keys[i : i + IN_CHUNK] for i in range(0, len(keys), IN_CHUNK)]
-        found = await asyncio.gather(
-            *(self.conversations.find({"_id": {"$in": c}}).to_list() for c in chunks)
-        )
-        return {d["_id"]: conversation_from(d) for docs in found for d in docs}
+    async def get_conversations(
+        self, ids: Sequence[str], *, with_totals: bool = True
+    ) -> dict[str, Conversation]:
+        """The conversations found; ``with_totals=False`` skips the totals read (the
+        sequencer only authorizes: its totals, lastMessage and lastSeq may be stale)."""
+        docs = list((await self._find_by_ids(self.conversations, ids)).values())
+        if with_totals:
+            docs = await self._with_totals(docs)
+        return {d["_id"]: conversation_from(d) for d in docs}
 
     async def append_events(
         self,
@@ -582,34 +633,44 @@ class MongoStore:
         return todo
 
     async def add_totals(self, totals: Mapping[str, MessageTotals]) -> None:
-        """One atomic update per conversation, all in one bulk write.
+        """One atomic upsert per conversation into ``conversation_totals``, one bulk write.
 
-        An update pipeline (``$add``/``$max``/``$cond`` on the document's own values) so the
-        totals move without read-modify-write and ``lastMessage`` only moves to a higher seq
-        (a ``{_id, $or: [...]}`` filter would do it too, but SecantusDB scans the collection
-        for it).
+        Update operators only (``$inc`` the sums, ``$max`` the seq): no read-modify-write.
+        ``lastMessage`` moves by ``$max`` too: stored with ``seq`` as its first field, two of
+        them compare by seq (BSON compares embedded documents field by field, in order), so
+        it only ever moves to a higher seq. On the embedded store an update pipeline doing
+        the same (``$cond`` on the document's own seq) cost twice as much per update.
         """
         ops: list[UpdateOne] = []
         for cid, t in totals.items():
-            fields: dict[str, Any] = {
-                "lastSeq": {"$max": [{"$ifNull": ["$lastSeq", 0]}, t.max_seq]}
-            }
+            update: dict[str, Any] = {"$max": {"lastSeq": t.max_seq}}
             if t.messages:
-                fields["totalMessages"] = {"$add": [{"$ifNull": ["$totalMessages", 0]}, t.messages]}
-                fields["totalTokens"] = {"$add": [{"$ifNull": ["$totalTokens", 0]}, t.tokens]}
-                fields["totalCost"] = {"$add": [{"$ifNull": ["$totalCost", 0]}, t.cost]}
+                update["$inc"] = {
+                    "totalMessages": t.messages,
+                    "totalTokens": t.tokens,
+                    "totalCost": t.cost,
+                }
             last = t.last_message
             if last is not None and last.seq is not None:
-                fields["lastMessage"] = {
-                    "$cond": [
-                        {"$lt": [{"$ifNull": ["$lastMessage.seq", 0]}, last.seq]},
-                        {"$literal": last.model_dump(by_alias=True, exclude_none=True)},
-                        "$lastMessage",
-                    ]
+                update["$max"]["lastMessage"] = {
+                    "seq": last.seq,
+                    **last.model_dump(by_alias=True, exclude_none=True),
                 }
-            ops.append(UpdateOne({"_id": cid}, [{"$set": fields}]))
-        if ops:
-            await self.conversations.bulk_write(ops, ordered=False)
+            ops.append(UpdateOne({"_id": cid}, update, upsert=True))
+        for attempt in range(3):
+            if not ops:
+                return
+            try:
+                await self.totals.bulk_write(ops, ordered=False)
+                return
+            except BulkWriteError as exc:
+                # Two replicas upserting a conversation's first totals: the loser's insert
+                # hits the _id index. Only those ops are retried (the others are applied:
+                # retrying them would count twice); the document exists now.
+                errors = exc.details.get("writeErrors") or []
+                if attempt == 2 or any(e.get("code") != DUPLICATE_KEY for e in errors):
+                    raise
+                ops = [ops[int(e["index"])] for e in errors]
 
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
         doc = await self.messages.find_one({"_id": message_id, "conversationId": conversation_id})
