@@ -157,6 +157,43 @@ async def test_drain_finishes_work_then_refuses(setup: Any) -> None:
     assert exc.value.code is ErrorCode.SERVICE_UNAVAILABLE
 
 
+async def test_overload_refuses_sends_before_storing_them() -> None:
+    """A send that would wait longer than max_wait for its batch gets SERVICE_UNAVAILABLE at
+    once (with a retry hint) and is not stored; the ones accepted are all stored in order."""
+    conv = domain.new_conversation(ALICE, ConversationCreate(conversation_id="c1"))
+    repo = MemoryRepo(conv)
+    gate = asyncio.Event()
+    real_append = repo.append_events
+
+    async def slow_append(*args: Any, **kwargs: Any) -> dict[str, list[AppendResult]]:
+        await gate.wait()
+        return await real_append(*args, **kwargs)
+
+    repo.append_events = slow_append  # type: ignore[method-assign]
+
+    async def publish(subject: str, payload: bytes) -> None:
+        return None
+
+    seq = Sequencer(repo, publish, max_batch=10, max_wait=1.0)  # type: ignore[arg-type]
+    seq.job_seconds = 0.1  # as measured on earlier batches: 10 queued writes wait 1 s
+    accepted = [asyncio.ensure_future(seq.send(ALICE, message(f"m{i}"))) for i in range(10)]
+    await asyncio.sleep(0)  # the worker takes these 10 and waits for the store
+    accepted += [asyncio.ensure_future(seq.send(ALICE, message(f"m{i}"))) for i in range(10, 21)]
+    await asyncio.sleep(0)  # 11 queued behind the batch being written: 1.1 s expected
+    with pytest.raises(ParleyError) as exc:
+        await seq.send(ALICE, message("one too many"))
+    assert exc.value.code is ErrorCode.SERVICE_UNAVAILABLE
+    assert "not stored" in exc.value.message
+    assert exc.value.details is not None and exc.value.details["retryAfterMs"] >= 1000
+    gate.set()
+    results = await asyncio.gather(*accepted)
+    assert [r.message["content"] for r in results] == [f"m{i}" for i in range(21)]
+    assert [m.content for m in repo.messages] == [f"m{i}" for i in range(21)]
+    assert seq.job_seconds < 0.1  # the estimate follows the (fast) batches just written
+    again = await seq.send(ALICE, message("after"))
+    assert again.seq == 22
+
+
 async def test_projection_errors_are_retried_and_never_fail_a_stored_send(
     setup: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

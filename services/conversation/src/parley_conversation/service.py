@@ -183,6 +183,7 @@ class ConversationService:
             on_batch=self.metrics.batch.observe,
             on_projection_failure=self.metrics.projection_failures.inc,
             totals_interval=settings.totals_interval_seconds,
+            max_wait=settings.max_wait_seconds,
         )
         self.ready = False
         self._started = False

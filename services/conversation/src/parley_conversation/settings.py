@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(
         default=1000, ge=2, validation_alias=_env("PARLEY_CONVERSATION_MAX_CONCURRENCY")
     )
+    # Load shedding: a message:send that would wait longer than this many seconds for its
+    # group commit is refused at once (SERVICE_UNAVAILABLE, nothing stored) rather than
+    # left to time out at the gateway (PARLEY_GATEWAY_REQUEST_TIMEOUT_SECONDS, 5 s). 0: never.
+    max_wait_seconds: float = Field(
+        default=2.0, ge=0, le=60, validation_alias=_env("PARLEY_CONVERSATION_MAX_WAIT_SECONDS")
+    )
     # Most durable writes of one conversation committed in one batch.
     max_batch: int = Field(
         default=500, ge=1, validation_alias=_env("PARLEY_CONVERSATION_MAX_BATCH")
