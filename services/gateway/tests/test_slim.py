@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 import pytest
@@ -91,11 +92,15 @@ async def test_slimmed_connection_still_works() -> None:
         seen["parser_replaced"] = ws.protocol.parser is not old_parser
         seen["logger"] = ws.logger
         seen["request_rcvd"] = ws.request_rcvd
+        seen["frames"] = ws.recv_messages.frames.queue
+        seen["drain_waiters"] = ws.drain_waiters
         async for message in ws:
             await ws.send(message)  # echo
         seen["closed"] = True
 
-    async with serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None) as server:
+    async with serve(
+        handler, "127.0.0.1", 0, compression=None, ping_interval=None, max_queue=16
+    ) as server:
         port = server.sockets[0].getsockname()[1]
         async with connect(
             f"ws://127.0.0.1:{port}/ws",
@@ -111,6 +116,11 @@ async def test_slimmed_connection_still_works() -> None:
             assert await client.recv() == big
             latency = await asyncio.wait_for(await client.ping(), 5)  # pong from the server
             assert latency >= 0
+            # A burst: far more frames than the server's queue (max_queue 16) before it reads.
+            burst = [f"m{i}" for i in range(2000)]
+            for m in burst:
+                await client.send(m)
+            assert [await client.recv() for _ in burst] == burst
         for _ in range(100):
             if seen.get("closed"):
                 break
@@ -120,6 +130,8 @@ async def test_slimmed_connection_still_works() -> None:
     assert seen["parser_replaced"]
     assert isinstance(seen["logger"], logging.Logger)
     assert seen["request_rcvd"] is done
+    assert isinstance(seen["frames"], slim.LazyDeque) and not seen["frames"]
+    assert seen["drain_waiters"] == []
 
 
 async def test_server_close_after_slimming() -> None:
@@ -139,3 +151,26 @@ async def test_server_close_after_slimming() -> None:
             with pytest.raises(ConnectionClosed):
                 await client.recv()
             assert client.close_code == 4001
+
+
+def test_lazy_deque_behaves_like_a_deque() -> None:
+    lazy = slim.LazyDeque()
+    ref: deque[int] = deque()
+    assert not lazy and len(lazy) == 0
+    with pytest.raises(IndexError):
+        lazy.popleft()
+    for op in range(200):
+        if op % 3 == 2 and ref:
+            assert lazy.popleft() == ref.popleft()
+        elif op % 7 == 0:
+            items = [op, op + 1000]
+            lazy.extendleft(reversed(items))  # websockets' put_back
+            ref.extendleft(reversed(items))
+        else:
+            lazy.append(op)
+            ref.append(op)
+        assert len(lazy) == len(ref) and bool(lazy) == bool(ref)
+    while ref:
+        assert lazy.popleft() == ref.popleft()
+    assert not lazy and lazy._items is None  # the deque is released once empty
+    assert list(slim.LazyDeque([1, 2]).__class__.__slots__) == ["_items"]

@@ -14,6 +14,10 @@ handler starts (the opening handshake is over, the connection is OPEN), and drop
 - the handshake's response and its ``request_rcvd`` future;
 - the per-connection ``LoggerAdapter`` (with its dict and weakref proxy): the server's logger
   is used directly (log lines lose only the ``websocket`` extra);
+- two ``collections.deque`` that are empty nearly all the time (~640 bytes each, even
+  empty): the queue of incoming frames becomes a :class:`LazyDeque` (a deque only while
+  frames wait), the waiters of ``drain()`` a plain list (websockets appends, removes and
+  iterates; the gateway never calls ``drain()`` outside the closing handshake).
 
 This relies on websockets internals (pinned by uv.lock; ``tests/test_slim.py`` checks each
 assumption, and every gateway test runs through it). Each step checks what it expects and
@@ -24,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -74,6 +80,49 @@ def restart_parser(protocol: Protocol) -> bool:
     return True
 
 
+class LazyDeque:
+    """The part of ``collections.deque`` websockets' frame queue uses, allocated on demand.
+
+    An empty deque is ~640 bytes; websockets keeps one per connection for incoming frames
+    that is empty nearly all the time. This holds a deque only while frames are queued.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[Any] = ()) -> None:
+        self._items: deque[Any] | None = deque(items) or None
+
+    def __len__(self) -> int:
+        items = self._items
+        return 0 if items is None else len(items)
+
+    def __bool__(self) -> bool:
+        return self._items is not None
+
+    def append(self, item: Any) -> None:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        items.append(item)
+
+    def popleft(self) -> Any:
+        items = self._items
+        if items is None:
+            raise IndexError("pop from an empty deque")
+        item = items.popleft()
+        if not items:
+            self._items = None
+        return item
+
+    def extendleft(self, items: Iterable[Any]) -> None:
+        current = self._items
+        if current is None:
+            current = self._items = deque()
+        current.extendleft(items)
+        if not current:
+            self._items = None
+
+
 def slim_after_handshake(ws: ServerConnection, done: asyncio.Future[None]) -> None:
     """Drop the handshake's leftovers from an OPEN connection (see the module docstring).
 
@@ -88,3 +137,9 @@ def slim_after_handshake(ws: ServerConnection, done: asyncio.Future[None]) -> No
     adapter = ws.logger
     if isinstance(adapter, logging.LoggerAdapter) and isinstance(adapter.logger, logging.Logger):
         ws.logger = ws.protocol.logger = adapter.logger
+    frames = getattr(getattr(ws, "recv_messages", None), "frames", None)
+    if isinstance(getattr(frames, "queue", None), deque):
+        assert frames is not None
+        frames.queue = LazyDeque(frames.queue)
+    if isinstance(getattr(ws, "drain_waiters", None), deque):
+        ws.drain_waiters = list(ws.drain_waiters)  # type: ignore[assignment]
