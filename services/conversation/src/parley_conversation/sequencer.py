@@ -45,8 +45,6 @@ PROJECTION_FIRST_DELAY = 0.05  # seconds, x4 per attempt, capped at 2 s
 # at most TOTALS_MAX_PAUSE plus one write.
 TOTALS_PAUSE_PER_WRITE = 4.0
 TOTALS_MAX_PAUSE = 2.0  # seconds
-# Weight of the newest batch in the running estimate of seconds per queued write.
-JOB_SECONDS_WEIGHT = 0.2
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 OnStored = Callable[[Conversation, list[Message]], Coroutine[Any, Any, None]]
@@ -109,12 +107,14 @@ class Sequencer:
         self._totals_round = asyncio.Event()  # set (and replaced) after each write
         self._totals_interval = totals_interval  # least pause between two totals writes
         self._totals_flush = asyncio.Event()  # cuts that pause short (a read, a drain)
-        # Load shedding: a send that would wait longer than max_wait seconds in the queue
-        # (queued writes x seconds per write, estimated from the last batches) is refused
-        # at once with SERVICE_UNAVAILABLE, before anything is stored, instead of timing out
-        # at the gateway while it may still be stored later. 0: never refused.
+        # Load shedding: while the oldest queued write has waited more than max_wait seconds
+        # for its batch, new sends are refused at once with SERVICE_UNAVAILABLE, before
+        # anything is stored, instead of queueing until the gateway's request times out
+        # (when it could still be stored later). Measured waiting, not a cost model: with
+        # group commit a batch takes everything queued, so the head waits longer than one
+        # batch only when the queue outgrows the store. 0: never refused.
         self._max_wait = max_wait
-        self.job_seconds = 0.0  # running estimate of store time per queued write
+        self._queued_at: list[float] = []  # time.monotonic() of each entry of _queue
 
     @property
     def in_flight(self) -> int:
@@ -124,21 +124,22 @@ class Sequencer:
         if self._closing:
             raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "this replica is shutting down, retry")
         self._queue.append((conversation_id, job))
+        self._queued_at.append(time.monotonic())
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name="sequencer")
 
     @property
-    def expected_wait(self) -> float:
-        """Seconds a write queued now would wait for its batch to be committed (estimate)."""
-        return len(self._queue) * self.job_seconds
+    def oldest_wait(self) -> float:
+        """Seconds the oldest queued write has been waiting for its batch (0: none queued)."""
+        return time.monotonic() - self._queued_at[0] if self._queued_at else 0.0
 
     async def send(self, principal: Principal, message: Message) -> SendResult:
         """Authorize, store and publish a message; returns it as stored (with seq)."""
-        if self._max_wait > 0 and self.expected_wait > self._max_wait:
+        if self._max_wait > 0 and (waited := self.oldest_wait) > self._max_wait:
             raise ParleyError(
                 ErrorCode.SERVICE_UNAVAILABLE,
                 "the conversation service is overloaded: the message was not stored, retry",
-                {"retryAfterMs": int(self.expected_wait * 1000)},
+                {"retryAfterMs": int(waited * 1000)},
             )
         fut: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
         self._submit(message.conversation_id, _Send(principal, message, fut))
@@ -223,13 +224,11 @@ class Sequencer:
             while self._queue:
                 jobs = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
+                del self._queued_at[: self._max_batch]
                 if self._on_batch is not None:
                     self._on_batch(len(jobs))
-                started = time.monotonic()
                 try:
                     await self._process(jobs)
-                    per_job = (time.monotonic() - started) / len(jobs)
-                    self.job_seconds += JOB_SECONDS_WEIGHT * (per_job - self.job_seconds)
                 except ParleyError as exc:
                     _fail([j for _, j in jobs], exc)
                 except PyMongoError:
@@ -252,6 +251,7 @@ class Sequencer:
             self._worker = None
             rest = [j for _, j in jobs + self._queue]
             self._queue.clear()
+            self._queued_at.clear()
             _fail(rest, ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "write interrupted, retry"))
 
     async def _process(self, jobs: list[tuple[str, _Job]]) -> None:

@@ -44,9 +44,10 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(
         default=1000, ge=2, validation_alias=_env("PARLEY_CONVERSATION_MAX_CONCURRENCY")
     )
-    # Load shedding: a message:send that would wait longer than this many seconds for its
-    # group commit is refused at once (SERVICE_UNAVAILABLE, nothing stored) rather than
-    # left to time out at the gateway (PARLEY_GATEWAY_REQUEST_TIMEOUT_SECONDS, 5 s). 0: never.
+    # Load shedding: while the oldest queued write has waited longer than this many seconds
+    # for its group commit, a new message:send is refused at once (SERVICE_UNAVAILABLE,
+    # nothing stored) rather than left to time out at the gateway
+    # (PARLEY_GATEWAY_REQUEST_TIMEOUT_SECONDS, 5 s). 0: never.
     max_wait_seconds: float = Field(
         default=2.0, ge=0, le=60, validation_alias=_env("PARLEY_CONVERSATION_MAX_WAIT_SECONDS")
     )
