@@ -525,8 +525,14 @@ class MongoStore:
                 )
                 pos[cid] = k + 1  # nxt[cid] stays: that seq is still free
             else:
-                # Another replica took this seq: continue after the log's maximum.
-                nxt[cid] = (await self.last_seqs([cid]))[cid] + 1
+                # Another replica took this seq: continue after the log's maximum. It is
+                # writing these conversations too, most likely, so every conversation still
+                # to be written re-reads its maximum now: an ordered insert stops at the
+                # first collision, and one round per stale conversation used to make two
+                # replicas slower than one.
+                rest = list(dict.fromkeys(c for c, _ in owners[done:]))
+                for c, last in (await self.last_seqs(rest)).items():
+                    nxt[c] = last + 1
         out: dict[str, list[AppendResult]] = {}
         for cid, res in results.items():
             self._remember(cid, nxt[cid])
