@@ -79,15 +79,12 @@ def test_parser_left_alone_before_the_handshake() -> None:
 
 async def test_slimmed_connection_still_works() -> None:
     seen: dict[str, Any] = {}
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    done.set_result(None)
 
     async def handler(ws: ServerConnection) -> None:
         request = ws.request
         assert request is not None and "authorization" in request.headers
         old_parser = ws.protocol.parser
-        slim.slim_after_handshake(ws, done)
+        slim.slim_after_handshake(ws)
         seen["request"] = ws.request
         seen["parser_replaced"] = ws.protocol.parser is not old_parser
         seen["logger"] = ws.logger
@@ -129,18 +126,14 @@ async def test_slimmed_connection_still_works() -> None:
     assert seen["request"] is slim.SLIM_REQUEST
     assert seen["parser_replaced"]
     assert isinstance(seen["logger"], logging.Logger)
-    assert seen["request_rcvd"] is done
+    assert seen["request_rcvd"] is slim.done_future() and slim.done_future().done()
     assert isinstance(seen["frames"], slim.LazyDeque) and not seen["frames"]
     assert seen["drain_waiters"] == []
 
 
 async def test_server_close_after_slimming() -> None:
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    done.set_result(None)
-
     async def handler(ws: ServerConnection) -> None:
-        slim.slim_after_handshake(ws, done)
+        slim.slim_after_handshake(ws)
         await ws.recv()
         await ws.close(4001, "bye")
 

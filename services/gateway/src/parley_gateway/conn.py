@@ -18,6 +18,7 @@ from websockets.protocol import State
 from parley_contract import jsonutil
 from parley_contract.internal import Principal
 from parley_gateway.ratelimit import TokenBucket
+from parley_gateway.slim import done_future
 
 if TYPE_CHECKING:
     from parley_gateway.metrics import Metrics
@@ -68,7 +69,7 @@ class Conn:
         "kicked",
         "limit",
         "metrics",
-        "ping_waiter",
+        "ping_data",
         "pipe",
         "principal",
         "queued",
@@ -95,7 +96,7 @@ class Conn:
         self.bucket = TokenBucket(rate)
         # conversationId → last durable seq delivered to this connection.
         self.joined: dict[str, int] = {}
-        self.ping_waiter: asyncio.Future[float] | None = None
+        self.ping_data: bytes | None = None  # the last heartbeat ping sent
         self.limit = send_limit
         self.metrics = metrics
         self.closing = False
@@ -214,21 +215,26 @@ class Conn:
         task.add_done_callback(_background.discard)
 
     def send_ping(self) -> None:
-        """Send a keepalive ping; close 4408 if the previous one got no pong in time."""
-        waiter = self.ping_waiter
-        if waiter is not None and not waiter.done():
+        """Send a keepalive ping; close 4408 if the previous one got no pong in time.
+
+        websockets removes a ping from ``pending_pings`` when its pong (or a later one)
+        arrives, so the previous ping still being there means no pong. Its waiter is the
+        shared completed future (``slim.done_future``): nothing awaits it, and no future is
+        kept per connection.
+        """
+        ws = self.ws
+        last = self.ping_data
+        if last is not None and last in ws.pending_pings:
             self.close(CLOSE_HEARTBEAT, "heartbeat timeout")
             return
-        ws = self.ws
         if ws.protocol.state is not State.OPEN:
             return
         data = int(time.monotonic() * 1e6).to_bytes(8, "big")
-        fut: asyncio.Future[float] = ws.loop.create_future()
-        ws.pending_pings[data] = (fut, ws.loop.time())
+        ws.pending_pings[data] = (done_future(), ws.loop.time())
         try:
             ws.protocol.send_ping(data)
             ws.send_data()
         except Exception:
             logger.debug("ping failed on %r", self, exc_info=True)
             return
-        self.ping_waiter = fut
+        self.ping_data = data

@@ -135,15 +135,6 @@ class Gateway:
         self._rate_message = (
             f"more than {settings.commands_per_second:g} commands per second (burst 2x)"
         )
-        self._done_future: asyncio.Future[None] | None = None
-
-    def _done(self) -> asyncio.Future[None]:
-        """A completed future shared by all connections (in place of per-connection ones)."""
-        fut = self._done_future
-        if fut is None:
-            fut = self._done_future = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
-        return fut
 
     # ------------------------------------------------------------------ HTTP / handshake
 
@@ -211,7 +202,7 @@ class Gateway:
         del ws.parley_auth  # type: ignore[attr-defined]
         # The handshake's request (headers: ~3 KB, held by websockets' parser too), response
         # and logger adapter are not needed any more (idle memory, see slim.py).
-        slim_after_handshake(ws, self._done())
+        slim_after_handshake(ws)
         hub = self.hub
         restored: dict[str, int] | None = None
         if resume is not None:
@@ -265,8 +256,9 @@ class Gateway:
                             )
                         )
             await hub.save_session(conn, ack=False)  # no round trip before the first command
-            async for message in ws:
-                await self.submit(conn, message)
+            recv = ws.recv
+            while True:  # not ``async for``: no async generator kept per connection
+                await self.submit(conn, await recv())
         except ConnectionClosed:
             pass
         finally:

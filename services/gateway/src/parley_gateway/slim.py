@@ -123,15 +123,31 @@ class LazyDeque:
             self._items = None
 
 
-def slim_after_handshake(ws: ServerConnection, done: asyncio.Future[None]) -> None:
-    """Drop the handshake's leftovers from an OPEN connection (see the module docstring).
+_done: asyncio.Future[Any] | None = None
 
-    ``done``: a completed future shared by every connection, in place of ``request_rcvd``.
+
+def done_future() -> asyncio.Future[Any]:
+    """A completed future of the running loop, shared by every connection.
+
+    Stands in where websockets wants a future per connection that is already resolved or
+    that nobody awaits: ``request_rcvd`` after the handshake, and the pong waiter of the
+    gateway's heartbeat pings (``Conn.send_ping``), which websockets never resolves or
+    cancels once done.
     """
+    global _done  # noqa: PLW0603 - one per event loop, created on first use
+    loop = asyncio.get_running_loop()
+    if _done is None or _done.get_loop() is not loop:
+        _done = loop.create_future()
+        _done.set_result(None)
+    return _done
+
+
+def slim_after_handshake(ws: ServerConnection) -> None:
+    """Drop the handshake's leftovers from an OPEN connection (see the module docstring)."""
     ws.request = SLIM_REQUEST
     ws.response = None
     if getattr(ws, "request_rcvd", None) is not None and ws.request_rcvd.done():
-        ws.request_rcvd = done
+        ws.request_rcvd = done_future()
     if not restart_parser(ws.protocol):
         logger.debug("websocket parser of %s left as is", ws.id)
     adapter = ws.logger
