@@ -93,6 +93,8 @@ class Hub:
         self.convs: dict[str, ConvState] = {}
         self.principals: dict[str, PrincipalState] = {}
         self.sessions: dict[str, Conn] = {}
+        # Sessions whose connection is being cleaned up (left, saved): a resume waits for it.
+        self.cleaning: dict[str, asyncio.Future[None]] = {}
         self.dirty: set[Conn] = set()
         self.draining = False
         self.started_at = now_iso()

@@ -55,6 +55,8 @@ _INVALID = object()  # a frame that is not JSON
 MAX_IN_FLIGHT = 32
 # On disconnect, how long the connection's commands in flight may still take.
 _CLOSE_GRACE_SECONDS = 2.0
+# A resume waits at most this long for the session's previous connection to be cleaned up.
+_CLEANUP_WAIT_SECONDS = _CLOSE_GRACE_SECONDS + 3.0
 
 
 class _Pipeline:
@@ -206,6 +208,13 @@ class Gateway:
         hub = self.hub
         restored: dict[str, int] | None = None
         if resume is not None:
+            cleaning = hub.cleaning.get(resume)
+            if cleaning is not None:
+                # The session's previous connection on this instance is still leaving its
+                # conversations and saving the session (a resume right after a close):
+                # load what it saves, and do not kick it (a kicked connection saves nothing).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(cleaning), _CLEANUP_WAIT_SECONDS)
             restored = await hub.load_session(resume, principal)
             if restored is not None and since:
                 # The client's own last seqs win: exact also after a crash of the old instance
@@ -262,23 +271,35 @@ class Gateway:
         except ConnectionClosed:
             pass
         finally:
-            pipe = conn.pipe
-            if pipe is not None and pipe.tasks:
-                # Let the commands in flight finish (bounded) before the cleanup, so that none
-                # of them joins a conversation after the connection has left it.
-                _, late = await asyncio.wait(set(pipe.tasks), timeout=_CLOSE_GRACE_SECONDS)
-                for task in late:
-                    task.cancel()
-                if late:
-                    await asyncio.wait(late)
-            conn.closing = True
-            joined = dict(conn.joined)  # what a resume must restore
+            cleaned = asyncio.get_running_loop().create_future()
+            hub.cleaning[conn.session_id] = cleaned
             try:
-                await hub.unregister(conn)
-            except Exception:  # never skip saving the session for one failed cleanup step
-                logger.exception("cleanup of %r failed", conn)
-            if not conn.kicked:
-                await hub.save_session(conn, joined)
+                await self._cleanup(conn)
+            finally:
+                cleaned.set_result(None)
+                if hub.cleaning.get(conn.session_id) is cleaned:
+                    del hub.cleaning[conn.session_id]
+
+    async def _cleanup(self, conn: Conn) -> None:
+        """After the connection closed: commands in flight, leave, save the session."""
+        hub = self.hub
+        pipe = conn.pipe
+        if pipe is not None and pipe.tasks:
+            # Let the commands in flight finish (bounded) before the cleanup, so that none
+            # of them joins a conversation after the connection has left it.
+            _, late = await asyncio.wait(set(pipe.tasks), timeout=_CLOSE_GRACE_SECONDS)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        conn.closing = True
+        joined = dict(conn.joined)  # what a resume must restore
+        try:
+            await hub.unregister(conn)
+        except Exception:  # never skip saving the session for one failed cleanup step
+            logger.exception("cleanup of %r failed", conn)
+        if not conn.kicked:
+            await hub.save_session(conn, joined)
 
     async def submit(self, conn: Conn, message: str | bytes) -> None:
         """Start one client frame's command; waits only while MAX_IN_FLIGHT are running."""
