@@ -4,7 +4,9 @@
 
 Every connection is a distinct user (worst case: one principal subscription each) that has
 received ``connected`` and then stays idle. Prints baseline RSS, RSS with N connections and
-KB per connection. Not a test: a figure for the README (bench/ has the full load tests).
+KB per connection. Not a test, and not the figure of record: a quick gateway-only check.
+The figure of record is bench's idle scenario (``uv run python -m bench --scenario idle``),
+which also joins every connection to a conversation (docs/benchmarks.md, History).
 """
 
 from __future__ import annotations
