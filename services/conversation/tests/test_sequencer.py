@@ -14,6 +14,7 @@ from parley_contract.commands import ConversationCreate, MessageSend
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import Principal
+from parley_contract.jsonutil import model_json
 from parley_contract.models import Conversation, Message
 from parley_conversation import domain, sequencer
 from parley_conversation.sequencer import Sequencer
@@ -66,18 +67,21 @@ class MemoryRepo:
                     out[cid].append(AppendResult(frame["seq"], frame, duplicate=True))
                     continue
                 seq = len(self.events) + 1
-                frame = envelopes.event_frame(p.event, p.build(seq), conversation_id=cid, seq=seq)
+                if p.message is not None:  # a message is its own log entry
+                    stored = p.message(seq)
+                    self.messages.append(stored)
+                    data = model_json(stored)
+                else:
+                    data = p.build(seq)
+                frame = envelopes.event_frame(p.event, data, conversation_id=cid, seq=seq)
                 self.events.append({"cmid": p.client_message_id, "frame": frame})
                 out[cid].append(AppendResult(seq, frame))
         return out
 
-    async def insert_messages(self, messages: Sequence[Message]) -> None:
+    async def add_totals(self, totals: Mapping[str, MessageTotals]) -> None:
         if self.fail_inserts:
             self.fail_inserts -= 1
             raise AutoReconnect("store restarting")
-        self.messages.extend(messages)
-
-    async def add_totals(self, totals: Mapping[str, MessageTotals]) -> None:
         for t in totals.values():
             self.totals.messages += t.messages
             self.totals.max_seq = max(self.totals.max_seq, t.max_seq)
@@ -196,20 +200,27 @@ async def test_overload_refuses_sends_before_storing_them() -> None:
     assert again.seq == 16
 
 
-async def test_projection_errors_are_retried_and_never_fail_a_stored_send(
+async def test_totals_errors_are_retried_and_never_fail_a_stored_send(
     setup: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo, seq, published, _batches = setup
     monkeypatch.setattr(sequencer, "PROJECTION_FIRST_DELAY", 0)
-    repo.fail_inserts = 2
+    repo.fail_inserts = 2  # the totals write fails twice, then succeeds
     res = await seq.send(ALICE, message("survives"))
     assert res.seq == 1 and [m.content for m in repo.messages] == ["survives"]
+    await seq.settle_totals()
+    assert repo.totals.messages == 1
     failures: list[int] = []
     seq._on_projection_failure = lambda: failures.append(1)
     repo.fail_inserts = 100
-    res = await seq.send(ALICE, message("event only"))
-    assert res.seq == 2 and failures == [1]
-    assert [f["data"]["content"] for _, f in published] == ["survives", "event only"]
+    res = await seq.send(ALICE, message("stored, totals lost"))
+    assert res.seq == 2 and [m.content for m in repo.messages] == [
+        "survives",
+        "stored, totals lost",
+    ]
+    await seq.settle_totals()
+    assert failures == [1] and repo.totals.messages == 1
+    assert [f["data"]["content"] for _, f in published] == ["survives", "stored, totals lost"]
 
 
 async def test_totals_are_coalesced_and_exact_once_settled(setup: Any) -> None:

@@ -43,6 +43,13 @@ async def create(request_: Request, **data: Any) -> dict[str, Any]:
     return conv
 
 
+async def list_all(request_: Request, cid: str) -> list[dict[str, Any]]:
+    r = await request_(subjects.QUERY_MESSAGES_LIST, {"conversationId": cid, "limit": 100})
+    assert r["success"], r
+    items: list[dict[str, Any]] = r["data"]["items"]
+    return items
+
+
 async def events_since(
     request_: Request, cid: str, after: int = 0, principal: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -321,7 +328,20 @@ async def test_events_since_replays_exactly_what_was_published(
     await sub.unsubscribe()
     log = await events_since(request_, cid)
     replayed = [f for f in log["data"]["events"] if f["seq"] > 1]
-    assert replayed == sorted(frames, key=lambda f: f["seq"])
+    published = sorted(frames, key=lambda f: f["seq"])
+    # Every event replays as published, except that a message:new carries the message as
+    # it is now (the message is its own log entry): the edit, reaction and deletion that
+    # follow it in the log bring a replaying client to the same state as a live one.
+    assert [f for f in replayed if f["event"] != "message:new"] == [
+        f for f in published if f["event"] != "message:new"
+    ]
+    by_id = {m["_id"]: m for m in (await list_all(request_, cid))}
+    for got, live in zip(replayed[:2], published[:2], strict=True):
+        assert {k: v for k, v in got.items() if k != "data"} == {
+            k: v for k, v in live.items() if k != "data"
+        }
+        assert got["data"] == by_id[live["data"]["_id"]]
+    assert published[0]["data"]["content"] == "one" and replayed[0]["data"]["content"] == "uno"
     assert [f["event"] for f in replayed] == [
         "message:new",
         "message:new",
@@ -697,46 +717,70 @@ async def test_history_replies_are_cut_in_bytes_and_page_through(
     assert r["data"]["items"][0]["content"].startswith("0")
 
 
-async def test_repair_pass_reapplies_events_whose_message_is_missing(
+async def test_an_old_event_log_is_folded_into_the_conversation_log(
     service: ConversationService, request_: Request
 ) -> None:
-    """The crash window: a replica stored a message:new event, then died before inserting
-    the message and its totals. The repair pass re-applies it, once."""
-    from parley_contract.commands import MessageSend
+    """A database of before 2026-11-26: every durable frame in `events`, messages also in
+    `messages`, and one message left only in `events` by a crash. The fold (run at startup)
+    moves the log over once, adds the missing message and its totals, and drops `events`;
+    new writes continue after the old seqs."""
+    from parley_contract import envelopes
+    from parley_contract.commands import ConversationCreate, MessageSend
     from parley_contract.internal import Principal
     from parley_contract.jsonutil import model_json
     from parley_conversation import domain
-    from parley_conversation.store import PendingEvent
+    from parley_conversation.legacy import fold_legacy_event_log
+    from parley_conversation.store import to_doc
 
-    conv = await create(request_)
-    cid = conv["_id"]
-    r = await request_(SEND, {"conversationId": cid, "content": "stored normally"}, ALICE)
-    assert r["success"], r
     alice = Principal.model_validate(ALICE)
-    lost = domain.new_message(alice, MessageSend(conversation_id=cid, content="crashed"))
+    conv = domain.new_conversation(alice, ConversationCreate(conversation_id="legacy-c1"))
+    await service.store.insert_conversation(conv)
+    cid = conv.id
+    both = domain.new_message(alice, MessageSend(conversation_id=cid, content="in both"))
+    both = both.model_copy(update={"seq": 2})
+    lost = domain.new_message(alice, MessageSend(conversation_id=cid, content="only in events"))
+    lost = lost.model_copy(update={"seq": 4})
 
-    def build(seq: int) -> Any:
-        return model_json(lost.model_copy(update={"seq": seq}))
+    def old(seq: int, event: Event, data: Any) -> dict[str, Any]:
+        frame = envelopes.event_frame(event, data, conversation_id=cid, seq=seq)
+        return {
+            "_id": f"{cid}:{seq}",
+            "conversationId": cid,
+            "seq": seq,
+            "event": event.value,
+            "frame": frame,
+        }
 
-    # What the dead replica left: the event only (the projections never ran).
-    await service.store.append_events({cid: [PendingEvent(Event.MESSAGE_NEW, build)]})
-    log = await events_since(request_, cid)
-    assert [f["seq"] for f in log["data"]["events"]] == [1, 2, 3]
+    await service.store.legacy_events.insert_many(
+        [
+            old(1, Event.CONVERSATION_CREATED, {"conversationId": cid}),
+            old(2, Event.MESSAGE_NEW, model_json(both)),
+            old(3, Event.CONVERSATION_UPDATED, {"conversationId": cid, "title": "renamed"}),
+            old(4, Event.MESSAGE_NEW, model_json(lost)),
+        ]
+    )
+    await service.store.messages.insert_one(to_doc(both))
+
+    added = await fold_legacy_event_log(service.store)
+    assert [m.id for m in added] == [lost.id]
+    log = (await events_since(request_, cid))["data"]["events"]
+    assert [(f["seq"], f["event"]) for f in log] == [
+        (1, "conversation:created"),
+        (2, "message:new"),
+        (3, "conversation:updated"),
+        (4, "message:new"),
+    ]
+    assert log[2]["data"]["title"] == "renamed"
+    assert [f["data"]["content"] for f in (log[1], log[3])] == ["in both", "only in events"]
     listed = await request_(subjects.QUERY_MESSAGES_LIST, {"conversationId": cid})
-    assert [m["content"] for m in listed["data"]["items"]] == ["stored normally"]
-
-    await asyncio.sleep(0.01)  # the pass looks at frames strictly older than now - grace
-    assert await service.repair(grace=0) == 1
-    listed = await request_(subjects.QUERY_MESSAGES_LIST, {"conversationId": cid})
-    items = listed["data"]["items"]
-    assert [(m["content"], m["seq"], m["_id"]) for m in items] == [
-        ("stored normally", 2, r["data"]["_id"]),
-        ("crashed", 3, lost.id),
+    assert [(m["content"], m["seq"]) for m in listed["data"]["items"]] == [
+        ("in both", 2),
+        ("only in events", 4),
     ]
     got = (await request_(subjects.QUERY_CONVERSATION_GET, {"conversationId": cid}))["data"]
-    assert got["totalMessages"] == 2 and got["lastSeq"] == 3
-    assert got["lastMessage"]["content"] == "crashed"
-    # Idempotent: a second pass (or another replica's) changes nothing.
-    assert await service.repair(grace=0) == 0
-    got = (await request_(subjects.QUERY_CONVERSATION_GET, {"conversationId": cid}))["data"]
-    assert got["totalMessages"] == 2
+    assert got["totalMessages"] == 1 and got["lastSeq"] == 4  # the old doc had no totals
+    assert got["lastMessage"]["content"] == "only in events"
+    # Idempotent: a second run (another replica, a restart) finds nothing to fold.
+    assert await fold_legacy_event_log(service.store) == []
+    r = await request_(SEND, {"conversationId": cid, "content": "new"}, ALICE)
+    assert r["success"] and r["data"]["seq"] == 5, r

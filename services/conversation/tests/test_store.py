@@ -167,6 +167,42 @@ async def test_append_events_consecutive_and_replayable(store: MongoStore) -> No
     assert await store.last_seq("c2") == 0
 
 
+def message_pending(m: Message) -> PendingEvent:
+    return PendingEvent(
+        Event.MESSAGE_NEW,
+        lambda seq: None,
+        m.client_message_id,
+        message=lambda seq: m.model_copy(update={"seq": seq}),
+    )
+
+
+async def test_a_message_is_its_own_log_entry(store: MongoStore, other: MongoStore) -> None:
+    """A message:new is stored once, as the message: the log replays it, history lists it,
+    and the other log entries are never taken for messages."""
+    first = msg("c1", 0, "hello", clientMessageId="k1")
+    res = await store.append_events({"c1": [pending(1), message_pending(first), pending(3)]})
+    seqs = [r.seq for r in res["c1"]]
+    assert seqs == [1, 2, 3]
+    frame = res["c1"][1].frame
+    assert frame["event"] == "message:new" and frame["seq"] == 2
+    assert frame["data"]["content"] == "hello" and frame["data"]["seq"] == 2
+    assert frame["timestamp"] == frame["data"]["createdAt"]
+    assert await store.events_since("c1", 0, None, 10) == [r.frame for r in res["c1"]]
+    items, _ = await store.list_messages("c1", None, None, 10)
+    assert [(m.id, m.seq) for m in items] == [(first.id, 2)]
+    assert (await store.get_message("c1", first.id)) == first.model_copy(update={"seq": 2})
+    assert await store.get_message("c1", "c1:1") is None  # a log entry, not a message
+    assert await store.update_message("c1", "c1:3", {"content": "x"}) is None
+    assert await store.react("c1", "c1:3", "👍", "u-a", remove=False) is None
+    # The same clientMessageId again, from the other replica: the stored one, nothing new.
+    again = msg("c1", 0, "hello again", clientMessageId="k1")
+    dup = (await other.append_events({"c1": [message_pending(again)]}))["c1"][0]
+    assert dup.duplicate and dup.seq == 2 and dup.frame == frame
+    found = await other.frames_by_client_ids({"c1": ["k1"]})
+    assert found == {("c1", "k1"): frame}
+    assert await other.last_seq("c1") == 3
+
+
 def res_frame_of(frames: list[dict[str, object]]) -> dict[str, object]:
     assert len(frames) == 1
     return frames[0]

@@ -3,14 +3,14 @@
 Every durable event (a new message or any other durable frame) is queued here. One worker
 takes everything queued (up to ``max_batch``) and commits it with a fixed number of store
 round trips whatever the number of conversations in it: one read of the conversations
-(authorizes every send), one ordered
-``insert_many`` into the event log (claims the seqs, see :mod:`parley_conversation.store`), one
-``insert_many`` of the messages and one bulk update of the totals. A retried
-``clientMessageId`` is caught by the event log's unique index (no lookup per batch: on the
+(authorizes every send) and one ordered ``insert_many`` into the conversation log (each
+message is its own log entry and claims its seq, see :mod:`parley_conversation.store`); the
+totals follow in the background (one bulk update, merged across batches). A retried
+``clientMessageId`` is caught by the log's unique index (no lookup per batch: on the
 embedded store an ``$in`` lookup scans the collection); retries inside one batch wait for
-the first. Then it publishes the
-frames in seq order and only then resolves the callers. While a batch is being written the
-next one accumulates, so the batch size grows with the load (no timer, no idle latency).
+the first. Then it publishes the frames in seq order and only then resolves the callers.
+While a batch is being written the next one accumulates, so the batch size grows with the
+load (no timer, no idle latency).
 """
 
 from __future__ import annotations
@@ -293,7 +293,6 @@ class Sequencer:
         results = await self._store.append_events(pending, hints)
         stored_by: dict[str, list[Message]] = {}
         totals: dict[str, MessageTotals] = {}
-        all_stored: list[Message] = []
         for cid, js in live.items():
             stored: list[Message] = []
             seqs: list[int] = []
@@ -312,14 +311,8 @@ class Sequencer:
                 max_seq=t.max_seq,
             )
             stored_by[cid] = stored
-            all_stored.extend(stored)
-        # The events are stored: the writes are durable from here on. The projections
-        # (messages, totals) are each retried on a store error. The reply waits for the
-        # messages; the totals go to the totals writer (coalesced, written in the background).
-        if not await self._project("messages", lambda: self._store.insert_messages(all_stored)):
-            # The messages are left to the repair pass, which adds their totals when it
-            # inserts them: only the seqs move now (no double count).
-            totals = {cid: MessageTotals(max_seq=t.max_seq) for cid, t in totals.items()}
+        # The log entries (the messages themselves) are stored: durable from here on. The
+        # totals go to the totals writer (coalesced, written in the background, retried).
         self._add_totals(totals)
         self.last_batch_at = time.monotonic()
         for cid, res_list in results.items():
@@ -342,11 +335,10 @@ class Sequencer:
                     item.future.set_result(res)
 
     async def _project(self, what: str, write: Callable[[], Awaitable[None]]) -> bool:
-        """A projection write after the event log insert: retried, never fails the batch.
+        """A projection write (the totals) after the log insert: retried, never fails a caller.
 
-        Failing the callers here would be wrong: their events are stored and will be
-        replayed. If the store stays down, the projection is left behind (logged, counted)
-        and the callers still get their stored message.
+        Failing the callers here would be wrong: their messages are stored. If the store
+        stays down, the projection is left behind (logged, counted).
         """
         delay = PROJECTION_FIRST_DELAY
         for attempt in range(1, PROJECTION_ATTEMPTS + 1):
@@ -384,11 +376,14 @@ class Sequencer:
         if isinstance(job, _Event):
             return PendingEvent(job.event, job.build)
 
-        def build(seq: int, job: _Send = job) -> Any:
+        def stored(seq: int, job: _Send = job) -> Message:
             job.stored = job.message.model_copy(update={"seq": seq})
-            return model_json(job.stored)
+            return job.stored
 
-        return PendingEvent(Event.MESSAGE_NEW, build, job.message.client_message_id)
+        def build(seq: int) -> Any:
+            return model_json(stored(seq))
+
+        return PendingEvent(Event.MESSAGE_NEW, build, job.message.client_message_id, message=stored)
 
 
 def merge_totals(a: MessageTotals, b: MessageTotals) -> MessageTotals:

@@ -9,7 +9,6 @@ can make a handler raise.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -53,7 +52,7 @@ from parley_contract.models import Conversation, ConversationStatus, Message, Ro
 from parley_contract.streams import ensure_agent_turns_stream
 from parley_contract.timeutil import iso
 from parley_conversation import domain
-from parley_conversation.repair import REPAIR_GRACE_SECONDS, repair_once
+from parley_conversation.legacy import fold_legacy_event_log
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.settings import Settings
 from parley_conversation.store import MongoStore
@@ -74,7 +73,6 @@ HANDLED_COMMANDS: tuple[Event, ...] = (
 )
 COMMAND_BY_SUBJECT: dict[str, Event] = {subjects.command(e): e for e in HANDLED_COMMANDS}
 UPDATE_RETRIES = 50  # optimistic conversation updates under contention
-REPAIR_IDLE_SECONDS = 5.0  # the periodic repair pass waits for this long without a batch
 REPLY_ENVELOPE_BYTES = 4096  # room for the reply envelope around a page's items
 
 
@@ -139,11 +137,6 @@ class Metrics:
             "Frames stored but not published live (gateways gap-fill them).",
             registry=self.registry,
         )
-        self.repaired = Counter(
-            "parley_conversation_repaired_messages_total",
-            "message:new events re-applied by the repair pass (their message was missing).",
-            registry=self.registry,
-        )
         self.agent_turn_failures = Counter(
             "parley_conversation_agent_turn_publish_failures_total",
             "Agent turns that could not be published to JetStream.",
@@ -191,7 +184,6 @@ class ConversationService:
         self._idle = asyncio.Event()
         self._idle.set()
         self._subscribers: list[Any] = []
-        self._repairer: asyncio.Task[None] | None = None
         self._register()
 
     # ------------------------------------------------------------ wiring
@@ -238,6 +230,8 @@ class ConversationService:
         while True:
             try:
                 await self.store.init()
+                # Before any request: the old log's seqs must be in place before new writes.
+                await fold_legacy_event_log(self.store)
                 break
             except ConnectionFailure as exc:  # not reachable yet; anything else is fatal
                 logger.warning("store not ready (%s); retrying in %.1fs", exc, delay)
@@ -260,50 +254,14 @@ class ConversationService:
             logger.exception("could not ensure the JetStream stream of agent turns")
         self._started = True
         self.ready = True
-        self._repairer = asyncio.create_task(self._repair_loop(), name="repair")
         logger.info("conversation service %s ready", self.settings.instance_id)
 
     async def _ensure_stream(self) -> None:
         await ensure_agent_turns_stream(self.broker.connection.jetstream())
 
-    async def _repair_loop(self) -> None:
-        """The repair pass at startup, then every repair interval while the replica is idle
-        (no batch for REPAIR_IDLE_SECONDS: its query scans the event log on the embedded
-        store, so it never competes with live writes)."""
-        first = True
-        while True:
-            if not first:
-                if self.settings.repair_interval_seconds <= 0:
-                    return
-                await asyncio.sleep(self.settings.repair_interval_seconds)
-                if time.monotonic() - self.sequencer.last_batch_at < REPAIR_IDLE_SECONDS:
-                    continue  # busy: try again after the next interval
-            first = False
-            try:
-                await self.repair()
-            except PyMongoError as exc:
-                logger.warning("repair pass failed (%s); next one later", exc)
-
-    async def repair(self, *, grace: float | None = None) -> int:
-        """One repair pass; the number of messages re-applied."""
-        inserted = await repair_once(
-            self.store,
-            domain.now_ms(),
-            window=self.settings.repair_window_seconds,
-            grace=REPAIR_GRACE_SECONDS if grace is None else grace,
-        )
-        if inserted:
-            self.metrics.repaired.inc(len(inserted))
-        return len(inserted)
-
     async def stop(self) -> None:
         """Stop taking requests, finish the in-flight batches and replies, then disconnect."""
         self.ready = False
-        if self._repairer is not None:
-            self._repairer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._repairer
-            self._repairer = None
         if not self._started:
             await self.store.close()
             return

@@ -68,14 +68,6 @@ class Settings(BaseSettings):
         le=10,
         validation_alias=_env("PARLEY_CONVERSATION_TOTALS_INTERVAL_SECONDS"),
     )
-    # Repair pass (message:new events whose message is missing, see repair.py): at startup,
-    # then every this many seconds when the replica is idle (0: never), over this window.
-    repair_interval_seconds: float = Field(
-        default=300.0, ge=0, validation_alias=_env("PARLEY_CONVERSATION_REPAIR_INTERVAL_SECONDS")
-    )
-    repair_window_seconds: float = Field(
-        default=3600.0, gt=0, validation_alias=_env("PARLEY_CONVERSATION_REPAIR_WINDOW_SECONDS")
-    )
     # Seconds a SIGTERM waits for in-flight batches before giving up.
     drain_seconds: float = Field(
         default=20.0, ge=0, validation_alias=_env("PARLEY_CONVERSATION_DRAIN_SECONDS")

@@ -5,11 +5,13 @@ indexes of design doc 3.1/3.2 plus Parley's own); the hot path then uses the sam
 collections through pymongo's async API directly (bulk ``insert_many``, atomic ``$inc``),
 because per-document validation would cost more than the write itself.
 
-Sequencing (see README "Sequencing"): the durable event log ``events`` is the source of truth
-for ``seq``. An event claims its seq by being inserted with ``_id = <conversationId>:<seq>``
-and a unique ``(conversationId, seq)`` index; ``clientMessageId`` is unique per conversation
-in the same collection. A seq exists only once its complete frame is stored, so a crash can
-never leave a gap; a collision (another replica took that seq) is retried with a fresh seq.
+Sequencing (see README "Sequencing"): the collection ``messages`` is the conversation log and
+the source of truth for ``seq``. A ``message:new`` is its message document; any other durable
+event is a document ``{_id: "<conversationId>:<seq>", event, frame}`` in the same collection.
+Each claims its seq by being inserted, under a unique ``(conversationId, seq)`` index;
+``clientMessageId`` is unique per conversation in the same collection. A seq exists only once
+its complete entry is stored, so a crash can never leave a gap, and a message is stored
+once, with its seq; a collision (another replica took that seq) is retried with a fresh seq.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 from beanie import Document, init_beanie
-from pydantic import ConfigDict
+from pydantic import ConfigDict, ValidationError
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -39,6 +41,7 @@ from parley_contract.models import Conversation, ConversationStatus, LastMessage
 logger = logging.getLogger(__name__)
 
 DUPLICATE_KEY = 11000
+LOG_EVENT = "event"  # the field that marks a log entry that is not a message
 _STRING_ONLY = {"clientMessageId": {"$type": "string"}}
 IN_CHUNK = 50  # keys per `$in` query (see get_conversations)
 MAX_APPEND_ROUNDS = 10_000
@@ -72,24 +75,18 @@ class ConversationDocument(_Doc):
 
 
 class MessageDocument(_Doc):
+    """The conversation log: messages, and the other durable events (with an ``event`` field).
+
+    Only the indexes a query here uses: the log and history pages by (conversationId, seq),
+    idempotency by (conversationId, clientMessageId), single messages by _id. The design
+    doc's (conversationId, createdAt), (conversationId, role), (agentId, createdAt) and
+    (parentMessageId) served no query, and on the embedded store every index costs about as
+    much per insert as the document itself (docs/benchmarks.md, 2026-11-26). Add one back
+    with the query that needs it.
+    """
+
     class Settings:
         name = "messages"
-        validate_on_save = False
-        # Only the indexes a query here uses: history pages by (conversationId, seq), single
-        # messages by _id. The design doc's (conversationId, createdAt), (conversationId,
-        # role), (agentId, createdAt) and (parentMessageId) served no query, and on the
-        # embedded store every index costs about as much per insert as the document itself
-        # (docs/benchmarks.md, 2026-11-26 23:40). Add one back with the query that needs it.
-        indexes: ClassVar[list[IndexModel]] = [
-            IndexModel([("conversationId", ASCENDING), ("seq", ASCENDING)], unique=True),
-        ]
-
-
-class EventDocument(_Doc):
-    """One durable frame as published: ``_id`` is ``<conversationId>:<seq>``."""
-
-    class Settings:
-        name = "events"
         validate_on_save = False
         indexes: ClassVar[list[IndexModel]] = [
             IndexModel([("conversationId", ASCENDING), ("seq", ASCENDING)], unique=True),
@@ -130,7 +127,6 @@ class TaskDocument(_Doc):
 DOCUMENTS: list[type[Document]] = [
     ConversationDocument,
     MessageDocument,
-    EventDocument,
     ConversationTotalsDocument,
     TaskDocument,
 ]
@@ -141,6 +137,12 @@ DOCUMENTS: list[type[Document]] = [
 
 def to_doc(model: Conversation | Message) -> dict[str, Any]:
     return model.model_dump(by_alias=True, exclude_none=True)
+
+
+def message_doc(message: Message) -> dict[str, Any]:
+    """A message as stored: the fields that were set, explicit nulls included, so that it
+    reads back as the same wire JSON (design sample 16's ``"result": null`` round-trips)."""
+    return message.model_dump(by_alias=True, exclude_unset=True)
 
 
 def conversation_from(doc: dict[str, Any]) -> Conversation:
@@ -191,11 +193,16 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 @dataclass
 class PendingEvent:
-    """A durable event waiting for its seq; ``build(seq)`` returns the frame's ``data``."""
+    """A durable event waiting for its seq; ``build(seq)`` returns the frame's ``data``.
+
+    With ``message``, the event is that ``message:new``: ``message(seq)`` is the message as
+    stored (the log entry itself), and ``build`` is not used.
+    """
 
     event: Event
     build: Callable[[int], Any]
     client_message_id: str | None = None
+    message: Callable[[int], Message] | None = None
 
 
 @dataclass
@@ -248,11 +255,7 @@ class Repository(Protocol):
         self, conversation_id: str, after_seq: int, until_seq: int | None, limit: int
     ) -> list[dict[str, Any]]: ...
     async def last_seq(self, conversation_id: str) -> int: ...
-    async def insert_messages(self, messages: Sequence[Message]) -> None: ...
-    async def message_frames_between(
-        self, start: str, end: str, limit: int
-    ) -> list[dict[str, Any]]: ...
-    async def insert_missing_messages(self, messages: Sequence[Message]) -> list[Message]: ...
+    async def fold_legacy_events(self) -> list[Message]: ...
     async def add_totals(self, totals: Mapping[str, MessageTotals]) -> None: ...
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None: ...
     async def update_message(
@@ -285,7 +288,9 @@ class MongoStore:
         self._db = self._client[database]
         self.conversations: AsyncCollection[dict[str, Any]] = self._db["conversations"]
         self.messages: AsyncCollection[dict[str, Any]] = self._db["messages"]
-        self.events: AsyncCollection[dict[str, Any]] = self._db["events"]
+        # The event log before 2026-11-26 (frames of every durable event, messages written
+        # twice); folded into `messages` at startup (parley_conversation.legacy).
+        self.legacy_events: AsyncCollection[dict[str, Any]] = self._db["events"]
         self.totals: AsyncCollection[dict[str, Any]] = self._db["conversation_totals"]
         self.tasks: AsyncCollection[dict[str, Any]] = self._db["tasks"]
         self._next_seq: OrderedDict[str, int] = OrderedDict()
@@ -421,7 +426,7 @@ class MongoStore:
     # ------------------------------------------------------------ the event log
 
     async def last_seq(self, conversation_id: str) -> int:
-        doc = await self.events.find_one(
+        doc = await self.messages.find_one(
             {"conversationId": conversation_id}, {"seq": 1}, sort=[("seq", DESCENDING)]
         )
         return int(doc["seq"]) if doc else 0
@@ -479,11 +484,13 @@ class MongoStore:
         rounds = 0
         while True:
             docs: list[dict[str, Any]] = []
+            frames: list[dict[str, Any]] = []
             owners: list[tuple[str, int]] = []
             for cid, evts in groups.items():
                 for k in range(pos[cid], len(evts)):
-                    s = nxt[cid] + k - pos[cid]
-                    docs.append(_event_doc(cid, s, evts[k]))
+                    doc, frame = _log_entry(cid, nxt[cid] + k - pos[cid], evts[k])
+                    docs.append(doc)
+                    frames.append(frame)
                     owners.append((cid, k))
             if not docs:
                 break
@@ -491,7 +498,7 @@ class MongoStore:
             if rounds > MAX_APPEND_ROUNDS:
                 raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "the store is too busy, retry")
             try:
-                await self.events.insert_many(docs, ordered=True)
+                await self.messages.insert_many(docs, ordered=True)
                 done = len(docs)
                 error: dict[str, Any] | None = None
             except BulkWriteError as exc:
@@ -502,7 +509,7 @@ class MongoStore:
                 done = int(error["index"])
             for j in range(done):
                 cid, k = owners[j]
-                results[cid][k] = AppendResult(docs[j]["seq"], docs[j]["frame"])
+                results[cid][k] = AppendResult(docs[j]["seq"], frames[j])
                 pos[cid] = k + 1
                 nxt[cid] = docs[j]["seq"] + 1
             for j in range(done, len(docs)):
@@ -515,13 +522,13 @@ class MongoStore:
             failed = groups[cid][k]
             existing = None
             if failed.client_message_id is not None:
-                existing = await self.events.find_one(
+                existing = await self.messages.find_one(
                     {"conversationId": cid, "clientMessageId": failed.client_message_id}
                 )
             if existing is not None and existing["seq"] != docs[done]["seq"]:
                 # Already stored (a retry racing with its original): answer with that frame.
                 results[cid][k] = AppendResult(
-                    int(existing["seq"]), existing["frame"], duplicate=True
+                    int(existing["seq"]), frame_of(existing), duplicate=True
                 )
                 pos[cid] = k + 1  # nxt[cid] stays: that seq is still free
             else:
@@ -546,11 +553,11 @@ class MongoStore:
         ids = {cmid for cmids in wanted.values() for cmid in cmids}
         if not ids:
             return {}
-        docs = await self.events.find(
+        docs = await self.messages.find(
             {"conversationId": {"$in": list(wanted)}, "clientMessageId": {"$in": list(ids)}}
         ).to_list()
         return {
-            (d["conversationId"], d["clientMessageId"]): d["frame"]
+            (d["conversationId"], d["clientMessageId"]): frame_of(d)
             for d in docs
             if d["clientMessageId"] in wanted.get(d["conversationId"], ())
         }
@@ -562,12 +569,12 @@ class MongoStore:
         if until_seq is not None:
             bounds["$lte"] = until_seq
         docs = (
-            await self.events.find({"conversationId": conversation_id, "seq": bounds})
+            await self.messages.find({"conversationId": conversation_id, "seq": bounds})
             .sort("seq", ASCENDING)
             .limit(limit)
             .to_list()
         )
-        return [d["frame"] for d in docs]
+        return [frame_of(d) for d in docs]
 
     # ------------------------------------------------------------ messages
 
@@ -575,7 +582,7 @@ class MongoStore:
         if not messages:
             return
         try:
-            await self.messages.insert_many([to_doc(m) for m in messages], ordered=False)
+            await self.messages.insert_many([message_doc(m) for m in messages], ordered=False)
         except BulkWriteError as exc:
             # Re-applying an event whose message is already stored is fine; anything else not.
             other = [
@@ -584,59 +591,63 @@ class MongoStore:
             if other:
                 raise
 
-    async def message_frames_between(
-        self, start: str, end: str, limit: int
-    ) -> list[dict[str, Any]]:
-        """``message:new`` frames with start <= frame timestamp < end (ISO strings), for the
-        repair pass. No index serves it (on the embedded store it scans the event log), so
-        it runs rarely and only when the replica is idle."""
-        docs = (
-            await self.events.find(
-                {
-                    "event": Event.MESSAGE_NEW.value,
-                    "frame.timestamp": {"$gte": start, "$lt": end},
-                },
-                {"frame": 1},
-            )
-            .limit(limit)
-            .to_list()
-        )
-        return [d["frame"] for d in docs]
+    async def fold_legacy_events(self, chunk: int = 500) -> list[Message]:
+        """Move the event log of before 2026-11-26 (collection ``events``: every durable
+        frame, the messages also written to ``messages``) into the conversation log, then
+        drop it. Returns the messages that were only in the old log (a replica died between
+        its two inserts): their totals are still to be added.
 
-    async def insert_missing_messages(self, messages: Sequence[Message]) -> list[Message]:
-        """Insert the messages not stored yet; returns the ones this call inserted (the
-        others were stored meanwhile, e.g. by another replica's repair: not counted twice)."""
-        if not messages:
-            return []
-        # Which are stored: one seq-range query per conversation on the (conversationId, seq)
-        # index (an `_id: {$in}` of thousands of ids costs ms per id on the embedded store).
-        by_conv: dict[str, list[int]] = {}
-        for m in messages:
-            if m.seq is not None:
-                by_conv.setdefault(m.conversation_id, []).append(m.seq)
+        Idempotent, and safe with several replicas starting at once: an entry already in the
+        log (same ``_id``, or same seq) is skipped, and a message counts as inserted only for
+        the replica whose insert stored it.
+        """
+        inserted: list[Message] = []
+        batch: list[dict[str, Any]] = []
 
-        async def stored(cid: str, seqs: list[int]) -> set[tuple[str, int]]:
-            docs = await self.messages.find(
-                {"conversationId": cid, "seq": {"$gte": min(seqs), "$lte": max(seqs)}},
-                {"seq": 1},
-            ).to_list()
-            return {(cid, int(d["seq"])) for d in docs}
+        async def flush() -> None:
+            entries: list[dict[str, Any]] = []
+            messages: list[Message | None] = []
+            for d in batch:
+                frame = d.get("frame") or {}
+                if d.get(LOG_EVENT) == Event.MESSAGE_NEW.value:
+                    try:
+                        m = Message.model_validate(frame.get("data"))
+                    except ValidationError:
+                        logger.error("legacy event log: unreadable message:new %s", d.get("_id"))
+                        continue
+                    entries.append(message_doc(m))
+                    messages.append(m)
+                else:
+                    entries.append(
+                        {
+                            "_id": d["_id"],
+                            "conversationId": d["conversationId"],
+                            "seq": d["seq"],
+                            LOG_EVENT: d[LOG_EVENT],
+                            "frame": frame,
+                        }
+                    )
+                    messages.append(None)
+            batch.clear()
+            if not entries:
+                return
+            taken: set[int] = set()
+            try:
+                await self.messages.insert_many(entries, ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                    raise
+                taken = {int(e["index"]) for e in errors}
+            inserted.extend(m for i, m in enumerate(messages) if m is not None and i not in taken)
 
-        have: set[tuple[str, int]] = set()
-        for found in await asyncio.gather(*(stored(c, q) for c, q in by_conv.items())):
-            have |= found
-        todo = [m for m in messages if (m.conversation_id, m.seq) not in have]
-        if not todo:
-            return []
-        try:
-            await self.messages.insert_many([to_doc(m) for m in todo], ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
-            taken = {int(e["index"]) for e in errors}
-            return [m for i, m in enumerate(todo) if i not in taken]
-        return todo
+        async for doc in self.legacy_events.find({}):
+            batch.append(doc)
+            if len(batch) >= chunk:
+                await flush()
+        await flush()
+        await self.legacy_events.drop()
+        return inserted
 
     async def add_totals(self, totals: Mapping[str, MessageTotals]) -> None:
         """One atomic upsert per conversation into ``conversation_totals``, one bulk write.
@@ -679,7 +690,9 @@ class MongoStore:
                 ops = [ops[int(e["index"])] for e in errors]
 
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
-        doc = await self.messages.find_one({"_id": message_id, "conversationId": conversation_id})
+        doc = await self.messages.find_one(
+            {"_id": message_id, "conversationId": conversation_id, LOG_EVENT: {"$exists": False}}
+        )
         return message_from(doc) if doc else None
 
     async def update_message(
@@ -687,7 +700,12 @@ class MongoStore:
     ) -> Message | None:
         """Set fields of a message that is not deleted; None if none matched."""
         doc = await self.messages.find_one_and_update(
-            {"_id": message_id, "conversationId": conversation_id, "deletedAt": None},
+            {
+                "_id": message_id,
+                "conversationId": conversation_id,
+                "deletedAt": None,
+                LOG_EVENT: {"$exists": False},
+            },
             {"$set": changes},
             return_document=ReturnDocument.AFTER,
         )
@@ -699,7 +717,12 @@ class MongoStore:
         path = f"reactions.{emoji}"
         op = {"$pull": {path: principal_id}} if remove else {"$addToSet": {path: principal_id}}
         doc = await self.messages.find_one_and_update(
-            {"_id": message_id, "conversationId": conversation_id, "deletedAt": None},
+            {
+                "_id": message_id,
+                "conversationId": conversation_id,
+                "deletedAt": None,
+                LOG_EVENT: {"$exists": False},
+            },
             op,
             return_document=ReturnDocument.AFTER,
         )
@@ -725,7 +748,7 @@ class MongoStore:
         afterSeq: the next ``limit`` after it (more = newer ones exist). beforeSeq alone, or
         neither: the ``limit`` latest before it (more = older ones exist).
         """
-        query: dict[str, Any] = {"conversationId": conversation_id}
+        query: dict[str, Any] = {"conversationId": conversation_id, LOG_EVENT: {"$exists": False}}
         bounds: dict[str, int] = {}
         if after_seq is not None:
             bounds["$gt"] = after_seq
@@ -752,20 +775,45 @@ class MongoStore:
         await self.tasks.insert_one(dict(task))
 
 
-def _event_doc(conversation_id: str, seq: int, pending: PendingEvent) -> dict[str, Any]:
+def _log_entry(
+    conversation_id: str, seq: int, pending: PendingEvent
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The document of one durable event at ``seq`` and the frame it is published as."""
+    if pending.message is not None:
+        message = pending.message(seq)
+        return message_doc(message), _message_frame(_wire(message), conversation_id, seq)
     frame = envelopes.event_frame(
         pending.event, pending.build(seq), conversation_id=conversation_id, seq=seq
     )
-    doc: dict[str, Any] = {
+    doc = {
         "_id": f"{conversation_id}:{seq}",
         "conversationId": conversation_id,
         "seq": seq,
-        "event": pending.event.value,
+        LOG_EVENT: pending.event.value,
         "frame": frame,
     }
     if pending.client_message_id is not None:
         doc["clientMessageId"] = pending.client_message_id
-    return doc
+    return doc, frame
+
+
+def _message_frame(data: dict[str, Any], conversation_id: str, seq: int) -> dict[str, Any]:
+    # Stamped with the message's createdAt, live and replayed alike (nothing else is stored).
+    return envelopes.event_frame(
+        Event.MESSAGE_NEW,
+        data,
+        conversation_id=conversation_id,
+        seq=seq,
+        timestamp=data.get("createdAt"),
+    )
+
+
+def frame_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """The frame a log entry was published as: a message's is built from the message."""
+    if LOG_EVENT in doc:
+        frame: dict[str, Any] = doc["frame"]
+        return frame
+    return _message_frame(_wire(message_from(doc)), doc["conversationId"], int(doc["seq"]))
 
 
 def _wire(model: Conversation | Message) -> dict[str, Any]:
