@@ -127,12 +127,23 @@ def targets(docs: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
         if best_run:
             gaps = sum(r["seqGaps"] for r in runs)
             v = best_run["maxAckedPerSecondAtP99Le50"]
+            # Highest offered rate whose every send was acked, over all replica counts.
+            all_acked = max(
+                (
+                    float(s["ackedPerSecond"])
+                    for r in runs
+                    for s in r["steps"]
+                    if s.get("acked") == s.get("sent") and "ackedPerSecond" in s
+                ),
+                default=0.0,
+            )
             rows.append(
                 (
                     "persisted: >= 2,000 acked message:send/s, ack p99 <= 50 ms, 0 seq gaps",
-                    f"{v:,.0f} acked/s with ack p99 <= 50 ms; at most "
-                    f"{max(r['maxAckedPerSecond'] for r in runs):,.0f} acked/s sustained "
-                    f"(replicas {', '.join(str(r['conversationReplicas']) for r in runs)}); "
+                    f"{v:,.0f} acked/s with ack p99 <= 50 ms; {all_acked:,.0f}/s with every "
+                    f"send acked; peak {max(r['maxAckedPerSecond'] for r in runs):,.0f} "
+                    f"acked/s (replicas "
+                    f"{', '.join(str(r['conversationReplicas']) for r in runs)}); "
                     f"seq gaps {gaps}",
                     "met" if v >= 2000 and gaps == 0 else "missed",
                     per["_file"],
