@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from parley_contract.models import Message
-from parley_conversation import domain
+from parley_conversation.sequencer import totals_of
 from parley_conversation.store import MessageTotals, Repository
 
 logger = logging.getLogger(__name__)
@@ -25,17 +25,10 @@ def totals_of_messages(messages: list[Message]) -> dict[str, MessageTotals]:
     by_conv: dict[str, list[Message]] = {}
     for m in messages:
         by_conv.setdefault(m.conversation_id, []).append(m)
-    totals: dict[str, MessageTotals] = {}
-    for cid, msgs in by_conv.items():
-        t = domain.totals_of(msgs, [m.seq for m in msgs if m.seq is not None])
-        totals[cid] = MessageTotals(
-            messages=t.messages,
-            tokens=t.tokens,
-            cost=t.cost,
-            last_message=domain.last_message_of(t.last) if t.last else None,
-            max_seq=t.max_seq,
-        )
-    return totals
+    return {
+        cid: totals_of(msgs, [m.seq for m in msgs if m.seq is not None])
+        for cid, msgs in by_conv.items()
+    }
 
 
 async def fold_legacy_event_log(store: Repository) -> list[Message]:

@@ -302,14 +302,7 @@ class Sequencer:
                 seqs.append(res.seq)
                 if isinstance(item, _Send) and item.stored is not None:
                     stored.append(item.stored)
-            t = domain.totals_of(stored, seqs)
-            totals[cid] = MessageTotals(
-                messages=t.messages,
-                tokens=t.tokens,
-                cost=t.cost,
-                last_message=domain.last_message_of(t.last) if t.last else None,
-                max_seq=t.max_seq,
-            )
+            totals[cid] = totals_of(stored, seqs)
             stored_by[cid] = stored
         # The log entries (the messages themselves) are stored: durable from here on. The
         # totals go to the totals writer (coalesced, written in the background, retried).
@@ -384,6 +377,18 @@ class Sequencer:
             return model_json(stored(seq))
 
         return PendingEvent(Event.MESSAGE_NEW, build, job.message.client_message_id, message=stored)
+
+
+def totals_of(stored: list[Message], seqs: list[int]) -> MessageTotals:
+    """What these stored messages (and the entries at ``seqs``) add to their conversation."""
+    t = domain.totals_of(stored, seqs)
+    return MessageTotals(
+        messages=t.messages,
+        tokens=t.tokens,
+        cost=t.cost,
+        last_message=domain.last_message_of(t.last) if t.last else None,
+        max_seq=t.max_seq,
+    )
 
 
 def merge_totals(a: MessageTotals, b: MessageTotals) -> MessageTotals:
