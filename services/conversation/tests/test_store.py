@@ -353,6 +353,8 @@ async def test_totals_written_on_the_conversation_itself_still_count(store: Mong
     assert got.last_message is not None and got.last_message.content == "new"
     raw = await store.get_conversations(["old"], with_totals=False)
     assert raw["old"].total_messages == 2  # the sequencer's authorizing read skips totals
+    one = await store.get_conversation("old", with_totals=False)
+    assert one is not None and one.total_messages == 2
 
 
 async def test_update_react_and_soft_delete(store: MongoStore) -> None:

@@ -415,8 +415,13 @@ class ConversationService:
 
         await asyncio.gather(*(one(m) for m in stored if m.role is Role.USER))
 
-    async def _conversation(self, p: Principal, conversation_id: str) -> Conversation:
-        return domain.authorize(await self.store.get_conversation(conversation_id), p)
+    async def _conversation(
+        self, p: Principal, conversation_id: str, *, totals: bool = True
+    ) -> Conversation:
+        """The conversation, if ``p`` may see it; ``totals=False`` when only authorizing
+        (one store read instead of two: the totals live in their own collection)."""
+        conv = await self.store.get_conversation(conversation_id, with_totals=totals)
+        return domain.authorize(conv, p)
 
     async def _notify(self, principal_ids: list[str], frame: dict[str, Any]) -> None:
         payload = jsonutil.dumps(frame)
@@ -503,14 +508,14 @@ class ConversationService:
         assert isinstance(cmd, MessageSend)
         msg = domain.new_message(p, cmd)
         if msg.role in (Role.ASSISTANT, Role.TOOL) and msg.agent_id is None:
-            conv = await self._conversation(p, cmd.conversation_id)
+            conv = await self._conversation(p, cmd.conversation_id, totals=False)
             if conv.agent_id:
                 msg = msg.model_copy(update={"agent_id": conv.agent_id})
         res = await self.sequencer.send(p, msg)
         return res.message
 
     async def _message_for_change(self, p: Principal, cid: str, mid: str) -> Message:
-        await self._conversation(p, cid)
+        await self._conversation(p, cid, totals=False)
         msg = await self.store.get_message(cid, mid)
         if msg is None:
             raise ParleyError(ErrorCode.NOT_FOUND, "no such message in this conversation")
@@ -575,7 +580,7 @@ class ConversationService:
     async def message_stop(self, p: Principal, data: dict[str, Any]) -> Any:
         cmd = commands.parse_payload(Event.MESSAGE_STOP, data)
         assert isinstance(cmd, MessageStop)
-        await self._conversation(p, cmd.conversation_id)
+        await self._conversation(p, cmd.conversation_id, totals=False)
         stop = AgentStop(conversation_id=cmd.conversation_id, principal=p)
         await self._publish(
             subjects.AGENT_STOP, jsonutil.dumps(stop.model_dump(by_alias=True, mode="json"))
@@ -585,7 +590,7 @@ class ConversationService:
     async def task_create(self, p: Principal, data: dict[str, Any]) -> Any:
         cmd = commands.parse_payload(Event.TASK_CREATE, data)
         assert isinstance(cmd, TaskCreate)
-        conv = await self._conversation(p, cmd.conversation_id)
+        conv = await self._conversation(p, cmd.conversation_id, totals=False)
         task = domain.new_task(p, cmd, conv)
         await self.store.insert_task(task)
         wire = {k: iso(v) if isinstance(v, datetime) else v for k, v in task.items()}
@@ -623,7 +628,7 @@ class ConversationService:
 
     async def _q_messages(self, p: Principal, data: dict[str, Any]) -> Any:
         q: ListMessagesQuery = _parse(ListMessagesQuery, data)
-        await self._conversation(p, q.conversation_id)
+        await self._conversation(p, q.conversation_id, totals=False)
         items, more = await self.store.list_messages(
             q.conversation_id, q.after_seq, q.before_seq, q.limit
         )
@@ -656,7 +661,7 @@ class ConversationService:
 
     async def events_since(self, req: EventsSinceRequest) -> Any:
         cid = check_id(req.conversation_id, "conversationId")
-        await self._conversation(req.principal, cid)
+        await self._conversation(req.principal, cid, totals=False)
         frames = await self.store.events_since(cid, req.after_seq, req.until_seq, req.limit)
         last = await self.store.last_seq(cid)
         # A reply over the NATS max payload is never delivered: cut the page in bytes.

@@ -231,7 +231,9 @@ class Repository(Protocol):
     """What the service needs from a store (one conformance suite: tests/test_store.py)."""
 
     async def insert_conversation(self, conv: Conversation) -> None: ...
-    async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
+    async def get_conversation(
+        self, conversation_id: str, *, with_totals: bool = True
+    ) -> Conversation | None: ...
     async def update_conversation(self, old: Conversation, new: Conversation) -> bool: ...
     async def list_conversations(
         self,
@@ -322,11 +324,18 @@ class MongoStore:
                 {"field": "conversationId"},
             ) from None
 
-    async def get_conversation(self, conversation_id: str) -> Conversation | None:
-        doc = await self.conversations.find_one({"_id": conversation_id})
+    async def get_conversation(
+        self, conversation_id: str, *, with_totals: bool = True
+    ) -> Conversation | None:
+        if not with_totals:
+            doc = await self.conversations.find_one({"_id": conversation_id})
+            return conversation_from(doc) if doc else None
+        doc, totals = await asyncio.gather(
+            self.conversations.find_one({"_id": conversation_id}),
+            self.totals.find_one({"_id": conversation_id}),
+        )
         if doc is None:
             return None
-        totals = await self.totals.find_one({"_id": conversation_id})
         return conversation_from(merge_totals_doc(doc, totals) if totals else doc)
 
     async def _with_totals(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
