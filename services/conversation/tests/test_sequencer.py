@@ -49,7 +49,7 @@ class MemoryRepo:
         return {(self.conv.id, e["cmid"]): e["frame"] for e in self.events if e["cmid"] in ids}
 
     async def append_events(
-        self, groups: Mapping[str, Sequence[PendingEvent]], hints: Mapping[str, int] | None = None
+        self, groups: Mapping[str, Sequence[PendingEvent]]
     ) -> dict[str, list[AppendResult]]:
         self.append_calls += 1
         await asyncio.sleep(0)
@@ -72,6 +72,7 @@ class MemoryRepo:
                     self.messages.append(stored)
                     data = model_json(stored)
                 else:
+                    assert p.build is not None
                     data = p.build(seq)
                 frame = envelopes.event_frame(p.event, data, conversation_id=cid, seq=seq)
                 self.events.append({"cmid": p.client_message_id, "frame": frame})

@@ -170,7 +170,7 @@ async def test_append_events_consecutive_and_replayable(store: MongoStore) -> No
 def message_pending(m: Message) -> PendingEvent:
     return PendingEvent(
         Event.MESSAGE_NEW,
-        lambda seq: None,
+        None,
         m.client_message_id,
         message=lambda seq: m.model_copy(update={"seq": seq}),
     )
@@ -243,22 +243,23 @@ async def test_client_message_id_is_unique_in_the_log(store: MongoStore, other: 
 
 async def test_many_conversations_in_one_append(store: MongoStore, other: MongoStore) -> None:
     await store.append_events({"a": [pending(0)], "b": [pending(0), pending(1)]})
-    # The other replica's cache is cold and a's seq 2 is taken meanwhile by this one.
-    await store.append_events({"a": [pending(1)]})
+    # The other replica writes a's seq 2 (its cache: next is 3), then this one takes seq 3
+    # (after colliding at 2), so the other's cache is stale for a and cold for b and c.
+    await other.append_events({"a": [pending(1)]})
+    assert [r.seq for r in (await store.append_events({"a": [pending(9)]}))["a"]] == [3]
     res = await other.append_events(
-        {"a": [pending(2), pending(3)], "b": [pending(2)], "c": [pending(0)]},
-        {"a": 2, "b": 3},
+        {"a": [pending(2), pending(3)], "b": [pending(2)], "c": [pending(0)]}
     )
     assert {cid: [r.seq for r in rs] for cid, rs in res.items()} == {
-        "a": [3, 4],
+        "a": [4, 5],
         "b": [3],
         "c": [1],
     }
-    for cid, last in (("a", 4), ("b", 3), ("c", 1)):
+    for cid, last in (("a", 5), ("b", 3), ("c", 1)):
         frames = await store.events_since(cid, 0, None, 100)
         assert [f["seq"] for f in frames] == list(range(1, last + 1))
         assert all(f["conversationId"] == cid for f in frames)
-    assert await store.last_seqs(["a", "b", "c", "d"]) == {"a": 4, "b": 3, "c": 1, "d": 0}
+    assert await store.last_seqs(["a", "b", "c", "d"]) == {"a": 5, "b": 3, "c": 1, "d": 0}
 
 
 async def test_messages_insert_list_and_page(store: MongoStore) -> None:

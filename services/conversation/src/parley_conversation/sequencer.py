@@ -29,7 +29,6 @@ from parley_contract import jsonutil, subjects
 from parley_contract.errors import ErrorCode, ParleyError, forbidden
 from parley_contract.events import Event
 from parley_contract.internal import Principal
-from parley_contract.jsonutil import model_json
 from parley_contract.models import Conversation, ConversationStatus, Message
 from parley_conversation import domain
 from parley_conversation.store import AppendResult, MessageTotals, PendingEvent, Repository
@@ -286,11 +285,8 @@ class Sequencer:
         live = {cid: js for cid, js in live.items() if js}
         if not live:
             return
-        hints = {
-            cid: convs[cid].last_seq + 1 for cid in live if cid in convs and convs[cid].last_seq
-        }
         pending = {cid: [self._pending(j) for j in js] for cid, js in live.items()}
-        results = await self._store.append_events(pending, hints)
+        results = await self._store.append_events(pending)
         stored_by: dict[str, list[Message]] = {}
         totals: dict[str, MessageTotals] = {}
         for cid, js in live.items():
@@ -373,10 +369,7 @@ class Sequencer:
             job.stored = job.message.model_copy(update={"seq": seq})
             return job.stored
 
-        def build(seq: int) -> Any:
-            return model_json(stored(seq))
-
-        return PendingEvent(Event.MESSAGE_NEW, build, job.message.client_message_id, message=stored)
+        return PendingEvent(Event.MESSAGE_NEW, None, job.message.client_message_id, message=stored)
 
 
 def totals_of(stored: list[Message], seqs: list[int]) -> MessageTotals:

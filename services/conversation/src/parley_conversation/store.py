@@ -195,12 +195,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 class PendingEvent:
     """A durable event waiting for its seq; ``build(seq)`` returns the frame's ``data``.
 
-    With ``message``, the event is that ``message:new``: ``message(seq)`` is the message as
-    stored (the log entry itself), and ``build`` is not used.
+    Or, with ``message`` instead of ``build``, a ``message:new``: ``message(seq)`` is the
+    message as stored (the log entry itself).
     """
 
     event: Event
-    build: Callable[[int], Any]
+    build: Callable[[int], Any] | None
     client_message_id: str | None = None
     message: Callable[[int], Message] | None = None
 
@@ -246,9 +246,7 @@ class Repository(Protocol):
         self, ids: Sequence[str], *, with_totals: bool = True
     ) -> dict[str, Conversation]: ...
     async def append_events(
-        self,
-        groups: Mapping[str, Sequence[PendingEvent]],
-        hints: Mapping[str, int] | None = None,
+        self, groups: Mapping[str, Sequence[PendingEvent]]
     ) -> dict[str, list[AppendResult]]: ...
     async def frames_by_client_ids(
         self, wanted: Mapping[str, Sequence[str]]
@@ -462,20 +460,17 @@ class MongoStore:
         return {d["_id"]: conversation_from(d) for d in docs}
 
     async def append_events(
-        self,
-        groups: Mapping[str, Sequence[PendingEvent]],
-        hints: Mapping[str, int] | None = None,
+        self, groups: Mapping[str, Sequence[PendingEvent]]
     ) -> dict[str, list[AppendResult]]:
         """Store each conversation's frames in order with consecutive seqs, in one
         ordered ``insert_many`` for all of them; never a gap, never a duplicate.
 
-        The first seq tried is this replica's cache, else ``hints`` (e.g. the conversation's
-        lastSeq + 1), else the log's maximum + 1. An ordered insert stops at the first
-        duplicate key: everything before it is stored (a prefix per conversation, so a crash
-        or a collision never leaves a hole); a taken seq re-reads that conversation's maximum,
-        a stored clientMessageId returns the earlier frame; the rest is retried.
+        The first seq tried is this replica's cache, else the log's maximum + 1. An ordered
+        insert stops at the first duplicate key: everything before it is stored (a prefix per
+        conversation, so a crash or a collision never leaves a hole); a taken seq re-reads the
+        maximum of every conversation still to be written, a stored clientMessageId returns
+        the earlier frame; the rest is retried.
         """
-        hints = hints or {}
         results: dict[str, list[AppendResult | None]] = {
             cid: [None] * len(evts) for cid, evts in groups.items()
         }
@@ -483,7 +478,7 @@ class MongoStore:
         nxt: dict[str, int] = {}
         unknown = []
         for cid in groups:
-            guess = self._next_seq.get(cid) or hints.get(cid)
+            guess = self._next_seq.get(cid)
             if guess:
                 nxt[cid] = guess
             else:
@@ -791,6 +786,7 @@ def _log_entry(
     if pending.message is not None:
         message = pending.message(seq)
         return message_doc(message), _message_frame(_wire(message), conversation_id, seq)
+    assert pending.build is not None
     frame = envelopes.event_frame(
         pending.event, pending.build(seq), conversation_id=conversation_id, seq=seq
     )
