@@ -1,4 +1,8 @@
-"""Every sample of the seed validates as a Message and round-trips unchanged."""
+"""Every sample message (docs/protocol.md 3.3) validates as a Message and round-trips unchanged.
+
+The 19 samples are the seed design's section 4 cases, kept in the repo at
+``tests/data/sample-messages.jsonl``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import pytest
 from parley_contract.jsonutil import dumps, loads, model_json
 from parley_contract.models import Message
 
-SEED = Path(__file__).resolve().parents[3] / ".." / "shared" / "seed" / "sample-messages.jsonl"
+SEED = Path(__file__).resolve().parent / "data" / "sample-messages.jsonl"
 
 
 def _samples() -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
-"""Markdown tables of the contract, generated from the registries (README stays in sync).
+"""Markdown tables of the contract, generated from the registries (README, docs/protocol.md).
 
-``python -m parley_contract.docs`` prints them; a test checks that README.md contains them.
+``python -m parley_contract.docs`` prints them; a test checks that both files contain them.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ class StoreServer:
 
     Chosen over nx-27017 after running the store conformance suite on both: nx-27017 does not
     match a missing field with ``{field: null}`` inside ``$elemMatch``, which the participant
-    queries need (docs/storage.md).
+    queries need (README.md, "Choosing a store").
     """
 
     data_dir: Path
