@@ -5,7 +5,7 @@ export UV_LINK_MODE ?= copy
 # Browser tests drive Debian's Chromium (a Playwright browser download fails offline).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup web browser run test lint typecheck pytest webtest bench clean
+.PHONY: setup web browser run token test lint typecheck pytest webtest bench clean
 
 # uv from PyPI if the machine has none; then the locked workspace.
 setup:
@@ -27,6 +27,14 @@ browser:
 
 run: setup web
 	$(UV) run --frozen parley run
+
+# A development JWT on stdout: make -s token SUB=user-456 KIND=user NAME="Ada" (TTL in seconds).
+SUB ?= user-1
+KIND ?= user
+NAME ?=
+TTL ?= 86400
+token:
+	@$(UV) run --frozen --quiet parley token --sub "$(SUB)" --kind "$(KIND)" --ttl "$(TTL)" $(if $(NAME),--name "$(NAME)")
 
 lint: setup
 	$(UV) run --frozen ruff check .

@@ -15,7 +15,7 @@ from parley_contract.auth import JwtConfig, mint_token, verify_token
 from parley_contract.events import PrincipalKind
 from parley_devstack.cli import main
 from parley_devstack.servers import NatsServer, StoreServer, free_port
-from parley_devstack.stack import http_ok
+from parley_devstack.stack import REPO_ROOT, http_ok
 
 
 def test_token_is_a_valid_development_jwt(capsys: object) -> None:
@@ -26,6 +26,28 @@ def test_token_is_a_valid_development_jwt(capsys: object) -> None:
         "user-456",
         PrincipalKind.AGENT,
         "Ada",
+    )
+
+
+def test_make_token_works_without_uv_on_path() -> None:
+    """README: `make -s token ...` right after `make setup`, though `make setup` put uv in
+    ~/.local/bin, which is often not on PATH."""
+    local_bin = str(Path.home() / ".local" / "bin")
+    path = ":".join(d for d in os.environ.get("PATH", "").split(":") if d and d != local_bin)
+    out = subprocess.run(
+        ["make", "-s", "token", "SUB=agent-ext", "KIND=agent", "NAME=Ext Agent"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PATH": path or "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    principal, _ = verify_token(out.strip(), JwtConfig())
+    assert (principal.id, principal.kind, principal.name) == (
+        "agent-ext",
+        PrincipalKind.AGENT,
+        "Ext Agent",
     )
 
 
