@@ -10,7 +10,7 @@ answered by the agent bridge, e.g. ``web_search`` of the offline demo tools).
 Requires only ``websockets`` (and ``parley_contract`` for ``--dev-token``):
 
     python examples/external_agent.py --agent-id agent-ext --dev-token \
-        --ws ws://127.0.0.1:8000/ws --http http://127.0.0.1:8000
+        --ws ws://127.0.0.1:8001/ws --http http://127.0.0.1:8001
 
 Assign it with ``conversation:create {"agentId": "agent-ext"}`` (or ``conversation:update``).
 The agent bridge skips turns of agents it does not configure, so this process answers
@@ -280,9 +280,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--ws", default=os.environ.get("PARLEY_WS_URL", "ws://127.0.0.1:8000/ws"))
+    parser.add_argument("--ws", default=os.environ.get("PARLEY_WS_URL", "ws://127.0.0.1:8001/ws"))
     parser.add_argument(
-        "--http", default=os.environ.get("PARLEY_HTTP_URL", "http://127.0.0.1:8000")
+        "--http", default=os.environ.get("PARLEY_HTTP_URL", "http://127.0.0.1:8001")
     )
     parser.add_argument("--agent-id", default=os.environ.get("PARLEY_AGENT_ID", "agent-ext"))
     parser.add_argument("--token", default=os.environ.get("PARLEY_AGENT_TOKEN"), help="agent JWT")

@@ -3,8 +3,8 @@ import react from '@vitejs/plugin-react';
 import { defineConfig } from 'vite';
 
 // The gateway serves web/dist at `/` (PARLEY_GATEWAY_WEB_DIST). `npm run dev` proxies the API
-// to a local gateway (PARLEY_GATEWAY_URL, default http://127.0.0.1:8000).
-const gateway = process.env.PARLEY_GATEWAY_URL ?? 'http://127.0.0.1:8000';
+// to a local gateway (PARLEY_GATEWAY_URL, default http://127.0.0.1:8001).
+const gateway = process.env.PARLEY_GATEWAY_URL ?? 'http://127.0.0.1:8001';
 
 export default defineConfig({
   plugins: [react()],
