@@ -457,8 +457,10 @@ class ConversationService:
         cmd = commands.parse_payload(Event.CONVERSATION_JOIN, data)
         assert isinstance(cmd, ConversationJoin)
         await self.sequencer.settle_totals()
+        # lastSeq before authorizing: a removal the authorization did not see yet has a seq
+        # above it, so the gateway replays or delivers it and evicts this joiner.
+        last = await self.store.last_seq(cmd.conversation_id)
         conv = await self._conversation(p, cmd.conversation_id)
-        last = await self.store.last_seq(conv.id)
         conv = conv.model_copy(update={"last_seq": max(last, conv.last_seq)})
         return {"conversation": model_json(conv), "lastSeq": last}
 

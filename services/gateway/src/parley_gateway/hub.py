@@ -7,6 +7,9 @@
 - Ordering: a :class:`~parley_gateway.ordering.Sequencer` per conversation delivers durable
   events in ``seq`` order; a gap waits ``gap_wait_seconds``, then is filled from the store
   (QUERY_EVENTS_SINCE). Duplicates are dropped, per conversation and per connection.
+- Live membership: every durable ``conversation:updated`` / ``conversation:deleted`` frame
+  says who may still follow the conversation (``parley_contract.access``); a member it no
+  longer admits gets that frame as its last one and is evicted at that ``seq``.
 - Presence, instances and sessions live in JetStream KV buckets whose entries expire on their
   own (bucket TTL) unless refreshed, so a crashed instance's clients disappear by themselves.
 """
@@ -31,6 +34,7 @@ from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
 from parley_contract import envelopes, jsonutil, subjects
+from parley_contract.access import Audience, audience_change
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import EventsSinceRequest, Principal
@@ -60,7 +64,7 @@ _PRESENCE_EVENTS = {
 class ConvState:
     """One subscribed conversation on this instance."""
 
-    __slots__ = ("cid", "gap_task", "members", "ready", "refs", "seq", "sub")
+    __slots__ = ("audience", "cid", "gap_task", "members", "ready", "refs", "seq", "sub")
 
     def __init__(self, cid: str) -> None:
         self.cid = cid
@@ -70,6 +74,9 @@ class ConvState:
         self.sub: Subscription | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.gap_task: asyncio.Task[None] | None = None
+        # Who may follow the conversation after the last audience-changing frame delivered
+        # here (None: none seen since this instance subscribed).
+        self.audience: Audience | None = None
 
 
 class PrincipalState:
@@ -104,6 +111,7 @@ class Hub:
         self._seen_instances: set[str] = set()
         self._outbox: list[tuple[str, bytes]] = []  # publishes waiting for the window
         self._publishing: set[asyncio.Task[None]] = set()
+        self._evicting: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -393,6 +401,37 @@ class Hub:
             if wire is None:
                 wire = frame_text(frame)  # framed once, the same bytes for every member
             conn.push_frame(wire)
+        audience = audience_change(frame)
+        if audience is not None:
+            conv.audience = audience
+            for conn in list(conv.members):
+                if not audience.admits(conn.principal.kind, conn.principal.id):
+                    self.evict(conn, conv)
+
+    def evict(self, conn: Conn, conv: ConvState) -> None:
+        """``conn`` may no longer follow ``conv``: nothing more of it reaches the client.
+
+        Synchronous (called while delivering, before the next frame): out of the members and
+        of the connection's joined conversations at once; the subscription is released and
+        the principal's ``presence:offline`` published in the background.
+        """
+        conv.members.discard(conn)
+        conn.joined.pop(conv.cid, None)
+        self.dirty.add(conn)
+        self.metrics.evictions.inc()
+        logger.info("%r evicted from conversation %s", conn, conv.cid)
+        task = asyncio.get_running_loop().create_task(self._after_evict(conn, conv))
+        self._evicting.add(task)
+        task.add_done_callback(self._evicting.discard)
+
+    async def _after_evict(self, conn: Conn, conv: ConvState) -> None:
+        key = (conn.principal.kind, conn.principal.id)
+        if not any((m.principal.kind, m.principal.id) == key for m in conv.members):
+            await self.publish_presence(conn, conv.cid, online=False)
+        try:
+            await self.release(conv)
+        except nats.errors.Error:
+            logger.warning("release of %s after an eviction failed", conv.cid, exc_info=True)
 
     async def _fill_gap(self, conv: ConvState, wait: float) -> None:
         try:
@@ -429,12 +468,16 @@ class Hub:
         finally:
             conv.gap_task = None
 
-    async def join(self, conn: Conn, cid: str, since: int | None, last_seq: int) -> None:
+    async def join(self, conn: Conn, cid: str, since: int | None, last_seq: int) -> bool:
         """Make ``conn`` a member of ``cid`` after replaying seq > since (pushed in order).
 
         The caller has already subscribed (``acquire``) before asking the conversation service
-        for ``last_seq``, so every event after it reaches the sequencer.
+        for ``last_seq``, so every event after it reaches the sequencer. False (not a member,
+        the caller releases) when the conversation's audience no longer admits the principal:
+        a removal replayed here (the client gets it as its last frame) or already delivered
+        live on this instance.
         """
+        kind, pid = conn.principal.kind, conn.principal.id
         conv = self.convs[cid]
         self._apply(conv, conv.seq.start(last_seq))
         start = last_seq if since is None else min(since, last_seq)
@@ -450,15 +493,21 @@ class Hub:
                         await conn.wait_writable()  # a long history waits for the reader
                         conn.push(frame)
                         delivered = seq
+                        audience = audience_change(frame)
+                        if audience is not None and not audience.admits(kind, pid):
+                            return False  # removed meanwhile: that frame was its last
                 if conn.closing:
                     break  # still becomes a member below: unregister cleans up
             if delivered == before:
                 break
             target = max(target, conv.seq.last or 0)
-        # No await between this check and joining the members: nothing can slip in between.
+        # No await between these checks and joining the members: nothing can slip in between.
+        if conv.audience is not None and not conv.audience.admits(kind, pid):
+            return False
         conn.joined[cid] = delivered
         conv.members.add(conn)
         self.dirty.add(conn)
+        return True
 
     async def leave(self, conn: Conn, cid: str, *, announce: bool = True) -> None:
         conv = self.convs.get(cid)
@@ -467,7 +516,8 @@ class Hub:
         if conv is None or conn not in conv.members:
             return
         conv.members.discard(conn)
-        if announce and not any(m.principal.id == conn.principal.id for m in conv.members):
+        key = (conn.principal.kind, conn.principal.id)
+        if announce and not any((m.principal.kind, m.principal.id) == key for m in conv.members):
             await self.publish_presence(conn, cid, online=False)
         await self.release(conv)
 

@@ -68,6 +68,11 @@ class Metrics:
         self.slow_consumers = Counter(
             "parley_gateway_slow_consumers_total", "Clients closed with 1013", registry=r
         )
+        self.evictions = Counter(
+            "parley_gateway_evictions_total",
+            "Connections dropped from a conversation whose audience no longer admits them",
+            registry=r,
+        )
 
     def sync(self) -> None:
         """Move the hot-path tallies into their Prometheus counters (before a scrape)."""

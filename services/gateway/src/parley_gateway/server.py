@@ -458,8 +458,10 @@ class Gateway:
         if event in (Event.TYPING_START, Event.TYPING_STOP):
             cid = data["conversationId"]
             if cid not in conn.joined:
+                # Joined = a current participant: a removal evicts the connection (hub.evict).
                 raise ParleyError(
-                    ErrorCode.FORBIDDEN, "join the conversation before sending typing events"
+                    ErrorCode.FORBIDDEN,
+                    "not joined: join the conversation (as a participant) before typing events",
                 )
             p = conn.principal
             payload = {
@@ -513,10 +515,14 @@ class Gateway:
                     conversation_id=cid,
                 )
             )
-            await hub.join(conn, cid, since, last_seq)
+            if not await hub.join(conn, cid, since, last_seq):
+                return envelopes.fail(
+                    ErrorCode.FORBIDDEN, "you are no longer a participant of this conversation"
+                )
             joined = True
+            key = (conn.principal.kind, conn.principal.id)
             if not was_member and not any(
-                m is not conn and m.principal.id == conn.principal.id for m in conv.members
+                m is not conn and (m.principal.kind, m.principal.id) == key for m in conv.members
             ):
                 await hub.publish_presence(conn, cid, online=True)
             return envelopes.ok(
