@@ -20,7 +20,6 @@ from .conftest import Request, agent, service_principal, settings_for, user
 
 CREATE = subjects.command(Event.CONVERSATION_CREATE)
 JOIN = subjects.command(Event.CONVERSATION_JOIN)
-LEAVE = subjects.command(Event.CONVERSATION_LEAVE)
 UPDATE = subjects.command(Event.CONVERSATION_UPDATE)
 SEND = subjects.command(Event.MESSAGE_SEND)
 EDIT = subjects.command(Event.MESSAGE_EDIT)
@@ -179,7 +178,7 @@ async def test_outsider_can_neither_read_nor_write(
     attempts: list[tuple[str, dict[str, Any]]] = [
         (SEND, {"conversationId": cid, "content": "let me in"}),
         (JOIN, {"conversationId": cid}),
-        (LEAVE, {"conversationId": cid}),
+        (UPDATE, {"conversationId": cid, "removeParticipants": ["u-mallory"]}),
         (UPDATE, {"conversationId": cid, "title": "mine now"}),
         (EDIT, {"conversationId": cid, "messageId": mid, "content": "x"}),
         (DELETE, {"conversationId": cid, "messageId": mid}),
@@ -389,13 +388,13 @@ async def test_agent_switch_writes_a_system_message(
     )
 
 
-async def test_leave_ends_access_and_keeps_joined_at(
+async def test_removing_oneself_ends_access_and_keeps_joined_at(
     service: ConversationService, request_: Request
 ) -> None:
     cid = (await create(request_))["_id"]
     j = await request_(JOIN, {"conversationId": cid, "sinceSeq": 0}, BOB)
     assert j["success"] and j["data"]["lastSeq"] == 1 and j["data"]["conversation"]["_id"] == cid
-    r = await request_(LEAVE, {"conversationId": cid}, BOB)
+    r = await request_(UPDATE, {"conversationId": cid, "removeParticipants": ["u-bob"]}, BOB)
     assert r["success"], r
     bob = next(p for p in r["data"]["participants"] if p.get("userId") == "u-bob")
     assert bob["joinedAt"] and bob["leftAt"]
@@ -635,7 +634,10 @@ async def test_concurrent_leaves_and_updates_lose_nothing(
 ) -> None:
     people = [f"u-p{i}" for i in range(12)]
     cid = (await create(request_, participants=people))["_id"]
-    leaves = [request_(LEAVE, {"conversationId": cid}, user(p)) for p in people[:8]]
+    leaves = [
+        request_(UPDATE, {"conversationId": cid, "removeParticipants": [p]}, user(p))
+        for p in people[:8]
+    ]
     renames = [
         request_(UPDATE, {"conversationId": cid, "tags": [f"t{i}"]}, user(p))
         for i, p in enumerate(people[8:])

@@ -90,7 +90,7 @@ async def test_bad_frames_get_their_errors_and_the_connection_survives(
     assert r["error"]["code"] == "FORBIDDEN"  # users may not call tools
     r = await c.cmd("message:send", "not an object")
     assert r["error"]["code"] == "VALIDATION_ERROR"
-    await c.send_raw(jsonutil.dumps({"event": "message:send", "id": 5}).decode())
+    await c.send_raw(jsonutil.dumps({"event": "message:send", "id": 5.5}).decode())
     e = await c.wait_for(lambda f: f.get("event") == "error" and f["error"].get("details"))
     assert e["error"]["details"]["field"] == "id"
     await c.send_raw(jsonutil.dumps({"event": "what:ever"}).decode())

@@ -7,7 +7,7 @@ OpenAPI, clients).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,12 +35,26 @@ class ErrorEnvelope(BaseModel):
     timestamp: str
 
 
+# A command id: any string of 1-128 characters or any integer (Socket.IO acks are integers),
+# echoed exactly in the reply. orjson reads integers up to 64 bits; larger ones are not JSON
+# the gateway can parse (the frame gets "invalid JSON").
+MAX_COMMAND_ID_CHARS = 128
+CommandId = str | int
+
+
+def is_command_id(value: object) -> bool:
+    """Whether a client's ``id`` is acceptable (bool is not an integer here)."""
+    if isinstance(value, str):
+        return 0 < len(value) <= MAX_COMMAND_ID_CHARS
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class ClientCommand(BaseModel):
     """A client → server frame."""
 
     model_config = ConfigDict(extra="forbid")
     event: str
-    id: str | None = Field(default=None, max_length=128)
+    id: Annotated[str, Field(min_length=1, max_length=MAX_COMMAND_ID_CHARS)] | int | None = None
     data: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -49,7 +63,7 @@ class ServerFrame(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     event: str
-    id: str | None = None
+    id: str | int | None = None
     success: bool
     data: Any = None
     error: ErrorBody | None = None
@@ -99,7 +113,9 @@ def event_frame(
     return frame
 
 
-def reply_frame(event: str, command_id: str | None, envelope: dict[str, Any]) -> dict[str, Any]:
+def reply_frame(
+    event: str, command_id: CommandId | None, envelope: dict[str, Any]
+) -> dict[str, Any]:
     """A reply to a command: the envelope with the command's ``event`` and ``id`` in front."""
     frame: dict[str, Any] = {"event": event}
     if command_id is not None:

@@ -33,6 +33,10 @@ def kv_key_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
 
 
+# NATS header on an ephemeral frame a gateway publishes for one of its connections (typing):
+# the session id of that connection, which does not get the frame back. Never sent to clients.
+HEADER_ORIGIN: Final = "Parley-Origin"
+
 # JetStream stream of agent turns (work queue so each user message is answered once).
 STREAM_AGENT_TURNS: Final = "PARLEY_AGENT_TURNS"
 

@@ -284,18 +284,6 @@ def apply_update(
     return ConversationChange(new, changed, added, removed, previous_agent, switched)
 
 
-def leave(conv: Conversation, principal: Principal) -> Conversation:
-    at = later_than(conv.updated_at)
-    new = conv.model_copy(deep=True)
-    new.participants = [
-        p.model_copy(update={"left_at": at}) if p.active and p.principal_id == principal.id else p
-        for p in conv.participants
-    ]
-    new.updated_at = at
-    new.updated_by = principal.id
-    return new
-
-
 def agent_switch_message(
     conv_id: str,
     previous_agent_id: str | None,

@@ -28,7 +28,6 @@ from parley_contract import commands, envelopes, jsonutil, subjects
 from parley_contract.commands import (
     ConversationCreate,
     ConversationJoin,
-    ConversationLeave,
     ConversationUpdate,
     MessageDelete,
     MessageEdit,
@@ -62,7 +61,6 @@ logger = logging.getLogger(__name__)
 HANDLED_COMMANDS: tuple[Event, ...] = (
     Event.CONVERSATION_CREATE,
     Event.CONVERSATION_JOIN,
-    Event.CONVERSATION_LEAVE,
     Event.CONVERSATION_UPDATE,
     Event.MESSAGE_SEND,
     Event.MESSAGE_EDIT,
@@ -71,6 +69,8 @@ HANDLED_COMMANDS: tuple[Event, ...] = (
     Event.MESSAGE_STOP,
     Event.TASK_CREATE,
 )
+# conversation:leave is not here: it is watching, not membership, and the gateway answers it
+# (unsubscribes the connection). Quitting is conversation:update removing oneself.
 COMMAND_BY_SUBJECT: dict[str, Event] = {subjects.command(e): e for e in HANDLED_COMMANDS}
 UPDATE_RETRIES = 50  # optimistic conversation updates under contention
 REPLY_ENVELOPE_BYTES = 4096  # room for the reply envelope around a page's items
@@ -464,20 +464,6 @@ class ConversationService:
         conv = conv.model_copy(update={"last_seq": max(last, conv.last_seq)})
         return {"conversation": model_json(conv), "lastSeq": last}
 
-    async def conversation_leave(self, p: Principal, data: dict[str, Any]) -> Any:
-        cmd = commands.parse_payload(Event.CONVERSATION_LEAVE, data)
-        assert isinstance(cmd, ConversationLeave)
-        for _ in range(UPDATE_RETRIES):
-            conv = await self._conversation(p, cmd.conversation_id)
-            if domain.active_participant(conv, p.id) is None:
-                return model_json(conv)  # e.g. the assigned agent, or a service
-            new = domain.leave(conv, p)
-            if await self.store.update_conversation(conv, new):
-                new, _ = await self._append_conversation_event(Event.CONVERSATION_UPDATED, new)
-                return model_json(new)
-            await _backoff()
-        raise ParleyError(ErrorCode.CONFLICT, "the conversation is changing too fast, retry")
-
     async def conversation_update(self, p: Principal, data: dict[str, Any]) -> Any:
         cmd = commands.parse_payload(Event.CONVERSATION_UPDATE, data)
         assert isinstance(cmd, ConversationUpdate)
@@ -604,7 +590,6 @@ class ConversationService:
     ] = {
         Event.CONVERSATION_CREATE: conversation_create,
         Event.CONVERSATION_JOIN: conversation_join,
-        Event.CONVERSATION_LEAVE: conversation_leave,
         Event.CONVERSATION_UPDATE: conversation_update,
         Event.MESSAGE_SEND: message_send,
         Event.MESSAGE_EDIT: message_edit,

@@ -109,7 +109,8 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._kick_sub: Subscription | None = None
         self._seen_instances: set[str] = set()
-        self._outbox: list[tuple[str, bytes]] = []  # publishes waiting for the window
+        # Publishes waiting for the window: (subject, payload, NATS headers or None).
+        self._outbox: list[tuple[str, bytes, dict[str, str] | None]] = []
         self._publishing: set[asyncio.Task[None]] = set()
         self._evicting: set[asyncio.Task[None]] = set()
 
@@ -355,11 +356,17 @@ class Hub:
 
     def _conv_handler(self, conv: ConvState) -> Callable[[Msg], None]:
         def on_msg(msg: Msg) -> None:
-            self.on_conversation_frame(conv, msg.data)
+            headers = msg.headers
+            origin = headers.get(subjects.HEADER_ORIGIN) if headers else None
+            self.on_conversation_frame(conv, msg.data, origin)
 
         return on_msg
 
-    def on_conversation_frame(self, conv: ConvState, data: bytes) -> None:
+    def on_conversation_frame(
+        self, conv: ConvState, data: bytes, origin: str | None = None
+    ) -> None:
+        """One frame of a conversation's subject. ``origin``: the session id of the connection
+        that caused an ephemeral event (typing), which does not get it back."""
         try:
             frame = jsonutil.loads(data)
         except ValueError:
@@ -373,7 +380,8 @@ class Hub:
             self.metrics.events_in.labels("ephemeral").inc()
             wire = frame_text(data)  # framed once, the same bytes for every member
             for conn in list(conv.members):
-                conn.push_frame(wire)
+                if origin is None or conn.session_id != origin:
+                    conn.push_frame(wire)
             return
         self.metrics.events_in.labels("durable").inc()
         out = conv.seq.push(seq, data)
@@ -521,7 +529,7 @@ class Hub:
             await self.publish_presence(conn, cid, online=False)
         await self.release(conv)
 
-    async def publish(self, cid: str, frame: dict[str, Any]) -> None:
+    async def publish(self, cid: str, frame: dict[str, Any], *, origin: str | None = None) -> None:
         """Publish an ephemeral event to a conversation (batched; never waits for NATS).
 
         Publishes are collected for ``PUBLISH_WINDOW_SECONDS`` and handed to the NATS client
@@ -531,7 +539,8 @@ class Hub:
         nc = self.nc
         if nc is None or not nc.is_connected:
             raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "message bus unavailable")
-        self._outbox.append((subjects.conversation_events(cid), jsonutil.dumps(frame)))
+        headers = {subjects.HEADER_ORIGIN: origin} if origin is not None else None
+        self._outbox.append((subjects.conversation_events(cid), jsonutil.dumps(frame), headers))
         if len(self._outbox) == 1:
             asyncio.get_running_loop().call_later(PUBLISH_WINDOW_SECONDS, self._send_outbox)
 
@@ -542,13 +551,13 @@ class Hub:
             self._publishing.add(task)
             task.add_done_callback(self._publishing.discard)
 
-    async def _publish_batch(self, batch: list[tuple[str, bytes]]) -> None:
+    async def _publish_batch(self, batch: list[tuple[str, bytes, dict[str, str] | None]]) -> None:
         nc = self.nc
         if nc is None:
             return
-        for subject, payload in batch:  # no real wait inside: one flush for all of them
+        for subject, payload, headers in batch:  # no real wait inside: one flush for all
             try:
-                await nc.publish(subject, payload)
+                await nc.publish(subject, payload, headers=headers)
             except nats.errors.Error as exc:
                 logger.warning("publish on %s failed: %s", subject, exc)
 

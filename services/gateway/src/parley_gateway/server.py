@@ -368,11 +368,11 @@ class Gateway:
     async def on_command(self, conn: Conn, frame: dict[str, Any], start: float) -> None:
         """One command (a JSON object): validate, dispatch, reply exactly once if it has an id."""
         cmd_id = frame.get("id")
-        if cmd_id is not None and not (isinstance(cmd_id, str) and 0 < len(cmd_id) <= 128):
+        if cmd_id is not None and not envelopes.is_command_id(cmd_id):
             conn.send(
                 envelopes.error_frame(
                     ErrorCode.VALIDATION_ERROR,
-                    "id must be a string of 1-128 characters",
+                    "id must be a string of 1-128 characters or an integer",
                     {"field": "id"},
                 )
             )
@@ -450,11 +450,11 @@ class Gateway:
             since = data.get("sinceSeq")
             return await self.join(conn, data["conversationId"], since)
         if event is Event.CONVERSATION_LEAVE:
+            # Watching, not membership (Socket.IO room semantics): unsubscribe this
+            # connection and nothing else. Quitting is conversation:update removing oneself.
             cid = data["conversationId"]
             await hub.leave(conn, cid)
-            return await hub.request(
-                subjects.command(event), hub.command_body(conn.principal, data)
-            )
+            return envelopes.ok({"conversationId": cid, "watching": False})
         if event in (Event.TYPING_START, Event.TYPING_STOP):
             cid = data["conversationId"]
             if cid not in conn.joined:
@@ -470,7 +470,9 @@ class Gateway:
                 "kind": p.kind.value,
                 "name": p.name,
             }
-            await hub.publish(cid, envelopes.event_frame(event, payload, conversation_id=cid))
+            # Everyone in the conversation but the sending connection (origin header).
+            frame = envelopes.event_frame(event, payload, conversation_id=cid)
+            await hub.publish(cid, frame, origin=conn.session_id)
             return None
         if event in (Event.PRESENCE_ONLINE, Event.PRESENCE_OFFLINE):
             status = data.get("status")
