@@ -2,7 +2,9 @@
 in this process against the embedded store, no NATS, no gateway. Sends arrive at a fixed
 rate over 100 conversations (open loop); prints the acked rate, ack latency and the time of
 each store call per batch:
-``python -m bench.experiments.sequencer_inprocess [rate/s] [seconds]``.
+``python -m bench.experiments.sequencer_inprocess [rate/s] [seconds] [write concern]``
+(``journaled``, the default, with the store in its durable mode; ``acknowledged``: the store
+without --sync-on-commit, the writes not waiting for the journal: what durability costs).
 Shows where a batch's time goes (authorizing read, event log insert, messages insert,
 totals) without the rest of the system competing for the CPU.
 """
@@ -42,8 +44,10 @@ def _timed(fn: Callable[..., Awaitable[Any]], out: list[float]) -> Callable[...,
     return wrapper
 
 
-async def measure(url: str, rate: float, seconds: float) -> dict[str, Any]:
-    store = MongoStore(url, "bench_sequencer")
+async def measure(
+    url: str, rate: float, seconds: float, write_concern: str = "journaled"
+) -> dict[str, Any]:
+    store = MongoStore(url, "bench_sequencer", write_concern=write_concern)
     await store.init()
     calls: dict[str, list[float]] = defaultdict(list)
     for name in TIMED:
@@ -99,10 +103,11 @@ async def measure(url: str, rate: float, seconds: float) -> dict[str, Any]:
 def main() -> None:
     rate = float(sys.argv[1]) if len(sys.argv) > 1 else 250.0
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 8.0
+    concern = sys.argv[3] if len(sys.argv) > 3 else "journaled"
     with tempfile.TemporaryDirectory() as tmp:
-        server = StoreServer(Path(tmp)).start()
+        server = StoreServer(Path(tmp), sync_on_commit=concern != "acknowledged").start()
         try:
-            result = asyncio.run(measure(server.url, rate, seconds))
+            result = asyncio.run(measure(server.url, rate, seconds, concern))
         finally:
             server.stop()
     sys.stdout.write(f"{result}\n")

@@ -169,11 +169,19 @@ class StoreServer:
     Chosen over nx-27017 after running the store conformance suite on both: nx-27017 does not
     match a missing field with ``{field: null}`` inside ``$elemMatch``, which the participant
     queries need (README.md, "Choosing a store").
+
+    Durable mode (issue 11): the WiredTiger journal on (``SECANTUS_FORCE_DURABLE=1``, so an
+    inherited ``SECANTUS_TEST_FAST_STORAGE`` cannot turn it off) and ``--sync-on-commit``:
+    every commit fsyncs the journal before the write is acknowledged, whatever write concern
+    a client asks for (the conversation service asks ``j: true`` too). Without it the store
+    acknowledged writes still in its log buffer, and a kill -9 lost 8-18 acked messages.
+    ``sync_on_commit=False`` only for measuring what durability costs (bench).
     """
 
     data_dir: Path
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
+    sync_on_commit: bool = True
     process: ManagedProcess | None = field(default=None, init=False)
 
     @property
@@ -193,8 +201,14 @@ class StoreServer:
             "--log-level",
             "WARNING",
         ]
+        if self.sync_on_commit:
+            argv.append("--sync-on-commit")
         self.process = ManagedProcess(
-            "store (secantusdb)", argv, self.data_dir / "store.log", cwd=self.data_dir
+            "store (secantusdb)",
+            argv,
+            self.data_dir / "store.log",
+            env={"SECANTUS_FORCE_DURABLE": "1"},
+            cwd=self.data_dir,
         )
         self.process.start()
         wait_port(self.host, self.port, timeout, self.process.proc)

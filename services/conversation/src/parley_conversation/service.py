@@ -159,7 +159,9 @@ class ConversationService:
     def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.store = MongoStore(settings.mongodb_url, settings.mongodb_database)
+        self.store = MongoStore(
+            settings.mongodb_url, settings.mongodb_database, write_concern=settings.write_concern
+        )
         self.broker = NatsBroker(
             settings.nats_url,
             name=f"parley-conversation-{settings.instance_id}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,14 @@ class Settings(BaseSettings):
         default="mongodb://127.0.0.1:27017", validation_alias=_env("MONGODB_URL")
     )
     mongodb_database: str = Field(default="parley", validation_alias=_env("MONGODB_DATABASE"))
+    # When a write counts as stored (and a reply may say success: true): "journaled" = in
+    # the server's journal (w:1, j:true; a kill -9 or power loss of the store keeps it);
+    # "majority" = journaled on a majority of a replica set (w:majority, j:true; the
+    # production setting); "acknowledged" = in the server's memory only (w:1, j:false: a
+    # crash of the store may lose acked writes; for measurements only).
+    write_concern: Literal["journaled", "majority", "acknowledged"] = Field(
+        default="journaled", validation_alias=_env("PARLEY_CONVERSATION_WRITE_CONCERN")
+    )
     environment: str = Field(default="development", validation_alias=_env("PARLEY_ENVIRONMENT"))
     log_level: str = Field(default="INFO", validation_alias=_env("PARLEY_LOG_LEVEL"))
     instance_id: str = Field(

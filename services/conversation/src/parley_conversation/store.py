@@ -46,6 +46,13 @@ _STRING_ONLY = {"clientMessageId": {"$type": "string"}}
 IN_CHUNK = 50  # keys per `$in` query (see get_conversations)
 MAX_APPEND_ROUNDS = 10_000
 SEQ_CACHE_SIZE = 50_000
+# PARLEY_CONVERSATION_WRITE_CONCERN -> the client's default write concern (every write of the
+# service uses it): a write returns, and a reply can say success, only once it is this durable.
+WRITE_CONCERNS: dict[str, dict[str, Any]] = {
+    "journaled": {"w": 1, "journal": True},
+    "majority": {"w": "majority", "journal": True},
+    "acknowledged": {"w": 1, "journal": False},
+}
 
 
 # ---------------------------------------------------------------- collection declarations
@@ -277,9 +284,14 @@ class Repository(Protocol):
 class MongoStore:
     """The repository on any MongoDB-wire server (SecantusDB embedded, or MongoDB)."""
 
-    def __init__(self, url: str, database: str, *, timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, url: str, database: str, *, timeout_ms: int = 5000, write_concern: str = "journaled"
+    ) -> None:
+        if write_concern not in WRITE_CONCERNS:
+            raise ValueError(f"write concern: one of {', '.join(WRITE_CONCERNS)}")
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             url,
+            **WRITE_CONCERNS[write_concern],
             tz_aware=True,
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
