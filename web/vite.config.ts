@@ -13,6 +13,7 @@ export default defineConfig({
   server: {
     proxy: {
       '/v1': gateway,
+      '/favicon.ico': gateway,
       '/ws': { target: gateway.replace(/^http/, 'ws'), ws: true },
     },
   },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -94,4 +95,11 @@ def test_run_starts_everything_and_ctrl_c_stops_it(
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "Parley is running." in out and f"http://127.0.0.1:{ports[0]}/" in out
+    # First five minutes: which agent to talk to, two things to try, links that sign in.
+    assert "agent:       agent-demo" in out and "Two things to try:" in out
+    assert "search the weather in Hanoi and calc 12*7" in out
+    links = dict(re.findall(r"(http://127\.0\.0\.1:\d+)/#token=(\S+)", out))
+    assert set(links) == {f"http://127.0.0.1:{p}" for p in ports}, out
+    signed_in = [verify_token(tok, JwtConfig())[0].id for tok in links.values()]
+    assert sorted(signed_in) == ["user-1", "user-2"]
     assert not any(http_ok(f"http://127.0.0.1:{p}/healthz") for p in ports)

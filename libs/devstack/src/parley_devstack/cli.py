@@ -32,6 +32,44 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
+DEMO_AGENT = "agent-demo"
+
+
+def welcome(stack: Stack, secret: str, agent: str = DEMO_AGENT) -> str:
+    """What `make run` prints once everything is ready: where to go, as whom, with which
+    agent, and two things to try (README, "First five minutes")."""
+    one = mint_token("user-1", PrincipalKind.USER, name="User One", secret=secret)
+    two = mint_token("user-2", PrincipalKind.USER, name="User Two", secret=secret)
+    first = stack.gateway_url(0)
+    other = stack.gateway_url(len(stack.gateways) - 1)
+    pages = ", ".join(f"{stack.gateway_url(i)}/" for i in range(len(stack.gateways)))
+    return "\n".join(
+        [
+            "",
+            "Parley is running.",
+            stack.describe(),
+            "",
+            f"chat page:   {pages} (any gateway, same system)",
+            f"sign in:     {first}/#token={one}",
+            "             (user-1; or 'Dev sign-in' on the page, or make -s token SUB=<id>)",
+            f"agent:       {agent}, the offline demo agent (no API key): the page's default",
+            "             'Agent id' for a new conversation",
+            f"WebSocket:   {stack.ws_url(0)}?access_token=<jwt>   (docs/protocol.md)",
+            f"HTTP API:    {first}/docs",
+            "",
+            "Two things to try:",
+            f"  1. Create a conversation with {agent} and write",
+            '     "search the weather in Hanoi and calc 12*7": it thinks, calls two MCP tools',
+            '     at once, and streams its answer (write "something slow" and press Stop, too).',
+            "  2. Invite user-2 when you create it, and open, in another window, another gateway",
+            f"     as user-2: {other}/#token={two}",
+            "     Write from both: each message reaches the other page live, across gateways.",
+            "",
+            f"A token for user-1 (24 h):\n{one}",
+        ]
+    )
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     secret = os.environ.get("PARLEY_JWT_SECRET", DEV_JWT_SECRET)
     token = mint_token(
@@ -93,15 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
-        user = mint_token("user-1", PrincipalKind.USER, name="User One", secret=config.jwt_secret)
-        _write("\nParley is running.\n" + stack.describe())
-        _write(f"\nlogs: {var / 'logs'}")
-        for i in range(len(stack.gateways)):
-            _write(f"chat page:   {stack.gateway_url(i)}/")
-        _write(f"WebSocket:   {stack.ws_url(0)}?access_token=<jwt>")
-        _write(f"HTTP API:    {stack.gateway_url(0)}/docs")
-        _write("dev tokens:  uv run parley token --sub user-1 --kind user")
-        _write(f"\nA token for user-1 (24 h):\n{user}\n\nCtrl-C stops everything.")
+        _write(welcome(stack, config.jwt_secret))
+        _write(f"\nlogs: {var / 'logs'}\n\nCtrl-C stops everything.")
         while not stop.wait(1.0):
             for svc in stack.services:
                 if not svc.process.running:

@@ -23,6 +23,7 @@ from parley_contract.internal import Principal
 from parley_gateway.hub import Hub
 
 logger = logging.getLogger(__name__)
+FAVICON = Path(__file__).with_name("favicon.ico")
 
 DEV_TOKEN_TTL_SECONDS = 12 * 3600
 
@@ -78,8 +79,8 @@ def create_app(hub: Hub) -> FastAPI:
         title="Parley gateway",
         version="1",
         description=(
-            "HTTP side of the Parley gateway (protocol.md section 6). The WebSocket protocol "
-            "is served at `/ws` on the same port; see services/gateway/README.md."
+            "HTTP side of the Parley gateway (docs/protocol.md section 7). The WebSocket "
+            "protocol is served at `/ws` on the same port; see docs/protocol.md."
         ),
     )
 
@@ -226,6 +227,15 @@ def create_app(hub: Hub) -> FastAPI:
             secret=settings.jwt_secret,
         )
         return JSONResponse(envelopes.ok({"token": tok}))
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        """Parley's icon, whether or not the web UI is built (browsers ask every origin)."""
+        return Response(
+            FAVICON.read_bytes(),
+            media_type="image/x-icon",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     if settings.web_dist and Path(settings.web_dist).is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dist, html=True), name="web")
