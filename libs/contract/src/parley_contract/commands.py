@@ -6,14 +6,24 @@ Shared by the gateway (shape check before anything crosses NATS) and the convers
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event
 from parley_contract.ids import SafeId
+from parley_contract.limits import INT64_MAX, check_free_form, check_value
 from parley_contract.models import (
     Attachment,
     ConversationContext,
@@ -31,8 +41,22 @@ MAX_CONTENT_CHARS = 32_000
 MAX_TITLE_CHARS = 200
 
 
+# Free-form values (metadata, tool arguments): storable, bounded in depth and size (limits).
+FreeForm = Annotated[dict[str, Any], BeforeValidator(check_free_form)]
+
+
 class CommandData(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", allow_inf_nan=False
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        """Every value of the raw data storable (64-bit integers, finite numbers, keys the
+        store accepts, bounded nesting) before any field is looked at: see limits."""
+        check_value(data)
+        return data
 
 
 class InConversation(CommandData):
@@ -58,7 +82,7 @@ class ConversationCreate(CommandData):
 
 
 class ConversationJoin(InConversation):
-    since_seq: int | None = Field(default=None, ge=0)
+    since_seq: int | None = Field(default=None, ge=0, le=INT64_MAX)
 
 
 class ConversationLeave(InConversation):
@@ -91,9 +115,26 @@ class MessageSend(InConversation):
     latency: float | None = Field(default=None, ge=0)
     error: str | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
     attachments: list[Attachment] | None = Field(default=None, max_length=32)
-    metadata: dict[str, Any] | None = None
+    metadata: FreeForm | None = None
     finish_reason: str | None = Field(default=None, max_length=32)
     cost: float | None = Field(default=None, ge=0)  # USD; agents and services only
+
+    @field_validator("tool_results", mode="before")
+    @classmethod
+    def _bounded_results(cls, value: Any) -> Any:
+        """Each tool result's ``result`` is free-form (limits.check_free_form)."""
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict) and "result" in item:
+                    try:
+                        check_free_form(item["result"])
+                    except PydanticCustomError as exc:
+                        ctx = exc.context or {}
+                        sub = ".".join(p for p in (str(i), "result", ctx.get("path", "")) if p)
+                        raise PydanticCustomError(
+                            exc.type, exc.message_template, {**ctx, "path": sub}
+                        ) from None
+        return value
 
 
 class MessageEdit(InConversation):
@@ -126,7 +167,7 @@ class Presence(CommandData):
 class ToolCallCommand(CommandData):
     conversation_id: SafeId | None = None
     tool_name: str = Field(min_length=1, max_length=200)
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    arguments: FreeForm = Field(default_factory=dict)
     agent_id: SafeId | None = None
 
 
@@ -157,20 +198,27 @@ PAYLOADS: dict[Event, type[CommandData]] = {
 
 def validation_error(exc: ValidationError) -> ParleyError:
     """A pydantic error as a VALIDATION_ERROR a client author can act on."""
-    first = exc.errors()[0]
-    field = ".".join(str(p) for p in first.get("loc", ())) or None
+    errors = exc.errors()
+    first = errors[0]
+    field = _field_of(first) or None
     msg = first.get("msg", "invalid value")
     if first.get("type") == "extra_forbidden":
         msg = "unknown field"
     details: dict[str, Any] = {
-        "errors": [
-            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
-            for e in exc.errors()[:10]
-        ]
+        "errors": [{"field": _field_of(e), "message": e.get("msg", "")} for e in errors[:10]]
     }
     if field:
         details["field"] = field
     return ParleyError(ErrorCode.VALIDATION_ERROR, f"{field}: {msg}" if field else msg, details)
+
+
+def _field_of(error: Any) -> str:
+    """The dotted path of a pydantic error, with the sub-path a limits check puts in ctx."""
+    parts = [str(p) for p in error.get("loc", ())]
+    sub = (error.get("ctx") or {}).get("path")
+    if isinstance(sub, str) and sub:
+        parts.append(sub)
+    return ".".join(parts)
 
 
 def parse_payload(event: Event, data: Any) -> CommandData:

@@ -21,6 +21,7 @@ from parley_contract.errors import ErrorCode, ParleyError, forbidden
 from parley_contract.events import PrincipalKind
 from parley_contract.ids import new_id
 from parley_contract.internal import Principal
+from parley_contract.limits import MAX_FREE_FORM_DEPTH
 from parley_contract.models import (
     Conversation,
     LastMessage,
@@ -52,7 +53,7 @@ ROLE_TYPES: dict[Role, frozenset[MessageType]] = {
     Role.TOOL: frozenset({MessageType.TOOL_RESULT}),
     Role.SYSTEM: frozenset({MessageType.SYSTEM, MessageType.TEXT, MessageType.ERROR}),
 }
-MAX_METADATA_DEPTH = 8
+MAX_METADATA_DEPTH = MAX_FREE_FORM_DEPTH  # one place for the limits: parley_contract.limits
 LAST_MESSAGE_PREVIEW_CHARS = 500
 
 

@@ -11,6 +11,10 @@ embedded store an ``$in`` lookup scans the collection); retries inside one batch
 the first. Then it publishes the frames in seq order and only then resolves the callers.
 While a batch is being written the next one accumulates, so the batch size grows with the
 load (no timer, no idle latency).
+
+One entry the store cannot hold (contract validation should have refused it: see
+parley_contract.limits) fails alone: the store skips it and writes the rest of the batch, and
+only its sender gets the error (VALIDATION_ERROR), never the others batched with it.
 """
 
 from __future__ import annotations
@@ -293,7 +297,7 @@ class Sequencer:
             stored: list[Message] = []
             seqs: list[int] = []
             for item, res in zip(js, results[cid], strict=True):
-                if res.duplicate:
+                if res.duplicate or res.error is not None:
                     continue
                 seqs.append(res.seq)
                 if isinstance(item, _Send) and item.stored is not None:
@@ -307,7 +311,7 @@ class Sequencer:
         for cid, res_list in results.items():
             subject = subjects.conversation_events(cid)
             for res in res_list:
-                if not res.duplicate:
+                if not res.duplicate and res.error is None:
                     await self._publish(subject, jsonutil.dumps(res.frame))
         if self._on_stored is not None:
             for cid, stored in stored_by.items():
@@ -316,10 +320,15 @@ class Sequencer:
         for cid, js in live.items():
             for item, res in zip(js, results[cid], strict=True):
                 if isinstance(item, _Send):
-                    result = SendResult(res.frame["data"], res.seq, duplicate=res.duplicate)
                     cmid = item.message.client_message_id
                     more = followers.get((cid, cmid), []) if cmid else []
+                    if res.error is not None:  # the store refused this one: only it fails
+                        _fail([item, *more], res.error)
+                        continue
+                    result = SendResult(res.frame["data"], res.seq, duplicate=res.duplicate)
                     _resolve([item, *more], result)
+                elif res.error is not None:
+                    _fail([item], res.error)
                 elif not item.future.done():
                     item.future.set_result(res)
 

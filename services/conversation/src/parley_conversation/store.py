@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
+import bson
 from beanie import Document, init_beanie
+from bson.errors import InvalidDocument, InvalidStringData
 from pydantic import ConfigDict, ValidationError
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
@@ -217,6 +219,34 @@ class AppendResult:
     seq: int
     frame: dict[str, Any]
     duplicate: bool = False  # clientMessageId already stored: frame is the earlier one
+    # Not stored: the store cannot hold this entry (only its sender gets this error).
+    error: ParleyError | None = None
+
+
+def unstorable() -> ParleyError:
+    return ParleyError(
+        ErrorCode.VALIDATION_ERROR,
+        "the store cannot hold this message (see docs/security.md, limits)",
+        {"field": "data"},
+    )
+
+
+# What pymongo raises, before sending, for a document BSON cannot encode.
+UNENCODABLE: tuple[type[Exception], ...] = (
+    InvalidDocument,
+    InvalidStringData,
+    OverflowError,
+    UnicodeEncodeError,
+)
+
+
+def _first_unencodable(docs: Sequence[dict[str, Any]]) -> int | None:
+    for i, doc in enumerate(docs):
+        try:
+            bson.encode(doc)
+        except UNENCODABLE:
+            return i
+    return None
 
 
 @dataclass
@@ -503,8 +533,12 @@ class MongoStore:
             frames: list[dict[str, Any]] = []
             owners: list[tuple[str, int]] = []
             for cid, evts in groups.items():
+                at = nxt[cid]
                 for k in range(pos[cid], len(evts)):
-                    doc, frame = _log_entry(cid, nxt[cid] + k - pos[cid], evts[k])
+                    if results[cid][k] is not None:
+                        continue  # refused by the store: it takes no seq
+                    doc, frame = _log_entry(cid, at, evts[k])
+                    at += 1
                     docs.append(doc)
                     frames.append(frame)
                     owners.append((cid, k))
@@ -513,27 +547,48 @@ class MongoStore:
             rounds += 1
             if rounds > MAX_APPEND_ROUNDS:
                 raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "the store is too busy, retry")
+            refused: int | None = None  # index in docs of an entry the store cannot hold
             try:
                 await self.messages.insert_many(docs, ordered=True)
                 done = len(docs)
                 error: dict[str, Any] | None = None
             except BulkWriteError as exc:
                 errors = exc.details.get("writeErrors") or []
-                if not errors or errors[0].get("code") != DUPLICATE_KEY:
+                if not errors:
                     raise
                 error = errors[0]
                 done = int(error["index"])
+                if error.get("code") != DUPLICATE_KEY:
+                    # The store refused this one entry (ordered: the ones before it are
+                    # stored); it fails alone, the rest of the batch goes on.
+                    refused = done
+                    why = str(error.get("errmsg") or "refused by the store")
+            except UNENCODABLE as exc:
+                # pymongo could not encode an entry, so nothing from it on was sent (one
+                # before it may have been, when the insert took several messages).
+                bad = _first_unencodable(docs)
+                if bad is None:
+                    raise
+                done = await self._stored_prefix(docs[:bad])
+                error, refused, why = {"index": done}, bad, f"{type(exc).__name__}: {exc}"
+            first_unstored: set[str] = set()
             for j in range(done):
                 cid, k = owners[j]
                 results[cid][k] = AppendResult(docs[j]["seq"], frames[j])
                 pos[cid] = k + 1
                 nxt[cid] = docs[j]["seq"] + 1
             for j in range(done, len(docs)):
-                cid, k = owners[j]
-                if k == pos[cid]:
+                cid, _k = owners[j]
+                if cid not in first_unstored:
+                    first_unstored.add(cid)
                     nxt[cid] = docs[j]["seq"]  # first one not stored: try that seq again
             if error is None:
                 break
+            if refused is not None:
+                cid, k = owners[refused]
+                logger.warning("the store cannot hold an entry of %s: %s", cid, why[:300])
+                results[cid][k] = AppendResult(0, {}, error=unstorable())
+                continue  # the others again, that one left out (it takes no seq)
             cid, k = owners[done]
             failed = groups[cid][k]
             existing = None
@@ -561,6 +616,19 @@ class MongoStore:
             self._remember(cid, nxt[cid])
             out[cid] = [r for r in res if r is not None]
         return out
+
+    async def _stored_prefix(self, docs: Sequence[dict[str, Any]]) -> int:
+        """How many of ``docs`` (an ordered insert's first ones) are stored: pymongo sends a
+        large insert in several messages, so the ones before an unencodable entry may be."""
+        if not docs:
+            return 0
+        ids = [d["_id"] for d in docs]
+        found = await self.messages.find({"_id": {"$in": ids}}, {"_id": 1}).to_list()
+        have = {d["_id"] for d in found}
+        n = 0
+        while n < len(ids) and ids[n] in have:
+            n += 1
+        return n
 
     async def frames_by_client_ids(
         self, wanted: Mapping[str, Sequence[str]]
