@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from parley_contract.events import PrincipalKind
+from parley_contract.limits import INT64_MAX
 
 
 class Principal(BaseModel):
@@ -38,8 +39,8 @@ class EventsSinceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     principal: Principal
     conversation_id: str = Field(alias="conversationId")
-    after_seq: int = Field(alias="afterSeq", ge=0)
-    until_seq: int | None = Field(default=None, alias="untilSeq")
+    after_seq: int = Field(alias="afterSeq", ge=0, le=INT64_MAX)
+    until_seq: int | None = Field(default=None, alias="untilSeq", ge=0, le=INT64_MAX)
     limit: int = Field(default=500, ge=1, le=1000)
 
 

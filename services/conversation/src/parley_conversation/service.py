@@ -47,6 +47,7 @@ from parley_contract.internal import (
     Principal,
 )
 from parley_contract.jsonutil import model_json
+from parley_contract.limits import INT64_MAX
 from parley_contract.models import Conversation, ConversationStatus, Message, Role
 from parley_contract.streams import ensure_agent_turns_stream
 from parley_contract.timeutil import iso
@@ -95,8 +96,8 @@ class GetConversationQuery(QueryData):
 
 class ListMessagesQuery(QueryData):
     conversation_id: SafeId
-    after_seq: int | None = Field(default=None, ge=0)
-    before_seq: int | None = Field(default=None, ge=1)
+    after_seq: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    before_seq: int | None = Field(default=None, ge=1, le=INT64_MAX)
     limit: int = Field(default=50, ge=1, le=500)
 
 

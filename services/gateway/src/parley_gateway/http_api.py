@@ -20,6 +20,7 @@ from parley_contract.errors import HTTP_STATUS, ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
 from parley_contract.ids import check_id
 from parley_contract.internal import Principal
+from parley_contract.limits import INT64_MAX
 from parley_gateway.hub import Hub
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ Auth = Annotated[str | None, Header(description="Bearer <jwt>")]
 IntParam = Annotated[str | None, Query(description="integer; empty = not given")]
 
 
-def _int(name: str, raw: str | None, low: int, high: int | None) -> int | None:
+def _int(name: str, raw: str | None, low: int, high: int = INT64_MAX) -> int | None:
     if raw is None or raw == "":
         return None
     try:
@@ -55,8 +56,8 @@ def _int(name: str, raw: str | None, low: int, high: int | None) -> int | None:
         raise ParleyError(
             ErrorCode.VALIDATION_ERROR, f"{name} must be an integer", {"field": name}
         ) from None
-    if value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+    if value < low or value > high:
+        bounds = f"between {low} and {high}"
         raise ParleyError(ErrorCode.VALIDATION_ERROR, f"{name} must be {bounds}", {"field": name})
     return value
 
@@ -189,8 +190,8 @@ def create_app(hub: Hub) -> FastAPI:
         check_id(conversation_id, "conversationId")
         data = {
             "conversationId": conversation_id,
-            "afterSeq": _int("afterSeq", after_seq, 0, None),
-            "beforeSeq": _int("beforeSeq", before_seq, 1, None),
+            "afterSeq": _int("afterSeq", after_seq, 0),
+            "beforeSeq": _int("beforeSeq", before_seq, 1),
             "limit": _int("limit", limit, 1, 500),
         }
         return await query(subjects.QUERY_MESSAGES_LIST, principal, data)

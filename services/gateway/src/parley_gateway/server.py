@@ -25,6 +25,7 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, may_send, parse_command
 from parley_contract.ids import is_valid_id, new_id
 from parley_contract.internal import Principal
+from parley_contract.limits import INT64_MAX
 from parley_gateway.asgi import ASGIApp, call_asgi
 from parley_gateway.conn import Conn
 from parley_gateway.http_api import create_app
@@ -107,7 +108,7 @@ def parse_since(raw: str, limit: int) -> dict[str, int]:
         raise bad
     out: dict[str, int] = {}
     for cid, seq in doc.items():
-        if not is_valid_id(cid) or type(seq) is not int or seq < 0:
+        if not is_valid_id(cid) or type(seq) is not int or not 0 <= seq <= INT64_MAX:
             raise bad
         out[cid] = seq
     return out
