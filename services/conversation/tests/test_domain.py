@@ -63,7 +63,11 @@ def test_access() -> None:
     # A user whose id equals the agent's id is still not the agent.
     assert not domain.can_access(conv, Principal(id="agent-1", kind=PrincipalKind.USER))
     left = domain.apply_update(
-        conv, ALICE, ConversationUpdate(conversation_id=conv.id, remove_participants=["u-alice"])
+        conv,
+        ALICE,
+        ConversationUpdate.model_validate(
+            {"conversationId": conv.id, "removeParticipants": ["u-alice"]}
+        ),
     ).conversation
     assert not domain.can_access(left, ALICE)
     assert code_of(domain.authorize, left, ALICE) is ErrorCode.FORBIDDEN
@@ -196,7 +200,11 @@ def test_updates_always_move_updated_at_forward() -> None:
     )
     assert change.conversation.updated_at == future.updated_at + timedelta(milliseconds=1)  # type: ignore[operator]
     left = domain.apply_update(
-        future, ALICE, ConversationUpdate(conversation_id=conv.id, remove_participants=["u-alice"])
+        future,
+        ALICE,
+        ConversationUpdate.model_validate(
+            {"conversationId": conv.id, "removeParticipants": ["u-alice"]}
+        ),
     ).conversation
     assert left.updated_at is not None and future.updated_at is not None
     assert left.updated_at > future.updated_at

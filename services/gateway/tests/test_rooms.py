@@ -159,3 +159,17 @@ async def test_typing_reaches_everyone_but_the_sending_connection(
     await a1.wait_for(lambda f: f.get("event") == "typing:stop")
     assert not a1.events("typing:start"), "the sender got its own typing:start back"
     assert not b.events("typing:stop"), "the sender got its own typing:stop back"
+
+
+async def test_the_seeds_participant_shape_through_the_gateway(stack: Stack, clients: Any) -> None:
+    ada, bob = _uid("ada"), _uid("bob")
+    a = await clients(stack.ws_url(0), ada)
+    r = await a.cmd(
+        "conversation:create", {"title": "t", "participants": [{"userId": bob, "role": "user"}]}
+    )
+    assert r["success"], r
+    cid = r["data"]["_id"]
+    got = [(p.get("userId"), p["role"], "joinedAt" in p) for p in r["data"]["participants"]]
+    assert got == [(ada, "user", True), (bob, "user", True)]
+    status, body = await aget(f"{stack.gateway_url(1)}/v1/conversations/{cid}", token(bob))
+    assert status == 200 and body["data"]["participants"] == r["data"]["participants"]

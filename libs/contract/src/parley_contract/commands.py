@@ -28,7 +28,9 @@ from parley_contract.models import (
     Attachment,
     ConversationContext,
     ConversationStatus,
+    MessageStatus,
     MessageType,
+    ParticipantRole,
     Role,
     Thinking,
     ToolCall,
@@ -64,9 +66,47 @@ class InConversation(CommandData):
 
 
 class ParticipantRef(CommandData):
-    id: SafeId
-    kind: str = Field(default="user", pattern="^(user|agent)$")
-    role: str | None = Field(default=None, pattern="^(user|agent|observer)$")
+    """A participant as the seed's Conversation writes it, ``{userId | agentId, role}``
+    (``joinedAt``/``leftAt`` are the server's), or Parley's older ``{id, kind, role}``.
+    A bare id (a string) is the shorthand for ``{userId: id}``."""
+
+    user_id: SafeId | None = None
+    agent_id: SafeId | None = None
+    id: SafeId | None = None
+    kind: str | None = Field(default=None, pattern="^(user|agent)$")
+    role: ParticipantRole | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        # A bare id: one model instead of a union, so errors name the real field
+        # (participants.0.userId), not a union branch.
+        return {"userId": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _one_principal(self) -> ParticipantRef:
+        given = [x for x in (self.user_id, self.agent_id, self.id) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of userId or agentId")
+        if self.kind is not None and self.id is None:
+            raise ValueError("kind goes with id; use userId or agentId")
+        return self
+
+    @property
+    def principal_id(self) -> str:
+        return self.user_id or self.agent_id or self.id or ""
+
+    @property
+    def is_agent(self) -> bool:
+        return self.agent_id is not None or self.kind == "agent"
+
+
+# A participant in a command: the seed's object or a bare user id (read as {userId: id}).
+ParticipantIn = ParticipantRef
+
+
+def participant_id(ref: ParticipantIn) -> str:
+    return ref.principal_id
 
 
 class ConversationCreate(CommandData):
@@ -76,7 +116,8 @@ class ConversationCreate(CommandData):
     agent_id: SafeId | None = None
     model_id: str | None = Field(default=None, max_length=200)
     conversation_type: str = Field(default="chat", max_length=50)
-    participants: list[SafeId | ParticipantRef] = Field(default_factory=list, max_length=500)
+    status: ConversationStatus = ConversationStatus.ACTIVE
+    participants: list[ParticipantIn] = Field(default_factory=list, max_length=500)
     tags: list[str] = Field(default_factory=list, max_length=50)
     context: ConversationContext | None = None
 
@@ -97,14 +138,20 @@ class ConversationUpdate(InConversation):
     agent_id: SafeId | None = None
     model_id: str | None = Field(default=None, max_length=200)
     context: ConversationContext | None = None
-    add_participants: list[SafeId | ParticipantRef] | None = Field(default=None, max_length=500)
-    remove_participants: list[SafeId] | None = Field(default=None, max_length=500)
+    # The seed's way: the whole list (entries missing from it get leftAt, new ones join).
+    participants: list[ParticipantIn] | None = Field(default=None, max_length=500)
+    add_participants: list[ParticipantIn] | None = Field(default=None, max_length=500)
+    remove_participants: list[ParticipantIn] | None = Field(default=None, max_length=500)
 
 
 class MessageSend(InConversation):
     content: str = Field(default="", max_length=MAX_CONTENT_CHARS)
     client_message_id: str | None = Field(default=None, min_length=1, max_length=128)
     role: Role | None = None  # defaults from the principal's kind
+    # The seed's Message fields a client may write as in the samples: agentId (null, or an
+    # agent's own id) and messageStatus (the client's copy; the stored one is "sent").
+    agent_id: SafeId | None = None
+    message_status: MessageStatus | None = None
     message_type: MessageType = MessageType.TEXT
     name: str | None = Field(default=None, max_length=200)
     parent_message_id: str | None = Field(default=None, max_length=128)

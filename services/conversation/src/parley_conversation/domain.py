@@ -14,8 +14,9 @@ from parley_contract.commands import (
     ConversationCreate,
     ConversationUpdate,
     MessageSend,
-    ParticipantRef,
+    ParticipantIn,
     TaskCreate,
+    participant_id,
 )
 from parley_contract.errors import ErrorCode, ParleyError, forbidden
 from parley_contract.events import PrincipalKind
@@ -35,6 +36,7 @@ from parley_contract.models import (
 
 # Fields only agents and services may set on a message (users may not: FORBIDDEN).
 AGENT_ONLY_FIELDS: tuple[str, ...] = (
+    "agent_id",
     "usage",
     "latency",
     "cost",
@@ -136,14 +138,14 @@ def check_emoji(emoji: str) -> str:
 # ---------------------------------------------------------------- conversations
 
 
-def _participant_from(ref: str | ParticipantRef, at: datetime) -> Participant:
-    if isinstance(ref, str):
-        return Participant(user_id=ref, role=ParticipantRole.USER, joined_at=at)
-    if ref.kind == "agent":
-        role = ParticipantRole(ref.role) if ref.role else ParticipantRole.AGENT
-        return Participant(agent_id=ref.id, role=role, joined_at=at)
-    role = ParticipantRole(ref.role) if ref.role else ParticipantRole.USER
-    return Participant(user_id=ref.id, role=role, joined_at=at)
+def _participant_from(ref: ParticipantIn, at: datetime) -> Participant:
+    """A command's participant (the seed's ``{userId | agentId, role}``, ``{id, kind, role}``
+    or a bare user id) as stored: the seed's shape with ``joinedAt``."""
+    if ref.is_agent:
+        role = ref.role or ParticipantRole.AGENT
+        return Participant(agent_id=ref.principal_id, role=role, joined_at=at)
+    role = ref.role or ParticipantRole.USER
+    return Participant(user_id=ref.principal_id, role=role, joined_at=at)
 
 
 def _creator_participant(principal: Principal, at: datetime) -> Participant | None:
@@ -190,6 +192,7 @@ def new_conversation(principal: Principal, cmd: ConversationCreate) -> Conversat
         participants=participants,
         tags=list(cmd.tags),
         context=cmd.context,
+        status=cmd.status,
         created_by=principal.id,
         updated_by=principal.id,
         created_at=at,
@@ -262,22 +265,32 @@ def apply_update(
                 [Participant(agent_id=cmd.agent_id, role=ParticipantRole.AGENT, joined_at=at)],
             )
             added.extend(more)
-    if cmd.remove_participants:
-        gone = set(cmd.remove_participants)
+    additions: list[ParticipantIn] = list(cmd.add_participants or [])
+    removals = [participant_id(r) for r in cmd.remove_participants or []]
+    if "participants" in fields and cmd.participants is not None:
+        # The seed's way: the whole list. Active entries missing from it leave (leftAt);
+        # new ones join; the roles of entries that stay are kept.
+        keep = {participant_id(r) for r in cmd.participants}
+        removals += [
+            p.principal_id for p in participants if p.active and p.principal_id not in keep
+        ]
+        additions += cmd.participants
+    if removals:
+        gone = set(removals)
         participants = [
             p.model_copy(update={"left_at": at}) if p.active and p.principal_id in gone else p
             for p in participants
         ]
         removed.extend(sorted(gone))
         changed.append("participants")
-    if cmd.add_participants:
+    if additions:
         participants, more = _merge_participants(
-            participants, [_participant_from(ref, at) for ref in cmd.add_participants]
+            participants, [_participant_from(ref, at) for ref in additions]
         )
         added.extend(more)
-        if "participants" not in changed:
+        if more and "participants" not in changed:
             changed.append("participants")
-    elif switched and "participants" not in changed:
+    if switched and "participants" not in changed:
         changed.append("participants")
     new.participants = participants
     new.updated_at = at
@@ -336,6 +349,12 @@ def resolve_role(principal: Principal, cmd: MessageSend) -> tuple[Role, MessageT
                 )
         role = Role.USER
     elif principal.kind is PrincipalKind.AGENT:
+        if cmd.agent_id is not None and cmd.agent_id != principal.id:
+            raise ParleyError(
+                ErrorCode.FORBIDDEN,
+                "an agent may only write messages as itself (agentId)",
+                {"field": "agentId"},
+            )
         if cmd.role is None:
             role = Role.TOOL if mtype is MessageType.TOOL_RESULT else Role.ASSISTANT
         elif cmd.role in (Role.ASSISTANT, Role.TOOL):
@@ -380,9 +399,9 @@ def new_message(principal: Principal, cmd: MessageSend, *, agent_id: str | None 
             ErrorCode.VALIDATION_ERROR, "content must not be empty", {"field": "content"}
         )
     at = now_ms()
-    msg_agent = None
+    msg_agent = cmd.agent_id  # users may not set it (agent-only); agents only their own id
     if role in (Role.ASSISTANT, Role.TOOL):
-        msg_agent = principal.id if principal.kind is PrincipalKind.AGENT else agent_id
+        msg_agent = principal.id if principal.kind is PrincipalKind.AGENT else msg_agent or agent_id
     data: dict[str, Any] = {
         "_id": new_id("msg"),
         "conversation_id": cmd.conversation_id,
