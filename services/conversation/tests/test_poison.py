@@ -122,7 +122,9 @@ async def test_the_group_commit_isolates_what_the_store_cannot_hold(
     store: MongoStore, poison: dict[str, Any]
 ) -> None:
     owner = Principal(id="u-owner", kind=PrincipalKind.USER)
-    conv = domain.new_conversation(owner, ConversationCreate(participants=list(USERS)))
+    conv = domain.new_conversation(
+        owner, ConversationCreate.model_validate({"participants": list(USERS)})
+    )
     await store.insert_conversation(conv)
     seq = Sequencer(store, _published)
 
