@@ -49,7 +49,7 @@ async def request(url: str, subject: str, principal: Principal, data: dict[str, 
 
 
 async def test_tool_call_over_nats(bridge_nats: str) -> None:
-    agent = Principal(id="agent-external", kind=PrincipalKind.AGENT, name="External")
+    agent = Principal(id="agent-demo", kind=PrincipalKind.AGENT, name="Demo")
     subject = subjects.command(Event.TOOL_CALL)
     ok = await request(
         bridge_nats, subject, agent, {"toolName": "calculator", "arguments": {"expression": "6*7"}}
@@ -71,6 +71,52 @@ async def test_tool_call_over_nats(bridge_nats: str) -> None:
     assert unknown["success"] is False and unknown["error"]["code"] == "NOT_FOUND"
     bad = await request(bridge_nats, subject, agent, {"toolName": ""})
     assert bad["success"] is False and bad["error"]["code"] == "VALIDATION_ERROR"
+
+
+CALC = {"toolName": "calculator", "arguments": {"expression": "6*7"}}
+
+
+async def test_an_agent_calls_only_its_own_tools(bridge_nats: str) -> None:
+    """Issue 12, finding 6: any agent token could run another agent's tools."""
+    subject = subjects.command(Event.TOOL_CALL)
+    other = Principal(id="agent-other", kind=PrincipalKind.AGENT)
+    r = await request(bridge_nats, subject, other, {**CALC, "agentId": "agent-demo"})
+    assert r["success"] is False and r["error"]["code"] == "FORBIDDEN", r
+    # Without naming one: its own tools, and it has none here (no fallback to the demo's).
+    r = await request(bridge_nats, subject, other, CALC)
+    assert r["success"] is False and r["error"]["code"] == "NOT_FOUND", r
+    user = Principal(id="agent-demo", kind=PrincipalKind.USER)  # a user named like the agent
+    r = await request(bridge_nats, subjects.AGENT_TOOL_CALL, user, CALC)
+    assert r["success"] is False and r["error"]["code"] == "FORBIDDEN", r
+    service = Principal(id="svc-x", kind=PrincipalKind.SERVICE)
+    r = await request(
+        bridge_nats, subjects.AGENT_TOOL_CALL, service, {**CALC, "agentId": "agent-demo"}
+    )
+    assert r["success"] is True and r["data"]["result"]["result"] == 42, r
+    own = Principal(id="agent-demo", kind=PrincipalKind.AGENT)
+    r = await request(bridge_nats, subject, own, {**CALC, "agentId": "agent-demo"})
+    assert r["success"] is True and r["data"]["success"] is True, r
+
+
+async def test_a_slow_tool_call_blocks_nobody_and_is_cut_by_the_timeout(bridge_nats: str) -> None:
+    """Finding 5: one slow call held the others up. The demo tools' timeout is 5 s."""
+    agent = Principal(id="agent-demo", kind=PrincipalKind.AGENT)
+    subject = subjects.command(Event.TOOL_CALL)
+    slow = asyncio.create_task(
+        request(bridge_nats, subject, agent, {"toolName": "sleep", "arguments": {"seconds": 60}})
+    )
+    await asyncio.sleep(0.5)  # the slow call is running on the bridge and the tool server
+    for _ in range(3):
+        r = await request(bridge_nats, subject, agent, CALC)
+        assert r["success"] is True and r["data"]["result"]["result"] == 42, r
+        assert not slow.done()
+    bomb = {"toolName": "calculator", "arguments": {"expression": "(((9**99)**99)**99)**3"}}
+    r = await request(bridge_nats, subject, agent, bomb)
+    assert r["success"] is True and r["data"]["success"] is False
+    assert "too large" in r["data"]["error"]
+    assert not slow.done()
+    timed_out = await slow
+    assert timed_out["data"]["success"] is False and "timed out" in timed_out["data"]["error"]
 
 
 async def test_kv_heartbeat_announces_agents(bridge_nats: str) -> None:

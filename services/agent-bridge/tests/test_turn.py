@@ -399,6 +399,10 @@ def test_tool_results_are_made_storable() -> None:
     for _ in range(12):
         deep = [deep]
     assert isinstance(storable_result(deep), str)
+    # Numbers the store cannot hold (an external MCP server may return them).
+    assert storable_result({"n": 2**63}) == '{"n": 9223372036854775808}'
+    assert storable_result({"n": float("nan")}) == '{"n": NaN}'
+    assert storable_result({"n": 2**63 - 1}) == {"n": 2**63 - 1}
 
 
 async def test_long_answer_is_clipped_to_the_content_limit() -> None:

@@ -90,3 +90,12 @@ def check_free_form(value: Any) -> Any:
     if size > MAX_FREE_FORM_BYTES:
         raise _error("", f"larger than {MAX_FREE_FORM_BYTES} bytes as JSON")
     return value
+
+
+def is_storable_free_form(value: Any) -> bool:
+    """Whether ``value`` passes :func:`check_free_form` (for writers that fall back to text)."""
+    try:
+        check_free_form(value)
+    except PydanticCustomError:
+        return False
+    return True

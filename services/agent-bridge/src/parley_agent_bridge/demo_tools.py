@@ -14,10 +14,12 @@ import argparse
 import ast
 import asyncio
 import logging
+import math
 import operator
 from collections.abc import Callable
 from typing import Any
 
+import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
@@ -71,43 +73,91 @@ _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
 }
 
 
-def evaluate(expression: str) -> float | int:
-    """Arithmetic only (numbers, + - * / // % **, parentheses): no names, no calls."""
+# The calculator's bounds (docs/security.md): every value, intermediate ones included, is an
+# integer of at most MAX_INT_BITS bits or a finite float, checked BEFORE each operation is
+# computed (a ** b and a * b by the size of their result), so one expression costs
+# microseconds and bytes whatever it is. A result is what a message can carry: an integer
+# within signed 64-bit, else a float (finite), else refused.
+MAX_EXPRESSION_CHARS = 200
+MAX_INT_BITS = 1100  # a little over the largest float (2**1024): exact until converted
+MAX_EXPONENT = 1000
+INT64_MAX = 2**63 - 1
 
-    def ev(node: ast.AST) -> Any:
+
+def _too_large() -> ValueError:
+    return ValueError(f"result too large (the calculator's limit is {MAX_INT_BITS} bits)")
+
+
+def _check_before(op: ast.operator, left: Any, right: Any) -> None:
+    """Refuse an operation whose result would exceed the bounds, without computing it."""
+    ints = isinstance(left, int) and isinstance(right, int)
+    trivial_base = isinstance(left, int) and abs(left) <= 1  # 0, 1, -1: any exponent is cheap
+    if isinstance(op, ast.Pow):
+        if isinstance(right, int) and abs(right) > MAX_EXPONENT and not trivial_base:
+            raise ValueError(f"exponent too large (limit {MAX_EXPONENT})")
+        # |a| >= 2**(bits-1), so a ** b has at least (bits - 1) * b bits.
+        if ints and right > 0 and (left.bit_length() - 1) * right > MAX_INT_BITS:
+            raise _too_large()
+    elif (
+        isinstance(op, ast.Mult)
+        and ints
+        and left.bit_length() + right.bit_length() > MAX_INT_BITS + 1
+    ):
+        raise _too_large()
+
+
+def _check_value(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("the result is not a real number")
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise _too_large()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("the result is too large for a float")
+    return value
+
+
+def evaluate(expression: str) -> float | int:
+    """Arithmetic only (numbers, + - * / // % **, parentheses): no names, no calls; bounded
+    in time and memory (MAX_INT_BITS, MAX_EXPONENT, MAX_EXPRESSION_CHARS)."""
+
+    def ev(node: ast.AST) -> int | float:
         if isinstance(node, ast.Expression):
             return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            return node.value
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return _check_value(node.value)
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             left, right = ev(node.left), ev(node.right)
-            if isinstance(node.op, ast.Pow) and abs(right) > 100:
-                raise ValueError("exponent too large")
-            return _BINARY[type(node.op)](left, right)
+            _check_before(node.op, left, right)
+            return _check_value(_BINARY[type(node.op)](left, right))
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-            return _UNARY[type(node.op)](ev(node.operand))
+            return _check_value(_UNARY[type(node.op)](ev(node.operand)))
         raise ValueError(f"unsupported expression: {ast.dump(node)[:60]}")
 
-    if len(expression) > 200:
-        raise ValueError("expression too long")
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise ValueError(f"expression too long (limit {MAX_EXPRESSION_CHARS} characters)")
     try:
         tree = ast.parse(expression, mode="eval")
     except SyntaxError as exc:
         raise ValueError(f"not an arithmetic expression: {exc.msg}") from None
+    except (ValueError, MemoryError, RecursionError):  # e.g. a literal past int's digit limit
+        raise ValueError("not an arithmetic expression") from None
     value = ev(tree)
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) <= INT64_MAX:
         return int(value)
-    assert isinstance(value, int | float)
+    if isinstance(value, int) and abs(value) > INT64_MAX:
+        return _check_value(float(value))  # a message carries 64-bit integers at most
     return value
 
 
 @server.tool()
-def calculator(expression: str) -> dict[str, Any]:
+async def calculator(expression: str) -> dict[str, Any]:
     """Evaluate an arithmetic expression such as ``(2 + 3) * 7``."""
     try:
-        return {"expression": expression, "result": evaluate(expression)}
+        # Bounded work, in a worker thread: the event loop keeps serving other calls.
+        value = await anyio.to_thread.run_sync(evaluate, expression)
     except (ValueError, ArithmeticError) as exc:
         raise ToolError(str(exc)) from None
+    return {"expression": expression, "result": value}
 
 
 @server.tool()

@@ -158,6 +158,27 @@ def make_backend(agent: AgentConfig, demo_delay: float) -> ModelBackend:
     )
 
 
+# tool:call requests answered at once per replica; more get SERVICE_UNAVAILABLE (retry).
+MAX_TOOL_CALLS_IN_FLIGHT = 200
+
+
+def tool_agent(principal: Principal, requested: str | None) -> str:
+    """Whose tools a tool:call runs (docs/security.md): an agent its own only (naming
+    another is FORBIDDEN); a service any agent's (the demo agent's when it names none);
+    nobody else (users ask an agent in a conversation instead)."""
+    if principal.kind is PrincipalKind.AGENT:
+        if requested not in (None, principal.id):
+            raise ParleyError(
+                ErrorCode.FORBIDDEN,
+                "an agent may call only its own tools",
+                {"field": "agentId"},
+            )
+        return principal.id
+    if principal.kind is PrincipalKind.SERVICE:
+        return requested or DEMO_AGENT_ID
+    raise ParleyError(ErrorCode.FORBIDDEN, "only agents and services may call tools")
+
+
 class Bridge:
     def __init__(
         self,
@@ -179,6 +200,7 @@ class Bridge:
         self._closing = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._turn_tasks: set[asyncio.Task[None]] = set()
+        self._tool_tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, set[Turn]] = defaultdict(set)
         self._conv_locks: dict[str, asyncio.Lock] = {}
         self._conv_users: dict[str, int] = defaultdict(int)
@@ -254,6 +276,12 @@ class Bridge:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        if self._tool_tasks:  # each is bounded by its MCP server's timeout
+            await asyncio.wait(set(self._tool_tasks), timeout=self.settings.drain_seconds)
+            for task in self._tool_tasks:
+                task.cancel()
+            if self._tool_tasks:
+                await asyncio.wait(set(self._tool_tasks))
         await self._withdraw_presence()
         for box in self.toolboxes.values():
             await box.close()
@@ -519,12 +547,28 @@ class Bridge:
             turn.stop("aborted")
 
     async def _on_tool_call(self, msg: Msg) -> None:
+        # The subscription hands messages over one at a time: each call runs in a task of
+        # its own, so one slow tool never holds up the other callers (bounded per replica).
+        if len(self._tool_tasks) >= MAX_TOOL_CALLS_IN_FLIGHT:
+            busy = envelopes.fail(
+                ErrorCode.SERVICE_UNAVAILABLE,
+                f"{MAX_TOOL_CALLS_IN_FLIGHT} tool calls are running on this bridge, retry",
+            )
+            if msg.reply:
+                await msg.respond(jsonutil.dumps(busy))
+            return
+        task = asyncio.create_task(self._answer_tool_call(msg), name="tool:call")
+        self._tool_tasks.add(task)
+        task.add_done_callback(self._tool_tasks.discard)
+
+    async def _answer_tool_call(self, msg: Msg) -> None:
         try:
             reply = await self._tool_call(msg.data)
         except ParleyError as exc:
             reply = envelopes.fail_from(exc)
         if msg.reply:
-            await msg.respond(jsonutil.dumps(reply))
+            with contextlib.suppress(nats.errors.Error):
+                await msg.respond(jsonutil.dumps(reply))
 
     async def _tool_call(self, raw: bytes) -> dict[str, Any]:
         try:
@@ -533,16 +577,13 @@ class Bridge:
             raise ParleyError(ErrorCode.VALIDATION_ERROR, f"bad tool:call request: {exc}") from None
         cmd = parse_payload(Event.TOOL_CALL, req.data)
         assert isinstance(cmd, ToolCallCommand)
-        if req.principal.kind is PrincipalKind.AGENT:
-            agent_id: str | None = req.principal.id
-        else:
-            agent_id = cmd.agent_id
-        box = self.toolboxes.get(agent_id or "")
-        if box is None or not box.has_tool(cmd.tool_name):
-            box = self.toolboxes.get(DEMO_AGENT_ID)
+        agent_id = tool_agent(req.principal, cmd.agent_id)
+        box = self.toolboxes.get(agent_id)
         if box is None or not box.has_tool(cmd.tool_name):
             raise ParleyError(
-                ErrorCode.NOT_FOUND, f"unknown tool: {cmd.tool_name}", {"field": "toolName"}
+                ErrorCode.NOT_FOUND,
+                f"agent {agent_id} has no tool {cmd.tool_name}",
+                {"field": "toolName"},
             )
         out = await box.call(cmd.tool_name, cmd.arguments)
         self.metrics.tool_calls.labels(cmd.tool_name, str(out.success).lower()).inc()

@@ -41,6 +41,7 @@ from parley_agent_bridge.tools import ToolOutcome, ToolRunner, parse_arguments
 from parley_contract.commands import MAX_CONTENT_CHARS
 from parley_contract.events import Event
 from parley_contract.ids import new_id
+from parley_contract.limits import is_storable_free_form
 from parley_contract.models import MessageType, Role
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ T = TypeVar("T")
 STOPPED = "(stopped)"
 EMPTY = "(the model returned no text)"  # the store refuses empty content
 MAX_RESULT_CHARS = 32_000  # a stored tool result; larger ones are kept as truncated JSON text
-MAX_DEPTH = 8  # nesting the store accepts
 INTERRUPTED = "interrupted: the bridge replica running this turn stopped before the result"
 
 
@@ -115,29 +115,13 @@ def _clip(text: str, limit: int = MAX_CONTENT_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 12] + " [truncated]"
 
 
-def _store_safe(value: Any, depth: int = 0) -> bool:
-    if depth > MAX_DEPTH:
-        return False
-    if isinstance(value, dict):
-        return all(
-            isinstance(k, str)
-            and not k.startswith("$")
-            and "." not in k
-            and "\x00" not in k
-            and _store_safe(v, depth + 1)
-            for k, v in value.items()
-        )
-    if isinstance(value, list):
-        return all(_store_safe(v, depth + 1) for v in value)
-    return True
-
-
 def storable_result(value: Any) -> Any:
-    """A tool result as the store accepts it: big or odd-keyed results become JSON text."""
+    """A tool result as the store accepts it: big, deep, odd-keyed results or numbers the
+    store cannot hold (integers beyond 64 bits, NaN) become JSON text."""
     text = json.dumps(value, default=str)
     if len(text) > MAX_RESULT_CHARS:
         return _clip(text, MAX_RESULT_CHARS)
-    if not _store_safe(value):
+    if not is_storable_free_form(value):  # the contract's limits (parley_contract.limits)
         return text
     return value
 
