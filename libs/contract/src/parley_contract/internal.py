@@ -31,6 +31,13 @@ class CommandRequest(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
     # The gateway instance that relayed it (logs, metrics); None for services.
     instance_id: str | None = Field(default=None, alias="instanceId")
+    # Exactly-once across retries (issue 11): the gateway sends the same key again when it
+    # retries a command on another replica (the client's clientMessageId for message:send,
+    # else one it makes). A service applies a command with a key at most once per principal
+    # and answers a repeat with the first answer.
+    idempotency_key: str | None = Field(
+        default=None, alias="idempotencyKey", min_length=1, max_length=128
+    )
 
 
 class EventsSinceRequest(BaseModel):

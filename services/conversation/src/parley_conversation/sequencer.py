@@ -73,6 +73,7 @@ class _Event:
     event: Event
     build: Callable[[int], Any]
     future: asyncio.Future[AppendResult]
+    key: str | None = None  # idempotency: stored as the entry's clientMessageId
 
 
 _Job = _Send | _Event
@@ -149,11 +150,17 @@ class Sequencer:
         return await fut
 
     async def append(
-        self, conversation_id: str, event: Event, build: Callable[[int], Any]
+        self,
+        conversation_id: str,
+        event: Event,
+        build: Callable[[int], Any],
+        *,
+        key: str | None = None,
     ) -> AppendResult:
-        """Store and publish one durable frame (``build(seq)`` gives its data)."""
+        """Store and publish one durable frame (``build(seq)`` gives its data); with ``key``
+        at most once per conversation (a repeat: ``duplicate`` and the stored frame)."""
         fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._submit(conversation_id, _Event(event, build, fut))
+        self._submit(conversation_id, _Event(event, build, fut, key))
         return await fut
 
     async def drain(self) -> None:
@@ -311,7 +318,9 @@ class Sequencer:
         for cid, res_list in results.items():
             subject = subjects.conversation_events(cid)
             for res in res_list:
-                if not res.duplicate and res.error is None:
+                # A duplicate is published again: its first run (a replica that died before
+                # publishing it) may never have; gateways drop a seq they delivered already.
+                if res.error is None:
                     await self._publish(subject, jsonutil.dumps(res.frame))
         if self._on_stored is not None:
             for cid, stored in stored_by.items():
@@ -372,7 +381,7 @@ class Sequencer:
     @staticmethod
     def _pending(job: _Job) -> PendingEvent:
         if isinstance(job, _Event):
-            return PendingEvent(job.event, job.build)
+            return PendingEvent(job.event, job.build, job.key)
 
         def stored(seq: int, job: _Send = job) -> Message:
             job.stored = job.message.model_copy(update={"seq": seq})

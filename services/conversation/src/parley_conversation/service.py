@@ -38,7 +38,7 @@ from parley_contract.commands import (
 )
 from parley_contract.errors import ErrorCode, ParleyError, forbidden
 from parley_contract.events import Event, PrincipalKind, may_send
-from parley_contract.ids import SafeId, check_id
+from parley_contract.ids import SafeId, check_id, is_valid_id
 from parley_contract.internal import (
     AgentStop,
     AgentTurn,
@@ -52,6 +52,7 @@ from parley_contract.models import Conversation, ConversationStatus, Message, Ro
 from parley_contract.streams import ensure_agent_turns_stream
 from parley_contract.timeutil import iso
 from parley_conversation import domain
+from parley_conversation.idempotency import KEYED_EVENTS, command_key, log_key, with_key
 from parley_conversation.legacy import fold_legacy_event_log
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.settings import Settings
@@ -379,7 +380,41 @@ class ConversationService:
         if p.kind not in (PrincipalKind.SERVICE,) and not _may_send(p.kind, event):
             raise ParleyError(ErrorCode.FORBIDDEN, f"a {p.kind.value} may not send {event.value}")
         handler = self._commands[event]
-        return event.value, await handler(self, p, data)
+        key = req.idempotency_key
+        if key is None:
+            return event.value, await handler(self, p, data)
+        data = with_key(event, p.id, key, data)
+        if event not in KEYED_EVENTS:
+            return event.value, await handler(self, p, data)
+        return event.value, await self._keyed(handler, p, data, log_key(p.id, key))
+
+    async def _keyed(
+        self,
+        handler: Callable[[ConversationService, Principal, dict[str, Any]], Awaitable[Any]],
+        p: Principal,
+        data: dict[str, Any],
+        key: str,
+    ) -> Any:
+        """A command with an idempotency key, applied once (see parley_conversation.idempotency):
+        a repeat is answered with the data of the durable event its first run stored."""
+        cid = data.get("conversationId")
+        if not is_valid_id(cid):
+            return await handler(self, p, data)  # the handler answers the bad id
+        assert isinstance(cid, str)
+        earlier = await self.store.frames_by_client_ids({cid: [key]})
+        if earlier:
+            return next(iter(earlier.values()))["data"]
+        token = command_key.set(key)
+        try:
+            return await handler(self, p, data)
+        except ParleyError:
+            # The first run did it (a delete of a deleted message now fails): its answer.
+            earlier = await self.store.frames_by_client_ids({cid: [key]})
+            if earlier:
+                return next(iter(earlier.values()))["data"]
+            raise
+        finally:
+            command_key.reset(token)
 
     # ------------------------------------------------------------ helpers
 
@@ -442,7 +477,9 @@ class ConversationService:
             holder["conv"] = conv.model_copy(update={"last_seq": seq})
             return model_json(holder["conv"])
 
-        res = await self.sequencer.append(conv.id, event, build)
+        res = await self.sequencer.append(conv.id, event, build, key=command_key.get())
+        if res.duplicate:  # a retry racing its first run: the stored one
+            return Conversation.model_validate(res.frame["data"]), res.frame
         return holder["conv"], res.frame
 
     # ------------------------------------------------------------ commands
@@ -451,7 +488,17 @@ class ConversationService:
         cmd = commands.parse_payload(Event.CONVERSATION_CREATE, data)
         assert isinstance(cmd, ConversationCreate)
         conv = domain.new_conversation(p, cmd)
-        await self.store.insert_conversation(conv)
+        try:
+            await self.store.insert_conversation(conv)
+        except ParleyError as exc:
+            # A retry (same idempotency key) of a create whose first run stored the
+            # conversation but died before its event: finish it.
+            if exc.code is not ErrorCode.CONFLICT or command_key.get() is None:
+                raise
+            existing = await self.store.get_conversation(conv.id, with_totals=False)
+            if existing is None or existing.created_by != p.id:
+                raise
+            conv = existing
         conv, frame = await self._append_conversation_event(Event.CONVERSATION_CREATED, conv)
         await self._notify([x.principal_id for x in conv.participants], frame)
         return model_json(conv)
@@ -514,8 +561,10 @@ class ConversationService:
 
     async def _publish_message_event(self, event: Event, msg: Message) -> Any:
         data = model_json(msg)
-        await self.sequencer.append(msg.conversation_id, event, lambda _seq: data)
-        return data
+        res = await self.sequencer.append(
+            msg.conversation_id, event, lambda _seq: data, key=command_key.get()
+        )
+        return res.frame["data"] if res.duplicate else data
 
     async def message_edit(self, p: Principal, data: dict[str, Any]) -> Any:
         cmd = commands.parse_payload(Event.MESSAGE_EDIT, data)
@@ -585,8 +634,10 @@ class ConversationService:
         task = domain.new_task(p, cmd, conv)
         await self.store.insert_task(task)
         wire = {k: iso(v) if isinstance(v, datetime) else v for k, v in task.items()}
-        await self.sequencer.append(conv.id, Event.TASK_CREATED, lambda _seq: wire)
-        return wire
+        res = await self.sequencer.append(
+            conv.id, Event.TASK_CREATED, lambda _seq: wire, key=command_key.get()
+        )
+        return res.frame["data"] if res.duplicate else wire
 
     _commands: dict[
         Event, Callable[[ConversationService, Principal, dict[str, Any]], Awaitable[Any]]

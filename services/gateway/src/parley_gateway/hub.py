@@ -52,6 +52,13 @@ EVENTS_PAGE = 200  # events per QUERY_EVENTS_SINCE request (the service allows u
 # Ephemeral events this gateway publishes (typing, presence) wait at most this long so that
 # the publishes of many commands share one socket write of the NATS client.
 PUBLISH_WINDOW_SECONDS = 0.001
+# Failover of service requests (see Hub.request): backoff between attempts, doubling, capped.
+RETRY_FIRST_BACKOFF = 0.05
+RETRY_MAX_BACKOFF = 0.4
+TIMEOUT_MESSAGE = (
+    "the service did not answer in time: the outcome is unknown (the command may or may "
+    "not have been applied); sending it again with the same clientMessageId is safe"
+)
 
 _PRESENCE_EVENTS = {
     (PrincipalKind.USER, True): Event.PRESENCE_ONLINE,
@@ -226,21 +233,50 @@ class Hub:
     # ------------------------------------------------------------------ requests
 
     async def request(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
-        """A NATS request to a Parley service; the reply envelope (ok/fail)."""
-        nc = self.nc
-        if nc is None or not nc.is_connected:
-            return envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, "message bus unavailable")
-        try:
-            msg = await nc.request(
-                subject, jsonutil.dumps(body), timeout=self.settings.request_timeout_seconds
-            )
-        except nats.errors.NoRespondersError:
-            return envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, "service unavailable, retry")
-        except nats.errors.TimeoutError:
-            return envelopes.fail(ErrorCode.TIMEOUT, "the service did not answer in time")
-        except nats.errors.Error as exc:
-            logger.warning("NATS request on %s failed: %s", subject, exc)
-            return envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, "message bus unavailable")
+        """A NATS request to a Parley service; the reply envelope (ok/fail).
+
+        Failover (issue 11): a request nobody answered (the replica died with it in flight,
+        or no replica is subscribed right now) is sent again, the same bytes (so the same
+        idempotency key), with short per-attempt timeouts (``attempt_timeout_seconds``,
+        doubling) and a capped backoff, all within ``request_timeout_seconds``. A queue group
+        hands the retry to a live replica: NATS drops a dead replica's subscriptions as soon
+        as its connection closes. A reply, even an error, is never retried.
+        """
+        payload = jsonutil.dumps(body)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.request_timeout_seconds
+        attempt_timeout = self.settings.attempt_timeout_seconds
+        backoff = RETRY_FIRST_BACKOFF
+        attempt = 0
+        while True:
+            attempt += 1
+            nc = self.nc
+            if nc is None or not nc.is_connected:
+                return envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, "message bus unavailable")
+            remaining = deadline - loop.time()
+            try:
+                msg = await nc.request(subject, payload, timeout=min(attempt_timeout, remaining))
+                break
+            except nats.errors.NoRespondersError:
+                failure = envelopes.fail(
+                    ErrorCode.SERVICE_UNAVAILABLE, "service unavailable, retry"
+                )
+            except nats.errors.TimeoutError:
+                failure = envelopes.fail(
+                    ErrorCode.TIMEOUT, TIMEOUT_MESSAGE, {"outcomeUnknown": True}
+                )
+            except nats.errors.Error as exc:
+                logger.warning("NATS request on %s failed: %s", subject, exc)
+                return envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, "message bus unavailable")
+            if deadline - loop.time() <= backoff:
+                if attempt > 1:
+                    self.metrics.request_retries.labels("gave_up").inc()
+                return failure
+            self.metrics.request_retries.labels("retried").inc()
+            logger.info("no answer on %s (attempt %d): retrying", subject, attempt)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RETRY_MAX_BACKOFF)
+            attempt_timeout *= 2
         try:
             reply = jsonutil.loads(msg.data)
         except ValueError:

@@ -57,6 +57,12 @@ class Metrics:
             "Missing seq ranges fetched from the store",
             registry=r,
         )
+        self.request_retries = Counter(
+            "parley_gateway_request_retries_total",
+            "Service requests sent again after no answer (retried), or given up after retries",
+            ["outcome"],
+            registry=r,
+        )
         self.subscriptions = Gauge(
             "parley_gateway_conversation_subscriptions",
             "Conversations this instance is subscribed to",

@@ -444,9 +444,13 @@ class Gateway:
         """The reply envelope of a command; ``None`` for a success with ``data: null``."""
         hub = self.hub
         if event in _RELAYED:
-            return await hub.request(
-                subjects.command(event), hub.command_body(conn.principal, data)
-            )
+            # Every relayed command writes: it carries an idempotency key, so that a retry
+            # (Hub.request, on another replica) is applied once. The client's clientMessageId
+            # for a message, else one made here.
+            body = hub.command_body(conn.principal, data)
+            cmid = data.get("clientMessageId") if event is Event.MESSAGE_SEND else None
+            body["idempotencyKey"] = cmid if isinstance(cmid, str) and cmid else new_id("idem")
+            return await hub.request(subjects.command(event), body)
         if event is Event.CONVERSATION_JOIN:
             since = data.get("sinceSeq")
             return await self.join(conn, data["conversationId"], since)

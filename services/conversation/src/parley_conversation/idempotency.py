@@ -1,0 +1,66 @@
+"""Exactly-once writing commands across retries (issue 11).
+
+A gateway that got no answer sends the command again, to another replica, with the same
+``idempotencyKey`` (``CommandRequest``). How each writing command stays exactly once:
+
+- ``message:send``: the key is the message's ``clientMessageId`` (the client's, or the
+  gateway's when it gave none); the conversation log's unique index on
+  ``(conversationId, clientMessageId)`` stores it once and a repeat is answered with the stored
+  message (as before).
+- the commands that store a durable event (``KEYED_EVENTS``): that event's log entry carries
+  ``log_key(principal, key)`` as its ``clientMessageId``, under the same unique index. A repeat
+  first looks the entry up and answers with its data (each of these commands replies with the
+  data of the event it stores); a repeat racing its original stores nothing twice (the index)
+  and answers with the stored entry. Their other writes (the message or conversation document)
+  set values, so doing them again changes nothing; a repeat that fails because the first did
+  them (``message:delete`` of a deleted message) finds the entry and answers with it.
+- ``conversation:create`` without a ``conversationId``: the id is derived from the key, so a
+  repeat cannot create a second conversation.
+- ``message:stop`` stores nothing (a second stop is harmless); ``conversation:update`` without
+  a change stores nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextvars import ContextVar
+from typing import Any
+
+from parley_contract.events import Event
+
+# The log key of the command being handled (set around the handler; read where it stores its
+# durable event).
+command_key: ContextVar[str | None] = ContextVar("command_key", default=None)
+
+KEYED_EVENTS = frozenset(
+    {
+        Event.CONVERSATION_CREATE,
+        Event.CONVERSATION_UPDATE,
+        Event.MESSAGE_EDIT,
+        Event.MESSAGE_DELETE,
+        Event.MESSAGE_REACT,
+        Event.TASK_CREATE,
+    }
+)
+
+
+def log_key(principal_id: str, key: str) -> str:
+    """The ``clientMessageId`` of the durable event a keyed command stores (``~`` first: a
+    client's own ids for messages are told apart, and the principal keeps keys apart)."""
+    return f"~{principal_id}:{key}"
+
+
+def derived_conversation_id(principal_id: str, key: str) -> str:
+    """The id of a conversation created without one, from the command's key."""
+    digest = hashlib.sha256(f"{principal_id}\0{key}".encode()).hexdigest()[:20]
+    return f"conv-{digest}"
+
+
+def with_key(event: Event, principal_id: str, key: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The command's data with what the key decides: a message's clientMessageId, a new
+    conversation's id (when the client gave none)."""
+    if event is Event.MESSAGE_SEND and data.get("clientMessageId") is None:
+        return {**data, "clientMessageId": key}
+    if event is Event.CONVERSATION_CREATE and data.get("conversationId") is None:
+        return {**data, "conversationId": derived_conversation_id(principal_id, key)}
+    return data

@@ -1,0 +1,99 @@
+"""Issue 11, failover in about a second: one of two conversation-service replicas is killed
+with SIGKILL while clients send; the gateway sends what was in flight to the dead replica
+again, to the live one, with the same idempotency key. Real processes (parley_devstack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from parley_devstack.servers import NatsServer, StoreServer, free_port
+from parley_devstack.stack import Stack, StackConfig
+
+CLIENTS = 8
+MAX_WAIT_SECONDS = 1.5  # issue 11: no client waits longer when one of two replicas dies
+
+
+@pytest.fixture
+def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
+    cfg = StackConfig(
+        workdir=servers_dir / f"failover-{uuid.uuid4().hex[:8]}",
+        nats_url=nats_server.url,
+        mongodb_url=store_server.url,
+        database=f"parley_fo_{uuid.uuid4().hex[:10]}",
+        gateway_ports=[free_port()],
+        conversation_replicas=2,
+        agent_bridges=0,
+        service_env={"gateway": {"PARLEY_GATEWAY_COMMANDS_PER_SECOND": "200"}},
+    )
+    with Stack(cfg) as s:
+        yield s
+
+
+async def test_one_of_two_replicas_killed_under_load(stack: Stack, clients: Any) -> None:
+    users = [f"u{i}-{uuid.uuid4().hex[:6]}" for i in range(CLIENTS)]
+    conns = [await clients(stack.ws_url(0), u) for u in users]
+    convs: list[str] = []
+    for i, c in enumerate(conns):
+        r = await c.cmd("conversation:create", {"title": f"t{i}"})
+        assert r["success"], r
+        convs.append(r["data"]["_id"])
+        assert (await c.cmd("conversation:join", {"conversationId": convs[-1]}))["success"]
+
+    waits: list[tuple[float, float]] = []  # (sent at, seconds waited)
+    acked: dict[str, list[tuple[str, int]]] = {cid: [] for cid in convs}
+    failures: list[dict[str, Any]] = []
+    stop = asyncio.Event()
+
+    async def sender(c: Any, cid: str) -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            cmid = f"{cid}-{k}"
+            started = time.monotonic()
+            data = {"conversationId": cid, "content": f"m{k}", "clientMessageId": cmid}
+            r = await c.cmd("message:send", data, timeout=10)
+            waits.append((started, time.monotonic() - started))
+            if r["success"]:
+                acked[cid].append((cmid, r["data"]["seq"]))
+            else:
+                failures.append(r)
+            await asyncio.sleep(0.05)
+
+    tasks = [asyncio.create_task(sender(c, cid)) for c, cid in zip(conns, convs, strict=True)]
+    await asyncio.sleep(1.5)
+    killed_at = time.monotonic()
+    stack.conversation[0].process.kill()  # SIGKILL, sends in flight
+    await asyncio.sleep(3.0)
+    stop.set()
+    await asyncio.gather(*tasks)
+
+    assert not failures, failures[:3]
+    after = [w for at, w in waits if at >= killed_at - 1.0]
+    assert after, "no send around the kill"
+    assert max(w for _, w in waits) <= MAX_WAIT_SECONDS, sorted(w for _, w in waits)[-5:]
+    store: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.config.mongodb_url)
+    try:
+        log = store[stack.config.database]["messages"]
+        for cid in convs:
+            docs = await log.find({"conversationId": cid}).sort("seq", 1).to_list()
+            stored = [d["clientMessageId"] for d in docs if "event" not in d]
+            assert sorted(stored) == sorted(m for m, _ in acked[cid]), "lost or duplicated"
+            seqs = [d["seq"] for d in docs]
+            assert seqs == list(range(1, len(seqs) + 1)), "a hole"
+    finally:
+        await store.close()
+    for c, cid in zip(conns, convs, strict=True):
+        # live delivery: every acked seq once, in order
+        last = max(s for _, s in acked[cid])
+        await c.wait_for(lambda f, cid=cid, last=last: f.get("seq") == last and "id" not in f)
+        live = [s for s in c.seqs(cid) if s > 1]
+        assert live == sorted(set(live)) and set(live) >= {s for _, s in acked[cid]}
