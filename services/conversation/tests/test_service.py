@@ -11,7 +11,7 @@ import pytest
 from nats.aio.client import Client
 
 from parley_contract import jsonutil, subjects
-from parley_contract.events import Event
+from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import AgentStop, AgentTurn
 from parley_conversation.service import ConversationService
 from parley_devstack.servers import NatsServer, StoreServer, free_port
@@ -581,7 +581,7 @@ async def test_create_notifies_participants(
     async def cb(msg: Any) -> None:
         got.append(jsonutil.loads(msg.data))
 
-    sub = await nc.subscribe(subjects.principal_events("u-dave"), cb=cb)
+    sub = await nc.subscribe(subjects.principal_events(PrincipalKind.USER, "u-dave"), cb=cb)
     conv = await create(
         request_, participants=["u-dave", {"id": "u-erin", "kind": "user", "role": "observer"}]
     )

@@ -31,11 +31,6 @@ AUDIENCE_EVENTS = (Event.CONVERSATION_UPDATED, Event.CONVERSATION_DELETED)
 _MARKERS = tuple(e.value.encode() for e in AUDIENCE_EVENTS)
 
 
-def principal_key(kind: PrincipalKind, principal_id: str) -> str:
-    """``kind:id`` — the one spelling of a principal in maps and logs."""
-    return f"{kind.value}:{principal_id}"
-
-
 @dataclass(frozen=True, slots=True)
 class Audience:
     """The principals that may follow a conversation at one point of its history."""

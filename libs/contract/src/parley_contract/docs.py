@@ -52,8 +52,8 @@ def subjects_table() -> str:
         f"`{subjects.QUEUE_CONVERSATION}`) and bridge (`tool.call`) reply |",
         f"| conversation events | `{subjects.CONVERSATION_EVENTS_WILDCARD}` "
         "| conversation service and bridge publish; gateways subscribe per joined conversation |",
-        f"| principal events | `{subjects.principal_events('<principalId>')}` "
-        "| notifications for one principal (added to a conversation) |",
+        f"| principal events | `{subjects.principal_events('<kind>', '<principalId>')}` "
+        "| notifications for one principal `(kind, id)` (added to a conversation) |",
         f"| queries | `{subjects.QUERY_CONVERSATIONS_WILDCARD}` "
         "| history and resume, answered by the conversation service |",
         f"| agent turns | `{subjects.AGENT_TURN}` (JetStream `{subjects.STREAM_AGENT_TURNS}`) "

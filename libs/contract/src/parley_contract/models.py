@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
+from parley_contract.events import PrincipalKind
 from parley_contract.timeutil import iso
 
 # Every timestamp on the wire as the frames write theirs: UTC, trailing Z, milliseconds.
@@ -64,6 +65,19 @@ class Participant(WireModel):
     @property
     def principal_id(self) -> str:
         return self.user_id or self.agent_id or ""
+
+    @property
+    def kind(self) -> PrincipalKind:
+        """A participant is a user (``userId``) or an agent (``agentId``), never both."""
+        return PrincipalKind.USER if self.user_id else PrincipalKind.AGENT
+
+    @property
+    def principal(self) -> tuple[PrincipalKind, str]:
+        """``(kind, id)``: the user ``x`` and the agent ``x`` are two principals."""
+        return self.kind, self.principal_id
+
+    def is_principal(self, kind: PrincipalKind, principal_id: str) -> bool:
+        return self.principal == (kind, principal_id)
 
     @property
     def active(self) -> bool:

@@ -62,9 +62,13 @@ def conversation_events(conversation_id: str) -> str:
 CONVERSATION_EVENTS_WILDCARD: Final = f"{PREFIX}.conv.*.evt"
 
 
-def principal_events(principal_id: str) -> str:
-    """Events addressed to one principal wherever it is connected (e.g. added to a conversation)."""
-    return f"{PREFIX}.principal.{principal_id}.evt"
+def principal_events(kind: str, principal_id: str) -> str:
+    """Events addressed to one principal wherever it is connected (e.g. added to a conversation).
+
+    A principal is ``(kind, id)``: the user ``x`` and the agent ``x`` have two subjects.
+    ``kind`` is a ``PrincipalKind`` (a str enum; its value is the token).
+    """
+    return f"{PREFIX}.principal.{kind}.{principal_id}.evt"
 
 
 # Queries answered by the conversation service (request/reply, queue group conversation).

@@ -16,7 +16,6 @@ from parley_contract.commands import (
     MessageSend,
     ParticipantIn,
     TaskCreate,
-    participant_id,
 )
 from parley_contract.errors import ErrorCode, ParleyError, forbidden
 from parley_contract.events import PrincipalKind
@@ -77,24 +76,39 @@ def later_than(previous: datetime | None) -> datetime:
 # ---------------------------------------------------------------- authorization
 
 
-def active_participant(conv: Conversation, principal_id: str) -> Participant | None:
+def active_participant(conv: Conversation, principal: Principal) -> Participant | None:
+    """The principal's active participant entry: a user by ``userId``, an agent by
+    ``agentId`` (a user token whose ``sub`` is an agent's id is not that agent)."""
     for p in conv.participants:
-        if p.left_at is None and principal_id in (p.user_id, p.agent_id):
+        if p.left_at is None and p.is_principal(principal.kind, principal.id):
             return p
     return None
 
 
 def can_access(conv: Conversation, principal: Principal) -> bool:
-    """Users: active participants. Agents: the assigned agent or an active agent participant."""
+    """Users: active participants. Agents: the assigned agent or an active agent participant.
+
+    The same rule as ``parley_contract.access.Audience`` (which the gateways apply live),
+    except that a closed conversation stays readable here.
+    """
     if principal.kind is PrincipalKind.SERVICE:
         return True
+    if principal.kind is PrincipalKind.AGENT and conv.agent_id == principal.id:
+        return True
+    return active_participant(conv, principal) is not None
+
+
+def is_author(msg: Message, principal: Principal) -> bool:
+    """Whether ``principal`` wrote ``msg``: the same id *and* kind (a user's messages have
+    role ``user``, an agent's ``assistant`` or ``tool``), so the user ``x`` is not the
+    author of the agent ``x``'s messages, nor the reverse."""
+    if msg.created_by != principal.id:
+        return False
+    if principal.kind is PrincipalKind.USER:
+        return msg.role is Role.USER
     if principal.kind is PrincipalKind.AGENT:
-        if conv.agent_id == principal.id:
-            return True
-        p = active_participant(conv, principal.id)
-        return p is not None and p.agent_id == principal.id
-    p = active_participant(conv, principal.id)
-    return p is not None and p.user_id == principal.id
+        return msg.role in (Role.ASSISTANT, Role.TOOL)
+    return msg.role is Role.SYSTEM
 
 
 def authorize(conv: Conversation | None, principal: Principal) -> Conversation:
@@ -148,6 +162,12 @@ def _participant_from(ref: ParticipantIn, at: datetime) -> Participant:
     return Participant(user_id=ref.principal_id, role=role, joined_at=at)
 
 
+def _principal_of(ref: ParticipantIn) -> tuple[PrincipalKind, str]:
+    """A command's participant as ``(kind, id)`` (a bare id is a user): removing the user
+    ``x`` leaves the agent ``x`` in, and the reverse."""
+    return (PrincipalKind.AGENT if ref.is_agent else PrincipalKind.USER), ref.principal_id
+
+
 def _creator_participant(principal: Principal, at: datetime) -> Participant | None:
     if principal.kind is PrincipalKind.USER:
         return Participant(user_id=principal.id, role=ParticipantRole.USER, joined_at=at)
@@ -160,11 +180,11 @@ def _merge_participants(
     existing: list[Participant], new: list[Participant]
 ) -> tuple[list[Participant], list[Participant]]:
     """Existing + new ones not already active. Returns (all, added)."""
-    active = {p.principal_id for p in existing if p.active}
+    active = {p.principal for p in existing if p.active}
     added: list[Participant] = []
     for p in new:
-        if p.principal_id not in active:
-            active.add(p.principal_id)
+        if p.principal not in active:
+            active.add(p.principal)
             added.append(p)
     return [*existing, *added], added
 
@@ -266,22 +286,20 @@ def apply_update(
             )
             added.extend(more)
     additions: list[ParticipantIn] = list(cmd.add_participants or [])
-    removals = [participant_id(r) for r in cmd.remove_participants or []]
+    removals = [_principal_of(r) for r in cmd.remove_participants or []]
     if "participants" in fields and cmd.participants is not None:
         # The seed's way: the whole list. Active entries missing from it leave (leftAt);
         # new ones join; the roles of entries that stay are kept.
-        keep = {participant_id(r) for r in cmd.participants}
-        removals += [
-            p.principal_id for p in participants if p.active and p.principal_id not in keep
-        ]
+        keep = {_principal_of(r) for r in cmd.participants}
+        removals += [p.principal for p in participants if p.active and p.principal not in keep]
         additions += cmd.participants
     if removals:
         gone = set(removals)
         participants = [
-            p.model_copy(update={"left_at": at}) if p.active and p.principal_id in gone else p
+            p.model_copy(update={"left_at": at}) if p.active and p.principal in gone else p
             for p in participants
         ]
-        removed.extend(sorted(gone))
+        removed.extend(sorted({pid for _, pid in gone}))
         changed.append("participants")
     if additions:
         participants, more = _merge_participants(
@@ -478,7 +496,7 @@ def totals_of(messages: list[Message], event_seqs: list[int]) -> Totals:
 
 
 def edited(msg: Message, principal: Principal, content: str) -> Message:
-    if principal.kind is not PrincipalKind.SERVICE and msg.created_by != principal.id:
+    if principal.kind is not PrincipalKind.SERVICE and not is_author(msg, principal):
         raise ParleyError(ErrorCode.FORBIDDEN, "you can only edit your own messages")
     if msg.deleted_at is not None or not msg.is_active:
         raise ParleyError(ErrorCode.CONFLICT, "the message was deleted")
@@ -493,7 +511,7 @@ def edited(msg: Message, principal: Principal, content: str) -> Message:
 
 
 def deleted(msg: Message, principal: Principal) -> Message:
-    if principal.kind is not PrincipalKind.SERVICE and msg.created_by != principal.id:
+    if principal.kind is not PrincipalKind.SERVICE and not is_author(msg, principal):
         raise ParleyError(ErrorCode.FORBIDDEN, "you can only delete your own messages")
     if msg.deleted_at is not None:
         raise ParleyError(ErrorCode.CONFLICT, "the message was already deleted")

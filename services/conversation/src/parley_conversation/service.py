@@ -48,7 +48,13 @@ from parley_contract.internal import (
 )
 from parley_contract.jsonutil import model_json
 from parley_contract.limits import INT64_MAX
-from parley_contract.models import Conversation, ConversationStatus, Message, Role
+from parley_contract.models import (
+    Conversation,
+    ConversationStatus,
+    Message,
+    Participant,
+    Role,
+)
 from parley_contract.streams import ensure_agent_turns_stream
 from parley_contract.timeutil import iso
 from parley_conversation import domain
@@ -461,11 +467,13 @@ class ConversationService:
         conv = await self.store.get_conversation(conversation_id, with_totals=totals)
         return domain.authorize(conv, p)
 
-    async def _notify(self, principal_ids: list[str], frame: dict[str, Any]) -> None:
+    async def _notify(self, participants: list[Participant], frame: dict[str, Any]) -> None:
+        """The frame to every connection of each participant: by ``(kind, id)``, so the
+        user ``x`` never gets what is addressed to the agent ``x``."""
         payload = jsonutil.dumps(frame)
-        for pid in dict.fromkeys(principal_ids):
+        for kind, pid in dict.fromkeys(x.principal for x in participants):
             if pid:
-                await self._publish(subjects.principal_events(pid), payload)
+                await self._publish(subjects.principal_events(kind, pid), payload)
 
     async def _append_conversation_event(
         self, event: Event, conv: Conversation
@@ -500,7 +508,7 @@ class ConversationService:
                 raise
             conv = existing
         conv, frame = await self._append_conversation_event(Event.CONVERSATION_CREATED, conv)
-        await self._notify([x.principal_id for x in conv.participants], frame)
+        await self._notify(conv.participants, frame)
         return model_json(conv)
 
     async def conversation_join(self, p: Principal, data: dict[str, Any]) -> Any:
@@ -531,7 +539,7 @@ class ConversationService:
             Event.CONVERSATION_UPDATED, change.conversation
         )
         if change.added:
-            await self._notify([x.principal_id for x in change.added], frame)
+            await self._notify(change.added, frame)
         if change.agent_switched:
             system = domain.agent_switch_message(
                 conv.id, change.previous_agent_id, new.agent_id, p.id

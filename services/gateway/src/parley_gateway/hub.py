@@ -105,7 +105,8 @@ class Hub:
         self.kv_sessions: KeyValue | None = None
         self.kv_agents: KeyValue | None = None  # written by agent bridges, read here
         self.convs: dict[str, ConvState] = {}
-        self.principals: dict[str, PrincipalState] = {}
+        # Keyed by (kind, id): the user ``x`` and the agent ``x`` are two principals.
+        self.principals: dict[tuple[PrincipalKind, str], PrincipalState] = {}
         self.sessions: dict[str, Conn] = {}
         # Sessions whose connection is being cleaned up (left, saved): a resume waits for it.
         self.cleaning: dict[str, asyncio.Future[None]] = {}
@@ -221,9 +222,8 @@ class Hub:
             with contextlib.suppress(Exception):
                 await self.kv_instances.delete(self.instance_id)
         if self.kv_presence is not None:
-            for pid, state in list(self.principals.items()):
+            for (kind, pid), state in list(self.principals.items()):
                 if state.conns:
-                    kind = next(iter(state.conns)).principal.kind
                     with contextlib.suppress(Exception):
                         await self.kv_presence.delete(self._presence_key(kind, pid))
         if self.nc is not None and not self.nc.is_closed:
@@ -622,14 +622,14 @@ class Hub:
     # ------------------------------------------------------------------ connections
 
     async def register(self, conn: Conn) -> None:
-        pid = conn.principal.id
-        state = self.principals.get(pid)
+        kind, pid = conn.principal.kind, conn.principal.id
+        state = self.principals.get((kind, pid))
         if state is None:
             state = PrincipalState()
-            self.principals[pid] = state
+            self.principals[(kind, pid)] = state
             assert self.nc is not None
             state.sub = await subscribe_direct(
-                self.nc, subjects.principal_events(pid), self._principal_handler(state)
+                self.nc, subjects.principal_events(kind, pid), self._principal_handler(state)
             )
         state.conns.add(conn)
         self.sessions[conn.session_id] = conn
@@ -648,7 +648,7 @@ class Hub:
         return on_msg
 
     async def unregister(self, conn: Conn) -> None:
-        pid = conn.principal.id
+        kind, pid = conn.principal.kind, conn.principal.id
         for cid in list(conn.joined):
             try:
                 await self.leave(conn, cid, announce=True)
@@ -658,11 +658,11 @@ class Hub:
             del self.sessions[conn.session_id]
         self.dirty.discard(conn)
         self.metrics.connections.labels(conn.principal.kind.value).dec()
-        state = self.principals.get(pid)
+        state = self.principals.get((kind, pid))
         if state is not None:
             state.conns.discard(conn)
             if not state.conns:
-                del self.principals[pid]
+                del self.principals[(kind, pid)]
                 if state.sub is not None:
                     with contextlib.suppress(nats.errors.Error):
                         await state.sub.unsubscribe()
@@ -800,9 +800,7 @@ class Hub:
         if self.kv_instances is None or self.draining:
             return
         users = sum(
-            1
-            for s in self.principals.values()
-            if s.conns and next(iter(s.conns)).principal.kind is PrincipalKind.USER
+            1 for (kind, _), s in self.principals.items() if s.conns and kind is PrincipalKind.USER
         )
         doc = {
             "instanceId": self.instance_id,
@@ -819,11 +817,7 @@ class Hub:
 
     async def _refresh_presence(self) -> None:
         await self._put_instance()
-        items = [
-            (next(iter(s.conns)).principal.kind, pid, len(s.conns))
-            for pid, s in self.principals.items()
-            if s.conns
-        ]
+        items = [(kind, pid, len(s.conns)) for (kind, pid), s in self.principals.items() if s.conns]
         for i in range(0, len(items), 200):
             await asyncio.gather(*(self._put_presence(*it) for it in items[i : i + 200]))
         await self._watch_instances()
