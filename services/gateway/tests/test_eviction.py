@@ -48,6 +48,11 @@ def _after(client: Any, index: int, cid: str) -> list[dict[str, Any]]:
     ]
 
 
+def _data_pid(frame: dict[str, Any]) -> Any:
+    data = frame.get("data")
+    return data.get("principalId") if isinstance(data, dict) else None
+
+
 def _data_cid(frame: dict[str, Any]) -> Any:
     data = frame.get("data")
     return data.get("conversationId") if isinstance(data, dict) else None
@@ -68,7 +73,10 @@ async def _room(stack: Stack, clients: Any) -> tuple[str, str, Any, Any, Any, An
         assert r["success"], r
     # Before: carol's typing reaches bob (the refusal below is not a refusal of everything).
     assert (await carol1.cmd("typing:start", {"conversationId": cid}))["success"]
-    await bob.wait_for(lambda f: f.get("event") == "typing:start" and f["data"]["principalId"] == c)
+    for cl in (alice, bob, carol0, carol1):  # everyone has it before the test takes marks
+        await cl.wait_for(
+            lambda f: "id" not in f and f.get("event") == "typing:start" and _data_pid(f) == c
+        )
     return cid, c, alice, bob, carol0, carol1
 
 
