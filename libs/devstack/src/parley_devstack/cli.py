@@ -131,13 +131,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
+        # A process that dies is restarted (capped exponential backoff, logged), as compose
+        # and Kubernetes would; the stack as a whole stops only on Ctrl-C / SIGTERM.
+        supervisor = stack.supervise()
+        for server in (own_nats, own_store):
+            if server is not None and server.process is not None:
+                supervisor.watch(server.process)
         _write(welcome(stack, config.jwt_secret))
-        _write(f"\nlogs: {var / 'logs'}\n\nCtrl-C stops everything.")
+        _write(
+            f"\nlogs: {var / 'logs'}\n\nA process that dies is restarted (see the log above)."
+            "\nCtrl-C stops everything."
+        )
         while not stop.wait(1.0):
-            for svc in stack.services:
-                if not svc.process.running:
-                    logger.error("%s exited; last log lines:\n%s", svc.name, svc.process.tail())
-                    stop.set()
+            pass
     finally:
         _write("stopping...")
         stack.stop()

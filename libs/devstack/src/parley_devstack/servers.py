@@ -68,7 +68,12 @@ def venv_binary(name: str) -> str:
 
 @dataclass
 class ManagedProcess:
-    """A child process with its log file; stopped with SIGTERM, then SIGKILL."""
+    """A child process with its log file; stopped with SIGTERM, then SIGKILL.
+
+    Each one leads its own process group (``start_new_session``), so whatever it starts
+    (the agent bridge's MCP tool servers, for example) is stopped or killed with it, as a
+    container's processes are: nothing is left behind.
+    """
 
     name: str
     argv: Sequence[str]
@@ -76,6 +81,7 @@ class ManagedProcess:
     env: dict[str, str] | None = None
     cwd: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    started_at: float = field(default=0.0, init=False)  # time.monotonic() of the last start
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +99,7 @@ class ManagedProcess:
             cwd=self.cwd,
             start_new_session=True,  # Ctrl-C in a terminal reaches the supervisor, not each child
         )
+        self.started_at = time.monotonic()
         log.close()
 
     @property
@@ -105,20 +112,42 @@ class ManagedProcess:
                 self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        self.signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            logger.warning("%s did not stop in %.0fs; killing", self.name, timeout)
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in %.0fs; killing", self.name, timeout)
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.cleanup_group()
 
     def kill(self) -> None:
+        """SIGKILL, as ``kill -9`` or an OOM kill would: no goodbye (its group too)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=5)
+        self.cleanup_group(signal.SIGKILL)
+
+    def cleanup_group(self, sig: int | None = None, grace: float = 3.0) -> None:
+        """Once the process has exited: end what is left of its process group (SIGTERM, then
+        SIGKILL after ``grace`` seconds)."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        sig = signal.SIGTERM if sig is None else sig
+        group = self.proc.pid  # its own session: the group id is its pid
+        deadline = time.monotonic() + grace
+        while True:
+            late = time.monotonic() >= deadline
+            try:
+                os.killpg(group, signal.SIGKILL if late else sig)
+            except (ProcessLookupError, PermissionError):
+                return  # nobody left
+            if late:  # (zombies answer signals too until their new parent reaps them)
+                return
+            time.sleep(0.05)
 
     def tail(self, lines: int = 40) -> str:
         try:

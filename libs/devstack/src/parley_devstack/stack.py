@@ -4,11 +4,13 @@ A :class:`Stack` starts (or reuses) nats-server and the store, then the conversa
 service replicas, the agent bridge replicas and N gateway instances, each as
 ``python -m parley_<service>`` configured only by environment variables, exactly as the
 containers in docker-compose.yml and k8s/ are. It waits for every ``/readyz`` and can
-kill, stop or restart any one process (tests of resume and drain).
+kill, stop or restart any one process (tests of resume and drain), and
+:meth:`Stack.supervise` restarts any process that dies, as compose and Kubernetes would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from parley_contract.auth import DEV_JWT_SECRET
 from parley_devstack.servers import ManagedProcess, NatsServer, StoreServer, free_port
+from parley_devstack.supervisor import Backoff, Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class Stack:
         self.conversation: list[ServiceProcess] = []
         self.bridges: list[ServiceProcess] = []
         self.gateways: list[ServiceProcess] = []
+        self.supervisor: Supervisor | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -106,7 +110,28 @@ class Stack:
             raise
         return self
 
+    def supervise(
+        self, backoff: Backoff | None = None, *, stable_after: float = 30.0
+    ) -> Supervisor:
+        """Restart any process of this stack that exits (services, and the nats-server and
+        store this stack started), with capped exponential backoff; :meth:`stop` ends it."""
+        if self.supervisor is None:
+            self.supervisor = Supervisor(backoff, stable_after=stable_after)
+            for process in self.processes:
+                self.supervisor.watch(process)
+            self.supervisor.start()
+        return self.supervisor
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        """Every process this stack started: its servers, then its services."""
+        servers = [s.process for s in (self.nats, self.store) if s is not None and s.process]
+        return [*servers, *(svc.process for svc in self.services)]
+
     def stop(self) -> None:
+        if self.supervisor is not None:  # first: nothing may come back while we stop
+            self.supervisor.stop()
+            self.supervisor = None
         # Gateways first (they drain clients), then workers, then the servers.
         for svc in [*self.gateways, *self.bridges, *self.conversation]:
             svc.process.stop(timeout=15)
@@ -181,8 +206,9 @@ class Stack:
         raise TimeoutError(f"{svc.name} not ready at {url}; last log lines:\n{svc.process.tail()}")
 
     def restart(self, svc: ServiceProcess) -> None:
-        svc.process.stop()
-        svc.process.start()
+        with self.supervisor.paused(svc.process) if self.supervisor else contextlib.nullcontext():
+            svc.process.stop()
+            svc.process.start()
         self.wait_ready(svc)
 
     # ------------------------------------------------------------------ addresses
