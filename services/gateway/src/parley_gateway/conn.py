@@ -109,6 +109,9 @@ class Conn:
     def __repr__(self) -> str:
         return f"Conn({self.principal.kind.value}:{self.principal.id}, {self.session_id})"
 
+    def opened(self) -> None:
+        """Registered, before the hello: a transport may announce the connection here."""
+
     @property
     def open(self) -> bool:
         return not self.closing and self.ws.protocol.state is State.OPEN

@@ -32,6 +32,8 @@ from parley_gateway.http_api import create_app
 from parley_gateway.hub import Hub
 from parley_gateway.metrics import Metrics
 from parley_gateway.settings import Settings
+from parley_gateway.sio.endpoint import PATH as SIO_PATH
+from parley_gateway.sio.endpoint import SocketIO
 from parley_gateway.slim import slim_after_handshake
 
 logger = logging.getLogger(__name__)
@@ -115,15 +117,17 @@ def parse_since(raw: str, limit: int) -> dict[str, int]:
 
 
 def _json_response(status: int, body: dict[str, Any]) -> Response:
-    data = jsonutil.dumps(body)
+    return _raw_response(status, "application/json", jsonutil.dumps(body))
+
+
+def _raw_response(status: int, content_type: str, data: bytes) -> Response:
     headers = Headers(
         [
-            ("Content-Type", "application/json"),
+            ("Content-Type", content_type),
             ("Content-Length", str(len(data))),
             ("Connection", "close"),
         ]
     )
-
     return Response(status, http.HTTPStatus(status).phrase, headers, data)
 
 
@@ -133,6 +137,7 @@ class Gateway:
         self.metrics = Metrics()
         self.hub = Hub(settings, self.metrics)
         self.app: ASGIApp = create_app(self.hub)
+        self.sio = SocketIO(self)
         self.jwt = settings.jwt_config()
         self.server: Server | None = None
         self._rate_message = (
@@ -144,6 +149,8 @@ class Gateway:
     async def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        if path == SIO_PATH:
+            return await self.sio_request(ws, request, query, upgrade=upgrade)
         if path != "/ws" or not upgrade:
             if path == "/ws":
                 return _json_response(
@@ -192,9 +199,29 @@ class Gateway:
         ws.parley_auth = (principal, exp, session, since)  # type: ignore[attr-defined]
         return None
 
+    async def sio_request(
+        self, ws: ServerConnection, request: Request, query: str, *, upgrade: bool
+    ) -> Response | None:
+        """/socket.io/: a WebSocket upgrade (accepted here) or a long-polling request."""
+        if upgrade:
+            target = self.sio.check_upgrade(query, request.headers)
+            if isinstance(target, tuple):
+                return _raw_response(target[0], "application/json", target[1])
+            ws.parley_sio = target  # type: ignore[attr-defined]
+            return None
+        method = getattr(request, "method", "GET")
+        body = getattr(request, "body", b"") or b""
+        status, ctype, out = await self.sio.http(method, query, request.headers, body)
+        return _raw_response(status, ctype, out)
+
     # ------------------------------------------------------------------ WebSocket
 
     async def handler(self, ws: ServerConnection) -> None:
+        target = getattr(ws, "parley_sio", None)
+        if target is not None:
+            del ws.parley_sio  # type: ignore[attr-defined]
+            await self.sio.ws_handler(ws, target)
+            return
         auth: tuple[Principal, float, str | None, dict[str, int] | None] | None = getattr(
             ws, "parley_auth", None
         )
@@ -206,6 +233,34 @@ class Gateway:
         # The handshake's request (headers: ~3 KB, held by websockets' parser too), response
         # and logger adapter are not needed any more (idle memory, see slim.py).
         slim_after_handshake(ws)
+        resume, restored = await self.resume(principal, resume, since)
+        conn = Conn(
+            ws,
+            principal,
+            exp,
+            resume if restored is not None and resume else new_id("ses"),
+            rate=self.settings.commands_per_second,
+            send_limit=self.settings.send_queue_limit,
+            metrics=self.metrics,
+        )
+        try:
+            await self.open_conn(conn, restored)
+            recv = ws.recv
+            while True:  # not ``async for``: no async generator kept per connection
+                await self.submit(conn, await recv())
+        except ConnectionClosed:
+            pass
+        finally:
+            await self.close_conn(conn)
+
+    # ------------------------------------------------------------------ any transport
+    # A connection's life, shared by /ws and /socket.io/ (parley_gateway.sio): resume, open
+    # (register, hello, restore), commands (submit), close (cleanup).
+
+    async def resume(
+        self, principal: Principal, resume: str | None, since: dict[str, int] | None
+    ) -> tuple[str | None, dict[str, int] | None]:
+        """The conversations (cid → last seq) of session ``resume`` of ``principal``, if any."""
         hub = self.hub
         restored: dict[str, int] | None = None
         if resume is not None:
@@ -221,65 +276,58 @@ class Gateway:
                 # The client's own last seqs win: exact also after a crash of the old instance
                 # (whose delivered seqs may lag by up to one session flush interval).
                 restored = {cid: since.get(cid, seq) for cid, seq in restored.items()}
-        session_id = resume if restored is not None and resume else new_id("ses")
-        conn = Conn(
-            ws,
-            principal,
-            exp,
-            session_id,
-            rate=self.settings.commands_per_second,
-            send_limit=self.settings.send_queue_limit,
-            metrics=self.metrics,
-        )
+        return resume, restored
+
+    async def open_conn(self, conn: Conn, restored: dict[str, int] | None) -> None:
+        """Register ``conn``, send its hello, rejoin the conversations of a resumed session."""
+        hub = self.hub
         conn.resumed = restored is not None
         self.metrics.connections_total.labels(str(conn.resumed).lower()).inc()
-        try:
-            if restored is not None:
-                await hub.kick(session_id)
-            await hub.register(conn)
-            first = Event.RECONNECTED if restored is not None else Event.CONNECTED
-            hello: dict[str, Any] = {
-                "sessionId": session_id,
-                "principal": principal.model_dump(mode="json"),
-                "instanceId": hub.instance_id,
-                "heartbeatSeconds": self.settings.heartbeat_seconds,
-                "sessionTtlSeconds": self.settings.session_ttl_seconds,
-                "limits": self.settings.limits(),
-            }
-            if restored is not None:
-                hello["conversations"] = [
-                    {"conversationId": cid, "lastSeq": seq} for cid, seq in restored.items()
-                ]
-            conn.send(envelopes.event_frame(first, hello))
-            if restored is not None:
-                for cid, seq in restored.items():
-                    try:
-                        env = await self.join(conn, cid, seq)
-                    except ParleyError as exc:
-                        env = envelopes.fail_from(exc)
-                    if not env["success"]:
-                        details = dict(env["error"].get("details") or {})
-                        details["conversationId"] = cid
-                        conn.send(
-                            envelopes.error_frame(
-                                ErrorCode(env["error"]["code"]), env["error"]["message"], details
-                            )
+        if restored is not None:
+            await hub.kick(conn.session_id)
+        await hub.register(conn)
+        conn.opened()
+        first = Event.RECONNECTED if restored is not None else Event.CONNECTED
+        hello: dict[str, Any] = {
+            "sessionId": conn.session_id,
+            "principal": conn.principal.model_dump(mode="json"),
+            "instanceId": hub.instance_id,
+            "heartbeatSeconds": self.settings.heartbeat_seconds,
+            "sessionTtlSeconds": self.settings.session_ttl_seconds,
+            "limits": self.settings.limits(),
+        }
+        if restored is not None:
+            hello["conversations"] = [
+                {"conversationId": cid, "lastSeq": seq} for cid, seq in restored.items()
+            ]
+        conn.send(envelopes.event_frame(first, hello))
+        if restored is not None:
+            for cid, seq in restored.items():
+                try:
+                    env = await self.join(conn, cid, seq)
+                except ParleyError as exc:
+                    env = envelopes.fail_from(exc)
+                if not env["success"]:
+                    details = dict(env["error"].get("details") or {})
+                    details["conversationId"] = cid
+                    conn.send(
+                        envelopes.error_frame(
+                            ErrorCode(env["error"]["code"]), env["error"]["message"], details
                         )
-            await hub.save_session(conn, ack=False)  # no round trip before the first command
-            recv = ws.recv
-            while True:  # not ``async for``: no async generator kept per connection
-                await self.submit(conn, await recv())
-        except ConnectionClosed:
-            pass
+                    )
+        await hub.save_session(conn, ack=False)  # no round trip before the first command
+
+    async def close_conn(self, conn: Conn) -> None:
+        """After the transport closed: finish, leave, save (a resume waits for this)."""
+        hub = self.hub
+        cleaned = asyncio.get_running_loop().create_future()
+        hub.cleaning[conn.session_id] = cleaned
+        try:
+            await self._cleanup(conn)
         finally:
-            cleaned = asyncio.get_running_loop().create_future()
-            hub.cleaning[conn.session_id] = cleaned
-            try:
-                await self._cleanup(conn)
-            finally:
-                cleaned.set_result(None)
-                if hub.cleaning.get(conn.session_id) is cleaned:
-                    del hub.cleaning[conn.session_id]
+            cleaned.set_result(None)
+            if hub.cleaning.get(conn.session_id) is cleaned:
+                del hub.cleaning[conn.session_id]
 
     async def _cleanup(self, conn: Conn) -> None:
         """After the connection closed: commands in flight, leave, save the session."""
@@ -312,6 +360,10 @@ class Gateway:
         if not isinstance(frame, dict):
             self.bad_frame(conn, frame)
             return
+        await self.submit_frame(conn, frame, start)
+
+    async def submit_frame(self, conn: Conn, frame: dict[str, Any], start: float) -> None:
+        """Start one command (a JSON object); waits only while MAX_IN_FLIGHT are running."""
         pipe = conn.pipe
         if pipe is None:
             pipe = conn.pipe = _Pipeline()
@@ -579,6 +631,8 @@ class Gateway:
             stopping.cancel()
             self.server.close()
             raise starting.exception()  # type: ignore[misc]
+        else:
+            await self.sio.start()
         await stopping
         await self.drain()
 
@@ -590,6 +644,7 @@ class Gateway:
         self.hub.draining = True
         server = self.server
         await self.hub.drain_connections(self.settings.drain_seconds)
+        await self.sio.stop()
         if server is not None:
             server.close(close_connections=True)
             with contextlib.suppress(asyncio.TimeoutError):
