@@ -5,7 +5,7 @@ export UV_LINK_MODE ?= copy
 # Browser tests drive Debian's Chromium (a Playwright browser download fails offline).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup web browser run token selfcontained test lint typecheck pytest webtest bench clean
+.PHONY: setup web browser sioclient run token selfcontained test lint typecheck pytest webtest bench clean
 
 # uv from PyPI if the machine has none; then the locked workspace.
 setup:
@@ -17,6 +17,10 @@ web:
 	@if [ -f web/package.json ]; then \
 	  cd web && ( [ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund ) && npm run build; \
 	else echo "web/: no package.json yet, skipping the UI build"; fi
+
+# The real socket.io-client (locked) that tests/socketio drives against the gateways.
+sioclient:
+	cd tests/socketio && ( [ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund )
 
 # Debian's Chromium for the browser tests, when we may install it (root on Debian).
 browser:
@@ -46,7 +50,7 @@ typecheck: setup
 webtest: web
 	@if [ -f web/package.json ]; then cd web && npm test; fi
 
-pytest: setup web browser
+pytest: setup web browser sioclient
 	$(UV) run --frozen pytest
 
 test: lint typecheck webtest pytest
@@ -68,4 +72,4 @@ bench: setup
 	$(UV) run --frozen python -m bench
 
 clean:
-	rm -rf .venv var artifacts web/dist web/node_modules bench/loadgen/node_modules
+	rm -rf .venv var artifacts web/dist web/node_modules bench/loadgen/node_modules tests/socketio/node_modules

@@ -98,3 +98,12 @@ def gateway_session_kick(session_id: str) -> str:
 
 # Every gateway listens to all kicks (rare); the body names the session and the sender.
 GATEWAY_SESSION_KICK_WILDCARD: Final = f"{GATEWAY_SESSION_KICK_PREFIX}.*.kick"
+
+
+def gateway_engineio(instance_key: str) -> str:
+    """Socket.IO long-polling requests forwarded to the gateway that holds the session.
+
+    ``instance_key`` is the gateway's 16 hex digit key (the first characters of every
+    Engine.IO session id it issues), so a poll may land on any gateway (no sticky sessions).
+    """
+    return f"{PREFIX}.gateway.eio.{instance_key}"

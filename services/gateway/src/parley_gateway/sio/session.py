@@ -1,0 +1,336 @@
+"""An Engine.IO session and the Socket.IO connection on it (a ``Conn`` with another transport).
+
+``EioSession`` is the transport: until an upgrade, packets wait in a list for the client's
+next long-poll GET; after it (or from the start, for a WebSocket-only client) they are framed
+straight into the WebSocket like ``/ws`` frames. ``SioConn`` is the gateway's ``Conn`` with
+its writes turned into Socket.IO packets, so the hub, the command path, the limits and the
+backpressure of ``/ws`` apply unchanged.
+
+Server events are built once per event for all Socket.IO receivers of this gateway
+(``translate``: the hub hands every member the same framed bytes, which are remembered with
+the packet made from them), like the ``/ws`` frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
+
+from parley_contract import envelopes, jsonutil
+from parley_contract.errors import ErrorCode
+from parley_contract.internal import Principal
+from parley_gateway.conn import (
+    CLOSE_POLICY,
+    CLOSE_TOKEN_EXPIRED,
+    CLOSE_TRY_AGAIN,
+    Conn,
+    frame_text,
+)
+from parley_gateway.sio import codec
+
+if TYPE_CHECKING:
+    from parley_gateway.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+class Owner(Protocol):
+    """The endpoint that keeps the sessions (told when one ends)."""
+
+    def ended(self, eio: EioSession) -> None: ...
+
+
+def spawn(coro: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def unframe(wire: bytes) -> memoryview:
+    """The payload of a server text frame made by ``conn.frame_text``."""
+    n = wire[1] & 0x7F
+    return memoryview(wire)[2 if n < 126 else 4 if n == 126 else 10 :]
+
+
+def offset_of(cid: str, seq: int) -> str:
+    """The recovery offset of a durable event (socket.io-client sends back the last one)."""
+    return f"{cid}:{seq}"
+
+
+def parse_offset(offset: object) -> dict[str, int] | None:
+    if not isinstance(offset, str) or len(offset) > 200:
+        return None
+    cid, _, seq = offset.rpartition(":")
+    if not cid or not seq.isdigit() or not seq.isascii() or len(seq) > 15:
+        return None
+    return {cid: int(seq)}
+
+
+def packet_of(frame: memoryview | bytes) -> bytes | None:
+    """The Socket.IO event packet (``42[...]``) of a ``/ws`` event frame; None if malformed."""
+    try:
+        doc = jsonutil.loads(frame)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("event"), str):
+        return None
+    seq, cid = doc.get("seq"), doc.get("conversationId")
+    offset = None
+    if type(seq) is int and isinstance(cid, str):
+        offset = jsonutil.dumps(offset_of(cid, seq))
+    return codec.event_packet(jsonutil.dumps(doc["event"]), bytes(frame), offset)
+
+
+class _Translation:
+    """The last event framed by the hub and its packet (one event, many receivers)."""
+
+    __slots__ = ("packet", "wire", "ws_frame")
+
+    def __init__(self) -> None:
+        self.wire: bytes | None = None
+        self.packet: bytes | None = None
+        self.ws_frame: bytes | None = None
+
+    def packet_for(self, wire: bytes) -> bytes | None:
+        if wire is not self.wire:
+            self.wire = wire  # held: its identity cannot be reused while it is remembered
+            self.packet = packet_of(unframe(wire))
+            self.ws_frame = None
+        return self.packet
+
+    def ws_frame_for(self, wire: bytes) -> bytes | None:
+        packet = self.packet_for(wire)
+        if packet is None:
+            return None
+        if self.ws_frame is None:
+            self.ws_frame = frame_text(packet)
+        return self.ws_frame
+
+
+_LAST = _Translation()
+
+
+class EioSession:
+    """One Engine.IO session: its transport (long-polling or a WebSocket) and its Conn."""
+
+    __slots__ = (
+        "closed",
+        "conn",
+        "limit",
+        "owner",
+        "poll",
+        "pong_due",
+        "queue",
+        "queued",
+        "seen",
+        "sid",
+        "token",
+        "upgrading",
+        "ws",
+    )
+
+    def __init__(self, owner: Owner, sid: str, limit: int, token: str | None) -> None:
+        self.owner = owner
+        self.sid = sid
+        self.ws: ServerConnection | None = None  # set once on WebSocket
+        self.queue: list[bytes] = []  # Engine.IO packets for the next poll
+        self.queued = 0  # their bytes
+        self.poll: asyncio.Future[None] | None = None  # a GET waiting for packets
+        self.conn: SioConn | None = None
+        self.upgrading = False  # a WebSocket probe came: polls answer at once
+        self.token = token  # from the handshake's Authorization header or access_token
+        self.limit = limit
+        self.pong_due = False
+        self.closed = False
+        self.seen = time.monotonic()  # last request (polling), for the sweep
+
+    def __repr__(self) -> str:
+        return f"EioSession({self.sid}, {'websocket' if self.ws else 'polling'})"
+
+    # ------------------------------------------------------------------ writing
+
+    def send(self, packet: bytes, ws_frame: bytes | None = None) -> bool:
+        """Queue one Engine.IO packet; False if the session is closed or too far behind."""
+        if self.closed:
+            return False
+        ws = self.ws
+        if ws is not None:
+            conn = self.conn
+            if conn is not None:
+                return Conn.push_frame(conn, ws_frame or frame_text(packet))
+            if ws.protocol.state is not State.OPEN:
+                return False
+            ws.protocol.send_text(packet)
+            ws.send_data()
+            return True
+        if self.queued > self.limit:
+            if self.conn is not None:
+                self.conn.metrics.slow_consumers.inc()
+            logger.info("closing slow polling client %r", self)
+            self.end()
+            return False
+        self.queue.append(packet)
+        self.queued += len(packet)
+        poll = self.poll
+        if poll is not None and not poll.done():
+            poll.set_result(None)
+        return True
+
+    def take(self, max_bytes: int) -> list[bytes]:
+        """The queued packets for one poll response (at least one, at most ``max_bytes``)."""
+        out: list[bytes] = []
+        size = 0
+        queue = self.queue
+        i = 0
+        while i < len(queue) and (not out or size + len(queue[i]) + 1 <= max_bytes):
+            out.append(queue[i])
+            size += len(queue[i]) + 1
+            i += 1
+        del queue[:i]
+        self.queued -= sum(len(p) for p in out)
+        return out
+
+    def end(self) -> None:
+        """The session is over (any reason): release a waiting poll, clean the Conn up."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.ws is None:
+            self.queue.append(codec.EIO_CLOSE.encode())
+        poll = self.poll
+        if poll is not None and not poll.done():
+            poll.set_result(None)
+        ws = self.ws
+        if ws is not None and ws.protocol.state is State.OPEN:
+            spawn(ws.close())
+        if self.conn is not None:
+            self.conn.closing = True
+        self.owner.ended(self)
+
+
+class SioConn(Conn):
+    """A Conn whose frames become Socket.IO packets of an ``EioSession``."""
+
+    __slots__ = ("eio",)
+
+    def __init__(
+        self,
+        eio: EioSession,
+        principal: Principal,
+        exp: float,
+        session_id: str,
+        *,
+        rate: float,
+        send_limit: int,
+        metrics: Metrics,
+    ) -> None:
+        # ``ws`` is the session's WebSocket once there is one (Conn's writer then applies).
+        super().__init__(
+            cast(ServerConnection, eio.ws),
+            principal,
+            exp,
+            session_id,
+            rate=rate,
+            send_limit=send_limit,
+            metrics=metrics,
+        )
+        self.eio = eio
+
+    def opened(self) -> None:
+        """Socket.IO CONNECT accepted: ``pid`` is the Parley session (connection recovery)."""
+        self.eio.send(
+            codec.encode_sio(codec.SIO_CONNECT, {"sid": self.eio.sid, "pid": self.session_id})
+        )
+
+    @property
+    def open(self) -> bool:
+        return not self.closing and not self.eio.closed
+
+    def push(self, data: bytes) -> bool:
+        packet = packet_of(data)
+        if packet is None:
+            return False
+        return self._out(packet, None)
+
+    def push_frame(self, frame: bytes) -> bool:
+        if self.eio.ws is not None:
+            return self._out(b"", _LAST.ws_frame_for(frame))
+        packet = _LAST.packet_for(frame)
+        return packet is not None and self._out(packet, None)
+
+    def _out(self, packet: bytes, ws_frame: bytes | None) -> bool:
+        if self.closing or self.eio.closed:
+            self.metrics.drops.labels("closed").inc()
+            return False
+        if ws_frame is None and not packet:
+            return False
+        if self.eio.ws is None:
+            ok = self.eio.send(packet)
+            if ok:
+                self.metrics.delivered += 1
+            return ok
+        return Conn.push_frame(self, ws_frame or frame_text(packet))
+
+    def send(self, frame: dict[str, Any]) -> bool:
+        cmd_id = frame.get("id")
+        if isinstance(cmd_id, str) and cmd_id.isdigit() and "success" in frame:
+            envelope = {k: v for k, v in frame.items() if k not in ("event", "id")}
+            return self._out(codec.ack_packet(int(cmd_id), envelope), None)
+        return self.push(jsonutil.dumps(frame))
+
+    def flush(self) -> None:
+        if self.eio.ws is not None:
+            Conn.flush(self)
+        else:
+            self.queued = False
+
+    async def wait_writable(self, patience: float = 30.0) -> None:
+        if self.eio.ws is not None:
+            await Conn.wait_writable(self, patience)
+            return
+        deadline = time.monotonic() + patience
+        while not self.closing and self.eio.queued > self.limit // 2:
+            if time.monotonic() > deadline:
+                self.metrics.slow_consumers.inc()
+                self.close(CLOSE_TRY_AGAIN, "too slow: send queue full")
+                return
+            await asyncio.sleep(0.005)
+
+    def close(self, code: int, reason: str) -> None:
+        """End the session; Socket.IO ``disconnect`` for a kick or an expired token.
+
+        A kicked connection (its session resumed elsewhere) or an expired token gets a
+        server-side DISCONNECT (socket.io-client does not reconnect by itself); drain, slow
+        and heartbeat closes just end the transport, so the client reconnects and recovers.
+        """
+        if self.closing:
+            return
+        eio = self.eio
+        if code == CLOSE_TOKEN_EXPIRED:
+            self.send(envelopes.error_frame(ErrorCode.UNAUTHORIZED, "token expired"))
+        if code in (CLOSE_POLICY, CLOSE_TOKEN_EXPIRED):
+            self._out(codec.encode_sio(codec.SIO_DISCONNECT), None)
+        if eio.ws is not None:
+            if self.queued:
+                Conn.flush(self)
+            Conn.close(self, code, reason)  # the WebSocket handler then ends the session
+            return
+        self.closing = True
+        self.metrics.closes.labels(str(code)).inc()
+        eio.end()
+
+    def send_ping(self) -> None:
+        """Engine.IO heartbeat: ``2`` every heartbeat; no ``3`` since the last one: close."""
+        eio = self.eio
+        if eio.pong_due:
+            self.close(4408, "heartbeat timeout")
+            return
+        eio.pong_due = True
+        eio.send(codec.EIO_PING.encode())

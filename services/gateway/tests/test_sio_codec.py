@@ -1,0 +1,59 @@
+"""The Socket.IO / Engine.IO codec of /socket.io/ (hostile input: PacketError, never a crash)."""
+
+from __future__ import annotations
+
+import pytest
+
+from parley_contract import jsonutil
+from parley_gateway.conn import frame_text
+from parley_gateway.sio import codec
+from parley_gateway.sio.session import packet_of, parse_offset, unframe
+
+
+def test_decode_event_with_ack_and_namespace() -> None:
+    p = codec.decode_sio('212["message:send",{"a":1}]')
+    assert (p.type, p.nsp, p.id, p.data) == (2, "/", 12, ["message:send", {"a": 1}])
+    p = codec.decode_sio('0/admin,{"token":"t"}')
+    assert (p.type, p.nsp, p.id, p.data) == (0, "/admin", None, {"token": "t"})
+    p = codec.decode_sio("0")
+    assert (p.type, p.nsp, p.data) == (0, "/", None)
+    p = codec.decode_sio("1/admin")
+    assert (p.type, p.nsp) == (1, "/admin")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "x", "9", "51-[]", '2["a",', "2" + "1" * 17 + "[]", "2/" + "n" * 200 + ",[]", "29" * 10],
+)
+def test_decode_rejects(text: str) -> None:
+    with pytest.raises(codec.PacketError):
+        codec.decode_sio(text)
+
+
+def test_encode() -> None:
+    assert codec.encode_sio(0, {"sid": "s"}) == b'40{"sid":"s"}'
+    assert codec.encode_sio(4, {"message": "m"}, nsp="/x") == b'44/x,{"message":"m"}'
+    assert codec.ack_packet(7, {"success": True}) == b'437[{"success":true}]'
+    assert codec.encode_payload([b"2", b"42[1]"]) == b"2\x1e42[1]"
+    assert codec.decode_payload("2\x1e42[1]") == ["2", "42[1]"]
+
+
+@pytest.mark.parametrize("size", [10, 200, 70_000])
+def test_event_packet_from_a_framed_event(size: int) -> None:
+    frame = {"event": "message:new", "data": {"c": "x" * size}, "conversationId": "c1", "seq": 3}
+    wire = frame_text(jsonutil.dumps(frame))
+    packet = packet_of(unframe(wire))
+    assert packet is not None and packet.startswith(b"42")
+    assert jsonutil.loads(packet[2:]) == ["message:new", frame, "c1:3"]
+    ephemeral = {"event": "typing:start", "data": {}}
+    assert jsonutil.loads((packet_of(jsonutil.dumps(ephemeral)) or b"")[2:]) == [
+        "typing:start",
+        ephemeral,
+    ]
+    assert packet_of(b"[1]") is None and packet_of(b"{") is None
+
+
+def test_offsets() -> None:
+    assert parse_offset("conv_1:12") == {"conv_1": 12}
+    for bad in (None, 3, "", "c:", ":3", "c:-1", "c:1e3", "c:" + "9" * 20, "x" * 300):
+        assert parse_offset(bad) is None
