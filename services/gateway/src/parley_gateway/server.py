@@ -32,6 +32,7 @@ from parley_gateway.http_api import create_app
 from parley_gateway.hub import Hub
 from parley_gateway.metrics import Metrics
 from parley_gateway.settings import Settings
+from parley_gateway.sio.asgi import with_socketio
 from parley_gateway.sio.endpoint import PATH as SIO_PATH
 from parley_gateway.sio.endpoint import SocketIO
 from parley_gateway.slim import slim_after_handshake
@@ -117,17 +118,15 @@ def parse_since(raw: str, limit: int) -> dict[str, int]:
 
 
 def _json_response(status: int, body: dict[str, Any]) -> Response:
-    return _raw_response(status, "application/json", jsonutil.dumps(body))
-
-
-def _raw_response(status: int, content_type: str, data: bytes) -> Response:
+    data = jsonutil.dumps(body)
     headers = Headers(
         [
-            ("Content-Type", content_type),
+            ("Content-Type", "application/json"),
             ("Content-Length", str(len(data))),
             ("Connection", "close"),
         ]
     )
+
     return Response(status, http.HTTPStatus(status).phrase, headers, data)
 
 
@@ -136,8 +135,8 @@ class Gateway:
         self.settings = settings
         self.metrics = Metrics()
         self.hub = Hub(settings, self.metrics)
-        self.app: ASGIApp = create_app(self.hub)
         self.sio = SocketIO(self)
+        self.app: ASGIApp = with_socketio(self.sio, create_app(self.hub))
         self.jwt = settings.jwt_config()
         self.server: Server | None = None
         self._rate_message = (
@@ -149,8 +148,8 @@ class Gateway:
     async def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
-        if path == SIO_PATH:
-            return await self.sio_request(ws, request, query, upgrade=upgrade)
+        if path == SIO_PATH and upgrade:
+            return await self.sio.process_request(ws, request)
         if path != "/ws" or not upgrade:
             if path == "/ws":
                 return _json_response(
@@ -199,28 +198,11 @@ class Gateway:
         ws.parley_auth = (principal, exp, session, since)  # type: ignore[attr-defined]
         return None
 
-    async def sio_request(
-        self, ws: ServerConnection, request: Request, query: str, *, upgrade: bool
-    ) -> Response | None:
-        """/socket.io/: a WebSocket upgrade (accepted here) or a long-polling request."""
-        if upgrade:
-            target = self.sio.check_upgrade(query, request.headers)
-            if isinstance(target, tuple):
-                return _raw_response(target[0], "application/json", target[1])
-            ws.parley_sio = target  # type: ignore[attr-defined]
-            return None
-        method = getattr(request, "method", "GET")
-        body = getattr(request, "body", b"") or b""
-        status, ctype, out = await self.sio.http(method, query, request.headers, body)
-        return _raw_response(status, ctype, out)
-
     # ------------------------------------------------------------------ WebSocket
 
     async def handler(self, ws: ServerConnection) -> None:
-        target = getattr(ws, "parley_sio", None)
-        if target is not None:
-            del ws.parley_sio  # type: ignore[attr-defined]
-            await self.sio.ws_handler(ws, target)
+        if hasattr(ws, "parley_sio"):
+            await self.sio.handler(ws)
             return
         auth: tuple[Principal, float, str | None, dict[str, int] | None] | None = getattr(
             ws, "parley_auth", None

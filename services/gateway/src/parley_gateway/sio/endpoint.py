@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import http
 import logging
 import secrets
 import time
@@ -32,6 +33,7 @@ from nats.aio.subscription import Subscription
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.auth import verify_token
@@ -263,6 +265,28 @@ class SocketIO:
             )
 
     # ------------------------------------------------------------------ WebSocket
+
+    async def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        """The WebSocket upgrade of /socket.io/: refused here, or accepted for ``handler``."""
+        _, _, query = request.path.partition("?")
+        target = self.check_upgrade(query, request.headers)
+        if isinstance(target, tuple):
+            status, body = target
+            headers = Headers(
+                [
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", str(len(body))),
+                    ("Connection", "close"),
+                ]
+            )
+            return Response(status, http.HTTPStatus(status).phrase, headers, body)
+        ws.parley_sio = target  # type: ignore[attr-defined]
+        return None
+
+    async def handler(self, ws: ServerConnection) -> None:
+        target: EioSession | str = ws.parley_sio  # type: ignore[attr-defined]
+        del ws.parley_sio  # type: ignore[attr-defined]
+        await self.ws_handler(ws, target)
 
     def check_upgrade(self, query: str, headers: Headers) -> tuple[int, bytes] | EioSession | str:
         """A WebSocket handshake on /socket.io/: the session to upgrade, a token, or an error."""
