@@ -1,5 +1,5 @@
 /**
- * Parley client protocol (protocol.md v1) — the one module of the web UI that speaks the wire.
+ * Parley client protocol (docs/protocol.md) — the one module of the web UI that speaks the wire.
  *
  * - Types mirror `libs/contract/src/parley_contract` (events.py, models.py, envelopes.py).
  * - `ParleyClient`: WebSocket `/ws?access_token=…`, request/reply by `id`, event subscription,

@@ -1,4 +1,4 @@
-"""JWT authentication (protocol.md 1): HS256 shared secret in development, RS256 in production."""
+"""JWT authentication (docs/protocol.md 1): HS256 in development, RS256 in production."""
 
 from __future__ import annotations
 

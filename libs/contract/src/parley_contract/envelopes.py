@@ -1,4 +1,4 @@
-"""Frames of protocol.md section 2: the design doc's success/error envelopes plus ``event``.
+"""Frames of docs/protocol.md section 2: the design doc's success/error envelopes plus ``event``.
 
 Server code builds frames as plain dicts through these helpers and serializes each frame once
 (``jsonutil.dumps``); the pydantic models below document and validate the same shapes (tests,

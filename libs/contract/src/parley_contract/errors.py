@@ -1,4 +1,4 @@
-"""Error codes of protocol.md section 5 and the exception that carries them through a service."""
+"""Error codes of docs/protocol.md (3.1, 6) and the exception that carries them in a service."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ class Durability(enum.StrEnum):
 
 
 class Event(enum.StrEnum):
-    # Client → server commands (design doc 2.2, protocol.md 3)
+    # Client → server commands (design doc 2.2, docs/protocol.md 3)
     CONVERSATION_CREATE = "conversation:create"
     CONVERSATION_JOIN = "conversation:join"
     CONVERSATION_LEAVE = "conversation:leave"
@@ -67,7 +67,7 @@ class Event(enum.StrEnum):
     AGENT_TOOL_CALLING = "agent:tool-calling"
     AGENT_ONLINE = "agent:online"
     AGENT_OFFLINE = "agent:offline"
-    # Parley additions (protocol.md 3: token streaming; tasks)
+    # Parley additions (docs/protocol.md 3 and 5: token streaming; tasks)
     MESSAGE_STREAM_START = "message:stream-start"
     MESSAGE_STREAM_DELTA = "message:stream-delta"
     MESSAGE_STREAM_END = "message:stream-end"

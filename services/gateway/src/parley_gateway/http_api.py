@@ -1,4 +1,4 @@
-"""The HTTP surface of protocol.md section 6 (GET only), as a FastAPI app called in process."""
+"""The HTTP surface of docs/protocol.md section 7 (GET only), as a FastAPI app called in process."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The public port: WebSocket ``/ws`` (protocol.md) and, in process, the HTTP API."""
+"""The public port: WebSocket ``/ws`` (docs/protocol.md) and, in process, the HTTP API."""
 
 from __future__ import annotations
 
