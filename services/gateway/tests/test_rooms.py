@@ -173,3 +173,47 @@ async def test_the_seeds_participant_shape_through_the_gateway(stack: Stack, cli
     assert got == [(ada, "user", True), (bob, "user", True)]
     status, body = await aget(f"{stack.gateway_url(1)}/v1/conversations/{cid}", token(bob))
     assert status == 200 and body["data"]["participants"] == r["data"]["participants"]
+
+
+async def test_delete_a_conversation(stack: Stack, clients: Any) -> None:
+    ada, bob = _uid("ada"), _uid("bob")
+    a = await clients(stack.ws_url(0), ada)
+    b = await clients(stack.ws_url(1), bob)
+    b_elsewhere = await clients(stack.ws_url(0), bob)  # connected, not watching it
+    cid = await _create(a, participants=[bob])
+    other = await _create(a, participants=[bob])
+    for c in (a, b):
+        assert (await c.cmd("conversation:join", {"conversationId": cid}))["success"]
+    assert (await a.cmd("message:send", {"conversationId": cid, "content": "hi"}))["success"]
+    # Only its creator may delete it.
+    r = await b.cmd("conversation:delete", {"conversationId": cid})
+    assert r["error"]["code"] == "FORBIDDEN", r
+    r = await a.cmd("conversation:delete", {"conversationId": cid})
+    assert r["success"], r
+    assert r["data"]["isActive"] is False and r["data"]["deletedAt"]
+    # The durable conversation:deleted reaches its members, joined or not.
+    for c in (a, b, b_elsewhere):
+        f = await c.wait_for(lambda f: f.get("event") == "conversation:deleted")
+        assert f["conversationId"] == cid and isinstance(f["seq"], int)
+        assert f["data"]["_id"] == cid and f["data"]["isActive"] is False
+    # Gone for everyone: writes, joins and reads answer NOT_FOUND, lists skip it.
+    for c in (a, b):
+        r = await c.cmd("message:send", {"conversationId": cid, "content": "still?"})
+        assert r["error"]["code"] == "NOT_FOUND", r
+        r = await c.cmd("conversation:join", {"conversationId": cid, "sinceSeq": 0})
+        assert r["error"]["code"] == "NOT_FOUND", r
+    r = await a.cmd("conversation:delete", {"conversationId": cid})
+    assert r["error"]["code"] == "NOT_FOUND", r
+    for who, gw in ((ada, 0), (bob, 1)):
+        status, body = await aget(f"{stack.gateway_url(gw)}/v1/conversations", token(who))
+        ids = [c["_id"] for c in body["data"]["items"]]
+        assert status == 200 and cid not in ids and other in ids
+        status, body = await aget(f"{stack.gateway_url(gw)}/v1/conversations/{cid}", token(who))
+        assert status == 404 and body["error"]["code"] == "NOT_FOUND"
+        status, body = await aget(
+            f"{stack.gateway_url(gw)}/v1/conversations/{cid}/messages", token(who)
+        )
+        assert status == 404 and body["error"]["code"] == "NOT_FOUND"
+    # An outsider still learns nothing (same answer as for a conversation that never was).
+    status, body = await aget(f"{stack.gateway_url(0)}/v1/conversations/{cid}", token(_uid("eve")))
+    assert status == 403

@@ -130,6 +130,10 @@ class ConversationLeave(InConversation):
     pass
 
 
+class ConversationDelete(InConversation):
+    pass
+
+
 class ConversationUpdate(InConversation):
     title: str | None = Field(default=None, max_length=MAX_TITLE_CHARS)
     description: str | None = Field(default=None, max_length=2000)
@@ -229,6 +233,7 @@ PAYLOADS: dict[Event, type[CommandData]] = {
     Event.CONVERSATION_JOIN: ConversationJoin,
     Event.CONVERSATION_LEAVE: ConversationLeave,
     Event.CONVERSATION_UPDATE: ConversationUpdate,
+    Event.CONVERSATION_DELETE: ConversationDelete,
     Event.MESSAGE_SEND: MessageSend,
     Event.MESSAGE_EDIT: MessageEdit,
     Event.MESSAGE_DELETE: MessageDelete,

@@ -39,6 +39,9 @@ class Event(enum.StrEnum):
     CONVERSATION_JOIN = "conversation:join"
     CONVERSATION_LEAVE = "conversation:leave"
     CONVERSATION_UPDATE = "conversation:update"
+    CONVERSATION_DELETE = (
+        "conversation:delete"  # Parley addition (naming rule: <resource>:<action>)
+    )
     MESSAGE_SEND = "message:send"
     MESSAGE_EDIT = "message:edit"
     MESSAGE_DELETE = "message:delete"
@@ -128,6 +131,13 @@ REGISTRY: dict[Event, EventSpec] = {
             "stop watching (unsubscribe this connection); participation unchanged",
         ),
         _spec(Event.CONVERSATION_UPDATE, _CMD, _X, _ALL, "change title, status, tags, agent..."),
+        _spec(
+            Event.CONVERSATION_DELETE,
+            _CMD,
+            _X,
+            _ALL,
+            "soft-delete a conversation (its creator only)",
+        ),
         _spec(Event.MESSAGE_SEND, _CMD, _X, _ALL, "post a message"),
         _spec(Event.MESSAGE_EDIT, _CMD, _X, _ALL, "edit one's own message"),
         _spec(Event.MESSAGE_DELETE, _CMD, _X, _ALL, "soft-delete one's own message"),
@@ -151,7 +161,7 @@ REGISTRY: dict[Event, EventSpec] = {
             _NONE,
             "conversation metadata or participants changed",
         ),
-        _spec(Event.CONVERSATION_DELETED, _EVT, _D, _NONE, "conversation closed/deleted"),
+        _spec(Event.CONVERSATION_DELETED, _EVT, _D, _NONE, "a conversation was deleted"),
         _spec(Event.MESSAGE_NEW, _EVT, _D, _NONE, "a stored message"),
         _spec(Event.MESSAGE_UPDATED, _EVT, _D, _NONE, "a message was edited"),
         _spec(Event.MESSAGE_DELETED, _EVT, _D, _NONE, "a message was soft-deleted"),

@@ -119,6 +119,8 @@ class Conversation(BaseDocument):
     context: ConversationContext | None = None
     # Parley: the seq of the latest durable event (what a resuming client compares with).
     last_seq: int = 0
+    # Parley: set when the conversation was deleted (soft: isActive false, kept in the store).
+    deleted_at: Timestamp | None = None
 
 
 # ---------------------------------------------------------------- Message

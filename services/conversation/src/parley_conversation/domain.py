@@ -112,10 +112,40 @@ def is_author(msg: Message, principal: Principal) -> bool:
 
 
 def authorize(conv: Conversation | None, principal: Principal) -> Conversation:
-    """The conversation if the principal may read/write it; else FORBIDDEN (revealing nothing)."""
+    """The conversation if the principal may read/write it; else FORBIDDEN (revealing nothing).
+
+    A deleted conversation is NOT_FOUND for its members (services still read its log: the
+    gateways' gap fill of the conversation:deleted event itself)."""
     if conv is None or not can_access(conv, principal):
         raise forbidden()
+    if conv.deleted_at is not None and principal.kind is not PrincipalKind.SERVICE:
+        raise deleted_error(conv.id)
     return conv
+
+
+def deleted_error(conversation_id: str) -> ParleyError:
+    return ParleyError(
+        ErrorCode.NOT_FOUND,
+        "the conversation was deleted",
+        {"conversationId": conversation_id, "reason": "deleted"},
+    )
+
+
+def is_owner(conv: Conversation, principal: Principal) -> bool:
+    """Its creator (still a participant), or one of Parley's services."""
+    if principal.kind is PrincipalKind.SERVICE:
+        return True
+    return conv.created_by == principal.id and can_access(conv, principal)
+
+
+def delete_conversation(conv: Conversation, principal: Principal) -> Conversation:
+    """The soft-deleted conversation (owner only: FORBIDDEN otherwise)."""
+    if not is_owner(conv, principal):
+        raise ParleyError(ErrorCode.FORBIDDEN, "only the conversation's creator may delete it")
+    at = later_than(conv.updated_at)
+    return conv.model_copy(
+        update={"is_active": False, "deleted_at": at, "updated_at": at, "updated_by": principal.id}
+    )
 
 
 # ---------------------------------------------------------------- validation helpers

@@ -282,6 +282,9 @@ class Sequencer:
                 if conv is None or not domain.can_access(conv, job.principal):
                     _fail([job], forbidden())
                     continue
+                if conv.deleted_at is not None:
+                    _fail([job], domain.deleted_error(cid))
+                    continue
                 if conv.status is ConversationStatus.CLOSED:
                     _fail([job], ParleyError(ErrorCode.CONFLICT, "the conversation is closed"))
                     continue

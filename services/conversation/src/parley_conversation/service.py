@@ -27,6 +27,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from parley_contract import commands, envelopes, jsonutil, subjects
 from parley_contract.commands import (
     ConversationCreate,
+    ConversationDelete,
     ConversationJoin,
     ConversationUpdate,
     MessageDelete,
@@ -70,6 +71,7 @@ HANDLED_COMMANDS: tuple[Event, ...] = (
     Event.CONVERSATION_CREATE,
     Event.CONVERSATION_JOIN,
     Event.CONVERSATION_UPDATE,
+    Event.CONVERSATION_DELETE,
     Event.MESSAGE_SEND,
     Event.MESSAGE_EDIT,
     Event.MESSAGE_DELETE,
@@ -549,6 +551,30 @@ class ConversationService:
             new = new.model_copy(update={"last_seq": max(new.last_seq, res.seq)})
         return model_json(new)
 
+    async def conversation_delete(self, p: Principal, data: dict[str, Any]) -> Any:
+        """Soft delete (creator only): isActive false + deletedAt, a durable
+        conversation:deleted to the conversation and to each participant, the running agent
+        turn stopped. Afterwards reads, joins and writes answer NOT_FOUND and lists skip it."""
+        cmd = commands.parse_payload(Event.CONVERSATION_DELETE, data)
+        assert isinstance(cmd, ConversationDelete)
+        for _ in range(UPDATE_RETRIES):
+            conv = await self._conversation(p, cmd.conversation_id)
+            if conv.deleted_at is not None:  # a service deleting twice
+                raise domain.deleted_error(conv.id)
+            new = domain.delete_conversation(conv, p)
+            if await self.store.update_conversation(conv, new):
+                break
+            await _backoff()
+        else:
+            raise ParleyError(ErrorCode.CONFLICT, "the conversation is changing too fast, retry")
+        new, frame = await self._append_conversation_event(Event.CONVERSATION_DELETED, new)
+        await self._notify([x for x in new.participants if x.active], frame)
+        stop = AgentStop(conversation_id=new.id, principal=p)
+        await self._publish(
+            subjects.AGENT_STOP, jsonutil.dumps(stop.model_dump(by_alias=True, mode="json"))
+        )
+        return model_json(new)
+
     async def message_send(self, p: Principal, data: dict[str, Any]) -> Any:
         cmd = commands.parse_payload(Event.MESSAGE_SEND, data)
         assert isinstance(cmd, MessageSend)
@@ -653,6 +679,7 @@ class ConversationService:
         Event.CONVERSATION_CREATE: conversation_create,
         Event.CONVERSATION_JOIN: conversation_join,
         Event.CONVERSATION_UPDATE: conversation_update,
+        Event.CONVERSATION_DELETE: conversation_delete,
         Event.MESSAGE_SEND: message_send,
         Event.MESSAGE_EDIT: message_edit,
         Event.MESSAGE_DELETE: message_delete,

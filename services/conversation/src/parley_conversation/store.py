@@ -421,6 +421,8 @@ class MongoStore:
             "participants",
             "tags",
             "context",
+            "isActive",
+            "deletedAt",
             "updatedAt",
             "updatedBy",
         )
@@ -449,6 +451,7 @@ class MongoStore:
                 {"agentId": principal.id},
                 {"participants": {"$elemMatch": {"agentId": principal.id, "leftAt": None}}},
             ]
+        query["isActive"] = {"$ne": False}  # deleted conversations are hidden
         if status is not None:
             query["status"] = status.value
         if cursor:

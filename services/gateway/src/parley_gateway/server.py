@@ -45,6 +45,7 @@ _RELAYED = frozenset(
     {
         Event.CONVERSATION_CREATE,
         Event.CONVERSATION_UPDATE,
+        Event.CONVERSATION_DELETE,
         Event.MESSAGE_SEND,
         Event.MESSAGE_EDIT,
         Event.MESSAGE_DELETE,
