@@ -11,15 +11,16 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import pytest
 from pymongo import AsyncMongoClient
 
 from parley_contract.commands import ConversationCreate, MessageSend
 from parley_contract.errors import ParleyError
-from parley_contract.events import PrincipalKind
+from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import Principal
 from parley_conversation import domain
 from parley_conversation.sequencer import Sequencer
-from parley_conversation.store import WRITE_CONCERNS, MongoStore
+from parley_conversation.store import WRITE_CONCERNS, MongoStore, PendingEvent
 from parley_devstack.servers import StoreServer
 
 
@@ -89,3 +90,35 @@ async def test_acked_sends_survive_a_kill_9_of_the_store(tmp_path: Path) -> None
             await client.close()
     finally:
         restarted.stop()
+
+
+async def test_after_a_store_error_the_next_seq_comes_from_the_log(
+    store_server: StoreServer, db_name: str
+) -> None:
+    """A cached next seq is dropped after any error: a log found shorter than what this
+    replica wrote (a write lost behind its back) is continued without a hole."""
+    store = MongoStore(store_server.url, db_name)
+    await store.init()
+
+    def entry(text: str) -> PendingEvent:
+        return PendingEvent(Event.TASK_CREATED, lambda _seq: {"text": text})
+
+    def broken(_seq: int) -> dict[str, str]:
+        raise RuntimeError("the build of this entry fails")
+
+    try:
+        await store.append_events({"c1": [entry("a"), entry("b")]})
+        await store.messages.delete_one({"conversationId": "c1", "seq": 2})  # lost
+        with pytest.raises(RuntimeError):
+            await store.append_events({"c1": [PendingEvent(Event.TASK_CREATED, broken)]})
+        res = await store.append_events({"c1": [entry("c")]})
+        assert res["c1"][0].seq == 2  # from the log; the cache said 3 (a hole at 2)
+        # no error: the cache is used (and is right: nothing else wrote)
+        res = await store.append_events({"c1": [entry("d")]})
+        assert res["c1"][0].seq == 3
+        store.forget_seqs()
+        await store.messages.delete_one({"conversationId": "c1", "seq": 3})
+        res = await store.append_events({"c1": [entry("e")]})
+        assert res["c1"][0].seq == 3
+    finally:
+        await store.close()

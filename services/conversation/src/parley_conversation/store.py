@@ -32,6 +32,12 @@ from pydantic import ConfigDict, ValidationError
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.monitoring import (
+    ServerClosedEvent,
+    ServerDescriptionChangedEvent,
+    ServerListener,
+    ServerOpeningEvent,
+)
 
 from parley_contract import envelopes
 from parley_contract.errors import ErrorCode, ParleyError
@@ -311,6 +317,25 @@ class Repository(Protocol):
 # ---------------------------------------------------------------- MongoDB
 
 
+class _ForgetSeqsOnServerChange(ServerListener):
+    """pymongo's server monitoring: a server that becomes unreachable, comes back or changes
+    role drops the store's cached next seqs (MongoStore.forget_seqs)."""
+
+    def __init__(self, store: MongoStore) -> None:
+        self._store = store
+
+    def opened(self, event: ServerOpeningEvent) -> None:
+        return None
+
+    def description_changed(self, event: ServerDescriptionChangedEvent) -> None:
+        old, new = event.previous_description, event.new_description
+        if old.server_type != new.server_type or old.error != new.error:
+            self._store.forget_seqs()
+
+    def closed(self, event: ServerClosedEvent) -> None:
+        self._store.forget_seqs()
+
+
 class MongoStore:
     """The repository on any MongoDB-wire server (SecantusDB embedded, or MongoDB)."""
 
@@ -319,9 +344,11 @@ class MongoStore:
     ) -> None:
         if write_concern not in WRITE_CONCERNS:
             raise ValueError(f"write concern: one of {', '.join(WRITE_CONCERNS)}")
+        self._next_seq: OrderedDict[str, int] = OrderedDict()
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             url,
             **WRITE_CONCERNS[write_concern],
+            event_listeners=[_ForgetSeqsOnServerChange(self)],
             tz_aware=True,
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
@@ -335,7 +362,6 @@ class MongoStore:
         self.legacy_events: AsyncCollection[dict[str, Any]] = self._db["events"]
         self.totals: AsyncCollection[dict[str, Any]] = self._db["conversation_totals"]
         self.tasks: AsyncCollection[dict[str, Any]] = self._db["tasks"]
-        self._next_seq: OrderedDict[str, int] = OrderedDict()
 
     async def init(self) -> None:
         """Create the collections' indexes (idempotent)."""
@@ -505,6 +531,26 @@ class MongoStore:
         return {d["_id"]: conversation_from(d) for d in docs}
 
     async def append_events(
+        self, groups: Mapping[str, Sequence[PendingEvent]]
+    ) -> dict[str, list[AppendResult]]:
+        """See :meth:`_append_events`. After an error (or a cancellation) what was stored is
+        unknown: the next seqs of these conversations are read from the log again, never
+        taken from a cache that may be behind or ahead of it (issue 11)."""
+        try:
+            return await self._append_events(groups)
+        except BaseException:
+            for cid in groups:
+                self._next_seq.pop(cid, None)
+            raise
+
+    def forget_seqs(self) -> None:
+        """Drop every cached next seq: the store was unreachable or changed servers (a restart
+        may have lost what was not durable); the next writes read the log's maximum."""
+        if self._next_seq:
+            logger.info("store topology changed: %d cached next seqs dropped", len(self._next_seq))
+        self._next_seq.clear()
+
+    async def _append_events(
         self, groups: Mapping[str, Sequence[PendingEvent]]
     ) -> dict[str, list[AppendResult]]:
         """Store each conversation's frames in order with consecutive seqs, in one
