@@ -5,6 +5,7 @@ import {
   ParleyClient,
   ParleyError,
   wsUrl,
+  base64url,
   type ServerFrame,
   type SocketLike,
 } from './protocol';
@@ -178,7 +179,7 @@ describe('ParleyClient', () => {
     expect(client.joinedConversations()).toEqual(['conv-1']);
   });
 
-  it('reconnects with its session, rejoins from lastSeq and shows nothing twice', async () => {
+  it('resumes with its session and its own lastSeqs: nothing twice, nothing missed', async () => {
     const { client, sockets, fireReconnect } = harness();
     const states: string[] = [];
     client.onState((s) => states.push(s));
@@ -197,21 +198,37 @@ describe('ParleyClient', () => {
     expect(client.state).toBe('reconnecting');
     fireReconnect();
     expect(sockets).toHaveLength(2);
-    expect(sockets[1].url).toContain('session=ses-42');
+    const url = new URL(sockets[1].url);
+    expect(url.searchParams.get('session')).toBe('ses-42');
+    // our own last seqs, base64url JSON: authoritative over the session's saved ones
+    expect(url.searchParams.get('since')).toBe(base64url(JSON.stringify({ 'conv-1': 2 })));
     sockets[1].accept(Ev.RECONNECTED, 'ses-42', {
-      conversations: [{ conversationId: 'conv-1', lastSeq: 1 }],
+      conversations: [{ conversationId: 'conv-1', lastSeq: 2 }],
     });
     expect(client.state).toBe('open');
     expect(client.reconnects).toBe(1);
-    // The server replays from what it thinks it delivered; the client rejoins from what it got.
-    sockets[1].push(msg('conv-1', 2));
-    sockets[1].push(msg('conv-1', 3));
-    const rejoin = sockets[1].sent.find((f) => f.event === 'conversation:join');
-    expect(rejoin?.data).toEqual({ conversationId: 'conv-1', sinceSeq: 2 });
+    // restored from our lastSeq by the gateway: no second join
+    expect(sockets[1].sent.find((f) => f.event === 'conversation:join')).toBeUndefined();
     sockets[1].push(msg('conv-1', 3));
     sockets[1].push(msg('conv-1', 4));
     expect(seen).toEqual([1, 2, 3, 4]);
     expect(states).toEqual(['connecting', 'open', 'reconnecting', 'open']);
+  });
+
+  it('joins again from lastSeq what the resume did not restore', async () => {
+    const { client, sockets, fireReconnect } = harness();
+    const c = client.connect();
+    sockets[0].accept(Ev.CONNECTED, 'ses-42');
+    await c;
+    const j = client.join('conv-1', 0);
+    sockets[0].reply(0, { lastSeq: 0 });
+    await j;
+    sockets[0].push(msg('conv-1', 1));
+    sockets[0].close(1006, 'gone');
+    fireReconnect();
+    sockets[1].accept(Ev.CONNECTED, 'ses-43'); // the session expired: a new one
+    const rejoin = sockets[1].sent.find((f) => f.event === 'conversation:join');
+    expect(rejoin?.data).toEqual({ conversationId: 'conv-1', sinceSeq: 1 });
   });
 
   it('retries message:send after a drop with the same clientMessageId', async () => {

@@ -171,6 +171,8 @@ export interface ConnectedData {
   instanceId: string;
   heartbeatSeconds?: number;
   limits?: Record<string, number>;
+  /** `reconnected` only: the conversations restored and the seq each resumed after. */
+  conversations?: { conversationId: string; lastSeq: number }[];
   [key: string]: unknown;
 }
 
@@ -282,12 +284,27 @@ export function defaultBackoff(attempt: number): number {
   return Math.round(base * (0.75 + Math.random() * 0.5));
 }
 
-export function wsUrl(base: string, token: string, sessionId?: string | null): string {
+export function wsUrl(
+  base: string,
+  token: string,
+  sessionId?: string | null,
+  since?: Record<string, number>,
+): string {
   const u = new URL('/ws', base);
   u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
   u.searchParams.set('access_token', token);
   if (sessionId) u.searchParams.set('session', sessionId);
+  if (sessionId && since && Object.keys(since).length > 0) {
+    // Exact resume (protocol 1, "Exactness"): our own last seqs are authoritative; the
+    // session's saved ones may be up to a flush interval behind after a gateway crash.
+    u.searchParams.set('since', base64url(JSON.stringify(since)));
+  }
   return u.toString();
+}
+
+/** base64url without padding of an ASCII string (conversation ids are ASCII). */
+export function base64url(text: string): string {
+  return btoa(text).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
 }
 
 let clientSeq = 0;
@@ -416,7 +433,9 @@ export class ParleyClient {
   }
 
   private open(): void {
-    const url = wsUrl(this.currentBase, this.opts.token, this.sessionId);
+    const since: Record<string, number> = {};
+    for (const cid of this.joined) since[cid] = this.lastSeq(cid);
+    const url = wsUrl(this.currentBase, this.opts.token, this.sessionId, since);
     let ws: SocketLike;
     try {
       ws = this.opts.socketFactory(url);
@@ -575,10 +594,14 @@ export class ParleyClient {
     }
     if (wasDropped) {
       // Resume every joined conversation from the last seq we actually received. After
-      // `reconnected` the gateway restored the subscriptions already; joining again with our
-      // own lastSeq closes any window between what it sent and what we got (duplicates are
-      // dropped by seq). After `connected` (session expired) this is the only way back.
+      // `reconnected` the gateway restored the session's conversations already, from the last
+      // seqs we sent in `since` (exact: nothing twice, nothing missed); the others (and all of
+      // them after `connected`: the session expired) are joined again from our lastSeq.
+      const restored = new Set(
+        resumed ? (data?.conversations ?? []).map((c) => c.conversationId) : [],
+      );
       for (const cid of this.joined) {
+        if (restored.has(cid)) continue;
         this.request(Ev.CONVERSATION_JOIN, {
           conversationId: cid,
           sinceSeq: this.lastSeq(cid),
