@@ -483,8 +483,14 @@ def new_message(principal: Principal, cmd: MessageSend, *, agent_id: str | None 
         value = getattr(cmd, name)
         if value is not None:
             data[name] = value
-    if principal.name and "name" not in data and principal.kind is not PrincipalKind.SERVICE:
-        data["name"] = principal.name
+    if principal.kind is not PrincipalKind.SERVICE:
+        # Who wrote it comes from the token (its name claim, else the id), never from the
+        # client: bob cannot post as "Alice". Services write for others and may name them.
+        # A tool result may carry the name of a tool it reports on (OpenAI's tool messages;
+        # the seed's cases 5, 12, 14, 16).
+        tools = {r.tool_name for r in cmd.tool_results or []}
+        if not (role is Role.TOOL and cmd.name in tools):
+            data["name"] = principal.name or principal.id
     return Message.model_validate(data)
 
 
@@ -525,8 +531,13 @@ def totals_of(messages: list[Message], event_seqs: list[int]) -> Totals:
     return t
 
 
-def edited(msg: Message, principal: Principal, content: str) -> Message:
-    if principal.kind is not PrincipalKind.SERVICE and not is_author(msg, principal):
+def edited(msg: Message, principal: Principal, content: str, *, moderator: bool = False) -> Message:
+    """``moderator``: the role matrix (roles) allows this principal to edit any message."""
+    if (
+        not moderator
+        and principal.kind is not PrincipalKind.SERVICE
+        and not is_author(msg, principal)
+    ):
         raise ParleyError(ErrorCode.FORBIDDEN, "you can only edit your own messages")
     if msg.deleted_at is not None or not msg.is_active:
         raise ParleyError(ErrorCode.CONFLICT, "the message was deleted")
@@ -540,8 +551,13 @@ def edited(msg: Message, principal: Principal, content: str) -> Message:
     )
 
 
-def deleted(msg: Message, principal: Principal) -> Message:
-    if principal.kind is not PrincipalKind.SERVICE and not is_author(msg, principal):
+def deleted(msg: Message, principal: Principal, *, moderator: bool = False) -> Message:
+    """``moderator``: the role matrix (roles) allows this principal to delete any message."""
+    if (
+        not moderator
+        and principal.kind is not PrincipalKind.SERVICE
+        and not is_author(msg, principal)
+    ):
         raise ParleyError(ErrorCode.FORBIDDEN, "you can only delete your own messages")
     if msg.deleted_at is not None:
         raise ParleyError(ErrorCode.CONFLICT, "the message was already deleted")

@@ -30,11 +30,11 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from parley_contract import jsonutil, subjects
-from parley_contract.errors import ErrorCode, ParleyError, forbidden
+from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event
 from parley_contract.internal import Principal
 from parley_contract.models import Conversation, ConversationStatus, Message
-from parley_conversation import domain
+from parley_conversation import domain, roles
 from parley_conversation.store import AppendResult, MessageTotals, PendingEvent, Repository
 
 logger = logging.getLogger(__name__)
@@ -279,8 +279,10 @@ class Sequencer:
                 if isinstance(job, _Event):
                     kept.append(job)
                     continue
-                if conv is None or not domain.can_access(conv, job.principal):
-                    _fail([job], forbidden())
+                role = roles.role_of(conv, job.principal) if conv is not None else None
+                if conv is None or not roles.may(role, roles.Action.POST):
+                    # The role matrix (parley_conversation.roles): observers read only.
+                    _fail([job], roles.denial(role, roles.Action.POST))
                     continue
                 if conv.deleted_at is not None:
                     _fail([job], domain.deleted_error(cid))

@@ -58,7 +58,7 @@ from parley_contract.models import (
 )
 from parley_contract.streams import ensure_agent_turns_stream
 from parley_contract.timeutil import iso
-from parley_conversation import domain
+from parley_conversation import domain, roles
 from parley_conversation.idempotency import KEYED_EVENTS, command_key, log_key, with_key
 from parley_conversation.legacy import fold_legacy_event_log
 from parley_conversation.sequencer import Sequencer
@@ -530,6 +530,9 @@ class ConversationService:
         for _ in range(UPDATE_RETRIES):
             conv = await self._conversation(p, cmd.conversation_id)
             change = domain.apply_update(conv, p, cmd)
+            role = roles.role_of(conv, p)
+            for action in sorted(roles.update_actions(conv, change.conversation, p)):
+                roles.require(role, action)
             if not change.changed:
                 return model_json(conv)
             if await self.store.update_conversation(conv, change.conversation):
@@ -586,12 +589,14 @@ class ConversationService:
         res = await self.sequencer.send(p, msg)
         return res.message
 
-    async def _message_for_change(self, p: Principal, cid: str, mid: str) -> Message:
-        await self._conversation(p, cid, totals=False)
+    async def _message_for_change(
+        self, p: Principal, cid: str, mid: str
+    ) -> tuple[roles.ConversationRole | None, Message]:
+        conv = await self._conversation(p, cid, totals=False)
         msg = await self.store.get_message(cid, mid)
         if msg is None:
             raise ParleyError(ErrorCode.NOT_FOUND, "no such message in this conversation")
-        return msg
+        return roles.role_of(conv, p), msg
 
     async def _publish_message_event(self, event: Event, msg: Message) -> Any:
         data = model_json(msg)
@@ -603,8 +608,9 @@ class ConversationService:
     async def message_edit(self, p: Principal, data: dict[str, Any]) -> Any:
         cmd = commands.parse_payload(Event.MESSAGE_EDIT, data)
         assert isinstance(cmd, MessageEdit)
-        msg = await self._message_for_change(p, cmd.conversation_id, cmd.message_id)
-        new = domain.edited(msg, p, cmd.content)
+        role, msg = await self._message_for_change(p, cmd.conversation_id, cmd.message_id)
+        roles.require(role, roles.message_action(msg, p, delete=False))
+        new = domain.edited(msg, p, cmd.content, moderator=True)
         stored = await self.store.update_message(
             msg.conversation_id,
             msg.id,
@@ -622,8 +628,9 @@ class ConversationService:
     async def message_delete(self, p: Principal, data: dict[str, Any]) -> Any:
         cmd = commands.parse_payload(Event.MESSAGE_DELETE, data)
         assert isinstance(cmd, MessageDelete)
-        msg = await self._message_for_change(p, cmd.conversation_id, cmd.message_id)
-        new = domain.deleted(msg, p)
+        role, msg = await self._message_for_change(p, cmd.conversation_id, cmd.message_id)
+        roles.require(role, roles.message_action(msg, p, delete=True))
+        new = domain.deleted(msg, p, moderator=True)
         stored = await self.store.update_message(
             msg.conversation_id,
             msg.id,
@@ -643,7 +650,8 @@ class ConversationService:
         cmd = commands.parse_payload(Event.MESSAGE_REACT, data)
         assert isinstance(cmd, MessageReact)
         emoji = domain.check_emoji(cmd.emoji)
-        await self._message_for_change(p, cmd.conversation_id, cmd.message_id)
+        role, _msg = await self._message_for_change(p, cmd.conversation_id, cmd.message_id)
+        roles.require(role, roles.Action.REACT)
         stored = await self.store.react(
             cmd.conversation_id, cmd.message_id, emoji, p.id, cmd.remove
         )
@@ -654,7 +662,8 @@ class ConversationService:
     async def message_stop(self, p: Principal, data: dict[str, Any]) -> Any:
         cmd = commands.parse_payload(Event.MESSAGE_STOP, data)
         assert isinstance(cmd, MessageStop)
-        await self._conversation(p, cmd.conversation_id, totals=False)
+        conv = await self._conversation(p, cmd.conversation_id, totals=False)
+        roles.require(roles.role_of(conv, p), roles.Action.STOP)
         stop = AgentStop(conversation_id=cmd.conversation_id, principal=p)
         await self._publish(
             subjects.AGENT_STOP, jsonutil.dumps(stop.model_dump(by_alias=True, mode="json"))
@@ -665,6 +674,7 @@ class ConversationService:
         cmd = commands.parse_payload(Event.TASK_CREATE, data)
         assert isinstance(cmd, TaskCreate)
         conv = await self._conversation(p, cmd.conversation_id, totals=False)
+        roles.require(roles.role_of(conv, p), roles.Action.CREATE_TASK)
         task = domain.new_task(p, cmd, conv)
         await self.store.insert_task(task)
         wire = {k: iso(v) if isinstance(v, datetime) else v for k, v in task.items()}
