@@ -18,6 +18,7 @@ SEND = subjects.command(Event.MESSAGE_SEND)
 EDIT = subjects.command(Event.MESSAGE_EDIT)
 DELETE = subjects.command(Event.MESSAGE_DELETE)
 REACT = subjects.command(Event.MESSAGE_REACT)
+DELETE_CONV = subjects.command(Event.CONVERSATION_DELETE)
 
 ALICE, BOB, OBS = user("u-alice"), user("u-bob"), user("u-obs")
 AGENT = agent("agent-1")
@@ -133,3 +134,19 @@ async def test_whose_messages_may_be_changed(
         EDIT, {"conversationId": cid, "messageId": mine["data"]["_id"], "content": "ok"}, carol
     )
     assert r["success"] and r["data"]["content"] == "ok", r
+
+
+async def test_only_the_owner_deletes_the_conversation(
+    service: ConversationService, request_: Request
+) -> None:
+    cid = await room(request_)
+    # Participants, observers, the agent, and an agent whose id is the owner's (invited).
+    r = await request_(
+        UPDATE, {"conversationId": cid, "addParticipants": [{"agentId": "u-alice"}]}, ALICE
+    )
+    assert r["success"], r
+    for who in (BOB, OBS, AGENT, agent("u-alice")):
+        r = await request_(DELETE_CONV, {"conversationId": cid}, who)
+        assert forbidden(r), (who, r)
+    r = await request_(DELETE_CONV, {"conversationId": cid}, ALICE)
+    assert r["success"] and r["data"]["deletedAt"], r

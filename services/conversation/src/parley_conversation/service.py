@@ -564,6 +564,7 @@ class ConversationService:
             conv = await self._conversation(p, cmd.conversation_id)
             if conv.deleted_at is not None:  # a service deleting twice
                 raise domain.deleted_error(conv.id)
+            roles.require(roles.role_of(conv, p), roles.Action.DELETE)  # the role matrix
             new = domain.delete_conversation(conv, p)
             if await self.store.update_conversation(conv, new):
                 break
