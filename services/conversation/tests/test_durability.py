@@ -122,3 +122,10 @@ async def test_after_a_store_error_the_next_seq_comes_from_the_log(
         assert res["c1"][0].seq == 3
     finally:
         await store.close()
+
+
+def test_the_store_can_be_made_outside_an_event_loop() -> None:
+    """The service builds its MongoStore before its loop runs (python -m parley_conversation):
+    the pool listener that drops cached seqs must not need one."""
+    store = MongoStore("mongodb://127.0.0.1:1", "unused")
+    store.forget_seqs()

@@ -33,10 +33,18 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnD
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.monitoring import (
-    ServerClosedEvent,
-    ServerDescriptionChangedEvent,
-    ServerListener,
-    ServerOpeningEvent,
+    ConnectionCheckedInEvent,
+    ConnectionCheckedOutEvent,
+    ConnectionCheckOutFailedEvent,
+    ConnectionCheckOutStartedEvent,
+    ConnectionClosedEvent,
+    ConnectionCreatedEvent,
+    ConnectionPoolListener,
+    ConnectionReadyEvent,
+    PoolClearedEvent,
+    PoolClosedEvent,
+    PoolCreatedEvent,
+    PoolReadyEvent,
 )
 
 from parley_contract import envelopes
@@ -317,23 +325,47 @@ class Repository(Protocol):
 # ---------------------------------------------------------------- MongoDB
 
 
-class _ForgetSeqsOnServerChange(ServerListener):
-    """pymongo's server monitoring: a server that becomes unreachable, comes back or changes
-    role drops the store's cached next seqs (MongoStore.forget_seqs)."""
+class _ForgetSeqsOnPoolCleared(ConnectionPoolListener):
+    """pymongo's connection monitoring: the driver clears a server's pool when it finds the
+    server unreachable or changed (a network error, a restart, a step-down); that drops the
+    store's cached next seqs (MongoStore.forget_seqs). Connection-pool events are published
+    synchronously (server events would need a running loop when the client is made)."""
 
     def __init__(self, store: MongoStore) -> None:
         self._store = store
 
-    def opened(self, event: ServerOpeningEvent) -> None:
+    def pool_cleared(self, event: PoolClearedEvent) -> None:
+        self._store.forget_seqs()
+
+    def pool_created(self, event: PoolCreatedEvent) -> None:
         return None
 
-    def description_changed(self, event: ServerDescriptionChangedEvent) -> None:
-        old, new = event.previous_description, event.new_description
-        if old.server_type != new.server_type or old.error != new.error:
-            self._store.forget_seqs()
+    def pool_ready(self, event: PoolReadyEvent) -> None:
+        return None
 
-    def closed(self, event: ServerClosedEvent) -> None:
-        self._store.forget_seqs()
+    def pool_closed(self, event: PoolClosedEvent) -> None:
+        return None
+
+    def connection_created(self, event: ConnectionCreatedEvent) -> None:
+        return None
+
+    def connection_ready(self, event: ConnectionReadyEvent) -> None:
+        return None
+
+    def connection_closed(self, event: ConnectionClosedEvent) -> None:
+        return None
+
+    def connection_check_out_started(self, event: ConnectionCheckOutStartedEvent) -> None:
+        return None
+
+    def connection_check_out_failed(self, event: ConnectionCheckOutFailedEvent) -> None:
+        return None
+
+    def connection_checked_out(self, event: ConnectionCheckedOutEvent) -> None:
+        return None
+
+    def connection_checked_in(self, event: ConnectionCheckedInEvent) -> None:
+        return None
 
 
 class MongoStore:
@@ -348,7 +380,7 @@ class MongoStore:
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             url,
             **WRITE_CONCERNS[write_concern],
-            event_listeners=[_ForgetSeqsOnServerChange(self)],
+            event_listeners=[_ForgetSeqsOnPoolCleared(self)],
             tz_aware=True,
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
@@ -544,10 +576,12 @@ class MongoStore:
             raise
 
     def forget_seqs(self) -> None:
-        """Drop every cached next seq: the store was unreachable or changed servers (a restart
-        may have lost what was not durable); the next writes read the log's maximum."""
+        """Drop every cached next seq: the store was unreachable or changed (a restart may
+        have lost what was not durable); the next writes read the log's maximum."""
         if self._next_seq:
-            logger.info("store topology changed: %d cached next seqs dropped", len(self._next_seq))
+            logger.info(
+                "store connection pool cleared: %d cached next seqs dropped", len(self._next_seq)
+            )
         self._next_seq.clear()
 
     async def _append_events(
