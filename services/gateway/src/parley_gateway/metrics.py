@@ -74,6 +74,11 @@ class Metrics:
         self.slow_consumers = Counter(
             "parley_gateway_slow_consumers_total", "Clients closed with 1013", registry=r
         )
+        self.origin_refusals = Counter(
+            "parley_gateway_origin_refusals_total",
+            "WebSocket upgrades refused for their Origin header",
+            registry=r,
+        )
         self.evictions = Counter(
             "parley_gateway_evictions_total",
             "Connections dropped from a conversation whose audience no longer admits them",

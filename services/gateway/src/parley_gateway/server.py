@@ -31,6 +31,7 @@ from parley_gateway.conn import Conn
 from parley_gateway.http_api import create_app
 from parley_gateway.hub import Hub
 from parley_gateway.metrics import Metrics
+from parley_gateway.origins import PolicyCORSMiddleware, origin_refusal
 from parley_gateway.settings import Settings
 from parley_gateway.sio.asgi import with_socketio
 from parley_gateway.sio.endpoint import PATH as SIO_PATH
@@ -137,8 +138,13 @@ class Gateway:
         self.metrics = Metrics()
         self.hub = Hub(settings, self.metrics)
         self.sio = SocketIO(self)
-        self.app: ASGIApp = with_socketio(self.sio, create_app(self.hub))
         self.jwt = settings.jwt_config()
+        self.origins = settings.origin_policy()
+        # Browser origins gate every HTTP request (socket.io polling included) and answer
+        # CORS for the allowed ones; upgrades are gated in process_request.
+        self.app: ASGIApp = PolicyCORSMiddleware(
+            with_socketio(self.sio, create_app(self.hub)), self.origins
+        )
         self.server: Server | None = None
         self._rate_message = (
             f"more than {settings.commands_per_second:g} commands per second (burst 2x)"
@@ -149,6 +155,10 @@ class Gateway:
     async def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        if upgrade:
+            refused = self._refuse_origin(request)
+            if refused is not None:
+                return refused
         if path == SIO_PATH and upgrade:
             return await self.sio.process_request(ws, request)
         if path != "/ws" or not upgrade:
@@ -198,6 +208,16 @@ class Gateway:
         # fails after this point).
         ws.parley_auth = (principal, exp, session, since)  # type: ignore[attr-defined]
         return None
+
+    def _refuse_origin(self, request: Request) -> Response | None:
+        """403 for an upgrade (``/ws`` or ``/socket.io/``) from a browser origin that is not
+        allowed; checked before anything else, the token included (docs/security.md)."""
+        origins = request.headers.get_all("Origin")
+        hosts = request.headers.get_all("Host")
+        if self.origins.allows_all(origins, hosts):
+            return None
+        self.metrics.origin_refusals.inc()
+        return _json_response(403, origin_refusal(origins))
 
     # ------------------------------------------------------------------ WebSocket
 

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from parley_contract.auth import DEV_JWT_SECRET, JwtConfig, check_secret_for_environment
 from parley_contract.commands import MAX_CONTENT_CHARS
 from parley_contract.ids import new_id
+from parley_gateway.origins import OriginPolicy
 
 
 def _default_instance_id() -> str:
@@ -98,6 +99,11 @@ class Settings(BaseSettings):
     session_flush_seconds: float = Field(
         default=0.25, gt=0, validation_alias=_env("PARLEY_GATEWAY_SESSION_FLUSH_SECONDS")
     )
+    # Browser origins allowed besides the gateway's own (same host as the request's Host) and,
+    # in development, localhost: comma-separated scheme://host[:port], or * (see origins.py).
+    allowed_origins: str = Field(
+        default="", validation_alias=_env("PARLEY_GATEWAY_ALLOWED_ORIGINS")
+    )
     web_dist: str | None = Field(
         default_factory=_default_web_dist, validation_alias=_env("PARLEY_GATEWAY_WEB_DIST")
     )
@@ -108,6 +114,9 @@ class Settings(BaseSettings):
             secret=self.jwt_secret,
             public_key=self.jwt_public_key,
         )
+
+    def origin_policy(self) -> OriginPolicy:
+        return OriginPolicy(self.allowed_origins, development=self.environment == "development")
 
     def check(self) -> None:
         """Refuse the development secret outside development."""
