@@ -71,5 +71,11 @@ selfcontained:
 bench: setup
 	$(UV) run --frozen python -m bench
 
+# kill -9 each part of a running stack under load; fails when an acked message is lost,
+# duplicated or delivered out of order (docs/reliability.md). One scenario: make faults S=nats
+.PHONY: faults
+faults: setup
+	$(UV) run --frozen python -m bench.faults $(S)
+
 clean:
 	rm -rf .venv var artifacts web/dist web/node_modules bench/loadgen/node_modules tests/socketio/node_modules

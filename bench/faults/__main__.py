@@ -1,0 +1,78 @@
+"""``python -m bench.faults [scenario ...]``: run the fault scenarios, print the table, write
+bench/results/faults-latest.json; exit 1 when any scenario fails."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.faults import report
+from bench.faults.scenarios import BY_NAME, SCENARIOS, Timing, run
+
+logger = logging.getLogger("bench.faults")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__)
+    ap.add_argument("scenarios", nargs="*", help=f"default: all of {', '.join(BY_NAME)}")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the kill")
+    ap.add_argument("--after", type=float, default=6.0, help="seconds of load after the restart")
+    ap.add_argument("--interval", type=float, default=0.25, help="pause between a client's sends")
+    ap.add_argument("--conversations", type=int, default=4)
+    ap.add_argument("--members", type=int, default=5, help="clients per conversation")
+    ap.add_argument("--out", type=Path, help="JSON file (default bench/results/faults-latest.json)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    return ap.parse_args(argv)
+
+
+async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
+    timing = Timing(args.warmup, args.after, args.interval, args.conversations, args.members)
+    chosen = [BY_NAME[n] for n in args.scenarios] if args.scenarios else SCENARIOS
+    results = []
+    for scenario in chosen:
+        logger.info("scenario %s: kill -9 %s", scenario.name, scenario.what)
+        try:
+            result = await run(scenario, timing)
+        except Exception as exc:  # a scenario that cannot run is a failing row, not a crash
+            logger.exception("scenario %s could not run", scenario.name)
+            result = {
+                "scenario": scenario.name,
+                "killed": scenario.what,
+                "ok": False,
+                "why": [f"could not run: {exc!r}"],
+            }
+        logger.info(
+            "scenario %s: %s %s",
+            scenario.name,
+            "pass" if result["ok"] else "FAIL",
+            "; ".join(result.get("why", [])),
+        )
+        results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    unknown = [n for n in args.scenarios if n not in BY_NAME]
+    if unknown:
+        logger.error("unknown scenario(s) %s; known: %s", unknown, ", ".join(BY_NAME))
+        return 2
+    results = asyncio.run(main_async(args))
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    path = report.write_json(results, settings, args.out)
+    sys.stdout.write(report.table(results) + "\n")
+    logger.info("results written to %s", path)
+    return 0 if all(r.get("ok") for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The stack under fault: real processes on free ports, killed with SIGKILL and restarted.
+
+A thin layer over :class:`parley_devstack.stack.Stack` (the same processes ``make run`` and
+the bench start): nats-server with JetStream, the embedded MongoDB-wire store (SecantusDB)
+as its own process, two gateways, conversation replicas and agent bridges with the offline
+demo agent. ``kill`` is ``kill -9``; ``restart`` starts the same command again on the same
+port and data folder, as a supervisor (compose, Kubernetes) would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from parley_devstack.servers import ManagedProcess, free_port, wait_port
+from parley_devstack.stack import ServiceProcess, Stack, StackConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Topology:
+    conversation_replicas: int = 1
+    agent_bridges: int = 0
+    gateways: int = 2
+
+
+class FaultStack:
+    def __init__(self, workdir: Path, topology: Topology, log_level: str = "WARNING") -> None:
+        self.topology = topology
+        self.stack = Stack(
+            StackConfig(
+                workdir=workdir,
+                gateway_ports=[free_port() for _ in range(topology.gateways)],
+                conversation_replicas=topology.conversation_replicas,
+                agent_bridges=topology.agent_bridges,
+                log_level=log_level,
+                database="faults",
+            )
+        )
+
+    def start(self) -> FaultStack:
+        self.stack.start()
+        return self
+
+    def stop(self) -> None:
+        self.stack.stop()
+
+    @property
+    def ws_urls(self) -> list[str]:
+        return [self.stack.ws_url(i) for i in range(len(self.stack.gateways))]
+
+    @property
+    def http_urls(self) -> list[str]:
+        return [self.stack.gateway_url(i) for i in range(len(self.stack.gateways))]
+
+    # ------------------------------------------------------------------ processes by name
+
+    def process(self, name: str) -> ManagedProcess:
+        """``nats``, ``store`` or a service name such as ``gateway-1``, ``conversation-2``."""
+        if name == "nats" and self.stack.nats and self.stack.nats.process:
+            return self.stack.nats.process
+        if name == "store" and self.stack.store and self.stack.store.process:
+            return self.stack.store.process
+        return self.service(name).process
+
+    def service(self, name: str) -> ServiceProcess:
+        for svc in self.stack.services:
+            if svc.name == name:
+                return svc
+        raise KeyError(name)
+
+    def kill(self, *names: str) -> float:
+        """SIGKILL each named process (no cleanup, as a crash); the time of the kill."""
+        for name in names:
+            proc = self.process(name)
+            logger.info("kill -9 %s (pid %s)", name, proc.proc.pid if proc.proc else None)
+            proc.kill()
+        return time.monotonic()
+
+    def restart_blocking(self, name: str) -> None:
+        """Start a killed process again and wait until it serves (port open or /readyz)."""
+        proc = self.process(name)
+        proc.start()
+        if name == "nats" and self.stack.nats:
+            wait_port(self.stack.nats.host, self.stack.nats.port, 30, proc.proc)
+        elif name == "store" and self.stack.store:
+            wait_port(self.stack.store.host, self.stack.store.port, 60, proc.proc)
+        else:
+            self.stack.wait_ready(self.service(name), timeout=60)
+        logger.info("%s restarted", name)
+
+    async def restart(self, *names: str) -> None:
+        """Restart in the order given (servers before the services that need them)."""
+        for name in names:
+            await asyncio.to_thread(self.restart_blocking, name)
+
+    def turns_running(self, name: str) -> float:
+        """``parley_agent_bridge_turns_running`` of one bridge (0 if unknown)."""
+        svc = self.service(name)
+        try:
+            with urllib.request.urlopen(f"{svc.base_url}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return 0.0
+        match = re.search(r"^parley_agent_bridge_turns_running (\S+)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
