@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--conversations", type=int, default=4)
     ap.add_argument("--members", type=int, default=5, help="clients per conversation")
     ap.add_argument("--out", type=Path, help="JSON file (default bench/results/faults-latest.json)")
+    ap.add_argument("--table", type=Path, help="only print the table of a results JSON file")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap.parse_args(argv)
 
@@ -62,12 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.table:
+        doc = json.loads(args.table.read_text())
+        sys.stdout.write(report.table(doc["results"]) + "\n")
+        return 0 if doc.get("ok") else 1
     unknown = [n for n in args.scenarios if n not in BY_NAME]
     if unknown:
         logger.error("unknown scenario(s) %s; known: %s", unknown, ", ".join(BY_NAME))
         return 2
     results = asyncio.run(main_async(args))
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "table")}
     path = report.write_json(results, settings, args.out)
     sys.stdout.write(report.table(results) + "\n")
     logger.info("results written to %s", path)

@@ -15,6 +15,7 @@ import re
 import time
 import urllib.request
 from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
 
 from parley_devstack.servers import ManagedProcess, free_port, wait_port
@@ -45,7 +46,17 @@ class FaultStack:
         )
 
     def start(self) -> FaultStack:
-        self.stack.start()
+        """Start every process; once more on fresh ports if a port was taken meanwhile
+        (ports are picked free, then bound later by the child: another process may win)."""
+        try:
+            self.stack.start()
+        except (RuntimeError, TimeoutError, OSError, HTTPException) as exc:
+            logger.warning("the stack did not start (%r); again on other ports", exc)
+            config = self.stack.config
+            config.gateway_ports = [free_port() for _ in config.gateway_ports]
+            config.workdir = config.workdir.with_name(config.workdir.name + "-again")
+            self.stack = Stack(config)
+            self.stack.start()
         return self
 
     def stop(self) -> None:

@@ -16,12 +16,12 @@ from bench.faults.scenarios import BY_NAME, Timing, run
 
 pytestmark = pytest.mark.timeout(150)
 
-QUICK = ["gateway", "nats"]
+QUICK = ["gateway", "nats", "store"]
 
 
 @pytest.mark.parametrize("name", QUICK)
 async def test_kill_9_loses_nothing_acked(name: str, tmp_path: Path) -> None:
-    result = await run(BY_NAME[name], Timing(warmup=2.0, after=4.0), tmp_path)
+    result = await run(BY_NAME[name], Timing(warmup=1.5, after=3.0), tmp_path)
     assert result["ok"], result["why"]
     assert result["acked"] > 100
     assert result["stored"] == result["acked"]
