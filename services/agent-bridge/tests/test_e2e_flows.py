@@ -3,6 +3,7 @@ with the scripted OpenAI-compatible server and a real MCP server (the sample flo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -354,8 +355,6 @@ async def test_external_agent_example_answers_through_the_gateway(
 ) -> None:
     """examples/external_agent.py: an agent process on the gateway posts its own messages."""
     client = await connect(stack)
-    conv = await client.conversation("agent-ext")
-    user = await client.send(conv, "count these five words please")
     agent = ManagedProcess(
         "external-agent",
         [
@@ -373,6 +372,14 @@ async def test_external_agent_example_answers_through_the_gateway(
     )
     agent.start()
     try:
+        # An agentId must be served (issue 13): the external agent is once it is connected.
+        for _ in range(200):
+            listed = await client.http_get("/v1/agents")
+            if any(a["id"] == "agent-ext" for a in listed["items"]):
+                break
+            await asyncio.sleep(0.1)
+        conv = await client.conversation("agent-ext")
+        user = await client.send(conv, "count these five words please")
         final = await client.answer(user, seconds=60)
     finally:
         agent.stop()

@@ -84,3 +84,21 @@ def agent(pid: str) -> dict[str, Any]:
 
 def service_principal() -> dict[str, Any]:
     return {"id": "svc-test", "kind": "service"}
+
+
+async def serve_agents(nc: Client, *agent_ids: str) -> None:
+    """Announce agents in the agents KV as an agent bridge does (conversations may only be
+    given an agentId that someone serves)."""
+    import nats.js.errors
+    from nats.js.api import KeyValueConfig
+
+    from parley_contract import subjects
+
+    js = nc.jetstream()
+    try:
+        kv = await js.key_value(subjects.KV_AGENTS)
+    except nats.js.errors.BucketNotFoundError:
+        kv = await js.create_key_value(KeyValueConfig(bucket=subjects.KV_AGENTS, history=1, ttl=30))
+    for agent_id in agent_ids:
+        value = {"agentId": agent_id, "name": agent_id, "model": "m", "instanceId": "tests"}
+        await kv.put(f"{agent_id}.tests", jsonutil.dumps(value))

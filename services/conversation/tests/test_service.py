@@ -16,7 +16,7 @@ from parley_contract.internal import AgentStop, AgentTurn
 from parley_conversation.service import ConversationService
 from parley_devstack.servers import NatsServer, StoreServer, free_port
 
-from .conftest import Request, agent, service_principal, settings_for, user
+from .conftest import Request, agent, serve_agents, service_principal, settings_for, user
 
 CREATE = subjects.command(Event.CONVERSATION_CREATE)
 JOIN = subjects.command(Event.CONVERSATION_JOIN)
@@ -32,6 +32,12 @@ ALICE = user("u-alice")
 BOB = user("u-bob")
 MALLORY = user("u-mallory")
 AGENT = agent("agent-general")
+
+
+@pytest.fixture(autouse=True)
+async def served_agents(nc: Client) -> None:
+    """The agents these tests assign are served (an unserved agentId is NOT_FOUND)."""
+    await serve_agents(nc, "agent-general", "agent-code")
 
 
 async def create(request_: Request, **data: Any) -> dict[str, Any]:
@@ -485,6 +491,7 @@ async def _agent_turn_and_stop(nc: Client) -> None:
         reply: dict[str, Any] = jsonutil.loads((await nc.request(subject, body, timeout=10)).data)
         return reply
 
+    await serve_agents(nc, "agent-general")
     cid = (await create(request_, agentId="agent-general"))["_id"]
     js = nc.jetstream()
     psub = await js.pull_subscribe(

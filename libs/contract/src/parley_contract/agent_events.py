@@ -79,7 +79,10 @@ class AgentAvailability(_AgentEvent):
 
     agent_id: str
     name: str
+    description: str = ""
     model: str
+    models: list[str] = []
+    online: bool = True
     instance_id: str
     updated_at: str
     extra: dict[str, Any] | None = None

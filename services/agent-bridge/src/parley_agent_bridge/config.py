@@ -91,6 +91,7 @@ class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: SafeId
     name: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=2000)  # published in GET /v1/agents
     model: str = Field(min_length=1, max_length=200)
     # 'openai': any OpenAI-compatible /chat/completions; 'demo': the offline scripted backend.
     backend: Literal["openai", "demo"] = "openai"
@@ -142,6 +143,10 @@ def demo_agent() -> AgentConfig:
     return AgentConfig(
         id=DEMO_AGENT_ID,
         name="Demo Agent",
+        description=(
+            "Offline scripted agent: ask it to search, calc, fail, or be slow; anything else "
+            "gets reasoning and a streamed answer."
+        ),
         model="parley-demo-1",
         backend="demo",
         system_prompt="You are Parley's offline demo agent.",

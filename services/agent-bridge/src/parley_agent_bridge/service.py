@@ -45,6 +45,7 @@ from parley_agent_bridge.metrics import Metrics
 from parley_agent_bridge.tools import McpToolbox, ToolOutcome
 from parley_agent_bridge.turn import Turn, TurnRequest, WriteError
 from parley_contract import envelopes, jsonutil, subjects
+from parley_contract.agent_events import AgentAvailability
 from parley_contract.commands import ToolCallCommand, parse_payload
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
@@ -603,13 +604,16 @@ class Bridge:
         if self.kv is None:
             return
         for agent in self.agents.values():
-            value = {
-                "agentId": agent.id,
-                "name": agent.name,
-                "model": agent.model,
-                "instanceId": self.instance_id,
-                "updatedAt": now_iso(),
-            }
+            value = AgentAvailability(
+                agent_id=agent.id,
+                name=agent.name,
+                description=agent.description,
+                model=agent.model,
+                models=[agent.model],
+                online=True,
+                instance_id=self.instance_id,
+                updated_at=now_iso(),
+            ).model_dump(by_alias=True, exclude_none=True)
             await self.kv.put(f"{agent.id}.{self.instance_id}", jsonutil.dumps(value))
 
     async def _presence_loop(self) -> None:

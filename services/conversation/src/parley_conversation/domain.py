@@ -346,6 +346,31 @@ def apply_update(
     return ConversationChange(new, changed, added, removed, previous_agent, switched)
 
 
+def agent_offline_message(conv_id: str, agent_id: str) -> Message:
+    """Stored when a user writes to an agent nobody serves now (issue 13: never silent)."""
+    at = now_ms()
+    text = (
+        f"Agent '{agent_id}' is offline: no agent bridge serves it right now. "
+        "It answers once it is back."
+    )
+    return Message(
+        id=new_id("msg"),
+        conversation_id=conv_id,
+        role=Role.SYSTEM,
+        message_type=MessageType.ERROR,
+        content=text,
+        error=text,
+        agent_id=agent_id,
+        metadata={"reason": "agent-offline", "agentId": agent_id},
+        message_status=MessageStatus.SENT,
+        created_by="parley",
+        updated_by="parley",
+        created_at=at,
+        updated_at=at,
+        is_active=True,
+    )
+
+
 def agent_switch_message(
     conv_id: str,
     previous_agent_id: str | None,

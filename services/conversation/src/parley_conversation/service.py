@@ -25,6 +25,7 @@ from pydantic.alias_generators import to_camel
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from parley_contract import commands, envelopes, jsonutil, subjects
+from parley_contract.agents import LOOKUP_TIMEOUT_SECONDS, AgentDirectory
 from parley_contract.commands import (
     ConversationCreate,
     ConversationDelete,
@@ -191,6 +192,7 @@ class ConversationService:
             max_wait=settings.max_wait_seconds,
         )
         self.ready = False
+        self._agents: AgentDirectory | None = None
         self._started = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -440,6 +442,8 @@ class ConversationService:
         if not conv.agent_id:
             return
         js = self.broker.connection.jetstream()
+        if any(m.role is Role.USER for m in stored):
+            await self._agent_offline_notice(conv, conv.agent_id)
 
         async def one(m: Message) -> None:
             assert conv.agent_id is not None and m.seq is not None
@@ -460,6 +464,45 @@ class ConversationService:
                 logger.exception("could not publish the agent turn of %s", m.id)
 
         await asyncio.gather(*(one(m) for m in stored if m.role is Role.USER))
+
+    def _directory(self) -> AgentDirectory:
+        if self._agents is None:
+            self._agents = AgentDirectory(self.broker.connection.jetstream())
+        return self._agents
+
+    async def _served(self, agent_id: str, *, cached: bool) -> bool | None:
+        """Whether someone serves the agent; None when the KV could not tell."""
+        try:
+            return await asyncio.wait_for(
+                self._directory().is_served(agent_id, cached=cached), LOOKUP_TIMEOUT_SECONDS
+            )
+        except (TimeoutError, NatsError) as exc:
+            logger.warning("could not look up agent %s: %r", agent_id, exc)
+            return None
+
+    async def _check_agent(self, agent_id: str) -> None:
+        """NOT_FOUND for an agentId that no agent bridge serves and no agent connection is."""
+        if await self._served(agent_id, cached=False) is False:
+            raise ParleyError(
+                ErrorCode.NOT_FOUND,
+                f"no agent '{agent_id}' is available (GET /v1/agents lists them)",
+                {"field": "agentId"},
+            )
+
+    async def _agent_offline_notice(self, conv: Conversation, agent_id: str) -> None:
+        """A user wrote to an agent that went away: say so (ephemeral agent:offline and a
+        stored error notice) instead of leaving the message unanswered in silence. The turn
+        stays queued: a bridge that serves the agent again answers it."""
+        if await self._served(agent_id, cached=True) is not False:
+            return
+        data = {"agentId": agent_id, "conversationId": conv.id, "reason": "not-served"}
+        frame = envelopes.event_frame(Event.AGENT_OFFLINE, data, conversation_id=conv.id)
+        await self._publish(subjects.conversation_events(conv.id), jsonutil.dumps(frame))
+        notice = domain.agent_offline_message(conv.id, agent_id)
+        try:
+            await self.sequencer.send(Principal(id="parley", kind=PrincipalKind.SERVICE), notice)
+        except ParleyError as exc:
+            logger.warning("agent-offline notice in %s not stored: %s", conv.id, exc)
 
     async def _conversation(
         self, p: Principal, conversation_id: str, *, totals: bool = True
@@ -498,6 +541,8 @@ class ConversationService:
         cmd = commands.parse_payload(Event.CONVERSATION_CREATE, data)
         assert isinstance(cmd, ConversationCreate)
         conv = domain.new_conversation(p, cmd)
+        if cmd.agent_id:
+            await self._check_agent(cmd.agent_id)
         try:
             await self.store.insert_conversation(conv)
         except ParleyError as exc:
@@ -535,6 +580,8 @@ class ConversationService:
                 roles.require(role, action)
             if not change.changed:
                 return model_json(conv)
+            if change.agent_switched and change.conversation.agent_id:
+                await self._check_agent(change.conversation.agent_id)
             if await self.store.update_conversation(conv, change.conversation):
                 break
             await _backoff()

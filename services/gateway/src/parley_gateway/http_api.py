@@ -146,6 +146,16 @@ def create_app(hub: Hub) -> FastAPI:
             raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "not connected to NATS")
         return JSONResponse(envelopes.ok(await hub.scaling()))
 
+    @app.get("/v1/agents", tags=["v1"], response_model=SuccessEnvelope, responses=_ERRORS)
+    async def list_agents(authorization: Auth = None) -> Response:
+        """The agents Parley can reach now: served by an agent bridge (KV, TTL heartbeat) or
+        connected as an agent. ``items``: ``{id, name, description, models, online,
+        servedBy: "bridge" | "connection", instances}``."""
+        principal_of(authorization)
+        if hub.nc is None or not hub.nc.is_connected:
+            raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "not connected to NATS")
+        return JSONResponse(envelopes.ok({"items": await hub.agents.list()}))
+
     @app.get("/v1/conversations", tags=["v1"], response_model=SuccessEnvelope, responses=_ERRORS)
     async def list_conversations(
         authorization: Auth = None,

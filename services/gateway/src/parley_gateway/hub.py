@@ -35,6 +35,7 @@ from nats.js.kv import KeyValue
 
 from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.access import Audience, audience_change
+from parley_contract.agents import AgentDirectory
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import EventsSinceRequest, Principal
@@ -104,6 +105,7 @@ class Hub:
         self.kv_instances: KeyValue | None = None
         self.kv_sessions: KeyValue | None = None
         self.kv_agents: KeyValue | None = None  # written by agent bridges, read here
+        self._agents: AgentDirectory | None = None
         self.convs: dict[str, ConvState] = {}
         # Keyed by (kind, id): the user ``x`` and the agent ``x`` are two principals.
         self.principals: dict[tuple[PrincipalKind, str], PrincipalState] = {}
@@ -123,6 +125,12 @@ class Hub:
         self._evicting: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def agents(self) -> AgentDirectory:
+        """GET /v1/agents (after start)."""
+        assert self._agents is not None
+        return self._agents
 
     @property
     def ready(self) -> bool:
@@ -153,6 +161,7 @@ class Hub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         js = self.nc.jetstream()
+        self._agents = AgentDirectory(js)
         self.kv_presence = await self._bucket(js, subjects.KV_PRESENCE, self._presence_ttl)
         self.kv_instances = await self._bucket(js, subjects.KV_INSTANCES, self._presence_ttl)
         self.kv_sessions = await self._bucket(

@@ -1,0 +1,157 @@
+"""Which agents Parley can reach right now (issue 13: agents are known).
+
+Agent bridges publish each agent they serve in the JetStream KV bucket
+``subjects.KV_AGENTS``, key ``<agentId>.<bridgeInstanceId>``, value
+:class:`~parley_contract.agent_events.AgentAvailability` JSON, refreshed every TTL/3 and gone
+by itself (bucket TTL) when the bridge stops refreshing. External agents are reachable while
+connected to a gateway: their presence key ``agent.<agentId>.<gatewayInstanceId>`` in
+``subjects.KV_PRESENCE``.
+
+Read by the gateway (``GET /v1/agents``) and by the conversation service (an ``agentId``
+nobody serves is ``NOT_FOUND``; a user message to an agent that went away gets a visible
+notice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from parley_contract import jsonutil, subjects
+from parley_contract.events import PrincipalKind
+
+# A KV read answers within this long or counts as "unknown" (the callers then decide).
+LOOKUP_TIMEOUT_SECONDS = 2.0
+
+
+async def _bucket(js: Any, name: str) -> KeyValue | None:
+    try:
+        kv: KeyValue = await js.key_value(name)
+        return kv
+    except nats.js.errors.BucketNotFoundError:
+        return None
+
+
+async def _any_key(kv: KeyValue, pattern: str) -> bool:
+    """Whether a live key matches the subject-style ``pattern`` (no full key listing)."""
+    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=True)
+    try:
+        async for entry in watcher:
+            return entry is not None  # None: caught up without any entry
+        return False
+    finally:
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+async def _entries(kv: KeyValue, pattern: str = ">") -> list[tuple[str, bytes]]:
+    watcher = await kv.watch(pattern, ignore_deletes=True)
+    out: list[tuple[str, bytes]] = []
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break
+            out.append((entry.key, entry.value or b""))
+    finally:
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+            await watcher.stop()  # type: ignore[no-untyped-call]
+    return out
+
+
+def _served_record(agent_id: str, values: list[dict[str, Any]]) -> dict[str, Any]:
+    first = values[0]
+    models: list[str] = []
+    for v in values:
+        for m in v.get("models") or ([v["model"]] if v.get("model") else []):
+            if isinstance(m, str) and m not in models:
+                models.append(m)
+    return {
+        "id": agent_id,
+        "name": first.get("name") or agent_id,
+        "description": first.get("description") or "",
+        "models": models,
+        "online": True,
+        "servedBy": "bridge",
+        "instances": len(values),
+    }
+
+
+class AgentDirectory:
+    """Reads the agents bucket and the presence bucket; a short cache for the hot path."""
+
+    def __init__(self, js: Any, *, cache_seconds: float = 1.0) -> None:
+        self.js = js
+        self.cache_seconds = cache_seconds
+        self._agents: KeyValue | None = None
+        self._presence: KeyValue | None = None
+        self._cache: dict[str, tuple[float, bool]] = {}
+
+    async def _kv(self) -> tuple[KeyValue | None, KeyValue | None]:
+        if self._agents is None:
+            self._agents = await _bucket(self.js, subjects.KV_AGENTS)
+        if self._presence is None:
+            self._presence = await _bucket(self.js, subjects.KV_PRESENCE)
+        return self._agents, self._presence
+
+    async def is_served(self, agent_id: str, *, cached: bool = False) -> bool:
+        """Whether an agent bridge serves ``agent_id`` or it is connected as an agent now.
+
+        ``cached``: an answer up to ``cache_seconds`` old will do (per user message).
+        """
+        now = time.monotonic()
+        hit = self._cache.get(agent_id)
+        if cached and hit is not None and now - hit[0] < self.cache_seconds:
+            return hit[1]
+        agents, presence = await self._kv()
+        served = False
+        if agents is not None:
+            served = await _any_key(agents, f"{agent_id}.*")
+        if not served and presence is not None:
+            served = await _any_key(presence, f"{PrincipalKind.AGENT.value}.{agent_id}.*")
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[agent_id] = (now, served)
+        return served
+
+    async def list(self) -> list[dict[str, Any]]:
+        """Every reachable agent: ``{id, name, description, models, online, servedBy,
+        instances}``, bridge-served ones first, each sorted by id."""
+        agents, presence = await self._kv()
+        by_agent: dict[str, list[dict[str, Any]]] = {}
+        if agents is not None:
+            for key, raw in await _entries(agents):
+                agent_id = key.rsplit(".", 1)[0]
+                try:
+                    value = jsonutil.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(value, dict):
+                    by_agent.setdefault(agent_id, []).append(value)
+        out = [_served_record(a, vs) for a, vs in sorted(by_agent.items())]
+        if presence is not None:
+            external: dict[str, int] = {}
+            for key, _raw in await _entries(presence, f"{PrincipalKind.AGENT.value}.>"):
+                kind, _, rest = key.partition(".")
+                if kind != PrincipalKind.AGENT.value:
+                    continue
+                agent_id = rest.rsplit(".", 1)[0]
+                if agent_id and agent_id not in by_agent:
+                    external[agent_id] = external.get(agent_id, 0) + 1
+            out += [
+                {
+                    "id": a,
+                    "name": a,
+                    "description": "",
+                    "models": [],
+                    "online": True,
+                    "servedBy": "connection",
+                    "instances": n,
+                }
+                for a, n in sorted(external.items())
+            ]
+        return out

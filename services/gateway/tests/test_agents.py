@@ -1,0 +1,136 @@
+"""Issue 13 point 4: agents are known. Real processes: two gateways, the conversation
+service, an agent bridge serving the demo agent, NATS, the store.
+
+- the bridge publishes the agents it serves; GET /v1/agents lists them (and agents connected
+  over WebSocket);
+- creating or switching to an agent nobody serves is NOT_FOUND;
+- an agent that goes away is visible: agent:offline, and a user message to it gets a stored
+  notice instead of silence; the agent answers once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parley_contract import jsonutil
+from parley_contract.events import PrincipalKind
+from parley_devstack.servers import NatsServer, StoreServer
+from parley_devstack.stack import Stack, StackConfig
+
+from .conftest import http_get, token
+
+
+@pytest.fixture(scope="module")
+def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
+    cfg = StackConfig(
+        workdir=servers_dir / f"agents-stack-{uuid.uuid4().hex[:8]}",
+        nats_url=nats_server.url,
+        mongodb_url=store_server.url,
+        database=f"parley_agents_{uuid.uuid4().hex[:10]}",
+        conversation_replicas=1,
+        agent_bridges=1,
+        service_env={
+            "gateway": {"PARLEY_GATEWAY_DRAIN_SECONDS": "0.5"},
+            "agent-bridge": {"PARLEY_AGENT_BRIDGE_DRAIN_SECONDS": "2"},
+        },
+    )
+    with Stack(cfg) as s:
+        yield s
+
+
+def _uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def aget(url: str, tok: str) -> tuple[int, Any]:
+    status, body, _ = await asyncio.to_thread(http_get, url, tok)
+    return status, jsonutil.loads(body)
+
+
+async def _agents(stack: Stack, who: str) -> dict[str, dict[str, Any]]:
+    status, body = await aget(f"{stack.gateway_url(1)}/v1/agents", token(who))
+    assert status == 200, body
+    return {a["id"]: a for a in body["data"]["items"]}
+
+
+async def test_agents_are_known(stack: Stack, clients: Any) -> None:
+    ada = _uid("ada")
+    agents = await _agents(stack, ada)
+    demo = agents["agent-demo"]
+    assert demo["name"] == "Demo Agent" and demo["description"]
+    assert demo["models"] == ["parley-demo-1"] and demo["online"] is True
+    assert demo["servedBy"] == "bridge"
+    # An external agent is known while it is connected.
+    ext = _uid("agent-ext")
+    bot = await clients(stack.ws_url(0), ext, PrincipalKind.AGENT)
+    for _ in range(50):
+        if ext in await _agents(stack, ada):
+            break
+        await asyncio.sleep(0.1)
+    assert (await _agents(stack, ada))[ext]["servedBy"] == "connection"
+
+    a = await clients(stack.ws_url(0), ada)
+    r = await a.cmd("conversation:create", {"title": "t", "agentId": "agent-nobody"})
+    assert r["error"]["code"] == "NOT_FOUND" and r["error"]["details"]["field"] == "agentId", r
+    r = await a.cmd("conversation:create", {"title": "t", "agentId": "agent-demo"})
+    assert r["success"], r
+    cid = r["data"]["_id"]
+    r = await a.cmd("conversation:update", {"conversationId": cid, "agentId": "agent-nobody"})
+    assert r["error"]["code"] == "NOT_FOUND", r
+    r = await a.cmd("conversation:update", {"conversationId": cid, "agentId": ext})
+    assert r["success"] and r["data"]["agentId"] == ext, r
+    await bot.close()
+
+
+async def test_an_agent_that_goes_away_is_visible(stack: Stack, clients: Any) -> None:
+    ada = _uid("ada")
+    a = await clients(stack.ws_url(0), ada)
+    r = await a.cmd("conversation:create", {"title": "t", "agentId": "agent-demo"})
+    cid = r["data"]["_id"]
+    assert (await a.cmd("conversation:join", {"conversationId": cid}))["success"]
+    r = await a.cmd("message:send", {"conversationId": cid, "content": "hello"})
+    assert r["success"], r
+
+    def answer(f: dict[str, Any], after: int = 0) -> bool:
+        d = f.get("data") or {}
+        return (
+            f.get("event") == "message:new"
+            and f.get("seq", 0) > after
+            and d.get("role") == "assistant"
+            and d.get("messageType") == "text"
+        )
+
+    await a.wait_for(answer, timeout=30)
+    bridge = stack.bridges[0]
+    await asyncio.to_thread(bridge.process.stop)
+    try:
+        off = await a.wait_for(lambda f: f.get("event") == "agent:offline", timeout=15)
+        assert off["data"]["agentId"] == "agent-demo" and off["conversationId"] == cid
+        assert "agent-demo" not in await _agents(stack, ada)
+        await asyncio.sleep(1.1)  # past the conversation service's 1 s cache of "served"
+        r = await a.cmd("message:send", {"conversationId": cid, "content": "anyone?"})
+        assert r["success"], r
+        sent = r["data"]["seq"]
+        notice = await a.wait_for(
+            lambda f: (
+                f.get("event") == "message:new"
+                and f.get("seq", 0) > sent
+                and (f.get("data") or {}).get("messageType") == "error"
+            )
+        )
+        assert notice["data"]["role"] == "system" and "offline" in notice["data"]["content"]
+        again = [f for f in a.events("agent:offline") if f["data"].get("reason") == "not-served"]
+        assert again, "the ephemeral agent:offline of the unanswered message"
+        r = await a.cmd("conversation:update", {"conversationId": cid, "title": "still mine"})
+        assert r["success"], r  # the conversation itself is unaffected
+    finally:
+        await asyncio.to_thread(bridge.process.start)
+        await asyncio.to_thread(stack.wait_ready, bridge)
+    # Back: the queued turn is answered.
+    await a.wait_for(lambda f: answer(f, sent), timeout=60)
