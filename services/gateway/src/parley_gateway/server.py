@@ -543,8 +543,14 @@ class Gateway:
             return envelopes.ok({"conversations": len(conn.joined)})
         raise ParleyError(ErrorCode.UNKNOWN_EVENT, f"unsupported command {event.value}")
 
-    async def join(self, conn: Conn, cid: str, since: int | None) -> dict[str, Any]:
-        """conversation:join — authorize, subscribe, replay seq > since, then live events."""
+    async def join(
+        self, conn: Conn, cid: str, since: int | None, *, quiet: bool = False
+    ) -> dict[str, Any]:
+        """conversation:join — authorize, subscribe, replay seq > since, then live events.
+
+        ``quiet``: no ``conversation:joined`` and no presence (a connection moving to this
+        gateway with its conversations, see parley_gateway.sio.relay).
+        """
         hub = self.hub
         if cid not in conn.joined and len(conn.joined) >= self.settings.max_conversations:
             raise ParleyError(
@@ -566,25 +572,31 @@ class Gateway:
             last_seq = info.get("lastSeq")
             if not isinstance(last_seq, int):
                 last_seq = 0
-            conn.send(
-                envelopes.event_frame(
-                    Event.CONVERSATION_JOINED,
-                    {
-                        "conversation": info.get("conversation"),
-                        "lastSeq": last_seq,
-                        "sinceSeq": since,
-                    },
-                    conversation_id=cid,
+            if not quiet:
+                conn.send(
+                    envelopes.event_frame(
+                        Event.CONVERSATION_JOINED,
+                        {
+                            "conversation": info.get("conversation"),
+                            "lastSeq": last_seq,
+                            "sinceSeq": since,
+                        },
+                        conversation_id=cid,
+                    )
                 )
-            )
             if not await hub.join(conn, cid, since, last_seq):
                 return envelopes.fail(
                     ErrorCode.FORBIDDEN, "you are no longer a participant of this conversation"
                 )
             joined = True
             key = (conn.principal.kind, conn.principal.id)
-            if not was_member and not any(
-                m is not conn and (m.principal.kind, m.principal.id) == key for m in conv.members
+            if (
+                not quiet
+                and not was_member
+                and not any(
+                    m is not conn and (m.principal.kind, m.principal.id) == key
+                    for m in conv.members
+                )
             ):
                 await hub.publish_presence(conn, cid, online=True)
             return envelopes.ok(

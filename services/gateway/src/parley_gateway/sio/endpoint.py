@@ -7,7 +7,7 @@ through the ack; server events are ``socket.on(event, frame)`` with the ``/ws`` 
 
 No sticky sessions: an Engine.IO session id starts with the key of the gateway that holds the
 session (``instance_key``); a polling request that lands on another gateway is forwarded to
-it over NATS (``subjects.gateway_engineio``) and answered from there.
+it over NATS, and a WebSocket upgrade that lands there moves the session (``relay.py``).
 
 Connection state recovery: the Socket.IO ``pid`` is the Parley session id and the offset of
 each durable event is ``<conversationId>:<seq>``; a CONNECT with ``pid`` and ``offset`` is a
@@ -27,20 +27,18 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-import nats.errors
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from parley_contract import envelopes, jsonutil, subjects
-from parley_contract.auth import verify_token
+from parley_contract import envelopes, jsonutil
 from parley_contract.errors import ErrorCode, ParleyError
-from parley_contract.ids import is_valid_id, new_id
+from parley_contract.internal import Principal
 from parley_gateway.sio import codec
-from parley_gateway.sio.session import EioSession, SioConn, parse_offset, spawn
+from parley_gateway.sio.packets import SocketLayer
+from parley_gateway.sio.relay import Relay, key_of
+from parley_gateway.sio.session import EioSession, SioConn, spawn
 from parley_gateway.slim import slim_after_handshake
 
 if TYPE_CHECKING:
@@ -73,15 +71,7 @@ def bearer(headers: Headers, params: dict[str, list[str]]) -> str | None:
     return values[0] if values else None
 
 
-def connect_error(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> bytes:
-    """``44{message, data}``: the client's ``connect_error`` (``err.data.code`` is the code)."""
-    return codec.encode_sio(
-        codec.SIO_CONNECT_ERROR,
-        {"message": message, "data": envelopes.error_body(code, message, details)},
-    )
-
-
-class SocketIO:
+class SocketIO(SocketLayer):
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.hub = gateway.hub
@@ -89,16 +79,13 @@ class SocketIO:
         self.key = instance_key(self.hub.instance_id)
         self.sessions: dict[str, EioSession] = {}
         self.interval_ms = int(self.settings.heartbeat_seconds * 1000)
-        self._sub: Subscription | None = None
+        self.relay = Relay(self)
         self._sweeper: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        assert self.hub.nc is not None
-        self._sub = await self.hub.nc.subscribe(
-            subjects.gateway_engineio(self.key), cb=self._on_forwarded
-        )
+        await self.relay.start()
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def stop(self) -> None:
@@ -106,9 +93,7 @@ class SocketIO:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        if self._sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._sub.unsubscribe()
+        await self.relay.stop()
         for eio in list(self.sessions.values()):
             eio.end()
 
@@ -177,7 +162,7 @@ class SocketIO:
             return 200, TEXT, self.open_packet(eio.sid, upgrades=["websocket"])
         sid = sids[0]
         if sid[:16] != self.key:
-            return await self._forward(method, sid, body)
+            return await self.relay.forward(method, sid, body)
         return await self.local(method, sid, body)
 
     @staticmethod
@@ -216,7 +201,7 @@ class SocketIO:
             # Two polls at once, or a poll after the upgrade: engine.io closes the session.
             eio.end()
             return self._error(_BAD_REQUEST)
-        if not eio.queue and not eio.closed and not eio.upgrading:
+        if not eio.queue and not eio.closed and eio.upgrading < time.monotonic():
             eio.poll = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(eio.poll, self.settings.heartbeat_seconds + 5)
@@ -228,41 +213,6 @@ class SocketIO:
         if eio.closed and not eio.queue:
             self.sessions.pop(eio.sid, None)
         return 200, TEXT, codec.encode_payload(packets)
-
-    async def _forward(self, method: str, sid: str, body: bytes) -> tuple[int, str, bytes]:
-        """A poll for a session of another gateway: ask that gateway over NATS."""
-        nc = self.hub.nc
-        key = sid[:16]
-        if nc is None or len(key) != 16 or any(c not in "0123456789abcdef" for c in key):
-            return self._error(_UNKNOWN_SID)
-        request = {"method": method, "sid": sid, "body": body.decode("utf-8", "replace")}
-        try:
-            reply = await nc.request(
-                subjects.gateway_engineio(key),
-                jsonutil.dumps(request),
-                timeout=self.settings.heartbeat_seconds + 10,
-            )
-            doc = jsonutil.loads(reply.data)
-            return int(doc["status"]), str(doc["type"]), str(doc["body"]).encode()
-        except (nats.errors.Error, ValueError, KeyError, TypeError):
-            # That gateway is gone (or never existed): the client opens a new session and
-            # recovers its Socket.IO connection there.
-            return self._error(_UNKNOWN_SID)
-
-    async def _on_forwarded(self, msg: Msg) -> None:
-        spawn(self._answer(msg))  # a long poll must not hold up the subscription
-
-    async def _answer(self, msg: Msg) -> None:
-        try:
-            req = jsonutil.loads(msg.data)
-            method, sid, body = str(req["method"]), str(req["sid"]), str(req["body"]).encode()
-        except (ValueError, KeyError, TypeError):
-            return
-        status, ctype, out = await self.local(method, sid, body)
-        with contextlib.suppress(nats.errors.Error):
-            await msg.respond(
-                jsonutil.dumps({"status": status, "type": ctype, "body": out.decode()})
-            )
 
     # ------------------------------------------------------------------ WebSocket
 
@@ -284,11 +234,13 @@ class SocketIO:
         return None
 
     async def handler(self, ws: ServerConnection) -> None:
-        target: EioSession | str = ws.parley_sio  # type: ignore[attr-defined]
+        target: EioSession | Remote | str = ws.parley_sio  # type: ignore[attr-defined]
         del ws.parley_sio  # type: ignore[attr-defined]
         await self.ws_handler(ws, target)
 
-    def check_upgrade(self, query: str, headers: Headers) -> tuple[int, bytes] | EioSession | str:
+    def check_upgrade(
+        self, query: str, headers: Headers
+    ) -> tuple[int, bytes] | EioSession | Remote | str:
         """A WebSocket handshake on /socket.io/: the session to upgrade, a token, or an error."""
         params = parse_qs(query)
         if params.get("EIO") != ["4"]:
@@ -298,6 +250,8 @@ class SocketIO:
         sids = params.get("sid")
         if sids:
             eio = self.sessions.get(sids[0])
+            if eio is None and key_of(sids[0]) not in (None, self.key):
+                return Remote(sids[0])  # held by another gateway: moved here (relay.py)
             if eio is None or eio.ws is not None or eio.closed:
                 return _UNKNOWN_SID[0], jsonutil.dumps(_UNKNOWN_SID[1])
             return eio
@@ -307,12 +261,17 @@ class SocketIO:
             )
         return bearer(headers, params) or ""
 
-    async def ws_handler(self, ws: ServerConnection, target: EioSession | str) -> None:
+    async def ws_handler(self, ws: ServerConnection, target: EioSession | Remote | str) -> None:
         slim_after_handshake(ws)
         if isinstance(target, EioSession):
             eio = target
             if not await self._upgrade(eio, ws):
                 return
+        elif isinstance(target, Remote):
+            moved = await self.relay.upgrade(ws, target.sid)
+            if moved is None:
+                return
+            eio = moved
         else:
             eio = self.new_session(target or None)
             eio.ws = ws
@@ -336,15 +295,13 @@ class SocketIO:
             probe = await asyncio.wait_for(ws.recv(), 10)
             if probe != "2probe":
                 return False
-            eio.upgrading = True
             await ws.send("3probe")
-            if eio.poll is not None and not eio.poll.done():
-                eio.poll.set_result(None)  # the client pauses polling: let its poll return
+            self.probe(eio.sid)
             if await asyncio.wait_for(ws.recv(), 10) != codec.EIO_UPGRADE:
-                eio.upgrading = False
+                eio.upgrading = 0.0
                 return False
         except (TimeoutError, ConnectionClosed):
-            eio.upgrading = False
+            eio.upgrading = 0.0
             return False
         if eio.closed:
             return False
@@ -356,138 +313,108 @@ class SocketIO:
             eio.send(packet)
         return True
 
-    # ------------------------------------------------------------------ packets
+    # ------------------------------------------------------------------ moving a session
 
-    async def on_packet(self, eio: EioSession, packet: str) -> None:
-        kind = packet[:1]
-        if kind == codec.EIO_MESSAGE:
-            await self.on_message(eio, packet[1:])
-        elif kind == codec.EIO_PONG:
-            eio.pong_due = False
-        elif kind == codec.EIO_CLOSE:
-            eio.end()
-        elif kind == codec.EIO_PING:
-            eio.send(codec.EIO_PONG.encode() + packet[1:].encode())
-        elif kind != codec.EIO_NOOP:
-            self.refuse(eio, "not an Engine.IO packet")
+    def probe(self, sid: str) -> bool:
+        """A WebSocket probe for ``sid``: the client pauses polling, let its poll return."""
+        eio = self.sessions.get(sid)
+        if eio is None or eio.closed or eio.ws is not None:
+            return False
+        eio.upgrading = time.monotonic() + 10.0  # polls answer at once meanwhile
+        if eio.poll is not None and not eio.poll.done():
+            eio.poll.set_result(None)
+        return True
 
-    def refuse(self, eio: EioSession, message: str) -> None:
-        """A bad packet: an ``error`` event when connected (rate limited), else connect_error."""
+    async def detach(self, sid: str) -> dict[str, Any]:
+        """Hand session ``sid`` to the gateway its WebSocket landed on (``relay.upgrade``)."""
+        eio = self.sessions.get(sid)
+        if eio is None or eio.closed or eio.ws is not None:
+            return {"ok": False}
         conn = eio.conn
-        if conn is None:
-            eio.send(connect_error(ErrorCode.VALIDATION_ERROR, message))
-            return
-        if not conn.bucket.take():
-            conn.send(envelopes.error_frame(ErrorCode.RATE_LIMITED, "too many bad packets"))
-            return
-        conn.send(envelopes.error_frame(ErrorCode.VALIDATION_ERROR, message))
+        if conn is not None:
+            deadline = time.monotonic() + 2.0
+            while conn.busy and time.monotonic() < deadline:  # noqa: ASYNC110 - replies first
+                await asyncio.sleep(0.01)
+        state: dict[str, Any] = {
+            "ok": True,
+            "packets": [p.decode() for p in eio.queue],
+            "token": eio.token,
+        }
+        eio.queue, eio.queued = [], 0
+        eio.closed = True  # no close packet: the client is not told anything
+        if eio.poll is not None and not eio.poll.done():
+            eio.poll.set_result(None)
+        self.sessions.pop(sid, None)
+        if conn is not None:
+            state.update(
+                principal=conn.principal.model_dump(mode="json"),
+                exp=conn.exp,
+                sessionId=conn.session_id,
+                joined=dict(conn.joined),
+            )
+            conn.kicked = True  # the session is the new gateway's now: not saved from here
+            for cid in list(conn.joined):
+                await self.hub.leave(conn, cid, announce=False)
+            conn.closing = True
+            spawn(self.gw.close_conn(conn))
+        return state
 
-    async def on_message(self, eio: EioSession, data: str) -> None:
-        start = time.perf_counter()
-        try:
-            pkt = codec.decode_sio(data)
-        except codec.PacketError as exc:
-            self.refuse(eio, str(exc))
-            return
-        conn = eio.conn
-        if pkt.nsp != "/":
-            if pkt.type == codec.SIO_CONNECT:
-                message = "Invalid namespace"
-                body = envelopes.error_body(
-                    ErrorCode.NOT_FOUND,
-                    f"namespace {pkt.nsp} does not exist: Parley has only the default namespace /",
-                    {"namespace": pkt.nsp},
-                )
-                payload = {"message": message, "data": body}
-                eio.send(codec.encode_sio(codec.SIO_CONNECT_ERROR, payload, nsp=pkt.nsp))
-            else:
-                self.refuse(eio, f"namespace {pkt.nsp} is not connected")
-            return
-        if pkt.type == codec.SIO_CONNECT:
-            if conn is None:
-                await self.connect(eio, pkt.data)
-            else:
-                self.refuse(eio, "already connected")
-        elif pkt.type == codec.SIO_EVENT:
-            if conn is None:
-                eio.send(connect_error(ErrorCode.UNAUTHORIZED, "connect before sending events"))
-            else:
-                await self.on_event(conn, pkt, start)
-        elif pkt.type == codec.SIO_DISCONNECT:
-            eio.end()
-        elif pkt.type == codec.SIO_CONNECT_ERROR:
-            self.refuse(eio, "CONNECT_ERROR is sent by servers only")
-        # SIO_ACK: the server asks for no acks; a client's is ignored.
-
-    async def on_event(self, conn: SioConn, pkt: codec.SioPacket, start: float) -> None:
-        args = pkt.data
-        name = args[0] if isinstance(args, list) and args else None
-        problem = None
-        if not isinstance(name, str):
-            problem = "an event is [name, data]: the name must be a string"
-        elif len(args) > 2:
-            problem = "an event carries one data argument (binary and extra arguments: no)"
-        if problem is not None:
-            if not conn.bucket.take():
-                err = envelopes.fail(ErrorCode.RATE_LIMITED, "too many bad packets")
-            else:
-                err = envelopes.fail(ErrorCode.VALIDATION_ERROR, problem, {"field": "event"})
-            if pkt.id is not None:
-                reply = name if isinstance(name, str) and len(name) <= 64 else "error"
-                conn.send(envelopes.reply_frame(reply, str(pkt.id), err))
-            else:
-                conn.send({"event": "error", **err})
-            return
-        frame: dict[str, Any] = {"event": name}
-        if len(args) == 2:
-            frame["data"] = args[1]
-        if pkt.id is not None:
-            frame["id"] = str(pkt.id)
-        await self.gw.submit_frame(conn, frame, start)
-
-    async def connect(self, eio: EioSession, auth: Any) -> None:
-        """Socket.IO CONNECT: authenticate like /ws, resume a session (recovery), open."""
-        hub = self.hub
-        if hub.draining or not hub.ready:
-            eio.send(connect_error(ErrorCode.SERVICE_UNAVAILABLE, "instance not ready or draining"))
-            return
-        if auth is not None and not isinstance(auth, dict):
-            eio.send(connect_error(ErrorCode.VALIDATION_ERROR, "auth must be an object"))
-            return
-        auth = auth or {}
-        tok = auth.get("token")
-        token = tok if isinstance(tok, str) and tok else eio.token
-        if not token:
-            self.gw.metrics.auth_failures.inc()
-            eio.send(connect_error(ErrorCode.UNAUTHORIZED, "missing token"))
-            return
-        try:
-            principal, exp = verify_token(token, self.gw.jwt)
-        except ParleyError as exc:
-            self.gw.metrics.auth_failures.inc()
-            eio.send(connect_error(exc.code, exc.message, exc.details))
-            return
-        pid = auth.get("pid")
-        resume = pid if isinstance(pid, str) and is_valid_id(pid) else None
-        since = parse_offset(auth.get("offset")) if resume else None
-        resume, restored = await self.gw.resume(principal, resume, since)
-        if eio.closed:
-            return
-        session_id = resume if restored is not None and resume else new_id("ses")
-        settings = self.settings
-        conn = SioConn(
-            eio,
-            principal,
-            exp,
-            session_id,
-            rate=settings.commands_per_second,
-            send_limit=settings.send_queue_limit,
-            metrics=self.gw.metrics,
+    async def adopt(self, ws: ServerConnection, sid: str, state: dict[str, Any]) -> EioSession:
+        """Session ``sid`` moved here on ``ws``: its packets, then its conversations."""
+        token = state.get("token")
+        eio = EioSession(
+            self, sid, self.settings.send_queue_limit, token if isinstance(token, str) else None
         )
-        eio.conn = conn
-        eio.token = None
+        eio.ws = ws
+        self.sessions[sid] = eio
+        for packet in state.get("packets") or []:
+            if isinstance(packet, str):
+                eio.send(packet.encode())
+        if "principal" not in state:
+            return eio  # not connected yet (no Socket.IO CONNECT so far)
         try:
-            await self.gw.open_conn(conn, restored)
-        except Exception:
-            logger.exception("opening %r failed", conn)
+            principal = Principal.model_validate(state["principal"])
+            joined = {str(k): int(v) for k, v in dict(state.get("joined") or {}).items()}
+            conn = SioConn(
+                eio,
+                principal,
+                float(state["exp"]),
+                str(state["sessionId"]),
+                rate=self.settings.commands_per_second,
+                send_limit=self.settings.send_queue_limit,
+                metrics=self.gw.metrics,
+            )
+        except (ValueError, TypeError, KeyError):
+            logger.warning("bad handover of %s", sid)
             eio.end()
+            return eio
+        eio.conn = conn
+        try:
+            await self.hub.register(conn)
+            for cid, seq in joined.items():
+                try:
+                    env = await self.gw.join(conn, cid, seq, quiet=True)
+                except ParleyError as exc:
+                    env = envelopes.fail_from(exc)
+                if not env["success"]:
+                    details = dict(env["error"].get("details") or {})
+                    details["conversationId"] = cid
+                    conn.send(
+                        envelopes.error_frame(
+                            ErrorCode(env["error"]["code"]), env["error"]["message"], details
+                        )
+                    )
+            await self.hub.save_session(conn, ack=False)
+        except Exception:
+            logger.exception("taking over %r failed", conn)
+            eio.end()
+        return eio
+
+
+class Remote:
+    """The WebSocket upgrade of a session held by another gateway."""
+
+    __slots__ = ("sid",)
+
+    def __init__(self, sid: str) -> None:
+        self.sid = sid

@@ -144,7 +144,7 @@ class EioSession:
         self.queued = 0  # their bytes
         self.poll: asyncio.Future[None] | None = None  # a GET waiting for packets
         self.conn: SioConn | None = None
-        self.upgrading = False  # a WebSocket probe came: polls answer at once
+        self.upgrading = 0.0  # until then (a WebSocket probe came), polls answer at once
         self.token = token  # from the handshake's Authorization header or access_token
         self.limit = limit
         self.pong_due = False
