@@ -76,6 +76,10 @@ class Driver:
         except TimeoutError:
             raise AssertionError(f"not seen in {timeout}s; seen: {self.seen[-20:]}") from None
 
+    async def wait_type(self, sock: str, kind: str, timeout: float = 15.0) -> dict[str, Any]:  # noqa: ASYNC109
+        """The first message of type ``kind`` (connect, upgrade, disconnect...) of ``sock``."""
+        return await self.wait(lambda m: m.get("sock") == sock and m.get("type") == kind, timeout)
+
     def of(self, sock: str, kind: str | None = None) -> list[dict[str, Any]]:
         return [m for m in self.seen if m.get("sock") == sock and kind in (None, m.get("type"))]
 
@@ -156,10 +160,11 @@ class RoundRobin:
         self.ports = ports
         self.port = free_port()
         self.picks: list[int] = []
-        self._next = itertools.cycle(range(len(ports)))
+        self._count = 0
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self.blocked = False
+        self.ws_port: int | None = None  # set: every WebSocket upgrade goes there
 
     def cut(self, *, block: bool) -> None:
         """Drop every connection (no goodbye); ``block``: refuse new ones until unblocked."""
@@ -180,14 +185,28 @@ class RoundRobin:
         if self.blocked:
             writer.transport.abort()
             return
-        i = next(self._next)
-        self.picks.append(i)
-        try:
-            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.ports[i])
-        except OSError:
-            writer.transport.abort()  # that gateway is down: like a dead backend
+        head = b""
+        if self.ws_port is not None:  # peek: is this a WebSocket upgrade?
+            head = await reader.read(65536)
+        if self.ws_port is not None and b"upgrade: websocket" in head.lower():
+            candidates = [self.ws_port]
+        else:
+            i = self._count % len(self.ports)
+            self._count += 1
+            self.picks.append(i)
+            # a backend that refuses the connection is skipped (nginx's proxy_next_upstream)
+            candidates = self.ports[i:] + self.ports[:i]
+        for port in candidates:
+            try:
+                up_r, up_w = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                continue
+        else:
+            writer.transport.abort()
             return
         self._open |= {writer, up_w}
+        up_w.write(head)
         try:
             await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
         finally:

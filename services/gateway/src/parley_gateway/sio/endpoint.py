@@ -389,6 +389,7 @@ class SocketIO(SocketLayer):
             eio.end()
             return eio
         eio.conn = conn
+        logger.info("Engine.IO session %s moved here (its WebSocket landed here)", sid)
         try:
             await self.hub.register(conn)
             for cid, seq in joined.items():
