@@ -16,7 +16,7 @@ from bench.faults.scenarios import BY_NAME, Timing, run
 
 pytestmark = pytest.mark.timeout(150)
 
-QUICK = ["gateway", "nats", "store"]
+QUICK = ["gateway", "conversation-only", "nats", "store"]
 
 
 @pytest.mark.parametrize("name", QUICK)
