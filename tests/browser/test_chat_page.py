@@ -42,8 +42,10 @@ MESSAGES = '[data-testid="message"]'
 
 
 def create_conversation(page: Any, title: str, agent: str = "agent-demo", invite: str = "") -> str:
+    """New chat, the agent picked from the list the system serves ("" = no agent)."""
+    page.click('[data-testid="new-chat"]')
+    page.check(f'[data-testid="agent-option-{agent or "none"}"]')
     page.fill('[data-testid="new-title"]', title)
-    page.fill('[data-testid="new-agent"]', agent)
     page.fill('[data-testid="new-invite"]', invite)
     page.click('[data-testid="create-conversation"]')
     page.wait_for_function(
@@ -81,13 +83,14 @@ def wait_turn_done(page: Any, answers: int) -> None:
 
 
 def shown(page: Any) -> list[dict[str, Any]]:
-    """The messages the page shows, top to bottom."""
+    """The messages the page shows, by seq (a tool result is shown inside its call, so the
+    page's top-to-bottom order puts each result right after its call); unsent ones last."""
     rows: list[dict[str, Any]] = page.eval_on_selector_all(
         MESSAGES,
         """els => els.map(e => ({id: e.dataset.messageId, type: e.dataset.messageType,
                                  role: e.dataset.role, seq: Number(e.dataset.seq || 0)}))""",
     )
-    return rows
+    return sorted(rows, key=lambda r: r["seq"] or float("inf"))
 
 
 def squeeze(types: list[str]) -> list[str]:
@@ -126,13 +129,15 @@ def test_gateway_serves_the_page(system: System, browsers: Browsers, shot: Shot)
             " with http.disconnect, so Starlette's FileResponse cancels the body)"
         )
     page = browsers.new_page("user-1")
-    assert page.text_content('[data-testid="self"]') == "user-1"
+    assert page.get_attribute('[data-testid="self"]', "data-principal-id") == "user-1"
+    assert page.text_content('[data-testid="self"]') == "User-1"  # the token's name
     shot(page, "signed-in")
 
 
 def test_sign_in_with_a_pasted_token(system: System, browsers: Browsers, shot: Shot) -> None:
     page = browsers.new_page("user-1")
-    page.click("text=Sign out")
+    page.click('[data-testid="settings-button"]')
+    page.click('[data-testid="sign-out"]')
     page.wait_for_selector("#token-input")
     page.fill("#token-input", "not-a-token")
     page.click('button:has-text("Sign in")')
@@ -141,7 +146,7 @@ def test_sign_in_with_a_pasted_token(system: System, browsers: Browsers, shot: S
     page.fill("#token-input", system.token("user-1"))
     page.click('button:has-text("Sign in")')
     page.wait_for_selector('[data-testid="connection-state"][data-state="open"]')
-    assert page.text_content('[data-testid="self"]') == "user-1"
+    assert page.get_attribute('[data-testid="self"]', "data-principal-id") == "user-1"
 
 
 def test_dev_sign_in(system: System, browsers: Browsers, shot: Shot) -> None:
@@ -149,11 +154,12 @@ def test_dev_sign_in(system: System, browsers: Browsers, shot: Shot) -> None:
     if status != 200:
         pytest.skip(f"this gateway has no development token endpoint (GET /v1/dev/token: {status})")
     page = browsers.new_page("user-1")
-    page.click("text=Sign out")
+    page.click('[data-testid="settings-button"]')
+    page.click('[data-testid="sign-out"]')
     page.fill("#dev-sub", "user-3")
     page.click('button:has-text("Dev sign-in")')
     page.wait_for_selector('[data-testid="connection-state"][data-state="open"]')
-    assert page.text_content('[data-testid="self"]') == "user-3"
+    assert page.get_attribute('[data-testid="self"]', "data-principal-id") == "user-3"
 
 
 def test_demo_turns_render_every_message_type_in_order(
@@ -163,7 +169,7 @@ def test_demo_turns_render_every_message_type_in_order(
     # No agent first: switching to the demo agent writes a system message.
     cid = create_conversation(page, "Every message type", agent="")
     page.click("text=Conversation settings")
-    page.fill('[data-testid="switch-agent-input"]', "agent-demo")
+    page.select_option('[data-testid="switch-agent-input"]', "agent-demo")
     page.click('[data-testid="switch-agent"]')
     page.wait_for_selector(f'{MESSAGES}[data-message-type="system"]')
 
@@ -203,7 +209,7 @@ def test_demo_turns_render_every_message_type_in_order(
     toggle.click()
     assert toggle.get_attribute("aria-expanded") == "true"
     # Usage, latency and cost on agent messages; conversation totals.
-    meta = page.locator(f'{MESSAGES}[data-role="assistant"] [data-testid="message-meta"]').first
+    meta = page.locator('[data-testid="turn"] [data-testid="message-meta"]').first
     assert "tokens" in meta.text_content()
     assert int(page.text_content('[data-testid="total-tokens"]')) > 0
     # Markdown: the search summary has bold titles in an ordered list.
@@ -466,6 +472,10 @@ def test_accessible_with_axe_and_keyboard(system: System, browsers: Browsers, sh
     page = browsers.new_page("user-1")
     assert _axe(page) == []
     # Keyboard only: create a conversation, send, open a tool result.
+    page.focus('[data-testid="new-chat"]')
+    page.keyboard.press("Enter")  # opens the New chat dialog
+    page.wait_for_selector('[data-testid="new-chat-dialog"]')
+    assert _axe(page) == []
     page.focus('[data-testid="new-title"]')
     page.keyboard.type("Keyboard only")
     page.keyboard.press("Enter")  # submits the form

@@ -16,6 +16,7 @@ export const Ev = {
   CONVERSATION_JOIN: 'conversation:join',
   CONVERSATION_LEAVE: 'conversation:leave',
   CONVERSATION_UPDATE: 'conversation:update',
+  CONVERSATION_DELETE: 'conversation:delete',
   MESSAGE_SEND: 'message:send',
   MESSAGE_EDIT: 'message:edit',
   MESSAGE_DELETE: 'message:delete',
@@ -157,6 +158,14 @@ export interface Conversation {
   createdBy?: string | null;
   createdAt?: string | null;
   updatedAt?: string | null;
+}
+
+/** An agent the system serves (GET /v1/agents). */
+export interface AgentInfo {
+  id: string;
+  name: string;
+  description?: string;
+  online?: boolean;
 }
 
 export interface PrincipalInfo {
@@ -697,12 +706,38 @@ export class ParleyClient {
     conversationId: string,
     content: string,
     clientMessageId: string = newClientMessageId(),
+    parentMessageId?: string | null,
   ): Promise<Message> {
     return this.request<Message>(
       Ev.MESSAGE_SEND,
-      { conversationId, content, clientMessageId },
+      { conversationId, content, clientMessageId, ...(parentMessageId ? { parentMessageId } : {}) },
       { retry: true, timeoutMs: 60000 },
     );
+  }
+
+  editMessage(conversationId: string, messageId: string, content: string): Promise<Message> {
+    return this.request<Message>(Ev.MESSAGE_EDIT, { conversationId, messageId, content });
+  }
+
+  deleteMessage(conversationId: string, messageId: string): Promise<Message> {
+    return this.request<Message>(Ev.MESSAGE_DELETE, { conversationId, messageId });
+  }
+
+  react(conversationId: string, messageId: string, emoji: string, remove = false): Promise<Message> {
+    return this.request<Message>(Ev.MESSAGE_REACT, {
+      conversationId,
+      messageId,
+      emoji,
+      ...(remove ? { remove: true } : {}),
+    });
+  }
+
+  updateConversation(conversationId: string, changes: Record<string, unknown>): Promise<Conversation> {
+    return this.request<Conversation>(Ev.CONVERSATION_UPDATE, { conversationId, ...changes });
+  }
+
+  deleteConversation(conversationId: string): Promise<Conversation> {
+    return this.request<Conversation>(Ev.CONVERSATION_DELETE, { conversationId });
   }
 
   stop(conversationId: string): Promise<unknown> {
@@ -738,6 +773,14 @@ export class ParleyClient {
   async listConversations(limit = 50): Promise<Conversation[]> {
     const body = await this.http<unknown>(`/v1/conversations?limit=${limit}`);
     return pickList<Conversation>(body, ['items', 'conversations', 'data', 'results']);
+  }
+
+  /** The agents the system serves; a 404 (older gateway) is an empty list. */
+  async listAgents(): Promise<AgentInfo[]> {
+    const body = await this.http<unknown>('/v1/agents');
+    return pickList<AgentInfo>(body, ['items', 'agents', 'data', 'results']).filter(
+      (a) => a && typeof a.id === 'string',
+    );
   }
 
   getConversation(conversationId: string): Promise<Conversation> {

@@ -1,40 +1,43 @@
-/** The open conversation: header with participants and totals, history, live status, composer. */
-import {
-  useCallback,
-  useEffect,
-  useLayoutEffect,
-  useMemo,
-  useRef,
-  useState,
-  type FormEvent,
-  type KeyboardEvent,
-} from 'react';
-import type { ConnectionState, Message } from '../protocol';
-import { agentBusy, resultsByCallId, totals, type ConvView } from '../store';
-import { formatCost, MessageItem, StreamBubble } from './MessageItem';
+/** The open conversation: header, history grouped into turns, live status, composer. */
+import { useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState } from 'react';
+import { displayName } from '../names';
+import type { AgentInfo, ConnectionState, Message } from '../protocol';
+import { agentBusy, resultsByCallId, type ConvView } from '../store';
+import { dayKey, dayLabel } from '../time';
+import { groupItems } from '../turns';
+import type { Actions } from '../useActions';
+import { Composer } from './Composer';
+import { MessageActions } from './MessageActions';
+import { MessageItem } from './MessageItem';
+import { PaneHeader } from './PaneHeader';
+import { Turn } from './Turn';
 
 export interface PaneProps {
   view: ConvView;
   self: string | null;
+  names: Record<string, string>;
+  agents: AgentInfo[];
   presence: Record<string, boolean>;
   connection: ConnectionState;
-  onSend: (content: string) => void;
-  onStop: () => void;
-  onTyping: (on: boolean) => void;
+  actions: Actions;
   onLoadOlder: () => void;
   onBack: () => void;
-  onSwitchAgent: (agentId: string) => void;
+  onDeleted: () => void;
 }
 
 export function ConversationPane(props: PaneProps) {
-  const { view, self, presence, connection } = props;
-  const c = view.conversation;
+  const { view, self, names, connection, actions } = props;
   const results = useMemo(() => resultsByCallId(view.messages), [view.messages]);
-  const t = totals(view);
+  const items = useMemo(() => groupItems(view.messages, view.streams), [view.messages, view.streams]);
+  const byId = useMemo(() => new Map(view.messages.map((m) => [m._id, m])), [view.messages]);
   const busy = agentBusy(view);
   const listRef = useRef<HTMLDivElement>(null);
   const stickToBottom = useRef(true);
   const prevHeight = useRef<number | null>(null);
+  const [below, setBelow] = useState(0); // new messages that arrived while scrolled up
+  const [replyTo, setReplyTo] = useState<Message | null>(null);
+  const count = view.messages.length;
+  const prevCount = useRef(count);
 
   // Which tool calls will never get a result: a later assistant text exists.
   const lastAnswerSeq = useMemo(() => {
@@ -44,168 +47,153 @@ export function ConversationPane(props: PaneProps) {
     return s;
   }, [view.messages]);
 
+  const toBottom = useCallback(() => {
+    const el = listRef.current;
+    if (el) el.scrollTop = el.scrollHeight;
+    stickToBottom.current = true;
+    setBelow(0);
+  }, []);
+
   const onScroll = () => {
     const el = listRef.current;
     if (!el) return;
     stickToBottom.current = el.scrollHeight - el.scrollTop - el.clientHeight < 80;
+    if (stickToBottom.current) setBelow(0);
     if (el.scrollTop < 60 && view.hasMore && !view.loadingOlder) {
       prevHeight.current = el.scrollHeight;
       props.onLoadOlder();
     }
   };
 
-  // Keep the reading position when older messages are prepended; follow new ones at the bottom.
+  // Keep the reading position when older messages are prepended; follow new ones at the bottom,
+  // or count them for the "new messages" pill when the reader scrolled up.
   useLayoutEffect(() => {
     const el = listRef.current;
+    const added = count - prevCount.current;
+    prevCount.current = count;
     if (!el) return;
     if (prevHeight.current !== null && !view.loadingOlder) {
       el.scrollTop += el.scrollHeight - prevHeight.current;
       prevHeight.current = null;
     } else if (stickToBottom.current) {
       el.scrollTop = el.scrollHeight;
+    } else if (added > 0) {
+      setBelow((b) => b + added);
     }
-  }, [view.messages, view.streams, view.loadingOlder]);
+  }, [count, view.messages, view.streams, view.loadingOlder]);
 
   useEffect(() => {
-    stickToBottom.current = true;
-    const el = listRef.current;
-    if (el) el.scrollTop = el.scrollHeight;
-  }, [view.conversationId]);
+    setReplyTo(null);
+    toBottom();
+  }, [view.conversationId, toBottom]);
 
   const typers = Object.keys(view.typing).filter((p) => p !== self);
   const status = view.agentStatus;
-
-  const participants = (c?.participants ?? []).filter((p) => !p.leftAt);
+  const renderActions = (m: Message) => (
+    <MessageActions message={m} self={self} names={names} actions={actions} onReply={setReplyTo} />
+  );
+  let lastDay = '';
 
   return (
-    <section className="pane" aria-label={`conversation ${c?.title ?? view.conversationId}`}>
-      <header className="pane-head">
-        <button type="button" className="back" onClick={props.onBack} aria-label="Back to conversations">
-          ←
-        </button>
-        <div className="pane-title">
-          <h2 data-testid="conversation-title">{c?.title ?? view.conversationId}</h2>
-          <div className="muted small">
-            <span data-testid="conversation-id">{view.conversationId}</span>
-            {c?.agentId ? ` · agent ${c.agentId}` : ''}
-          </div>
-        </div>
-        <dl className="totals" data-testid="conversation-totals" aria-label="conversation totals">
-          <div>
-            <dt>messages</dt>
-            <dd data-testid="total-messages">{t.messages}</dd>
-          </div>
-          <div>
-            <dt>tokens</dt>
-            <dd data-testid="total-tokens">{t.tokens}</dd>
-          </div>
-          <div>
-            <dt>cost</dt>
-            <dd data-testid="total-cost">{formatCost(t.cost) || '$0'}</dd>
-          </div>
-        </dl>
-      </header>
-      {participants.length > 0 && (
-        <ul className="participants" aria-label="participants" data-testid="participants">
-          {participants.map((p) => {
-            const id = p.userId ?? p.agentId ?? '?';
-            const online = id === self ? connection === 'open' : presence[id];
-            return (
-              <li key={id} data-testid="participant" data-online={online ? 'true' : 'false'}>
-                <span
-                  className={`dot ${online ? 'on' : online === false ? 'off' : 'unknown'}`}
-                  aria-hidden="true"
-                />
-                
-                {id === self ? `${id} (you)` : id}
-                <span className="sr-only-text">
-                  {online ? ' online' : online === false ? ' offline' : ' status unknown'}
-                </span>
-              </li>
-            );
-          })}
-        </ul>
-      )}
-
-      <details className="conv-settings">
-        <summary>Conversation settings</summary>
-        <form
-          aria-label="switch agent"
-          onSubmit={(e) => {
-            e.preventDefault();
-            const v = new FormData(e.currentTarget).get('agentId');
-            if (typeof v === 'string' && v.trim()) props.onSwitchAgent(v.trim());
-          }}
+    <section className="pane" aria-label={`conversation ${view.conversation?.title ?? view.conversationId}`}>
+      <PaneHeader {...props} />
+      <div className="messages-wrap">
+        <div
+          className="messages"
+          ref={listRef}
+          onScroll={onScroll}
+          data-testid="message-list"
+          role="log"
+          aria-live="polite"
+          aria-relevant="additions"
+          tabIndex={0}
+          aria-label="messages"
         >
-          <label htmlFor="switch-agent">Agent answering in this conversation</label>
-          <div className="row">
-            <input
-              id="switch-agent"
-              name="agentId"
-              defaultValue={c?.agentId ?? ''}
-              key={c?.agentId ?? ''}
-              data-testid="switch-agent-input"
-            />
-            <button type="submit" data-testid="switch-agent">
-              Switch agent
+          {view.hasMore && (
+            <button
+              type="button"
+              className="load-older"
+              onClick={() => {
+                prevHeight.current = listRef.current?.scrollHeight ?? null;
+                props.onLoadOlder();
+              }}
+              disabled={view.loadingOlder}
+              data-testid="load-older"
+            >
+              {view.loadingOlder ? 'Loading…' : 'Load older messages'}
             </button>
-          </div>
-        </form>
-      </details>
-
-      <div
-        className="messages"
-        ref={listRef}
-        onScroll={onScroll}
-        data-testid="message-list"
-        role="log"
-        aria-live="polite"
-        aria-relevant="additions"
-        tabIndex={0}
-        aria-label="messages"
-      >
-        {view.hasMore && (
-          <button
-            type="button"
-            className="load-older"
-            onClick={() => {
-              prevHeight.current = listRef.current?.scrollHeight ?? null;
-              props.onLoadOlder();
-            }}
-            disabled={view.loadingOlder}
-            data-testid="load-older"
-          >
-            {view.loadingOlder ? 'Loading…' : 'Load older messages'}
+          )}
+          {!view.loaded && <p className="muted center">Loading history…</p>}
+          {view.loaded && view.messages.length === 0 && view.streams.length === 0 && (
+            <div className="muted center empty-conv" data-testid="empty-conversation">
+              <p>No messages yet.</p>
+              <p className="small">
+                {view.conversation?.agentId
+                  ? `Ask ${displayName(view.conversation.agentId, names)} something: try “search AI news” or “calc 12 * 7”.`
+                  : 'Say hello, or invite people from Conversation settings.'}
+              </p>
+            </div>
+          )}
+          {items.map((it, i) => {
+            const when = it.kind === 'message' ? it.message.createdAt : it.messages[0]?.createdAt;
+            const day = dayKey(when);
+            const sep =
+              day && day !== lastDay ? (
+                <div className="day-sep" role="separator" data-testid="day-separator" key={`day:${day}`}>
+                  <span>{dayLabel(when)}</span>
+                </div>
+              ) : null;
+            if (day) lastDay = day;
+            if (it.kind === 'turn')
+              return [
+                sep,
+                <Turn
+                  key={it.key}
+                  turn={it}
+                  self={self}
+                  names={names}
+                  results={results}
+                  lastAnswerSeq={lastAnswerSeq}
+                  running={busy && i === items.length - 1}
+                  renderActions={renderActions}
+                />,
+              ];
+            const m = it.message;
+            const parent = m.parentMessageId ? byId.get(m.parentMessageId) : undefined;
+            return [
+              sep,
+              <div key={it.key} className={`row ${m.role === 'user' && m.createdBy === self ? 'row-mine' : ''}`}>
+                <MessageItem
+                  message={m}
+                  self={self}
+                  names={names}
+                  results={results}
+                  superseded={(m.seq ?? 0) < lastAnswerSeq}
+                  quote={parent}
+                  onRetry={actions.retry}
+                />
+                {m.role === 'user' && !m._id.startsWith('local:') && renderActions(m)}
+              </div>,
+            ];
+          })}
+        </div>
+        {below > 0 && (
+          <button type="button" className="new-pill" onClick={toBottom} data-testid="new-messages-pill">
+            ↓ {below} new message{below === 1 ? '' : 's'}
           </button>
         )}
-        {!view.loaded && <p className="muted center">Loading history…</p>}
-        {view.loaded && view.messages.length === 0 && view.streams.length === 0 && (
-          <p className="muted center">No messages yet. Say hello!</p>
-        )}
-        {view.messages.map((m: Message) => (
-          <MessageItem
-            key={m._id}
-            message={m}
-            self={self}
-            results={results}
-            superseded={(m.seq ?? 0) < lastAnswerSeq}
-          />
-        ))}
-        {view.streams.map((s) => (
-          <StreamBubble key={s.streamId} stream={s} />
-        ))}
       </div>
 
       <div className="live-status" role="status" aria-live="polite" data-testid="live-status">
         {status?.kind === 'thinking' && (
           <span data-testid="agent-status" data-status="thinking">
-            <span className="spinner small" aria-hidden="true" /> {status.agentId ?? 'agent'} is
+            <span className="spinner small" aria-hidden="true" /> {displayName(status.agentId ?? 'agent', names)} is
             thinking…
           </span>
         )}
         {status?.kind === 'tool-calling' && (
           <span data-testid="agent-status" data-status="tool-calling">
-            <span className="spinner small" aria-hidden="true" /> {status.agentId ?? 'agent'} is
+            <span className="spinner small" aria-hidden="true" /> {displayName(status.agentId ?? 'agent', names)} is
             calling {status.toolName ?? 'a tool'}…
           </span>
         )}
@@ -216,7 +204,7 @@ export function ConversationPane(props: PaneProps) {
         )}
         {typers.length > 0 && (
           <span data-testid="typing-indicator">
-            {typers.join(', ')} {typers.length === 1 ? 'is' : 'are'} typing…
+            {typers.map((t) => displayName(t, names)).join(', ')} {typers.length === 1 ? 'is' : 'are'} typing…
           </span>
         )}
       </div>
@@ -224,109 +212,24 @@ export function ConversationPane(props: PaneProps) {
       <Composer
         disabled={connection === 'closed'}
         busy={busy}
-        onSend={props.onSend}
-        onStop={props.onStop}
-        onTyping={props.onTyping}
+        onSend={(text) => {
+          actions.send(text, replyTo?._id ?? null);
+          setReplyTo(null);
+          toBottom();
+        }}
+        onStop={actions.stop}
+        onTyping={actions.typing}
         conversationId={view.conversationId}
+        replyTo={
+          replyTo
+            ? {
+                who: replyTo.createdBy === self ? 'yourself' : displayName(replyTo.agentId ?? replyTo.createdBy, names),
+                text: replyTo.content,
+              }
+            : null
+        }
+        onCancelReply={() => setReplyTo(null)}
       />
     </section>
-  );
-}
-
-function Composer({
-  disabled,
-  busy,
-  onSend,
-  onStop,
-  onTyping,
-  conversationId,
-}: {
-  disabled: boolean;
-  busy: boolean;
-  onSend: (content: string) => void;
-  onStop: () => void;
-  onTyping: (on: boolean) => void;
-  conversationId: string;
-}) {
-  const [text, setText] = useState('');
-  const lastTyping = useRef(0);
-  const idleTimer = useRef<ReturnType<typeof setTimeout> | null>(null);
-  const ref = useRef<HTMLTextAreaElement>(null);
-
-  const stopTyping = useCallback(() => {
-    if (idleTimer.current) clearTimeout(idleTimer.current);
-    idleTimer.current = null;
-    if (lastTyping.current) {
-      lastTyping.current = 0;
-      onTyping(false);
-    }
-  }, [onTyping]);
-
-  useEffect(() => {
-    setText('');
-    ref.current?.focus();
-    return () => stopTyping();
-  }, [conversationId, stopTyping]);
-
-  const change = (v: string) => {
-    setText(v);
-    const now = Date.now();
-    if (v && now - lastTyping.current > 3000) {
-      lastTyping.current = now;
-      onTyping(true);
-    }
-    if (idleTimer.current) clearTimeout(idleTimer.current);
-    idleTimer.current = setTimeout(stopTyping, 4000);
-  };
-
-  const submit = (e?: FormEvent) => {
-    e?.preventDefault();
-    const v = text.trim();
-    if (!v || disabled) return;
-    stopTyping();
-    onSend(v);
-    setText('');
-  };
-
-  const onKey = (e: KeyboardEvent<HTMLTextAreaElement>) => {
-    if (e.key === 'Enter' && !e.shiftKey && !e.nativeEvent.isComposing) {
-      e.preventDefault();
-      submit();
-    }
-  };
-
-  return (
-    <form className="composer" onSubmit={submit} aria-label="send a message">
-      <label htmlFor="composer-input" className="sr-only">
-        Message
-      </label>
-      <textarea
-        id="composer-input"
-        ref={ref}
-        rows={2}
-        value={text}
-        placeholder="Message… (Enter to send, Shift+Enter for a new line)"
-        onChange={(e) => change(e.target.value)}
-        onKeyDown={onKey}
-        onBlur={stopTyping}
-        data-testid="composer-input"
-      />
-      <div className="composer-buttons">
-        {busy && (
-          <button
-            type="button"
-            className="stop"
-            onClick={onStop}
-            data-testid="stop-button"
-            aria-label="Stop the agent"
-          >
-            ■ Stop
-          </button>
-        )}
-        <button type="submit" disabled={disabled || !text.trim()} data-testid="send-button">
-          Send
-        </button>
-      </div>
-    </form>
   );
 }

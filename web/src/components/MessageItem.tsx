@@ -1,8 +1,11 @@
 /** One message, rendered by its messageType (design doc 5.1, flow of 5.2). */
-import { useId, useMemo, useState, type ReactNode } from 'react';
+import { useEffect, useId, useMemo, useRef, useState, type ReactNode } from 'react';
 import { renderMarkdown } from '../markdown';
 import type { Message, ToolCall, ToolResult } from '../protocol';
 import type { StreamView } from '../store';
+import { Attachments } from './Attachments';
+import { Avatar } from './Avatar';
+import { exactTime, relativeTime } from '../time';
 
 export function formatMs(ms: number | null | undefined): string {
   if (ms == null || Number.isNaN(ms)) return '';
@@ -17,12 +20,6 @@ export function formatCost(usd: number | null | undefined): string {
   return `$${usd.toFixed(2)}`;
 }
 
-function formatTime(iso: string | null | undefined): string {
-  if (!iso) return '';
-  const d = new Date(iso);
-  if (Number.isNaN(d.getTime())) return '';
-  return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-}
 
 function prettyJson(raw: unknown): string {
   if (typeof raw === 'string') {
@@ -39,18 +36,36 @@ function prettyJson(raw: unknown): string {
   }
 }
 
-function Avatar({ role, name }: { role: string; name: string }) {
-  const letter = role === 'assistant' ? 'AI' : (name.replace(/^(user|agent)-/, '')[0] ?? '?');
-  return (
-    <span aria-hidden="true" className={`avatar avatar-${role}`}>
-      {letter.toUpperCase()}
-    </span>
-  );
-}
 
+/** Rendered Markdown; each code block gets a copy button. */
 export function Markdown({ text }: { text: string }) {
   const html = useMemo(() => renderMarkdown(text), [text]);
-  return <div className="md" dangerouslySetInnerHTML={{ __html: html }} />;
+  const ref = useRef<HTMLDivElement>(null);
+  useEffect(() => {
+    const root = ref.current;
+    if (!root) return;
+    for (const pre of root.querySelectorAll('pre')) {
+      if (pre.parentElement?.classList.contains('code-block')) continue;
+      const wrap = document.createElement('div');
+      wrap.className = 'code-block';
+      pre.replaceWith(wrap);
+      wrap.appendChild(pre);
+      const btn = document.createElement('button');
+      btn.type = 'button';
+      btn.className = 'copy-code';
+      btn.textContent = 'Copy';
+      btn.setAttribute('aria-label', 'Copy code');
+      btn.dataset.testid = 'copy-code';
+      btn.addEventListener('click', () => {
+        void navigator.clipboard?.writeText(pre.textContent ?? '').then(() => {
+          btn.textContent = 'Copied';
+          setTimeout(() => (btn.textContent = 'Copy'), 1500);
+        });
+      });
+      wrap.appendChild(btn);
+    }
+  }, [html]);
+  return <div className="md" ref={ref} dangerouslySetInnerHTML={{ __html: html }} />;
 }
 
 /** A button that shows/hides a region; keyboard and screen-reader friendly. */
@@ -91,7 +106,7 @@ export function Collapsible({
   );
 }
 
-function Meta({ m }: { m: Message }) {
+export function Meta({ m }: { m: Message }) {
   const parts: string[] = [];
   if (m.usage)
     parts.push(
@@ -112,11 +127,15 @@ function Meta({ m }: { m: Message }) {
 function ToolCallRow({
   call,
   result,
+  resultMessage,
   abandoned,
+  self,
 }: {
   call: ToolCall;
   result: ToolResult | undefined;
+  resultMessage: Message | undefined;
   abandoned: boolean;
+  self: string | null;
 }) {
   const state = result ? (result.success ? 'success' : 'error') : abandoned ? 'none' : 'running';
   return (
@@ -147,6 +166,9 @@ function ToolCallRow({
       <pre className="tool-args" aria-label={`arguments of ${call.function.name}`}>
         {prettyJson(call.function.arguments)}
       </pre>
+      {resultMessage && (
+        <MessageItem message={resultMessage} self={self} results={new Map()} superseded={false} compact />
+      )}
     </li>
   );
 }
@@ -157,21 +179,42 @@ export interface MessageItemProps {
   results: Map<string, ToolResult>;
   /** True when a later agent answer exists (a tool call without result will never get one). */
   superseded: boolean;
+  /** Inside an agent turn: no header of its own, no usage line (the turn has them). */
+  compact?: boolean;
+  /** Stored tool_result messages by toolCallId, shown inside their call. */
+  resultMessages?: Map<string, Message>;
+  names?: Record<string, string>;
+  /** The message this one replies to (parentMessageId), shown as a quote. */
+  quote?: Message;
+  onRetry?: (m: Message) => void;
 }
 
-export function MessageItem({ message: m, self, results, superseded }: MessageItemProps) {
+export function MessageItem({
+  message: m,
+  self,
+  results,
+  superseded,
+  compact = false,
+  resultMessages,
+  names = {},
+  quote,
+  onRetry,
+}: MessageItemProps) {
   const type = m.messageType ?? 'text';
   const mine = m.role === 'user' && m.createdBy != null && m.createdBy === self;
+  const author = m.role === 'user' ? m.createdBy : (m.agentId ?? m.createdBy);
   const who =
     m.role === 'user'
       ? mine
         ? 'You'
-        : (m.createdBy ?? 'user')
+        : (author ? (names[author] ?? author) : 'user')
       : m.role === 'tool'
         ? (m.name ?? 'tool')
         : m.role === 'system'
           ? 'Parley'
-          : (m.agentId ?? m.createdBy ?? 'agent');
+          : author
+            ? (names[author] ?? author)
+            : 'agent';
   const common = {
     'data-testid': 'message',
     'data-message-type': type,
@@ -179,15 +222,26 @@ export function MessageItem({ message: m, self, results, superseded }: MessageIt
     'data-message-id': m._id,
     'data-seq': m.seq ?? undefined,
   };
-  const header = (
+  const header = compact ? null : (
     <div className="msg-head">
       <span className="who">
-        <Avatar role={m.role} name={who} />
+        <Avatar id={author ?? who} name={mine && self ? (names[self] ?? self) : who} agent={m.role !== 'user'} />
         {who}
       </span>
-      <time dateTime={m.createdAt ?? undefined}>{formatTime(m.createdAt)}</time>
+      <time dateTime={m.createdAt ?? undefined} title={exactTime(m.createdAt)}>
+        {relativeTime(m.createdAt)}
+      </time>
       {m.messageStatus === 'sending' && <span className="badge muted">sending…</span>}
-      {m.messageStatus === 'failed' && <span className="badge err">not sent</span>}
+      {m.messageStatus === 'failed' && (
+        <>
+          <span className="badge err">not sent</span>
+          {onRetry && (
+            <button type="button" className="link" onClick={() => onRetry(m)} data-testid="retry">
+              Retry
+            </button>
+          )}
+        </>
+      )}
       {m.editedAt && <span className="badge muted">edited</span>}
     </div>
   );
@@ -229,10 +283,17 @@ export function MessageItem({ message: m, self, results, superseded }: MessageIt
           {m.content && <div className="tool-intro">{m.content}</div>}
           <ul className="tool-calls">
             {(m.toolCalls ?? []).map((c) => (
-              <ToolCallRow key={c.id} call={c} result={results.get(c.id)} abandoned={superseded} />
+              <ToolCallRow
+                key={c.id}
+                call={c}
+                result={results.get(c.id)}
+                resultMessage={resultMessages?.get(c.id)}
+                abandoned={superseded}
+                self={self}
+              />
             ))}
           </ul>
-          <Meta m={m} />
+          {!compact && <Meta m={m} />}
         </article>
       );
     case 'tool_result': {
@@ -296,6 +357,14 @@ export function MessageItem({ message: m, self, results, superseded }: MessageIt
           aria-label={`message from ${who}`}
         >
           {header}
+          {quote && (
+            <blockquote className="quote" data-testid="reply-quote">
+              <span className="muted small">
+                ↩ {quote.role === 'user' ? (quote.createdBy === self ? 'You' : (names[quote.createdBy ?? ''] ?? quote.createdBy)) : (names[quote.agentId ?? ''] ?? quote.agentId ?? 'agent')}
+              </span>{' '}
+              {quote.deletedAt ? <em>deleted message</em> : quote.content.slice(0, 160)}
+            </blockquote>
+          )}
           {m.content ? (
             <Markdown text={m.content} />
           ) : (
@@ -303,13 +372,14 @@ export function MessageItem({ message: m, self, results, superseded }: MessageIt
               {m.finishReason === 'aborted' ? 'Stopped before answering.' : '(empty)'}
             </p>
           )}
-          <Meta m={m} />
+          <Attachments list={m.attachments} />
+          {!compact && <Meta m={m} />}
         </article>
       );
   }
 }
 
-export function StreamBubble({ stream }: { stream: StreamView }) {
+export function StreamBubble({ stream, compact = false }: { stream: StreamView; compact?: boolean }) {
   return (
     <article
       className="msg msg-text role-assistant streaming"
@@ -319,13 +389,15 @@ export function StreamBubble({ stream }: { stream: StreamView }) {
       aria-label="agent answer, streaming"
       aria-busy={!stream.ended}
     >
-      <div className="msg-head">
-        <span className="who">
-          <Avatar role="assistant" name={stream.agentId ?? 'agent'} />
-          {stream.agentId ?? 'agent'}
-        </span>
-        <span className="badge muted">{stream.ended ? 'finishing…' : 'streaming…'}</span>
-      </div>
+      {!compact && (
+        <div className="msg-head">
+          <span className="who">
+            <Avatar id={stream.agentId ?? 'agent'} name={stream.agentId ?? 'agent'} agent />
+            {stream.agentId ?? 'agent'}
+          </span>
+          <span className="badge muted">{stream.ended ? 'finishing…' : 'streaming…'}</span>
+        </div>
+      )}
       <div className="md stream-text" data-testid="stream-text">
         {stream.text}
         {!stream.ended && <span className="caret" aria-hidden="true" />}

@@ -1,0 +1,376 @@
+/**
+ * The page's connection to Parley: one ParleyClient per token, the events it receives folded
+ * into React state (conversation list, per-conversation views, presence, display names,
+ * unread counts), and the agents the system serves.
+ */
+import { useCallback, useEffect, useReducer, useRef, useState } from 'react';
+import {
+  actorOf,
+  Ev,
+  ParleyClient,
+  ParleyError,
+  type AgentInfo,
+  type ConnectionState,
+  type Conversation,
+  type Message,
+  type ServerFrame,
+  type StreamDelta,
+  type StreamEnd,
+  type StreamStart,
+} from './protocol';
+import type { AgentStatus } from './store';
+import {
+  loadRead,
+  saveRead,
+  sortConversations,
+  upsertConversation,
+  viewsReducer,
+  withLastMessage,
+} from './views';
+
+/** Conversations watched at once for live unread counts (the gateway allows 100). */
+const WATCH_MAX = 20;
+export const FALLBACK_AGENTS: AgentInfo[] = [
+  { id: 'agent-demo', name: 'Demo agent', description: 'Parley’s built-in demo agent' },
+];
+
+/** This origin first, then any fallback gateways given as `?gateways=http://h:p,http://h:p`. */
+export function gatewayUrls(): string[] {
+  const extra = new URLSearchParams(window.location.search).get('gateways');
+  const urls = [window.location.origin];
+  for (const u of (extra ?? '').split(',')) {
+    const v = u.trim();
+    if (v && !urls.includes(v)) urls.push(v);
+  }
+  return urls;
+}
+
+function counted(m: Message, self: string | null): boolean {
+  const type = m.messageType ?? 'text';
+  return (type === 'text' || type === 'error') && m.createdBy !== self && !m.deletedAt;
+}
+
+export function useParley(token: string | null, onRefused: (message: string) => void) {
+  const [client, setClient] = useState<ParleyClient | null>(null);
+  const [connection, setConnection] = useState<ConnectionState>('idle');
+  const [self, setSelf] = useState<string | null>(null);
+  const [instance, setInstance] = useState<string | null>(null);
+  const [conversations, setConversations] = useState<Conversation[]>([]);
+  const [listError, setListError] = useState<string | null>(null);
+  const [views, dispatch] = useReducer(viewsReducer, {});
+  const [presence, setPresence] = useState<Record<string, boolean>>({});
+  const [names, setNames] = useState<Record<string, string>>({});
+  const [agents, setAgents] = useState<AgentInfo[]>(FALLBACK_AGENTS);
+  const [unread, setUnread] = useState<Record<string, string[]>>({});
+  const [notice, setNotice] = useState<string | null>(null);
+  const [reconnects, setReconnects] = useState(0);
+  const [log, setLog] = useState<string[]>([]);
+  const [attempt, setAttempt] = useState(0);
+  const streamConv = useRef(new Map<string, string>());
+  const openRef = useRef<string | null>(null);
+  const readRef = useRef<Record<string, number>>({});
+  const selfRef = useRef<string | null>(null);
+  const refusedRef = useRef(onRefused);
+  refusedRef.current = onRefused;
+
+  /** Everything up to `seq` in `cid` is read (the open conversation, while shown). */
+  const markRead = useCallback((cid: string, seq: number | null | undefined) => {
+    const who = selfRef.current;
+    const cur = readRef.current[cid] ?? 0;
+    if (seq != null && seq > cur) {
+      readRef.current = { ...readRef.current, [cid]: seq };
+      if (who) saveRead(who, readRef.current);
+    }
+    setUnread((u) => (u[cid]?.length ? { ...u, [cid]: [] } : u));
+  }, []);
+
+  useEffect(() => {
+    if (!token) return;
+    const c = new ParleyClient({ baseUrls: gatewayUrls(), token });
+    let alive = true;
+    let retryTimer: ReturnType<typeof setTimeout> | null = null;
+    const offs: Array<() => void> = [
+      c.onState((s) => {
+        if (!alive) return;
+        setConnection(s);
+        setReconnects(c.reconnects);
+        setInstance(c.instanceId);
+      }),
+    ];
+    const on = (ev: string, fn: (f: ServerFrame) => void) => offs.push(c.on(ev, fn));
+    const cidOf = (f: ServerFrame): string | null => {
+      const d = (f.data ?? {}) as Record<string, unknown>;
+      return (
+        f.conversationId ??
+        (typeof d.conversationId === 'string' ? d.conversationId : null) ??
+        (typeof d.streamId === 'string' ? (streamConv.current.get(d.streamId) ?? null) : null)
+      );
+    };
+    const learnName = (d: unknown) => {
+      const o = (d ?? {}) as Record<string, unknown>;
+      const who = actorOf(o);
+      const name = typeof o.name === 'string' ? o.name : typeof o.agentName === 'string' ? o.agentName : null;
+      if (who && name) setNames((n) => (n[who] === name ? n : { ...n, [who]: name }));
+    };
+    const online = (who: string | null, value = true) => {
+      if (who) setPresence((p) => (p[who] === value ? p : { ...p, [who]: value }));
+    };
+
+    on('*', (f) => {
+      const line = `${new Date().toISOString().slice(11, 23)} ${f.event}${
+        f.seq != null ? ` #${f.seq}` : ''
+      }${f.conversationId ? ` ${f.conversationId}` : ''}`;
+      setLog((l) => [line, ...l].slice(0, 60));
+    });
+
+    const onMessage = (f: ServerFrame) => {
+      const m = f.data as Message;
+      const cid = cidOf(f) ?? m?.conversationId;
+      if (!m || !m._id || !cid) return;
+      const msg = m.seq == null && f.seq != null && f.event === Ev.MESSAGE_NEW ? { ...m, seq: f.seq } : m;
+      dispatch({ cid, action: { type: 'message', message: msg } });
+      if (msg.role === 'assistant' && msg.agentId) online(msg.agentId);
+      if (f.event !== Ev.MESSAGE_NEW) return;
+      setConversations((list) => list.map((cv) => (cv.conversationId === cid ? withLastMessage(cv, msg) : cv)));
+      if (cid === openRef.current) markRead(cid, msg.seq);
+      else if (counted(msg, c.principal?.id ?? null) && (msg.seq ?? 0) > (readRef.current[cid] ?? 0))
+        setUnread((u) => ((u[cid] ?? []).includes(msg._id) ? u : { ...u, [cid]: [...(u[cid] ?? []), msg._id] }));
+      // Agent answers change the conversation's totals: refresh them.
+      if (msg.role === 'assistant' && msg.usage)
+        c.getConversation(cid)
+          .then((conv) => dispatch({ cid, action: { type: 'conversation', conversation: conv } }))
+          .catch(() => undefined);
+    };
+    on(Ev.MESSAGE_NEW, onMessage);
+    on(Ev.MESSAGE_UPDATED, onMessage);
+    on(Ev.MESSAGE_REACTED, onMessage);
+    on(Ev.MESSAGE_DELETED, (f) => {
+      // The stored message with deletedAt: it stays in place as a placeholder.
+      const d = (f.data ?? {}) as Partial<Message> & { messageId?: string };
+      const cid = cidOf(f);
+      if (cid && d._id && d.role) dispatch({ cid, action: { type: 'message', message: d as Message } });
+      else if (cid && d.messageId) dispatch({ cid, action: { type: 'deleted', messageId: d.messageId } });
+    });
+
+    const watch = (conv: Conversation) => {
+      if (c.joinedConversations().includes(conv.conversationId)) return;
+      const since = Math.max(conv.lastSeq ?? 0, conv.lastMessage?.seq ?? 0);
+      c.join(conv.conversationId, since).catch(() => undefined);
+    };
+    const onConv = (f: ServerFrame) => {
+      const conv = f.data as Conversation;
+      if (!conv || !conv.conversationId) return;
+      dispatch({ cid: conv.conversationId, action: { type: 'conversation', conversation: conv } });
+      const me = c.principal?.id;
+      const member = (conv.participants ?? []).some((p) => p.userId === me && !p.leftAt);
+      if (conv.participants && !member) {
+        setConversations((list) => list.filter((x) => x.conversationId !== conv.conversationId));
+        return;
+      }
+      setConversations((list) => upsertConversation(list, conv));
+      if (f.event === Ev.CONVERSATION_CREATED || f.event === Ev.CONVERSATION_UPDATED) watch(conv);
+    };
+    on(Ev.CONVERSATION_CREATED, onConv);
+    on(Ev.CONVERSATION_UPDATED, onConv);
+    on(Ev.CONVERSATION_DELETED, (f) => {
+      const cid = cidOf(f) ?? (f.data as Conversation | undefined)?.conversationId;
+      if (!cid) return;
+      setConversations((list) => list.filter((x) => x.conversationId !== cid));
+      void c.leave(cid);
+    });
+    on(Ev.CONVERSATION_JOINED, (f) => {
+      const conv = (f.data as { conversation?: Conversation } | undefined)?.conversation;
+      if (conv?.conversationId)
+        dispatch({ cid: conv.conversationId, action: { type: 'conversation', conversation: conv } });
+    });
+    on(Ev.MESSAGE_STREAM_START, (f) => {
+      const d = f.data as StreamStart;
+      const cid = cidOf(f);
+      if (!d?.streamId || !cid) return;
+      streamConv.current.set(d.streamId, cid);
+      online(d.agentId ?? null);
+      dispatch({ cid, action: { type: 'streamStart', data: d, now: Date.now() } });
+    });
+    on(Ev.MESSAGE_STREAM_DELTA, (f) => {
+      const d = f.data as StreamDelta;
+      const cid = cidOf(f) ?? openRef.current;
+      if (d?.streamId && cid) dispatch({ cid, action: { type: 'streamDelta', data: d } });
+    });
+    on(Ev.MESSAGE_STREAM_END, (f) => {
+      const d = f.data as StreamEnd;
+      const cid = cidOf(f) ?? openRef.current;
+      if (d?.streamId && cid) dispatch({ cid, action: { type: 'streamEnd', data: d } });
+    });
+    const onAgent = (kind: AgentStatus['kind']) => (f: ServerFrame) => {
+      const cid = cidOf(f);
+      if (!cid) return;
+      const d = (f.data ?? {}) as Record<string, unknown>;
+      const state = String(d.status ?? d.state ?? d.phase ?? '');
+      const done =
+        d.active === false ||
+        d.done === true ||
+        ['done', 'stop', 'stopped', 'end', 'ended', 'idle', 'finished', 'complete'].includes(state);
+      const toolName =
+        (d.toolName as string | undefined) ??
+        (d.name as string | undefined) ??
+        (d.toolCall as { function?: { name?: string } } | undefined)?.function?.name ??
+        null;
+      online(actorOf(d));
+      learnName(d);
+      dispatch({
+        cid,
+        action: {
+          type: 'agentStatus',
+          status: done ? null : { kind, agentId: actorOf(d), toolName, since: Date.now() },
+        },
+      });
+    };
+    on(Ev.AGENT_THINKING, onAgent('thinking'));
+    on(Ev.AGENT_TOOL_CALLING, onAgent('tool-calling'));
+    const onTyping = (value: boolean) => (f: ServerFrame) => {
+      const cid = cidOf(f);
+      const who = actorOf(f.data);
+      learnName(f.data);
+      if (cid && who && who !== c.principal?.id)
+        dispatch({ cid, action: { type: 'typing', who, on: value, now: Date.now() } });
+    };
+    on(Ev.TYPING_START, onTyping(true));
+    on(Ev.TYPING_STOP, onTyping(false));
+    // Presence is only events: someone who joined before us never told us. When a principal
+    // we did not know as online appears, announce ourselves once (debounced) so they learn of us.
+    const knownOnline = new Set<string>();
+    let announce: ReturnType<typeof setTimeout> | null = null;
+    const onPresence = (value: boolean) => (f: ServerFrame) => {
+      learnName(f.data);
+      const who = actorOf(f.data);
+      online(who, value);
+      if (!who || who === c.principal?.id) return;
+      if (!value) knownOnline.delete(who);
+      else if (!knownOnline.has(who)) {
+        knownOnline.add(who);
+        if (!announce)
+          announce = setTimeout(() => {
+            announce = null;
+            if (alive) c.notify(Ev.PRESENCE_ONLINE, {});
+          }, 300);
+      }
+    };
+    on(Ev.PRESENCE_ONLINE, onPresence(true));
+    on(Ev.PRESENCE_OFFLINE, onPresence(false));
+    on(Ev.AGENT_ONLINE, onPresence(true));
+    on(Ev.AGENT_OFFLINE, onPresence(false));
+    on(Ev.ERROR, (f) => setNotice(f.error?.message ?? 'error'));
+
+    /** Unread counts after a reload: what others wrote since this browser last read. */
+    const countUnread = (conv: Conversation) => {
+      const cid = conv.conversationId;
+      const read = readRef.current[cid];
+      const last = conv.lastMessage?.seq ?? 0;
+      if (read === undefined) {
+        readRef.current = { ...readRef.current, [cid]: last };
+        return;
+      }
+      if (last <= read || cid === openRef.current) return;
+      c.messages(cid, { afterSeq: read, limit: 100 })
+        .then((page) => {
+          const ids = page.items.filter((m) => counted(m, c.principal?.id ?? null)).map((m) => m._id);
+          if (alive && cid !== openRef.current)
+            setUnread((u) => ({ ...u, [cid]: [...new Set([...(u[cid] ?? []), ...ids])] }));
+        })
+        .catch(() => undefined);
+    };
+    const refreshList = () => {
+      c.listConversations(100)
+        .then((list) => {
+          if (!alive) return;
+          const sorted = sortConversations(list);
+          setConversations(sorted);
+          setListError(null);
+          sorted.forEach(countUnread);
+          if (selfRef.current) saveRead(selfRef.current, readRef.current);
+          sorted.filter((x) => x.status !== 'archived').slice(0, WATCH_MAX).forEach(watch);
+        })
+        .catch((e: Error) => alive && setListError(e.message));
+      c.listAgents()
+        .then((list) => {
+          if (!alive || !list.length) return;
+          setAgents(list);
+          for (const a of list) {
+            learnName({ agentId: a.id, name: a.name });
+            if (typeof a.online === 'boolean') online(a.id, a.online);
+          }
+        })
+        .catch(() => undefined); // an older gateway: keep the fallback list
+    };
+    on(Ev.RECONNECTED, () => refreshList());
+    on(Ev.CONNECTED, () => refreshList());
+
+    // An HTTP call first gives a clear answer for a bad token (the WebSocket only says 1006).
+    c.listConversations()
+      .then(() => c.connect())
+      .then((d) => {
+        if (!alive) return;
+        setNotice(null);
+        const me = d.principal?.id ?? null;
+        selfRef.current = me;
+        if (me) {
+          readRef.current = loadRead(me);
+          if (d.principal?.name) learnName({ principalId: me, name: d.principal.name });
+        }
+        setSelf(me);
+        setClient(c);
+        c.notify(Ev.PRESENCE_ONLINE, {});
+      })
+      .catch((e: Error) => {
+        if (!alive) return;
+        c.close();
+        if (e instanceof ParleyError && /UNAUTHORIZED|HTTP_401/.test(e.code)) {
+          refusedRef.current(`The token was refused: ${e.message}`);
+          return;
+        }
+        // The gateway is unreachable (or failing): keep the token and try again.
+        setNotice(`Cannot reach the gateway (${e.message}); retrying…`);
+        retryTimer = setTimeout(() => setAttempt((a) => a + 1), 3000);
+      });
+    (window as unknown as { parley?: ParleyClient }).parley = c; // for developers and tests
+    return () => {
+      alive = false;
+      if (retryTimer) clearTimeout(retryTimer);
+      offs.forEach((f) => f());
+      c.close();
+      setClient(null);
+      setConversations([]);
+      setConnection('idle');
+    };
+  }, [token, attempt, markRead]);
+
+  // Expire typing indicators.
+  useEffect(() => {
+    const t = setInterval(() => dispatch({ cid: '*', action: { type: 'tick', now: Date.now() } }), 1000);
+    return () => clearInterval(t);
+  }, []);
+
+  return {
+    client,
+    connection,
+    self,
+    instance,
+    conversations,
+    setConversations,
+    listError,
+    views,
+    dispatch,
+    presence,
+    names,
+    agents,
+    unread,
+    markRead,
+    notice,
+    setNotice,
+    reconnects,
+    log,
+    openRef,
+  };
+}
+
+export type Parley = ReturnType<typeof useParley>;
