@@ -101,6 +101,9 @@ async def test_turn_published_twice_is_answered_once(two_bridges: Stack, connect
 async def test_replica_killed_mid_turn_is_resumed_once(
     tmp_path: Path, stack_factory: StartStack, openai_stub: OpenAIStub, connect: Connect
 ) -> None:
+    """Issue 11: kill -9 of the replica running a turn (two replicas, default ack wait): the
+    other one takes over within 10 s, ends the dead stream (interrupted), says it is
+    recovering, and every step is stored once."""
     openai_stub.script(
         "phoenix-e2e",
         Step(
@@ -109,21 +112,24 @@ async def test_replica_killed_mid_turn_is_resumed_once(
         ),
         Step(content=[f"part{i} " for i in range(40)], delay=0.05),
     )
-    stack = stack_factory(tmp_path, PARLEY_AGENT_BRIDGE_ACK_WAIT="2")
+    stack = stack_factory(tmp_path, bridges=2)
     try:
         client = await connect(stack)
         conv = await client.conversation(LLM_AGENT)
         user = await client.send(conv, "phoenix-e2e compute and explain")
         # The tool step is stored; the answer is streaming: kill the replica now.
-        await client.wait_for(
+        delta = await client.wait_for(
             lambda f: f.get("event") == "message:stream-delta" and f["data"]["delta"] == "part3 ",
             30,
         )
-        bridge = stack.bridges[0]
-        bridge.process.kill()
-        bridge.process.start()  # a new replica takes over the redelivered turn
-        await asyncio.to_thread(stack.wait_ready, bridge)
-        final = await client.answer(user, seconds=60)
+        dead_stream = delta["data"]["streamId"]
+        busy = [b for b in stack.bridges if turns_running(b) > 0]
+        assert len(busy) == 1
+        killed_at = asyncio.get_running_loop().time()
+        busy[0].process.kill()  # SIGKILL; the other replica is the only one left
+        final = await client.answer(user, seconds=30)
+        took = asyncio.get_running_loop().time() - killed_at
+        assert took < 10.0, f"the turn completed {took:.1f} s after the kill"
         await asyncio.sleep(1.0)
         msgs = client.turn_messages(user)
         assert [(m["role"], m["messageType"]) for m in msgs] == [
@@ -133,14 +139,19 @@ async def test_replica_killed_mid_turn_is_resumed_once(
         ], msgs
         assert final["content"] == "".join(f"part{i} " for i in range(40))
         assert msgs[1]["toolResults"][0]["result"]["result"] == 4
+        # The dead attempt's stream is ended, before the new attempt's starts.
+        ends = [f["data"] for f in client.events("message:stream-end", conv)]
+        assert {"streamId": dead_stream, "finishReason": "interrupted"} in ends
+        recovering = [
+            f for f in client.events("agent:thinking", conv) if f["data"]["status"] == "recovering"
+        ]
+        assert recovering
         # The retry resumed after the stored tool result instead of calling the tool again.
         retried = [r for r in openai_stub.requests if "phoenix-e2e" in str(r["messages"])]
         assert retried[-1]["messages"][-1]["tool_call_id"] == "call_k1"
         assert sum(1 for r in retried if r["messages"][-1]["role"] == "user") == 1
-        # agent:online: on the first turn, and from the new replica at startup (it lists the
-        # agent's conversations).
         online = client.events("agent:online", conv)
-        assert len(online) >= 2 and online[0]["data"]["agentId"] == LLM_AGENT
+        assert online and online[0]["data"]["agentId"] == LLM_AGENT
     finally:
         stack.stop()
 
@@ -179,3 +190,38 @@ async def test_sigterm_mid_turn_exits_promptly_and_the_turn_is_answered_once(
     assert final["finishReason"] == "stop"
     bridge.process.start()
     await asyncio.to_thread(two_bridges.wait_ready, bridge)
+
+
+async def test_with_no_replica_left_the_turn_fails_visibly_within_10_s(
+    tmp_path: Path, stack_factory: StartStack, connect: Connect
+) -> None:
+    """Issue 11: the only bridge replica is killed mid-turn: the members see an error answer
+    and agent:offline within 10 s (the conversation service's agent watch), not silence; so
+    does a message sent while no replica runs."""
+    stack = stack_factory(tmp_path)
+    try:
+        client = await connect(stack)
+        conv = await client.conversation("agent-demo")
+        user = await client.send(conv, "do something slow")  # the demo's 3 s sleep tool
+        await client.wait_for(lambda f: f.get("event") == "agent:tool-calling", 60)
+        loop = asyncio.get_running_loop()
+        killed_at = loop.time()
+        stack.bridges[0].process.kill()
+        final = await client.answer(user, seconds=15)
+        took = loop.time() - killed_at
+        assert took < 10.0, f"the failure showed {took:.1f} s after the kill"
+        assert final["messageType"] == "error" and final["agentId"] == "agent-demo"
+        await client.wait_for(
+            lambda f: f.get("event") == "agent:offline" and f.get("conversationId") == conv, 3
+        )
+        sent_at = loop.time()
+        later = await client.send(conv, "anyone there?")
+        final = await client.answer(later, seconds=15)
+        assert final["messageType"] == "error" and loop.time() - sent_at < 10.0
+        # A replica that comes back finds the turns answered (the error) and adds nothing.
+        stack.bridges[0].process.start()
+        await asyncio.to_thread(stack.wait_ready, stack.bridges[0])
+        await asyncio.sleep(3.0)
+        assert [m["messageType"] for m in client.turn_messages(later)] == ["error"]
+    finally:
+        stack.stop()

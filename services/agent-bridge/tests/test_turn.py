@@ -312,8 +312,78 @@ async def test_retry_after_replica_death_closes_interrupted_calls_and_finishes()
     assert [m["messageType"] for m in io.messages] == ["tool_result", "text"]
     assert io.messages[0]["toolResults"][0]["toolCallId"] == "c1"
     assert io.messages[0]["toolResults"][0]["success"] is False
-    assert io.messages[1]["clientMessageId"].startswith("turn-msg-user-a2-")
+    assert io.messages[1]["clientMessageId"] == "turn-msg-user-s0-final"
     assert backend.seen[0][-1]["role"] == "tool"
+
+
+async def test_a_turn_killed_mid_step_goes_on_with_each_step_stored_once() -> None:
+    """Issue 11: attempt 1 dies while streaming step 1; attempt 2 (another replica) ends the
+    dead stream (interrupted), says it is recovering, and stores no step twice."""
+    io = MemoryIO()  # the conversation service: dedupe by clientMessageId
+    call = ModelToolCall("c1", "calc", "{}")
+    step0: list[ModelEvent] = [
+        ReasoningDelta("plan"),
+        TextDelta("Let me check."),
+        ToolCalls([call]),
+        Finish("x"),
+    ]
+    gate = asyncio.Event()
+
+    class Dies(Scripted):
+        async def stream(
+            self, messages: list[ChatMessage], tools: list[ToolSpec]
+        ) -> AsyncIterator[ModelEvent]:
+            if len(self.seen) == 1:  # step 1: reasons, streams a little, then hangs
+                self.seen.append(messages)
+                yield ReasoningDelta("again")
+                yield TextDelta("The answ")
+                gate.set()
+                await asyncio.Event().wait()
+            async for e in super().stream(messages, tools):
+                yield e
+
+    tools = FakeTools({"calc": ToolOutcome(4, True, None, 1.0)})
+    first = make_turn(Dies(step0), tools, io)
+    task = asyncio.create_task(first.run())
+    await gate.wait()
+    task.cancel()  # kill -9 of the replica: nothing more from attempt 1
+    stored_by_1 = [m["clientMessageId"] for m in io.messages]
+    assert [m["messageType"] for m in io.messages] == [
+        "thinking",
+        "tool_call",
+        "tool_result",
+        "thinking",
+    ]
+    dead_stream = next(d["streamId"] for e, d in io.events if e is Event.MESSAGE_STREAM_START)
+    io.events.clear()
+
+    again = Scripted([ReasoningDelta("again"), TextDelta("The answer is 4."), Finish("stop")])
+    second = Turn(
+        agent=AGENT,
+        backend=again,
+        tools=tools,
+        io=io,
+        request=TurnRequest("conv-1", "msg-user", 1, attempt=2),
+        history=[dict(USER), *(dict(m) for m in io.messages)],
+    )
+    result = await second.run()
+    assert result.outcome == "answered"
+    ids = [m["clientMessageId"] for m in io.messages]
+    assert len(ids) == len(set(ids)) and ids[: len(stored_by_1)] == stored_by_1
+    assert [m["messageType"] for m in io.messages] == [
+        "thinking",
+        "tool_call",
+        "tool_result",
+        "thinking",  # step 1's, stored once (by attempt 1)
+        "text",
+    ]
+    assert io.messages[-1]["content"] == "The answer is 4."
+    assert tools.calls == [("calc", {})]  # the tool is not run again
+    names = [e for e, _ in io.events]
+    assert names[0] is Event.AGENT_THINKING and io.events[0][1]["status"] == "recovering"
+    ends = [d for e, d in io.events if e is Event.MESSAGE_STREAM_END]
+    assert {"streamId": dead_stream, "finishReason": "interrupted"} in ends
+    assert names.index(Event.MESSAGE_STREAM_END) < names.index(Event.MESSAGE_STREAM_START)
 
 
 async def test_write_retry_is_deduplicated_by_client_message_id() -> None:

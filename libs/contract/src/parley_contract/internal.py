@@ -25,6 +25,12 @@ class Principal(BaseModel):
     name: str | None = None
 
 
+# Agent-bridge replicas refresh their presence key in subjects.KV_AGENTS at least this often;
+# the conversation service counts an agent whose replicas all went quiet for three times this
+# as offline and fails its open turns visibly (issue 11).
+AGENT_LIVENESS_SECONDS = 2.0
+
+
 class CommandRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     principal: Principal

@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     demo_delay_seconds: float = Field(default=0.02, ge=0, alias="PARLEY_AGENT_BRIDGE_DEMO_DELAY")
     # Turns run at once by this replica (JetStream pull batch limit).
     max_concurrent_turns: int = Field(default=16, ge=1, alias="PARLEY_AGENT_BRIDGE_MAX_TURNS")
-    # JetStream ack wait; in_progress() heartbeats are sent every ack_wait/3 while a turn runs.
-    ack_wait_seconds: float = Field(default=30.0, gt=1, alias="PARLEY_AGENT_BRIDGE_ACK_WAIT")
+    # JetStream ack wait; in_progress() heartbeats are sent every ack_wait/3 while a turn runs,
+    # so a replica killed mid-turn gives its turn to another within ack_wait (issue 11: < 10 s).
+    ack_wait_seconds: float = Field(default=6.0, gt=1, alias="PARLEY_AGENT_BRIDGE_ACK_WAIT")
     max_deliver: int = Field(default=3, ge=1, alias="PARLEY_AGENT_BRIDGE_MAX_DELIVER")
     turn_timeout_seconds: float = Field(
         default=300.0, gt=0, alias="PARLEY_AGENT_BRIDGE_TURN_TIMEOUT"

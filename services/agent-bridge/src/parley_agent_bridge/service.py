@@ -49,7 +49,13 @@ from parley_contract.agent_events import AgentAvailability
 from parley_contract.commands import ToolCallCommand, parse_payload
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
-from parley_contract.internal import AgentStop, AgentTurn, CommandRequest, Principal
+from parley_contract.internal import (
+    AGENT_LIVENESS_SECONDS,
+    AgentStop,
+    AgentTurn,
+    CommandRequest,
+    Principal,
+)
 from parley_contract.streams import ensure_agent_turns_stream
 from parley_contract.timeutil import now_iso
 
@@ -299,23 +305,35 @@ class Bridge:
                 await self.nc.drain()
 
     async def _ensure_stream(self, js: Any) -> None:
-        """The turns stream and the shared consumer, created idempotently by either side."""
+        """The turns stream and the shared consumer, created idempotently by either side; an
+        existing consumer with another ack wait or max deliver is updated to these."""
         await ensure_agent_turns_stream(js)
+        config = ConsumerConfig(
+            durable_name=CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait_seconds,
+            max_deliver=self.settings.max_deliver,
+            filter_subject=subjects.AGENT_TURN,
+            max_ack_pending=10_000,
+        )
         try:
-            await js.consumer_info(subjects.STREAM_AGENT_TURNS, CONSUMER)
+            info = await js.consumer_info(subjects.STREAM_AGENT_TURNS, CONSUMER)
         except nats.js.errors.NotFoundError:
             with contextlib.suppress(nats.js.errors.BadRequestError):
-                await js.add_consumer(
-                    subjects.STREAM_AGENT_TURNS,
-                    ConsumerConfig(
-                        durable_name=CONSUMER,
-                        ack_policy=AckPolicy.EXPLICIT,
-                        ack_wait=self.settings.ack_wait_seconds,
-                        max_deliver=self.settings.max_deliver,
-                        filter_subject=subjects.AGENT_TURN,
-                        max_ack_pending=10_000,
-                    ),
-                )
+                await js.add_consumer(subjects.STREAM_AGENT_TURNS, config)
+            return
+        current = info.config
+        if current.ack_wait != config.ack_wait or current.max_deliver != config.max_deliver:
+            logger.info(
+                "updating consumer %s: ack_wait %s -> %s s",
+                CONSUMER,
+                current.ack_wait,
+                config.ack_wait,
+            )
+            try:
+                await js.add_consumer(subjects.STREAM_AGENT_TURNS, config)  # create or update
+            except nats.js.errors.BadRequestError as exc:
+                logger.warning("consumer %s not updated: %s", CONSUMER, exc)
 
     async def _bucket(self, js: Any) -> KeyValue:
         for _ in range(5):
@@ -617,7 +635,9 @@ class Bridge:
             await self.kv.put(f"{agent.id}.{self.instance_id}", jsonutil.dumps(value))
 
     async def _presence_loop(self) -> None:
-        interval = self.settings.presence_ttl_seconds / 3
+        # At least every AGENT_LIVENESS_SECONDS: the conversation service takes three missed
+        # beats for "no replica left" and fails the agent's open turns visibly.
+        interval = min(self.settings.presence_ttl_seconds / 3, AGENT_LIVENESS_SECONDS)
         while True:
             await asyncio.sleep(interval)
             try:

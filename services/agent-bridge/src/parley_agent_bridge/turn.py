@@ -40,7 +40,6 @@ from parley_agent_bridge.config import AgentConfig
 from parley_agent_bridge.tools import ToolOutcome, ToolRunner, parse_arguments
 from parley_contract.commands import MAX_CONTENT_CHARS
 from parley_contract.events import Event
-from parley_contract.ids import new_id
 from parley_contract.limits import is_storable_free_form
 from parley_contract.models import MessageType, Role
 
@@ -104,11 +103,33 @@ class _Step:
 
 
 def client_message_id(turn: TurnRequest, step: int, kind: str) -> str:
-    """Deterministic per (turn, delivery attempt, step, kind): a retried write is deduplicated."""
-    raw = f"turn-{turn.message_id}-a{turn.attempt}-s{step}-{kind}"
+    """Deterministic per (turn, step, kind), whatever the delivery attempt: a retried write is
+    deduplicated, and a step of a dead attempt is not stored again by the next (issue 11;
+    the next attempt goes on from the steps stored, ``first_step``)."""
+    raw = f"turn-{turn.message_id}-s{step}-{kind}"
     if len(raw) <= 128:
         return raw
     return "turn-" + hashlib.sha256(raw.encode()).hexdigest()
+
+
+def stream_id(turn: TurnRequest, attempt: int, step: int) -> str:
+    """The ``streamId`` of a step's text stream: known to the attempt that takes over, which
+    ends the streams a dead attempt may have left open (``finishReason: interrupted``)."""
+    digest = hashlib.sha256(turn.message_id.encode()).hexdigest()[:20]
+    return f"stream-{digest}-a{attempt}-s{step}"
+
+
+def first_step(own: list[dict[str, Any]]) -> int:
+    """The step a retried turn goes on with: after the last step whose tool calls or results
+    the earlier attempts stored (``metadata.turnStep``), 0 if none."""
+    done = -1
+    for m in own:
+        if m.get("messageType") not in (MessageType.TOOL_CALL, MessageType.TOOL_RESULT):
+            continue
+        step = (m.get("metadata") or {}).get("turnStep")
+        if isinstance(step, int) and not isinstance(step, bool):
+            done = max(done, step)
+    return done + 1
 
 
 def _clip(text: str, limit: int = MAX_CONTENT_CHARS) -> str:
@@ -274,6 +295,7 @@ class Turn:
             "conversationId": self.request.conversation_id,
             "parentMessageId": self.request.message_id,
             "clientMessageId": client_message_id(self.request, step, kind),
+            "metadata": {"turnStep": step},
         }
 
     async def _write(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -307,6 +329,8 @@ class Turn:
 
     async def _run(self) -> TurnResult:
         req = self.request
+        own = [m for m in self.history if m.get("parentMessageId") == req.message_id]
+        start = first_step(own)
         await self._publish(
             Event.AGENT_THINKING,
             {
@@ -314,13 +338,14 @@ class Turn:
                 "agentId": self.agent.id,
                 "agentName": self.agent.name,
                 "parentMessageId": req.message_id,
-                "status": "thinking",
+                # a redelivered turn: the replica that ran it died, this one goes on
+                "status": "recovering" if req.attempt > 1 else "thinking",
             },
         )
-        own = [m for m in self.history if m.get("parentMessageId") == req.message_id]
-        await self._close_interrupted_calls(own)
+        await self._end_dead_streams(start)
+        await self._close_interrupted_calls(own, start)
         messages = chat_history(self.agent.system_prompt, self.history)
-        for step_index in range(self.max_steps):
+        for step_index in range(start, start + self.max_steps):
             step = _Step(step_index)
             tools = self.tools.specs()
             stopped, error = await self._race(self._model_step(step, messages, tools))
@@ -369,7 +394,7 @@ class Turn:
             if stopped:
                 return await self._finish_stopped(_Step(step_index + 1), messages)
         return await self._finish_error(
-            _Step(self.max_steps),
+            _Step(start + self.max_steps),
             f"the agent did not answer within {self.max_steps} model steps",
         )
 
@@ -387,7 +412,7 @@ class Turn:
                 elif isinstance(event, TextDelta):
                     await self._flush_thinking(step)
                     if step.stream_id is None:
-                        step.stream_id = new_id("stream")
+                        step.stream_id = stream_id(self.request, self.request.attempt, step.index)
                         await self._publish(
                             Event.MESSAGE_STREAM_START,
                             {
@@ -495,7 +520,7 @@ class Turn:
             await self._write_result(step.index, i, call.id, call.name, out)
 
     async def _write_result(
-        self, step: int, i: int, call_id: str, name: str, out: ToolOutcome
+        self, step: int, i: int | str, call_id: str, name: str, out: ToolOutcome
     ) -> dict[str, Any]:
         result: dict[str, Any] = {
             "toolCallId": call_id,
@@ -517,15 +542,27 @@ class Turn:
             }
         )
 
-    async def _close_interrupted_calls(self, own: list[dict[str, Any]]) -> None:
-        """A retried turn: store a failed result for calls of the dead attempt that have none."""
+    async def _end_dead_streams(self, start: int) -> None:
+        """A retried turn: end the text streams the earlier attempts may have left open (their
+        last step's, ``start``, or the one before when it died between storing its tool calls
+        and ending its stream); a client ignores the end of a stream it never saw."""
+        for attempt in range(1, self.request.attempt):
+            for step in (start - 1, start):
+                if step >= 0:
+                    sid = stream_id(self.request, attempt, step)
+                    await self._publish(
+                        Event.MESSAGE_STREAM_END, {"streamId": sid, "finishReason": "interrupted"}
+                    )
+
+    async def _close_interrupted_calls(self, own: list[dict[str, Any]], start: int) -> None:
+        """A retried turn: store a failed result for calls of the dead attempt that have none
+        (keyed by the call's id: stored once, whichever attempt gets there first)."""
         answered = {
             r.get("toolCallId")
             for m in own
             for r in (m.get("toolResults") or [])
             if isinstance(r, dict)
         }
-        n = 0
         for msg in own:
             if msg.get("messageType") != MessageType.TOOL_CALL:
                 continue
@@ -534,10 +571,13 @@ class Turn:
                     continue
                 name = str((call.get("function") or {}).get("name") or "tool")
                 stored = await self._write_result(
-                    -1, n, str(call.get("id")), name, ToolOutcome(None, False, INTERRUPTED, 0.0)
+                    start - 1,
+                    f"x-{call.get('id')}",
+                    str(call.get("id")),
+                    name,
+                    ToolOutcome(None, False, INTERRUPTED, 0.0),
                 )
                 self.history.append(stored)
-                n += 1
 
     def _cost(self) -> float:
         return self.agent.cost(self.usage.prompt_tokens, self.usage.completion_tokens)

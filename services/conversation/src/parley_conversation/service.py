@@ -60,6 +60,7 @@ from parley_contract.models import (
 from parley_contract.streams import ensure_agent_turns_stream
 from parley_contract.timeutil import iso
 from parley_conversation import domain, roles
+from parley_conversation.agent_watch import AgentWatch
 from parley_conversation.idempotency import KEYED_EVENTS, command_key, log_key, with_key
 from parley_conversation.legacy import fold_legacy_event_log
 from parley_conversation.sequencer import Sequencer
@@ -194,6 +195,7 @@ class ConversationService:
         self.ready = False
         self._agents: AgentDirectory | None = None
         self._started = False
+        self.agent_watch: AgentWatch | None = None
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -266,9 +268,20 @@ class ConversationService:
             # Without the stream agent turns cannot be published (counted per message);
             # everything else works, so the replica still starts.
             logger.exception("could not ensure the JetStream stream of agent turns")
+        self.agent_watch = AgentWatch(
+            self.broker.connection.jetstream(),
+            self._store_agent_failure,
+            self.store.turn_answered,
+            self._publish,
+        )
+        self.agent_watch.start()
         self._started = True
         self.ready = True
         logger.info("conversation service %s ready", self.settings.instance_id)
+
+    async def _store_agent_failure(self, message: Message) -> None:
+        service = Principal(id=message.agent_id or "agent", kind=PrincipalKind.SERVICE)
+        await self.sequencer.send(service, message)
 
     async def _ensure_stream(self) -> None:
         await ensure_agent_turns_stream(self.broker.connection.jetstream())
@@ -289,6 +302,8 @@ class ConversationService:
                 except NatsError as exc:
                     logger.warning("could not drain a subscription: %s", exc)
                 sub.subscription = None  # FastStream would unsubscribe it a second time
+        if self.agent_watch is not None:
+            await self.agent_watch.stop()
         try:
             await asyncio.wait_for(self._drain(), timeout=self.settings.drain_seconds)
         except TimeoutError:
@@ -450,6 +465,8 @@ class ConversationService:
             turn = AgentTurn(
                 conversation_id=conv.id, agent_id=conv.agent_id, message_id=m.id, seq=m.seq
             )
+            if self.agent_watch is not None:
+                self.agent_watch.track(conv.id, conv.agent_id, m.id, m.seq)
             try:
                 await js.publish(
                     subjects.AGENT_TURN,

@@ -52,7 +52,14 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import Principal
 from parley_contract.jsonutil import model_json
-from parley_contract.models import Conversation, ConversationStatus, LastMessage, Message
+from parley_contract.models import (
+    Conversation,
+    ConversationStatus,
+    LastMessage,
+    Message,
+    MessageType,
+    Role,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -906,6 +913,21 @@ class MongoStore:
                 or doc
             )
         return message_from(doc)
+
+    async def turn_answered(self, conversation_id: str, message_id: str, seq: int) -> bool:
+        """Whether an agent's final answer (``text`` or ``error``) to the user message at
+        ``seq`` is in the log (the agent watch, rarely: only for an agent gone offline)."""
+        doc = await self.messages.find_one(
+            {
+                "conversationId": conversation_id,
+                "seq": {"$gt": seq},
+                "parentMessageId": message_id,
+                "role": Role.ASSISTANT.value,
+                "messageType": {"$in": [MessageType.TEXT.value, MessageType.ERROR.value]},
+            },
+            {"_id": 1},
+        )
+        return doc is not None
 
     async def list_messages(
         self, conversation_id: str, after_seq: int | None, before_seq: int | None, limit: int

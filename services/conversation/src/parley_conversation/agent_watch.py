@@ -1,0 +1,170 @@
+"""No silent agent turns (issue 11): a turn whose agent has no live bridge replica fails
+visibly within seconds instead of waiting forever in JetStream.
+
+Each replica remembers the agent turns it published (``track``). Bridge replicas refresh
+their key ``<agentId>.<instanceId>`` in the KV bucket ``subjects.KV_AGENTS`` every
+``AGENT_LIVENESS_SECONDS``; this replica watches the bucket and knows, per agent, when a
+replica last said it was alive. An agent that a bridge served since this replica started
+("a bridge agent"; an external agent answers for itself and is never judged) and from which
+no replica was heard for ``AGENT_DEAD_AFTER_SECONDS`` is offline: each tracked turn of it
+that has no final answer in the log gets an ``error`` message from the agent
+(``clientMessageId`` ``turn-<messageId>-failed``, the one the bridge's own give-up uses, so
+it is stored once) and its conversation an ``agent:offline``. A bridge that comes back later
+takes the turn from JetStream, finds the error (a final answer) and does not answer again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+
+from parley_contract import envelopes, jsonutil, subjects
+from parley_contract.events import Event
+from parley_contract.ids import new_id
+from parley_contract.internal import AGENT_LIVENESS_SECONDS
+from parley_contract.models import Message, MessageStatus, MessageType, Role
+from parley_conversation.domain import now_ms
+
+logger = logging.getLogger(__name__)
+
+AGENT_DEAD_AFTER_SECONDS = 3 * AGENT_LIVENESS_SECONDS  # three missed heartbeats
+CHECK_SECONDS = 1.0
+TURN_MEMORY_SECONDS = 600.0  # a tracked turn is forgotten after this (bridge turn timeout 300 s)
+
+Store = Callable[[Message], Awaitable[Any]]
+Answered = Callable[[str, str, int], Awaitable[bool]]
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+@dataclass
+class _Turn:
+    conversation_id: str
+    agent_id: str
+    message_id: str
+    seq: int
+    at: float
+
+
+class AgentWatch:
+    def __init__(self, js: Any, store: Store, answered: Answered, publish: Publish) -> None:
+        self._js = js
+        self._store = store
+        self._answered = answered
+        self._publish = publish
+        self._turns: dict[str, _Turn] = {}
+        self._heard: dict[str, float] = {}  # agent id -> time.monotonic() of its last beat
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failed = 0  # turns failed here (metrics, tests)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._watch(), name="agent-watch-kv"),
+            asyncio.create_task(self._check_loop(), name="agent-watch-check"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def track(self, conversation_id: str, agent_id: str, message_id: str, seq: int) -> None:
+        self._turns[message_id] = _Turn(
+            conversation_id, agent_id, message_id, seq, time.monotonic()
+        )
+
+    # ------------------------------------------------------------ liveness
+
+    async def _watch(self) -> None:
+        """Follow the bridges' heartbeats (every put of ``<agentId>.<instanceId>``)."""
+        delay = 0.5
+        while True:
+            try:
+                kv = await self._js.key_value(subjects.KV_AGENTS)
+                watcher = await kv.watchall()
+                delay = 0.5
+                async for entry in watcher:
+                    if entry is None or not entry.key:  # end of the initial values
+                        continue
+                    if entry.operation is not None:  # delete/purge: withdrawn, not a beat
+                        continue
+                    self._heard[entry.key.split(".", 1)[0]] = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                logger.debug("watching agent presence: %r; again in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def offline(self, agent_id: str, now: float) -> bool:
+        heard = self._heard.get(agent_id)
+        return heard is not None and now - heard > AGENT_DEAD_AFTER_SECONDS
+
+    # ------------------------------------------------------------ turns
+
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_SECONDS)
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("agent watch check failed")
+
+    async def check(self) -> None:
+        now = time.monotonic()
+        for mid, turn in list(self._turns.items()):
+            if now - turn.at > TURN_MEMORY_SECONDS:
+                self._turns.pop(mid, None)
+                continue
+            if not self.offline(turn.agent_id, now):
+                continue
+            self._turns.pop(mid, None)
+            if await self._answered(turn.conversation_id, turn.message_id, turn.seq):
+                continue
+            await self._fail(turn)
+
+    async def _fail(self, turn: _Turn) -> None:
+        logger.warning(
+            "agent %s has no live bridge replica: turn for %s fails", turn.agent_id, turn.message_id
+        )
+        text = "no agent-bridge replica is running for this agent"
+        at = now_ms()
+        message = Message(
+            id=new_id("msg"),
+            conversation_id=turn.conversation_id,
+            role=Role.ASSISTANT,
+            message_type=MessageType.ERROR,
+            content=f"Sorry, I could not answer: {text}. Please send your message again later.",
+            error=text,
+            finish_reason="error",
+            agent_id=turn.agent_id,
+            parent_message_id=turn.message_id,
+            client_message_id=f"turn-{turn.message_id}-failed"[:128],
+            message_status=MessageStatus.SENT,
+            created_by=turn.agent_id,
+            updated_by=turn.agent_id,
+            created_at=at,
+            updated_at=at,
+            is_active=True,
+        )
+        await self._store(message)
+        self.failed += 1
+        data = {"agentId": turn.agent_id, "conversationId": turn.conversation_id}
+        frame = envelopes.event_frame(
+            Event.AGENT_OFFLINE, data, conversation_id=turn.conversation_id
+        )
+        await self._publish(
+            subjects.conversation_events(turn.conversation_id), jsonutil.dumps(frame)
+        )
