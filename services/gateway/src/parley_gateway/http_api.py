@@ -1,4 +1,11 @@
-"""The HTTP surface of docs/protocol.md section 7 (GET only), as a FastAPI app called in process."""
+"""The HTTP surface of docs/protocol.md section 7: a FastAPI app behind the public port (front.py).
+
+Every method and request bodies reach it (uvicorn's h11 protocol), keep-alive included.
+Errors always come as the protocol's envelope: unknown paths 404, a method a path does not
+take 405 (with ``Allow``), bodies over ``PARLEY_GATEWAY_MAX_BODY_BYTES`` 413 (a route that
+takes more, e.g. uploads, sets its own ``max_body_size=``), anything unexpected 500.
+Cross-cutting HTTP policy (CORS/Origin) goes in as middleware in :func:`create_app`.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,14 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Body, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from parley_contract import envelopes, subjects
 from parley_contract.auth import mint_token, verify_token
@@ -37,6 +46,7 @@ _HTTP_CODES = {
     401: ErrorCode.UNAUTHORIZED,
     403: ErrorCode.FORBIDDEN,
     404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.VALIDATION_ERROR,
     409: ErrorCode.CONFLICT,
     413: ErrorCode.PAYLOAD_TOO_LARGE,
     429: ErrorCode.RATE_LIMITED,
@@ -62,6 +72,15 @@ def _int(name: str, raw: str | None, low: int, high: int = INT64_MAX) -> int | N
     return value
 
 
+class DevTokenRequest(BaseModel):
+    """Body of ``POST /v1/dev/token`` (the same fields as the GET's query)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sub: str | None = Field(default=None, description="principal id")
+    kind: str | None = Field(default=None, description="user | agent")
+    name: str | None = Field(default=None, max_length=100)
+
+
 def _envelope_response(envelope: dict[str, Any]) -> Response:
     if envelope.get("success"):
         return JSONResponse(envelope)
@@ -83,20 +102,38 @@ def create_app(hub: Hub) -> FastAPI:
             "HTTP side of the Parley gateway (docs/protocol.md section 7). The WebSocket "
             "protocol is served at `/ws` on the same port; see docs/protocol.md."
         ),
+        max_body_size=settings.max_body_bytes,
     )
+    # Middleware (CORS/Origin checks...) is added here: app.add_middleware(...).
 
     @app.exception_handler(ParleyError)
     async def _parley_error(_: Request, exc: ParleyError) -> Response:
         return JSONResponse(envelopes.fail_from(exc), status_code=exc.http_status)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(exc.status_code, ErrorCode.VALIDATION_ERROR)
         if exc.status_code >= 500:
             code = ErrorCode.INTERNAL_ERROR
         message = exc.detail if isinstance(exc.detail, str) else code.value
+        details: dict[str, Any] | None = None
+        if exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow", "")
+            message = f"method {request.method} not allowed here (allowed: {allow or 'none'})"
+            details = {"allow": [m.strip() for m in allow.split(",") if m.strip()]}
+        elif exc.status_code == 413:
+            limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY, settings.max_body_bytes)
+            message = f"request body larger than {limit} bytes"
+            details = {"limit": limit}
         return JSONResponse(
-            envelopes.fail(code, message), status_code=exc.status_code, headers=exc.headers
+            envelopes.fail(code, message, details), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_: Request, exc: Exception) -> Response:
+        logger.error("HTTP request failed", exc_info=exc)
+        return JSONResponse(
+            envelopes.fail(ErrorCode.INTERNAL_ERROR, "internal error"), status_code=500
         )
 
     @app.exception_handler(RequestValidationError)
@@ -133,6 +170,17 @@ def create_app(hub: Hub) -> FastAPI:
             return JSONResponse({"status": "ready", "instanceId": hub.instance_id})
         reason = "draining" if hub.draining else "not connected to NATS"
         return JSONResponse(envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, reason), status_code=503)
+
+    @app.api_route(
+        "/ws",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        include_in_schema=False,
+    )
+    async def ws_without_upgrade() -> Response:
+        return JSONResponse(
+            envelopes.fail(ErrorCode.VALIDATION_ERROR, "/ws needs a WebSocket upgrade"),
+            status_code=426,
+        )
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     async def metrics() -> Response:
@@ -221,6 +269,20 @@ def create_app(hub: Hub) -> FastAPI:
         name: Annotated[str | None, Query(max_length=100)] = None,
     ) -> Response:
         """A short-lived token signed with this gateway's HS256 secret (development only)."""
+        return mint_dev_token(sub, kind, name)
+
+    @app.post(
+        "/v1/dev/token",
+        tags=["dev"],
+        response_model=SuccessEnvelope,
+        responses=_ERRORS,
+        include_in_schema=dev_tokens,
+    )
+    async def dev_token_post(body: Annotated[DevTokenRequest, Body()]) -> Response:
+        """The same as the GET, the fields in a JSON body."""
+        return mint_dev_token(body.sub, body.kind, body.name)
+
+    def mint_dev_token(sub: str | None, kind: str | None, name: str | None) -> Response:
         if not dev_tokens:
             raise ParleyError(ErrorCode.NOT_FOUND, "Not Found")
         principal_id = check_id(sub, "sub")

@@ -1,4 +1,4 @@
-"""The public port: WebSocket ``/ws`` (docs/protocol.md) and, in process, the HTTP API."""
+"""The gateway: ``/ws`` (docs/protocol.md), Socket.IO and the HTTP API on one port (front.py)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import http
 import logging
 import signal
 import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -26,8 +24,9 @@ from parley_contract.events import Event, may_send, parse_command
 from parley_contract.ids import is_valid_id, new_id
 from parley_contract.internal import Principal
 from parley_contract.limits import INT64_MAX
-from parley_gateway.asgi import ASGIApp, call_asgi
 from parley_gateway.conn import Conn
+from parley_gateway.front import Front, WsRoute, json_response
+from parley_gateway.front_http import ASGIApp
 from parley_gateway.http_api import create_app
 from parley_gateway.hub import Hub
 from parley_gateway.metrics import Metrics
@@ -119,19 +118,6 @@ def parse_since(raw: str, limit: int) -> dict[str, int]:
     return out
 
 
-def _json_response(status: int, body: dict[str, Any]) -> Response:
-    data = jsonutil.dumps(body)
-    headers = Headers(
-        [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(data))),
-            ("Connection", "close"),
-        ]
-    )
-
-    return Response(status, http.HTTPStatus(status).phrase, headers, data)
-
-
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -145,7 +131,14 @@ class Gateway:
         self.app: ASGIApp = PolicyCORSMiddleware(
             with_socketio(self.sio, create_app(self.hub)), self.origins
         )
-        self.server: Server | None = None
+        # WebSocket endpoints by path; every other request goes to ``self.app`` (front.py).
+        self.ws_routes: dict[str, WsRoute] = {
+            "/ws": WsRoute(self.handler, self.process_request, max_size=settings.max_frame_bytes),
+            SIO_PATH: WsRoute(
+                self.sio.handler, self.sio_process_request, max_size=settings.max_frame_bytes
+            ),
+        }
+        self.front: Front | None = None
         self._rate_message = (
             f"more than {settings.commands_per_second:g} commands per second (burst 2x)"
         )
@@ -153,31 +146,13 @@ class Gateway:
     # ------------------------------------------------------------------ HTTP / handshake
 
     async def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        path, _, query = request.path.partition("?")
-        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
-        if upgrade:
-            refused = self._refuse_origin(request)
-            if refused is not None:
-                return refused
-        if path == SIO_PATH and upgrade:
-            return await self.sio.process_request(ws, request)
-        if path != "/ws" or not upgrade:
-            if path == "/ws":
-                return _json_response(
-                    426,
-                    envelopes.fail(ErrorCode.VALIDATION_ERROR, "/ws needs a WebSocket upgrade"),
-                )
-            remote = ws.remote_address
-            client = (str(remote[0]), int(remote[1])) if remote else None
-            return await call_asgi(
-                self.app,
-                request,
-                client=client,
-                server=(self.settings.host, self.settings.port),
-                method=getattr(request, "method", "GET"),
-            )
+        """The ``/ws`` upgrade (the front routes only upgrades here): readiness, then auth."""
+        _, _, query = request.path.partition("?")
+        refused = self._refuse_origin(request)
+        if refused is not None:
+            return refused
         if self.hub.draining or not self.hub.ready:
-            return _json_response(
+            return json_response(
                 503, envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, "instance not ready or draining")
             )
         params = parse_qs(query)
@@ -189,12 +164,12 @@ class Gateway:
             token = params["access_token"][0]
         if not token:
             self.metrics.auth_failures.inc()
-            return _json_response(401, envelopes.fail(ErrorCode.UNAUTHORIZED, "missing token"))
+            return json_response(401, envelopes.fail(ErrorCode.UNAUTHORIZED, "missing token"))
         try:
             principal, exp = verify_token(token, self.jwt)
         except ParleyError as exc:
             self.metrics.auth_failures.inc()
-            return _json_response(exc.http_status, envelopes.fail_from(exc))
+            return json_response(exc.http_status, envelopes.fail_from(exc))
         session = params.get("session", [None])[0]
         if session is not None and not is_valid_id(session):
             session = None
@@ -203,7 +178,7 @@ class Gateway:
             try:
                 since = parse_since(params["since"][0], self.settings.max_conversations)
             except ParleyError as exc:
-                return _json_response(exc.http_status, envelopes.fail_from(exc))
+                return json_response(exc.http_status, envelopes.fail_from(exc))
         # Handed to the handler on the connection itself (nothing to leak if the handshake
         # fails after this point).
         ws.parley_auth = (principal, exp, session, since)  # type: ignore[attr-defined]
@@ -217,14 +192,18 @@ class Gateway:
         if self.origins.allows_all(origins, hosts):
             return None
         self.metrics.origin_refusals.inc()
-        return _json_response(403, origin_refusal(origins))
+        return json_response(403, origin_refusal(origins))
+
+    async def sio_process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        """The ``/socket.io/`` upgrade: the browser origin first, then Socket.IO's own checks."""
+        refused = self._refuse_origin(request)
+        if refused is not None:
+            return refused
+        return await self.sio.process_request(ws, request)
 
     # ------------------------------------------------------------------ WebSocket
 
     async def handler(self, ws: ServerConnection) -> None:
-        if hasattr(ws, "parley_sio"):
-            await self.sio.handler(ws)
-            return
         auth: tuple[Principal, float, str | None, dict[str, int] | None] | None = getattr(
             ws, "parley_auth", None
         )
@@ -616,19 +595,16 @@ class Gateway:
     async def run(self, stop: asyncio.Event) -> None:
         # The port opens at once (/healthz answers, /readyz says 503 until NATS is there);
         # SIGTERM works even while NATS is still unreachable.
-        self.server = await serve(
-            self.handler,
-            self.settings.host,
-            self.settings.port,
-            process_request=self.process_request,
-            compression=None,
-            max_size=self.settings.max_frame_bytes,
-            ping_interval=None,  # one heartbeat loop for all connections (hub): 4408 on timeout
-            ping_timeout=None,
-            close_timeout=5,
-            max_queue=16,
-            server_header="parley-gateway",
+        self.front = Front(
+            self.app,
+            self.ws_routes,
+            host=self.settings.host,
+            port=self.settings.port,
+            max_head_bytes=self.settings.max_head_bytes,
+            head_timeout=self.settings.head_timeout_seconds,
+            keepalive_seconds=self.settings.http_keepalive_seconds,
         )
+        await self.front.start()
         logger.info(
             "gateway %s listening on %s:%d",
             self.hub.instance_id,
@@ -644,7 +620,7 @@ class Gateway:
                 await starting
         elif starting.exception() is not None:
             stopping.cancel()
-            self.server.close()
+            self.front.close()
             raise starting.exception()  # type: ignore[misc]
         else:
             await self.sio.start()
@@ -657,13 +633,12 @@ class Gateway:
         # /readyz answers 503 and upgrades are refused with 503 from now on; the port stays
         # open during the spread so probes and load balancers see why.
         self.hub.draining = True
-        server = self.server
         await self.hub.drain_connections(self.settings.drain_seconds)
         await self.sio.stop()
-        if server is not None:
-            server.close(close_connections=True)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), timeout=10)
+        if self.front is not None:
+            # Stop listening; WebSockets left get 1001, HTTP requests in progress finish.
+            self.front.close()
+            await self.front.wait_closed(grace=10)
         await self.hub.stop()
         logger.info("gateway %s stopped", self.hub.instance_id)
 

@@ -104,6 +104,24 @@ class Settings(BaseSettings):
     allowed_origins: str = Field(
         default="", validation_alias=_env("PARLEY_GATEWAY_ALLOWED_ORIGINS")
     )
+    # The HTTP side of the public port (front.py). A request head (request line + headers)
+    # larger than this gets 431 (first request) or 400; one not complete this many seconds
+    # after its first byte gets 408; both close the connection.
+    max_head_bytes: int = Field(
+        default=16 * 1024, ge=1024, validation_alias=_env("PARLEY_GATEWAY_MAX_HEAD_BYTES")
+    )
+    head_timeout_seconds: float = Field(
+        default=10.0, gt=0, validation_alias=_env("PARLEY_GATEWAY_HEAD_TIMEOUT_SECONDS")
+    )
+    # Idle HTTP keep-alive connections are closed after this many seconds (whole seconds).
+    http_keepalive_seconds: float = Field(
+        default=5.0, ge=1, validation_alias=_env("PARLEY_GATEWAY_HTTP_KEEPALIVE_SECONDS")
+    )
+    # Largest HTTP request body (bytes) unless a route sets its own ``max_body_size``;
+    # larger gets 413 PAYLOAD_TOO_LARGE and the connection is closed.
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=0, validation_alias=_env("PARLEY_GATEWAY_MAX_BODY_BYTES")
+    )
     web_dist: str | None = Field(
         default_factory=_default_web_dist, validation_alias=_env("PARLEY_GATEWAY_WEB_DIST")
     )

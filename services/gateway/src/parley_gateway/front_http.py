@@ -1,0 +1,215 @@
+"""The HTTP side of the public port: uvicorn's h11 protocol, hardened, and an ASGI edge.
+
+:class:`HttpProtocol` is uvicorn's ``H11Protocol`` (keep-alive, pipelining, every method,
+streamed bodies, HEAD) with three changes for hostile clients:
+
+- a request head must arrive within ``head_timeout`` seconds once its first byte has come,
+  on every request of a keep-alive connection (uvicorn only times out *idle* keep-alive
+  connections, so a head sent a byte at a time would hold a connection for ever); the head's
+  size is bounded by h11 (``h11_max_incomplete_event_size``);
+- a request h11 cannot parse gets a 400 with the protocol's error envelope (uvicorn answers
+  plain text), and the connection is closed;
+- an upgrade request that reaches this side (not a registered WebSocket path, or not the
+  first request of the connection) is served as plain HTTP without uvicorn's warnings (any
+  client could fill the log with them).
+
+h11 rather than httptools: h11 bounds the head it buffers, and is what uvicorn installs
+without extras (httptools is not in the lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import h11
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY as BODY_LIMIT_KEY
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
+
+from parley_contract import envelopes, jsonutil
+from parley_contract.errors import ErrorCode
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+# After an error answer the connection is half-closed and what the client still sends is
+# read and dropped for this long, so that the answer is not lost to a TCP reset (a close
+# with unread bytes) while the client is still writing its head or body.
+LINGER_SECONDS = 2.0
+
+
+def linger(transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    """Half-close after the last write; close for good after LINGER_SECONDS at the latest."""
+    if transport.can_write_eof():
+        transport.write_eof()
+    loop.call_later(LINGER_SECONDS, transport.close)
+
+
+def raw_response(status: int, code: ErrorCode, message: str, *, server: str | None) -> bytes:
+    """A complete ``Connection: close`` HTTP/1.1 response with an error envelope as body."""
+    body = jsonutil.dumps(envelopes.fail(code, message))
+    head = [
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    if server:
+        head.append(f"Server: {server}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+class HttpProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a head timeout and enveloped 400s (module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        head_timeout: float,
+        server_header: str | None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop=loop)
+        # uvicorn logs every request when any handler is reachable (the root logger's are).
+        self.access_log = False
+        self.head_timeout = head_timeout
+        self.server_header = server_header
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.lingering = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self.lingering:  # after an error answer: dropped (see linger)
+            super().data_received(data)
+
+    def eof_received(self) -> None:
+        if self.lingering:
+            self.transport.close()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        self._watch_head()
+
+    def _watch_head(self) -> None:
+        """Arm the head timer while part of a request head waits in h11's buffer."""
+        partial = (
+            self.conn.their_state is h11.IDLE
+            and bool(self.conn.trailing_data[0])
+            and not self.transport.is_closing()
+        )
+        if partial:
+            if self.head_timer is None:
+                self.head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+        elif self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._refuse(
+                408,
+                ErrorCode.TIMEOUT,
+                f"request head not complete within {self.head_timeout:g} seconds",
+            )
+
+    def _refuse(self, status: int, code: ErrorCode, message: str) -> None:
+        # Written past h11 (it has no request to answer); the connection ends here.
+        if self.lingering or self.transport.is_closing():
+            return
+        self.lingering = True
+        self.transport.write(raw_response(status, code, message, server=self.server_header))
+        linger(self.transport, self.loop)
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, ErrorCode.VALIDATION_ERROR, "invalid HTTP request")
+
+    def _unsupported_upgrade_warning(self) -> None:
+        logger.debug("upgrade request served as plain HTTP")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """Graceful end (SIGTERM): close when idle, else after the response in progress."""
+        try:
+            super().shutdown()
+        except h11.LocalProtocolError:  # h11 in a state where "closed" is not a valid event
+            self.transport.close()
+
+
+def edge(app: ASGIApp) -> ASGIApp:
+    """What every HTTP request passes first: HEAD served as GET, 413 always an envelope.
+
+    - HEAD: the app sees GET (FastAPI routes declare GET only); uvicorn, which keeps its own
+      scope with the real method, sends the headers without the body.
+    - 413: FastAPI's body limit (``max_body_size``) answers plain text when the limit is
+      hit outside a route's body parsing (e.g. a Content-Length too large for a route that
+      does not read the body); that answer becomes the envelope. Every 413 closes the
+      connection, so the rest of an oversized body is not read.
+    """
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        if scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        replaced = False
+
+        async def send_checked(message: Message) -> None:
+            nonlocal replaced
+            if replaced:  # the plain-text body of a replaced 413
+                return
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"
+                ]
+                ctype = dict(headers).get(b"content-type", b"")
+                if not ctype.startswith(b"application/json"):
+                    limit = scope.get(BODY_LIMIT_KEY)  # set while FastAPI's limit applies
+                    body = jsonutil.dumps(
+                        envelopes.fail(
+                            ErrorCode.PAYLOAD_TOO_LARGE,
+                            f"request body larger than {limit} bytes"
+                            if isinstance(limit, int)
+                            else "request body too large",
+                            {"limit": limit} if isinstance(limit, int) else None,
+                        )
+                    )
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 413,
+                            "headers": [
+                                (b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close"),
+                            ],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": body})
+                    replaced = True
+                    return
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, receive, send_checked)
+
+    return serve

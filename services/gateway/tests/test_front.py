@@ -1,0 +1,318 @@
+"""The public port's front (front.py): HTTP beyond GET next to /ws, and hostile HTTP input.
+
+Raw sockets against real gateway processes: what a client sees on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+from parley_contract import jsonutil
+from parley_contract.auth import DEV_JWT_SECRET, JwtConfig, verify_token
+
+from .conftest import token
+
+HEAD_TIMEOUT = "1"
+BODY_LIMIT = 4096
+
+
+class Reply:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return jsonutil.loads(self.body)
+
+
+class Raw:
+    """One TCP connection; requests written as bytes, responses read one at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> Raw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def reply(self, *, head_only: bool = False, timeout: float = 10) -> Reply:  # noqa: ASYNC109
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        body = b""
+        if not head_only and "content-length" in headers:
+            body = await asyncio.wait_for(
+                self.reader.readexactly(int(headers["content-length"])), timeout
+            )
+        return Reply(status, headers, body)
+
+    async def closed_by_server(self, timeout: float = 10) -> bool:  # noqa: ASYNC109
+        """Whether the server closes the connection (EOF) with nothing more to read."""
+        rest = await asyncio.wait_for(self.reader.read(), timeout)
+        return rest == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+def request(
+    method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: gateway"]
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}")
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
+def assert_envelope(reply: Reply, status: int, code: str) -> dict[str, Any]:
+    assert reply.status == status, (reply.status, reply.body)
+    assert reply.headers["content-type"].startswith("application/json")
+    doc: dict[str, Any] = reply.json()
+    assert doc["success"] is False and doc["error"]["code"] == code, doc
+    return doc
+
+
+async def test_methods_bodies_keepalive_and_pipelining(gateway_factory: Any) -> None:
+    gw = gateway_factory()
+    conn = await Raw.open(gw.port)
+    try:
+        # POST with a JSON body, then more requests on the same connection (keep-alive)
+        body = jsonutil.dumps({"sub": "usr_alice", "kind": "agent", "name": "Al"})
+        await conn.send(
+            request("POST", "/v1/dev/token", body, {"Content-Type": "application/json"})
+        )
+        r = await conn.reply()
+        assert r.status == 200 and r.headers["server"] == "parley-gateway"
+        principal, _ = verify_token(r.json()["data"]["token"], JwtConfig(secret=DEV_JWT_SECRET))
+        assert (principal.id, principal.kind.value, principal.name) == ("usr_alice", "agent", "Al")
+
+        await conn.send(
+            request("POST", "/v1/dev/token", b"{not json", {"Content-Type": "application/json"})
+        )
+        assert_envelope(await conn.reply(), 422, "VALIDATION_ERROR")
+
+        for method in ("PUT", "DELETE", "PATCH"):
+            await conn.send(request(method, "/v1/scaling", b"{}"))
+            doc = assert_envelope(await conn.reply(), 405, "VALIDATION_ERROR")
+            assert doc["error"]["details"] == {"allow": ["GET"]}
+        await conn.send(request("DELETE", "/v1/no/such/thing"))
+        assert_envelope(await conn.reply(), 404, "NOT_FOUND")
+
+        # HEAD: the GET's headers, no body (the next response starts right after the head)
+        await conn.send(request("HEAD", "/healthz"))
+        head = await conn.reply(head_only=True)
+        assert head.status == 200 and int(head.headers["content-length"]) > 0
+        await conn.send(request("GET", "/healthz"))
+        r = await conn.reply()
+        assert r.status == 200 and r.json()["status"] == "ok"
+        assert int(head.headers["content-length"]) == len(r.body)
+
+        # /ws without an upgrade: 426 envelope, as before
+        await conn.send(request("GET", "/ws"))
+        assert_envelope(await conn.reply(), 426, "VALIDATION_ERROR")
+
+        # pipelining: three requests in one write, three answers in order
+        await conn.send(
+            request("GET", "/healthz")
+            + request(
+                "POST",
+                "/v1/dev/token",
+                jsonutil.dumps({"sub": "usr_bob"}),
+                {"Content-Type": "application/json"},
+            )
+            + request("GET", "/readyz")
+        )
+        first, second, third = [await conn.reply() for _ in range(3)]
+        assert first.json()["status"] == "ok"
+        assert second.json()["success"] is True
+        assert third.json()["status"] == "ready"
+    finally:
+        await conn.close()
+
+
+async def test_streamed_body_and_the_body_limit(gateway_factory: Any) -> None:
+    gw = gateway_factory({"PARLEY_GATEWAY_MAX_BODY_BYTES": str(BODY_LIMIT)})
+    # a chunked body within the limit is read
+    conn = await Raw.open(gw.port)
+    payload = jsonutil.dumps({"sub": "usr_carol", "name": "C" * 50})
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (payload[:10], payload[10:]))
+    await conn.send(
+        request(
+            "POST",
+            "/v1/dev/token",
+            None,
+            {"Transfer-Encoding": "chunked", "Content-Type": "application/json"},
+        )
+        + chunks
+        + b"0\r\n\r\n"
+    )
+    r = await conn.reply()
+    assert r.status == 200 and r.json()["success"] is True
+    await conn.close()
+
+    # declared too large: 413 envelope, connection closed (the rest is not read)
+    conn = await Raw.open(gw.port)
+    big = b"x" * (BODY_LIMIT + 1)
+    await conn.send(request("POST", "/v1/dev/token", big, {"Content-Type": "application/json"}))
+    doc = assert_envelope(await conn.reply(), 413, "PAYLOAD_TOO_LARGE")
+    assert str(BODY_LIMIT) in doc["error"]["message"]
+    assert await conn.closed_by_server()
+    await conn.close()
+
+    # too large in chunks (no Content-Length)
+    conn = await Raw.open(gw.port)
+    await conn.send(
+        request(
+            "POST",
+            "/v1/dev/token",
+            None,
+            {"Transfer-Encoding": "chunked", "Content-Type": "application/json"},
+        )
+        + b"".join(b"400\r\n" + b"y" * 0x400 + b"\r\n" for _ in range(5))
+    )
+    assert_envelope(await conn.reply(), 413, "PAYLOAD_TOO_LARGE")
+    assert await conn.closed_by_server()
+    await conn.close()
+
+    # too large for a path that never reads a body: still the envelope
+    conn = await Raw.open(gw.port)
+    await conn.send(request("PUT", "/v1/scaling", big))
+    assert_envelope(await conn.reply(), 413, "PAYLOAD_TOO_LARGE")
+    await conn.close()
+
+
+async def test_hostile_heads(gateway_factory: Any) -> None:
+    gw = gateway_factory({"PARLEY_GATEWAY_HEAD_TIMEOUT_SECONDS": HEAD_TIMEOUT})
+
+    # garbage: 400 envelope, closed
+    conn = await Raw.open(gw.port)
+    await conn.send(b"\x16\x03\x01\x02\x00garbage\x00\xff\r\n\r\n")
+    assert_envelope(await conn.reply(), 400, "VALIDATION_ERROR")
+    assert await conn.closed_by_server()
+    await conn.close()
+
+    # a head that never ends: 408 envelope once the head timeout is over, closed
+    conn = await Raw.open(gw.port)
+    started = time.monotonic()
+    await conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    for _ in range(3):  # slowloris: a byte now and then does not extend the deadline
+        await asyncio.sleep(0.3)
+        await conn.send(b"X")
+    assert_envelope(await conn.reply(), 408, "TIMEOUT")
+    assert time.monotonic() - started < 5
+    assert await conn.closed_by_server()
+    await conn.close()
+
+    # the same on the second request of a keep-alive connection (uvicorn's side)
+    conn = await Raw.open(gw.port)
+    await conn.send(request("GET", "/healthz"))
+    assert (await conn.reply()).status == 200
+    await conn.send(b"GET /healthz HTTP/1.1\r\nHo")
+    for _ in range(3):
+        await asyncio.sleep(0.3)
+        await conn.send(b"s")
+    assert_envelope(await conn.reply(), 408, "TIMEOUT")
+    assert await conn.closed_by_server()
+    await conn.close()
+
+    # a head larger than the limit: 431 envelope (first request), closed
+    conn = await Raw.open(gw.port)
+    with contextlib.suppress(ConnectionError):
+        await conn.send(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n")
+    assert_envelope(await conn.reply(), 431, "PAYLOAD_TOO_LARGE")
+    await conn.close()
+
+    # ...and on a later request: h11's bound, 400 envelope
+    conn = await Raw.open(gw.port)
+    await conn.send(request("GET", "/healthz"))
+    assert (await conn.reply()).status == 200
+    with contextlib.suppress(ConnectionError):
+        await conn.send(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n")
+    assert_envelope(await conn.reply(), 400, "VALIDATION_ERROR")
+    await conn.close()
+
+    # a connection that says nothing is closed after the head timeout, without a word
+    conn = await Raw.open(gw.port)
+    assert await conn.closed_by_server(timeout=5)
+    await conn.close()
+
+    # the port still serves
+    conn = await Raw.open(gw.port)
+    await conn.send(request("GET", "/healthz"))
+    assert (await conn.reply()).status == 200
+    await conn.close()
+
+
+async def test_ws_upgrade_answers_are_unchanged(gateway_factory: Any, clients: Any) -> None:
+    gw = gateway_factory()
+    conn = await Raw.open(gw.port)
+    await conn.send(
+        request(
+            "GET",
+            "/ws",
+            headers={
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Version": "13",
+            },
+        )
+    )
+    r = await conn.reply()
+    assert_envelope(r, 401, "UNAUTHORIZED")
+    # websockets' handshake response, as before the front: no Date, Connection: close
+    assert r.headers == {
+        "content-type": "application/json",
+        "content-length": str(len(r.body)),
+        "connection": "close",
+        "server": "parley-gateway",
+    }
+    assert await conn.closed_by_server()
+    await conn.close()
+    c = await clients(gw.ws_url, "alice")
+    assert c.frames[0]["event"] == "connected"
+    r2 = await c.cmd("presence:online", {})
+    assert r2["success"] is True
+
+
+async def test_sigterm_ends_http_and_ws_connections(gateway_factory: Any, clients: Any) -> None:
+    gw = gateway_factory({"PARLEY_GATEWAY_DRAIN_SECONDS": "0.5"})
+    alice = await clients(gw.ws_url, "alice")
+    idle = await Raw.open(gw.port)
+    await idle.send(request("GET", "/healthz"))
+    assert (await idle.reply()).status == 200
+    pending = await Raw.open(gw.port)
+    await pending.send(b"GET /heal")  # a head in progress
+    gw.proc.signal(signal.SIGTERM)
+    await asyncio.wait_for(alice.closed.wait(), 10)
+    assert alice.ws.close_code == 1001
+    assert await idle.closed_by_server()
+    assert await pending.closed_by_server()
+    assert await asyncio.to_thread(gw.proc.proc.wait, 15) == 0
+    for c in (idle, pending):
+        await c.close()
+    with contextlib.suppress(OSError):
+        async with connect(gw.ws_url + "?access_token=" + token("bob"), open_timeout=2):
+            raise AssertionError("the port is still open")
