@@ -22,6 +22,12 @@ HEAD_TIMEOUT = "1"
 # No web UI: its catch-all mount would answer unknown paths (405 for non-GET, not 404).
 NO_UI = {"PARLEY_GATEWAY_WEB_DIST": ""}
 BODY_LIMIT = 4096
+UPGRADE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
 
 
 class Reply:
@@ -134,6 +140,10 @@ async def test_methods_bodies_keepalive_and_pipelining(gateway_factory: Any) -> 
 
         # /ws without an upgrade: 426 envelope, as before
         await conn.send(request("GET", "/ws"))
+        assert_envelope(await conn.reply(), 426, "VALIDATION_ERROR")
+        # an upgrade later on a keep-alive connection is plain HTTP (a WebSocket needs its
+        # own connection): the same 426, and the connection goes on
+        await conn.send(request("GET", "/ws", headers=UPGRADE))
         assert_envelope(await conn.reply(), 426, "VALIDATION_ERROR")
 
         # pipelining: three requests in one write, three answers in order
@@ -271,18 +281,7 @@ async def test_hostile_heads(gateway_factory: Any) -> None:
 async def test_ws_upgrade_answers_are_unchanged(gateway_factory: Any, clients: Any) -> None:
     gw = gateway_factory()
     conn = await Raw.open(gw.port)
-    await conn.send(
-        request(
-            "GET",
-            "/ws",
-            headers={
-                "Upgrade": "websocket",
-                "Connection": "Upgrade",
-                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                "Sec-WebSocket-Version": "13",
-            },
-        )
-    )
+    await conn.send(request("GET", "/ws", headers=UPGRADE))
     r = await conn.reply()
     assert_envelope(r, 401, "UNAUTHORIZED")
     # websockets' handshake response, as before the front: no Date, Connection: close
@@ -319,3 +318,26 @@ async def test_sigterm_ends_http_and_ws_connections(gateway_factory: Any, client
     with contextlib.suppress(OSError):
         async with connect(gw.ws_url + "?access_token=" + token("bob"), open_timeout=2):
             raise AssertionError("the port is still open")
+
+
+async def test_sigterm_answers_a_pending_long_poll_then_closes(gateway_factory: Any) -> None:
+    """An HTTP request in progress at SIGTERM (a Socket.IO long-poll) is answered, then its
+    connection closes, and the process still exits 0."""
+    gw = gateway_factory({"PARLEY_GATEWAY_DRAIN_SECONDS": "0.5"})
+    conn = await Raw.open(gw.port)
+    await conn.send(request("GET", "/socket.io/?EIO=4&transport=polling"))
+    opened = await conn.reply()
+    assert opened.status == 200 and opened.body.startswith(b"0"), opened.body
+    sid = jsonutil.loads(opened.body[1:])["sid"]
+    await conn.send(request("GET", f"/socket.io/?EIO=4&transport=polling&sid={sid}"))
+    with contextlib.suppress(TimeoutError):  # nothing to say yet: the poll waits
+        await conn.reply(timeout=0.5)
+        raise AssertionError("the poll did not wait")
+    started = time.monotonic()
+    gw.proc.signal(signal.SIGTERM)
+    answer = await conn.reply(timeout=15)
+    assert answer.status == 200
+    assert await conn.closed_by_server()
+    assert await asyncio.to_thread(gw.proc.proc.wait, 15) == 0
+    assert time.monotonic() - started < 12
+    await conn.close()
