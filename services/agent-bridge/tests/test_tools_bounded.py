@@ -36,3 +36,21 @@ async def test_an_exponent_bomb_fails_fast_and_alone(stack: Stack, connect: Conn
     assert result["success"] is False, result
     assert "too large" in result["error"], result
     assert bad_final["content"].startswith("I apologize")
+
+
+async def test_the_tool_server_stops_a_call_at_its_own_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever the client's timeout (a client that went away cancels nothing)."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from parley_agent_bridge import demo_tools
+
+    monkeypatch.setattr(demo_tools, "TOOL_DEADLINE_SECONDS", 0.2)
+    with pytest.raises(ToolError, match=r"limit of 0\.2 s"):
+        await demo_tools.sleep(30)
+    with pytest.raises(ToolError, match="finite"):
+        await demo_tools.sleep(float("nan"))
+    assert await demo_tools.calculator("6 * 7") == {"expression": "6 * 7", "result": 42}
+    with pytest.raises(ToolError, match="too large"):
+        await demo_tools.calculator("(((9**99)**99)**99)**3")

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import ast
-import asyncio
 import logging
 import math
 import operator
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -79,9 +79,16 @@ _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
 # microseconds and bytes whatever it is. A result is what a message can carry: an integer
 # within signed 64-bit, else a float (finite), else refused.
 MAX_EXPRESSION_CHARS = 200
+# The server's own limit per call, whatever the client's timeout (a client that went away
+# cancels nothing): an async tool is cancelled there.
+TOOL_DEADLINE_SECONDS = 60.0
 MAX_INT_BITS = 1100  # a little over the largest float (2**1024): exact until converted
 MAX_EXPONENT = 1000
 INT64_MAX = 2**63 - 1
+
+
+def _deadline_message() -> str:
+    return f"stopped at the tool server's limit of {TOOL_DEADLINE_SECONDS:g} s per call"
 
 
 def _too_large() -> ValueError:
@@ -154,9 +161,12 @@ async def calculator(expression: str) -> dict[str, Any]:
     """Evaluate an arithmetic expression such as ``(2 + 3) * 7``."""
     try:
         # Bounded work, in a worker thread: the event loop keeps serving other calls.
-        value = await anyio.to_thread.run_sync(evaluate, expression)
+        with anyio.fail_after(TOOL_DEADLINE_SECONDS):
+            value = await anyio.to_thread.run_sync(evaluate, expression, abandon_on_cancel=True)
     except (ValueError, ArithmeticError) as exc:
         raise ToolError(str(exc)) from None
+    except TimeoutError:
+        raise ToolError(_deadline_message()) from None
     return {"expression": expression, "result": value}
 
 
@@ -169,8 +179,14 @@ def rate_limited_api(query: str = "") -> dict[str, Any]:
 @server.tool()
 async def sleep(seconds: float = 1.0) -> dict[str, Any]:
     """Wait, then answer (demo of slow tools, timeouts and message:stop)."""
-    seconds = max(0.0, min(float(seconds), 600.0))
-    await asyncio.sleep(seconds)
+    seconds = float(seconds)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ToolError("seconds must be a finite number >= 0")
+    try:
+        with anyio.fail_after(TOOL_DEADLINE_SECONDS):
+            await anyio.sleep(seconds)
+    except TimeoutError:
+        raise ToolError(_deadline_message()) from None
     return {"slept": seconds}
 
 
