@@ -37,7 +37,9 @@ const ops = {
   open,
   emit(cmd) {
     const socket = sockets.get(cmd.sock);
-    const args = cmd.args ?? (cmd.data === undefined ? [] : [cmd.data]);
+    // {"$buffer": "<hex>"} stands for a Buffer (a binary packet)
+    const toArg = (a) => (a && typeof a === "object" && "$buffer" in a ? Buffer.from(a.$buffer, "hex") : a);
+    const args = (cmd.args ?? (cmd.data === undefined ? [] : [cmd.data])).map(toArg);
     if (cmd.req === undefined) {
       socket.emit(cmd.event, ...args);
       return;

@@ -126,6 +126,10 @@ async def test_errors_come_back_as_acks(sio_stack: Stack, driver: Driver) -> Non
     r = await driver.emit("a", "message:send", {"conversationId": cid, "content": big})
     assert r["success"] is False and r["error"]["code"] == "PAYLOAD_TOO_LARGE", r
 
+    # binary packets are refused through the ack; the attachment does not upset the socket
+    r = await driver.emit("a", "message:send", args=[{"$buffer": "00ff"}])
+    assert r["success"] is False and r["error"]["code"] == "VALIDATION_ERROR", r
+    assert "binary" in r["error"]["message"]
     # Without an ack, a failure arrives as an `error` event (as on /ws).
     driver.send({"op": "emit", "sock": "a", "event": "no:such:event", "data": {}})
     err = await driver.wait(lambda m: m.get("sock") == "a" and m.get("event") == "error")

@@ -64,6 +64,9 @@ async def test_bad_packets_get_clear_errors(sio_stack: Stack) -> None:
             msg = await _next_message(ws)
             assert msg.startswith('42["error"'), (bad, msg)
             assert jsonutil.loads(msg[2:])[1]["error"]["code"] == code, (bad, msg)
+        # the binary packet refused before CONNECT announced one attachment: dropped quietly;
+        # a binary frame nobody announced is refused
+        await ws.send(b"\x00attachment")
         await ws.send(b"\x00binary")
         msg = await _next_message(ws)
         assert "binary" in jsonutil.loads(msg[2:])[1]["error"]["message"]

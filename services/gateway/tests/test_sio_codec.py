@@ -19,11 +19,23 @@ def test_decode_event_with_ack_and_namespace() -> None:
     assert (p.type, p.nsp, p.data) == (0, "/", None)
     p = codec.decode_sio("1/admin")
     assert (p.type, p.nsp) == (1, "/admin")
+    p = codec.decode_sio('52-3["m",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]')
+    assert (p.type, p.attachments, p.id, p.data[0]) == (5, 2, 3, "m")
 
 
 @pytest.mark.parametrize(
     "text",
-    ["", "x", "9", "51-[]", '2["a",', "2" + "1" * 17 + "[]", "2/" + "n" * 200 + ",[]", "29" * 10],
+    [
+        "",
+        "x",
+        "9",
+        "5[]",
+        "5x-[]",
+        '2["a",',
+        "2" + "1" * 17 + "[]",
+        "2/" + "n" * 200 + ",[]",
+        "29" * 10,
+    ],
 )
 def test_decode_rejects(text: str) -> None:
     with pytest.raises(codec.PacketError):

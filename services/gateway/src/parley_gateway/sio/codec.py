@@ -50,6 +50,7 @@ class SioPacket:
     nsp: str = "/"
     id: int | None = None
     data: Any = None
+    attachments: int = 0  # binary packets only
 
 
 def decode_sio(text: str) -> SioPacket:
@@ -59,9 +60,15 @@ def decode_sio(text: str) -> SioPacket:
     ptype = int(text[0])
     if ptype > SIO_BINARY_ACK:
         raise PacketError(f"unknown Socket.IO packet type {ptype}")
-    if ptype in (SIO_BINARY_EVENT, SIO_BINARY_ACK):
-        raise PacketError("binary packets are not supported")
     i = 1
+    attachments = 0
+    if ptype in (SIO_BINARY_EVENT, SIO_BINARY_ACK):
+        # <type><attachments>-...: parsed so the server can answer the ack and skip the
+        # attachments that follow (binary is refused, see packets.py).
+        dash = text.find("-", 1, 8)
+        if dash < 0 or not text[1:dash].isdigit() or not text[1:dash].isascii():
+            raise PacketError("a binary packet starts with <type><attachments>-")
+        attachments, i = int(text[1:dash]), dash + 1
     nsp = "/"
     if i < len(text) and text[i] == "/":
         end = text.find(",", i)
@@ -87,7 +94,7 @@ def decode_sio(text: str) -> SioPacket:
             data = jsonutil.loads(text[i:])
         except ValueError:
             raise PacketError("invalid JSON in the packet") from None
-    return SioPacket(ptype, nsp, ack, data)
+    return SioPacket(ptype, nsp, ack, data, attachments)
 
 
 def encode_sio(ptype: int, data: Any = None, *, nsp: str = "/", ack: int | None = None) -> bytes:

@@ -281,7 +281,7 @@ class SocketIO(SocketLayer):
             while not eio.closed:
                 message = await recv()
                 if isinstance(message, bytes):
-                    self.refuse(eio, "binary packets are not supported")
+                    self.on_binary(eio)
                     continue
                 await self.on_packet(eio, message)
         except ConnectionClosed:

@@ -38,6 +38,9 @@ class SocketLayer:
 
     async def on_packet(self, eio: EioSession, packet: str) -> None:
         kind = packet[:1]
+        if kind == "b":  # a base64 binary attachment (polling)
+            self.on_binary(eio)
+            return
         if kind == codec.EIO_MESSAGE:
             await self.on_message(eio, packet[1:])
         elif kind == codec.EIO_PONG:
@@ -48,6 +51,13 @@ class SocketLayer:
             eio.send(codec.EIO_PONG.encode() + packet[1:].encode())
         elif kind != codec.EIO_NOOP:
             self.refuse(eio, "not an Engine.IO packet")
+
+    def on_binary(self, eio: EioSession) -> None:
+        """A binary frame: the attachment of a refused binary packet, else refused itself."""
+        if eio.skip > 0:
+            eio.skip -= 1
+            return
+        self.refuse(eio, "binary packets are not supported")
 
     def refuse(self, eio: EioSession, message: str) -> None:
         """A bad packet: an ``error`` event when connected (rate limited), else connect_error."""
@@ -68,6 +78,9 @@ class SocketLayer:
             self.refuse(eio, str(exc))
             return
         conn = eio.conn
+        if pkt.type in (codec.SIO_BINARY_EVENT, codec.SIO_BINARY_ACK):
+            self.refuse_binary(eio, pkt)
+            return
         if pkt.nsp != "/":
             if pkt.type == codec.SIO_CONNECT:
                 message = "Invalid namespace"
@@ -96,6 +109,26 @@ class SocketLayer:
         elif pkt.type == codec.SIO_CONNECT_ERROR:
             self.refuse(eio, "CONNECT_ERROR is sent by servers only")
         # SIO_ACK: the server asks for no acks; a client's is ignored.
+
+    def refuse_binary(self, eio: EioSession, pkt: codec.SioPacket) -> None:
+        """Binary packets are not supported: the ack (if any) says so; attachments dropped."""
+        eio.skip = min(pkt.attachments, 64)
+        conn = eio.conn
+        message = "binary packets are not supported: send JSON (e.g. base64 in a string)"
+        if conn is None or pkt.type == codec.SIO_BINARY_ACK:
+            self.refuse(eio, message)
+            return
+        if not conn.bucket.take():
+            err = envelopes.fail(ErrorCode.RATE_LIMITED, "too many bad packets")
+        else:
+            err = envelopes.fail(ErrorCode.VALIDATION_ERROR, message, {"field": "data"})
+        args = pkt.data
+        name = args[0] if isinstance(args, list) and args and isinstance(args[0], str) else None
+        if pkt.id is not None:
+            reply = name if name is not None and len(name) <= 64 else "error"
+            conn.send(envelopes.reply_frame(reply, str(pkt.id), err))
+        else:
+            conn.send({"event": "error", **err})
 
     async def on_event(self, conn: SioConn, pkt: codec.SioPacket, start: float) -> None:
         args = pkt.data

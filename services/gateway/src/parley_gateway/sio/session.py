@@ -131,6 +131,7 @@ class EioSession:
         "queued",
         "seen",
         "sid",
+        "skip",
         "token",
         "upgrading",
         "ws",
@@ -148,6 +149,7 @@ class EioSession:
         self.token = token  # from the handshake's Authorization header or access_token
         self.limit = limit
         self.pong_due = False
+        self.skip = 0  # binary attachments still to drop (binary packets are refused)
         self.closed = False
         self.seen = time.monotonic()  # last request (polling), for the sweep
 
