@@ -59,6 +59,10 @@ def subjects_table() -> str:
         f"| agent turns | `{subjects.AGENT_TURN}` (JetStream `{subjects.STREAM_AGENT_TURNS}`) "
         "| conversation service publishes; bridges consume (one durable consumer) |",
         f"| agent stop | `{subjects.AGENT_STOP}` | conversation service → every bridge |",
+        f"| gateways | `{subjects.GATEWAY_SESSION_KICK_WILDCARD}`, "
+        f"`{subjects.gateway_engineio('<instanceKey>')}` "
+        "| a session resumed elsewhere is kicked; Socket.IO polling requests and upgrades "
+        "for an Engine.IO session held by another gateway go to it |",
         f"| KV | `{subjects.KV_PRESENCE}`, `{subjects.KV_INSTANCES}`, `{subjects.KV_SESSIONS}`, "
         f"`{subjects.KV_AGENTS}` | presence, gateway heartbeats, sessions, agents (TTL) |",
     ]
