@@ -1,12 +1,14 @@
-"""An agent turn killed mid-way: the demo agent's *slow* turn (a 3 s ``sleep`` tool).
+"""An agent turn killed mid-way, on the demo agent (``agent-demo``, offline).
 
-One more user opens a conversation with ``agent-demo`` and asks it to "do something slow";
-when the tool is running (``agent:tool-calling`` seen), the bridge replica running the turn
-(``parley_agent_bridge_turns_running`` > 0) is the one killed. Measured from the kill:
-when the answer (``message:new`` text) arrived, when the first visible sign did
-(``agent:thinking``, a stream, ``agent:offline``, an ``error`` message), which steps the
-store has for the turn (each must be there once), and whether every ``message:stream-start``
-got its ``message:stream-end``.
+One more user opens a conversation with ``agent-demo`` and asks it either to "do something
+slow" (a tool call, the 3 s ``sleep`` tool, an answer; killed while the tool runs, i.e.
+``agent:tool-calling`` seen) or just "hello" (a streamed thinking step, then a streamed
+answer; killed at the answer's ``message:stream-start``, while it streams). The bridge
+killed is the replica running the turn (``parley_agent_bridge_turns_running`` > 0).
+Measured from the kill: when the answer (``message:new`` text) arrived, when the first
+visible sign did (``agent:thinking``, a stream, ``agent:offline``, an ``error`` message),
+which steps the store has for the turn (each must be there once), and whether every
+``message:stream-start`` got its ``message:stream-end``.
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ class AgentTurn:
         self.conv = ""
         self.user_msg_id = ""
         self.kill_at = 0.0
-        self.tool_calling_at = 0.0
+        self.trigger_at = 0.0  # when the frame the kill waits for arrived
 
-    async def start(self) -> None:
+    async def start(self, mode: str) -> str:
+        """Ask the demo agent; return the bridge running the turn once the turn is where
+        ``mode`` kills it: ``tool`` (the 3 s sleep tool is running) or ``stream`` (the
+        thinking step is stored, the answer has started streaming)."""
         await self.client.connect()
         reply = await self.client.call(
             Event.CONVERSATION_CREATE.value, {"title": "faults agent turn", "agentId": AGENT_ID}
@@ -53,23 +58,41 @@ class AgentTurn:
             raise RuntimeError(f"agent conversation: {reply}")
         self.conv = str(reply["data"]["_id"])
         await self.client.join(self.conv)
-        sent = await self.client.send(self.conv, "please do something slow", "faults-agent-q1")
+        prompt = "please do something slow" if mode == "tool" else "hello, who are you?"
+        busy = asyncio.create_task(self.busy_bridge())  # found while the turn runs
+        sent = await self.client.send(self.conv, prompt, "faults-agent-q1")
         if sent.message_id is None:
+            busy.cancel()
             raise RuntimeError(f"the question was not acked: {sent.errors}")
         self.user_msg_id = sent.message_id
-        calling = await self._wait(lambda f: f.get("event") == Event.AGENT_TOOL_CALLING.value, 60)
-        if calling is None:
-            raise RuntimeError("the demo agent never called its tool")
-        self.tool_calling_at = float(calling["_at"])
+        if mode == "tool":
+            trigger = await self._wait(
+                lambda f: f.get("event") == Event.AGENT_TOOL_CALLING.value, 60
+            )
+        else:
+            trigger = await self._wait(self._answer_streaming, 60)
+        name = await busy
+        if trigger is None:
+            raise RuntimeError(f"the demo agent's turn never reached the {mode} step")
+        self.trigger_at = float(trigger["_at"])
+        return name
+
+    def _answer_streaming(self, frame: dict[str, Any]) -> bool:
+        data = frame.get("data") or {}
+        return (
+            frame.get("event") == Event.MESSAGE_STREAM_START.value
+            and data.get("parentMessageId") == self.user_msg_id
+        )
 
     async def busy_bridge(self) -> str:
-        """The bridge replica running the turn now."""
+        """The bridge replica running the turn (polled from the moment the question goes)."""
         names = [b.name for b in self.fs.stack.bridges]
-        for _ in range(50):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
             for name in names:
                 if await asyncio.to_thread(self.fs.turns_running, name) > 0:
                     return name
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.01)
         raise RuntimeError("no bridge reports a running turn")
 
     def killed(self, at: float) -> None:
@@ -118,26 +141,40 @@ class AgentTurn:
             for m in history
             if m.get("parentMessageId") == self.user_msg_id
         )
-        starts = {
+        starts = Counter(
             (f.get("data") or {}).get("streamId")
             for f in self.client.frames
             if f.get("event") == Event.MESSAGE_STREAM_START.value and self._ours(f)
-        }
-        ends = {
+        )
+        ends = Counter(
             (f.get("data") or {}).get("streamId")
             for f in self.client.frames
             if f.get("event") == Event.MESSAGE_STREAM_END.value
-        }
+        )
+        timeline = [
+            [
+                round(float(f["_at"]) - self.kill_at, 2),
+                str(f.get("event")),
+                (f.get("data") or {}).get("messageType")
+                or (f.get("data") or {}).get("finishReason")
+                or (f.get("data") or {}).get("streamId"),
+            ]
+            for f in self.client.frames
+            if self._ours(f) and f.get("event") != Event.MESSAGE_STREAM_DELTA.value
+        ]
         return {
-            "killed_after_tool_call_s": round(self.kill_at - self.tool_calling_at, 2),
+            "timeline": timeline[-40:],
+            "killed_after_trigger_s": round(self.kill_at - self.trigger_at, 2),
+            "answered_before_kill": answer is not None and float(answer["_at"]) < self.kill_at,
             "answered_s": _since(answer, self.kill_at),
             "answer_type": (answer or {}).get("data", {}).get("messageType"),
             "first_sign_s": _since(signs[0] if signs else None, self.kill_at),
             "failure_visible_s": _since(failures[0] if failures else None, self.kill_at),
             "steps": dict(steps),
             "steps_stored_twice": sum(n - 1 for n in steps.values() if n > 1),
-            "streams_started": len(starts),
-            "streams_not_ended": len(starts - ends),
+            "stream_starts": sum(starts.values()),
+            "stream_ends": sum(ends[k] for k in starts),
+            "streams_not_ended": sum((starts - ends).values()),
         }
 
     async def close(self) -> None:
@@ -150,6 +187,8 @@ def _since(frame: dict[str, Any] | None, t0: float) -> float | None:
 
 def verdict(result: dict[str, Any]) -> list[str]:
     why: list[str] = []
+    if result["answered_before_kill"]:
+        return ["the turn had ended before the kill: nothing measured (run it again)"]
     answered = result["answered_s"]
     visible = result["failure_visible_s"]
     done_in_time = answered is not None and answered <= LIMIT_SECONDS

@@ -42,7 +42,9 @@ def _agent_cell(agent: dict[str, Any] | None) -> str:
         parts.append(f"failure visible {agent['failure_visible_s']} s")
     parts.append(f"steps {agent.get('steps')}")
     if agent.get("streams_not_ended"):
-        parts.append(f"{agent['streams_not_ended']} stream(s) not ended")
+        parts.append(
+            f"stream-start {agent.get('stream_starts')}, stream-end {agent.get('stream_ends')}"
+        )
     return ", ".join(parts)
 
 

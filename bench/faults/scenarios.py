@@ -33,7 +33,7 @@ class Scenario:
     restart_after: float = 1.0
     max_wait_limit: float | None = None
     resume_with_since: bool = True
-    agent_turn: bool = False
+    agent_turn: str = ""  # "tool" or "stream": where the agent turn is killed
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -67,7 +67,14 @@ SCENARIOS: list[Scenario] = [
         "the agent-bridge replica running a turn (of 2)",
         Topology(agent_bridges=2),
         ["bridge:busy"],
-        agent_turn=True,
+        agent_turn="tool",
+    ),
+    Scenario(
+        "bridge-1-of-2-stream",
+        "the agent-bridge replica running a turn (of 2), mid-stream after its thinking step",
+        Topology(agent_bridges=2),
+        ["bridge:busy"],
+        agent_turn="stream",
     ),
     Scenario(
         "bridge-only",
@@ -75,7 +82,7 @@ SCENARIOS: list[Scenario] = [
         Topology(agent_bridges=1),
         ["bridge:busy"],
         restart_after=12.0,
-        agent_turn=True,
+        agent_turn="tool",
     ),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
@@ -121,8 +128,7 @@ async def _run_on(fs: FaultStack, scenario: Scenario, timing: Timing) -> dict[st
         kill = list(scenario.kill)
         if scenario.agent_turn:
             turn = agent.AgentTurn(fs, load.clients[0].ws_urls)
-            await turn.start()
-            kill = [await turn.busy_bridge()]
+            kill = [await turn.start(scenario.agent_turn)]
         kill_at = fs.kill(*kill)
         if turn is not None:
             turn.killed(kill_at)
