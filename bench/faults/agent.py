@@ -149,15 +149,15 @@ class AgentTurn:
         ends = Counter(
             (f.get("data") or {}).get("streamId")
             for f in self.client.frames
-            if f.get("event") == Event.MESSAGE_STREAM_END.value
+            if f.get("event") == Event.MESSAGE_STREAM_END.value and self._ours(f)
         )
         timeline = [
             [
                 round(float(f["_at"]) - self.kill_at, 2),
                 str(f.get("event")),
                 (f.get("data") or {}).get("messageType")
-                or (f.get("data") or {}).get("finishReason")
-                or (f.get("data") or {}).get("streamId"),
+                or (f.get("data") or {}).get("finishReason"),
+                (f.get("data") or {}).get("streamId"),
             ]
             for f in self.client.frames
             if self._ours(f) and f.get("event") != Event.MESSAGE_STREAM_DELTA.value
@@ -174,6 +174,9 @@ class AgentTurn:
             "steps_stored_twice": sum(n - 1 for n in steps.values() if n > 1),
             "stream_starts": sum(starts.values()),
             "stream_ends": sum(ends[k] for k in starts),
+            # ends of streams this client never saw start (or ended twice): odd, not counted
+            # as a failure
+            "stream_ends_extra": sum((ends - starts).values()),
             "streams_not_ended": sum((starts - ends).values()),
         }
 

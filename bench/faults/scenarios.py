@@ -110,6 +110,30 @@ async def run(scenario: Scenario, timing: Timing, workdir: Path | None = None) -
     return result
 
 
+async def run_chain(
+    scenarios: list[Scenario], timing: Timing, workdir: Path | None = None
+) -> list[dict[str, Any]]:
+    """Several scenarios of one topology in turn on one stack (the quick form: one stack
+    start instead of one per scenario). Each scenario has its own users and conversations;
+    a stack that did not recover from the previous kill fails the next one, as it should."""
+    topology = scenarios[0].topology
+    if any(s.topology != topology for s in scenarios):
+        raise ValueError("a chain runs scenarios of one topology")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="faults-chain-", dir=workdir) as tmp:
+        fs = FaultStack(Path(tmp), topology)
+        await asyncio.to_thread(fs.start)
+        try:
+            for scenario in scenarios:
+                started = time.monotonic()
+                result = await _run_on(fs, scenario, timing)
+                result["seconds"] = round(time.monotonic() - started, 1)
+                results.append(result)
+        finally:
+            await asyncio.to_thread(fs.stop)
+    return results
+
+
 async def _run_on(fs: FaultStack, scenario: Scenario, timing: Timing) -> dict[str, Any]:
     load = Workload(
         fs.ws_urls,
