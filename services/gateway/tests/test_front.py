@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect
 
 from parley_contract import jsonutil
 from parley_contract.auth import DEV_JWT_SECRET, JwtConfig, verify_token
+from parley_gateway.front import Front, WsRoute
 
 from .conftest import token
 
@@ -271,11 +272,14 @@ async def test_hostile_heads(gateway_factory: Any) -> None:
     assert await conn.closed_by_server(timeout=5)
     await conn.close()
 
-    # the port still serves
+    # the port still serves; the refusals are counted, not logged one by one
     conn = await Raw.open(gw.port)
-    await conn.send(request("GET", "/healthz"))
-    assert (await conn.reply()).status == 200
+    await conn.send(request("GET", "/metrics"))
+    metrics = (await conn.reply()).body.decode()
     await conn.close()
+    for reason, count in (("bad_request", 2), ("head_timeout", 2), ("head_too_large", 1)):
+        assert f'parley_gateway_http_refusals_total{{reason="{reason}"}} {count}.0' in metrics
+    assert "Invalid HTTP request" not in gw.proc.log_path.read_text(errors="replace")
 
 
 async def test_ws_upgrade_answers_are_unchanged(gateway_factory: Any, clients: Any) -> None:
@@ -341,3 +345,24 @@ async def test_sigterm_answers_a_pending_long_poll_then_closes(gateway_factory: 
     assert await asyncio.to_thread(gw.proc.proc.wait, 15) == 0
     assert time.monotonic() - started < 12
     await conn.close()
+
+
+def test_only_a_get_upgrade_to_a_registered_path_goes_to_websockets() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not called")
+
+    async def handler(ws: Any) -> None:
+        raise AssertionError("not called")
+
+    route = WsRoute(handler)
+    front = Front(app, {"/ws": route}, host="127.0.0.1", port=0)
+    assert front.route_for(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket") is route
+    assert front.route_for(b"GET /ws?access_token=t HTTP/1.1\nupgrade:WebSocket") is route
+    assert front.route_for(b"GET /ws HTTP/1.1\r\nConnection: upgrade, keep-alive") is None
+    assert front.route_for(b"POST /ws HTTP/1.1\r\nUpgrade: websocket") is None
+    assert front.route_for(b"GET /ws/ HTTP/1.1\r\nUpgrade: websocket") is None
+    assert front.route_for(b"GET /wss HTTP/1.1\r\nUpgrade: websocket") is None
+    assert front.route_for(b"GET /ws HTTP/1.1\r\nX-Upgrade: websocket") is None
+    assert front.route_for(b"GET  /ws HTTP/1.1\r\nUpgrade: websocket") is None  # h11 says 400
+    assert front.route_for(b"\x16\x03\x01\x00\xff") is None  # TLS hello on a plain port
+    assert front.route_for(b"") is None

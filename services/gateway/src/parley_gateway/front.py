@@ -43,7 +43,7 @@ from websockets.server import ServerProtocol
 
 from parley_contract import envelopes, jsonutil
 from parley_contract.errors import ErrorCode
-from parley_gateway.front_http import ASGIApp, HttpProtocol, edge, linger, raw_response
+from parley_gateway.front_http import ASGIApp, HttpProtocol, Refused, edge, linger, raw_response
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class Front:
         head_timeout: float = 10.0,
         keepalive_seconds: float = 5.0,
         server_header: str | None = "parley-gateway",
+        on_refused: Refused | None = None,
     ) -> None:
         self.ws_routes = {path.encode("latin-1"): route for path, route in ws_routes.items()}
         self.host = host
@@ -105,6 +106,9 @@ class Front:
         self.max_head_bytes = max_head_bytes
         self.head_timeout = head_timeout
         self.server_header = server_header
+        # Called with "head_timeout", "head_too_large" or "bad_request" for each connection
+        # the front answers and closes itself (metrics).
+        self.on_refused = on_refused
         self.config = Config(
             edge(app),
             http="h11",
@@ -216,6 +220,7 @@ class Front:
             self.loop,
             head_timeout=self.head_timeout,
             server_header=self.server_header,
+            on_refused=self.on_refused,
         )
         transport.set_protocol(proto)
         proto.connection_made(transport)
@@ -294,6 +299,7 @@ class _Sniffer(asyncio.Protocol):
         if end is None or end.start() > front.max_head_bytes:
             if len(buf) > front.max_head_bytes:
                 self._refuse(
+                    "head_too_large",
                     431,
                     ErrorCode.PAYLOAD_TOO_LARGE,
                     f"request head larger than {front.max_head_bytes} bytes",
@@ -323,6 +329,7 @@ class _Sniffer(asyncio.Protocol):
         self.timer = None
         if self.buf:
             self._refuse(
+                "head_timeout",
                 408,
                 ErrorCode.TIMEOUT,
                 f"request head not complete within {self.front.head_timeout:g} seconds",
@@ -330,10 +337,12 @@ class _Sniffer(asyncio.Protocol):
         else:  # never said anything (a browser's speculative connection): just close
             self.drop()
 
-    def _refuse(self, status: int, code: ErrorCode, message: str) -> None:
+    def _refuse(self, reason: str, status: int, code: ErrorCode, message: str) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if self.front.on_refused is not None:
+            self.front.on_refused(reason)
         self._forget()
         self.buf = bytearray()
         self.lingering = True

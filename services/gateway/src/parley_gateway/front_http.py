@@ -70,6 +70,23 @@ def raw_response(status: int, code: ErrorCode, message: str, *, server: str | No
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
+class _DropInvalidRequest(logging.Filter):
+    """uvicorn logs every unparsable request at WARNING: any client could fill the log.
+
+    They are answered (400) and counted (``parley_gateway_http_refusals_total``) instead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Invalid HTTP request received."
+
+
+# The logger of uvicorn's protocol and request cycles here (errors of the app included).
+uvicorn_logger = logging.getLogger(__name__ + ".uvicorn")
+uvicorn_logger.addFilter(_DropInvalidRequest())
+
+Refused = Callable[[str], None]
+
+
 class HttpProtocol(H11Protocol):
     """uvicorn's h11 protocol with a head timeout and enveloped 400s (module docstring)."""
 
@@ -82,10 +99,13 @@ class HttpProtocol(H11Protocol):
         *,
         head_timeout: float,
         server_header: str | None,
+        on_refused: Refused | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop=loop)
         # uvicorn logs every request when any handler is reachable (the root logger's are).
         self.access_log = False
+        self.logger = uvicorn_logger
+        self.on_refused = on_refused
         self.head_timeout = head_timeout
         self.server_header = server_header
         self.head_timer: asyncio.TimerHandle | None = None
@@ -121,21 +141,24 @@ class HttpProtocol(H11Protocol):
         self.head_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self._refuse(
+                "head_timeout",
                 408,
                 ErrorCode.TIMEOUT,
                 f"request head not complete within {self.head_timeout:g} seconds",
             )
 
-    def _refuse(self, status: int, code: ErrorCode, message: str) -> None:
+    def _refuse(self, reason: str, status: int, code: ErrorCode, message: str) -> None:
         # Written past h11 (it has no request to answer); the connection ends here.
         if self.lingering or self.transport.is_closing():
             return
         self.lingering = True
+        if self.on_refused is not None:
+            self.on_refused(reason)
         self.transport.write(raw_response(status, code, message, server=self.server_header))
         linger(self.transport, self.loop)
 
     def send_400_response(self, msg: str) -> None:
-        self._refuse(400, ErrorCode.VALIDATION_ERROR, "invalid HTTP request")
+        self._refuse("bad_request", 400, ErrorCode.VALIDATION_ERROR, "invalid HTTP request")
 
     def _unsupported_upgrade_warning(self) -> None:
         logger.debug("upgrade request served as plain HTTP")

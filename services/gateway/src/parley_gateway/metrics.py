@@ -74,6 +74,13 @@ class Metrics:
         self.slow_consumers = Counter(
             "parley_gateway_slow_consumers_total", "Clients closed with 1013", registry=r
         )
+        self.http_refusals = Counter(
+            "parley_gateway_http_refusals_total",
+            "HTTP connections answered and closed by the front itself, by reason "
+            "(head_timeout, head_too_large, bad_request)",
+            ["reason"],
+            registry=r,
+        )
         self.origin_refusals = Counter(
             "parley_gateway_origin_refusals_total",
             "WebSocket upgrades refused for their Origin header",

@@ -603,6 +603,7 @@ class Gateway:
             max_head_bytes=self.settings.max_head_bytes,
             head_timeout=self.settings.head_timeout_seconds,
             keepalive_seconds=self.settings.http_keepalive_seconds,
+            on_refused=lambda reason: self.metrics.http_refusals.labels(reason).inc(),
         )
         await self.front.start()
         logger.info(
