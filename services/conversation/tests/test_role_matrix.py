@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from nats.aio.client import Client
+
 from parley_contract import subjects
 from parley_contract.events import Event
 from parley_conversation.service import ConversationService
 
-from .conftest import Request, agent, service_principal, user
+from .conftest import Request, agent, serve_agents, service_principal, user
 
 CREATE = subjects.command(Event.CONVERSATION_CREATE)
 UPDATE = subjects.command(Event.CONVERSATION_UPDATE)
@@ -22,6 +25,12 @@ DELETE_CONV = subjects.command(Event.CONVERSATION_DELETE)
 
 ALICE, BOB, OBS = user("u-alice"), user("u-bob"), user("u-obs")
 AGENT = agent("agent-1")
+
+
+@pytest.fixture(autouse=True)
+async def served_agents(nc: Client) -> None:
+    """agent-1 is served (an agentId nobody serves is NOT_FOUND)."""
+    await serve_agents(nc, "agent-1")
 
 
 async def room(request_: Request) -> str:
