@@ -88,6 +88,9 @@ class LoadClient:
         self.reorders = 0
         self.gaps = 0
         self.seq_conflicts = 0
+        self.epoch: dict[str, int] = {}  # conv -> epoch of the last event given (issue 11)
+        self.epoch_changes = 0
+        self.stale_epoch = 0
         self.reconnects = 0
         self.disconnected_for = 0.0
         self.resume_failures: list[str] = []
@@ -187,6 +190,16 @@ class LoadClient:
         seq = int(frame["seq"])
         data = frame.get("data") or {}
         message_id = str(data.get("_id"))
+        epoch = int(frame.get("epoch") or 0)
+        current = self.epoch.get(conv, 0)
+        if epoch < current:  # from before an epoch change: the protocol says drop it
+            self.stale_epoch += 1
+            return
+        if epoch > current:  # the protocol's rule: a higher epoch voids the ordering state
+            self.epoch[conv] = epoch
+            self.epoch_changes += 1
+            self._seen[conv] = {}
+            self.last_seq[conv] = seq - 1
         seen = self._seen.setdefault(conv, {})
         last = self.last_seq.get(conv, 0)
         if seq in seen:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
-from parley_devstack.servers import ManagedProcess, free_port, wait_port
+from parley_devstack.servers import ManagedProcess, StoreServer, free_port, wait_port
 from parley_devstack.stack import ServiceProcess, Stack, StackConfig
 
 logger = logging.getLogger(__name__)
@@ -29,25 +29,38 @@ class Topology:
     conversation_replicas: int = 1
     agent_bridges: int = 0
     gateways: int = 2
+    # False: the store acknowledges writes before they are on disk (no --sync-on-commit) and
+    # the service asks w:1 without the journal — the settings before issue 11, to show what
+    # the seq epochs do when acked writes are lost.
+    durable_store: bool = True
 
 
 class FaultStack:
     def __init__(self, workdir: Path, topology: Topology, log_level: str = "WARNING") -> None:
         self.topology = topology
+        self.own_store: StoreServer | None = None
+        service_env: dict[str, dict[str, str]] = {}
+        if not topology.durable_store:
+            self.own_store = StoreServer(workdir / "store", sync_on_commit=False)
+            service_env["conversation"] = {"PARLEY_CONVERSATION_WRITE_CONCERN": "acknowledged"}
         self.stack = Stack(
             StackConfig(
                 workdir=workdir,
+                mongodb_url=self.own_store.url if self.own_store else None,
                 gateway_ports=[free_port() for _ in range(topology.gateways)],
                 conversation_replicas=topology.conversation_replicas,
                 agent_bridges=topology.agent_bridges,
                 log_level=log_level,
                 database="faults",
+                service_env=service_env,
             )
         )
 
     def start(self) -> FaultStack:
         """Start every process; once more on fresh ports if a port was taken meanwhile
         (ports are picked free, then bound later by the child: another process may win)."""
+        if self.own_store is not None:
+            self.own_store.start()
         try:
             self.stack.start()
         except (RuntimeError, TimeoutError, OSError, HTTPException) as exc:
@@ -62,7 +75,7 @@ class FaultStack:
     def stop(self) -> None:
         """SIGKILL everything: the stack is thrown away with its folder, and a graceful
         drain of every process would only make each scenario slower."""
-        servers = [self.stack.nats, self.stack.store]
+        servers = [self.stack.nats, self.stack.store or self.own_store]
         for proc in [s.process for s in self.stack.services] + [
             s.process for s in servers if s is not None and s.process is not None
         ]:
@@ -82,8 +95,9 @@ class FaultStack:
         """``nats``, ``store`` or a service name such as ``gateway-1``, ``conversation-2``."""
         if name == "nats" and self.stack.nats and self.stack.nats.process:
             return self.stack.nats.process
-        if name == "store" and self.stack.store and self.stack.store.process:
-            return self.stack.store.process
+        store = self.stack.store or self.own_store
+        if name == "store" and store and store.process:
+            return store.process
         return self.service(name).process
 
     def service(self, name: str) -> ServiceProcess:
@@ -106,8 +120,8 @@ class FaultStack:
         proc.start()
         if name == "nats" and self.stack.nats:
             wait_port(self.stack.nats.host, self.stack.nats.port, 30, proc.proc)
-        elif name == "store" and self.stack.store:
-            wait_port(self.stack.store.host, self.stack.store.port, 60, proc.proc)
+        elif name == "store" and (store := self.stack.store or self.own_store):
+            wait_port(store.host, store.port, 60, proc.proc)
         else:
             self.stack.wait_ready(self.service(name), timeout=60)
         logger.info("%s restarted", name)
