@@ -167,3 +167,29 @@ async def test_closing_ends_everyones_feed(stack: Stack, clients: Any) -> None:
     await asyncio.sleep(0.3)
     for sock in (alice, carol0, carol1):
         assert not [f for f in _after(sock, marks[id(sock)], cid) if "seq" in f]
+
+
+async def test_deleting_ends_everyones_feed_on_both_gateways(stack: Stack, clients: Any) -> None:
+    cid, _c, alice, bob, carol0, carol1 = await _room(stack, clients)
+    r = await alice.cmd("conversation:delete", {"conversationId": cid})
+    assert r["success"], r
+    marks: dict[int, int] = {}
+    for sock in (alice, bob, carol0, carol1):
+        gone = await sock.wait_for(
+            lambda f: f.get("event") == "conversation:deleted" and "id" not in f
+        )
+        assert gone["conversationId"] == cid and isinstance(gone.get("seq"), int)
+        marks[id(sock)] = sock.frames.index(gone) + 1
+    # Nothing after it, and the conversation takes no ephemeral command any more.
+    for sock in (alice, bob, carol0, carol1):
+        r = await sock.cmd("typing:start", {"conversationId": cid})
+        assert not r["success"] and r["error"]["code"] == "FORBIDDEN", r
+    await asyncio.sleep(0.3)
+    for sock in (alice, bob, carol0, carol1):
+        # (the same conversation:deleted also comes as a notification to each participant)
+        after = [
+            f
+            for f in _after(sock, marks[id(sock)], cid)
+            if f.get("event") not in ("presence:offline", "conversation:deleted")
+        ]
+        assert not after, after
