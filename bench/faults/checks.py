@@ -13,6 +13,9 @@
   conflict* is another message given under a seq already given (a seq handed out twice).
 - **epoch changes / stale epoch**: per member, durable events with a higher epoch (the
   ordering restarts, protocol 4.1) and with a lower one (dropped); shown, not failures.
+- **timed out / of which stored**: acked sends that got ``TIMEOUT`` first, and of those the
+  ones the store already had before the last retry (its ``createdAt`` is earlier): a
+  ``TIMEOUT`` whose write happened; shown, not failures (retrying is safe).
 - **max wait**: the longest time from a first send to its ack, retries included.
 - **recovery**: from the kill until every client had a send acked that it started after the
   kill.
@@ -21,6 +24,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 from bench.faults.clients import LoadClient
@@ -47,6 +51,8 @@ def analyze(
     store_gaps = 0
     undelivered = 0
     seq_reused = 0
+    timed_out = 0
+    timed_out_stored = 0
     for conv, members in convs.items():
         history = histories.get(conv, [])
         by_cmid = Counter(str(m.get("clientMessageId")) for m in history)
@@ -55,10 +61,15 @@ def analyze(
         stored_twice += sum(n - 1 for n in by_seq.values() if n > 1)
         seq_of = {str(m.get("clientMessageId")): int(m["seq"]) for m in history}
         cmid_at = {int(m["seq"]): str(m.get("clientMessageId")) for m in history}
+        created = {str(m.get("clientMessageId")): _wall(m.get("createdAt")) for m in history}
         for client in members:
             for s in client.sends:
                 if s.acked_at is None:
                     continue
+                if "TIMEOUT" in s.errors:
+                    timed_out += 1
+                    if created.get(s.cmid, 1e18) < s.last_attempt_wall:
+                        timed_out_stored += 1  # stored by an attempt answered TIMEOUT
                 if seq_of.get(s.cmid) == s.seq:
                     stored_acked += 1
                 else:
@@ -80,6 +91,8 @@ def analyze(
         lost=len(lost),
         lost_examples=lost[:10],
         seq_reused=seq_reused,
+        timed_out=timed_out,
+        timed_out_stored=timed_out_stored,
         stored_twice=stored_twice,
         store_gaps=store_gaps,
         undelivered=undelivered,
@@ -99,6 +112,14 @@ def analyze(
         recovery_s=recovery(convs, kill_at),
     )
     return out
+
+
+def _wall(value: Any) -> float:
+    """An ISO timestamp of the store as epoch seconds (far future if absent)."""
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return 1e18
 
 
 def recovery(convs: dict[str, list[LoadClient]], kill_at: float) -> float | None:

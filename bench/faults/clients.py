@@ -49,6 +49,7 @@ class Send:
     message_id: str | None = None
     errors: list[str] = field(default_factory=list)
     final_error: str | None = None
+    last_attempt_wall: float = 0.0  # wall clock of the last attempt (stored by an earlier one?)
 
     @property
     def wait(self) -> float | None:
@@ -255,6 +256,7 @@ class LoadClient:
                     await asyncio.wait_for(self._up.wait(), 1.0)
                 continue
             rec.attempts += 1
+            rec.last_attempt_wall = time.time()
             try:
                 reply = await self.call(Event.MESSAGE_SEND.value, data)
             except ConnectionLost:
