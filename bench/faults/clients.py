@@ -103,6 +103,7 @@ class LoadClient:
         self._up = asyncio.Event()
         self._closing = False
         self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.changed = asyncio.Event()
 
     # ------------------------------------------------------------------ connection
@@ -152,7 +153,9 @@ class LoadClient:
                     fut.set_exception(ConnectionLost())
             self._pending.clear()
             if not self._closing:
-                asyncio.create_task(self._reconnect())  # noqa: RUF006 (kept by the loop until done)
+                task = asyncio.create_task(self._reconnect())
+                self._tasks.add(task)  # a strong reference until it is done
+                task.add_done_callback(self._tasks.discard)
 
     async def _reconnect(self) -> None:
         async with self._lock:
@@ -165,7 +168,13 @@ class LoadClient:
                 try:
                     await self.connect(resume=True)
                     break
-                except (OSError, TimeoutError, websockets.WebSocketException, RuntimeError) as exc:
+                except (
+                    OSError,
+                    TimeoutError,
+                    websockets.WebSocketException,
+                    RuntimeError,
+                    ConnectionLost,
+                ) as exc:
                     logger.debug("%s: reconnect failed: %r", self.user, exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
