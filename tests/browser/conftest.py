@@ -198,3 +198,86 @@ def shot(request: pytest.FixtureRequest) -> Callable[[Any, str], Path]:
         return path
 
     return take
+
+
+# ---------------------------------------------------------------------------------------------
+# Driving the page as a user does (shared by the test modules through the `ui` fixture).
+
+MESSAGES = '[data-testid="message"]'
+
+
+class Ui:
+    """What a user does on the page, and what a second client does over a plain WebSocket."""
+
+    def __init__(self, system: System) -> None:
+        self.system = system
+
+    @staticmethod
+    def create_conversation(
+        page: Any, title: str, agent: str = "agent-demo", invite: str = ""
+    ) -> str:
+        """New chat, the agent picked from the list the system serves ("" = no agent)."""
+        page.click('[data-testid="new-chat"]')
+        page.check(f'[data-testid="agent-option-{agent or "none"}"]')
+        page.fill('[data-testid="new-title"]', title)
+        page.fill('[data-testid="new-invite"]', invite)
+        page.click('[data-testid="create-conversation"]')
+        page.wait_for_function(
+            "t => document.querySelector('[data-testid=conversation-title]')?.textContent === t",
+            arg=title,
+        )
+        cid: str = page.text_content('[data-testid="conversation-id"]')
+        assert cid.startswith("conv")
+        return cid
+
+    @staticmethod
+    def send(page: Any, text: str) -> None:
+        page.fill('[data-testid="composer-input"]', text)
+        page.press('[data-testid="composer-input"]', "Enter")
+
+    @staticmethod
+    def wait_turn_done(page: Any, answers: int) -> None:
+        """Until the page shows `answers` final agent messages and nothing is still running."""
+        page.wait_for_function(
+            """n => document.querySelectorAll(
+                  '[data-testid=message][data-role=assistant][data-message-type=text],' +
+                  '[data-testid=message][data-message-type=error]').length >= n
+               && !document.querySelector('[data-testid=stream-bubble]')
+               && !document.querySelector('[data-testid=tool-spinner]')
+               && !document.querySelector('[data-testid=agent-status]')""",
+            arg=answers,
+        )
+
+    def command(self, sub: str, gateway: int, commands: list[dict[str, Any]]) -> list[Any]:
+        """Send commands from a plain WebSocket client; the reply data of each, in order."""
+        import websockets.sync.client
+
+        url = self.system.stack.ws_url(gateway) + "?access_token=" + self.system.token(sub)
+        out: list[Any] = []
+        with websockets.sync.client.connect(url, open_timeout=10) as ws:
+            hello = json.loads(ws.recv(timeout=10))
+            assert hello["event"] == "connected"
+            for i, cmd in enumerate(commands):
+                ws.send(json.dumps({**cmd, "id": f"u{i}"}))
+                while True:
+                    frame = json.loads(ws.recv(timeout=10))
+                    if frame.get("id") == f"u{i}":
+                        break
+                assert frame["success"], frame
+                out.append(frame["data"])
+        return out
+
+    def post(self, sub: str, gateway: int, cid: str, texts: list[str], **extra: Any) -> list[Any]:
+        return self.command(
+            sub,
+            gateway,
+            [
+                {"event": "message:send", "data": {"conversationId": cid, "content": t, **extra}}
+                for t in texts
+            ],
+        )
+
+
+@pytest.fixture
+def ui(system: System) -> Ui:
+    return Ui(system)

@@ -3,6 +3,7 @@ import { useCallback, useEffect, useRef, useState } from 'react';
 import { ConversationPane } from './components/ConversationPane';
 import { DevPanel } from './components/DevPanel';
 import { Avatar } from './components/Avatar';
+import { Icon } from './components/Icon';
 import { NewChatDialog } from './components/NewChatDialog';
 import { Sidebar } from './components/Sidebar';
 import { SignIn } from './components/SignIn';
@@ -185,7 +186,7 @@ export function App() {
             data-testid="settings-button"
             onClick={() => setSettings((s) => !s)}
           >
-            ⚙
+            <Icon name="settings" size={18} />
           </button>
         </div>
         {settings && (

@@ -57,7 +57,10 @@ export function previewOf(c: Conversation): string {
   if (type === 'tool_call') return 'Using a tool…';
   if (type === 'tool_result') return 'Tool result';
   if (type === 'thinking') return 'Thinking…';
-  const text = (lm.content ?? '').replace(/[*_`#>|[\]]+/g, '').replace(/\s+/g, ' ').trim();
+  const text = (lm.content ?? '')
+    .replace(/\*\*|__|`+|^#+\s*|^>\s*|\|/gm, '')
+    .replace(/\s+/g, ' ')
+    .trim();
   return text.slice(0, 90) || (lm.role === 'assistant' ? 'Answer' : '…');
 }
 

@@ -3,6 +3,7 @@ import { useState } from 'react';
 import { displayName } from '../names';
 import type { Message } from '../protocol';
 import type { Actions } from '../useActions';
+import { Icon } from './Icon';
 
 export const EMOJI = ['👍', '❤️', '😂', '🎉', '🤔', '👀'];
 
@@ -109,10 +110,10 @@ export function MessageActions({
       )}
       <div className="msg-actions" role="toolbar" aria-label="message actions">
         <button type="button" className="act" onClick={copy} aria-label="Copy message" data-testid="copy-message">
-          {copied ? '✓' : '⧉'}
+          <Icon name={copied ? 'check' : 'copy'} />
         </button>
         <button type="button" className="act" onClick={() => onReply(m)} aria-label="Reply" data-testid="reply">
-          ↩
+          <Icon name="reply" />
         </button>
         <button
           type="button"
@@ -122,7 +123,7 @@ export function MessageActions({
           onClick={() => setPicker((p) => !p)}
           data-testid="react"
         >
-          ☺+
+          <Icon name="smile" />
         </button>
         {mine && (
           <>
@@ -136,7 +137,7 @@ export function MessageActions({
               }}
               data-testid="edit"
             >
-              ✎
+              <Icon name="edit" />
             </button>
             {confirm ? (
               <button type="button" className="act danger" onClick={() => void actions.remove(m)} data-testid="delete-confirm-message">
@@ -144,7 +145,7 @@ export function MessageActions({
               </button>
             ) : (
               <button type="button" className="act" aria-label="Delete message" onClick={() => setConfirm(true)} data-testid="delete">
-                🗑
+                <Icon name="trash" />
               </button>
             )}
           </>

@@ -360,7 +360,7 @@ export function MessageItem({
           {quote && (
             <blockquote className="quote" data-testid="reply-quote">
               <span className="muted small">
-                ↩ {quote.role === 'user' ? (quote.createdBy === self ? 'You' : (names[quote.createdBy ?? ''] ?? quote.createdBy)) : (names[quote.agentId ?? ''] ?? quote.agentId ?? 'agent')}
+                ↩ {quote.role === 'user' ? (quote.createdBy === self ? 'You' : (names[quote.createdBy ?? ''] ?? quote.createdBy)) : (names[quote.agentId ?? ''] ?? quote.agentId ?? 'agent')}:
               </span>{' '}
               {quote.deletedAt ? <em>deleted message</em> : quote.content.slice(0, 160)}
             </blockquote>

@@ -4,6 +4,7 @@ import { displayName } from '../names';
 import type { AgentInfo, ConnectionState } from '../protocol';
 import { totals, type ConvView } from '../store';
 import type { Actions } from '../useActions';
+import { Icon } from './Icon';
 import { InviteInput } from './InviteInput';
 import { formatCost } from './MessageItem';
 
@@ -29,7 +30,7 @@ export function PaneHeader({ view, self, names, agents, presence, connection, ac
     <>
       <header className="pane-head">
         <button type="button" className="back icon-button" onClick={onBack} aria-label="Back to conversations">
-          ←
+          <Icon name="back" size={20} />
         </button>
         <div className="pane-title">
           <h2 data-testid="conversation-title">{c?.title ?? '…'}</h2>
