@@ -78,7 +78,16 @@ async def _drop_and_recover(
     await driver.wait(lambda _: len(driver.of("a", "connect")) > connects, 30)
     again = driver.of("a", "connect")[-1]
     assert again["recovered"] is True, again
-    await _wait_contents(driver, cid, missed)
+    try:
+        await _wait_contents(driver, cid, missed)
+    except AssertionError as exc:
+        logs = [
+            line
+            for g in stack.gateways
+            for line in g.process.log_path.read_text().splitlines()
+            if "recovery" in line or "moved here" in line or "ERROR" in line
+        ]
+        raise AssertionError(f"{exc}\ngateway logs:\n" + "\n".join(logs[-20:])) from None
     r = await driver.emit("a", "message:send", {"conversationId": cid, "content": "back"})
     assert r["success"], r
     await _wait_contents(driver, cid, [*missed, "back"])

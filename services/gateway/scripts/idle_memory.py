@@ -1,10 +1,13 @@
 """Measure the gateway's RSS per idle connection (one nats-server, one gateway process).
 
     uv run python services/gateway/scripts/idle_memory.py --connections 5000
+    uv run python services/gateway/scripts/idle_memory.py --connections 5000 --transport socketio
 
 Every connection is a distinct user (worst case: one principal subscription each) that has
-received ``connected`` and then stays idle. Prints baseline RSS, RSS with N connections and
-KB per connection. Not a test, and not the figure of record: a quick gateway-only check.
+received ``connected`` and then stays idle. ``--transport socketio``: the same over
+``/socket.io/`` (Engine.IO WebSocket transport, Socket.IO CONNECT, then idle). Prints
+baseline RSS, RSS with N connections and KB per connection. Not a test, and not the figure
+of record: a quick gateway-only check.
 The figure of record is bench's idle scenario (``uv run python -m bench --scenario idle``),
 which also joins every connection to a conversation (docs/benchmarks.md, History).
 """
@@ -21,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from parley_contract.auth import mint_token
 from parley_devstack.servers import ManagedProcess, NatsServer, free_port, wait_port
@@ -50,6 +53,7 @@ async def main() -> None:
     ap.add_argument("--connections", type=int, default=5000)
     ap.add_argument("--heartbeat", type=float, default=20.0)
     ap.add_argument("--same-user", action="store_true", help="one principal for all")
+    ap.add_argument("--transport", choices=("ws", "socketio"), default="ws")
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.connections + 1000), hard))
@@ -68,16 +72,24 @@ async def main() -> None:
     assert gw.proc is not None
     try:
         await asyncio.to_thread(wait_ready, port, gw)
-        # warm up (first connection imports/allocates lazily)
-        warm = [
-            await connect(
-                f"ws://127.0.0.1:{port}/ws?access_token={mint_token(f'warm-{i}')}",
+        sio = args.transport == "socketio"
+
+        async def open_one(token: str) -> ClientConnection:
+            path = "/socket.io/?EIO=4&transport=websocket&" if sio else "/ws?"
+            c = await connect(
+                f"ws://127.0.0.1:{port}{path}access_token={token}",
                 compression=None,
+                open_timeout=60,
             )
-            for i in range(20)
-        ]
-        for w in warm:
-            await w.recv()
+            if sio:
+                await c.recv()  # Engine.IO open
+                await c.send("40")  # Socket.IO CONNECT (the token came with the handshake)
+                await c.recv()  # CONNECT answer
+            await c.recv()  # connected
+            return c
+
+        # warm up (first connection imports/allocates lazily)
+        warm = [await open_one(mint_token(f"warm-{i}")) for i in range(20)]
         await asyncio.sleep(2)
         base = rss_kb(gw.proc.pid)
         conns = []
@@ -88,13 +100,7 @@ async def main() -> None:
 
         async def one(i: int) -> None:
             async with sem:
-                c = await connect(
-                    f"ws://127.0.0.1:{port}/ws?access_token={tokens[i]}",
-                    compression=None,
-                    open_timeout=60,
-                )
-                await c.recv()
-                conns.append(c)
+                conns.append(await open_one(tokens[i]))
 
         try:
             await asyncio.gather(*(one(i) for i in range(args.connections)))
@@ -105,7 +111,8 @@ async def main() -> None:
         full = rss_kb(gw.proc.pid)
         per = (full - base) / args.connections
         print(  # noqa: T201 - the script's output
-            f"connections={args.connections} baseline_rss={base / 1024:.1f}MB "
+            f"transport={args.transport} connections={args.connections} "
+            f"baseline_rss={base / 1024:.1f}MB "
             f"rss={full / 1024:.1f}MB per_connection={per:.1f}KB"
         )
         for c in conns + warm:

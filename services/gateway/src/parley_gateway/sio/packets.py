@@ -182,6 +182,14 @@ class SocketLayer:
         resume = pid if isinstance(pid, str) and is_valid_id(pid) else None
         since = parse_offset(auth.get("offset")) if resume else None
         resume, restored = await self.gw.resume(principal, resume, since)
+        if resume is not None:
+            logger.info(
+                "Socket.IO recovery of %s on %s: %s (offset %s)",
+                resume,
+                eio.sid,
+                "none" if restored is None else sorted(restored.items()),
+                since,
+            )
         if eio.closed:
             return
         session_id = resume if restored is not None and resume else new_id("ses")
