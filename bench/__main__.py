@@ -115,6 +115,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--pyinstrument", action="store_true", help="run gateway-1 under pyinstrument (fanout)"
     )
     p.add_argument("--label", default="", help="a note stored with the results (what changed)")
+    p.add_argument(
+        "--transport",
+        choices=("ws", "socketio"),
+        default="ws",
+        help="the clients' endpoint: /ws or /socket.io/ (Socket.IO over WebSocket)",
+    )
     p.add_argument("--no-write", action="store_true", help="do not write results")
     p.add_argument("--report", action="store_true", help="only rebuild latest.md and the plot")
     return p.parse_args(argv)
@@ -344,6 +350,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    scenarios.TRANSPORT = args.transport
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
     )
@@ -372,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             "scenario": name,
             "quick": args.quick,
             "label": args.label,
+            "transport": args.transport,
             "startedAt": started.isoformat().replace("+00:00", "Z"),
             "finishedAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             "machine": machine,

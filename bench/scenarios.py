@@ -33,6 +33,17 @@ class Population:
     convs: list[dict[str, Any]]  # {conv, sender, senderGw, members: [client idx]}
 
 
+# The clients' transport: "ws" (/ws) or "socketio" (/socket.io/, Engine.IO's WebSocket
+# transport; the generator speaks Socket.IO packets), set by ``python -m bench --transport``.
+TRANSPORT = "ws"
+
+
+def client_url(ws_url: str) -> str:
+    if TRANSPORT == "socketio":
+        return ws_url.removesuffix("/ws") + "/socket.io/?EIO=4&transport=websocket"
+    return ws_url
+
+
 def population(
     system: System, prefix: str, n_convs: int, members: int, gateways: list[int]
 ) -> Population:
@@ -48,7 +59,12 @@ def population(
             user = f"{prefix}-u{r}-{j}"
             idxs.append(len(clients))
             clients.append(
-                Client(system.gateways[gw].ws_url, mint_token(user, ttl_seconds=6 * 3600), gw, user)
+                Client(
+                    client_url(system.gateways[gw].ws_url),
+                    mint_token(user, ttl_seconds=6 * 3600),
+                    gw,
+                    user,
+                )
             )
         convs.append(
             {

@@ -60,7 +60,73 @@ function workerMain() {
   const TYPING_PREFIX = '{"event":"typing:start"';
   const CONV_KEY = '"conversationId":"';
 
+  // Socket.IO clients (a url on /socket.io/, Engine.IO's WebSocket transport): the same
+  // protocol in Socket.IO packets. Acks are numbers; sioIds maps them to the request ids.
+  const sioIds = new Map();
+  let nextAck = 0;
+  const SIO_TYPING_PREFIX = '42["typing:start"';
+
+  function send(client, event, id, data) {
+    if (!client.sio) {
+      client.ws.send(JSON.stringify({ event, id, data }));
+      return;
+    }
+    if (id === undefined) {
+      client.ws.send("42" + JSON.stringify([event, data]));
+      return;
+    }
+    const n = nextAck++;
+    sioIds.set(n, id);
+    client.ws.send("42" + n + JSON.stringify([event, data]));
+  }
+
+  function onSioFrame(client, raw) {
+    if (raw === "2") {
+      client.ws.send("3");
+      return;
+    }
+    if (raw.startsWith("43")) {
+      let i = 2;
+      while (i < raw.length && raw.charCodeAt(i) >= 48 && raw.charCodeAt(i) <= 57) i++;
+      const n = Number(raw.slice(2, i));
+      const id = sioIds.get(n);
+      sioIds.delete(n);
+      let env;
+      try {
+        env = JSON.parse(raw.slice(i))[0];
+      } catch {
+        return;
+      }
+      if (id !== undefined && pending.has(id)) {
+        const p = pending.get(id);
+        pending.delete(id);
+        p.resolve(env);
+      }
+      return;
+    }
+    if (!raw.startsWith("42[")) return;
+    if (load !== null && load.kind === "typing" && raw.startsWith(SIO_TYPING_PREFIX)) {
+      const at = raw.indexOf(CONV_KEY);
+      if (at > 0) {
+        const from = at + CONV_KEY.length;
+        load.onTyping(client, raw.slice(from, raw.indexOf('"', from)), raw);
+        return;
+      }
+    }
+    let args;
+    try {
+      args = JSON.parse(raw.slice(2));
+    } catch {
+      return;
+    }
+    if (load !== null && args[1]) load.onEvent(client, args[1], raw);
+  }
+
   function onFrame(client, raw) {
+    if (client.sio) {
+      onSioFrame(client, raw);
+      return;
+    }
     // Fast path for the flood of relayed typing:start frames: no JSON.parse.
     if (load !== null && load.kind === "typing" && raw.startsWith(TYPING_PREFIX)) {
       const at = raw.indexOf(CONV_KEY);
@@ -119,9 +185,21 @@ function workerMain() {
       });
       ws.on("message", (data, isBinary) => {
         if (!done) {
+          let text = data.toString();
+          if (client.sio) {
+            if (text.startsWith("0")) {
+              ws.send("40"); // Socket.IO CONNECT: the token went with the handshake
+              return;
+            }
+            if (text.startsWith("40") || text === "2") {
+              if (text === "2") ws.send("3");
+              return;
+            }
+            text = text.startsWith("42[") ? JSON.stringify(JSON.parse(text.slice(2))[1]) : text;
+          }
           let msg = null;
           try {
-            msg = JSON.parse(data.toString());
+            msg = JSON.parse(text);
           } catch {}
           if (msg && (msg.event === "connected" || msg.event === "reconnected")) {
             client.open = true;
@@ -175,7 +253,7 @@ function workerMain() {
           else resolve({ ok: false, ms, error: (msg.error && msg.error.code) || "error" });
         },
       });
-      client.ws.send(JSON.stringify({ event, id, data }));
+      send(client, event, id, data);
     });
   }
 
@@ -326,9 +404,11 @@ function workerMain() {
                 times[s.ci * cap + k] = ts;
                 Atomics.store(counts, s.ci, k + 1);
               }
-              s.client.ws.send(
-                `{"event":"typing:start","data":{"conversationId":"${convs[s.ci].conv}"}}`,
-              );
+              if (s.client.sio) send(s.client, "typing:start", undefined, { conversationId: convs[s.ci].conv });
+              else
+                s.client.ws.send(
+                  `{"event":"typing:start","data":{"conversationId":"${convs[s.ci].conv}"}}`,
+                );
             } else {
               const id = `m${threadIndex}-${nextId++}`;
               const content = ts.toFixed(3) + " " + pad;
@@ -347,17 +427,11 @@ function workerMain() {
                   }
                 },
               });
-              s.client.ws.send(
-                JSON.stringify({
-                  event: "message:send",
-                  id,
-                  data: {
-                    conversationId: convs[s.ci].conv,
-                    content,
-                    clientMessageId: id,
-                  },
-                }),
-              );
+              send(s.client, "message:send", id, {
+                conversationId: convs[s.ci].conv,
+                content,
+                clientMessageId: id,
+              });
             }
             st.sent++;
           } catch {
@@ -411,7 +485,7 @@ function workerMain() {
       if (m.op === "init") {
         deflate = !!m.deflate;
         for (const c of m.clients) {
-          const client = { ...c, ws: null, open: false };
+          const client = { ...c, ws: null, open: false, sio: c.url.includes("/socket.io/") };
           clients.push(client);
           byIdx.set(c.idx, client);
         }
