@@ -1,20 +1,25 @@
-"""JWT authentication (docs/protocol.md 1): HS256 in development, RS256 in production."""
+"""JWT authentication (docs/protocol.md 1): HS256 in development; RS256 with one PEM key, or
+RS256/ES256/EdDSA against an identity provider's JWKS URL (docs/security.md "Identity
+providers")."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Literal
 
 import jwt
 from pydantic import BaseModel, ConfigDict
 
+from parley_contract.claims import KindRule, map_principal
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
-from parley_contract.ids import is_valid_id
 from parley_contract.internal import Principal
+from parley_contract.jwks import jwks_keys
 
 DEV_JWT_SECRET = "parley-dev-secret-change-me-0123456789"  # refused outside development
-_CLIENT_KINDS = {PrincipalKind.USER.value, PrincipalKind.AGENT.value}
+# What an identity provider's keys may sign with (never HS256: a JWKS is public).
+JWKS_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 
 
 class JwtConfig(BaseModel):
@@ -25,10 +30,28 @@ class JwtConfig(BaseModel):
     audience: str | None = None
     issuer: str | None = None
     leeway_seconds: int = 5
+    # An identity provider: its keys from this URL (algorithm/secret/public_key are unused).
+    jwks_url: str | None = None
+    jwks_lifespan_seconds: float = 300.0
+    jwks_min_refresh_seconds: float = 30.0
+    jwks_timeout_seconds: float = 5.0
+    id_claim: str = "sub"
+    name_claim: str = "name"
+    kind_rules: tuple[KindRule, ...] = ()
 
 
 def check_secret_for_environment(environment: str, cfg: JwtConfig) -> None:
     """Refuse the development secret (or no key) outside development."""
+    if cfg.jwks_url:
+        if not cfg.issuer or not cfg.audience:
+            raise ValueError(
+                "PARLEY_JWT_ISSUER and PARLEY_JWT_AUDIENCE are required with PARLEY_JWT_JWKS_URL"
+            )
+        if environment != "development" and not cfg.jwks_url.startswith("https://"):
+            raise ValueError(
+                f"PARLEY_JWT_JWKS_URL must be https:// when PARLEY_ENVIRONMENT={environment!r}"
+            )
+        return
     if environment == "development":
         return
     if cfg.algorithm == "HS256" and (
@@ -45,36 +68,65 @@ def check_secret_for_environment(environment: str, cfg: JwtConfig) -> None:
 def verify_token(token: str, cfg: JwtConfig) -> tuple[Principal, float]:
     """The principal and expiry (epoch seconds) of a valid token.
 
-    Raises ParleyError(UNAUTHORIZED) for a missing, bad or expired token.
+    Raises ParleyError(UNAUTHORIZED) for a missing, bad or expired token, one of another
+    issuer or audience, or one that maps to no principal. With a JWKS URL this may block on
+    a fetch: on an event loop use ``verify_token_async``.
     """
-    key = cfg.secret if cfg.algorithm == "HS256" else cfg.public_key
+    key: Any
+    if cfg.jwks_url:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError as exc:
+            raise ParleyError(ErrorCode.UNAUTHORIZED, f"invalid token: {exc}") from None
+        keys = jwks_keys(
+            cfg.jwks_url,
+            lifespan=cfg.jwks_lifespan_seconds,
+            cooldown=cfg.jwks_min_refresh_seconds,
+            timeout=cfg.jwks_timeout_seconds,
+        )
+        key, algorithms = keys.signing_key(kid), list(JWKS_ALGORITHMS)
+    else:
+        key = cfg.secret if cfg.algorithm == "HS256" else cfg.public_key
+        algorithms = [cfg.algorithm]
     if not key:
         raise ParleyError(ErrorCode.UNAUTHORIZED, "server has no verification key")
+    required = ["exp"] + (["iss", "aud"] if cfg.jwks_url else [])
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
             key,
-            algorithms=[cfg.algorithm],
+            algorithms=algorithms,
             audience=cfg.audience,
             issuer=cfg.issuer,
             leeway=cfg.leeway_seconds,
-            options={"require": ["sub", "exp"]},
+            options={"require": required},
         )
     except jwt.ExpiredSignatureError:
         raise ParleyError(ErrorCode.UNAUTHORIZED, "token expired") from None
+    except jwt.ImmatureSignatureError:
+        raise ParleyError(ErrorCode.UNAUTHORIZED, "token not yet valid (nbf/iat)") from None
+    except jwt.InvalidAudienceError:
+        raise ParleyError(ErrorCode.UNAUTHORIZED, "token for another audience (aud)") from None
+    except jwt.InvalidIssuerError:
+        raise ParleyError(ErrorCode.UNAUTHORIZED, "token from another issuer (iss)") from None
     except jwt.InvalidTokenError as exc:
         raise ParleyError(ErrorCode.UNAUTHORIZED, f"invalid token: {exc}") from None
-    sub = claims.get("sub")
-    kind = claims.get("kind", PrincipalKind.USER.value)
-    if not isinstance(sub, str) or not is_valid_id(sub):
-        raise ParleyError(ErrorCode.UNAUTHORIZED, "invalid token: sub must be a safe id")
-    if kind not in _CLIENT_KINDS:
-        raise ParleyError(ErrorCode.UNAUTHORIZED, "invalid token: kind must be 'user' or 'agent'")
-    name = claims.get("name")
-    principal = Principal(
-        id=sub, kind=PrincipalKind(kind), name=name if isinstance(name, str) else None
+    principal = map_principal(
+        claims,
+        id_claim=cfg.id_claim,
+        name_claim=cfg.name_claim,
+        kind_rules=cfg.kind_rules,
+        strict=cfg.jwks_url is not None,
     )
     return principal, float(claims["exp"])
+
+
+async def verify_token_async(token: str, cfg: JwtConfig) -> tuple[Principal, float]:
+    """``verify_token`` without blocking the event loop: a JWKS lookup (which may fetch the key
+    set) runs in a worker thread; a static key is checked in place."""
+    if cfg.jwks_url:
+        return await asyncio.to_thread(verify_token, token, cfg)
+    return verify_token(token, cfg)
 
 
 def mint_token(

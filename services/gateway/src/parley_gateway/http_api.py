@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from parley_contract import envelopes, subjects
-from parley_contract.auth import mint_token, verify_token
+from parley_contract.auth import mint_token, verify_token_async
 from parley_contract.envelopes import ErrorEnvelope, SuccessEnvelope
 from parley_contract.errors import HTTP_STATUS, ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
@@ -148,10 +148,10 @@ def create_app(hub: Hub) -> FastAPI:
         )
         return JSONResponse(env, status_code=422)
 
-    def principal_of(authorization: str | None) -> Principal:
+    async def principal_of(authorization: str | None) -> Principal:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise ParleyError(ErrorCode.UNAUTHORIZED, "missing bearer token")
-        principal, _ = verify_token(authorization[7:].strip(), jwt_cfg)
+        principal, _ = await verify_token_async(authorization[7:].strip(), jwt_cfg)
         return principal
 
     async def query(subject: str, principal: Principal, data: dict[str, Any]) -> Response:
@@ -189,7 +189,7 @@ def create_app(hub: Hub) -> FastAPI:
 
     @app.get("/v1/scaling", tags=["v1"], response_model=SuccessEnvelope, responses=_ERRORS)
     async def scaling(authorization: Auth = None) -> Response:
-        principal_of(authorization)
+        await principal_of(authorization)
         if not hub.ready and hub.kv_presence is None:
             raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "not connected to NATS")
         return JSONResponse(envelopes.ok(await hub.scaling()))
@@ -199,7 +199,7 @@ def create_app(hub: Hub) -> FastAPI:
         """The agents Parley can reach now: served by an agent bridge (KV, TTL heartbeat) or
         connected as an agent. ``items``: ``{id, name, description, models, online,
         servedBy: "bridge" | "connection", instances}``."""
-        principal_of(authorization)
+        await principal_of(authorization)
         if hub.nc is None or not hub.nc.is_connected:
             raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "not connected to NATS")
         return JSONResponse(envelopes.ok({"items": await hub.agents.list()}))
@@ -211,7 +211,7 @@ def create_app(hub: Hub) -> FastAPI:
         cursor: Annotated[str | None, Query(max_length=500)] = None,
         limit: IntParam = None,
     ) -> Response:
-        principal = principal_of(authorization)
+        principal = await principal_of(authorization)
         data = {"status": status, "cursor": cursor, "limit": _int("limit", limit, 1, 200)}
         return await query(subjects.QUERY_CONVERSATIONS_LIST, principal, data)
 
@@ -222,7 +222,7 @@ def create_app(hub: Hub) -> FastAPI:
         responses=_ERRORS,
     )
     async def get_conversation(conversation_id: str, authorization: Auth = None) -> Response:
-        principal = principal_of(authorization)
+        principal = await principal_of(authorization)
         check_id(conversation_id, "conversationId")
         data = {"conversationId": conversation_id}
         return await query(subjects.QUERY_CONVERSATION_GET, principal, data)
@@ -244,7 +244,7 @@ def create_app(hub: Hub) -> FastAPI:
         ] = None,
         limit: IntParam = None,
     ) -> Response:
-        principal = principal_of(authorization)
+        principal = await principal_of(authorization)
         check_id(conversation_id, "conversationId")
         data = {
             "conversationId": conversation_id,

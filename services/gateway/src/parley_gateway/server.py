@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from parley_contract import envelopes, jsonutil, subjects
-from parley_contract.auth import verify_token
+from parley_contract.auth import verify_token_async
 from parley_contract.commands import parse_payload
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, may_send, parse_command
@@ -166,7 +166,7 @@ class Gateway:
             self.metrics.auth_failures.inc()
             return json_response(401, envelopes.fail(ErrorCode.UNAUTHORIZED, "missing token"))
         try:
-            principal, exp = verify_token(token, self.jwt)
+            principal, exp = await verify_token_async(token, self.jwt)
         except ParleyError as exc:
             self.metrics.auth_failures.inc()
             return json_response(exc.http_status, envelopes.fail_from(exc))

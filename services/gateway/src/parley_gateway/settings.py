@@ -6,10 +6,11 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from parley_contract.auth import DEV_JWT_SECRET, JwtConfig, check_secret_for_environment
+from parley_contract.claims import parse_kind_rules
 from parley_contract.commands import MAX_CONTENT_CHARS
 from parley_contract.ids import new_id
 from parley_gateway.origins import OriginPolicy
@@ -46,6 +47,26 @@ class Settings(BaseSettings):
         default=DEV_JWT_SECRET, validation_alias=_env("PARLEY_JWT_SECRET")
     )
     jwt_public_key: str | None = Field(default=None, validation_alias=_env("PARLEY_JWT_PUBLIC_KEY"))
+    # An identity provider (docs/security.md "Identity providers"): keys from its JWKS URL,
+    # RS256/ES256/EdDSA; issuer and audience are then required.
+    jwt_jwks_url: str | None = Field(default=None, validation_alias=_env("PARLEY_JWT_JWKS_URL"))
+    jwt_issuer: str | None = Field(default=None, validation_alias=_env("PARLEY_JWT_ISSUER"))
+    jwt_audience: str | None = Field(default=None, validation_alias=_env("PARLEY_JWT_AUDIENCE"))
+    jwt_leeway_seconds: int = Field(
+        default=5, ge=0, le=300, validation_alias=_env("PARLEY_JWT_LEEWAY_SECONDS")
+    )
+    # At most one refetch of the key set per this many seconds for an unknown kid (and no
+    # fetch for this long after a failed one); the set is refetched anyway after 5 minutes.
+    jwt_jwks_min_refresh_seconds: float = Field(
+        default=30.0, ge=0, le=3600, validation_alias=_env("PARLEY_JWT_JWKS_MIN_REFRESH_SECONDS")
+    )
+    jwt_id_claim: str = Field(
+        default="sub", min_length=1, validation_alias=_env("PARLEY_JWT_ID_CLAIM")
+    )
+    jwt_name_claim: str = Field(
+        default="name", min_length=1, validation_alias=_env("PARLEY_JWT_NAME_CLAIM")
+    )
+    jwt_kind_rules: str = Field(default="", validation_alias=_env("PARLEY_JWT_KIND_RULES"))
 
     host: str = Field(default="127.0.0.1", validation_alias=_env("PARLEY_GATEWAY_HOST"))
     port: int = Field(default=8001, validation_alias=_env("PARLEY_GATEWAY_PORT"))
@@ -126,11 +147,30 @@ class Settings(BaseSettings):
         default_factory=_default_web_dist, validation_alias=_env("PARLEY_GATEWAY_WEB_DIST")
     )
 
+    @field_validator("jwt_jwks_url", "jwt_issuer", "jwt_audience", "jwt_public_key")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("jwt_kind_rules")
+    @classmethod
+    def _valid_kind_rules(cls, value: str) -> str:
+        parse_kind_rules(value)
+        return value
+
     def jwt_config(self) -> JwtConfig:
         return JwtConfig(
             algorithm=self.jwt_algorithm,
             secret=self.jwt_secret,
             public_key=self.jwt_public_key,
+            jwks_url=self.jwt_jwks_url,
+            issuer=self.jwt_issuer,
+            audience=self.jwt_audience,
+            leeway_seconds=self.jwt_leeway_seconds,
+            jwks_min_refresh_seconds=self.jwt_jwks_min_refresh_seconds,
+            id_claim=self.jwt_id_claim,
+            name_claim=self.jwt_name_claim,
+            kind_rules=parse_kind_rules(self.jwt_kind_rules),
         )
 
     def origin_policy(self) -> OriginPolicy:

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from parley_contract import envelopes
-from parley_contract.auth import verify_token
+from parley_contract.auth import verify_token_async
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.ids import is_valid_id, new_id
 from parley_gateway.hub import Hub
@@ -173,7 +173,7 @@ class SocketLayer:
             eio.send(connect_error(ErrorCode.UNAUTHORIZED, "missing token"))
             return
         try:
-            principal, exp = verify_token(token, self.gw.jwt)
+            principal, exp = await verify_token_async(token, self.gw.jwt)
         except ParleyError as exc:
             self.gw.metrics.auth_failures.inc()
             eio.send(connect_error(exc.code, exc.message, exc.details))
