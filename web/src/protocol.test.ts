@@ -215,6 +215,28 @@ describe('ParleyClient', () => {
     expect(states).toEqual(['connecting', 'open', 'reconnecting', 'open']);
   });
 
+  it('starts over when a conversation begins a new epoch (seqs used again)', async () => {
+    const { client, sockets } = harness();
+    const c = client.connect();
+    sockets[0].accept();
+    await c;
+    const j = client.join('conv-1', 0);
+    sockets[0].reply(0, { lastSeq: 0 });
+    await j;
+    const seen: string[] = [];
+    const resets: number[] = [];
+    client.on(Ev.MESSAGE_NEW, (f) => seen.push(`${f.epoch ?? 0}:${f.seq}`));
+    client.on('epoch', (f) => resets.push(f.epoch!));
+    for (const s of [1, 2, 3]) sockets[0].push({ ...msg('conv-1', s), epoch: 0 });
+    // the store lost 3; seq 3 is used again in epoch 1: not a duplicate
+    sockets[0].push({ ...msg('conv-1', 3), epoch: 1 });
+    sockets[0].push({ ...msg('conv-1', 4), epoch: 1 });
+    sockets[0].push({ ...msg('conv-1', 4), epoch: 0 }); // a late one from before: void
+    expect(seen).toEqual(['0:1', '0:2', '0:3', '1:3', '1:4']);
+    expect(resets).toEqual([1]);
+    expect(client.lastSeq('conv-1')).toBe(4);
+  });
+
   it('joins again from lastSeq what the resume did not restore', async () => {
     const { client, sockets, fireReconnect } = harness();
     const c = client.connect();

@@ -225,6 +225,8 @@ export interface ServerFrame<T = unknown> {
   error?: ErrorBody | null;
   conversationId?: string | null;
   seq?: number | null;
+  /** The conversation's sequence epoch (durable events, conversation:joined): docs/protocol.md */
+  epoch?: number | null;
   timestamp?: string;
 }
 
@@ -351,6 +353,9 @@ export class ParleyClient {
   private handlers = new Map<string, Set<EventHandler>>();
   private stateHandlers = new Set<(s: ConnectionState) => void>();
   private lastSeqs = new Map<string, number>();
+  private epochs = new Map<string, number>();
+  /** Times a conversation's epoch changed (its history was found shorter; seqs reset). */
+  epochResets = 0;
   private joined = new Set<string>();
   private reconnectTimer: unknown = null;
   private wanted = false;
@@ -558,6 +563,25 @@ export class ParleyClient {
             ),
           );
         return;
+      }
+    }
+    // A new epoch (issue 11): the server's history of the conversation was found shorter
+    // than the seqs it handed out, so seqs may be used again: what we hold is void. Start
+    // over from this frame and tell the app (it reloads the conversation's history).
+    if (frame.conversationId && typeof frame.epoch === 'number') {
+      const known = this.epochs.get(frame.conversationId) ?? 0;
+      if (frame.epoch < known && typeof frame.seq === 'number') {
+        this.duplicatesDropped += 1; // from before the reset: void
+        return;
+      }
+      if (frame.epoch > known) {
+        this.epochs.set(frame.conversationId, frame.epoch);
+        if (known > 0 || this.lastSeqs.has(frame.conversationId)) {
+          this.epochResets += 1;
+          const from = typeof frame.seq === 'number' ? frame.seq - 1 : 0;
+          this.lastSeqs.set(frame.conversationId, from);
+          this.emit('epoch', frame);
+        }
       }
     }
     // Durable events: in seq order, no duplicates.

@@ -104,3 +104,19 @@ def test_frame_text_matches_websockets() -> None:
         payload = b"x" * n
         expected = Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
         assert frame_text(payload) == expected, n
+
+
+def test_a_new_epoch_resets_the_order_and_delivers_the_reused_seq() -> None:
+    """Issue 11: the store's history was found shorter than the seqs handed out (say it ends
+    at 96 after 106 were delivered): epoch 1 begins at 97, which must not be dropped."""
+    seq = Sequencer(last=0)
+    for s in range(1, 107):
+        seq.push(s, b"old")
+    assert seq.last == 106
+    dup = seq.push(97, b"new", 1)  # would be a duplicate in epoch 0
+    assert dup.reset and dup.deliver == [(97, b"new")] and seq.epoch == 1
+    assert seq.push(98, b"new", 1).deliver == [(98, b"new")]
+    stale = seq.push(107, b"late old", 0)  # from before: void
+    assert stale.duplicate and not stale.deliver
+    assert seq.push(98, b"again", 1).duplicate
+    assert seq.fill([(99, b"fetched")]).deliver == [(99, b"fetched")]

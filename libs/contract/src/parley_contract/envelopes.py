@@ -102,13 +102,16 @@ def event_frame(
     conversation_id: str | None = None,
     seq: int | None = None,
     timestamp: str | None = None,
+    epoch: int | None = None,
 ) -> dict[str, Any]:
-    """A server → client event. Durable events carry conversationId and seq."""
+    """A server → client event. Durable events carry conversationId, seq and epoch."""
     frame: dict[str, Any] = {"event": event.value, "success": True, "data": data}
     if conversation_id is not None:
         frame["conversationId"] = conversation_id
     if seq is not None:
         frame["seq"] = seq
+    if epoch is not None:
+        frame["epoch"] = epoch
     frame["timestamp"] = timestamp or now_iso()
     return frame
 

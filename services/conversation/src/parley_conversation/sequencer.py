@@ -91,10 +91,12 @@ class Sequencer:
         on_projection_failure: Callable[[], None] | None = None,
         totals_interval: float = 0.0,
         max_wait: float = 0.0,
+        on_committed: Callable[[str, int, int], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._publish = publish
         self._on_stored = on_stored
+        self._on_committed = on_committed  # (conversation, epoch, highest seq) per batch
         self._max_batch = max_batch
         self._on_batch = on_batch
         self._on_projection_failure = on_projection_failure
@@ -320,6 +322,13 @@ class Sequencer:
         # totals go to the totals writer (coalesced, written in the background, retried).
         self._add_totals(totals)
         self.last_batch_at = time.monotonic()
+        if self._on_committed is not None:
+            # The high-water marks (epochs.py) go out before the frames that reach them.
+            for cid, res_list in results.items():
+                fresh = [r for r in res_list if not r.duplicate and r.error is None]
+                if fresh:
+                    last = max(fresh, key=lambda r: r.seq)
+                    await self._on_committed(cid, int(last.frame.get("epoch") or 0), last.seq)
         for cid, res_list in results.items():
             subject = subjects.conversation_events(cid)
             for res in res_list:

@@ -61,6 +61,7 @@ from parley_contract.streams import ensure_agent_turns_stream
 from parley_contract.timeutil import iso
 from parley_conversation import domain, roles
 from parley_conversation.agent_watch import AgentWatch
+from parley_conversation.epochs import HighWaterMarks
 from parley_conversation.idempotency import KEYED_EVENTS, command_key, log_key, with_key
 from parley_conversation.legacy import fold_legacy_event_log
 from parley_conversation.sequencer import Sequencer
@@ -191,6 +192,7 @@ class ConversationService:
             on_projection_failure=self.metrics.projection_failures.inc,
             totals_interval=settings.totals_interval_seconds,
             max_wait=settings.max_wait_seconds,
+            on_committed=self._note_mark,
         )
         self.ready = False
         self._agents: AgentDirectory | None = None
@@ -268,6 +270,12 @@ class ConversationService:
             # Without the stream agent turns cannot be published (counted per message);
             # everything else works, so the replica still starts.
             logger.exception("could not ensure the JetStream stream of agent turns")
+        marks = HighWaterMarks(self.broker.connection)
+        try:
+            await marks.open()
+            self.store.marks = marks
+        except NatsError:
+            logger.exception("no high-water marks (KV %s): epochs not checked", "sequences")
         self.agent_watch = AgentWatch(
             self.broker.connection.jetstream(),
             self._store_agent_failure,
@@ -278,6 +286,10 @@ class ConversationService:
         self._started = True
         self.ready = True
         logger.info("conversation service %s ready", self.settings.instance_id)
+
+    async def _note_mark(self, conversation_id: str, epoch: int, seq: int) -> None:
+        if self.store.marks is not None:
+            await self.store.marks.note(conversation_id, epoch, seq)
 
     async def _store_agent_failure(self, message: Message) -> None:
         service = Principal(id=message.agent_id or "agent", kind=PrincipalKind.SERVICE)
@@ -583,8 +595,9 @@ class ConversationService:
         # above it, so the gateway replays or delivers it and evicts this joiner.
         last = await self.store.last_seq(cmd.conversation_id)
         conv = await self._conversation(p, cmd.conversation_id)
+        epoch = await self.store.epoch_of(cmd.conversation_id)
         conv = conv.model_copy(update={"last_seq": max(last, conv.last_seq)})
-        return {"conversation": model_json(conv), "lastSeq": last}
+        return {"conversation": model_json(conv), "lastSeq": last, "epoch": epoch}
 
     async def conversation_update(self, p: Principal, data: dict[str, Any]) -> Any:
         cmd = commands.parse_payload(Event.CONVERSATION_UPDATE, data)

@@ -60,6 +60,7 @@ from parley_contract.models import (
     MessageType,
     Role,
 )
+from parley_conversation.epochs import HighWaterMarks
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +199,8 @@ def merge_totals_doc(conv: dict[str, Any], totals: dict[str, Any]) -> dict[str, 
 
 
 def message_from(doc: dict[str, Any]) -> Message:
+    if "epoch" in doc:  # the log entry's epoch (see _log_entry), not a message field
+        doc = {k: v for k, v in doc.items() if k != "epoch"}
     return Message.model_validate(doc)
 
 
@@ -384,6 +387,8 @@ class MongoStore:
         if write_concern not in WRITE_CONCERNS:
             raise ValueError(f"write concern: one of {', '.join(WRITE_CONCERNS)}")
         self._next_seq: OrderedDict[str, int] = OrderedDict()
+        self._epochs: dict[str, int] = {}  # the epoch of each cached next seq (epochs.py)
+        self.marks: HighWaterMarks | None = None  # set once NATS is up (the service)
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             url,
             **WRITE_CONCERNS[write_concern],
@@ -557,7 +562,8 @@ class MongoStore:
         self._next_seq[conversation_id] = next_seq
         self._next_seq.move_to_end(conversation_id)
         while len(self._next_seq) > SEQ_CACHE_SIZE:
-            self._next_seq.popitem(last=False)
+            old, _ = self._next_seq.popitem(last=False)
+            self._epochs.pop(old, None)
 
     async def get_conversations(
         self, ids: Sequence[str], *, with_totals: bool = True
@@ -580,6 +586,7 @@ class MongoStore:
         except BaseException:
             for cid in groups:
                 self._next_seq.pop(cid, None)
+                self._epochs.pop(cid, None)
             raise
 
     def forget_seqs(self) -> None:
@@ -590,6 +597,47 @@ class MongoStore:
                 "store connection pool cleared: %d cached next seqs dropped", len(self._next_seq)
             )
         self._next_seq.clear()
+        self._epochs.clear()
+
+    async def _load_sequences(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(the log's highest seq, the epoch to write with) of conversations not cached:
+        the epoch moves on when the log is shorter than the high-water mark (epochs.py)."""
+
+        async def one(cid: str) -> tuple[int, int]:
+            doc = await self.messages.find_one(
+                {"conversationId": cid}, {"seq": 1, "epoch": 1}, sort=[("seq", DESCENDING)]
+            )
+            last = int(doc["seq"]) if doc else 0
+            epoch = int(doc.get("epoch") or 0) if doc else 0
+            mark = await self.marks.get(cid) if self.marks is not None else None
+            if mark is not None:
+                mark_epoch, mark_seq = mark
+                epoch = max(epoch, mark_epoch)
+                if mark_seq > last:
+                    epoch += 1
+                    logger.warning(
+                        "conversation %s: seq %d was published but the log ends at %d: "
+                        "epoch %d begins",
+                        cid,
+                        mark_seq,
+                        last,
+                        epoch,
+                    )
+                    assert self.marks is not None
+                    await self.marks.put(cid, epoch, last)
+            return last, epoch
+
+        values = await asyncio.gather(*(one(cid) for cid in ids))
+        return dict(zip(ids, values, strict=True))
+
+    async def epoch_of(self, conversation_id: str) -> int:
+        """The epoch new entries of this conversation get (``conversation:joined``)."""
+        if conversation_id in self._epochs and conversation_id in self._next_seq:
+            return self._epochs[conversation_id]
+        last, epoch = (await self._load_sequences([conversation_id]))[conversation_id]
+        self._remember(conversation_id, last + 1)
+        self._epochs[conversation_id] = epoch
+        return epoch
 
     async def _append_events(
         self, groups: Mapping[str, Sequence[PendingEvent]]
@@ -615,8 +663,10 @@ class MongoStore:
                 nxt[cid] = guess
             else:
                 unknown.append(cid)
-        for cid, last in (await self.last_seqs(unknown)).items():
+        for cid, (last, epoch) in (await self._load_sequences(unknown)).items():
             nxt[cid] = last + 1
+            self._epochs[cid] = epoch
+        epochs = {cid: self._epochs.get(cid, 0) for cid in groups}
         rounds = 0
         while True:
             docs: list[dict[str, Any]] = []
@@ -627,7 +677,7 @@ class MongoStore:
                 for k in range(pos[cid], len(evts)):
                     if results[cid][k] is not None:
                         continue  # refused by the store: it takes no seq
-                    doc, frame = _log_entry(cid, at, evts[k])
+                    doc, frame = _log_entry(cid, at, evts[k], epochs[cid])
                     at += 1
                     docs.append(doc)
                     frames.append(frame)
@@ -965,20 +1015,28 @@ class MongoStore:
 
 
 def _log_entry(
-    conversation_id: str, seq: int, pending: PendingEvent
+    conversation_id: str, seq: int, pending: PendingEvent, epoch: int = 0
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The document of one durable event at ``seq`` and the frame it is published as."""
+    """The document of one durable event at ``seq`` and the frame it is published as; the
+    entry keeps its ``epoch`` (epochs.py) so that a replay carries the one it was sent with."""
     if pending.message is not None:
         message = pending.message(seq)
-        return message_doc(message), _message_frame(_wire(message), conversation_id, seq)
+        doc = message_doc(message)
+        doc["epoch"] = epoch
+        return doc, _message_frame(_wire(message), conversation_id, seq, epoch)
     assert pending.build is not None
     frame = envelopes.event_frame(
-        pending.event, pending.build(seq), conversation_id=conversation_id, seq=seq
+        pending.event,
+        pending.build(seq),
+        conversation_id=conversation_id,
+        seq=seq,
+        epoch=epoch,
     )
     doc = {
         "_id": f"{conversation_id}:{seq}",
         "conversationId": conversation_id,
         "seq": seq,
+        "epoch": epoch,
         LOG_EVENT: pending.event.value,
         "frame": frame,
     }
@@ -987,7 +1045,9 @@ def _log_entry(
     return doc, frame
 
 
-def _message_frame(data: dict[str, Any], conversation_id: str, seq: int) -> dict[str, Any]:
+def _message_frame(
+    data: dict[str, Any], conversation_id: str, seq: int, epoch: int = 0
+) -> dict[str, Any]:
     # Stamped with the message's createdAt, live and replayed alike (nothing else is stored).
     return envelopes.event_frame(
         Event.MESSAGE_NEW,
@@ -995,6 +1055,7 @@ def _message_frame(data: dict[str, Any], conversation_id: str, seq: int) -> dict
         conversation_id=conversation_id,
         seq=seq,
         timestamp=data.get("createdAt"),
+        epoch=epoch,
     )
 
 
@@ -1003,7 +1064,12 @@ def frame_of(doc: dict[str, Any]) -> dict[str, Any]:
     if LOG_EVENT in doc:
         frame: dict[str, Any] = doc["frame"]
         return frame
-    return _message_frame(_wire(message_from(doc)), doc["conversationId"], int(doc["seq"]))
+    return _message_frame(
+        _wire(message_from(doc)),
+        doc["conversationId"],
+        int(doc["seq"]),
+        int(doc.get("epoch") or 0),
+    )
 
 
 def _wire(model: Conversation | Message) -> dict[str, Any]:

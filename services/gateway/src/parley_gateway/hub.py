@@ -429,7 +429,13 @@ class Hub:
                     conn.push_frame(wire)
             return
         self.metrics.events_in.labels("durable").inc()
-        out = conv.seq.push(seq, data)
+        epoch = frame.get("epoch", 0)
+        out = conv.seq.push(seq, data, epoch if isinstance(epoch, int) else 0)
+        if out.reset:
+            # Members' delivered positions belong to the old epoch (docs/protocol.md).
+            logger.warning("conversation %s: epoch %d begins at seq %d", conv.cid, epoch, seq)
+            for conn in conv.members:
+                conn.joined[conv.cid] = seq - 1
         self._apply(conv, out)
 
     def _apply(self, conv: ConvState, out: Outcome) -> None:
@@ -521,7 +527,9 @@ class Hub:
         finally:
             conv.gap_task = None
 
-    async def join(self, conn: Conn, cid: str, since: int | None, last_seq: int) -> bool:
+    async def join(
+        self, conn: Conn, cid: str, since: int | None, last_seq: int, epoch: int = 0
+    ) -> bool:
         """Make ``conn`` a member of ``cid`` after replaying seq > since (pushed in order).
 
         The caller has already subscribed (``acquire``) before asking the conversation service
@@ -532,7 +540,7 @@ class Hub:
         """
         kind, pid = conn.principal.kind, conn.principal.id
         conv = self.convs[cid]
-        self._apply(conv, conv.seq.start(last_seq))
+        self._apply(conv, conv.seq.start(last_seq, epoch))
         start = last_seq if since is None else min(since, last_seq)
         conn.joined.pop(cid, None)
         conv.members.discard(conn)

@@ -16,31 +16,47 @@ class Outcome:
     duplicate: bool = False
     # (after_seq, until_seq) to fetch from the store when a gap is waiting.
     gap: tuple[int, int] | None = None
+    # A new epoch began (issue 11): the seqs delivered before mean nothing now; ``last`` was
+    # set to the new epoch's frame's seq - 1 (members' positions must follow).
+    reset: bool = False
 
 
 class Sequencer:
     """Per conversation: the last seq delivered and a small buffer of early frames."""
 
-    __slots__ = ("last", "max_pending", "pending")
+    __slots__ = ("epoch", "last", "max_pending", "pending")
 
     def __init__(self, last: int | None = None, max_pending: int = 1000) -> None:
         # None until the first join tells the gateway where the conversation stands.
         self.last = last
+        self.epoch = 0  # of the conversation's sequence (parley_conversation.epochs)
         self.pending: dict[int, bytes] = {}
         self.max_pending = max_pending
 
-    def start(self, last_seq: int) -> Outcome:
+    def start(self, last_seq: int, epoch: int = 0) -> Outcome:
         """Set the starting point (the conversation's lastSeq at join) and drain the buffer."""
         out = Outcome()
         if self.last is None:
             self.last = last_seq
+            self.epoch = max(self.epoch, epoch)
             for seq in [s for s in self.pending if s <= last_seq]:
                 del self.pending[seq]
             self._drain(out)
         return out
 
-    def push(self, seq: int, frame: bytes) -> Outcome:
+    def push(self, seq: int, frame: bytes, epoch: int = 0) -> Outcome:
         out = Outcome()
+        if epoch != self.epoch:
+            if epoch < self.epoch:  # from before the history was found shorter: void
+                out.duplicate = True
+                return out
+            # A new epoch: the store's history was found shorter than the seqs handed out,
+            # and this seq may repeat one delivered before. Start over from it.
+            self.epoch = epoch
+            self.pending.clear()
+            if self.last is not None:
+                self.last = seq - 1
+                out.reset = True
         if self.last is None:
             if len(self.pending) < self.max_pending:
                 self.pending[seq] = frame
@@ -75,7 +91,7 @@ class Sequencer:
         """Frames fetched from the store: delivered like live ones (dedupe, order)."""
         out = Outcome()
         for seq, frame in sorted(frames, key=lambda f: f[0]):
-            sub = self.push(seq, frame)
+            sub = self.push(seq, frame, self.epoch)  # the store's history as it is now
             out.deliver.extend(sub.deliver)
         return out
 

@@ -551,6 +551,9 @@ class Gateway:
             last_seq = info.get("lastSeq")
             if not isinstance(last_seq, int):
                 last_seq = 0
+            epoch = info.get("epoch")
+            if not isinstance(epoch, int):
+                epoch = 0
             if not quiet:
                 conn.send(
                     envelopes.event_frame(
@@ -559,11 +562,13 @@ class Gateway:
                             "conversation": info.get("conversation"),
                             "lastSeq": last_seq,
                             "sinceSeq": since,
+                            "epoch": epoch,
                         },
                         conversation_id=cid,
+                        epoch=epoch,
                     )
                 )
-            if not await hub.join(conn, cid, since, last_seq):
+            if not await hub.join(conn, cid, since, last_seq, epoch):
                 return envelopes.fail(
                     ErrorCode.FORBIDDEN, "you are no longer a participant of this conversation"
                 )
@@ -583,6 +588,7 @@ class Gateway:
                     "conversation": info.get("conversation"),
                     "lastSeq": last_seq,
                     "sinceSeq": since,
+                    "epoch": epoch,
                     "deliveredSeq": conn.joined.get(cid, last_seq),
                 }
             )
