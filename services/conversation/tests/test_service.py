@@ -82,6 +82,25 @@ async def two_replicas(
         await asyncio.gather(*(r.stop() for r in replicas))
 
 
+@pytest.fixture
+async def two_patient_replicas(
+    nats_server: NatsServer, store_server: StoreServer, db_name: str
+) -> AsyncIterator[list[ConversationService]]:
+    """Two replicas that never shed load (max_wait 0): for tests of sequencing under a burst,
+    which a busy machine with durable (fsynced) commits could otherwise turn into refusals."""
+    replicas = [
+        ConversationService(
+            settings_for(nats_server.url, store_server.url, db_name, max_wait_seconds=0)
+        )
+        for _ in range(2)
+    ]
+    await asyncio.gather(*(r.start() for r in replicas))
+    try:
+        yield replicas
+    finally:
+        await asyncio.gather(*(r.stop() for r in replicas))
+
+
 def handled(svc: ConversationService, op: str) -> float:
     value = svc.metrics.registry.get_sample_value(
         "parley_conversation_requests_total", {"operation": op, "outcome": "ok"}
@@ -90,8 +109,9 @@ def handled(svc: ConversationService, op: str) -> float:
 
 
 async def test_500_concurrent_sends_through_two_replicas(
-    two_replicas: list[ConversationService], request_: Request, nc: Client
+    two_patient_replicas: list[ConversationService], request_: Request, nc: Client
 ) -> None:
+    two_replicas = two_patient_replicas
     conv = await create(request_, agentId="agent-general", title="load")
     cid = conv["_id"]
     published: list[int] = []

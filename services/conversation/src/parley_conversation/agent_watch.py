@@ -7,10 +7,12 @@ their key ``<agentId>.<instanceId>`` in the KV bucket ``subjects.KV_AGENTS`` eve
 replica last said it was alive. An agent that a bridge served since this replica started
 ("a bridge agent"; an external agent answers for itself and is never judged) and from which
 no replica was heard for ``AGENT_DEAD_AFTER_SECONDS`` is offline: each tracked turn of it
-that has no final answer in the log gets an ``error`` message from the agent
-(``clientMessageId`` ``turn-<messageId>-failed``, the one the bridge's own give-up uses, so
-it is stored once) and its conversation an ``agent:offline``. A bridge that comes back later
-takes the turn from JetStream, finds the error (a final answer) and does not answer again.
+that has no final answer in the log gets the stored notice of an offline agent (a ``system``
+``error`` message, ``parentMessageId`` the user message, ``clientMessageId``
+``turn-<messageId>-offline``: once per turn) and its conversation an ``agent:offline``
+(``reason: "no-replica"``). The turn stays queued in JetStream: a bridge that comes back
+answers it. A turn whose message already got the service's notice at send time (the agent
+was known to be unserved then) is not tracked.
 """
 
 from __future__ import annotations
@@ -28,10 +30,9 @@ import nats.js.errors
 
 from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.events import Event
-from parley_contract.ids import new_id
 from parley_contract.internal import AGENT_LIVENESS_SECONDS
-from parley_contract.models import Message, MessageStatus, MessageType, Role
-from parley_conversation.domain import now_ms
+from parley_contract.models import Message
+from parley_conversation import domain
 
 logger = logging.getLogger(__name__)
 
@@ -137,31 +138,28 @@ class AgentWatch:
 
     async def _fail(self, turn: _Turn) -> None:
         logger.warning(
-            "agent %s has no live bridge replica: turn for %s fails", turn.agent_id, turn.message_id
+            "agent %s has no live bridge replica: turn for %s noticed",
+            turn.agent_id,
+            turn.message_id,
         )
-        text = "no agent-bridge replica is running for this agent"
-        at = now_ms()
-        message = Message(
-            id=new_id("msg"),
-            conversation_id=turn.conversation_id,
-            role=Role.ASSISTANT,
-            message_type=MessageType.ERROR,
-            content=f"Sorry, I could not answer: {text}. Please send your message again later.",
-            error=text,
-            finish_reason="error",
-            agent_id=turn.agent_id,
-            parent_message_id=turn.message_id,
-            client_message_id=f"turn-{turn.message_id}-failed"[:128],
-            message_status=MessageStatus.SENT,
-            created_by=turn.agent_id,
-            updated_by=turn.agent_id,
-            created_at=at,
-            updated_at=at,
-            is_active=True,
+        # The notice of a message to an agent nobody serves (domain.agent_offline_message),
+        # tied to this turn: stored once per turn; not an answer, so the turn stays queued
+        # and a bridge that comes back answers it.
+        notice = domain.agent_offline_message(turn.conversation_id, turn.agent_id)
+        notice = notice.model_copy(
+            update={
+                "parent_message_id": turn.message_id,
+                "client_message_id": f"turn-{turn.message_id}-offline"[:128],
+                "metadata": {**(notice.metadata or {}), "reason": "no-replica"},
+            }
         )
-        await self._store(message)
+        await self._store(notice)
         self.failed += 1
-        data = {"agentId": turn.agent_id, "conversationId": turn.conversation_id}
+        data = {
+            "agentId": turn.agent_id,
+            "conversationId": turn.conversation_id,
+            "reason": "no-replica",
+        }
         frame = envelopes.event_frame(
             Event.AGENT_OFFLINE, data, conversation_id=turn.conversation_id
         )

@@ -292,8 +292,7 @@ class ConversationService:
             await self.store.marks.note(conversation_id, epoch, seq)
 
     async def _store_agent_failure(self, message: Message) -> None:
-        service = Principal(id=message.agent_id or "agent", kind=PrincipalKind.SERVICE)
-        await self.sequencer.send(service, message)
+        await self.sequencer.send(Principal(id="parley", kind=PrincipalKind.SERVICE), message)
 
     async def _ensure_stream(self) -> None:
         await ensure_agent_turns_stream(self.broker.connection.jetstream())
@@ -469,15 +468,16 @@ class ConversationService:
         if not conv.agent_id:
             return
         js = self.broker.connection.jetstream()
+        noticed = False
         if any(m.role is Role.USER for m in stored):
-            await self._agent_offline_notice(conv, conv.agent_id)
+            noticed = await self._agent_offline_notice(conv, conv.agent_id)
 
         async def one(m: Message) -> None:
             assert conv.agent_id is not None and m.seq is not None
             turn = AgentTurn(
                 conversation_id=conv.id, agent_id=conv.agent_id, message_id=m.id, seq=m.seq
             )
-            if self.agent_watch is not None:
+            if self.agent_watch is not None and not noticed:
                 self.agent_watch.track(conv.id, conv.agent_id, m.id, m.seq)
             try:
                 await js.publish(
@@ -518,12 +518,12 @@ class ConversationService:
                 {"field": "agentId"},
             )
 
-    async def _agent_offline_notice(self, conv: Conversation, agent_id: str) -> None:
+    async def _agent_offline_notice(self, conv: Conversation, agent_id: str) -> bool:
         """A user wrote to an agent that went away: say so (ephemeral agent:offline and a
         stored error notice) instead of leaving the message unanswered in silence. The turn
         stays queued: a bridge that serves the agent again answers it."""
         if await self._served(agent_id, cached=True) is not False:
-            return
+            return False
         data = {"agentId": agent_id, "conversationId": conv.id, "reason": "not-served"}
         frame = envelopes.event_frame(Event.AGENT_OFFLINE, data, conversation_id=conv.id)
         await self._publish(subjects.conversation_events(conv.id), jsonutil.dumps(frame))
@@ -532,6 +532,7 @@ class ConversationService:
             await self.sequencer.send(Principal(id="parley", kind=PrincipalKind.SERVICE), notice)
         except ParleyError as exc:
             logger.warning("agent-offline notice in %s not stored: %s", conv.id, exc)
+        return True
 
     async def _conversation(
         self, p: Principal, conversation_id: str, *, totals: bool = True
