@@ -128,3 +128,12 @@ describe('derived', () => {
     expect(totals(v)).toEqual({ messages: 3, tokens: 15, cost: 0.001 });
   });
 });
+
+describe('reset (a new epoch)', () => {
+  it("replaces what we hold with the server's history", () => {
+    let s = reduce(emptyConv('c'), { type: 'history', messages: [m('a', 1), m('b', 2), m('lost', 3)], hasMore: false, older: false });
+    s = reduce(s, { type: 'reset', messages: [m('a', 1), m('b', 2), m('new', 3)], hasMore: false });
+    expect(s.messages.map((x) => x._id)).toEqual(['a', 'b', 'new']);
+    expect(s.loaded).toBe(true);
+  });
+});

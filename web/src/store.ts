@@ -69,7 +69,9 @@ export type Action =
   | { type: 'streamEnd'; data: StreamEnd }
   | { type: 'agentStatus'; status: AgentStatus | null }
   | { type: 'typing'; who: string; on: boolean; now: number }
-  | { type: 'tick'; now: number };
+  | { type: 'tick'; now: number }
+  /** A new epoch (docs/protocol.md 4.1): the server's history replaces what we hold. */
+  | { type: 'reset'; messages: Message[]; hasMore: boolean };
 
 const TYPING_TTL_MS = 6000;
 
@@ -112,6 +114,11 @@ export function reduce(state: ConvView, action: Action): ConvView {
   switch (action.type) {
     case 'conversation':
       return { ...state, conversation: action.conversation };
+    case 'reset':
+      return reduce(
+        { ...emptyConv(state.conversationId), conversation: state.conversation },
+        { type: 'history', messages: action.messages, hasMore: action.hasMore, older: false },
+      );
     case 'history': {
       const messages = upsertMessages(state.messages, action.messages);
       const seqs = action.messages.map((m) => m.seq ?? 0).filter((s) => s > 0);

@@ -123,6 +123,18 @@ export function useParley(token: string | null, onRefused: (message: string) => 
       setLog((l) => [line, ...l].slice(0, 60));
     });
 
+    // A conversation began a new epoch (its stored history was found shorter than the seqs
+    // we were given): what we show may no longer exist; show the server's history instead.
+    on('epoch', (f) => {
+      const cid = f.conversationId;
+      if (!cid) return;
+      c.messages(cid, { limit: 50 })
+        .then((page) => {
+          if (alive) dispatch({ cid, action: { type: 'reset', messages: page.items, hasMore: page.hasMore } });
+        })
+        .catch(() => undefined);
+    });
+
     const onMessage = (f: ServerFrame) => {
       const m = f.data as Message;
       const cid = cidOf(f) ?? m?.conversationId;
