@@ -198,6 +198,8 @@ export interface StreamDelta {
   streamId: string;
   delta: string;
   index: number;
+  /** Sent on join mid-stream: `delta` is the whole text of deltas 0..index. */
+  snapshot?: boolean;
   conversationId?: string;
   [key: string]: unknown;
 }

@@ -62,6 +62,25 @@ describe('reduce', () => {
     expect(v.messages.map((x) => x.content)).toEqual(['Hello there']);
   });
 
+  it('takes a snapshot delta (join mid-stream) as the text so far, then the next deltas', () => {
+    let v = emptyConv('c');
+    v = reduce(v, {
+      type: 'streamStart',
+      data: { streamId: 's1', conversationId: 'c', agentId: 'agent-demo', parentMessageId: 'u1' },
+      now: 0,
+    });
+    v = reduce(v, { type: 'streamDelta', data: { streamId: 's1', delta: 'Hel', index: 0 } });
+    // A resume: the gateway sends all the text of deltas 0..2 at once.
+    v = reduce(v, {
+      type: 'streamDelta',
+      data: { streamId: 's1', delta: 'Hello the', index: 2, snapshot: true },
+    });
+    expect(v.streams[0].text).toBe('Hello the');
+    v = reduce(v, { type: 'streamDelta', data: { streamId: 's1', delta: 're', index: 3 } });
+    v = reduce(v, { type: 'streamDelta', data: { streamId: 's1', delta: 'lo', index: 1 } });
+    expect(v.streams[0].text).toBe('Hello there');
+  });
+
   it('removes a stream whose message came first when the end names it', () => {
     let v = emptyConv('c');
     v = reduce(v, {

@@ -176,6 +176,14 @@ export function reduce(state: ConvView, action: Action): ConvView {
       const streams = state.streams.map((s) => {
         if (s.streamId !== d.streamId) return s;
         found = true;
+        if (d.snapshot) {
+          // Joined or resumed mid-stream: the text of deltas 0..index replaces ours.
+          // Indexes below it count as received (empty), so late copies are duplicates.
+          const chunks: string[] = new Array<string>(d.index).fill('');
+          chunks[d.index] = d.delta;
+          for (let i = d.index + 1; i < s.chunks.length; i++) chunks[i] = s.chunks[i];
+          return { ...s, chunks, text: chunks.join('') };
+        }
         if (s.chunks[d.index] !== undefined) return s; // duplicate delta
         const chunks = s.chunks.slice();
         chunks[d.index] = d.delta;

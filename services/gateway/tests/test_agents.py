@@ -1,11 +1,14 @@
-"""Issue 13 point 4: agents are known. Real processes: two gateways, the conversation
-service, an agent bridge serving the demo agent, NATS, the store.
+"""Issue 13 points 4 and 7: agents are known, agent turns are resumable. Real processes: two
+gateways, the conversation service, an agent bridge serving the demo agent, NATS, the store.
 
 - the bridge publishes the agents it serves; GET /v1/agents lists them (and agents connected
   over WebSocket);
 - creating or switching to an agent nobody serves is NOT_FOUND;
 - an agent that goes away is visible: agent:offline, and a user message to it gets a stored
-  notice instead of silence; the agent answers once it is back.
+  notice instead of silence; the agent answers once it is back;
+- a connection that joins during a turn, on either gateway, first gets where the turn is
+  (its status; for a stream its start and ONE delta with all the text so far), then the
+  live deltas, without gap or duplicate.
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path)
         agent_bridges=1,
         service_env={
             "gateway": {"PARLEY_GATEWAY_DRAIN_SECONDS": "0.5"},
-            "agent-bridge": {"PARLEY_AGENT_BRIDGE_DRAIN_SECONDS": "2"},
+            "agent-bridge": {
+                "PARLEY_AGENT_BRIDGE_DRAIN_SECONDS": "2",
+                "PARLEY_AGENT_BRIDGE_DEMO_DELAY": "0.1",  # ~6 s a turn: time to join mid-way
+            },
         },
     )
     with Stack(cfg) as s:
@@ -134,3 +140,70 @@ async def test_an_agent_that_goes_away_is_visible(stack: Stack, clients: Any) ->
         await asyncio.to_thread(stack.wait_ready, bridge)
     # Back: the queued turn is answered.
     await a.wait_for(lambda f: answer(f, sent), timeout=60)
+
+
+def _deltas(c: Any, stream_id: str) -> list[dict[str, Any]]:
+    return [
+        f["data"] for f in c.events("message:stream-delta") if f["data"]["streamId"] == stream_id
+    ]
+
+
+async def test_joining_mid_turn_starts_from_where_the_turn_is(stack: Stack, clients: Any) -> None:
+    ada = _uid("ada")
+    a = await clients(stack.ws_url(0), ada)
+    r = await a.cmd("conversation:create", {"title": "t", "agentId": "agent-demo"})
+    cid = r["data"]["_id"]
+    assert (await a.cmd("conversation:join", {"conversationId": cid}))["success"]
+    r = await a.cmd("message:send", {"conversationId": cid, "content": "tell me something"})
+    assert r["success"], r
+    user_msg = r["data"]["_id"]
+
+    # Between the user's message and the first token: a joiner sees that a turn runs.
+    await a.wait_for(lambda f: f.get("event") == "agent:thinking")
+    assert not a.events("message:stream-start")
+    early = await clients(stack.ws_url(1), ada)  # the other gateway: nothing subscribed there
+    assert (await early.cmd("conversation:join", {"conversationId": cid}))["success"]
+    status = early.events("agent:thinking", cid)
+    assert status and status[0]["data"]["parentMessageId"] == user_msg, early.frames
+
+    # Mid-stream, on both gateways (gw1 has a subscription now, gw0 too; a third client on
+    # gw1 after the early one left, so that gw1 subscribes afresh and reads the KV state).
+    await early.cmd("conversation:leave", {"conversationId": cid})
+    start = await a.wait_for(lambda f: f.get("event") == "message:stream-start", timeout=30)
+    stream_id = start["data"]["streamId"]
+    await a.wait_for(
+        lambda f: f.get("event") == "message:stream-delta" and f["data"]["index"] >= 5, timeout=30
+    )
+    late = [await clients(stack.ws_url(i), ada) for i in (1, 0)]
+    for c in late:
+        assert (await c.cmd("conversation:join", {"conversationId": cid}))["success"]
+    final = await a.wait_for(
+        lambda f: (
+            f.get("event") == "message:new"
+            and f["data"].get("role") == "assistant"
+            and f["data"].get("messageType") == "text"
+        ),
+        timeout=30,
+    )
+    content = final["data"]["content"]
+    mine = _deltas(a, stream_id)
+    assert [d["index"] for d in mine] == list(range(len(mine)))
+    assert "".join(d["delta"] for d in mine) == content
+    for c in late:
+        await c.wait_for(lambda f: f.get("event") == "message:stream-end", timeout=30)
+        turn = [
+            f["event"]
+            for f in c.frames
+            if f.get("event", "").startswith(("agent:", "message:stream"))
+            and f.get("event") != "agent:online"
+        ]
+        got = _deltas(c, stream_id)
+        # First where the turn is: its status, the stream's start, ONE delta with all the
+        # text so far.
+        assert turn[:3] == ["agent:thinking", "message:stream-start", "message:stream-delta"]
+        assert got[0]["snapshot"] is True and got[0]["index"] >= 5
+        k = got[0]["index"]
+        assert got[0]["delta"] == "".join(d["delta"] for d in mine[: k + 1])
+        # Then the live deltas, from the next index on: no gap, no duplicate.
+        assert [d["index"] for d in got[1:]] == list(range(k + 1, len(mine)))
+        assert got[0]["delta"] + "".join(d["delta"] for d in got[1:]) == content

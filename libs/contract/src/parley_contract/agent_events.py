@@ -53,6 +53,9 @@ class StreamDelta(_AgentEvent):
     stream_id: str
     delta: str
     index: int
+    # Sent by a gateway to a connection that joins mid-stream: ``delta`` is all the text of
+    # deltas 0..index (replaces what the client had of this stream).
+    snapshot: bool | None = None
 
 
 class StreamEnd(_AgentEvent):

@@ -64,7 +64,8 @@ def subjects_table() -> str:
         "| a session resumed elsewhere is kicked; Socket.IO polling requests and upgrades "
         "for an Engine.IO session held by another gateway go to it |",
         f"| KV | `{subjects.KV_PRESENCE}`, `{subjects.KV_INSTANCES}`, `{subjects.KV_SESSIONS}`, "
-        f"`{subjects.KV_AGENTS}` | presence, gateway heartbeats, sessions, agents (TTL) |",
+        f"`{subjects.KV_AGENTS}`, `{subjects.KV_TURNS}` | presence, gateway heartbeats, "
+        "sessions, agents, running agent turns (TTL) |",
     ]
     return "\n".join(rows)
 

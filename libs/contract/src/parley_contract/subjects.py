@@ -23,6 +23,7 @@ KV_INSTANCES: Final = "parley_instances"  # key: <instanceId> → heartbeat JSON
 KV_SESSIONS: Final = "parley_sessions"  # key: <sessionId> → principal + joined conversations
 KV_AGENTS: Final = "parley_agents"  # key: <agentId>.<bridgeInstanceId> → agent availability
 KV_SEQUENCES: Final = "parley_sequences"  # key: <conversationId> → {epoch, seq} published
+KV_TURNS: Final = "parley_turns"  # key: <conversationId> → the running agent turn (turnstate)
 
 
 def kv_key_subject(bucket: str, key: str) -> str:

@@ -56,8 +56,9 @@ from parley_contract.internal import (
     CommandRequest,
     Principal,
 )
-from parley_contract.streams import ensure_agent_turns_stream
+from parley_contract.streams import ensure_agent_turns_stream, turns_bucket
 from parley_contract.timeutil import now_iso
+from parley_contract.turnstate import KV_TTL_SECONDS, WRITE_INTERVAL_SECONDS, TurnState
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +72,77 @@ def agent_principal(agent: AgentConfig) -> Principal:
 
 
 class NatsTurnIO:
-    """TurnIO over NATS: message:send requests as the agent, events on the conversation."""
+    """TurnIO over NATS: message:send requests as the agent, events on the conversation.
+
+    With ``track``, it also keeps the turn's state (parley_contract.turnstate) in the KV
+    bucket ``subjects.KV_TURNS``, key = the conversation: written before a status or stream
+    start/end frame is published, at most every WRITE_INTERVAL_SECONDS while text streams,
+    refreshed while the turn runs, deleted when it ends (:meth:`close`). Writes are plain
+    publishes to the key's subject (no acknowledgement wait), in order with the frames.
+    """
 
     def __init__(
-        self, nc: NatsClient, agent: AgentConfig, conversation_id: str, timeout: float
+        self,
+        nc: NatsClient,
+        agent: AgentConfig,
+        conversation_id: str,
+        timeout: float,
+        *,
+        track: bool = False,
     ) -> None:
         self.nc = nc
         self.principal = agent_principal(agent)
         self.conversation_id = conversation_id
         self.subject = subjects.conversation_events(conversation_id)
         self.timeout = timeout
+        self.track = track
+        self.state = TurnState()
+        self._key = subjects.kv_key_subject(subjects.KV_TURNS, conversation_id)
+        self._timer: asyncio.TimerHandle | None = None
+        self._refresh: asyncio.TimerHandle | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def _write_state(self) -> None:
+        self._timer = None
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None
+        try:
+            if self.state.active:
+                await self.nc.publish(self._key, jsonutil.dumps(self.state.to_json()))
+                loop = asyncio.get_running_loop()
+                self._refresh = loop.call_later(
+                    KV_TTL_SECONDS / 4, self._write_soon, 0.0
+                )  # a long tool call: the entry must outlive it
+            else:
+                await self.nc.publish(self._key, b"", headers={"KV-Operation": "DEL"})
+        except nats.errors.Error as exc:  # the state is a convenience; the turn goes on
+            logger.warning("turn state of %s not written: %r", self.conversation_id, exc)
+
+    def _write_soon(self, delay: float = WRITE_INTERVAL_SECONDS) -> None:
+        if self._timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            task = loop.create_task(self._write_state())
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+        self._timer = loop.call_later(delay, fire)
+
+    async def close(self) -> None:
+        """The turn is over: its state goes away."""
+        if not self.track:
+            return
+        for handle in (self._timer, self._refresh):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._refresh = None
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        self.state.clear()
+        await self._write_state()
 
     async def send_message(self, data: dict[str, Any]) -> dict[str, Any]:
         req = CommandRequest(principal=self.principal, data=data)
@@ -101,6 +163,15 @@ class NatsTurnIO:
 
     async def publish(self, event: Event, data: dict[str, Any]) -> None:
         frame = envelopes.event_frame(event, data, conversation_id=self.conversation_id)
+        if self.track:
+            self.state.apply(event.value, data)
+            if event is Event.MESSAGE_STREAM_DELTA:
+                self._write_soon()
+            else:  # the state first: a gateway reading it after this frame sees it
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                await self._write_state()
         try:
             await self.nc.publish(self.subject, jsonutil.dumps(frame))
         except nats.errors.Error as exc:  # ephemeral: the stored messages still tell the story
@@ -226,6 +297,7 @@ class Bridge:
         js = self.nc.jetstream()
         await self._ensure_stream(js)
         self.kv = await self._bucket(js)
+        await turns_bucket(js)  # KV of running turns (NatsTurnIO writes it by plain publishes)
         sub = await js.pull_subscribe_bind(CONSUMER, subjects.STREAM_AGENT_TURNS)
         self._pull = sub
         self._subs.append(await self.nc.subscribe(subjects.AGENT_STOP, cb=self._on_stop))
@@ -502,13 +574,18 @@ class Bridge:
         if done:
             logger.info("turn for %s already answered; not repeated", work.message_id)
             return "already-answered"
+        io = NatsTurnIO(
+            self.nc,
+            agent,
+            work.conversation_id,
+            self.settings.request_timeout_seconds,
+            track=True,
+        )
         turn = Turn(
             agent=agent,
             backend=self.backends[agent.id],
             tools=MeteredTools(self.toolboxes[agent.id], self.metrics),
-            io=NatsTurnIO(
-                self.nc, agent, work.conversation_id, self.settings.request_timeout_seconds
-            ),
+            io=io,
             request=TurnRequest(work.conversation_id, work.message_id, work.seq, attempt),
             history=history,
             max_steps=self.settings.max_steps,
@@ -524,6 +601,7 @@ class Bridge:
         try:
             result = await turn.run()
         finally:
+            await io.close()
             self.metrics.running.dec()
             running.discard(turn)
             if not running:

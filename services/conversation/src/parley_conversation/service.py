@@ -57,8 +57,9 @@ from parley_contract.models import (
     Participant,
     Role,
 )
-from parley_contract.streams import ensure_agent_turns_stream
+from parley_contract.streams import ensure_agent_turns_stream, turns_bucket
 from parley_contract.timeutil import iso
+from parley_contract.turnstate import TurnState
 from parley_conversation import domain, roles
 from parley_conversation.agent_watch import AgentWatch
 from parley_conversation.epochs import HighWaterMarks
@@ -295,7 +296,9 @@ class ConversationService:
         await self.sequencer.send(Principal(id="parley", kind=PrincipalKind.SERVICE), message)
 
     async def _ensure_stream(self) -> None:
-        await ensure_agent_turns_stream(self.broker.connection.jetstream())
+        js = self.broker.connection.jetstream()
+        await ensure_agent_turns_stream(js)
+        await turns_bucket(js)  # the queued state of new turns is written there
 
     async def stop(self) -> None:
         """Stop taking requests, finish the in-flight batches and replies, then disconnect."""
@@ -468,12 +471,15 @@ class ConversationService:
         if not conv.agent_id:
             return
         js = self.broker.connection.jetstream()
+        # A user wrote to an agent nobody serves now: a notice instead of "queued".
         noticed = False
         if any(m.role is Role.USER for m in stored):
             noticed = await self._agent_offline_notice(conv, conv.agent_id)
 
         async def one(m: Message) -> None:
             assert conv.agent_id is not None and m.seq is not None
+            if not noticed:
+                await self._turn_queued(conv, conv.agent_id, m.id)
             turn = AgentTurn(
                 conversation_id=conv.id, agent_id=conv.agent_id, message_id=m.id, seq=m.seq
             )
@@ -517,6 +523,24 @@ class ConversationService:
                 f"no agent '{agent_id}' is available (GET /v1/agents lists them)",
                 {"field": "agentId"},
             )
+
+    async def _turn_queued(self, conv: Conversation, agent_id: str, message_id: str) -> None:
+        """Between the user's message and the bridge's first frame, a turn is running:
+        agent:thinking {status: queued} to the conversation and the same as its turn state
+        (turnstate.py), so that a client joining now sees it too."""
+        data = {
+            "conversationId": conv.id,
+            "agentId": agent_id,
+            "parentMessageId": message_id,
+            "status": "queued",
+        }
+        state = TurnState()
+        state.apply(Event.AGENT_THINKING.value, data)
+        await self._publish(
+            subjects.kv_key_subject(subjects.KV_TURNS, conv.id), jsonutil.dumps(state.to_json())
+        )
+        frame = envelopes.event_frame(Event.AGENT_THINKING, data, conversation_id=conv.id)
+        await self._publish(subjects.conversation_events(conv.id), jsonutil.dumps(frame))
 
     async def _agent_offline_notice(self, conv: Conversation, agent_id: str) -> bool:
         """A user wrote to an agent that went away: say so (ephemeral agent:offline and a

@@ -39,12 +39,15 @@ from parley_contract.agents import AgentDirectory
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import EventsSinceRequest, Principal
+from parley_contract.streams import turns_bucket
 from parley_contract.timeutil import now_iso
+from parley_contract.turnstate import TURN_EVENTS
 from parley_gateway.conn import CLOSE_POLICY, Conn, frame_text
 from parley_gateway.metrics import Metrics
 from parley_gateway.natsdirect import subscribe_direct
 from parley_gateway.ordering import Outcome, Sequencer
 from parley_gateway.settings import Settings
+from parley_gateway.turns import TurnTracker
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ _PRESENCE_EVENTS = {
 class ConvState:
     """One subscribed conversation on this instance."""
 
-    __slots__ = ("audience", "cid", "gap_task", "members", "ready", "refs", "seq", "sub")
+    __slots__ = ("audience", "cid", "gap_task", "members", "ready", "refs", "seq", "sub", "turn")
 
     def __init__(self, cid: str) -> None:
         self.cid = cid
@@ -82,6 +85,7 @@ class ConvState:
         self.sub: Subscription | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.gap_task: asyncio.Task[None] | None = None
+        self.turn = TurnTracker()  # the running agent turn, for joiners (turns.py)
         # Who may follow the conversation after the last audience-changing frame delivered
         # here (None: none seen since this instance subscribed).
         self.audience: Audience | None = None
@@ -105,6 +109,7 @@ class Hub:
         self.kv_instances: KeyValue | None = None
         self.kv_sessions: KeyValue | None = None
         self.kv_agents: KeyValue | None = None  # written by agent bridges, read here
+        self.kv_turns: KeyValue | None = None  # running agent turns (turns.py)
         self._agents: AgentDirectory | None = None
         self.convs: dict[str, ConvState] = {}
         # Keyed by (kind, id): the user ``x`` and the agent ``x`` are two principals.
@@ -162,6 +167,7 @@ class Hub:
                 delay = min(delay * 2, 5.0)
         js = self.nc.jetstream()
         self._agents = AgentDirectory(js)
+        self.kv_turns = await turns_bucket(js)
         self.kv_presence = await self._bucket(js, subjects.KV_PRESENCE, self._presence_ttl)
         self.kv_instances = await self._bucket(js, subjects.KV_INSTANCES, self._presence_ttl)
         self.kv_sessions = await self._bucket(
@@ -370,6 +376,7 @@ class Hub:
                     self.nc, subjects.conversation_events(cid), self._conv_handler(conv)
                 )
                 await self.nc.flush()
+                await conv.turn.load(self.kv_turns, cid)  # after subscribing: no gap
             except BaseException as exc:
                 conv.refs -= 1
                 self.convs.pop(cid, None)
@@ -420,6 +427,8 @@ class Hub:
             self.metrics.drops.labels("bad_frame").inc()
             logger.warning("dropping malformed frame on conversation %s", conv.cid)
             return
+        if frame["event"] in TURN_EVENTS:
+            conv.turn.on_frame(frame["event"], frame.get("data"))
         seq = frame.get("seq")
         if not isinstance(seq, int):
             self.metrics.events_in.labels("ephemeral").inc()
@@ -566,6 +575,8 @@ class Hub:
         if conv.audience is not None and not conv.audience.admits(kind, pid):
             return False
         conn.joined[cid] = delivered
+        for snapshot in conv.turn.snapshot(cid):  # where a running agent turn is, then live
+            conn.push(snapshot)
         conv.members.add(conn)
         self.dirty.add(conn)
         return True
