@@ -202,6 +202,40 @@ def test_edit_delete_react_reply_seen_live_on_the_other_gateway(
     shot(bob, "deleted")
 
 
+def test_rename_archive_delete(system: System, browsers: Browsers, ui: Ui, shot: Shot) -> None:
+    alice = browsers.new_page("user-1", gateway=0)
+    bob = browsers.new_page("user-2", gateway=1)
+    cid = ui.create_conversation(alice, "Draft name", agent="", invite="user-2")
+    item = f'[data-testid="conversation-item"][data-conversation-id="{cid}"]'
+    bob.click(item)
+    bob.wait_for_selector('[data-testid="conversation-title"]:has-text("Draft name")')
+    alice.click('summary:has-text("Conversation settings")')
+    alice.fill('[data-testid="rename-input"]', "Final name")
+    alice.click('[data-testid="rename"]')
+    bob.wait_for_selector('[data-testid="conversation-title"]:has-text("Final name")')
+    bob.wait_for_selector(f'{item} .conv-title:has-text("Final name")')
+    # Search by title.
+    alice.fill('[data-testid="conversation-search"]', "final")
+    assert alice.locator('[data-testid="conversation-item"]').count() == 1
+    alice.fill('[data-testid="conversation-search"]', "")
+    # Archive: out of the main list, under Archived.
+    alice.click('[data-testid="archive"]')
+    alice.wait_for_selector(item, state="detached")
+    alice.click('[data-testid="show-archived"]')
+    alice.wait_for_selector(item)
+    shot(alice, "archived")
+    # Delete (the creator only): gone from both lists; Bob's open pane closes.
+    bob.click('summary:has-text("Conversation settings")')
+    assert bob.locator('[data-testid="delete-conversation"]').count() == 0
+    alice.click('[data-testid="delete-conversation"]')
+    alice.click('[data-testid="delete-confirm"]')
+    alice.wait_for_selector(item, state="detached")
+    bob.wait_for_selector(item, state="detached")
+    bob.wait_for_selector('[data-testid="notice"]:has-text("deleted")')
+    bob.wait_for_selector('[data-testid="conversation-title"]', state="detached")
+    shot(bob, "deleted")
+
+
 def test_attachments_are_rendered(system: System, browsers: Browsers, ui: Ui, shot: Shot) -> None:
     page = browsers.new_page("user-1")
     image = (REPO / "docs" / "screenshot-phone-light.png").read_bytes()

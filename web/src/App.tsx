@@ -54,9 +54,19 @@ export function App() {
     sessionStorage.removeItem(TOKEN_KEY);
     setToken(null);
   }, []);
-  const p = useParley(token, refused);
-  const { client, views, dispatch, setNotice } = p;
   const [openId, setOpenId] = useState<string | null>(null);
+  const openIdRef = useRef<string | null>(null);
+  openIdRef.current = openId;
+  const deleted = useCallback((cid: string) => {
+    // Deleted by its owner (maybe on another device): close it if it is open here.
+    if (openIdRef.current !== cid) return;
+    setOpenId(null);
+    replaceConversation(null);
+    p.setNotice('This conversation was deleted.');
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, []);
+  const p = useParley(token, refused, deleted);
+  const { client, views, dispatch, setNotice } = p;
   p.openRef.current = openId;
   const [newChat, setNewChat] = useState(false);
   const [settings, setSettings] = useState(false);

@@ -50,7 +50,11 @@ function counted(m: Message, self: string | null): boolean {
   return (type === 'text' || type === 'error') && m.createdBy !== self && !m.deletedAt;
 }
 
-export function useParley(token: string | null, onRefused: (message: string) => void) {
+export function useParley(
+  token: string | null,
+  onRefused: (message: string) => void,
+  onDeleted: (conversationId: string) => void,
+) {
   const [client, setClient] = useState<ParleyClient | null>(null);
   const [connection, setConnection] = useState<ConnectionState>('idle');
   const [self, setSelf] = useState<string | null>(null);
@@ -72,6 +76,8 @@ export function useParley(token: string | null, onRefused: (message: string) => 
   const selfRef = useRef<string | null>(null);
   const refusedRef = useRef(onRefused);
   refusedRef.current = onRefused;
+  const deletedRef = useRef(onDeleted);
+  deletedRef.current = onDeleted;
 
   /** Everything up to `seq` in `cid` is read (the open conversation, while shown). */
   const markRead = useCallback((cid: string, seq: number | null | undefined) => {
@@ -189,6 +195,7 @@ export function useParley(token: string | null, onRefused: (message: string) => 
       if (!cid) return;
       setConversations((list) => list.filter((x) => x.conversationId !== cid));
       void c.leave(cid);
+      deletedRef.current(cid);
     });
     on(Ev.CONVERSATION_JOINED, (f) => {
       const conv = (f.data as { conversation?: Conversation } | undefined)?.conversation;
@@ -353,6 +360,11 @@ export function useParley(token: string | null, onRefused: (message: string) => 
       setClient(null);
       setConversations([]);
       setConnection('idle');
+      dispatch({ reset: true });
+      setUnread({});
+      setPresence({});
+      setNames({});
+      setLog([]);
     };
   }, [token, attempt, markRead]);
 

@@ -3,9 +3,10 @@ import type { Conversation, Message } from './protocol';
 import { emptyConv, reduce, type Action, type ConvView } from './store';
 
 export type Views = Record<string, ConvView>;
-export type ViewsAction = { cid: string; action: Action } | { cid: '*'; action: Action };
+export type ViewsAction = { cid: string; action: Action } | { cid: '*'; action: Action } | { reset: true };
 
 export function viewsReducer(state: Views, a: ViewsAction): Views {
+  if ('reset' in a) return {}; // another user signed in: nothing of the previous one stays
   if (a.cid === '*') {
     const out: Views = {};
     let changed = false;

@@ -143,3 +143,45 @@ describe('MessageItem', () => {
     expect(screen.getByLabelText('system message').textContent).toBe('Conversation started');
   });
 });
+
+describe('MessageItem states', () => {
+  it('offers Retry on a message that failed to send, and shows a reply as a quote', () => {
+    const failed: Message = {
+      ...base,
+      _id: 'local:cm-1',
+      role: 'user',
+      content: 'did it go?',
+      createdBy: 'u',
+      clientMessageId: 'cm-1',
+      messageStatus: 'failed',
+    };
+    const retried: Message[] = [];
+    const quoted: Message = { ...base, _id: 'msg-1', role: 'user', content: 'the original', createdBy: 'user-2' };
+    render(
+      <MessageItem
+        message={failed}
+        self="u"
+        results={new Map()}
+        superseded={false}
+        quote={quoted}
+        names={{ 'user-2': 'Bob' }}
+        onRetry={(m) => retried.push(m)}
+      />,
+    );
+    expect(screen.getByText('not sent')).toBeTruthy();
+    fireEvent.click(screen.getByTestId('retry'));
+    expect(retried.map((m) => m.clientMessageId)).toEqual(['cm-1']);
+    expect(screen.getByTestId('reply-quote').textContent).toContain('Bob');
+    expect(screen.getByTestId('reply-quote').textContent).toContain('the original');
+  });
+
+  it('shows an edited mark and a placeholder once deleted', () => {
+    const edited: Message = { ...base, _id: 'm', role: 'user', content: 'v2', createdBy: 'u', editedAt: base.createdAt };
+    const { rerender } = render(<MessageItem message={edited} self="u" results={new Map()} superseded={false} />);
+    expect(screen.getByText('edited')).toBeTruthy();
+    rerender(
+      <MessageItem message={{ ...edited, content: '', deletedAt: base.createdAt }} self="u" results={new Map()} superseded={false} />,
+    );
+    expect(screen.getByText('This message was deleted.')).toBeTruthy();
+  });
+});

@@ -1,40 +1,18 @@
 /** One message, rendered by its messageType (design doc 5.1, flow of 5.2). */
 import { useEffect, useId, useMemo, useRef, useState, type ReactNode } from 'react';
+import { formatCost, formatMs, prettyJson } from '../format';
 import { renderMarkdown } from '../markdown';
-import type { Message, ToolCall, ToolResult } from '../protocol';
+import type { Message, ToolResult } from '../protocol';
 import type { StreamView } from '../store';
+import { exactTime, relativeTime } from '../time';
 import { Attachments } from './Attachments';
 import { Avatar } from './Avatar';
-import { exactTime, relativeTime } from '../time';
+import { ToolCallRow } from './ToolCallRow';
 
-export function formatMs(ms: number | null | undefined): string {
-  if (ms == null || Number.isNaN(ms)) return '';
-  if (ms < 1000) return `${Math.round(ms)} ms`;
-  return `${(ms / 1000).toFixed(1)} s`;
-}
-
-export function formatCost(usd: number | null | undefined): string {
-  if (usd == null) return '';
-  if (usd === 0) return '$0';
-  if (usd < 0.01) return `$${usd.toFixed(4)}`;
-  return `$${usd.toFixed(2)}`;
-}
+export { formatCost, formatMs };
 
 
-function prettyJson(raw: unknown): string {
-  if (typeof raw === 'string') {
-    try {
-      return JSON.stringify(JSON.parse(raw), null, 2);
-    } catch {
-      return raw;
-    }
-  }
-  try {
-    return JSON.stringify(raw, null, 2) ?? 'null';
-  } catch {
-    return String(raw);
-  }
-}
+
 
 
 /** Rendered Markdown; each code block gets a copy button. */
@@ -124,54 +102,6 @@ export function Meta({ m }: { m: Message }) {
   );
 }
 
-function ToolCallRow({
-  call,
-  result,
-  resultMessage,
-  abandoned,
-  self,
-}: {
-  call: ToolCall;
-  result: ToolResult | undefined;
-  resultMessage: Message | undefined;
-  abandoned: boolean;
-  self: string | null;
-}) {
-  const state = result ? (result.success ? 'success' : 'error') : abandoned ? 'none' : 'running';
-  return (
-    <li className={`tool-call tool-${state}`} data-testid="tool-call" data-tool-state={state}>
-      <div className="tool-head">
-        <span className="tool-icon" aria-hidden="true">
-          ⚙
-        </span>
-        <span className="tool-name">{call.function.name}</span>
-        {state === 'running' && (
-          <span className="spinner-wrap" role="status" aria-live="polite">
-            <span className="spinner" aria-hidden="true" data-testid="tool-spinner" />
-            <span className="sr-only-text">running…</span>
-          </span>
-        )}
-        {state === 'success' && (
-          <span className="badge ok" role="status">
-            ✓ done{result?.executionTime != null ? ` in ${formatMs(result.executionTime)}` : ''}
-          </span>
-        )}
-        {state === 'error' && (
-          <span className="badge err" role="status">
-            ✗ failed{result?.error ? `: ${result.error}` : ''}
-          </span>
-        )}
-        {state === 'none' && <span className="badge muted">no result</span>}
-      </div>
-      <pre className="tool-args" aria-label={`arguments of ${call.function.name}`}>
-        {prettyJson(call.function.arguments)}
-      </pre>
-      {resultMessage && (
-        <MessageItem message={resultMessage} self={self} results={new Map()} superseded={false} compact />
-      )}
-    </li>
-  );
-}
 
 export interface MessageItemProps {
   message: Message;
@@ -283,14 +213,17 @@ export function MessageItem({
           {m.content && <div className="tool-intro">{m.content}</div>}
           <ul className="tool-calls">
             {(m.toolCalls ?? []).map((c) => (
-              <ToolCallRow
-                key={c.id}
-                call={c}
-                result={results.get(c.id)}
-                resultMessage={resultMessages?.get(c.id)}
-                abandoned={superseded}
-                self={self}
-              />
+              <ToolCallRow key={c.id} call={c} result={results.get(c.id)} abandoned={superseded}>
+                {resultMessages?.get(c.id) && (
+                  <MessageItem
+                    message={resultMessages.get(c.id)!}
+                    self={self}
+                    results={results}
+                    superseded={false}
+                    compact
+                  />
+                )}
+              </ToolCallRow>
             ))}
           </ul>
           {!compact && <Meta m={m} />}
