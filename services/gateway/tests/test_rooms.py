@@ -10,6 +10,8 @@ agent bridge with the demo agent, NATS, the store).
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +47,21 @@ def _uid(prefix: str) -> str:
 
 async def aget(url: str, tok: str) -> tuple[int, Any]:
     status, body, _ = await asyncio.to_thread(http_get, url, tok)
+    return status, jsonutil.loads(body)
+
+
+def _http_delete(url: str, tok: str) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, method="DELETE")
+    req.add_header("Authorization", f"Bearer {tok}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def adelete(url: str, tok: str) -> tuple[int, Any]:
+    status, body = await asyncio.to_thread(_http_delete, url, tok)
     return status, jsonutil.loads(body)
 
 
@@ -217,3 +234,22 @@ async def test_delete_a_conversation(stack: Stack, clients: Any) -> None:
     # An outsider still learns nothing (same answer as for a conversation that never was).
     status, body = await aget(f"{stack.gateway_url(0)}/v1/conversations/{cid}", token(_uid("eve")))
     assert status == 403
+
+
+async def test_delete_over_http(stack: Stack, clients: Any) -> None:
+    ada, bob = _uid("ada"), _uid("bob")
+    a = await clients(stack.ws_url(0), ada)
+    b = await clients(stack.ws_url(1), bob)
+    cid = await _create(a, participants=[bob])
+    assert (await b.cmd("conversation:join", {"conversationId": cid}))["success"]
+    url = f"{stack.gateway_url(1)}/v1/conversations/{cid}"
+    status, body = await adelete(url, token(bob))
+    assert status == 403 and body["error"]["code"] == "FORBIDDEN", body
+    status, body = await adelete(url, token(ada))
+    assert status == 200 and body["data"]["isActive"] is False and body["data"]["deletedAt"]
+    f = await b.wait_for(lambda f: f.get("event") == "conversation:deleted")
+    assert f["conversationId"] == cid
+    status, body = await adelete(url, token(ada))
+    assert status == 404 and body["error"]["code"] == "NOT_FOUND"
+    status, body = await aget(url, token(bob))
+    assert status == 404

@@ -26,7 +26,7 @@ from parley_contract import envelopes, subjects
 from parley_contract.auth import mint_token, verify_token_async
 from parley_contract.envelopes import ErrorEnvelope, SuccessEnvelope
 from parley_contract.errors import HTTP_STATUS, ErrorCode, ParleyError
-from parley_contract.events import PrincipalKind
+from parley_contract.events import Event, PrincipalKind, may_send
 from parley_contract.ids import check_id
 from parley_contract.internal import Principal
 from parley_contract.limits import INT64_MAX
@@ -226,6 +226,23 @@ def create_app(hub: Hub) -> FastAPI:
         check_id(conversation_id, "conversationId")
         data = {"conversationId": conversation_id}
         return await query(subjects.QUERY_CONVERSATION_GET, principal, data)
+
+    @app.delete(
+        "/v1/conversations/{conversation_id}",
+        tags=["v1"],
+        response_model=SuccessEnvelope,
+        responses=_ERRORS,
+    )
+    async def delete_conversation(conversation_id: str, authorization: Auth = None) -> Response:
+        """conversation:delete over HTTP: soft-delete (the creator only), the durable
+        conversation:deleted to its members; the deleted Conversation."""
+        principal = await principal_of(authorization)
+        check_id(conversation_id, "conversationId")
+        event = Event.CONVERSATION_DELETE
+        if not may_send(principal.kind, event):
+            raise ParleyError(ErrorCode.FORBIDDEN, f"a {principal.kind.value} may not delete")
+        data = {"conversationId": conversation_id}
+        return await query(subjects.command(event), principal, data)
 
     @app.get(
         "/v1/conversations/{conversation_id}/messages",
