@@ -41,8 +41,8 @@ from parley_devstack.stack import Stack, StackConfig
 
 from .conftest import Client, token
 
-BATCHES = 125  # Hypothesis examples
-BATCH = 20  # frames per example: 2,500 generated frames in all
+BATCHES = 100  # Hypothesis examples
+BATCH = 20  # frames per example: 2,000 generated frames in all
 FUZZERS = 3
 
 
