@@ -142,10 +142,9 @@ async def test_methods_bodies_keepalive_and_pipelining(gateway_factory: Any) -> 
         # /ws without an upgrade: 426 envelope, as before
         await conn.send(request("GET", "/ws"))
         assert_envelope(await conn.reply(), 426, "VALIDATION_ERROR")
-        # an upgrade later on a keep-alive connection is plain HTTP (a WebSocket needs its
-        # own connection): the same 426, and the connection goes on
-        await conn.send(request("GET", "/ws", headers=UPGRADE))
-        assert_envelope(await conn.reply(), 426, "VALIDATION_ERROR")
+        # an upgrade to another path is plain HTTP (404 here), the connection goes on
+        await conn.send(request("GET", "/v1/nope", headers=UPGRADE))
+        assert_envelope(await conn.reply(), 404, "NOT_FOUND")
 
         # pipelining: three requests in one write, three answers in order
         await conn.send(
@@ -164,6 +163,34 @@ async def test_methods_bodies_keepalive_and_pipelining(gateway_factory: Any) -> 
         assert third.json()["status"] == "ready"
     finally:
         await conn.close()
+
+
+async def test_upgrade_on_a_later_request_of_a_keepalive_connection(
+    gateway_factory: Any,
+) -> None:
+    """What a proxy with pooled upstream connections sends (nginx ``keepalive``): the
+    upgrade is not the connection's first request; websockets serves it all the same."""
+    gw = gateway_factory()
+    conn = await Raw.open(gw.port)
+    await conn.send(request("GET", "/healthz"))
+    assert (await conn.reply()).status == 200
+    await conn.send(request("GET", "/ws", headers=UPGRADE))  # no token: websockets' 401
+    r = await conn.reply()
+    assert_envelope(r, 401, "UNAUTHORIZED")
+    assert r.headers["connection"] == "close" and r.headers["server"] == "parley-gateway"
+    assert await conn.closed_by_server()
+    await conn.close()
+
+    conn = await Raw.open(gw.port)
+    await conn.send(request("GET", "/healthz") + request("GET", "/readyz"))
+    assert (await conn.reply()).status == 200
+    assert (await conn.reply()).status == 200
+    await conn.send(request("GET", "/ws?access_token=" + token("alice"), headers=UPGRADE))
+    switched = await conn.reply(head_only=True)
+    assert switched.status == 101 and switched.headers["upgrade"] == "websocket"
+    first = await asyncio.wait_for(conn.reader.read(4096), 10)  # an unmasked text frame
+    assert first[0] == 0x81 and b'"event":"connected"' in first
+    await conn.close()
 
 
 async def test_streamed_body_and_the_body_limit(gateway_factory: Any) -> None:

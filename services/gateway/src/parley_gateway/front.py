@@ -11,9 +11,10 @@ buffers the first request head (bounded: ``max_head_bytes``, ``head_timeout`` se
 - anything else goes to uvicorn's h11 protocol (:mod:`parley_gateway.front_http`) running
   the ASGI app: keep-alive, pipelining, every method, streamed request bodies, HEAD.
 
-A connection stays with the side it was given: a WebSocket upgrade on a keep-alive HTTP
-connection after a first plain request is served as plain HTTP (browsers and the Socket.IO
-client open a new connection for a WebSocket).
+A WebSocket upgrade that comes later on a keep-alive HTTP connection (a proxy's pooled
+upstream connection, e.g. nginx with ``keepalive``) is handed over the same way from the HTTP
+side (``HttpProtocol.handle_websocket_upgrade``), as uvicorn hands upgrades to its own
+WebSocket protocols.
 
 Why not one stack: uvicorn's WebSocket protocols cost about 30 KB per idle connection
 against ~10 KB for the slimmed websockets connection (docs/benchmarks.md), and websockets'
@@ -29,7 +30,7 @@ import email.utils
 import http
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -184,14 +185,23 @@ class Front:
         """The route of a head that asks for a WebSocket upgrade to a registered path."""
         line, _, rest = head.partition(b"\n")
         parts = line.rstrip(b"\r").split(b" ")
-        if len(parts) != 3 or parts[0] != b"GET":
+        if len(parts) != 3:
             return None
-        route = self.ws_routes.get(parts[1].partition(b"?")[0])
+        headers = (raw.partition(b":")[::2] for raw in rest.split(b"\n") if b":" in raw)
+        return self.route_of(parts[0], parts[1], headers)
+
+    def route_of(
+        self, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
+    ) -> WsRoute | None:
+        """The route of a request (its method, target and headers) if it is a ``GET`` with
+        ``Upgrade: websocket`` to a registered path; websockets checks the rest."""
+        if method != b"GET":
+            return None
+        route = self.ws_routes.get(target.partition(b"?")[0])
         if route is None:
             return None
-        for raw in rest.split(b"\n"):
-            name, sep, value = raw.partition(b":")
-            if sep and name.strip().lower() == b"upgrade" and b"websocket" in value.lower():
+        for name, value in headers:
+            if name.strip().lower() == b"upgrade" and b"websocket" in value.lower():
                 return route
         return None
 
@@ -221,6 +231,7 @@ class Front:
             head_timeout=self.head_timeout,
             server_header=self.server_header,
             on_refused=self.on_refused,
+            front=self,
         )
         transport.set_protocol(proto)
         proto.connection_made(transport)

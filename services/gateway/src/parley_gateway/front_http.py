@@ -9,9 +9,10 @@ streamed bodies, HEAD) with three changes for hostile clients:
   size is bounded by h11 (``h11_max_incomplete_event_size``);
 - a request h11 cannot parse gets a 400 with the protocol's error envelope (uvicorn answers
   plain text), and the connection is closed;
-- an upgrade request that reaches this side (not a registered WebSocket path, or not the
-  first request of the connection) is served as plain HTTP without uvicorn's warnings (any
-  client could fill the log with them).
+- a WebSocket upgrade to a registered path on a later request of a keep-alive connection is
+  handed to websockets (``Front.start_ws``), as the first request's is by the sniffer; any
+  other upgrade request is served as plain HTTP, without uvicorn's warnings (any client
+  could fill the log with them).
 
 h11 rather than httptools: h11 bounds the head it buffers, and is what uvicorn installs
 without extras (httptools is not in the lock).
@@ -23,7 +24,7 @@ import asyncio
 import http
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY as BODY_LIMIT_KEY
@@ -33,6 +34,9 @@ from uvicorn.server import ServerState
 
 from parley_contract import envelopes, jsonutil
 from parley_contract.errors import ErrorCode
+
+if TYPE_CHECKING:
+    from parley_gateway.front import Front, WsRoute
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +104,11 @@ class HttpProtocol(H11Protocol):
         head_timeout: float,
         server_header: str | None,
         on_refused: Refused | None = None,
+        front: Front | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop=loop)
+        self.front = front
+        self.ws_route: WsRoute | None = None
         # uvicorn logs every request when any handler is reachable (the root logger's are).
         self.access_log = False
         self.logger = uvicorn_logger
@@ -160,8 +167,34 @@ class HttpProtocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:
         self._refuse("bad_request", 400, ErrorCode.VALIDATION_ERROR, "invalid HTTP request")
 
-    def _unsupported_upgrade_warning(self) -> None:
-        logger.debug("upgrade request served as plain HTTP")
+    def _should_upgrade(self) -> bool:
+        """A WebSocket upgrade to a registered path, on any request of the connection."""
+        front = self.front
+        if front is None:
+            return False
+        self.ws_route = front.route_of(
+            self.scope["method"].encode("ascii"), self.scope["raw_path"], self.headers
+        )
+        if self.ws_route is None:
+            logger.debug("upgrade request (if any) served as plain HTTP")
+            return False
+        return True
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        """Hand the connection to websockets: the request again, as bytes, and what follows."""
+        route, front = self.ws_route, self.front
+        assert route is not None and front is not None
+        self.connections.discard(self)
+        self._unset_keepalive_if_required()
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        head = [event.method, b" ", event.target, b" HTTP/1.1\r\n"]
+        for name, value in self.headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        self.flow.resume_reading()
+        front.start_ws(self.transport, route, b"".join(head) + self.conn.trailing_data[0])
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.head_timer is not None:
