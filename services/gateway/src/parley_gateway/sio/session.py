@@ -262,8 +262,15 @@ class SioConn(Conn):
         return self._out(packet, None)
 
     def push_frame(self, frame: bytes) -> bool:
-        if self.eio.ws is not None:
-            return self._out(b"", _LAST.ws_frame_for(frame))
+        if self.eio.ws is not None:  # the fan-out path: as few steps as possible
+            last = _LAST
+            ws_frame = last.ws_frame if frame is last.wire else None
+            if ws_frame is None:
+                ws_frame = last.ws_frame_for(frame)
+                if ws_frame is None:
+                    return False
+            # Conn.push_frame checks closing (set when the session ends) and the socket.
+            return Conn.push_frame(self, ws_frame)
         packet = _LAST.packet_for(frame)
         return packet is not None and self._out(packet, None)
 
