@@ -604,12 +604,12 @@ class MongoStore:
         the epoch moves on when the log is shorter than the high-water mark (epochs.py)."""
 
         async def one(cid: str) -> tuple[int, int]:
-            doc = await self.messages.find_one(
-                {"conversationId": cid}, {"seq": 1, "epoch": 1}, sort=[("seq", DESCENDING)]
-            )
-            last = int(doc["seq"]) if doc else 0
-            epoch = int(doc.get("epoch") or 0) if doc else 0
+            # The mark first, then the log: a mark is published only after the entries up to
+            # it are stored, so a log read after it reaches it unless entries were lost. (The
+            # other order let another replica's write and mark land in between: a false
+            # "shorter", a new epoch for nothing.)
             mark = await self.marks.get(cid) if self.marks is not None else None
+            last, epoch = (await self._last_entries([cid]))[cid]
             if mark is not None:
                 mark_epoch, mark_seq = mark
                 epoch = max(epoch, mark_epoch)
@@ -626,6 +626,18 @@ class MongoStore:
                     assert self.marks is not None
                     await self.marks.put(cid, epoch, last)
             return last, epoch
+
+        values = await asyncio.gather(*(one(cid) for cid in ids))
+        return dict(zip(ids, values, strict=True))
+
+    async def _last_entries(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(seq, epoch) of the last log entry of each conversation ((0, 0) if none)."""
+
+        async def one(cid: str) -> tuple[int, int]:
+            doc = await self.messages.find_one(
+                {"conversationId": cid}, {"seq": 1, "epoch": 1}, sort=[("seq", DESCENDING)]
+            )
+            return (int(doc["seq"]), int(doc.get("epoch") or 0)) if doc else (0, 0)
 
         values = await asyncio.gather(*(one(cid) for cid in ids))
         return dict(zip(ids, values, strict=True))
@@ -749,11 +761,13 @@ class MongoStore:
                 # first collision, and one round per stale conversation used to make two
                 # replicas slower than one.
                 rest = list(dict.fromkeys(c for c, _ in owners[done:]))
-                for c, last in (await self.last_seqs(rest)).items():
+                for c, (last, epoch) in (await self._last_entries(rest)).items():
                     nxt[c] = last + 1
+                    epochs[c] = max(epochs[c], epoch)  # it may have begun a new epoch
         out: dict[str, list[AppendResult]] = {}
         for cid, res in results.items():
             self._remember(cid, nxt[cid])
+            self._epochs[cid] = epochs[cid]
             out[cid] = [r for r in res if r is not None]
         return out
 
