@@ -160,6 +160,17 @@ async def test_polling_recovery_after_gateway_kill(
         await asyncio.to_thread(sio_stack.restart, sio_stack.gateways[holder])
 
 
+async def test_polling_recovery_after_gateway_drain(
+    sio_stack: Stack, driver: Driver, balancer: RoundRobin
+) -> None:
+    cid, _ = await _setup(sio_stack, driver, balancer, {"transports": ["polling"]})
+    holder = await _holder(sio_stack, driver)
+    try:
+        await _drop_and_recover(sio_stack, driver, balancer, cid, kill=holder, term=True)
+    finally:
+        await asyncio.to_thread(sio_stack.restart, sio_stack.gateways[holder])
+
+
 async def _holder(stack: Stack, driver: Driver) -> int:
     hello = driver.events("a", "connected")[-1]
     instance = hello["data"]["instanceId"]

@@ -7,6 +7,7 @@ it must see ``socket.recovered === true`` and every missed durable event once, i
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from typing import Any
 
@@ -60,11 +61,21 @@ async def _wait_contents(driver: Driver, cid: str, want: list[str]) -> None:
 
 
 async def _drop_and_recover(
-    stack: Stack, driver: Driver, balancer: RoundRobin, cid: str, *, kill: int | None
+    stack: Stack,
+    driver: Driver,
+    balancer: RoundRobin,
+    cid: str,
+    *,
+    kill: int | None,
+    term: bool = False,
 ) -> None:
+    """Cut the client off (``kill`` None), kill -9 gateway ``kill``, or SIGTERM it (``term``:
+    the gateway drains: it closes its clients and refuses new ones while it stops)."""
     connects = len(driver.of("a", "connect"))
     if kill is None:
         balancer.cut(block=True)
+    elif term:
+        stack.gateways[kill].process.signal(signal.SIGTERM)
     else:
         await asyncio.sleep(0.6)  # > session flush interval (what a kill -9 loses otherwise)
         stack.gateways[kill].process.kill()
@@ -116,5 +127,18 @@ async def test_recovery_after_gateway_kill(
     cid, alice_gw = await _setup(sio_stack, driver, balancer, {"transports": ["websocket"]})
     try:
         await _drop_and_recover(sio_stack, driver, balancer, cid, kill=alice_gw)
+    finally:
+        await asyncio.to_thread(sio_stack.restart, sio_stack.gateways[alice_gw])
+
+
+async def test_recovery_after_gateway_drain(
+    sio_stack: Stack, driver: Driver, balancer: RoundRobin
+) -> None:
+    """SIGTERM: the gateway closes its Socket.IO clients; they recover on the other one."""
+    cid, alice_gw = await _setup(sio_stack, driver, balancer, {"transports": ["websocket"]})
+    try:
+        await _drop_and_recover(sio_stack, driver, balancer, cid, kill=alice_gw, term=True)
+        reason = driver.of("a", "disconnect")[-1]["reason"]
+        assert reason == "transport close", reason  # not "io server disconnect": it reconnects
     finally:
         await asyncio.to_thread(sio_stack.restart, sio_stack.gateways[alice_gw])
