@@ -259,7 +259,9 @@ class ConversationService:
         delay = 0.2
         while True:
             try:
-                await self.broker.start()
+                # Connected only: the subscriptions start last, once this replica can serve
+                # (marks, agent watch): a request routed here meanwhile would wait for it.
+                await self.broker.connect()
                 break
             except (OSError, TimeoutError, NatsError) as exc:
                 logger.warning("NATS not ready (%r); retrying in %.1fs", exc, delay)
@@ -284,6 +286,7 @@ class ConversationService:
             self._publish,
         )
         self.agent_watch.start()
+        await self.broker.start()
         self._started = True
         self.ready = True
         logger.info("conversation service %s ready", self.settings.instance_id)

@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     # is sent again (same idempotency key) after this long; each later attempt waits twice as
     # long as the one before, all within PARLEY_GATEWAY_REQUEST_TIMEOUT_SECONDS.
     attempt_timeout_seconds: float = Field(
-        default=1.0, gt=0, validation_alias=_env("PARLEY_GATEWAY_ATTEMPT_TIMEOUT_SECONDS")
+        default=0.75, gt=0, validation_alias=_env("PARLEY_GATEWAY_ATTEMPT_TIMEOUT_SECONDS")
     )
     # How long an out-of-order durable event waits for the missing seq before a store fetch.
     gap_wait_seconds: float = Field(
