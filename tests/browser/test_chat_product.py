@@ -125,6 +125,7 @@ def test_switching_back_and_reloading_keep_access_and_messages(
     # Someone writes in the room we switched away from: it is still watched (unread count).
     ui.post("user-2", 1, a, ["while you were in the other room"])
     page.wait_for_selector(unread_badge(a))
+    assert page.title() == "(1) Parley"
     # Reload: the same conversation, its messages, and we can still write.
     page.reload()
     page.wait_for_selector('[data-testid="connection-state"][data-state="open"]')
@@ -200,6 +201,22 @@ def test_edit_delete_react_reply_seen_live_on_the_other_gateway(
     gone = next(m for m in stored(system, cid) if m["_id"] == mid)
     assert gone.get("deletedAt") and not gone.get("content")
     shot(bob, "deleted")
+
+
+def test_escape_stops_a_running_turn(
+    system: System, browsers: Browsers, ui: Ui, shot: Shot
+) -> None:
+    page = browsers.new_page("user-1")
+    cid = ui.create_conversation(page, "Esc")
+    ui.send(page, "do something slow")
+    page.wait_for_selector('[data-testid="tool-spinner"]')
+    page.wait_for_selector('[data-testid="stop-button"]')
+    page.keyboard.press("Escape")
+    page.wait_for_selector('[data-testid="tool-spinner"]', state="detached")
+    page.wait_for_selector('[data-testid="stop-button"]', state="detached")
+    ui.wait_turn_done(page, 1)
+    answers = [m for m in stored(system, cid) if m["role"] == "tool"]
+    assert answers and not answers[-1]["toolResults"][0]["success"], answers
 
 
 def test_rename_archive_delete(system: System, browsers: Browsers, ui: Ui, shot: Shot) -> None:

@@ -116,6 +116,25 @@ export function App() {
     [show],
   );
 
+  // Unread messages in the tab title; Esc or a click elsewhere closes the settings menu.
+  const unreadTotal = Object.values(p.unread).reduce((a, ids) => a + ids.length, 0);
+  useEffect(() => {
+    document.title = unreadTotal ? `(${unreadTotal}) Parley` : 'Parley';
+  }, [unreadTotal]);
+  useEffect(() => {
+    if (!settings) return;
+    const close = (e: Event) => {
+      if (e instanceof KeyboardEvent ? e.key === 'Escape' : !(e.target as Element).closest?.('.topbar'))
+        setSettings(false);
+    };
+    document.addEventListener('keydown', close);
+    document.addEventListener('mousedown', close);
+    return () => {
+      document.removeEventListener('keydown', close);
+      document.removeEventListener('mousedown', close);
+    };
+  }, [settings]);
+
   // The address names the open conversation: deep links and reloads open it, Back works.
   useEffect(() => {
     if (!client) return;
