@@ -139,7 +139,10 @@ def recovery(convs: dict[str, list[LoadClient]], kill_at: float) -> float | None
 
 
 def verdict(
-    result: dict[str, Any], max_wait_limit: float | None, allow_loss: bool = False
+    result: dict[str, Any],
+    max_wait_limit: float | None,
+    allow_loss: bool = False,
+    allow_duplicates: bool = False,
 ) -> list[str]:
     """Why a scenario fails (empty: it passes)."""
     why: list[str] = []
@@ -154,6 +157,8 @@ def verdict(
         ("gaps_seen", "seq gaps seen by clients"),
     ):
         if allow_loss and key in ("lost", "store_gaps"):
+            continue
+        if allow_duplicates and key == "duplicates":
             continue
         if result.get(key):
             why.append(f"{result[key]} {label}")

@@ -37,6 +37,8 @@ class Scenario:
     # Acked messages may be lost (a store run without durable writes): the scenario checks
     # that what is stored reaches every member all the same (seq epochs, protocol 4.1).
     allow_loss: bool = False
+    # Duplicate deliveries (same message, same seq) allowed: a resume with session alone.
+    allow_duplicates: bool = False
 
 
 SCENARIOS: list[Scenario] = [
@@ -47,6 +49,7 @@ SCENARIOS: list[Scenario] = [
         Topology(),
         ["gateway-1"],
         resume_with_since=False,
+        allow_duplicates=True,  # protocol 1: session alone is at-least-once, dups by seq
     ),
     Scenario(
         "conversation-1-of-2",
@@ -173,7 +176,9 @@ async def _run_on(fs: FaultStack, scenario: Scenario, timing: Timing) -> dict[st
         histories = await load.histories()
         result = analyze(load.convs, histories, kill_at)
         result["restarted_s"] = round(restarted, 2)
-        why = verdict(result, scenario.max_wait_limit, scenario.allow_loss)
+        why = verdict(
+            result, scenario.max_wait_limit, scenario.allow_loss, scenario.allow_duplicates
+        )
         if turn is not None:
             result["agent"] = await turn.finish(fs.http_urls)
             why += agent.verdict(result["agent"])
