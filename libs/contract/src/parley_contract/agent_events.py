@@ -1,6 +1,6 @@
 """Data shapes of the agent bridge's ephemeral events (published without ``seq``).
 
-Published by the agent bridge on ``subjects.conversation_events(cid)`` as
+Published by the agent bridge on ``subjects.conversation_ephemeral(cid)`` as
 ``envelopes.event_frame(Event.X, data, conversation_id=cid)``; never stored, never replayed.
 The persisted ``message:new`` that follows a stream is the single source of truth.
 """

@@ -50,8 +50,11 @@ def subjects_table() -> str:
         f"| commands | `{subjects.COMMANDS_WILDCARD}` (`parley.cmd.<resource>.<action>`) "
         f"| gateways and the bridge request; conversation service (queue "
         f"`{subjects.QUEUE_CONVERSATION}`) and bridge (`tool.call`) reply |",
-        f"| conversation events | `{subjects.CONVERSATION_EVENTS_WILDCARD}` "
-        "| conversation service and bridge publish; gateways subscribe per joined conversation |",
+        f"| conversation events | `{subjects.CONVERSATION_EVENTS_WILDCARD}` (durable, with "
+        f"seq), `{subjects.CONVERSATION_EPHEMERAL_WILDCARD}` (ephemeral) "
+        "| the conversation service publishes both; gateways (typing) and bridges (streams, "
+        "agent online/offline) only ephemeral; gateways subscribe to both per joined "
+        "conversation |",
         f"| principal events | `{subjects.principal_events('<kind>', '<principalId>')}` "
         "| notifications for one principal `(kind, id)` (added to a conversation) |",
         f"| queries | `{subjects.QUERY_CONVERSATIONS_WILDCARD}` "

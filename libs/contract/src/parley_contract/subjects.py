@@ -64,6 +64,26 @@ def conversation_events(conversation_id: str) -> str:
 CONVERSATION_EVENTS_WILDCARD: Final = f"{PREFIX}.conv.*.evt"
 
 
+def conversation_ephemeral(conversation_id: str) -> str:
+    """Ephemeral frames (no seq) from gateways (typing) and agent bridges (stream deltas,
+    agent online/offline). Apart from the durable subject so that NATS permissions can keep
+    those roles from publishing durable events (nats_auth.py); gateways drop a frame with a
+    seq that arrives here."""
+    return f"{PREFIX}.conv.{conversation_id}.eph"
+
+
+CONVERSATION_EPHEMERAL_WILDCARD: Final = f"{PREFIX}.conv.*.eph"
+
+
+def conversation_feed(conversation_id: str) -> str:
+    """What a gateway subscribes to per joined conversation: durable and ephemeral."""
+    return f"{PREFIX}.conv.{conversation_id}.*"
+
+
+def is_ephemeral_subject(subject: str) -> bool:
+    return subject.endswith(".eph")
+
+
 def principal_events(kind: str, principal_id: str) -> str:
     """Events addressed to one principal wherever it is connected (e.g. added to a conversation).
 

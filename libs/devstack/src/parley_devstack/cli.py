@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlparse
 
+from parley_contract import nats_auth
 from parley_contract.auth import DEV_JWT_SECRET, mint_token
 from parley_contract.events import PrincipalKind
 from parley_devstack.servers import NatsServer, StoreServer, free_port, port_open
@@ -94,7 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         wanted = urlparse(nats_url).port or 4222
         port = wanted if not port_open("127.0.0.1", wanted) else free_port()
         logger.info("no NATS at %s: starting nats-server with JetStream on port %d", nats_url, port)
-        own_nats = NatsServer(var / "nats", port=port).start()
+        # One NATS user per service role (parley_contract.nats_auth): development runs with
+        # the permissions production has.
+        own_nats = NatsServer(var / "nats", port=port, auth=True).start()
         nats_url = own_nats.url
     mongodb_url = os.environ.get("MONGODB_URL", "")
     own_store: StoreServer | None = None
@@ -108,6 +111,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     service_env: dict[str, dict[str, str]] = {}
     if web_dist.is_dir():
         service_env["gateway"] = {"PARLEY_GATEWAY_WEB_DIST": str(web_dist)}
+    if own_nats is not None:
+        for role in nats_auth.ROLES:
+            service_env.setdefault(role, {})["NATS_URL"] = own_nats.url_for(role)
     config = StackConfig(
         workdir=var,
         nats_url=nats_url,

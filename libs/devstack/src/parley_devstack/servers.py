@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -21,6 +22,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from parley_contract import nats_auth
 
 logger = logging.getLogger(__name__)
 
@@ -163,16 +166,45 @@ class NatsServer:
     data_dir: Path
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
+    # Least privilege (parley_contract.nats_auth): one user per service role, and ``admin``
+    # (everything) whose credentials ``url`` carries, for tests and tools.
+    auth: bool = False
+    passwords: dict[str, str] = field(default_factory=dict, init=False)
     process: ManagedProcess | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
+        if self.auth:
+            return f"nats://admin:{self.passwords['admin']}@{self.host}:{self.port}"
         return f"nats://{self.host}:{self.port}"
+
+    @property
+    def anonymous_url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def url_for(self, role: str) -> str:
+        """The URL a service of this role connects with (its own credentials)."""
+        if not self.auth:
+            return self.url
+        return f"nats://{role}:{self.passwords[role]}@{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> NatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        config: list[str] = []
+        if self.auth:
+            if not self.passwords:  # a restart keeps them: services reconnect with theirs
+                self.passwords = {r: secrets.token_hex(16) for r in (*nats_auth.ROLES, "admin")}
+            conf = self.data_dir / "auth.conf"
+            conf.write_text(
+                nats_auth.server_authorization(
+                    {r: self.passwords[r] for r in nats_auth.ROLES}, self.passwords["admin"]
+                )
+            )
+            conf.chmod(0o600)
+            config = ["-c", str(conf)]
         argv = [
             venv_binary("nats-server"),
+            *config,
             "-a",
             self.host,
             "-p",

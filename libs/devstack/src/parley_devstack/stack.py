@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 import time
 import urllib.error
@@ -61,6 +62,9 @@ class StackConfig:
     env: dict[str, str] = field(default_factory=dict)
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
     ready_timeout: float = 60.0
+    # The nats-server the stack starts itself has one user per service role, each service
+    # connects with its own (parley_contract.nats_auth); nats_url then carries admin's.
+    nats_auth: bool = True
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
@@ -90,7 +94,7 @@ class Stack:
         cfg.workdir.mkdir(parents=True, exist_ok=True)
         try:
             if not self.nats_url:
-                self.nats = NatsServer(cfg.workdir / "nats").start()
+                self.nats = NatsServer(cfg.workdir / "nats", auth=cfg.nats_auth).start()
                 self.nats_url = self.nats.url
             if not self.mongodb_url:
                 self.store = StoreServer(cfg.workdir / "store").start()
@@ -173,6 +177,8 @@ class Stack:
         name = f"{kind}-{index + 1}"
         env = self.base_env()
         env["PARLEY_INSTANCE_ID"] = name
+        if self.nats is not None:
+            env["NATS_URL"] = self.nats.url_for(kind)
         if kind == "gateway":
             env["PARLEY_GATEWAY_HOST"] = cfg.host
             env["PARLEY_GATEWAY_PORT"] = str(http_port)
@@ -220,6 +226,7 @@ class Stack:
         return f"ws://127.0.0.1:{self.gateways[index].http_port}/ws"
 
     def describe(self) -> str:
-        lines = [f"NATS      {self.nats_url}", f"store     {self.mongodb_url}"]
+        nats = re.sub(r"//[^@/]*@", "//", self.nats_url)  # no credentials on the console
+        lines = [f"NATS      {nats}", f"store     {self.mongodb_url}"]
         lines += [f"{s.name:<16}{s.base_url}" for s in self.services]
         return "\n".join(lines)

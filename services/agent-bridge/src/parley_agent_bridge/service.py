@@ -44,7 +44,7 @@ from parley_agent_bridge.demo import ScriptedDemoBackend
 from parley_agent_bridge.metrics import Metrics
 from parley_agent_bridge.tools import McpToolbox, ToolOutcome
 from parley_agent_bridge.turn import Turn, TurnRequest, WriteError
-from parley_contract import envelopes, jsonutil, subjects
+from parley_contract import envelopes, jsonutil, nats_auth, subjects
 from parley_contract.agent_events import AgentAvailability
 from parley_contract.commands import ToolCallCommand, parse_payload
 from parley_contract.errors import ErrorCode, ParleyError
@@ -93,7 +93,7 @@ class NatsTurnIO:
         self.nc = nc
         self.principal = agent_principal(agent)
         self.conversation_id = conversation_id
-        self.subject = subjects.conversation_events(conversation_id)
+        self.subject = subjects.conversation_ephemeral(conversation_id)
         self.timeout = timeout
         self.track = track
         self.state = TurnState()
@@ -329,6 +329,7 @@ class Bridge:
                 return await nats.connect(
                     self.settings.nats_url,
                     name=f"parley-agent-bridge-{self.instance_id}",
+                    inbox_prefix=nats_auth.inbox_prefix("agent-bridge"),
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
                     connect_timeout=5,
@@ -752,7 +753,7 @@ class Bridge:
                 "conversationId": cid,
             }
             frame = envelopes.event_frame(event, data, conversation_id=cid)
-            await self.nc.publish(subjects.conversation_events(cid), jsonutil.dumps(frame))
+            await self.nc.publish(subjects.conversation_ephemeral(cid), jsonutil.dumps(frame))
 
     async def _announce_all(self, online: bool) -> None:
         for agent in self.agents.values():

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from parley_contract import commands, envelopes, jsonutil, subjects
+from parley_contract import commands, envelopes, jsonutil, nats_auth, subjects
 from parley_contract.agents import LOOKUP_TIMEOUT_SECONDS, AgentDirectory
 from parley_contract.commands import (
     ConversationCreate,
@@ -179,6 +179,7 @@ class ConversationService:
         self.broker = NatsBroker(
             settings.nats_url,
             name=f"parley-conversation-{settings.instance_id}",
+            inbox_prefix=nats_auth.inbox_prefix("conversation"),
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
             graceful_timeout=settings.drain_seconds,

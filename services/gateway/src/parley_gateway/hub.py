@@ -33,7 +33,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
-from parley_contract import envelopes, jsonutil, subjects
+from parley_contract import envelopes, jsonutil, nats_auth, subjects
 from parley_contract.access import Audience, audience_change
 from parley_contract.agents import AgentDirectory
 from parley_contract.errors import ErrorCode, ParleyError
@@ -153,6 +153,7 @@ class Hub:
                 self.nc = await nats.connect(
                     servers=[self.settings.nats_url],
                     name=f"parley-gateway {self.instance_id}",
+                    inbox_prefix=nats_auth.inbox_prefix("gateway"),
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
                     connect_timeout=3,
@@ -373,7 +374,7 @@ class Hub:
             try:
                 assert self.nc is not None
                 conv.sub = await subscribe_direct(
-                    self.nc, subjects.conversation_events(cid), self._conv_handler(conv)
+                    self.nc, subjects.conversation_feed(cid), self._conv_handler(conv)
                 )
                 await self.nc.flush()
                 await conv.turn.load(self.kv_turns, cid)  # after subscribing: no gap
@@ -410,15 +411,23 @@ class Hub:
         def on_msg(msg: Msg) -> None:
             headers = msg.headers
             origin = headers.get(subjects.HEADER_ORIGIN) if headers else None
-            self.on_conversation_frame(conv, msg.data, origin)
+            ephemeral = subjects.is_ephemeral_subject(msg.subject)
+            self.on_conversation_frame(conv, msg.data, origin, ephemeral_only=ephemeral)
 
         return on_msg
 
     def on_conversation_frame(
-        self, conv: ConvState, data: bytes, origin: str | None = None
+        self,
+        conv: ConvState,
+        data: bytes,
+        origin: str | None = None,
+        *,
+        ephemeral_only: bool = False,
     ) -> None:
-        """One frame of a conversation's subject. ``origin``: the session id of the connection
-        that caused an ephemeral event (typing), which does not get it back."""
+        """One frame of a conversation's subjects. ``origin``: the session id of the connection
+        that caused an ephemeral event (typing), which does not get it back.
+        ``ephemeral_only``: it came on the ephemeral subject, which gateways and bridges may
+        publish to: a frame with a seq there is forged and dropped."""
         try:
             frame = jsonutil.loads(data)
         except ValueError:
@@ -430,6 +439,10 @@ class Hub:
         if frame["event"] in TURN_EVENTS:
             conv.turn.on_frame(frame["event"], frame.get("data"))
         seq = frame.get("seq")
+        if ephemeral_only and "seq" in frame:
+            self.metrics.drops.labels("bad_frame").inc()
+            logger.warning("dropping a frame with a seq on %s's ephemeral subject", conv.cid)
+            return
         if not isinstance(seq, int):
             self.metrics.events_in.labels("ephemeral").inc()
             wire = frame_text(data)  # framed once, the same bytes for every member
@@ -604,7 +617,7 @@ class Hub:
         if nc is None or not nc.is_connected:
             raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "message bus unavailable")
         headers = {subjects.HEADER_ORIGIN: origin} if origin is not None else None
-        self._outbox.append((subjects.conversation_events(cid), jsonutil.dumps(frame), headers))
+        self._outbox.append((subjects.conversation_ephemeral(cid), jsonutil.dumps(frame), headers))
         if len(self._outbox) == 1:
             asyncio.get_running_loop().call_later(PUBLISH_WINDOW_SECONDS, self._send_outbox)
 

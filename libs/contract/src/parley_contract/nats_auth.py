@@ -1,0 +1,144 @@
+"""Least privilege on NATS: what each service role may publish and subscribe, derived from
+the subject registry (subjects.py), and the nats-server ``authorization`` block built from it.
+
+Each role gets its own inbox prefix (``_INBOX_<role>``): a role can subscribe to its own
+replies only, never to another role's. Replies to requests a role serves go out through
+``allow_responses`` (only to the inbox of a request it received), so no role may publish
+into inboxes at large.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final, Literal
+
+from parley_contract import subjects as s
+from parley_contract.events import Event
+
+Role = Literal["gateway", "conversation", "agent-bridge"]
+ROLES: Final[tuple[Role, ...]] = ("gateway", "conversation", "agent-bridge")
+
+
+def inbox_prefix(role: Role) -> str:
+    return f"_INBOX_{role.replace('-', '_')}"
+
+
+def _kv_read(bucket: str) -> list[str]:
+    stream = f"KV_{bucket}"
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",  # watch / keys (ordered consumers)
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+    ]
+
+
+def _kv_write(bucket: str) -> list[str]:
+    return [
+        *_kv_read(bucket),
+        f"$JS.API.STREAM.CREATE.KV_{bucket}",
+        s.kv_key_subject(bucket, ">"),
+    ]
+
+
+def _stream_create(stream: str) -> list[str]:
+    """Whichever service starts first creates it (streams.ensure_agent_turns_stream)."""
+    return [
+        f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.STREAM.UPDATE.{stream}",
+        f"$JS.API.STREAM.INFO.{stream}",
+    ]
+
+
+def _stream_consume(stream: str) -> list[str]:
+    return [
+        *_stream_create(stream),
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
+        f"$JS.ACK.{stream}.>",
+    ]
+
+
+def permissions(role: Role) -> dict[str, list[str]]:
+    """``{"publish": [...], "subscribe": [...]}`` for one role."""
+    conv_events = s.conversation_events("*")
+    conv_ephemeral = s.conversation_ephemeral("*")
+    principal_events = s.principal_events("*", "*")
+    js_common = ["$JS.API.INFO"]
+    if role == "gateway":
+        publish = [
+            s.COMMANDS_WILDCARD,
+            s.QUERY_CONVERSATIONS_WILDCARD,
+            conv_ephemeral,  # typing
+            s.gateway_session_kick("*"),
+            s.gateway_engineio("*"),
+            *js_common,
+            *_kv_write(s.KV_PRESENCE),
+            *_kv_write(s.KV_INSTANCES),
+            *_kv_write(s.KV_SESSIONS),
+            *_kv_read(s.KV_AGENTS),
+        ]
+        subscribe = [
+            s.conversation_feed("*"),
+            principal_events,
+            s.GATEWAY_SESSION_KICK_WILDCARD,
+            s.gateway_engineio("*"),
+        ]
+    elif role == "conversation":
+        publish = [
+            conv_events,
+            conv_ephemeral,
+            principal_events,
+            s.AGENT_STOP,
+            s.AGENT_TURN,
+            *js_common,
+            *_stream_create(s.STREAM_AGENT_TURNS),
+            *_kv_write(s.KV_SEQUENCES),
+            *_kv_read(s.KV_AGENTS),
+            *_kv_read(s.KV_PRESENCE),  # agents connected as clients (agents.AgentDirectory)
+        ]
+        subscribe = [s.COMMANDS_WILDCARD, s.QUERY_CONVERSATIONS_WILDCARD, f"{s.PREFIX}.internal.>"]
+    else:
+        publish = [
+            s.COMMANDS_WILDCARD,
+            s.QUERY_CONVERSATIONS_WILDCARD,
+            s.INTERNAL_MESSAGE_APPEND,
+            s.INTERNAL_USAGE_ADD,
+            conv_ephemeral,  # stream deltas, agent online/offline
+            *js_common,
+            *_stream_consume(s.STREAM_AGENT_TURNS),
+            *_kv_write(s.KV_AGENTS),
+        ]
+        subscribe = [s.AGENT_STOP, s.AGENT_TOOL_CALL, s.command(Event.TOOL_CALL)]
+    subscribe.append(f"{inbox_prefix(role)}.>")
+    return {"publish": publish, "subscribe": subscribe}
+
+
+def server_authorization(passwords: dict[Role, str], admin_password: str | None = None) -> str:
+    """The nats-server ``authorization { users = [...] }`` block (JSON is valid NATS config).
+
+    ``admin_password``: one more user, ``admin``, allowed everything (tools and tests only).
+    """
+    users: list[dict[str, object]] = []
+    for role in ROLES:
+        perms = permissions(role)
+        users.append(
+            {
+                "user": role,
+                "password": passwords[role],
+                "permissions": {
+                    "publish": {"allow": perms["publish"]},
+                    "subscribe": {"allow": perms["subscribe"]},
+                    "allow_responses": True,
+                },
+            }
+        )
+    if admin_password is not None:
+        users.append({"user": "admin", "password": admin_password})
+    return "authorization " + json.dumps({"users": users}, indent=2)
