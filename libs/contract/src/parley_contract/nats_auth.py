@@ -83,6 +83,9 @@ def permissions(role: Role) -> dict[str, list[str]]:
             *_kv_write(s.KV_INSTANCES),
             *_kv_write(s.KV_SESSIONS),
             *_kv_read(s.KV_AGENTS),
+            # Running agent turns (streams.turns_bucket): read; created by whoever starts first.
+            *_kv_read(s.KV_TURNS),
+            f"$JS.API.STREAM.CREATE.KV_{s.KV_TURNS}",
         ]
         subscribe = [
             s.conversation_feed("*"),
@@ -100,6 +103,7 @@ def permissions(role: Role) -> dict[str, list[str]]:
             *js_common,
             *_stream_create(s.STREAM_AGENT_TURNS),
             *_kv_write(s.KV_SEQUENCES),
+            *_kv_write(s.KV_TURNS),
             *_kv_read(s.KV_AGENTS),
             *_kv_read(s.KV_PRESENCE),  # agents connected as clients (agents.AgentDirectory)
         ]
@@ -114,6 +118,7 @@ def permissions(role: Role) -> dict[str, list[str]]:
             *js_common,
             *_stream_consume(s.STREAM_AGENT_TURNS),
             *_kv_write(s.KV_AGENTS),
+            *_kv_write(s.KV_TURNS),
         ]
         subscribe = [s.AGENT_STOP, s.AGENT_TOOL_CALL, s.command(Event.TOOL_CALL)]
     subscribe.append(f"{inbox_prefix(role)}.>")
