@@ -284,19 +284,7 @@ class Gateway:
             ]
         conn.send(envelopes.event_frame(first, hello))
         if restored is not None:
-            for cid, seq in restored.items():
-                try:
-                    env = await self.join(conn, cid, seq)
-                except ParleyError as exc:
-                    env = envelopes.fail_from(exc)
-                if not env["success"]:
-                    details = dict(env["error"].get("details") or {})
-                    details["conversationId"] = cid
-                    conn.send(
-                        envelopes.error_frame(
-                            ErrorCode(env["error"]["code"]), env["error"]["message"], details
-                        )
-                    )
+            await self.rejoin(conn, restored)
         await hub.save_session(conn, ack=False)  # no round trip before the first command
 
     async def close_conn(self, conn: Conn) -> None:
@@ -521,6 +509,23 @@ class Gateway:
                 )
             return envelopes.ok({"conversations": len(conn.joined)})
         raise ParleyError(ErrorCode.UNKNOWN_EVENT, f"unsupported command {event.value}")
+
+    async def rejoin(self, conn: Conn, joined: dict[str, int], *, quiet: bool = False) -> None:
+        """Join again each conversation a resumed or moved connection had, from its seq;
+        a conversation that refuses is one ``error`` frame naming it, not the end of it."""
+        for cid, seq in joined.items():
+            try:
+                env = await self.join(conn, cid, seq, quiet=quiet)
+            except ParleyError as exc:
+                env = envelopes.fail_from(exc)
+            if not env["success"]:
+                details = dict(env["error"].get("details") or {})
+                details["conversationId"] = cid
+                conn.send(
+                    envelopes.error_frame(
+                        ErrorCode(env["error"]["code"]), env["error"]["message"], details
+                    )
+                )
 
     async def join(
         self, conn: Conn, cid: str, since: int | None, *, quiet: bool = False

@@ -33,7 +33,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from parley_contract import envelopes, jsonutil
-from parley_contract.errors import ErrorCode, ParleyError
+from parley_contract.errors import ErrorCode
 from parley_contract.internal import Principal
 from parley_gateway.sio import codec
 from parley_gateway.sio.packets import SocketLayer
@@ -392,19 +392,7 @@ class SocketIO(SocketLayer):
         logger.info("Engine.IO session %s moved here (its WebSocket landed here)", sid)
         try:
             await self.hub.register(conn)
-            for cid, seq in joined.items():
-                try:
-                    env = await self.gw.join(conn, cid, seq, quiet=True)
-                except ParleyError as exc:
-                    env = envelopes.fail_from(exc)
-                if not env["success"]:
-                    details = dict(env["error"].get("details") or {})
-                    details["conversationId"] = cid
-                    conn.send(
-                        envelopes.error_frame(
-                            ErrorCode(env["error"]["code"]), env["error"]["message"], details
-                        )
-                    )
+            await self.gw.rejoin(conn, joined, quiet=True)
             await self.hub.save_session(conn, ack=False)
         except Exception:
             logger.exception("taking over %r failed", conn)
