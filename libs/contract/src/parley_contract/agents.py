@@ -37,16 +37,25 @@ async def _bucket(js: Any, name: str) -> KeyValue | None:
         return None
 
 
-async def _any_key(kv: KeyValue, pattern: str) -> bool:
-    """Whether a live key matches the subject-style ``pattern`` (no full key listing)."""
-    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=True)
-    try:
-        async for entry in watcher:
-            return entry is not None  # None: caught up without any entry
-        return False
-    finally:
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-            await watcher.stop()  # type: ignore[no-untyped-call]
+async def _any_key(js: Any, bucket: str, pattern: str) -> bool:
+    """Whether a live key of ``bucket`` matches the subject-style ``pattern``.
+
+    Not a KV watch: nats.py's watcher may put its "caught up" marker before an entry that
+    is already on its way (the consumer reports nothing pending while the entry is still
+    in flight), so a served agent could look unserved under load. The stream's own count
+    per subject names the candidate keys; a get tells a live key from a delete marker.
+    """
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + pattern)
+    kv: KeyValue = await js.key_value(bucket)
+    for subject in info.state.subjects or {}:
+        try:
+            entry = await kv.get(subject[len(prefix) :])
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            continue
+        if entry.value:
+            return True
+    return False
 
 
 async def _entries(kv: KeyValue, pattern: str = ">") -> list[tuple[str, bytes]]:
@@ -110,9 +119,11 @@ class AgentDirectory:
         agents, presence = await self._kv()
         served = False
         if agents is not None:
-            served = await _any_key(agents, f"{agent_id}.*")
+            served = await _any_key(self.js, subjects.KV_AGENTS, f"{agent_id}.*")
         if not served and presence is not None:
-            served = await _any_key(presence, f"{PrincipalKind.AGENT.value}.{agent_id}.*")
+            served = await _any_key(
+                self.js, subjects.KV_PRESENCE, f"{PrincipalKind.AGENT.value}.{agent_id}.*"
+            )
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[agent_id] = (now, served)
