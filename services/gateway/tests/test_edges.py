@@ -380,10 +380,21 @@ async def test_resume_with_the_clients_own_last_seqs(
     assert again.seqs(cid) == [4, 5]
     await again.close()
 
-    # A client ahead of the session gets nothing twice; unknown conversations are ignored.
+    # A client ahead of the session gets nothing twice. A conversation the client names that
+    # the session lacks is joined again too (a join newer than the last save), authorized
+    # like any join: one this client may not join is an error frame naming it.
     doc = {cid: 5, "conv-other": 1}
     third = await clients(gw.ws_url, "bob", query=f"?session={sid}&since={since(doc)}")
-    assert third.frames[0]["data"]["conversations"] == [{"conversationId": cid, "lastSeq": 5}]
+    assert third.frames[0]["data"]["conversations"] == [
+        {"conversationId": cid, "lastSeq": 5},
+        {"conversationId": "conv-other", "lastSeq": 1},
+    ]
+    await third.wait_for(
+        lambda f: (
+            f.get("event") == "error"
+            and ((f.get("error") or {}).get("details") or {}).get("conversationId") == "conv-other"
+        )
+    )
     await third.wait_for(lambda f: f.get("event") == "conversation:joined")
     assert (await alice.cmd("message:send", {"conversationId": cid, "content": "m6"}))["success"]
     await third.wait_for(lambda f: f.get("seq") == 6)

@@ -256,8 +256,10 @@ class Gateway:
             restored = await hub.load_session(resume, principal)
             if restored is not None and since:
                 # The client's own last seqs win: exact also after a crash of the old instance
-                # (whose delivered seqs may lag by up to one session flush interval).
-                restored = {cid: since.get(cid, seq) for cid, seq in restored.items()}
+                # (whose delivered seqs may lag by up to one session flush interval). A
+                # conversation the client names that the saved session does not have yet (a
+                # join newer than the last flush) is joined again too; join re-authorizes it.
+                restored = {**restored, **since}
         return resume, restored
 
     async def open_conn(self, conn: Conn, restored: dict[str, int] | None) -> None:
