@@ -19,8 +19,9 @@ from parley_contract.errors import ParleyError
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import Principal
 from parley_conversation import domain
+from parley_conversation.entries import PendingEvent
 from parley_conversation.sequencer import Sequencer
-from parley_conversation.store import WRITE_CONCERNS, MongoStore, PendingEvent
+from parley_conversation.store import WRITE_CONCERNS, MongoStore
 from parley_devstack.servers import StoreServer
 
 

@@ -17,8 +17,8 @@ from parley_contract.internal import Principal
 from parley_contract.jsonutil import model_json
 from parley_contract.models import Conversation, Message
 from parley_conversation import domain, sequencer
+from parley_conversation.entries import AppendResult, MessageTotals, PendingEvent
 from parley_conversation.sequencer import Sequencer
-from parley_conversation.store import AppendResult, MessageTotals, PendingEvent
 
 ALICE = Principal(id="u-alice", kind=PrincipalKind.USER)
 MALLORY = Principal(id="u-mallory", kind=PrincipalKind.USER)

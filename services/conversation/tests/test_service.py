@@ -762,8 +762,8 @@ async def test_an_old_event_log_is_folded_into_the_conversation_log(
     from parley_contract.internal import Principal
     from parley_contract.jsonutil import model_json
     from parley_conversation import domain
+    from parley_conversation.documents import to_doc
     from parley_conversation.legacy import fold_legacy_event_log
-    from parley_conversation.store import to_doc
 
     alice = Principal.model_validate(ALICE)
     conv = domain.new_conversation(alice, ConversationCreate(conversation_id="legacy-c1"))

@@ -26,7 +26,8 @@ from parley_contract.models import (
     Role,
 )
 from parley_conversation.domain import now_ms
-from parley_conversation.store import MessageTotals, MongoStore, PendingEvent
+from parley_conversation.entries import MessageTotals, PendingEvent
+from parley_conversation.store import MongoStore
 from parley_devstack.servers import StoreServer
 from parley_devstack.testing import real_mongodb_url
 

@@ -4,7 +4,7 @@ Every durable event (a new message or any other durable frame) is queued here. O
 takes everything queued (up to ``max_batch``) and commits it with a fixed number of store
 round trips whatever the number of conversations in it: one read of the conversations
 (authorizes every send) and one ordered ``insert_many`` into the conversation log (each
-message is its own log entry and claims its seq, see :mod:`parley_conversation.store`); the
+message is its own log entry and claims its seq, see :mod:`parley_conversation.log`); the
 totals follow in the background (one bulk update, merged across batches). A retried
 ``clientMessageId`` is caught by the log's unique index (no lookup per batch: on the
 embedded store an ``$in`` lookup scans the collection); retries inside one batch wait for
@@ -35,7 +35,8 @@ from parley_contract.events import Event
 from parley_contract.internal import Principal
 from parley_contract.models import Conversation, ConversationStatus, Message
 from parley_conversation import domain, roles
-from parley_conversation.store import AppendResult, MessageTotals, PendingEvent, Repository
+from parley_conversation.entries import AppendResult, MessageTotals, PendingEvent, totals_of
+from parley_conversation.repository import Repository
 
 logger = logging.getLogger(__name__)
 
@@ -402,18 +403,6 @@ class Sequencer:
             return job.stored
 
         return PendingEvent(Event.MESSAGE_NEW, None, job.message.client_message_id, message=stored)
-
-
-def totals_of(stored: list[Message], seqs: list[int]) -> MessageTotals:
-    """What these stored messages (and the entries at ``seqs``) add to their conversation."""
-    t = domain.totals_of(stored, seqs)
-    return MessageTotals(
-        messages=t.messages,
-        tokens=t.tokens,
-        cost=t.cost,
-        last_message=domain.last_message_of(t.last) if t.last else None,
-        max_seq=t.max_seq,
-    )
 
 
 def merge_totals(a: MessageTotals, b: MessageTotals) -> MessageTotals:

@@ -1,0 +1,150 @@
+"""The entries of the conversation log (:mod:`parley_conversation.log`): a durable event
+waiting for its seq, the document it is stored as and the frame it is published as, what an
+append returns, and the totals stored messages add to their conversation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import bson
+from bson.errors import InvalidDocument, InvalidStringData
+
+from parley_contract import envelopes
+from parley_contract.errors import ErrorCode, ParleyError
+from parley_contract.events import Event
+from parley_contract.models import LastMessage, Message
+from parley_conversation import domain
+from parley_conversation.documents import message_doc, message_from, wire
+
+DUPLICATE_KEY = 11000
+LOG_EVENT = "event"  # the field that marks a log entry that is not a message
+
+
+@dataclass
+class PendingEvent:
+    """A durable event waiting for its seq; ``build(seq)`` returns the frame's ``data``.
+
+    Or, with ``message`` instead of ``build``, a ``message:new``: ``message(seq)`` is the
+    message as stored (the log entry itself).
+    """
+
+    event: Event
+    build: Callable[[int], Any] | None
+    client_message_id: str | None = None
+    message: Callable[[int], Message] | None = None
+
+
+@dataclass
+class AppendResult:
+    seq: int
+    frame: dict[str, Any]
+    duplicate: bool = False  # clientMessageId already stored: frame is the earlier one
+    # Not stored: the store cannot hold this entry (only its sender gets this error).
+    error: ParleyError | None = None
+
+
+def unstorable() -> ParleyError:
+    return ParleyError(
+        ErrorCode.VALIDATION_ERROR,
+        "the store cannot hold this message (see docs/security.md, limits)",
+        {"field": "data"},
+    )
+
+
+# What pymongo raises, before sending, for a document BSON cannot encode.
+UNENCODABLE: tuple[type[Exception], ...] = (
+    InvalidDocument,
+    InvalidStringData,
+    OverflowError,
+    UnicodeEncodeError,
+)
+
+
+def first_unencodable(docs: Sequence[dict[str, Any]]) -> int | None:
+    for i, doc in enumerate(docs):
+        try:
+            bson.encode(doc)
+        except UNENCODABLE:
+            return i
+    return None
+
+
+@dataclass
+class MessageTotals:
+    messages: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    last_message: LastMessage | None = None
+    max_seq: int = 0
+
+
+def totals_of(stored: list[Message], seqs: list[int]) -> MessageTotals:
+    """What these stored messages (and the entries at ``seqs``) add to their conversation."""
+    t = domain.totals_of(stored, seqs)
+    return MessageTotals(
+        messages=t.messages,
+        tokens=t.tokens,
+        cost=t.cost,
+        last_message=domain.last_message_of(t.last) if t.last else None,
+        max_seq=t.max_seq,
+    )
+
+
+def log_entry(
+    conversation_id: str, seq: int, pending: PendingEvent, epoch: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The document of one durable event at ``seq`` and the frame it is published as; the
+    entry keeps its ``epoch`` (epochs.py) so that a replay carries the one it was sent with."""
+    if pending.message is not None:
+        message = pending.message(seq)
+        doc = message_doc(message)
+        doc["epoch"] = epoch
+        return doc, _message_frame(wire(message), conversation_id, seq, epoch)
+    assert pending.build is not None
+    frame = envelopes.event_frame(
+        pending.event,
+        pending.build(seq),
+        conversation_id=conversation_id,
+        seq=seq,
+        epoch=epoch,
+    )
+    doc = {
+        "_id": f"{conversation_id}:{seq}",
+        "conversationId": conversation_id,
+        "seq": seq,
+        "epoch": epoch,
+        LOG_EVENT: pending.event.value,
+        "frame": frame,
+    }
+    if pending.client_message_id is not None:
+        doc["clientMessageId"] = pending.client_message_id
+    return doc, frame
+
+
+def _message_frame(
+    data: dict[str, Any], conversation_id: str, seq: int, epoch: int = 0
+) -> dict[str, Any]:
+    # Stamped with the message's createdAt, live and replayed alike (nothing else is stored).
+    return envelopes.event_frame(
+        Event.MESSAGE_NEW,
+        data,
+        conversation_id=conversation_id,
+        seq=seq,
+        timestamp=data.get("createdAt"),
+        epoch=epoch,
+    )
+
+
+def frame_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """The frame a log entry was published as: a message's is built from the message."""
+    if LOG_EVENT in doc:
+        frame: dict[str, Any] = doc["frame"]
+        return frame
+    return _message_frame(
+        wire(message_from(doc)),
+        doc["conversationId"],
+        int(doc["seq"]),
+        int(doc.get("epoch") or 0),
+    )
