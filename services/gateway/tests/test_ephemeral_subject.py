@@ -31,3 +31,30 @@ async def test_a_seq_on_the_ephemeral_subject_is_dropped(
     new = await alice.wait_for(lambda f: f.get("event") == "message:new")
     assert new["data"]["content"] == "real"
     assert all(f.get("data", {}).get("content") != "forged" for f in alice.frames)
+
+
+async def test_a_forged_turn_frame_does_not_reach_joiners(
+    gateway_factory: Any, clients: Any, fake_conversation: Any
+) -> None:
+    """A turn frame with a seq on the ephemeral subject is dropped before the turn tracker
+    sees it: a later joiner gets no snapshot of a stream that never ran."""
+    gw = gateway_factory()
+    alice = await clients(gw.ws_url, "alice")
+    r = await alice.cmd("conversation:create", {"participants": ["bob"]})
+    cid = r["data"]["_id"]
+    assert (await alice.cmd("conversation:join", {"conversationId": cid}))["success"]
+    nc = fake_conversation.nc
+    start = {"streamId": "forged", "messageId": "m-forged", "parentMessageId": "p"}
+    forged = envelopes.event_frame(Event.MESSAGE_STREAM_START, start, conversation_id=cid)
+    forged["seq"] = 2
+    await nc.publish(subjects.conversation_ephemeral(cid), jsonutil.dumps(forged))
+    typing = envelopes.event_frame(
+        Event.TYPING_START, {"conversationId": cid, "userId": "carol"}, conversation_id=cid
+    )
+    await nc.publish(subjects.conversation_ephemeral(cid), jsonutil.dumps(typing))
+    await nc.flush()
+    await alice.wait_for(lambda f: f.get("event") == "typing:start")  # the forged one is before
+    bob = await clients(gw.ws_url, "bob")
+    assert (await bob.cmd("conversation:join", {"conversationId": cid}))["success"]
+    assert all(f.get("event") != "message:stream-start" for f in bob.frames)
+    assert all(f.get("event") != "message:stream-start" for f in alice.frames)

@@ -31,6 +31,8 @@ CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013  # too slow
 CLOSE_TOKEN_EXPIRED = 4401
 CLOSE_HEARTBEAT = 4408
+# Commands of one connection in flight at once (the reader stops reading beyond this).
+MAX_IN_FLIGHT = 32
 
 _background: set[asyncio.Task[None]] = set()
 _FLUSH: list[Conn] = []  # connections with framed, unwritten data (flushed once per tick)
@@ -57,6 +59,25 @@ def _flush_all() -> None:
     _FLUSH.clear()
     for conn in pending:
         conn.flush()
+
+
+class Pipeline:
+    """The commands of one connection in flight: several at once, in order per conversation.
+
+    A command waits for the previous command of the same connection that names the same
+    ``conversationId`` (commands without one form their own chain), so a client's
+    ``message:send``s to one conversation are stored in the order it sent them, while
+    commands to other conversations do not wait for them. Created on the first command,
+    dropped when nothing is in flight (idle connections do not pay for it); the server's
+    command path (``Gateway.submit_frame``) runs it.
+    """
+
+    __slots__ = ("chains", "slots", "tasks")
+
+    def __init__(self) -> None:
+        self.chains: dict[str | None, asyncio.Task[None]] = {}  # last command per chain
+        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.tasks: set[asyncio.Task[None]] = set()
 
 
 class Conn:
@@ -103,7 +124,7 @@ class Conn:
         self.kicked = False
         self.resumed = False
         self.busy = 0  # commands in flight (submitted, not yet answered)
-        self.pipe: Any = None  # server._Pipeline while commands are in flight
+        self.pipe: Pipeline | None = None  # while commands are in flight
         self.queued = False  # in _FLUSH
 
     def __repr__(self) -> str:

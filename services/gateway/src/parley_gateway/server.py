@@ -24,7 +24,7 @@ from parley_contract.events import Event, may_send, parse_command
 from parley_contract.ids import is_valid_id, new_id
 from parley_contract.internal import Principal
 from parley_contract.limits import INT64_MAX
-from parley_gateway.conn import Conn
+from parley_gateway.conn import Conn, Pipeline
 from parley_gateway.front import Front, WsRoute, json_response
 from parley_gateway.front_http import ASGIApp
 from parley_gateway.http_api import create_app
@@ -56,30 +56,10 @@ _RELAYED = frozenset(
     }
 )
 _INVALID = object()  # a frame that is not JSON
-# Commands of one connection in flight at once (the reader stops reading beyond this).
-MAX_IN_FLIGHT = 32
 # On disconnect, how long the connection's commands in flight may still take.
 _CLOSE_GRACE_SECONDS = 2.0
 # A resume waits at most this long for the session's previous connection to be cleaned up.
 _CLEANUP_WAIT_SECONDS = _CLOSE_GRACE_SECONDS + 3.0
-
-
-class _Pipeline:
-    """The commands of one connection in flight: several at once, in order per conversation.
-
-    A command waits for the previous command of the same connection that names the same
-    ``conversationId`` (commands without one form their own chain), so a client's
-    ``message:send``s to one conversation are stored in the order it sent them, while
-    commands to other conversations do not wait for them. Created on the first command,
-    dropped when nothing is in flight (idle connections do not pay for it).
-    """
-
-    __slots__ = ("chains", "slots", "tasks")
-
-    def __init__(self) -> None:
-        self.chains: dict[str | None, asyncio.Task[None]] = {}  # last command per chain
-        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self.tasks: set[asyncio.Task[None]] = set()
 
 
 def _chain_key(frame: dict[str, Any]) -> str | None:
@@ -338,7 +318,7 @@ class Gateway:
         """Start one command (a JSON object); waits only while MAX_IN_FLIGHT are running."""
         pipe = conn.pipe
         if pipe is None:
-            pipe = conn.pipe = _Pipeline()
+            pipe = conn.pipe = Pipeline()
         await pipe.slots.acquire()
         conn.pipe = pipe  # dropped meanwhile if everything finished: the same one, now empty
         key = _chain_key(frame)
@@ -353,7 +333,7 @@ class Gateway:
     async def _run(
         self,
         conn: Conn,
-        pipe: _Pipeline,
+        pipe: Pipeline,
         *,
         key: str | None,
         prev: asyncio.Task[None] | None,

@@ -1,0 +1,232 @@
+"""Presence, instances and reaping.
+
+- Each principal with a connection here has one subscription to its own events
+  (``principal_events``) shared by its connections, and a presence KV entry
+  ``<kind>.<id>.<instance>`` holding its connection count here.
+- Each instance keeps a heartbeat entry in the instances bucket; when one vanishes (expired:
+  the instance crashed) one gateway publishes the offline events its clients could not send.
+Both buckets have a TTL, refreshed every ``presence_ttl_seconds / 3``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from parley_contract import envelopes, jsonutil, subjects
+from parley_contract.errors import ParleyError
+from parley_contract.events import PrincipalKind
+from parley_contract.internal import Principal
+from parley_contract.timeutil import now_iso
+from parley_gateway.bus import keys_of
+from parley_gateway.conn import Conn, frame_text
+from parley_gateway.fanout import PRESENCE_EVENTS, Fanout
+from parley_gateway.metrics import Metrics
+from parley_gateway.natsdirect import subscribe_direct
+from parley_gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class PrincipalState:
+    __slots__ = ("conns", "sub")
+
+    def __init__(self) -> None:
+        self.conns: set[Conn] = set()
+        self.sub: Subscription | None = None
+
+
+class Presence(Fanout):
+    """This instance's principals, their presence entries and the instances' heartbeats."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(settings, metrics)
+        # Keyed by (kind, id): the user ``x`` and the agent ``x`` are two principals.
+        self.principals: dict[tuple[PrincipalKind, str], PrincipalState] = {}
+        self.started_at = now_iso()
+        self._seen_instances: set[str] = set()
+
+    async def register(self, conn: Conn) -> None:
+        kind, pid = conn.principal.kind, conn.principal.id
+        state = self.principals.get((kind, pid))
+        if state is None:
+            state = PrincipalState()
+            self.principals[(kind, pid)] = state
+            assert self.nc is not None
+            state.sub = await subscribe_direct(
+                self.nc, subjects.principal_events(kind, pid), self._principal_handler(state)
+            )
+        state.conns.add(conn)
+        self.sessions[conn.session_id] = conn
+        self.metrics.connections.labels(conn.principal.kind.value).inc()
+        # Not acknowledged: the client gets ``connected`` without waiting for JetStream, and
+        # the presence refresh (every presenceTtl/3, acknowledged) repairs a lost write.
+        await self._put_presence(conn.principal.kind, pid, len(state.conns), ack=False)
+
+    def _principal_handler(self, state: PrincipalState) -> Callable[[Msg], None]:
+        def on_msg(msg: Msg) -> None:
+            self.metrics.events_in.labels("principal").inc()
+            wire = frame_text(msg.data)
+            for conn in list(state.conns):
+                conn.push_frame(wire)
+
+        return on_msg
+
+    async def unregister(self, conn: Conn) -> None:
+        kind, pid = conn.principal.kind, conn.principal.id
+        for cid in list(conn.joined):
+            try:
+                await self.leave(conn, cid, announce=True)
+            except nats.errors.Error:
+                logger.warning("leave %s on disconnect failed", cid, exc_info=True)
+        if self.sessions.get(conn.session_id) is conn:
+            del self.sessions[conn.session_id]
+        self.dirty.discard(conn)
+        self.metrics.connections.labels(conn.principal.kind.value).dec()
+        state = self.principals.get((kind, pid))
+        if state is not None:
+            state.conns.discard(conn)
+            if not state.conns:
+                del self.principals[(kind, pid)]
+                if state.sub is not None:
+                    with contextlib.suppress(nats.errors.Error):
+                        await state.sub.unsubscribe()
+                with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                    assert self.kv_presence is not None
+                    await self.kv_presence.delete(self._presence_key(conn.principal.kind, pid))
+            else:
+                await self._put_presence(conn.principal.kind, pid, len(state.conns))
+
+    # ------------------------------------------------------------------ presence
+
+    def _presence_key(self, kind: PrincipalKind, pid: str) -> str:
+        return f"{kind.value}.{pid}.{self.instance_id}"
+
+    async def _put_presence(
+        self, kind: PrincipalKind, pid: str, count: int, *, ack: bool = True
+    ) -> None:
+        if self.kv_presence is None:
+            return
+        if not ack:
+            await self._kv_publish(
+                subjects.KV_PRESENCE, self._presence_key(kind, pid), str(count).encode()
+            )
+            return
+        try:
+            await self.kv_presence.put(self._presence_key(kind, pid), str(count).encode())
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            logger.warning("presence of %s not saved: %s", pid, exc)
+
+    async def _put_instance(self) -> None:
+        if self.kv_instances is None or self.draining:
+            return
+        users = sum(
+            1 for (kind, _), s in self.principals.items() if s.conns and kind is PrincipalKind.USER
+        )
+        doc = {
+            "instanceId": self.instance_id,
+            "host": self.settings.host,
+            "port": self.settings.port,
+            "connections": len(self.sessions),
+            "users": users,
+            "agents": len(self.principals) - users,
+            "conversations": len(self.convs),
+            "startedAt": self.started_at,
+            "updatedAt": now_iso(),
+        }
+        await self.kv_instances.put(self.instance_id, jsonutil.dumps(doc))
+
+    async def _refresh_presence(self) -> None:
+        await self._put_instance()
+        items = [(kind, pid, len(s.conns)) for (kind, pid), s in self.principals.items() if s.conns]
+        for i in range(0, len(items), 200):
+            await asyncio.gather(*(self._put_presence(*it) for it in items[i : i + 200]))
+        await self._watch_instances()
+
+    async def _watch_instances(self) -> None:
+        """Notice instances whose heartbeat key is gone (crashed: expired) and reap them."""
+        if self.kv_instances is None or self.draining:
+            return
+        keys = set(await keys_of(self.kv_instances))
+        gone = self._seen_instances - keys - {self.instance_id}
+        self._seen_instances = keys
+        for instance in sorted(gone):
+            await self._reap(instance)
+
+    async def _reap(self, instance: str) -> None:
+        """Publish the offline events a vanished instance could not send.
+
+        One gateway does it (a KV ``create`` is the lock): each session still attributed to
+        that instance (clients that have not resumed elsewhere) gets ``presence:offline`` /
+        ``agent:offline`` in each of its conversations. After a graceful drain these repeat
+        offline events already sent; after a crash they are the only ones.
+        """
+        assert self.kv_presence is not None and self.kv_sessions is not None
+        try:
+            await self.kv_presence.create(f"reaped.{instance}", self.instance_id.encode())
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
+            return  # another gateway is on it
+        logger.info("instance %s is gone: publishing its clients' offline events", instance)
+        count = 0
+        for key in await keys_of(self.kv_sessions):
+            try:
+                entry = await self.kv_sessions.get(key)
+                doc = jsonutil.loads(entry.value or b"")
+            except (nats.js.errors.Error, nats.errors.Error, ValueError):
+                continue
+            if not isinstance(doc, dict) or doc.get("instanceId") != instance:
+                continue
+            try:
+                principal = Principal.model_validate(doc.get("principal"))
+            except ValueError:
+                continue
+            event = PRESENCE_EVENTS.get((principal.kind, False))
+            if event is None:
+                continue
+            for cid in doc.get("conversations") or {}:
+                data = {
+                    "conversationId": cid,
+                    "principalId": principal.id,
+                    "kind": principal.kind.value,
+                    "name": principal.name,
+                    "reason": "instance-lost",
+                }
+                with contextlib.suppress(nats.errors.Error, ParleyError):
+                    await self.publish(cid, envelopes.event_frame(event, data, conversation_id=cid))
+                    count += 1
+        logger.info("instance %s: %d offline events published", instance, count)
+
+    async def scaling(self) -> dict[str, Any]:
+        """design doc 1.4: users, agents and instances online across the cluster."""
+        assert self.kv_presence is not None and self.kv_instances is not None
+        users: set[str] = set()
+        agents: set[str] = set()
+        for key in await keys_of(self.kv_presence):
+            kind, _, rest = key.partition(".")
+            pid = rest.rsplit(".", 1)[0]
+            if kind == PrincipalKind.USER.value:
+                users.add(pid)
+            elif kind == PrincipalKind.AGENT.value:
+                agents.add(pid)
+        if self.kv_agents is None and self.nc is not None:
+            with contextlib.suppress(nats.js.errors.BucketNotFoundError):
+                self.kv_agents = await self.nc.jetstream().key_value(subjects.KV_AGENTS)
+        if self.kv_agents is not None:
+            # Agents served by agent bridges: key <agentId>.<bridgeInstanceId>.
+            agents.update(key.rsplit(".", 1)[0] for key in await keys_of(self.kv_agents))
+        instances = await keys_of(self.kv_instances)
+        n = len(instances)
+        return {
+            "users": len(users),
+            "agents": len(agents),
+            "instances": n,
+            "avgUsersPerInstance": round(len(users) / n) if n else 0,
+        }

@@ -1,0 +1,171 @@
+"""Sessions: what a client may resume (its conversations and the last seq delivered in each).
+
+A session is a JetStream KV entry (``subjects.KV_SESSIONS``) written by the gateway that holds
+the connection: unacknowledged every ``session_flush_seconds`` for the sessions whose
+delivered seqs changed (``dirty``), acknowledged on close and on every refresh (TTL). A resume
+on another gateway kicks the old connection (``gateway_session_kick``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from parley_contract import jsonutil, subjects
+from parley_contract.internal import Principal
+from parley_contract.timeutil import now_iso
+from parley_gateway.bus import Bus
+from parley_gateway.conn import CLOSE_POLICY, Conn
+from parley_gateway.metrics import Metrics
+from parley_gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+FLUSH_BATCH = 500  # session writes per flush tick at most (2000/s at the default 0.25 s)
+
+
+class Sessions(Bus):
+    """The sessions of this instance's connections, kept in KV."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(settings, metrics)
+        self.sessions: dict[str, Conn] = {}
+        # Sessions whose connection is being cleaned up (left, saved): a resume waits for it.
+        self.cleaning: dict[str, asyncio.Future[None]] = {}
+        self.dirty: set[Conn] = set()
+        self.draining = False
+        self._kick_sub: Subscription | None = None
+
+    async def listen_kicks(self) -> None:
+        assert self.nc is not None
+        self._kick_sub = await self.nc.subscribe(
+            subjects.GATEWAY_SESSION_KICK_WILDCARD, cb=self._on_kick
+        )
+
+    def session_doc(self, conn: Conn, joined: dict[str, int] | None = None) -> bytes:
+        return jsonutil.dumps(
+            {
+                "principal": conn.principal.model_dump(mode="json"),
+                "conversations": dict(conn.joined if joined is None else joined),
+                "instanceId": self.instance_id,
+                "updatedAt": now_iso(),
+            }
+        )
+
+    async def save_session(
+        self, conn: Conn, joined: dict[str, int] | None = None, *, ack: bool = True
+    ) -> None:
+        """Write the session to the KV; ``ack=False``: a plain publish, no round trip."""
+        if conn.kicked or self.kv_sessions is None:
+            return
+        doc = self.session_doc(conn, joined)
+        if not ack:
+            await self._kv_publish(subjects.KV_SESSIONS, conn.session_id, doc)
+            return
+        try:
+            await self.kv_sessions.put(conn.session_id, doc)
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            logger.warning("session %s not saved: %s", conn.session_id, exc)
+
+    async def load_session(self, session_id: str, principal: Principal) -> dict[str, int] | None:
+        """The conversations (cid → last seq delivered) of a session of this principal."""
+        if self.kv_sessions is None:
+            return None
+        try:
+            entry = await self.kv_sessions.get(session_id)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        except (nats.errors.Error, nats.js.errors.Error, ValueError) as exc:
+            logger.warning("session %s not loaded: %s", session_id, exc)
+            return None
+        try:
+            doc = jsonutil.loads(entry.value or b"")
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        owner = doc.get("principal") or {}
+        if owner.get("id") != principal.id or owner.get("kind") != principal.kind.value:
+            return None
+        convs = doc.get("conversations") or {}
+        return {str(k): int(v) for k, v in convs.items() if isinstance(v, int)}
+
+    async def kick(self, session_id: str) -> None:
+        """Tell whichever instance still holds this session that it was resumed elsewhere."""
+        old = self.sessions.get(session_id)
+        if old is not None:
+            old.kicked = True
+            old.close(CLOSE_POLICY, "session resumed on another connection")
+        assert self.nc is not None
+        with contextlib.suppress(nats.errors.Error):
+            await self.nc.publish(
+                subjects.gateway_session_kick(session_id),
+                jsonutil.dumps({"sessionId": session_id, "instanceId": self.instance_id}),
+            )
+
+    async def _on_kick(self, msg: Msg) -> None:
+        try:
+            body = jsonutil.loads(msg.data)
+        except ValueError:
+            return
+        if not isinstance(body, dict) or body.get("instanceId") == self.instance_id:
+            return
+        conn = self.sessions.get(str(body.get("sessionId")))
+        if conn is not None:
+            conn.kicked = True
+            conn.close(CLOSE_POLICY, "session resumed on another connection")
+
+    async def flush(self) -> None:
+        """Write the delivered seqs of changed sessions (crash resume loses at most this much)."""
+        if not self.dirty:
+            return
+        if len(self.dirty) <= FLUSH_BATCH:
+            batch, self.dirty = list(self.dirty), set()
+        else:  # bounded KV load under heavy traffic: the rest waits for the next tick
+            batch = [self.dirty.pop() for _ in range(FLUSH_BATCH)]
+        # One unacknowledged KV write per changed session per interval, all handed to the
+        # NATS client in one go (one socket write), no reply inbox or future per write.
+        for conn in batch:
+            if not conn.closing:
+                await self.save_session(conn, ack=False)
+
+    async def _refresh_sessions(self) -> None:
+        conns = list(self.sessions.values())
+        for i in range(0, len(conns), 200):
+            await asyncio.gather(*(self.save_session(c) for c in conns[i : i + 200]))
+
+    # ------------------------------------------------------------------ drain
+
+    async def drain_connections(self, seconds: float) -> None:
+        """Close every client with 1001, spread over ``seconds``, after in-flight commands.
+
+        Up to 20 batches a second; in a batch each connection finishes its command in flight
+        (at most 2 s), its session is saved, then it is closed.
+        """
+        conns = list(self.sessions.values())
+        random.shuffle(conns)
+        await self.flush()
+        if not conns:
+            return
+        ticks = max(1, min(len(conns), int(seconds * 20)))
+        per = -(-len(conns) // ticks)
+        interval = seconds / ticks
+        for i in range(0, len(conns), per):
+            await asyncio.gather(*(self._drain_one(c) for c in conns[i : i + per]))
+            if interval and i + per < len(conns):
+                await asyncio.sleep(interval)
+
+    async def _drain_one(self, conn: Conn) -> None:
+        deadline = time.monotonic() + 2.0
+        while conn.busy and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        await self.save_session(conn)
+        conn.close(1001, "server draining: reconnect with your session")
