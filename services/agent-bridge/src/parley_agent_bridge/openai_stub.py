@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,8 +21,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-
-from parley_devstack.servers import free_port
 
 
 @dataclass
@@ -41,7 +40,11 @@ class OpenAIStub:
     def __init__(self) -> None:
         self.scripts: dict[str, list[Step]] = {}
         self.requests: list[dict[str, Any]] = []
-        self.port = free_port()
+        # Bound now and handed to uvicorn: the port is ours from the start (no free-port race).
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -126,11 +129,11 @@ class OpenAIStub:
 
     def start(self) -> OpenAIStub:
         app = Starlette(routes=[Route("/v1/chat/completions", self._completions, methods=["POST"])])
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
-        )
+        config = uvicorn.Config(app, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
@@ -144,3 +147,4 @@ class OpenAIStub:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._sock.close()
