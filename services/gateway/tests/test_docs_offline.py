@@ -1,0 +1,62 @@
+"""/docs works without the internet (Swagger UI from a package) and shows the bearer scheme."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from parley_gateway.http_api import create_app
+from parley_gateway.hub import Hub
+from parley_gateway.metrics import Metrics
+from parley_gateway.settings import Settings
+
+# Every URL a page can make the browser fetch: src/href attributes, Swagger UI's url option.
+_URLS = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|\burl\s*:\s*["']([^"']+)["']""")
+
+
+def _client() -> httpx.AsyncClient:
+    app = create_app(Hub(Settings(environment="development", web_dist=None), Metrics()))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+
+
+async def test_docs_page_references_no_external_host() -> None:
+    async with _client() as http:
+        page = await http.get("/docs")
+        assert page.status_code == 200
+        html = page.text
+        assert "SwaggerUIBundle" in html
+        urls = [a or b for a, b in _URLS.findall(html)]
+        assert any(u.endswith("swagger-ui-bundle.js") for u in urls), urls
+        assert any(u.endswith(".css") for u in urls), urls
+        for url in urls:
+            # Same origin only: a path, never a scheme or a protocol-relative //host.
+            assert url.startswith("/") and not url.startswith("//"), url
+            got = await http.get(url)
+            assert got.status_code == 200, (url, got.status_code)
+            assert got.content, url
+        assert not re.search(r"(?i)\b(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", html), html
+        redoc = await http.get("/redoc")
+        assert redoc.status_code == 200
+        assert "fonts.googleapis" not in redoc.text
+        assert not re.search(r"(?i)(?:src|href)=\"(?:https?:)?//", redoc.text), redoc.text
+
+
+async def test_openapi_declares_the_bearer_scheme_on_authenticated_routes() -> None:
+    async with _client() as http:
+        doc = (await http.get("/openapi.json")).json()
+        schemes = doc["components"]["securitySchemes"]
+        ((name, scheme),) = schemes.items()
+        assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+        assert scheme["bearerFormat"] == "JWT"
+        for path in ("/v1/conversations", "/v1/agents", "/v1/conversations/{conversation_id}"):
+            op = doc["paths"][path]["get"]
+            assert op["security"] == [{name: []}], path
+            # The header is the scheme now, not a free-form parameter to fill in.
+            names = {p["name"].lower() for p in op.get("parameters", [])}
+            assert "authorization" not in names, path
+        assert "security" not in doc["paths"]["/healthz"]["get"]
+        # A non-bearer Authorization is refused in the protocol's envelope.
+        resp = await http.get("/v1/agents", headers={"Authorization": "Basic dTpw"})
+        assert resp.status_code == 401
+        assert resp.json()["error"]["code"] == "UNAUTHORIZED"
