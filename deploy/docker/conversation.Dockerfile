@@ -22,6 +22,7 @@ WORKDIR /src
 COPY pyproject.toml uv.lock ./
 COPY libs/contract/pyproject.toml libs/contract/pyproject.toml
 COPY libs/devstack/pyproject.toml libs/devstack/pyproject.toml
+COPY libs/runtime/pyproject.toml libs/runtime/pyproject.toml
 COPY services/conversation/pyproject.toml services/conversation/pyproject.toml
 COPY services/gateway/pyproject.toml services/gateway/pyproject.toml
 COPY services/agent-bridge/pyproject.toml services/agent-bridge/pyproject.toml
@@ -30,6 +31,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 # 2) The workspace packages this service uses, installed as wheels (--no-editable), so the
 #    runtime stage needs no source tree.
 COPY libs/contract libs/contract
+COPY libs/runtime libs/runtime
 COPY services/conversation services/conversation
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-editable --package parley-conversation

@@ -217,6 +217,11 @@ class ServiceSettings:
     env: dict[str, str] = field(default_factory=dict)
 
 
+# A service's Settings extend pydantic-settings' BaseSettings directly or through the shared
+# base of the services (parley_runtime.settings.ServiceSettings, whose fields they inherit).
+SETTINGS_BASES = ("BaseSettings", "ServiceSettings")
+
+
 def _settings_class_names(path: Path) -> list[str]:
     tree = ast.parse(path.read_text())
     names = []
@@ -224,7 +229,7 @@ def _settings_class_names(path: Path) -> list[str]:
         if isinstance(node, ast.ClassDef):
             for base in node.bases:
                 base_name = base.id if isinstance(base, ast.Name) else getattr(base, "attr", "")
-                if base_name == "BaseSettings":
+                if base_name in SETTINGS_BASES:
                     names.append(node.name)
     return names
 
@@ -257,14 +262,16 @@ def field_env_names(cls: type[BaseSettings]) -> dict[str, str]:
 
 
 def service_settings(service: str) -> ServiceSettings:
-    """Find every ``class X(BaseSettings)`` in the service's package and read its env names."""
+    """Find every ``class X(BaseSettings)`` (or ``X(ServiceSettings)``) in the service's
+    package and read its env names (inherited fields included)."""
     package = SERVICES[service]
     spec = importlib.util.find_spec(package)
     assert spec is not None and spec.submodule_search_locations, f"{package} is not installed"
     root = Path(next(iter(spec.submodule_search_locations)))
     result = ServiceSettings(service, package)
     for path in sorted(root.rglob("*.py")):
-        if "BaseSettings" not in path.read_text():
+        text = path.read_text()
+        if not any(base in text for base in SETTINGS_BASES):
             continue
         class_names = _settings_class_names(path)
         if not class_names:

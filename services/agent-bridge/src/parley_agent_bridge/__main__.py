@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import logging
-
-import uvicorn
+import asyncio
 
 from parley_agent_bridge.app import create_app
 from parley_agent_bridge.config import Settings
+from parley_runtime.runner import load_settings, run, serve_asgi
 
 
 def main() -> None:
-    settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        loop="uvloop",
-        lifespan="on",
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=25,
-    )
-    uvicorn.Server(config).run()  # SIGTERM → lifespan shutdown → bridge.stop()
+    settings = load_settings(Settings)
+
+    async def serve(stop: asyncio.Event) -> None:
+        # The lifespan's shutdown stops the bridge (PARLEY_AGENT_BRIDGE_DRAIN_SECONDS).
+        app = create_app(settings)
+        await serve_asgi(
+            app, host=settings.http_host, port=settings.http_port, stop=stop, settings=settings
+        )
+
+    run(settings, serve, drain_seconds=settings.drain_seconds)
 
 
 if __name__ == "__main__":

@@ -16,22 +16,18 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from parley_contract.ids import SafeId
+from parley_runtime.settings import ServiceSettings
 
 DEMO_AGENT_ID = "agent-demo"
 
 
-class Settings(BaseSettings):
-    """Everything the agent bridge reads from the environment."""
+class Settings(ServiceSettings):
+    """The agent bridge's own settings, over the shared ones (parley_runtime.settings)."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    instance_prefix = "agent-bridge"
 
-    nats_url: str = Field(default="nats://127.0.0.1:4222", alias="NATS_URL")
-    environment: str = Field(default="development", alias="PARLEY_ENVIRONMENT")
-    instance_id: str = Field(default="", alias="PARLEY_INSTANCE_ID")
-    log_level: str = Field(default="INFO", alias="PARLEY_LOG_LEVEL")
     http_host: str = Field(default="0.0.0.0", alias="PARLEY_AGENT_BRIDGE_HTTP_HOST")
     http_port: int = Field(default=8200, alias="PARLEY_AGENT_BRIDGE_HTTP_PORT")
     agents_file: str | None = Field(default=None, alias="PARLEY_AGENT_BRIDGE_AGENTS_FILE")

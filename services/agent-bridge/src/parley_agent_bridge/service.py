@@ -269,7 +269,7 @@ class Bridge:
         self.settings = settings
         self.agents = agents
         self.metrics = metrics
-        self.instance_id = settings.instance_id or f"agent-bridge-{id(self):x}"
+        self.instance_id = settings.instance_id
         self.backends = {a.id: make_backend(a, demo_delay) for a in agents.values()}
         self.toolboxes = {a.id: McpToolbox(a.mcp_servers) for a in agents.values()}
         self.nc: NatsClient | None = None

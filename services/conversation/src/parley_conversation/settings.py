@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
 
-from parley_contract.ids import new_id
-
-
-def _default_instance_id() -> str:
-    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40]
-    return f"conv-{host}-{new_id('i')[-8:]}"
+from parley_runtime.settings import ServiceSettings
+from parley_runtime.settings import env as _env
 
 
-def _env(name: str) -> AliasChoices:
-    return AliasChoices(name)
+class Settings(ServiceSettings):
+    """A replica's own settings, over the shared ones (parley_runtime.settings)."""
 
+    instance_prefix = "conv"
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
-
-    nats_url: str = Field(default="nats://127.0.0.1:4222", validation_alias=_env("NATS_URL"))
     mongodb_url: str = Field(
         default="mongodb://127.0.0.1:27017", validation_alias=_env("MONGODB_URL")
     )
@@ -35,11 +26,6 @@ class Settings(BaseSettings):
     # crash of the store may lose acked writes; for measurements only).
     write_concern: Literal["journaled", "majority", "acknowledged"] = Field(
         default="journaled", validation_alias=_env("PARLEY_CONVERSATION_WRITE_CONCERN")
-    )
-    environment: str = Field(default="development", validation_alias=_env("PARLEY_ENVIRONMENT"))
-    log_level: str = Field(default="INFO", validation_alias=_env("PARLEY_LOG_LEVEL"))
-    instance_id: str = Field(
-        default_factory=_default_instance_id, validation_alias=_env("PARLEY_INSTANCE_ID")
     )
     http_host: str = Field(
         default="127.0.0.1", validation_alias=_env("PARLEY_CONVERSATION_HTTP_HOST")

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import logging
+import asyncio
 
-import uvloop
-
-from parley_gateway.server import serve_forever
+from parley_gateway.server import Gateway
 from parley_gateway.settings import Settings
+from parley_runtime.runner import load_settings, run
 
 
 def main() -> None:
-    settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s [" + settings.instance_id + "] %(message)s",
-    )
-    # websockets logs every connection and every HTTP response at INFO.
-    logging.getLogger("websockets").setLevel(logging.WARNING)
-    try:
-        settings.check()
-    except ValueError as exc:
-        logging.getLogger(__name__).error("refusing to start: %s", exc)
-        raise SystemExit(2) from None
-    uvloop.run(serve_forever(settings))
+    settings = load_settings(Settings)
+
+    async def serve(stop: asyncio.Event) -> None:
+        await Gateway(settings).run(stop)
+
+    run(settings, serve, drain_seconds=settings.drain_seconds)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import base64
 import binascii
 import contextlib
 import logging
-import signal
 import time
 from typing import Any
 from urllib.parse import parse_qs
@@ -635,13 +634,3 @@ class Gateway:
             await self.front.wait_closed(grace=10)
         await self.hub.stop()
         logger.info("gateway %s stopped", self.hub.instance_id)
-
-
-async def serve_forever(settings: Settings) -> None:
-    settings.check()
-    gateway = Gateway(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await gateway.run(stop)

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
 
 from parley_contract.auth import DEV_JWT_SECRET, JwtConfig, check_secret_for_environment
 from parley_contract.claims import parse_kind_rules
 from parley_contract.commands import MAX_CONTENT_CHARS
-from parley_contract.ids import new_id
 from parley_gateway.origins import OriginPolicy
-
-
-def _default_instance_id() -> str:
-    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40]
-    return f"gw-{host}-{new_id('i')[-8:]}"
+from parley_runtime.settings import ServiceSettings
+from parley_runtime.settings import env as _env
 
 
 def _default_web_dist() -> str | None:
@@ -27,19 +21,11 @@ def _default_web_dist() -> str | None:
     return str(candidate) if candidate.is_dir() else None
 
 
-def _env(name: str) -> AliasChoices:
-    return AliasChoices(name)
+class Settings(ServiceSettings):
+    """The gateway's own settings, over the shared ones (parley_runtime.settings)."""
 
+    instance_prefix = "gw"
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
-
-    nats_url: str = Field(default="nats://127.0.0.1:4222", validation_alias=_env("NATS_URL"))
-    environment: str = Field(default="development", validation_alias=_env("PARLEY_ENVIRONMENT"))
-    log_level: str = Field(default="INFO", validation_alias=_env("PARLEY_LOG_LEVEL"))
-    instance_id: str = Field(
-        default_factory=_default_instance_id, validation_alias=_env("PARLEY_INSTANCE_ID")
-    )
     jwt_algorithm: Literal["HS256", "RS256"] = Field(
         default="HS256", validation_alias=_env("PARLEY_JWT_ALGORITHM")
     )
@@ -174,10 +160,11 @@ class Settings(BaseSettings):
         )
 
     def origin_policy(self) -> OriginPolicy:
-        return OriginPolicy(self.allowed_origins, development=self.environment == "development")
+        return OriginPolicy(self.allowed_origins, development=self.development)
 
     def check(self) -> None:
         """Refuse the development secret outside development."""
+        super().check()
         check_secret_for_environment(self.environment, self.jwt_config())
 
     def limits(self) -> dict[str, object]:

@@ -1,0 +1,137 @@
+"""The process runner: every service's ``__main__`` is ``run(settings, serve, ...)``.
+
+One shutdown rule for every service:
+
+- SIGTERM or SIGINT sets the ``stop`` event that ``serve`` waits on; ``serve`` then drains
+  (its own ``drain_seconds``) and returns, and the process exits 0.
+- If it has not returned ``drain_seconds + SHUTDOWN_MARGIN_SECONDS`` after the signal, or a
+  second signal arrives, the process exits 1 at once (the orchestrator would SIGKILL it
+  anyway; this way the log says why).
+- A configuration that must not run (``settings.check()`` raises ValueError) exits 2 with
+  ``refusing to start: <reason>`` before anything starts; a startup that fails for good
+  exits 3. Unreachable dependencies are not a failure: services wait for them (not ready).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import uvicorn
+import uvloop
+from pydantic import ValidationError
+
+from parley_runtime.logs import setup_logging
+from parley_runtime.settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_MARGIN_SECONDS = 10.0
+EXIT_REFUSED = 2
+EXIT_STARTUP_FAILED = 3
+EXIT_FORCED = 1
+
+Serve = Callable[[asyncio.Event], Awaitable[None]]
+S = TypeVar("S", bound=ServiceSettings)
+
+
+class StartupFailed(RuntimeError):
+    """The service could not start for a reason waiting will not fix."""
+
+
+def load_settings(cls: type[S]) -> S:
+    """The service's settings from the environment; invalid ones exit 2 with the reasons."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        logging.basicConfig(level=logging.INFO)
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        logger.error("refusing to start: invalid settings: %s", reasons)
+        raise SystemExit(EXIT_REFUSED) from None
+
+
+def run(
+    settings: ServiceSettings,
+    serve: Serve,
+    *,
+    drain_seconds: float,
+    margin_seconds: float = SHUTDOWN_MARGIN_SECONDS,
+) -> None:
+    """Run ``serve(stop)`` on uvloop under the shutdown rule above; never returns."""
+    setup_logging(settings)
+    try:
+        settings.check()
+    except ValueError as exc:
+        logger.error("refusing to start: %s", exc)
+        raise SystemExit(EXIT_REFUSED) from None
+    try:
+        uvloop.run(_main(serve, drain_seconds + margin_seconds))
+    except StartupFailed as exc:
+        logger.error("startup failed: %s", exc)
+        raise SystemExit(EXIT_STARTUP_FAILED) from None
+    raise SystemExit(0)
+
+
+async def _main(serve: Serve, limit: float) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            logger.error("second signal %d: exiting now", signum)
+            os._exit(EXIT_FORCED)
+        logger.info("signal %d: shutting down (at most %.0fs)", signum, limit)
+        stop.set()
+        loop.call_later(limit, _too_slow, limit)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await serve(stop)
+    logger.info("stopped")
+
+
+def _too_slow(limit: float) -> None:
+    logger.error("shutdown took longer than %.0fs: exiting now", limit)
+    os._exit(EXIT_FORCED)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the runner owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_asgi(
+    app: Any, *, host: str, port: int, stop: asyncio.Event, settings: ServiceSettings
+) -> None:
+    """Serve an ASGI app (its lifespan starts and stops the service) until ``stop``."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        log_config=None,  # the runner's logging (setup_logging), not uvicorn's
+    )
+    server = _Server(config)
+    serving = asyncio.create_task(server.serve())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        await serving
+    finally:
+        stopping.cancel()
+    if not server.started:
+        raise StartupFailed(f"the HTTP server on {host}:{port} did not start (see above)")
