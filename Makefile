@@ -5,7 +5,7 @@ export UV_LINK_MODE ?= copy
 # Browser tests drive Debian's Chromium (a Playwright browser download fails offline).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup web browser sioclient run token selfcontained test lint typecheck pytest webtest bench clean
+.PHONY: setup web browser sioclient run token selfcontained test lint typecheck pytest webtest bench clean generate
 
 # uv from PyPI if the machine has none; then the locked workspace.
 setup:
@@ -21,6 +21,12 @@ web:
 # The real socket.io-client (locked) that tests/socketio drives against the gateways.
 sioclient:
 	cd tests/socketio && ( [ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund )
+
+# Generated from libs/contract (tests fail while these files are stale): the client contract's
+# JSON Schema and the web's TypeScript types compiled from it (json-schema-to-typescript).
+generate: setup
+	$(UV) run --frozen python -m parley_contract.wire_schema web/src/generated/contract.schema.json
+	cd web && ( [ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund ) && node scripts/contract.mjs
 
 # Debian's Chromium for the browser tests, when we may install it (root on Debian).
 browser:

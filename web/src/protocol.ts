@@ -8,157 +8,51 @@
  *   and the HTTP `/v1` reads with a bearer token.
  */
 
-// ------------------------------------------------------------------ event names (events.py)
+// ------------------------------------------------------------------ the contract (generated)
 
-export const Ev = {
-  // client → server
-  CONVERSATION_CREATE: 'conversation:create',
-  CONVERSATION_JOIN: 'conversation:join',
-  CONVERSATION_LEAVE: 'conversation:leave',
-  CONVERSATION_UPDATE: 'conversation:update',
-  CONVERSATION_DELETE: 'conversation:delete',
-  MESSAGE_SEND: 'message:send',
-  MESSAGE_EDIT: 'message:edit',
-  MESSAGE_DELETE: 'message:delete',
-  MESSAGE_REACT: 'message:react',
-  MESSAGE_STOP: 'message:stop',
-  TYPING_START: 'typing:start',
-  TYPING_STOP: 'typing:stop',
-  PRESENCE_ONLINE: 'presence:online',
-  PRESENCE_OFFLINE: 'presence:offline',
-  TOOL_CALL: 'tool:call',
-  TASK_CREATE: 'task:create',
-  // server → client
-  CONNECTED: 'connected',
-  RECONNECTED: 'reconnected',
-  ERROR: 'error',
-  CONVERSATION_CREATED: 'conversation:created',
-  CONVERSATION_JOINED: 'conversation:joined',
-  CONVERSATION_UPDATED: 'conversation:updated',
-  CONVERSATION_DELETED: 'conversation:deleted',
-  MESSAGE_NEW: 'message:new',
-  MESSAGE_UPDATED: 'message:updated',
-  MESSAGE_DELETED: 'message:deleted',
-  MESSAGE_REACTED: 'message:reacted',
-  AGENT_THINKING: 'agent:thinking',
-  AGENT_TOOL_CALLING: 'agent:tool-calling',
-  AGENT_ONLINE: 'agent:online',
-  AGENT_OFFLINE: 'agent:offline',
-  MESSAGE_STREAM_START: 'message:stream-start',
-  MESSAGE_STREAM_DELTA: 'message:stream-delta',
-  MESSAGE_STREAM_END: 'message:stream-end',
-  TASK_CREATED: 'task:created',
-  TOOL_RESULT: 'tool:result',
-} as const;
+// Names, schemas and frames are generated from libs/contract (src/generated/contract.ts,
+// `make generate`); a test fails when they drift from the Python models.
+import { Event } from './generated/contract';
+import type {
+  ConnectedData as GeneratedConnectedData,
+  Conversation,
+  ErrorBody as GeneratedErrorBody,
+  Message,
+  Principal,
+  ServerFrame as GeneratedServerFrame,
+} from './generated/contract';
 
-export type EventName = (typeof Ev)[keyof typeof Ev];
+export type {
+  Attachment,
+  CommandPayloads,
+  CommandReplies,
+  Conversation,
+  ConversationJoinedData,
+  EventData,
+  Message,
+  MessageStatus,
+  MessageType,
+  Participant,
+  PresenceData,
+  Role,
+  StreamDelta,
+  StreamEnd,
+  StreamStart,
+  Task,
+  Thinking,
+  ToolCall,
+  ToolResult,
+  TypingData,
+  Usage,
+} from './generated/contract';
+export { ErrorCode, Event } from './generated/contract';
 
-// ------------------------------------------------------------------ schemas (models.py)
+/** Every event name, as `Ev.MESSAGE_SEND` (the contract's `Event`). */
+export const Ev = Event;
+export type EventName = `${Event}`;
 
-export type Role = 'user' | 'assistant' | 'system' | 'tool';
-export type MessageType = 'text' | 'thinking' | 'tool_call' | 'tool_result' | 'error' | 'system';
-export type MessageStatus = 'sending' | 'sent' | 'delivered' | 'failed';
-
-export interface ToolCall {
-  id: string;
-  type: string;
-  function: { name: string; arguments: string };
-}
-
-export interface ToolResult {
-  toolCallId: string;
-  toolName: string;
-  result?: unknown;
-  success: boolean;
-  error?: string | null;
-  executionTime?: number | null;
-}
-
-export interface Thinking {
-  content: string;
-  visible?: boolean;
-  duration?: number;
-}
-
-export interface Usage {
-  promptTokens: number;
-  completionTokens: number;
-  totalTokens: number;
-}
-
-export interface Attachment {
-  id: string;
-  filename: string;
-  mimeType: string;
-  size: number;
-  url: string;
-}
-
-export interface Message {
-  _id: string;
-  conversationId: string;
-  agentId?: string | null;
-  role: Role;
-  content: string;
-  messageType?: MessageType;
-  name?: string | null;
-  parentMessageId?: string | null;
-  toolCalls?: ToolCall[] | null;
-  toolResults?: ToolResult[] | null;
-  thinking?: Thinking | null;
-  usage?: Usage | null;
-  latency?: number | null;
-  error?: string | null;
-  messageStatus?: MessageStatus | null;
-  attachments?: Attachment[] | null;
-  metadata?: Record<string, unknown> | null;
-  seq?: number | null;
-  clientMessageId?: string | null;
-  reactions?: Record<string, string[]> | null;
-  cost?: number | null;
-  finishReason?: string | null;
-  editedAt?: string | null;
-  deletedAt?: string | null;
-  createdBy?: string | null;
-  createdAt?: string | null;
-  updatedAt?: string | null;
-}
-
-export interface Participant {
-  userId?: string | null;
-  agentId?: string | null;
-  role: 'user' | 'agent' | 'observer';
-  joinedAt: string;
-  leftAt?: string | null;
-}
-
-export interface Conversation {
-  _id: string;
-  conversationId: string;
-  title: string;
-  description?: string;
-  agentId?: string | null;
-  modelId?: string | null;
-  conversationType?: string;
-  status?: 'active' | 'archived' | 'closed';
-  totalTokens?: number;
-  totalMessages?: number;
-  totalCost?: number;
-  participants?: Participant[];
-  lastMessage?: {
-    content: string;
-    role: string;
-    createdAt: string;
-    messageId?: string | null;
-    messageType?: string | null;
-    seq?: number | null;
-  } | null;
-  tags?: string[];
-  lastSeq?: number;
-  createdBy?: string | null;
-  createdAt?: string | null;
-  updatedAt?: string | null;
-}
+export type PrincipalInfo = Principal;
+export type ConnectedData = GeneratedConnectedData;
 
 /** An agent the system serves (GET /v1/agents). */
 export interface AgentInfo {
@@ -168,69 +62,19 @@ export interface AgentInfo {
   online?: boolean;
 }
 
-export interface PrincipalInfo {
-  id: string;
-  kind: 'user' | 'agent' | 'service';
-  name?: string | null;
-}
+/** `code` is a string: a newer server may send a code this build does not know, and the
+ * client adds its own (`TIMEOUT`, `DISCONNECTED`, `CLOSED`). */
+export type ErrorBody = Omit<GeneratedErrorBody, 'code'> & { code: string };
 
-export interface ConnectedData {
-  sessionId: string;
-  principal: PrincipalInfo;
-  instanceId: string;
-  heartbeatSeconds?: number;
-  limits?: Record<string, number>;
-  /** `reconnected` only: the conversations restored and the seq each resumed after. */
-  conversations?: { conversationId: string; lastSeq: number }[];
-  [key: string]: unknown;
-}
-
-// Streaming (agent_events.py): the persisted message:new replaces the streamed bubble.
-export interface StreamStart {
-  streamId: string;
-  conversationId: string;
-  agentId?: string;
-  parentMessageId?: string | null;
-  messageType?: string;
-  [key: string]: unknown;
-}
-export interface StreamDelta {
-  streamId: string;
-  delta: string;
-  index: number;
-  /** Sent on join mid-stream: `delta` is the whole text of deltas 0..index. */
-  snapshot?: boolean;
-  conversationId?: string;
-  [key: string]: unknown;
-}
-export interface StreamEnd {
-  streamId: string;
-  finishReason?: string;
-  messageId?: string | null;
-  conversationId?: string;
-  [key: string]: unknown;
-}
-
-// ------------------------------------------------------------------ frames (envelopes.py)
-
-export interface ErrorBody {
-  code: string;
-  message: string;
-  details?: Record<string, unknown> | null;
-}
-
-export interface ServerFrame<T = unknown> {
-  event: string;
-  id?: string | null;
-  success: boolean;
+/** A server frame whose `data` is typed by the caller (`ServerFrame<EventData['message:new']>`). */
+export type ServerFrame<T = unknown> = Omit<
+  GeneratedServerFrame,
+  'data' | 'error' | 'timestamp'
+> & {
   data?: T;
   error?: ErrorBody | null;
-  conversationId?: string | null;
-  seq?: number | null;
-  /** The conversation's sequence epoch (durable events, conversation:joined): docs/protocol.md */
-  epoch?: number | null;
   timestamp?: string;
-}
+};
 
 export class ParleyError extends Error {
   readonly code: string;
@@ -550,10 +394,12 @@ export class ParleyClient {
       this.onSession(frame as ServerFrame<ConnectedData>);
       return;
     }
-    if (frame.id != null && this.pending.has(frame.id)) {
-      const p = this.pending.get(frame.id)!;
+    // Our command ids are strings; an integer id is not one of ours.
+    const replyTo = typeof frame.id === 'string' ? frame.id : null;
+    if (replyTo !== null && this.pending.has(replyTo)) {
+      const p = this.pending.get(replyTo)!;
       if (p.event === frame.event || frame.event === Ev.ERROR) {
-        this.pending.delete(frame.id);
+        this.pending.delete(replyTo);
         this.opts.clearTimeoutImpl(p.timer);
         if (frame.success) p.resolve(frame.data);
         else

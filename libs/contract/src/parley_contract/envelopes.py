@@ -69,6 +69,8 @@ class ServerFrame(BaseModel):
     error: ErrorBody | None = None
     conversation_id: str | None = Field(default=None, alias="conversationId")
     seq: int | None = None
+    # The conversation's sequence epoch: durable events and conversation:joined (4.1).
+    epoch: int | None = None
     timestamp: str
 
 

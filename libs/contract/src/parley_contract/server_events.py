@@ -1,0 +1,93 @@
+"""Data shapes of the server → client events that had no model (docs/protocol.md 1 and 3.5).
+
+The gateway and the conversation service build these frames as plain dicts; the models
+document them for the generated clients (``wire_schema``: TypeScript, AsyncAPI) and give the
+Python client (``libs/client``) typed events. Unknown fields are ignored, not refused, so a
+client built from them keeps working when the server adds one.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from parley_contract.events import PrincipalKind
+from parley_contract.internal import Principal
+from parley_contract.models import Conversation
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class ResumedConversation(_Data):
+    """One conversation a ``reconnected`` session restored, and the seq it resumed after."""
+
+    conversation_id: str
+    last_seq: int
+
+
+class ConnectedData(_Data):
+    """``connected`` / ``reconnected``: the session (section 1)."""
+
+    session_id: str
+    principal: Principal
+    instance_id: str
+    heartbeat_seconds: float
+    session_ttl_seconds: float
+    # maxFrameBytes, maxContentChars, commandsPerSecond, maxConversations, sendQueueBytes...
+    limits: dict[str, float] = {}
+    # ``reconnected`` only.
+    conversations: list[ResumedConversation] | None = None
+
+
+class ConversationJoinedData(_Data):
+    """``conversation:joined`` (event and the join's reply): where the stream starts."""
+
+    conversation: Conversation | None = None
+    last_seq: int
+    since_seq: int | None = None
+    epoch: int = 0
+    # The reply only: the last seq this connection was given (the replay goes up from here).
+    delivered_seq: int | None = None
+
+
+class TypingData(_Data):
+    """``typing:start`` / ``typing:stop`` from another connection."""
+
+    conversation_id: str
+    principal_id: str
+    kind: PrincipalKind
+    name: str | None = None
+
+
+class PresenceData(TypingData):
+    """``presence:online`` / ``presence:offline`` (and ``agent:*`` from a gateway)."""
+
+    status: str | None = None
+    reason: str | None = None  # "instance-lost" when a crashed gateway's clients are reaped
+
+
+class Task(_Data):
+    """``task:created`` and the reply to ``task:create``."""
+
+    id: str
+    conversation_id: str
+    title: str
+    description: str = ""
+    agent_id: str | None = None
+    status: str = "pending"
+    created_by: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+
+    model_config = ConfigDict(
+        alias_generator=lambda name: "_id" if name == "id" else to_camel(name),
+        populate_by_name=True,
+    )
+
+
+class StopReply(_Data):
+    """The reply to ``message:stop``."""
+
+    stopping: bool
