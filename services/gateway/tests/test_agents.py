@@ -14,7 +14,6 @@ gateways, the conversation service, an agent bridge serving the demo agent, NATS
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,34 +23,21 @@ import pytest
 from parley_contract import jsonutil
 from parley_contract.events import PrincipalKind
 from parley_devstack.servers import NatsServer, StoreServer
-from parley_devstack.stack import Stack, StackConfig
+from parley_devstack.stack import Stack
 
-from .conftest import http_get, token
+from .conftest import http_get, real_stack, token, uid
 
 
 @pytest.fixture(scope="module")
 def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
-    cfg = StackConfig(
-        workdir=servers_dir / f"agents-stack-{uuid.uuid4().hex[:8]}",
-        nats_url=nats_server.url,
-        mongodb_url=store_server.url,
-        database=f"parley_agents_{uuid.uuid4().hex[:10]}",
-        conversation_replicas=1,
-        agent_bridges=1,
-        service_env={
-            "gateway": {"PARLEY_GATEWAY_DRAIN_SECONDS": "0.5"},
-            "agent-bridge": {
-                "PARLEY_AGENT_BRIDGE_DRAIN_SECONDS": "2",
-                "PARLEY_AGENT_BRIDGE_DEMO_DELAY": "0.1",  # ~6 s a turn: time to join mid-way
-            },
-        },
-    )
-    with Stack(cfg) as s:
+    bridge_env = {
+        "PARLEY_AGENT_BRIDGE_DRAIN_SECONDS": "2",
+        "PARLEY_AGENT_BRIDGE_DEMO_DELAY": "0.1",  # ~6 s a turn: time to join mid-way
+    }
+    with real_stack(
+        nats_server, store_server, servers_dir, "agents", agent_bridges=1, bridge_env=bridge_env
+    ) as s:
         yield s
-
-
-def _uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def aget(url: str, tok: str) -> tuple[int, Any]:
@@ -66,14 +52,14 @@ async def _agents(stack: Stack, who: str) -> dict[str, dict[str, Any]]:
 
 
 async def test_agents_are_known(stack: Stack, clients: Any) -> None:
-    ada = _uid("ada")
+    ada = uid("ada")
     agents = await _agents(stack, ada)
     demo = agents["agent-demo"]
     assert demo["name"] == "Demo Agent" and demo["description"]
     assert demo["models"] == ["parley-demo-1"] and demo["online"] is True
     assert demo["servedBy"] == "bridge"
     # An external agent is known while it is connected.
-    ext = _uid("agent-ext")
+    ext = uid("agent-ext")
     bot = await clients(stack.ws_url(0), ext, PrincipalKind.AGENT)
     for _ in range(50):
         if ext in await _agents(stack, ada):
@@ -95,7 +81,7 @@ async def test_agents_are_known(stack: Stack, clients: Any) -> None:
 
 
 async def test_an_agent_that_goes_away_is_visible(stack: Stack, clients: Any) -> None:
-    ada = _uid("ada")
+    ada = uid("ada")
     a = await clients(stack.ws_url(0), ada)
     r = await a.cmd("conversation:create", {"title": "t", "agentId": "agent-demo"})
     cid = r["data"]["_id"]
@@ -149,7 +135,7 @@ def _deltas(c: Any, stream_id: str) -> list[dict[str, Any]]:
 
 
 async def test_joining_mid_turn_starts_from_where_the_turn_is(stack: Stack, clients: Any) -> None:
-    ada = _uid("ada")
+    ada = uid("ada")
     a = await clients(stack.ws_url(0), ada)
     r = await a.cmd("conversation:create", {"title": "t", "agentId": "agent-demo"})
     cid = r["data"]["_id"]

@@ -9,34 +9,11 @@ nothing: no later message, no typing, and her own typing / presence no longer re
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
+from parley_devstack.stack import Stack
 
-from parley_devstack.servers import NatsServer, StoreServer
-from parley_devstack.stack import Stack, StackConfig
-
-
-@pytest.fixture(scope="module")
-def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
-    cfg = StackConfig(
-        workdir=servers_dir / f"evict-stack-{uuid.uuid4().hex[:8]}",
-        nats_url=nats_server.url,
-        mongodb_url=store_server.url,
-        database=f"parley_ev_{uuid.uuid4().hex[:10]}",
-        conversation_replicas=1,
-        agent_bridges=0,
-        service_env={"gateway": {"PARLEY_GATEWAY_DRAIN_SECONDS": "0.5"}},
-    )
-    with Stack(cfg) as s:
-        yield s
-
-
-def _uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+from .conftest import uid
 
 
 def _after(client: Any, index: int, cid: str) -> list[dict[str, Any]]:
@@ -60,7 +37,7 @@ def _data_cid(frame: dict[str, Any]) -> Any:
 
 async def _room(stack: Stack, clients: Any) -> tuple[str, str, Any, Any, Any, Any]:
     """alice (owner, gateway 0), bob (gateway 1), carol on both gateways; all joined."""
-    a, b, c = _uid("alice"), _uid("bob"), _uid("carol")
+    a, b, c = uid("alice"), uid("bob"), uid("carol")
     alice = await clients(stack.ws_url(0), a)
     bob = await clients(stack.ws_url(1), b)
     carol0 = await clients(stack.ws_url(0), c)

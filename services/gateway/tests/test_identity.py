@@ -8,40 +8,15 @@ token with ``sub=<an agent's id>``, an agent token with ``sub=<a user's id>``. R
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from parley_contract import jsonutil
 from parley_contract.events import PrincipalKind
-from parley_devstack.servers import NatsServer, StoreServer
-from parley_devstack.stack import Stack, StackConfig
+from parley_devstack.stack import Stack
 
-from .conftest import http_get, token
+from .conftest import http_get, token, uid
 
 AGENT = PrincipalKind.AGENT
-
-
-@pytest.fixture(scope="module")
-def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
-    cfg = StackConfig(
-        workdir=servers_dir / f"ident-stack-{uuid.uuid4().hex[:8]}",
-        nats_url=nats_server.url,
-        mongodb_url=store_server.url,
-        database=f"parley_id_{uuid.uuid4().hex[:10]}",
-        conversation_replicas=1,
-        agent_bridges=0,
-        service_env={"gateway": {"PARLEY_GATEWAY_DRAIN_SECONDS": "0.5"}},
-    )
-    with Stack(cfg) as s:
-        yield s
-
-
-def _uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def _notes(client: Any, cid: str) -> list[dict[str, Any]]:
@@ -59,7 +34,7 @@ async def _refused(client: Any, event: str, data: dict[str, Any]) -> None:
 
 
 async def test_user_token_with_an_agents_id_is_not_that_agent(stack: Stack, clients: Any) -> None:
-    alice_id, x = _uid("alice"), _uid("agent-demo")
+    alice_id, x = uid("alice"), uid("agent-demo")
     alice = await clients(stack.ws_url(0), alice_id)
     # The impostor: a user token with sub = the agent's id, on both gateways; on gateway 1
     # it shares the instance with the real agent (one registry per instance).
@@ -118,7 +93,7 @@ async def test_user_token_with_an_agents_id_is_not_that_agent(stack: Stack, clie
 
 
 async def test_agent_token_with_a_users_id_is_not_that_user(stack: Stack, clients: Any) -> None:
-    alice_id, bob_id = _uid("alice"), _uid("bob")
+    alice_id, bob_id = uid("alice"), uid("bob")
     alice = await clients(stack.ws_url(0), alice_id)
     bob = await clients(stack.ws_url(1), bob_id)
     fake = await clients(stack.ws_url(1), bob_id, AGENT)
@@ -138,7 +113,7 @@ async def test_agent_token_with_a_users_id_is_not_that_user(stack: Stack, client
 
 async def test_user_and_agent_with_one_id_in_one_conversation(stack: Stack, clients: Any) -> None:
     """Both are participants; each acts only as itself, and removing one keeps the other."""
-    alice_id, x = _uid("alice"), _uid("twin")
+    alice_id, x = uid("alice"), uid("twin")
     alice = await clients(stack.ws_url(0), alice_id)
     user_x = await clients(stack.ws_url(0), x)
     agent_x = await clients(stack.ws_url(1), x, AGENT)

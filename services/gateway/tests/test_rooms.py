@@ -12,37 +12,12 @@ from __future__ import annotations
 import asyncio
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from parley_contract import jsonutil
-from parley_devstack.servers import NatsServer, StoreServer
-from parley_devstack.stack import Stack, StackConfig
+from parley_devstack.stack import Stack
 
-from .conftest import http_get, token
-
-
-@pytest.fixture(scope="module")
-def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
-    cfg = StackConfig(
-        workdir=servers_dir / f"rooms-stack-{uuid.uuid4().hex[:8]}",
-        nats_url=nats_server.url,
-        mongodb_url=store_server.url,
-        database=f"parley_rooms_{uuid.uuid4().hex[:10]}",
-        conversation_replicas=1,
-        agent_bridges=0,
-        service_env={"gateway": {"PARLEY_GATEWAY_DRAIN_SECONDS": "0.5"}},
-    )
-    with Stack(cfg) as s:
-        yield s
-
-
-def _uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+from .conftest import http_get, token, uid
 
 
 async def aget(url: str, tok: str) -> tuple[int, Any]:
@@ -73,7 +48,7 @@ async def _create(client: Any, **data: Any) -> str:
 
 
 async def test_leave_is_watching_and_quitting_is_explicit(stack: Stack, clients: Any) -> None:
-    ada, bob = _uid("ada"), _uid("bob")
+    ada, bob = uid("ada"), uid("bob")
     a = await clients(stack.ws_url(0), ada)
     b = await clients(stack.ws_url(1), bob)
     first = await _create(a, participants=[bob])
@@ -118,7 +93,7 @@ async def test_leave_is_watching_and_quitting_is_explicit(stack: Stack, clients:
 async def test_command_ids_are_strings_or_integers_echoed_exactly(
     stack: Stack, clients: Any
 ) -> None:
-    c = await clients(stack.ws_url(0), _uid("ida"))
+    c = await clients(stack.ws_url(0), uid("ida"))
 
     async def send(frame: dict[str, Any]) -> None:
         await c.send_raw(jsonutil.dumps(frame).decode())
@@ -158,7 +133,7 @@ async def test_command_ids_are_strings_or_integers_echoed_exactly(
 async def test_typing_reaches_everyone_but_the_sending_connection(
     stack: Stack, clients: Any
 ) -> None:
-    ada, bob = _uid("ada"), _uid("bob")
+    ada, bob = uid("ada"), uid("bob")
     a1 = await clients(stack.ws_url(0), ada)
     a2 = await clients(stack.ws_url(0), ada)  # Ada's second tab, same instance
     a3 = await clients(stack.ws_url(1), ada)  # and a third on the other instance
@@ -179,7 +154,7 @@ async def test_typing_reaches_everyone_but_the_sending_connection(
 
 
 async def test_the_seeds_participant_shape_through_the_gateway(stack: Stack, clients: Any) -> None:
-    ada, bob = _uid("ada"), _uid("bob")
+    ada, bob = uid("ada"), uid("bob")
     a = await clients(stack.ws_url(0), ada)
     r = await a.cmd(
         "conversation:create", {"title": "t", "participants": [{"userId": bob, "role": "user"}]}
@@ -193,7 +168,7 @@ async def test_the_seeds_participant_shape_through_the_gateway(stack: Stack, cli
 
 
 async def test_delete_a_conversation(stack: Stack, clients: Any) -> None:
-    ada, bob = _uid("ada"), _uid("bob")
+    ada, bob = uid("ada"), uid("bob")
     a = await clients(stack.ws_url(0), ada)
     b = await clients(stack.ws_url(1), bob)
     b_elsewhere = await clients(stack.ws_url(0), bob)  # connected, not watching it
@@ -232,12 +207,12 @@ async def test_delete_a_conversation(stack: Stack, clients: Any) -> None:
         )
         assert status == 404 and body["error"]["code"] == "NOT_FOUND"
     # An outsider still learns nothing (same answer as for a conversation that never was).
-    status, body = await aget(f"{stack.gateway_url(0)}/v1/conversations/{cid}", token(_uid("eve")))
+    status, body = await aget(f"{stack.gateway_url(0)}/v1/conversations/{cid}", token(uid("eve")))
     assert status == 403
 
 
 async def test_delete_over_http(stack: Stack, clients: Any) -> None:
-    ada, bob = _uid("ada"), _uid("bob")
+    ada, bob = uid("ada"), uid("bob")
     a = await clients(stack.ws_url(0), ada)
     b = await clients(stack.ws_url(1), bob)
     cid = await _create(a, participants=[bob])
