@@ -65,6 +65,8 @@ from parley_conversation.agent_watch import AgentWatch
 from parley_conversation.epochs import HighWaterMarks
 from parley_conversation.idempotency import KEYED_EVENTS, command_key, log_key, with_key
 from parley_conversation.legacy import fold_legacy_event_log
+from parley_conversation.outbox import COLLECTION as OUTBOX_COLLECTION
+from parley_conversation.outbox import TurnOutbox
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.settings import Settings
 from parley_conversation.store import MongoStore
@@ -153,7 +155,7 @@ class Metrics:
         )
         self.agent_turn_failures = Counter(
             "parley_conversation_agent_turn_publish_failures_total",
-            "Agent turns that could not be published to JetStream.",
+            "Attempts to publish an agent turn that JetStream did not acknowledge (retried).",
             registry=self.registry,
         )
 
@@ -195,6 +197,11 @@ class ConversationService:
             totals_interval=settings.totals_interval_seconds,
             max_wait=settings.max_wait_seconds,
             on_committed=self._note_mark,
+        )
+        self.outbox = TurnOutbox(
+            self.store.messages.database[OUTBOX_COLLECTION],
+            self._jetstream,
+            on_failure=self.metrics.agent_turn_failures.inc,
         )
         self.ready = False
         self._agents: AgentDirectory | None = None
@@ -287,6 +294,7 @@ class ConversationService:
             self._publish,
         )
         self.agent_watch.start()
+        await self.outbox.start()
         await self.broker.start()
         self._started = True
         self.ready = True
@@ -322,6 +330,7 @@ class ConversationService:
                 sub.subscription = None  # FastStream would unsubscribe it a second time
         if self.agent_watch is not None:
             await self.agent_watch.stop()
+        await self.outbox.stop()
         try:
             await asyncio.wait_for(self._drain(), timeout=self.settings.drain_seconds)
         except TimeoutError:
@@ -474,7 +483,6 @@ class ConversationService:
         """Agent turns for user messages in a conversation with an agent (JetStream, dedup)."""
         if not conv.agent_id:
             return
-        js = self.broker.connection.jetstream()
         # A user wrote to an agent nobody serves now: a notice instead of "queued".
         noticed = False
         if any(m.role is Role.USER for m in stored):
@@ -489,20 +497,13 @@ class ConversationService:
             )
             if self.agent_watch is not None and not noticed:
                 self.agent_watch.track(conv.id, conv.agent_id, m.id, m.seq)
-            try:
-                await js.publish(
-                    subjects.AGENT_TURN,
-                    jsonutil.dumps(turn.model_dump(by_alias=True)),
-                    stream=subjects.STREAM_AGENT_TURNS,
-                    headers={"Nats-Msg-Id": m.id},
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.metrics.agent_turn_failures.inc()
-                logger.exception("could not publish the agent turn of %s", m.id)
+            # Through the outbox (outbox.py): retried until JetStream acknowledges it.
+            await self.outbox.send(turn)
 
         await asyncio.gather(*(one(m) for m in stored if m.role is Role.USER))
+
+    def _jetstream(self) -> Any:
+        return self.broker.connection.jetstream()  # the connection exists once started
 
     def _directory(self) -> AgentDirectory:
         if self._agents is None:

@@ -1,0 +1,159 @@
+"""No agent turn dropped (issue 19, outbox.py): a turn JetStream did not acknowledge is
+published again until it does, also one left behind by a replica that died."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.api import StreamConfig
+
+from parley_contract import jsonutil, subjects
+from parley_contract.events import Event
+from parley_contract.internal import AgentTurn
+from parley_contract.streams import agent_turns_stream_config
+from parley_conversation.outbox import COLLECTION
+from parley_conversation.service import ConversationService
+from parley_devstack.natscluster import NatsCluster
+from parley_devstack.servers import NatsServer, StoreServer
+
+from .conftest import serve_agents, settings_for, user
+
+ALICE = user("u-alice")
+CREATE = subjects.command(Event.CONVERSATION_CREATE)
+SEND = subjects.command(Event.MESSAGE_SEND)
+
+
+async def _request(nc: Client, subject: str, data: Any, principal: dict[str, Any]) -> Any:
+    body = jsonutil.dumps({"principal": principal, "data": data})
+    reply = jsonutil.loads((await nc.request(subject, body, timeout=15)).data)
+    assert reply["success"], reply
+    return reply["data"]
+
+
+async def _turns(nc: Client, cid: str, *, want: int, within: float) -> list[AgentTurn]:
+    """The turns of ``cid`` in the agent-turns stream (taken, as a bridge would)."""
+    js = nc.jetstream()
+    deadline = time.monotonic() + within
+    while True:  # JetStream may still be electing leaders
+        try:
+            psub = await js.pull_subscribe(
+                subjects.AGENT_TURN, durable=None, stream=subjects.STREAM_AGENT_TURNS
+            )
+            break
+        except (TimeoutError, nats.errors.Error):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+    turns: list[AgentTurn] = []
+    while time.monotonic() < deadline:
+        try:
+            msgs = await psub.fetch(64, timeout=0.5)
+        except (TimeoutError, nats.errors.Error):
+            continue
+        for m in msgs:
+            t = AgentTurn.model_validate_json(m.data)
+            if t.conversation_id == cid:
+                turns.append(t)
+            await m.ack()
+        if len(turns) >= want:  # a second more: a duplicate would show up now
+            deadline = min(deadline, time.monotonic() + 1.0)
+    await psub.unsubscribe()
+    return turns
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    c = NatsCluster(tmp_path / "nats").start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+async def test_a_turn_sent_without_jetstream_quorum_is_published_once_quorum_returns(
+    cluster: NatsCluster, store_server: StoreServer, db_name: str
+) -> None:
+    keep, *others = cluster.nodes
+    url = cluster.urls(nodes=[keep])  # one node: the replica stays connected through it all
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    config: StreamConfig = agent_turns_stream_config()
+    config.num_replicas = 3
+    for _ in range(50):  # JetStream on this node may not be up yet
+        try:
+            await js.add_stream(config)
+            break
+        except (TimeoutError, nats.errors.Error):
+            await asyncio.sleep(0.2)
+    await serve_agents(nc, "agent-general")
+    svc = ConversationService(settings_for(url, store_server.url, db_name))
+    await svc.start()
+    try:
+        conv = await _request(
+            nc, CREATE, {"agentId": "agent-general", "participants": ["u-bob"]}, ALICE
+        )
+        for node in others:  # 1 of 3 left: no meta leader, no stream leader
+            cluster.kill(node)
+        sent = await _request(nc, SEND, {"conversationId": conv["_id"], "content": "hi?"}, ALICE)
+        outbox = svc.store.messages.database[COLLECTION]
+        for _ in range(100):  # the first publish times out (2 s): the entry stays
+            if svc.metrics.agent_turn_failures._value.get() >= 1:
+                break
+            await asyncio.sleep(0.1)
+        assert await outbox.count_documents({"_id": sent["_id"]}) == 1
+        await asyncio.sleep(3)  # more sweeps fail meanwhile
+        assert await outbox.count_documents({}) == 1
+
+        cluster.start_node(others[0])  # 2 of 3: quorum again
+        await asyncio.to_thread(cluster.wait_quorum, 30.0)
+        turns = await _turns(nc, conv["_id"], want=1, within=40)
+        assert [(t.message_id, t.agent_id) for t in turns] == [(sent["_id"], "agent-general")]
+        for _ in range(50):
+            if await outbox.count_documents({}) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await outbox.count_documents({}) == 0
+    finally:
+        await svc.stop()
+        await nc.close()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_server.url)
+    try:
+        yield client
+    finally:
+        await client.drain()
+
+
+async def test_a_turn_another_replica_left_in_the_outbox_is_published(
+    nats_server: NatsServer, store_server: StoreServer, db_name: str, nc: Client
+) -> None:
+    await serve_agents(nc, "agent-general")
+    svc = ConversationService(settings_for(nats_server.url, store_server.url, db_name))
+    await svc.start()
+    try:
+        conv = await _request(
+            nc, CREATE, {"agentId": "agent-general", "participants": ["u-bob"]}, ALICE
+        )
+        # What a replica killed after writing the entry (before JetStream acked) leaves.
+        turn = AgentTurn(
+            conversation_id=conv["_id"], agent_id="agent-general", message_id="msg-left", seq=2
+        )
+        outbox = svc.store.messages.database[COLLECTION]
+        await outbox.insert_one(
+            {"_id": "msg-left", "turn": turn.model_dump(by_alias=True), "attempts": 0, "due": 0}
+        )
+        turns = await _turns(nc, conv["_id"], want=1, within=10)
+        assert [t.message_id for t in turns] == ["msg-left"]
+        assert await outbox.count_documents({}) == 0
+    finally:
+        await svc.stop()
