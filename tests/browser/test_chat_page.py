@@ -9,8 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +16,8 @@ from typing import Any
 
 import pytest
 import websockets.sync.client
+
+from .conftest import MESSAGES, Ui, fetch
 
 # Each test drives a real system in a browser; the module's first test also starts the stack.
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -30,55 +30,15 @@ Browsers = Any
 Shot = Callable[[Any, str], Path]
 
 
-def fetch(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as res:
-            return int(res.status), res.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-MESSAGES = '[data-testid="message"]'
-
-
-def create_conversation(page: Any, title: str, agent: str = "agent-demo", invite: str = "") -> str:
-    """New chat, the agent picked from the list the system serves ("" = no agent)."""
-    page.click('[data-testid="new-chat"]')
-    page.check(f'[data-testid="agent-option-{agent or "none"}"]')
-    page.fill('[data-testid="new-title"]', title)
-    page.fill('[data-testid="new-invite"]', invite)
-    page.click('[data-testid="create-conversation"]')
-    page.wait_for_function(
-        "t => document.querySelector('[data-testid=conversation-title]')?.textContent === t",
-        arg=title,
-    )
-    cid: str = page.text_content('[data-testid="conversation-id"]')
-    assert cid.startswith("conv")
-    return cid
-
-
-def send(page: Any, text: str) -> None:
-    page.fill('[data-testid="composer-input"]', text)
-    page.press('[data-testid="composer-input"]', "Enter")
+create_conversation = Ui.create_conversation
+send = Ui.send
+wait_turn_done = Ui.wait_turn_done
 
 
 def agent_texts(page: Any) -> int:
     return int(
         page.locator(f'{MESSAGES}[data-role="assistant"][data-message-type="text"]').count()
         + page.locator(f'{MESSAGES}[data-message-type="error"]').count()
-    )
-
-
-def wait_turn_done(page: Any, answers: int) -> None:
-    """Until the page shows `answers` final agent messages and nothing is still running."""
-    page.wait_for_function(
-        """n => document.querySelectorAll(
-              '[data-testid=message][data-role=assistant][data-message-type=text],' +
-              '[data-testid=message][data-message-type=error]').length >= n
-           && !document.querySelector('[data-testid=stream-bubble]')
-           && !document.querySelector('[data-testid=tool-spinner]')
-           && !document.querySelector('[data-testid=agent-status]')""",
-        arg=answers,
     )
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from .conftest import MESSAGES
 from .test_chat_page import (
-    MESSAGES,
     Browsers,
     Shot,
     System,
