@@ -23,9 +23,12 @@ sioclient:
 	cd tests/socketio && ( [ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund )
 
 # Generated from libs/contract (tests fail while these files are stale): the client contract's
-# JSON Schema and the web's TypeScript types compiled from it (json-schema-to-typescript).
+# JSON Schema, the web's TypeScript types compiled from it (json-schema-to-typescript) and
+# the AsyncAPI documents of the client WebSocket API and of the NATS side.
 generate: setup
 	$(UV) run --frozen python -m parley_contract.wire_schema web/src/generated/contract.schema.json
+	$(UV) run --frozen python -m parley_contract.asyncapi docs/asyncapi/client.json
+	$(UV) run --frozen python -m parley_conversation.asyncapi docs/asyncapi/nats.json
 	cd web && ( [ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund ) && node scripts/contract.mjs
 
 # Debian's Chromium for the browser tests, when we may install it (root on Debian).

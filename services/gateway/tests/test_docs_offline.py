@@ -6,6 +6,7 @@ import re
 
 import httpx
 
+from parley_contract import asyncapi
 from parley_gateway.http_api import create_app
 from parley_gateway.hub import Hub
 from parley_gateway.metrics import Metrics
@@ -60,3 +61,17 @@ async def test_openapi_declares_the_bearer_scheme_on_authenticated_routes() -> N
         resp = await http.get("/v1/agents", headers={"Authorization": "Basic dTpw"})
         assert resp.status_code == 401
         assert resp.json()["error"]["code"] == "UNAUTHORIZED"
+
+
+async def test_asyncapi_of_the_client_protocol_is_served() -> None:
+    async with _client() as http:
+        resp = await http.get("/asyncapi.json")
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("application/json")
+        doc = resp.json()
+        assert doc["asyncapi"] == "3.0.0"
+        assert doc["channels"]["ws"]["address"] == "/ws"
+        assert "message_send_command" in doc["components"]["messages"]
+        assert "message_new_event" in doc["components"]["messages"]
+        # The same bytes as the committed docs/asyncapi/client.json (drift: make generate).
+        assert resp.content == asyncapi.render_client()

@@ -135,7 +135,7 @@ _SCHEMA_ONE = ("items", "additionalProperties", "not")
 _TYPED = ("type", "$ref", "enum", "const", *_SCHEMA_LISTS, "properties", "items")
 
 
-def _clean(schema: Any) -> Any:
+def clean(schema: Any) -> Any:
     """A pydantic schema as the generators want it: no per-field ``title`` and nothing
     beside a ``$ref`` (json-schema-to-typescript makes each of those a named type of its
     own: ``ConversationStatus1``...); ``Any`` (an empty schema) is ``unknown``."""
@@ -148,11 +148,11 @@ def _clean(schema: Any) -> Any:
         if key == "title":
             continue
         if key in _SCHEMA_MAPS:
-            out[key] = {name: _clean(sub) for name, sub in value.items()}
+            out[key] = {name: clean(sub) for name, sub in value.items()}
         elif key in _SCHEMA_LISTS:
-            out[key] = [_clean(sub) for sub in value]
+            out[key] = [clean(sub) for sub in value]
         elif key in _SCHEMA_ONE:
-            out[key] = _clean(value)
+            out[key] = clean(value)
         else:
             out[key] = value
     if not any(key in out for key in _TYPED):
@@ -165,7 +165,7 @@ def build() -> dict[str, Any]:
     _, top = models_json_schema(_models(), by_alias=True, ref_template=REF)
     # A definition keeps its own title (its type's name); its fields lose theirs.
     defs: dict[str, Any] = {
-        name: {**_clean(schema), "title": name} for name, schema in top["$defs"].items()
+        name: {**clean(schema), "title": name} for name, schema in top["$defs"].items()
     }
     events = list(Event)
     defs["Event"] = {

@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/asyncapi.json")
     async def asyncapi_json() -> dict[str, Any]:
-        return asyncapi.build(service)
+        return asyncapi.build()
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -9,6 +9,7 @@ Cross-cutting HTTP policy (CORS/Origin) goes in as middleware in :func:`create_a
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
-from parley_contract import envelopes, subjects
+from parley_contract import asyncapi, envelopes, subjects
 from parley_contract.auth import mint_token, verify_token_async
 from parley_contract.envelopes import ErrorEnvelope, SuccessEnvelope
 from parley_contract.errors import HTTP_STATUS, ErrorCode, ParleyError
@@ -97,6 +98,12 @@ def _envelope_response(envelope: dict[str, Any]) -> Response:
     except ValueError:
         status = 500
     return JSONResponse(envelope, status_code=status)
+
+
+@functools.cache
+def _client_asyncapi() -> bytes:
+    """Generated from the contract at the first request (~0.1 s), not at every start."""
+    return asyncapi.render_client()
 
 
 def create_app(hub: Hub) -> FastAPI:
@@ -329,6 +336,11 @@ def create_app(hub: Hub) -> FastAPI:
             secret=settings.jwt_secret,
         )
         return JSONResponse(envelopes.ok({"token": tok}))
+
+    @app.get("/asyncapi.json", tags=["docs"], response_class=Response)
+    async def asyncapi_json() -> Response:
+        """The client WebSocket API (`/ws`) as an AsyncAPI 3.0 document."""
+        return Response(_client_asyncapi(), media_type="application/json")
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> Response:
