@@ -14,11 +14,9 @@ notice).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
-import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
@@ -37,39 +35,37 @@ async def _bucket(js: Any, name: str) -> KeyValue | None:
         return None
 
 
-async def _any_key(js: Any, bucket: str, pattern: str) -> bool:
-    """Whether a live key of ``bucket`` matches the subject-style ``pattern``.
+async def _live_entries(
+    js: Any, bucket: str, pattern: str, *, first_only: bool = False
+) -> list[tuple[str, bytes]]:
+    """The live keys of ``bucket`` matching the subject-style ``pattern``, with their values.
 
     Not a KV watch: nats.py's watcher may put its "caught up" marker before an entry that
     is already on its way (the consumer reports nothing pending while the entry is still
-    in flight), so a served agent could look unserved under load. The stream's own count
-    per subject names the candidate keys; a get tells a live key from a delete marker.
+    in flight), so a served agent could look unserved, or be missing from a list, under
+    load. The stream's own count per subject names the candidate keys; a get tells a live
+    key from a delete marker.
     """
     prefix = f"$KV.{bucket}."
     info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + pattern)
     kv: KeyValue = await js.key_value(bucket)
-    for subject in info.state.subjects or {}:
+    out: list[tuple[str, bytes]] = []
+    for subject in sorted(info.state.subjects or {}):
+        key = subject[len(prefix) :]
         try:
-            entry = await kv.get(subject[len(prefix) :])
+            entry = await kv.get(key)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             continue
         if entry.value:
-            return True
-    return False
-
-
-async def _entries(kv: KeyValue, pattern: str = ">") -> list[tuple[str, bytes]]:
-    watcher = await kv.watch(pattern, ignore_deletes=True)
-    out: list[tuple[str, bytes]] = []
-    try:
-        async for entry in watcher:
-            if entry is None:
+            out.append((key, entry.value))
+            if first_only:
                 break
-            out.append((entry.key, entry.value or b""))
-    finally:
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-            await watcher.stop()  # type: ignore[no-untyped-call]
     return out
+
+
+async def _any_key(js: Any, bucket: str, pattern: str) -> bool:
+    """Whether a live key of ``bucket`` matches ``pattern``."""
+    return bool(await _live_entries(js, bucket, pattern, first_only=True))
 
 
 def _served_record(agent_id: str, values: list[dict[str, Any]]) -> dict[str, Any]:
@@ -135,7 +131,7 @@ class AgentDirectory:
         agents, presence = await self._kv()
         by_agent: dict[str, list[dict[str, Any]]] = {}
         if agents is not None:
-            for key, raw in await _entries(agents):
+            for key, raw in await _live_entries(self.js, subjects.KV_AGENTS, ">"):
                 agent_id = key.rsplit(".", 1)[0]
                 try:
                     value = jsonutil.loads(raw)
@@ -146,7 +142,9 @@ class AgentDirectory:
         out = [_served_record(a, vs) for a, vs in sorted(by_agent.items())]
         if presence is not None:
             external: dict[str, int] = {}
-            for key, _raw in await _entries(presence, f"{PrincipalKind.AGENT.value}.>"):
+            for key, _raw in await _live_entries(
+                self.js, subjects.KV_PRESENCE, f"{PrincipalKind.AGENT.value}.>"
+            ):
                 kind, _, rest = key.partition(".")
                 if kind != PrincipalKind.AGENT.value:
                     continue
