@@ -309,6 +309,40 @@ async def test_hostile_heads(gateway_factory: Any) -> None:
     assert "Invalid HTTP request" not in gw.proc.log_path.read_text(errors="replace")
 
 
+async def test_a_stalled_body_is_timed_out(gateway_factory: Any) -> None:
+    gw = gateway_factory({"PARLEY_GATEWAY_HEAD_TIMEOUT_SECONDS": HEAD_TIMEOUT})
+
+    # a body that stops half-way: 408 envelope after the timeout, closed
+    conn = await Raw.open(gw.port)
+    head = request("POST", "/v1/dev/token", None, {"Content-Type": "application/json"})
+    head = head[:-2] + b"Content-Length: 100\r\n\r\n"
+    started = time.monotonic()
+    await conn.send(head + b'{"sub": "usr_')
+    doc = assert_envelope(await conn.reply(), 408, "TIMEOUT")
+    assert "body" in doc["error"]["message"]
+    assert time.monotonic() - started < 5
+    assert await conn.closed_by_server()
+    await conn.close()
+
+    # a body that keeps coming, slower than the whole timeout but never stalling, is read
+    conn = await Raw.open(gw.port)
+    payload = jsonutil.dumps({"sub": "usr_slow", "name": "A slow sender"})
+    await conn.send(head.replace(b"100", str(len(payload)).encode()))
+    for i in range(0, len(payload), 4):
+        await asyncio.sleep(0.3)  # 12 reads: 3.6 s in all, three times the timeout
+        await conn.send(payload[i : i + 4])
+    r = await conn.reply()
+    assert r.status == 200 and r.json()["success"] is True
+    await conn.close()
+
+    # the port still serves and counts the refusal
+    conn = await Raw.open(gw.port)
+    await conn.send(request("GET", "/metrics"))
+    metrics = (await conn.reply()).body.decode()
+    await conn.close()
+    assert 'parley_gateway_http_refusals_total{reason="body_timeout"} 1.0' in metrics
+
+
 async def test_ws_upgrade_answers_are_unchanged(gateway_factory: Any, clients: Any) -> None:
     gw = gateway_factory()
     conn = await Raw.open(gw.port)

@@ -7,6 +7,10 @@ streamed bodies, HEAD) with three changes for hostile clients:
   on every request of a keep-alive connection (uvicorn only times out *idle* keep-alive
   connections, so a head sent a byte at a time would hold a connection for ever); the head's
   size is bounded by h11 (``h11_max_incomplete_event_size``);
+- a request body may not stall longer than the same ``head_timeout`` between two reads
+  (nginx's ``client_body_timeout``): a body that stops coming would otherwise hold the
+  connection and the handler awaiting it for ever; 408 if no answer has started, else the
+  connection is closed;
 - a request h11 cannot parse gets a 400 with the protocol's error envelope (uvicorn answers
   plain text), and the connection is closed;
 - a WebSocket upgrade to a registered path on a later request of a keep-alive connection is
@@ -116,6 +120,7 @@ class HttpProtocol(H11Protocol):
         self.head_timeout = head_timeout
         self.server_header = server_header
         self.head_timer: asyncio.TimerHandle | None = None
+        self.body_timer: asyncio.TimerHandle | None = None
         self.lingering = False
 
     def data_received(self, data: bytes) -> None:
@@ -129,6 +134,7 @@ class HttpProtocol(H11Protocol):
     def handle_events(self) -> None:
         super().handle_events()
         self._watch_head()
+        self._watch_body()
 
     def _watch_head(self) -> None:
         """Arm the head timer while part of a request head waits in h11's buffer."""
@@ -153,6 +159,36 @@ class HttpProtocol(H11Protocol):
                 ErrorCode.TIMEOUT,
                 f"request head not complete within {self.head_timeout:g} seconds",
             )
+
+    def _watch_body(self) -> None:
+        """Re-arm the body timer on every read while a request body is still coming."""
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self.body_timer = self.loop.call_later(self.head_timeout, self._body_stalled)
+
+    def _body_stalled(self) -> None:
+        self.body_timer = None
+        if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # the handler is not reading yet: not the client's stall
+            self.body_timer = self.loop.call_later(self.head_timeout, self._body_stalled)
+            return
+        cycle = self.cycle
+        answered = cycle is not None and cycle.response_started
+        if cycle is not None:  # the handler's receive() ends, its answer goes nowhere
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if answered:
+            self.transport.close()
+            return
+        self._refuse(
+            "body_timeout",
+            408,
+            ErrorCode.TIMEOUT,
+            f"request body stalled for {self.head_timeout:g} seconds",
+        )
 
     def _refuse(self, reason: str, status: int, code: ErrorCode, message: str) -> None:
         # Written past h11 (it has no request to answer); the connection ends here.
@@ -197,9 +233,10 @@ class HttpProtocol(H11Protocol):
         front.start_ws(self.transport, route, b"".join(head) + self.conn.trailing_data[0])
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        for timer in (self.head_timer, self.body_timer):
+            if timer is not None:
+                timer.cancel()
+        self.head_timer = self.body_timer = None
         super().connection_lost(exc)
 
     def shutdown(self) -> None:

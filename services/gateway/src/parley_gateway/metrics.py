@@ -77,7 +77,7 @@ class Metrics:
         self.http_refusals = Counter(
             "parley_gateway_http_refusals_total",
             "HTTP connections answered and closed by the front itself, by reason "
-            "(head_timeout, head_too_large, bad_request)",
+            "(head_timeout, body_timeout, head_too_large, bad_request)",
             ["reason"],
             registry=r,
         )
