@@ -84,7 +84,8 @@ export function useActions(p: Parley, openId: string | null) {
         if (!client) return null;
         try {
           const conv = await client.createConversation({
-            title: n.title || 'New chat',
+            // No title: the server's default, which the agent replaces after the first exchange.
+            ...(n.title ? { title: n.title } : {}),
             ...(n.agentId ? { agentId: n.agentId } : {}),
             ...(n.invite.length ? { participants: n.invite } : {}),
           });

@@ -69,6 +69,7 @@ def test_roles_of_principals() -> None:
         (Action.REMOVE_PARTICIPANTS, {R.OWNER, R.SERVICE}),
         (Action.REMOVE_OWNER, {R.OWNER, R.SERVICE}),
         (Action.CHANGE_DETAILS, {R.OWNER, R.PARTICIPANT, R.SERVICE}),
+        (Action.DESCRIBE, {R.OWNER, R.PARTICIPANT, R.AGENT, R.SERVICE}),
         (Action.CHANGE_AGENT, {R.OWNER, R.PARTICIPANT, R.SERVICE}),
         (Action.CLOSE, {R.OWNER, R.SERVICE}),
         (Action.DELETE, {R.OWNER, R.SERVICE}),
@@ -94,6 +95,9 @@ def test_what_an_update_needs() -> None:
     assert update(conv, BOB, removeParticipants=["u-obs"]) == {Action.REMOVE_PARTICIPANTS}
     assert update(conv, BOB, addParticipants=["u-new"]) == {Action.ADD_PARTICIPANTS}
     assert update(conv, BOB, agentId="agent-2") == {Action.CHANGE_AGENT}
+    # An agent titles and describes (DESCRIBE); anything else of the details it may not.
+    assert update(conv, AGENT, title="x", context={"summary": "s"}) == {Action.DESCRIBE}
+    assert update(conv, AGENT, description="x") == {Action.CHANGE_DETAILS}
     # The seed's whole list leaving the owner out removes the owner.
     keep = [{"userId": "u-bob"}, {"userId": "u-obs", "role": "observer"}, {"agentId": "agent-1"}]
     assert update(conv, BOB, participants=keep) == {Action.REMOVE_OWNER}
@@ -126,3 +130,55 @@ def test_name_comes_from_the_token() -> None:
     nameless = Principal(id="u-x", kind=PrincipalKind.USER)
     assert domain.new_message(nameless, cmd).name == "u-x"
     assert domain.new_message(SVC, cmd).name == "Alice"  # services write for others
+
+
+def test_an_agent_never_overwrites_a_users_title() -> None:
+    conv = room()  # created without a title: the default one, no titleSource
+    assert conv.title_source is None
+    named = domain.apply_update(
+        conv, AGENT, ConversationUpdate(conversation_id=conv.id, title="Auto")
+    )
+    assert named.conversation.title == "Auto"
+    assert named.conversation.title_source == "agent"
+    # A later agent title may replace the agent's own.
+    again = domain.apply_update(
+        named.conversation, AGENT, ConversationUpdate(conversation_id=conv.id, title="Auto 2")
+    )
+    assert again.conversation.title == "Auto 2"
+    # A user's title: the agent's is dropped, the rest of its update applies.
+    mine = domain.apply_update(conv, BOB, ConversationUpdate(conversation_id=conv.id, title="Mine"))
+    assert mine.conversation.title_source == "user"
+    cmd = ConversationUpdate.model_validate(
+        {"conversationId": conv.id, "title": "Auto", "context": {"summary": "s"}}
+    )
+    change = domain.apply_update(mine.conversation, AGENT, cmd)
+    assert change.conversation.title == "Mine"
+    assert change.changed == ["context"]
+    # Created with a title, even the default text: a user's.
+    titled = domain.new_conversation(
+        OWNER, ConversationCreate.model_validate({"title": "New conversation"})
+    )
+    assert titled.title_source == "user"
+    assert (
+        domain.apply_update(
+            titled, AGENT, ConversationUpdate(conversation_id=titled.id, title="Auto")
+        ).changed
+        == []
+    )
+    # Older than titleSource: a non-default title counts as a user's.
+    old = conv.model_copy(update={"title": "Picked by hand"})
+    assert (
+        domain.apply_update(
+            old, AGENT, ConversationUpdate(conversation_id=conv.id, title="Auto")
+        ).changed
+        == []
+    )
+
+
+def test_usage_and_cost_on_an_update_are_for_agents() -> None:
+    conv = room()
+    cmd = ConversationUpdate.model_validate({"conversationId": conv.id, "title": "x", "cost": 0.5})
+    with pytest.raises(ParleyError) as info:
+        domain.apply_update(conv, BOB, cmd)
+    assert info.value.code is ErrorCode.FORBIDDEN
+    assert domain.apply_update(conv, AGENT, cmd).conversation.title == "x"

@@ -41,6 +41,7 @@ from parley_contract.models import (
 # Defaults; the gateway announces its configured values in connected.limits.
 MAX_CONTENT_CHARS = 32_000
 MAX_TITLE_CHARS = 200
+DEFAULT_TITLE = "New conversation"  # a conversation created without a title
 
 
 # Free-form values (metadata, tool arguments): storable, bounded in depth and size (limits).
@@ -111,7 +112,7 @@ def participant_id(ref: ParticipantIn) -> str:
 
 class ConversationCreate(CommandData):
     conversation_id: SafeId | None = None  # optional client-chosen id
-    title: str = Field(default="New conversation", max_length=MAX_TITLE_CHARS)
+    title: str = Field(default=DEFAULT_TITLE, max_length=MAX_TITLE_CHARS)
     description: str = Field(default="", max_length=2000)
     agent_id: SafeId | None = None
     model_id: str | None = Field(default=None, max_length=200)
@@ -146,6 +147,10 @@ class ConversationUpdate(InConversation):
     participants: list[ParticipantIn] | None = Field(default=None, max_length=500)
     add_participants: list[ParticipantIn] | None = Field(default=None, max_length=500)
     remove_participants: list[ParticipantIn] | None = Field(default=None, max_length=500)
+    # Agents and services only: the model call that produced this update (the agent bridge's
+    # automatic title or context), added to the conversation's totals like a message's.
+    usage: Usage | None = None
+    cost: float | None = Field(default=None, ge=0)
 
 
 class MessageSend(InConversation):

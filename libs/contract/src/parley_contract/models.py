@@ -99,6 +99,16 @@ class ConversationContext(WireModel):
     entities: list[str] | None = None
     topics: list[str] | None = None
     sentiment: str | None = None
+    # Parley: the conversation's totalMessages when this context was written; the agent
+    # bridge refreshes it once N more messages are in (the agent's context_every_messages).
+    message_count: int | None = Field(default=None, ge=0)
+
+
+class TitleSource(enum.StrEnum):
+    """Who wrote a conversation's title (``Conversation.titleSource``)."""
+
+    USER = "user"  # a person or service: create with a title, or conversation:update; kept
+    AGENT = "agent"  # an agent: the agent bridge's automatic title (a later one may replace it)
 
 
 class Conversation(BaseDocument):
@@ -121,6 +131,9 @@ class Conversation(BaseDocument):
     last_seq: int = 0
     # Parley: set when the conversation was deleted (soft: isActive false, kept in the store).
     deleted_at: Timestamp | None = None
+    # Parley: who wrote the title; absent while it is the default one. An agent's title never
+    # replaces a user's (nor, for a conversation older than this field, a non-default title).
+    title_source: TitleSource | None = None
 
 
 # ---------------------------------------------------------------- Message

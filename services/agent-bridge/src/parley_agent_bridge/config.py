@@ -107,6 +107,11 @@ class AgentConfig(BaseModel):
     price_per_1k_completion: float = Field(default=0.0, ge=0)
     mcp_servers: list[McpServerConfig] = Field(default_factory=list)
     request_timeout_seconds: float = Field(default=120.0, gt=0)
+    # After the first exchange the model titles an untitled conversation (never over a
+    # user's title); every N messages it refreshes conversation.context (0: never). Their
+    # model calls count in the conversation's totals (parley_agent_bridge.housekeeping).
+    auto_title: bool = True
+    context_every_messages: int = Field(default=20, ge=0, le=100_000)
 
     def api_key(self) -> str | None:
         if not self.api_key_env:

@@ -9,6 +9,9 @@ message type with the real tools of :mod:`parley_agent_bridge.demo_tools`:
 - *slow* → the ``sleep`` tool (try ``message:stop``);
 - *backend error* → the backend fails (an ``error`` message);
 - anything else → reasoning (a ``thinking`` message) and a streamed text answer.
+
+The bridge's housekeeping prompts (:mod:`parley_agent_bridge.housekeeping`) get a title made
+of the first user message's first words, and a context derived from the words used.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from parley_agent_bridge.backends import (
     ToolSpec,
     estimate_tokens,
 )
+from parley_agent_bridge.housekeeping import CONTEXT_INSTRUCTIONS, TITLE_INSTRUCTIONS
 
 _EXPR = re.compile(r"[-+*/().%\d\s]{3,}")
 
@@ -52,6 +56,14 @@ class ScriptedDemoBackend:
         self, messages: list[ChatMessage], tools: list[ToolSpec]
     ) -> AsyncIterator[ModelEvent]:
         prompt_tokens = sum(estimate_tokens(str(m.get("content") or "")) for m in messages)
+        system = str(messages[0].get("content") or "") if messages else ""
+        if system in (TITLE_INSTRUCTIONS, CONTEXT_INSTRUCTIONS) and len(messages) == 2:
+            text = str(messages[1].get("content") or "")
+            out = demo_title(text) if system == TITLE_INSTRUCTIONS else demo_context(text)
+            await self._pace()
+            yield TextDelta(out)
+            yield Finish("stop", TokenUsage(prompt_tokens, estimate_tokens(out)))
+            return
         last_user = next(
             (i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "user"),
             -1,
@@ -156,3 +168,106 @@ def _summarize(results: list[ChatMessage]) -> str:
         else:
             parts.append(f"The tool returned: {json.dumps(value)[:500]}")
     return "\n\n".join(parts)
+
+
+_STOPWORDS = frozenset(
+    [
+        "about",
+        "after",
+        "again",
+        "also",
+        "because",
+        "been",
+        "before",
+        "being",
+        "could",
+        "does",
+        "doing",
+        "from",
+        "have",
+        "having",
+        "here",
+        "just",
+        "like",
+        "more",
+        "most",
+        "much",
+        "only",
+        "other",
+        "over",
+        "same",
+        "should",
+        "some",
+        "such",
+        "than",
+        "that",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "under",
+        "very",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "with",
+        "would",
+        "your",
+        "yours",
+        "hello",
+        "please",
+        "thanks",
+        "thank",
+    ]
+)
+_POSITIVE = frozenset(
+    ["good", "great", "thanks", "thank", "love", "nice", "excellent", "happy", "glad", "awesome"]
+)
+_NEGATIVE = frozenset(
+    ["bad", "hate", "fail", "failed", "error", "wrong", "broken", "angry", "sad", "terrible"]
+)
+
+
+def _said(transcript: str, role: str = "User") -> list[str]:
+    prefix = f"{role}: "
+    return [line[len(prefix) :] for line in transcript.splitlines() if line.startswith(prefix)]
+
+
+def demo_title(transcript: str) -> str:
+    """The first user message's first six words, capitalized ("Conversation" if none)."""
+    said = _said(transcript)
+    words = re.findall(r"[\w'-]+", said[0]) if said else []
+    title = " ".join(words[:6])
+    return title[:1].upper() + title[1:] if title else "Conversation"
+
+
+def demo_context(transcript: str) -> str:
+    """A context as JSON: counts for the summary, capitalized words as entities, the most
+    used long words as topics, and a sentiment from a few words."""
+    said = _said(transcript)
+    answers = _said(transcript, "Assistant")
+    words = [w for line in said for w in re.findall(r"[\w'-]+", line)]
+    lowered = [w.lower() for w in words]
+    entities = list(dict.fromkeys(w for w in words[1:] if w[:1].isupper() and len(w) > 1))[:5]
+    counts: dict[str, int] = {}
+    for w in lowered:
+        if len(w) >= 5 and w not in _STOPWORDS:
+            counts[w] = counts.get(w, 0) + 1
+    topics = sorted(counts, key=lambda w: (-counts[w], lowered.index(w)))[:3]
+    positive = sum(w in _POSITIVE for w in lowered)
+    negative = sum(w in _NEGATIVE for w in lowered)
+    sentiment = (
+        "positive" if positive > negative else "negative" if negative > positive else "neutral"
+    )
+    first = " ".join(said[0].split()[:12]) if said else ""
+    summary = f'{len(said)} user messages and {len(answers)} answers. It began with: "{first}".'
+    return json.dumps(
+        {"summary": summary, "entities": entities, "topics": topics, "sentiment": sentiment}
+    )

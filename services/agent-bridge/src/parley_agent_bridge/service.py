@@ -38,9 +38,10 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from parley_agent_bridge.backends import ModelBackend, OpenAIChatBackend
+from parley_agent_bridge.backends import BackendError, ModelBackend, OpenAIChatBackend
 from parley_agent_bridge.config import DEMO_AGENT_ID, AgentConfig, Settings
 from parley_agent_bridge.demo import ScriptedDemoBackend
+from parley_agent_bridge.housekeeping import describe
 from parley_agent_bridge.metrics import Metrics
 from parley_agent_bridge.tools import McpToolbox, ToolOutcome
 from parley_agent_bridge.turn import Turn, TurnRequest, WriteError
@@ -279,6 +280,7 @@ class Bridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._turn_tasks: set[asyncio.Task[None]] = set()
         self._tool_tasks: set[asyncio.Task[None]] = set()
+        self._describing: dict[str, asyncio.Task[None]] = {}  # conversation → title/context
         self._running: dict[str, set[Turn]] = defaultdict(set)
         self._conv_locks: dict[str, asyncio.Lock] = {}
         self._conv_users: dict[str, int] = defaultdict(int)
@@ -356,6 +358,10 @@ class Bridge:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        for task in list(self._describing.values()):  # best effort: the next turn retries
+            task.cancel()
+        if self._describing:
+            await asyncio.wait(set(self._describing.values()))
         if self._tool_tasks:  # each is bounded by its MCP server's timeout
             await asyncio.wait(set(self._tool_tasks), timeout=self.settings.drain_seconds)
             for task in self._tool_tasks:
@@ -483,6 +489,8 @@ class Bridge:
                 outcome = await self._run_turn(agent, work, attempt)
             self.metrics.turns.labels(agent.id, outcome).inc()
             await msg.ack()
+            if outcome == "answered":
+                self._describe_soon(agent, cid)
         except ParleyError as exc:
             if exc.code in _FINAL_ERRORS:
                 # e.g. the agent is no longer assigned: retrying cannot help.
@@ -612,6 +620,46 @@ class Bridge:
         self.metrics.tokens.labels(agent.id, "completion").inc(result.usage.completion_tokens)
         self.metrics.cost.labels(agent.id).inc(result.cost)
         return result.outcome
+
+    def _describe_soon(self, agent: AgentConfig, conversation_id: str) -> None:
+        """Title the conversation / refresh its context (housekeeping.py) after an answered
+        turn, in the background; one at a time per conversation on this replica."""
+        if (not agent.auto_title and agent.context_every_messages <= 0) or self._closing.is_set():
+            return
+        if conversation_id in self._describing:
+            return
+        task = asyncio.create_task(self._describe(agent, conversation_id), name="describe")
+        self._describing[conversation_id] = task
+        task.add_done_callback(lambda _t: self._describing.pop(conversation_id, None))
+
+    async def _describe(self, agent: AgentConfig, conversation_id: str) -> None:
+        assert self.nc is not None
+        nc, principal = self.nc, agent_principal(agent)
+        timeout = self.settings.request_timeout_seconds
+        subject = {
+            "get": subjects.QUERY_CONVERSATION_GET,
+            "messages": subjects.QUERY_MESSAGES_LIST,
+            "update": subjects.command(Event.CONVERSATION_UPDATE),
+        }
+
+        async def ask(what: str, data: dict[str, Any]) -> Any:
+            return await query(nc, subject[what], principal, data, timeout)
+
+        try:
+            usage = await describe(
+                agent, self.backends[agent.id], ask, conversation_id, self.settings.history_limit
+            )
+        except (ParleyError, BackendError, nats.errors.Error) as exc:
+            logger.warning("title/context of %s by %s failed: %s", conversation_id, agent.id, exc)
+            return
+        except Exception:  # the boundary: a bug here must not go unseen
+            logger.exception("title/context of %s by %s crashed", conversation_id, agent.id)
+            return
+        self.metrics.tokens.labels(agent.id, "prompt").inc(usage.prompt_tokens)
+        self.metrics.tokens.labels(agent.id, "completion").inc(usage.completion_tokens)
+        self.metrics.cost.labels(agent.id).inc(
+            agent.cost(usage.prompt_tokens, usage.completion_tokens)
+        )
 
     async def _give_up(self, agent: AgentConfig, work: AgentTurn, attempt: int, error: str) -> None:
         """The last attempt failed too: say so in the conversation (best effort)."""

@@ -41,6 +41,7 @@ class Action(enum.StrEnum):
     REMOVE_PARTICIPANTS = "remove-participants"  # others, not the owner
     REMOVE_OWNER = "remove-owner"
     CHANGE_DETAILS = "change-details"  # title, description, tags, context, modelId
+    DESCRIBE = "describe"  # an agent's title (never over a user's) and context
     CHANGE_AGENT = "change-agent"
     CHANGE_STATUS = "change-status"  # active <-> archived
     CLOSE = "close"  # status to or from closed
@@ -73,6 +74,7 @@ MATRIX: dict[Action, frozenset[ConversationRole]] = {
     Action.REMOVE_PARTICIPANTS: frozenset({_O, _S}),
     Action.REMOVE_OWNER: frozenset({_O, _S}),
     Action.CHANGE_DETAILS: _MEMBERS,
+    Action.DESCRIBE: frozenset({_O, _P, _A, _S}),
     Action.CHANGE_AGENT: _MEMBERS,
     Action.CHANGE_STATUS: frozenset({_O, _S}),
     Action.CLOSE: frozenset({_O, _S}),
@@ -173,7 +175,8 @@ def update_actions(before: Conversation, after: Conversation, principal: Princip
     actions: set[Action] = set()
     for name in ("title", "description", "tags", "context", "model_id"):
         if getattr(before, name) != getattr(after, name):
-            actions.add(Action.CHANGE_DETAILS)
+            agent = principal.kind is PrincipalKind.AGENT and name in ("title", "context")
+            actions.add(Action.DESCRIBE if agent else Action.CHANGE_DETAILS)
     if before.agent_id != after.agent_id:
         actions.add(Action.CHANGE_AGENT)
     if before.status != after.status:

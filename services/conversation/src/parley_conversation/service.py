@@ -62,6 +62,7 @@ from parley_contract.timeutil import iso
 from parley_contract.turnstate import TurnState
 from parley_conversation import domain, roles
 from parley_conversation.agent_watch import AgentWatch
+from parley_conversation.entries import MessageTotals
 from parley_conversation.epochs import HighWaterMarks
 from parley_conversation.idempotency import KEYED_EVENTS, command_key, log_key, with_key
 from parley_conversation.legacy import fold_legacy_event_log
@@ -639,6 +640,7 @@ class ConversationService:
             for action in sorted(roles.update_actions(conv, change.conversation, p)):
                 roles.require(role, action)
             if not change.changed:
+                await self._add_call_cost(conv.id, cmd)
                 return model_json(conv)
             if change.agent_switched and change.conversation.agent_id:
                 await self._check_agent(change.conversation.agent_id)
@@ -648,8 +650,9 @@ class ConversationService:
         else:
             raise ParleyError(ErrorCode.CONFLICT, "the conversation is changing too fast, retry")
         new, frame = await self._append_conversation_event(
-            Event.CONVERSATION_UPDATED, change.conversation
+            Event.CONVERSATION_UPDATED, domain.with_call_cost(change.conversation, cmd)
         )
+        await self._add_call_cost(conv.id, cmd)
         if change.added:
             await self._notify(change.added, frame)
         if change.agent_switched:
@@ -660,6 +663,12 @@ class ConversationService:
             res = await self.sequencer.send(service, system)
             new = new.model_copy(update={"last_seq": max(new.last_seq, res.seq)})
         return model_json(new)
+
+    async def _add_call_cost(self, conversation_id: str, cmd: ConversationUpdate) -> None:
+        """An agent's model call behind an update (title, context) counts in the totals."""
+        tokens, cost = domain.call_cost(cmd)
+        if tokens or cost:
+            await self.store.add_totals({conversation_id: MessageTotals(tokens=tokens, cost=cost)})
 
     async def conversation_delete(self, p: Principal, data: dict[str, Any]) -> Any:
         """Soft delete (creator only): isActive false + deletedAt, a durable

@@ -210,6 +210,7 @@ class MongoStore(ConversationLog):
         doc = to_doc(new)
         fields = (
             "title",
+            "titleSource",
             "description",
             "agentId",
             "modelId",
@@ -296,7 +297,7 @@ class MongoStore(ConversationLog):
         ops: list[UpdateOne] = []
         for cid, t in totals.items():
             update: dict[str, Any] = {"$max": {"lastSeq": t.max_seq}}
-            if t.messages:
+            if t.messages or t.tokens or t.cost:
                 update["$inc"] = {
                     "totalMessages": t.messages,
                     "totalTokens": t.tokens,

@@ -17,12 +17,16 @@ from parley_conversation.domain.checks import MAX_METADATA_DEPTH, check_emoji, c
 from parley_conversation.domain.clock import later_than, now_ms
 from parley_conversation.domain.conversations import (
     ConversationChange,
+    agent_may_title,
     agent_offline_message,
     agent_switch_message,
     apply_update,
+    call_cost,
     delete_conversation,
     new_conversation,
     new_task,
+    title_source,
+    with_call_cost,
 )
 from parley_conversation.domain.messages import (
     AGENT_ONLY_FIELDS,
@@ -46,10 +50,12 @@ __all__ = [
     "ConversationChange",
     "Totals",
     "active_participant",
+    "agent_may_title",
     "agent_offline_message",
     "agent_switch_message",
     "apply_update",
     "authorize",
+    "call_cost",
     "can_access",
     "cap_page",
     "check_emoji",
@@ -67,5 +73,7 @@ __all__ = [
     "new_task",
     "now_ms",
     "resolve_role",
+    "title_source",
     "totals_of",
+    "with_call_cost",
 ]

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from parley_contract.commands import (
+    DEFAULT_TITLE,
     ConversationCreate,
     ConversationUpdate,
     ParticipantIn,
@@ -25,6 +26,7 @@ from parley_contract.models import (
     Participant,
     ParticipantRole,
     Role,
+    TitleSource,
 )
 from parley_conversation.domain.access import is_owner
 from parley_conversation.domain.checks import check_keys
@@ -90,6 +92,9 @@ def new_conversation(principal: Principal, cmd: ConversationCreate) -> Conversat
     if cmd.agent_id:
         wanted.append(Participant(agent_id=cmd.agent_id, role=ParticipantRole.AGENT, joined_at=at))
     participants, _ = _merge_participants([], wanted)
+    named: dict[str, Any] = {}  # left out (not null) while the title is the default one
+    if "title" in cmd.model_fields_set:
+        named["title_source"] = title_source(principal)
     return Conversation(
         id=cid,
         conversation_id=cid,
@@ -111,6 +116,35 @@ def new_conversation(principal: Principal, cmd: ConversationCreate) -> Conversat
         total_messages=0,
         total_cost=0.0,
         last_seq=0,
+        **named,
+    )
+
+
+def title_source(principal: Principal) -> TitleSource:
+    """Who a title written by ``principal`` counts as written by."""
+    return TitleSource.AGENT if principal.kind is PrincipalKind.AGENT else TitleSource.USER
+
+
+def agent_may_title(conv: Conversation) -> bool:
+    """Whether an agent's title may replace this conversation's: not one a user wrote (a
+    conversation older than ``titleSource`` counts as such unless its title is the default)."""
+    if conv.title_source is None:
+        return conv.title == DEFAULT_TITLE
+    return conv.title_source is TitleSource.AGENT
+
+
+def call_cost(cmd: ConversationUpdate) -> tuple[int, float]:
+    """(tokens, cost) of the model call an agent's update reports (its title, context)."""
+    return (cmd.usage.total_tokens if cmd.usage else 0), (cmd.cost or 0.0)
+
+
+def with_call_cost(conv: Conversation, cmd: ConversationUpdate) -> Conversation:
+    """The conversation with the update's model call in its totals (the event shows them)."""
+    tokens, cost = call_cost(cmd)
+    if not tokens and not cost:
+        return conv
+    return conv.model_copy(
+        update={"total_tokens": conv.total_tokens + tokens, "total_cost": conv.total_cost + cost}
     )
 
 
@@ -131,7 +165,12 @@ def apply_update(
 ) -> ConversationChange:
     """The conversation after an update (pure; the store writes it conditionally)."""
     at = later_than(conv.updated_at)
-    fields = cmd.model_fields_set - {"conversation_id"}
+    fields = cmd.model_fields_set - {"conversation_id", "usage", "cost"}
+    if principal.kind is PrincipalKind.USER and (cmd.usage is not None or cmd.cost is not None):
+        name = "usage" if cmd.usage is not None else "cost"
+        raise ParleyError(ErrorCode.FORBIDDEN, f"only agents may set {name}", {"field": name})
+    if "title" in fields and principal.kind is PrincipalKind.AGENT and not agent_may_title(conv):
+        fields.discard("title")  # a user's title is never overwritten by an agent's
     new = conv.model_copy(deep=True)
     changed: list[str] = []
     for name in ("title", "description", "status", "tags", "model_id", "context"):
@@ -151,6 +190,8 @@ def apply_update(
                 )
             setattr(new, name, value)
             changed.append(name)
+            if name == "title":
+                new.title_source = title_source(principal)
     previous_agent = conv.agent_id
     switched = False
     participants = list(new.participants)
