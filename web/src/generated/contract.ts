@@ -36,6 +36,13 @@ export type MessageType = 'text' | 'thinking' | 'tool_call' | 'tool_result' | 'e
  * via the `definition` "PrincipalKind".
  */
 export type PrincipalKind = 'user' | 'agent' | 'service';
+/**
+ * Who wrote a conversation's title (``Conversation.titleSource``).
+ *
+ * This interface was referenced by `ParleyContract`'s JSON-Schema
+ * via the `definition` "TitleSource".
+ */
+export type TitleSource = 'user' | 'agent';
 
 /**
  * Parley's client contract (docs/protocol.md), generated from libs/contract by python -m parley_contract.wire_schema. Do not edit.
@@ -120,6 +127,7 @@ export interface ConversationContext {
   entities?: string[] | null;
   topics?: string[] | null;
   sentiment?: string | null;
+  messageCount?: number | null;
 }
 /**
  * This interface was referenced by `ParleyContract`'s JSON-Schema
@@ -152,6 +160,17 @@ export interface ConversationUpdate {
   participants?: ParticipantRef[] | null;
   addParticipants?: ParticipantRef[] | null;
   removeParticipants?: ParticipantRef[] | null;
+  usage?: Usage | null;
+  cost?: number | null;
+}
+/**
+ * This interface was referenced by `ParleyContract`'s JSON-Schema
+ * via the `definition` "Usage".
+ */
+export interface Usage {
+  promptTokens: number;
+  completionTokens: number;
+  totalTokens: number;
 }
 /**
  * This interface was referenced by `ParleyContract`'s JSON-Schema
@@ -224,15 +243,6 @@ export interface Thinking {
   content: string;
   visible?: boolean;
   duration?: number;
-}
-/**
- * This interface was referenced by `ParleyContract`'s JSON-Schema
- * via the `definition` "Usage".
- */
-export interface Usage {
-  promptTokens: number;
-  completionTokens: number;
-  totalTokens: number;
 }
 /**
  * This interface was referenced by `ParleyContract`'s JSON-Schema
@@ -442,6 +452,7 @@ export interface Conversation {
   context?: ConversationContext | null;
   lastSeq?: number;
   deletedAt?: string | null;
+  titleSource?: TitleSource | null;
 }
 /**
  * This interface was referenced by `ParleyContract`'s JSON-Schema
