@@ -18,6 +18,12 @@ class Metrics:
             ["resumed"],
             registry=r,
         )
+        self.kv_unavailable = Counter(
+            "parley_gateway_kv_unavailable_total",
+            "Reads of a KV bucket answered degraded (bucket unavailable), by bucket",
+            ["bucket"],
+            registry=r,
+        )
         self.auth_failures = Counter(
             "parley_gateway_auth_failures_total", "Upgrades refused with 401", registry=r
         )

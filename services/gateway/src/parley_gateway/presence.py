@@ -6,6 +6,12 @@
 - Each instance keeps a heartbeat entry in the instances bucket; when one vanishes (expired:
   the instance crashed) one gateway publishes the offline events its clients could not send.
 Both buckets have a TTL, refreshed every ``presence_ttl_seconds / 3``.
+
+Without their buckets (issue 19: no JetStream quorum, a bucket's node down) each step goes on
+by itself: presence entries, the heartbeat and the reaping are tried independently, nothing
+is reaped while the instances bucket cannot be listed nor for one TTL after it answers again
+(live instances write their heartbeat again first), and ``/v1/scaling`` answers
+``SERVICE_UNAVAILABLE`` naming the buckets it could not read, with what it could count.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +27,10 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.kv import KeyValue
 
 from parley_contract import envelopes, jsonutil, subjects
-from parley_contract.errors import ParleyError
+from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal
 from parley_contract.timeutil import now_iso
@@ -34,6 +42,9 @@ from parley_gateway.natsdirect import subscribe_direct
 from parley_gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+KV_READ_SECONDS = 2.0  # a bucket that has not answered by then is unavailable
+_KV_ERRORS = (TimeoutError, nats.errors.Error, nats.js.errors.Error)
 
 
 class PrincipalState:
@@ -53,6 +64,7 @@ class Presence(Fanout):
         self.principals: dict[tuple[PrincipalKind, str], PrincipalState] = {}
         self.started_at = now_iso()
         self._seen_instances: set[str] = set()
+        self._reap_after = 0.0  # time.monotonic(): no reaping before (instances bucket back)
 
     async def register(self, conn: Conn) -> None:
         kind, pid = conn.principal.kind, conn.principal.id
@@ -145,23 +157,48 @@ class Presence(Fanout):
         await self.kv_instances.put(self.instance_id, jsonutil.dumps(doc))
 
     async def _refresh_presence(self) -> None:
-        await self._put_instance()
+        try:
+            await self._put_instance()
+        except _KV_ERRORS as exc:
+            logger.warning("heartbeat of %s not written: %r", self.instance_id, exc)
         items = [(kind, pid, len(s.conns)) for (kind, pid), s in self.principals.items() if s.conns]
         for i in range(0, len(items), 200):
             await asyncio.gather(*(self._put_presence(*it) for it in items[i : i + 200]))
         await self._watch_instances()
 
+    async def kv_keys(self, kv: KeyValue | None, bucket: str) -> list[str] | None:
+        """The keys of a bucket; None when it does not answer within ``KV_READ_SECONDS``."""
+        if kv is None:
+            return None
+        try:
+            return await asyncio.wait_for(keys_of(kv), KV_READ_SECONDS)
+        except _KV_ERRORS as exc:
+            logger.warning("KV %s unavailable: %r", bucket, exc)
+            self.metrics.kv_unavailable.labels(bucket).inc()
+            return None
+
     async def _watch_instances(self) -> None:
         """Notice instances whose heartbeat key is gone (crashed: expired) and reap them."""
         if self.kv_instances is None or self.draining:
             return
-        keys = set(await keys_of(self.kv_instances))
+        listed = await self.kv_keys(self.kv_instances, subjects.KV_INSTANCES)
+        now = time.monotonic()
+        if listed is None:
+            # Their heartbeats may have expired meanwhile: once the bucket is back, live
+            # instances get one TTL to write theirs again before a missing one is gone.
+            self._reap_after = now + self._presence_ttl
+            return
+        keys = set(listed)
+        if now < self._reap_after:
+            self._seen_instances |= keys
+            return
         gone = self._seen_instances - keys - {self.instance_id}
         self._seen_instances = keys
         for instance in sorted(gone):
-            await self._reap(instance)
+            if not await self._reap(instance):
+                self._seen_instances.add(instance)  # tried again at the next refresh
 
-    async def _reap(self, instance: str) -> None:
+    async def _reap(self, instance: str) -> bool:
         """Publish the offline events a vanished instance could not send.
 
         One gateway does it (a KV ``create`` is the lock): each session still attributed to
@@ -170,13 +207,22 @@ class Presence(Fanout):
         offline events already sent; after a crash they are the only ones.
         """
         assert self.kv_presence is not None and self.kv_sessions is not None
+        lock = f"reaped.{instance}"
         try:
-            await self.kv_presence.create(f"reaped.{instance}", self.instance_id.encode())
+            await self.kv_presence.create(lock, self.instance_id.encode())
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
-            return  # another gateway is on it
+            return True  # another gateway is on it
+        except _KV_ERRORS as exc:
+            logger.warning("reaping %s postponed: %r", instance, exc)
+            return False
         logger.info("instance %s is gone: publishing its clients' offline events", instance)
         count = 0
-        for key in await keys_of(self.kv_sessions):
+        sessions = await self.kv_keys(self.kv_sessions, subjects.KV_SESSIONS)
+        if sessions is None:
+            with contextlib.suppress(*_KV_ERRORS):  # let the next try take the lock again
+                await self.kv_presence.delete(lock)
+            return False
+        for key in sessions:
             try:
                 entry = await self.kv_sessions.get(key)
                 doc = jsonutil.loads(entry.value or b"")
@@ -203,30 +249,58 @@ class Presence(Fanout):
                     await self.publish(cid, envelopes.event_frame(event, data, conversation_id=cid))
                     count += 1
         logger.info("instance %s: %d offline events published", instance, count)
+        return True
 
     async def scaling(self) -> dict[str, Any]:
-        """design doc 1.4: users, agents and instances online across the cluster."""
-        assert self.kv_presence is not None and self.kv_instances is not None
-        users: set[str] = set()
-        agents: set[str] = set()
-        for key in await keys_of(self.kv_presence):
-            kind, _, rest = key.partition(".")
-            pid = rest.rsplit(".", 1)[0]
-            if kind == PrincipalKind.USER.value:
-                users.add(pid)
-            elif kind == PrincipalKind.AGENT.value:
-                agents.add(pid)
+        """design doc 1.4: users, agents and instances online across the cluster.
+
+        A bucket that does not answer: ``SERVICE_UNAVAILABLE`` with ``details.unavailable``
+        (its names) and ``details.partial`` (the counts that could be made)."""
         if self.kv_agents is None and self.nc is not None:
-            with contextlib.suppress(nats.js.errors.BucketNotFoundError):
-                self.kv_agents = await self.nc.jetstream().key_value(subjects.KV_AGENTS)
-        if self.kv_agents is not None:
-            # Agents served by agent bridges: key <agentId>.<bridgeInstanceId>.
-            agents.update(key.rsplit(".", 1)[0] for key in await keys_of(self.kv_agents))
-        instances = await keys_of(self.kv_instances)
-        n = len(instances)
-        return {
-            "users": len(users),
-            "agents": len(agents),
-            "instances": n,
-            "avgUsersPerInstance": round(len(users) / n) if n else 0,
-        }
+            with contextlib.suppress(*_KV_ERRORS):  # absent until a bridge creates it
+                self.kv_agents = await asyncio.wait_for(
+                    self.nc.jetstream().key_value(subjects.KV_AGENTS), KV_READ_SECONDS
+                )
+        presence, bridges, instances = await asyncio.gather(
+            self.kv_keys(self.kv_presence, subjects.KV_PRESENCE),
+            self.kv_keys(self.kv_agents, subjects.KV_AGENTS)
+            if self.kv_agents is not None
+            else asyncio.sleep(0, []),
+            self.kv_keys(self.kv_instances, subjects.KV_INSTANCES),
+        )
+        counts: dict[str, Any] = {}
+        if presence is not None:
+            users: set[str] = set()
+            agents: set[str] = set()
+            for key in presence:
+                kind, _, rest = key.partition(".")
+                pid = rest.rsplit(".", 1)[0]
+                if kind == PrincipalKind.USER.value:
+                    users.add(pid)
+                elif kind == PrincipalKind.AGENT.value:
+                    agents.add(pid)
+            counts["users"] = len(users)
+            if bridges is not None:
+                # Agents served by agent bridges: key <agentId>.<bridgeInstanceId>.
+                agents.update(key.rsplit(".", 1)[0] for key in bridges)
+                counts["agents"] = len(agents)
+        if instances is not None:
+            counts["instances"] = n = len(instances)
+            if "users" in counts:
+                counts["avgUsersPerInstance"] = round(counts["users"] / n) if n else 0
+        unavailable = [
+            bucket
+            for bucket, keys in (
+                (subjects.KV_PRESENCE, presence),
+                (subjects.KV_AGENTS, bridges),
+                (subjects.KV_INSTANCES, instances),
+            )
+            if keys is None
+        ]
+        if unavailable:
+            raise ParleyError(
+                ErrorCode.SERVICE_UNAVAILABLE,
+                "some counts cannot be made right now (KV unavailable): try again shortly",
+                {"reason": "kv-unavailable", "unavailable": unavailable, "partial": counts},
+            )
+        return counts

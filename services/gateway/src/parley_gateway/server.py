@@ -30,6 +30,7 @@ from parley_gateway.http_api import create_app
 from parley_gateway.hub import Hub
 from parley_gateway.metrics import Metrics
 from parley_gateway.origins import PolicyCORSMiddleware, origin_refusal
+from parley_gateway.sessions import SessionsUnavailable, SinceOnly
 from parley_gateway.settings import Settings
 from parley_gateway.sio.asgi import with_socketio
 from parley_gateway.sio.endpoint import PATH as SIO_PATH
@@ -158,9 +159,13 @@ class Gateway:
                 since = parse_since(params["since"][0], self.settings.max_conversations)
             except ParleyError as exc:
                 return json_response(exc.http_status, envelopes.fail_from(exc))
+        try:  # before the upgrade: a resume the session store cannot answer is a 503
+            session, restored = await self.resume(principal, session, since)
+        except ParleyError as exc:
+            return json_response(exc.http_status, envelopes.fail_from(exc))
         # Handed to the handler on the connection itself (nothing to leak if the handshake
         # fails after this point).
-        ws.parley_auth = (principal, exp, session, since)  # type: ignore[attr-defined]
+        ws.parley_auth = (principal, exp, session, restored)  # type: ignore[attr-defined]
         return None
 
     def _refuse_origin(self, request: Request) -> Response | None:
@@ -189,12 +194,11 @@ class Gateway:
         if auth is None:  # pragma: no cover - process_request always sets it
             await ws.close(1008, "unauthenticated")
             return
-        principal, exp, resume, since = auth
+        principal, exp, resume, restored = auth
         del ws.parley_auth  # type: ignore[attr-defined]
         # The handshake's request (headers: ~3 KB, held by websockets' parser too), response
         # and logger adapter are not needed any more (idle memory, see slim.py).
         slim_after_handshake(ws)
-        resume, restored = await self.resume(principal, resume, since)
         conn = Conn(
             ws,
             principal,
@@ -232,7 +236,15 @@ class Gateway:
                 # load what it saves, and do not kick it (a kicked connection saves nothing).
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(cleaning), _CLEANUP_WAIT_SECONDS)
-            restored = await hub.load_session(resume, principal)
+            try:
+                restored = await hub.load_session(resume, principal)
+            except SessionsUnavailable:
+                if not since:
+                    raise  # nothing to restore from: SERVICE_UNAVAILABLE, resume again
+                # Degraded (issue 19): the client's own seqs are all there is. A new session
+                # id (whose the old one is cannot be checked); each conversation is
+                # re-authorized by the rejoin as always.
+                return None, SinceOnly(since)
             if restored is not None and since:
                 # The client's own last seqs win: exact also after a crash of the old instance
                 # (whose delivered seqs may lag by up to one session flush interval). A
@@ -263,6 +275,8 @@ class Gateway:
             hello["conversations"] = [
                 {"conversationId": cid, "lastSeq": seq} for cid, seq in restored.items()
             ]
+        if isinstance(restored, SinceOnly):
+            hello["degraded"] = ["sessions"]  # protocol section 1: restored from since alone
         conn.send(envelopes.event_frame(first, hello))
         if restored is not None:
             await self.rejoin(conn, restored)

@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from parley_contract import jsonutil, subjects
+from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.internal import Principal
 from parley_contract.timeutil import now_iso
 from parley_gateway.bus import Bus
@@ -30,6 +31,28 @@ from parley_gateway.settings import Settings
 logger = logging.getLogger(__name__)
 
 FLUSH_BATCH = 500  # session writes per flush tick at most (2000/s at the default 0.25 s)
+# Reading a session on resume: attempts of at most LOAD_ATTEMPT_SECONDS each (a leader
+# election of the bucket takes a few seconds) within LOAD_BUDGET_SECONDS, then the store is
+# unavailable (issue 19: before, a resume waited 5 s and silently got a fresh session).
+LOAD_ATTEMPT_SECONDS = 1.0
+LOAD_BUDGET_SECONDS = 3.0
+SAVE_SECONDS = 1.5  # an acknowledged session write (at a disconnect, the TTL refresh)
+
+
+class SinceOnly(dict[str, int]):
+    """A resume restored from the client's ``since`` alone (the session could not be read)."""
+
+
+class SessionsUnavailable(ParleyError):
+    """The sessions bucket did not answer: a resume cannot know the session's conversations."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "sessions cannot be read right now: resume again in a few seconds, "
+            "or resume with since",
+            {"reason": "sessions-unavailable"},
+        )
 
 
 class Sessions(Bus):
@@ -70,24 +93,20 @@ class Sessions(Bus):
         if not ack:
             await self._kv_publish(subjects.KV_SESSIONS, conn.session_id, doc)
             return
-        try:
-            await self.kv_sessions.put(conn.session_id, doc)
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
+        try:  # bounded: a resume waits for the save at a disconnect (server.resume)
+            await asyncio.wait_for(self.kv_sessions.put(conn.session_id, doc), SAVE_SECONDS)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             logger.warning("session %s not saved: %s", conn.session_id, exc)
 
     async def load_session(self, session_id: str, principal: Principal) -> dict[str, int] | None:
-        """The conversations (cid → last seq delivered) of a session of this principal."""
-        if self.kv_sessions is None:
+        """The conversations (cid → last seq delivered) of a session of this principal;
+        None: no such session (or someone else's). Raises :class:`SessionsUnavailable` when
+        the sessions bucket does not answer within ``LOAD_BUDGET_SECONDS``."""
+        entry = await self._read_session(session_id)
+        if entry is None:
             return None
         try:
-            entry = await self.kv_sessions.get(session_id)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return None
-        except (nats.errors.Error, nats.js.errors.Error, ValueError) as exc:
-            logger.warning("session %s not loaded: %s", session_id, exc)
-            return None
-        try:
-            doc = jsonutil.loads(entry.value or b"")
+            doc = jsonutil.loads(entry)
         except ValueError:
             return None
         if not isinstance(doc, dict):
@@ -97,6 +116,26 @@ class Sessions(Bus):
             return None
         convs = doc.get("conversations") or {}
         return {str(k): int(v) for k, v in convs.items() if isinstance(v, int)}
+
+    async def _read_session(self, session_id: str) -> bytes | None:
+        if self.kv_sessions is None:
+            raise SessionsUnavailable()
+        deadline = time.monotonic() + LOAD_BUDGET_SECONDS
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                entry = await asyncio.wait_for(
+                    self.kv_sessions.get(session_id), min(LOAD_ATTEMPT_SECONDS, max(left, 0.1))
+                )
+                return entry.value or b""
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+                if time.monotonic() + 0.2 >= deadline:
+                    logger.warning("session %s not loaded: %r", session_id, exc)
+                    self.metrics.kv_unavailable.labels(subjects.KV_SESSIONS).inc()
+                    raise SessionsUnavailable() from None
+                await asyncio.sleep(0.2)
 
     async def kick(self, session_id: str) -> None:
         """Tell whichever instance still holds this session that it was resumed elsewhere."""

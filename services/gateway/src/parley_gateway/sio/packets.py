@@ -181,7 +181,11 @@ class SocketLayer:
         pid = auth.get("pid")
         resume = pid if isinstance(pid, str) and is_valid_id(pid) else None
         since = parse_offset(auth.get("offset")) if resume else None
-        resume, restored = await self.gw.resume(principal, resume, since)
+        try:
+            resume, restored = await self.gw.resume(principal, resume, since)
+        except ParleyError as exc:  # the session store cannot answer (SERVICE_UNAVAILABLE)
+            eio.send(connect_error(exc.code, exc.message, exc.details))
+            return
         if resume is not None:
             logger.info(
                 "Socket.IO recovery of %s on %s: %s (offset %s)",
