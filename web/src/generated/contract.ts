@@ -401,6 +401,7 @@ export interface ConnectedData {
     [k: string]: number;
   };
   conversations?: ResumedConversation[] | null;
+  degraded?: string[] | null;
   [k: string]: unknown;
 }
 /**

@@ -39,6 +39,9 @@ class ConnectedData(_Data):
     limits: dict[str, float] = {}
     # ``reconnected`` only.
     conversations: list[ResumedConversation] | None = None
+    # ``reconnected`` only, issue 19: what could not be read, e.g. ``["sessions"]`` (the
+    # session store was unavailable: restored from the client's ``since`` alone).
+    degraded: list[str] | None = None
 
 
 class ConversationJoinedData(_Data):
