@@ -7,9 +7,12 @@ JetStream to lose quorum while core NATS stays up.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import random
 import secrets
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +22,30 @@ from typing import Any
 
 from parley_contract import nats_auth
 from parley_devstack import natsconf
-from parley_devstack.servers import ManagedProcess, free_port, venv_binary, wait_port
+from parley_devstack.servers import ManagedProcess, port_open, venv_binary, wait_port
+
+
+def stable_port(host: str = "127.0.0.1") -> int:
+    """A free port below the kernel's ephemeral range: a node killed and started again gets
+    its ports back (a free_port() can meanwhile be the source port of another connection,
+    the routes' reconnects above all, and the restart fails with "address in use")."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(10000, max(low, 10001))
+        if port in _TAKEN or port_open(host, port):
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _TAKEN.add(port)
+        return port
+
+
+_TAKEN: set[int] = set()
 
 
 @dataclass
@@ -45,7 +71,7 @@ class NatsCluster:
 
     def __post_init__(self) -> None:
         self.nodes = [
-            NatsNode(f"nats-{i + 1}", free_port(), free_port(), free_port())
+            NatsNode(f"nats-{i + 1}", stable_port(), stable_port(), stable_port())
             for i in range(self.size)
         ]
         self.passwords = {r: secrets.token_hex(16) for r in (*nats_auth.ROLES, "admin")}

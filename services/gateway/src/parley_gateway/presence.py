@@ -44,6 +44,7 @@ from parley_gateway.settings import Settings
 logger = logging.getLogger(__name__)
 
 KV_READ_SECONDS = 2.0  # a bucket that has not answered by then is unavailable
+KV_WRITE_SECONDS = 1.5  # an acknowledged presence write (a disconnect waits for it)
 _KV_ERRORS = (TimeoutError, nats.errors.Error, nats.js.errors.Error)
 
 
@@ -111,9 +112,12 @@ class Presence(Fanout):
                 if state.sub is not None:
                     with contextlib.suppress(nats.errors.Error):
                         await state.sub.unsubscribe()
-                with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                with contextlib.suppress(*_KV_ERRORS):  # bounded: a resume waits for this
                     assert self.kv_presence is not None
-                    await self.kv_presence.delete(self._presence_key(conn.principal.kind, pid))
+                    await asyncio.wait_for(
+                        self.kv_presence.delete(self._presence_key(conn.principal.kind, pid)),
+                        KV_WRITE_SECONDS,
+                    )
             else:
                 await self._put_presence(conn.principal.kind, pid, len(state.conns))
 
@@ -133,8 +137,11 @@ class Presence(Fanout):
             )
             return
         try:
-            await self.kv_presence.put(self._presence_key(kind, pid), str(count).encode())
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            await asyncio.wait_for(
+                self.kv_presence.put(self._presence_key(kind, pid), str(count).encode()),
+                KV_WRITE_SECONDS,
+            )
+        except _KV_ERRORS as exc:
             logger.warning("presence of %s not saved: %s", pid, exc)
 
     async def _put_instance(self) -> None:
