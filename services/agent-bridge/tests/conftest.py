@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-import websockets
 
 from parley_agent_bridge.openai_stub import OpenAIStub
-from parley_agent_bridge.testing import WsClient
+from parley_client.testing import WsClient
 from parley_contract.auth import mint_token
 from parley_contract.events import PrincipalKind
 from parley_devstack.servers import ManagedProcess, StoreServer, free_port, wait_port
@@ -132,9 +131,7 @@ async def connect() -> AsyncIterator[Connect]:
         stack: Stack, sub: str | None = None, kind: PrincipalKind = PrincipalKind.USER
     ) -> WsClient:
         token = mint_token(sub or f"user-{uuid.uuid4().hex[:8]}", kind, name="Tester")
-        ws = await websockets.connect(f"{stack.ws_url(0)}?access_token={token}", max_size=None)
-        client = WsClient(ws, token, stack.gateway_url(0))
-        await client.wait_for(lambda f: f.get("event") == "connected", 10)
+        client = await WsClient.open(stack.gateway_url(0), token)
         clients.append(client)
         return client
 

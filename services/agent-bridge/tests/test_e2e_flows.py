@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from parley_agent_bridge.openai_stub import OpenAIStub, Step
-from parley_agent_bridge.testing import WsClient
+from parley_client.testing import WsClient
 from parley_contract.events import PrincipalKind
 from parley_devstack.servers import ManagedProcess
 from parley_devstack.stack import Stack

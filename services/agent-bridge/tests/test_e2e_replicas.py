@@ -13,7 +13,7 @@ import nats
 import pytest
 
 from parley_agent_bridge.openai_stub import OpenAIStub, Step
-from parley_agent_bridge.testing import WsClient
+from parley_client.testing import WsClient
 from parley_contract import jsonutil, subjects
 from parley_contract.internal import AgentTurn
 from parley_devstack.stack import ServiceProcess, Stack

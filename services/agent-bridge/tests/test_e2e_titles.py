@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from parley_agent_bridge.demo import demo_title
-from parley_agent_bridge.testing import WsClient
+from parley_client.testing import WsClient
 from parley_devstack.stack import Stack
 
 Connect = Callable[..., Awaitable[WsClient]]
