@@ -164,7 +164,11 @@ async def test_the_seeds_participant_shape_through_the_gateway(stack: Stack, cli
     got = [(p.get("userId"), p["role"], "joinedAt" in p) for p in r["data"]["participants"]]
     assert got == [(ada, "user", True), (bob, "user", True)]
     status, body = await aget(f"{stack.gateway_url(1)}/v1/conversations/{cid}", token(bob))
-    assert status == 200 and body["data"]["participants"] == r["data"]["participants"]
+    # GET adds the display names the directory knows (protocol 3.6): Ada created it.
+    listed = body["data"]["participants"]
+    assert [p.get("name") for p in listed] == [ada.title(), None]
+    unnamed = [{k: v for k, v in p.items() if k != "name"} for p in listed]
+    assert status == 200 and unnamed == r["data"]["participants"]
 
 
 async def test_delete_a_conversation(stack: Stack, clients: Any) -> None:

@@ -80,6 +80,7 @@ export interface CommandPayloads {
   'presence:offline': Presence;
   'tool:call': ToolCallCommand;
   'task:create': TaskCreate;
+  'conversation:read': ConversationRead;
 }
 /**
  * This interface was referenced by `ParleyContract`'s JSON-Schema
@@ -326,6 +327,16 @@ export interface TaskCreate {
   agentId?: string | null;
 }
 /**
+ * Read up to ``seq`` (a durable event's seq, at most the conversation's last).
+ *
+ * This interface was referenced by `ParleyContract`'s JSON-Schema
+ * via the `definition` "ConversationRead".
+ */
+export interface ConversationRead {
+  conversationId: string;
+  seq: number;
+}
+/**
  * The data of each server → client event.
  *
  * This interface was referenced by `ParleyContract`'s JSON-Schema
@@ -336,6 +347,7 @@ export interface EventData {
   'typing:stop': TypingData;
   'presence:online': PresenceData;
   'presence:offline': PresenceData;
+  'conversation:read': ReadData;
   connected: ConnectedData;
   reconnected: ConnectedData;
   error: null;
@@ -356,6 +368,8 @@ export interface EventData {
   'message:stream-end': StreamEnd;
   'task:created': Task;
   'tool:result': null;
+  'message:delivered': DeliveredData;
+  'conversation:activity': ActivityData;
 }
 /**
  * ``typing:start`` / ``typing:stop`` from another connection.
@@ -383,6 +397,31 @@ export interface PresenceData {
   name?: string | null;
   status?: string | null;
   reason?: string | null;
+  [k: string]: unknown;
+}
+/**
+ * ``conversation:read``: read cursors that moved (coalesced per conversation). To the
+ * reader's own connections also its ``unreadCount``.
+ *
+ * This interface was referenced by `ParleyContract`'s JSON-Schema
+ * via the `definition` "ReadData".
+ */
+export interface ReadData {
+  conversationId: string;
+  cursors: Cursor[];
+  unreadCount?: number | null;
+  [k: string]: unknown;
+}
+/**
+ * A read or delivery cursor that moved: ``(kind, principalId)`` is at ``seq``.
+ *
+ * This interface was referenced by `ParleyContract`'s JSON-Schema
+ * via the `definition` "Cursor".
+ */
+export interface Cursor {
+  principalId: string;
+  kind: PrincipalKind;
+  seq: number;
   [k: string]: unknown;
 }
 /**
@@ -454,6 +493,8 @@ export interface Conversation {
   lastSeq?: number;
   deletedAt?: string | null;
   titleSource?: TitleSource | null;
+  unreadCount?: number | null;
+  readSeq?: number | null;
 }
 /**
  * This interface was referenced by `ParleyContract`'s JSON-Schema
@@ -465,6 +506,7 @@ export interface Participant {
   role: ParticipantRole;
   joinedAt: string;
   leftAt?: string | null;
+  name?: string | null;
 }
 /**
  * This interface was referenced by `ParleyContract`'s JSON-Schema
@@ -490,6 +532,22 @@ export interface ConversationJoinedData {
   sinceSeq?: number | null;
   epoch?: number;
   deliveredSeq?: number | null;
+  unreadCount?: number | null;
+  readSeq?: number | null;
+  cursors?: MemberCursor[] | null;
+  [k: string]: unknown;
+}
+/**
+ * Where one member stands in a conversation (docs/protocol.md 3.6).
+ *
+ * This interface was referenced by `ParleyContract`'s JSON-Schema
+ * via the `definition` "MemberCursor".
+ */
+export interface MemberCursor {
+  principalId: string;
+  kind: PrincipalKind;
+  readSeq?: number;
+  deliveredSeq?: number;
   [k: string]: unknown;
 }
 /**
@@ -626,6 +684,42 @@ export interface Task {
   [k: string]: unknown;
 }
 /**
+ * ``message:delivered``: delivery cursors that delivered something (coalesced).
+ *
+ * This interface was referenced by `ParleyContract`'s JSON-Schema
+ * via the `definition` "DeliveredData".
+ */
+export interface DeliveredData {
+  conversationId: string;
+  cursors: Cursor[];
+  [k: string]: unknown;
+}
+/**
+ * ``conversation:activity``: new messages in one of the principal's conversations.
+ *
+ * This interface was referenced by `ParleyContract`'s JSON-Schema
+ * via the `definition` "ActivityData".
+ */
+export interface ActivityData {
+  conversationId: string;
+  lastSeq: number;
+  lastMessage: ActivityMessage;
+  [k: string]: unknown;
+}
+/**
+ * This interface was referenced by `ParleyContract`'s JSON-Schema
+ * via the `definition` "ActivityMessage".
+ */
+export interface ActivityMessage {
+  messageId: string;
+  role: string;
+  messageType: string;
+  content: string;
+  createdBy?: string | null;
+  seq: number;
+  [k: string]: unknown;
+}
+/**
  * The reply data of the commands that answer with one.
  *
  * This interface was referenced by `ParleyContract`'s JSON-Schema
@@ -642,6 +736,7 @@ export interface CommandReplies {
   'message:react': Message;
   'message:stop': StopReply;
   'task:create': Task;
+  'conversation:read': ReadReply;
 }
 /**
  * The reply to ``message:stop``.
@@ -651,6 +746,18 @@ export interface CommandReplies {
  */
 export interface StopReply {
   stopping: boolean;
+  [k: string]: unknown;
+}
+/**
+ * The reply to ``conversation:read``: where the cursor is and what is still unread.
+ *
+ * This interface was referenced by `ParleyContract`'s JSON-Schema
+ * via the `definition` "ReadReply".
+ */
+export interface ReadReply {
+  conversationId: string;
+  seq: number;
+  unreadCount: number;
   [k: string]: unknown;
 }
 /**
@@ -718,6 +825,7 @@ export enum Event {
   PRESENCE_OFFLINE = 'presence:offline',
   TOOL_CALL = 'tool:call',
   TASK_CREATE = 'task:create',
+  CONVERSATION_READ = 'conversation:read',
   CONNECTED = 'connected',
   RECONNECTED = 'reconnected',
   ERROR = 'error',
@@ -737,7 +845,9 @@ export enum Event {
   MESSAGE_STREAM_DELTA = 'message:stream-delta',
   MESSAGE_STREAM_END = 'message:stream-end',
   TASK_CREATED = 'task:created',
-  TOOL_RESULT = 'tool:result'
+  TOOL_RESULT = 'tool:result',
+  MESSAGE_DELIVERED = 'message:delivered',
+  CONVERSATION_ACTIVITY = 'conversation:activity'
 }
 /**
  * This interface was referenced by `ParleyContract`'s JSON-Schema

@@ -13,6 +13,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -216,6 +217,12 @@ class Typing(InConversation):
     pass
 
 
+class ConversationRead(InConversation):
+    """Read up to ``seq`` (a durable event's seq, at most the conversation's last)."""
+
+    seq: StrictInt = Field(ge=0, le=INT64_MAX)
+
+
 class Presence(CommandData):
     status: str | None = Field(default=None, max_length=100)
 
@@ -250,6 +257,7 @@ PAYLOADS: dict[Event, type[CommandData]] = {
     Event.PRESENCE_OFFLINE: Presence,
     Event.TOOL_CALL: ToolCallCommand,
     Event.TASK_CREATE: TaskCreate,
+    Event.CONVERSATION_READ: ConversationRead,
 }
 
 

@@ -62,6 +62,9 @@ def subjects_table() -> str:
         f"| agent turns | `{subjects.AGENT_TURN}` (JetStream `{subjects.STREAM_AGENT_TURNS}`) "
         "| conversation service publishes; bridges consume (one durable consumer) |",
         f"| agent stop | `{subjects.AGENT_STOP}` | conversation service → every bridge |",
+        f"| delivery reports | `{subjects.INTERNAL_DELIVERY}` | gateways publish (batched, "
+        "no reply): how far each principal's connections received each conversation; the "
+        "conversation service applies them (docs/protocol.md 3.6) |",
         f"| gateways | `{subjects.GATEWAY_SESSION_KICK_WILDCARD}`, "
         f"`{subjects.gateway_engineio('<instanceKey>')}` "
         "| a session resumed elsewhere is kicked; Socket.IO polling requests and upgrades "

@@ -53,6 +53,9 @@ class Event(enum.StrEnum):
     PRESENCE_OFFLINE = "presence:offline"  # both directions
     TOOL_CALL = "tool:call"
     TASK_CREATE = "task:create"
+    # Parley addition (issue 17): the caller has read up to a seq; also the event that tells
+    # the other members ("seen by") and the reader's other connections (unread counts).
+    CONVERSATION_READ = "conversation:read"  # both directions
 
     # Server → client events
     CONNECTED = "connected"
@@ -76,6 +79,9 @@ class Event(enum.StrEnum):
     MESSAGE_STREAM_END = "message:stream-end"
     TASK_CREATED = "task:created"
     TOOL_RESULT = "tool:result"
+    # Parley additions (issue 17): delivery receipts and unread counts of unwatched lists.
+    MESSAGE_DELIVERED = "message:delivered"
+    CONVERSATION_ACTIVITY = "conversation:activity"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +155,13 @@ REGISTRY: dict[Event, EventSpec] = {
         _spec(Event.PRESENCE_OFFLINE, _BOTH, _E, _ALL, "a principal went offline"),
         _spec(Event.TOOL_CALL, _CMD, _X, frozenset({_A, _S}), "ask the platform to run a tool"),
         _spec(Event.TASK_CREATE, _CMD, _X, _ALL, "record a task for an agent"),
+        _spec(
+            Event.CONVERSATION_READ,
+            _BOTH,
+            _E,
+            frozenset({_U, _A}),
+            "read cursors: the caller read up to a seq; who read how far (coalesced)",
+        ),
         _spec(Event.CONNECTED, _EVT, _X, _NONE, "first frame of a new session"),
         _spec(Event.RECONNECTED, _EVT, _X, _NONE, "first frame of a resumed session"),
         _spec(Event.ERROR, _EVT, _X, _NONE, "a failure that belongs to no command id"),
@@ -175,6 +188,20 @@ REGISTRY: dict[Event, EventSpec] = {
         _spec(Event.MESSAGE_STREAM_END, _EVT, _E, _NONE, "the stream ended; message:new follows"),
         _spec(Event.TASK_CREATED, _EVT, _D, _NONE, "a task was recorded"),
         _spec(Event.TOOL_RESULT, _EVT, _E, _NONE, "result of a tool:call"),
+        _spec(
+            Event.MESSAGE_DELIVERED,
+            _EVT,
+            _E,
+            _NONE,
+            "messages reached another member's connection (delivery cursors, coalesced)",
+        ),
+        _spec(
+            Event.CONVERSATION_ACTIVITY,
+            _EVT,
+            _E,
+            _NONE,
+            "new messages in one of the caller's conversations (to the principal, coalesced)",
+        ),
     ]
 }
 

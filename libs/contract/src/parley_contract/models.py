@@ -61,6 +61,8 @@ class Participant(WireModel):
     role: ParticipantRole
     joined_at: Timestamp
     left_at: Timestamp | None = None
+    # Parley: the display name from the directory (replies only, never stored; 3.6).
+    name: str | None = None
 
     @property
     def principal_id(self) -> str:
@@ -134,6 +136,9 @@ class Conversation(BaseDocument):
     # Parley: who wrote the title; absent while it is the default one. An agent's title never
     # replaces a user's (nor, for a conversation older than this field, a non-default title).
     title_source: TitleSource | None = None
+    # Parley, in GET replies only (never stored): the caller's unread count and read seq.
+    unread_count: int | None = None
+    read_seq: int | None = None
 
 
 # ---------------------------------------------------------------- Message

@@ -76,6 +76,7 @@ def permissions(role: Role) -> dict[str, list[str]]:
             s.COMMANDS_WILDCARD,
             s.QUERY_CONVERSATIONS_WILDCARD,
             conv_ephemeral,  # typing
+            s.INTERNAL_DELIVERY,  # delivery receipts (batched)
             s.gateway_session_kick("*"),
             s.gateway_engineio("*"),
             *js_common,

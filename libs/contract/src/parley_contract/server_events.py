@@ -44,6 +44,64 @@ class ConnectedData(_Data):
     degraded: list[str] | None = None
 
 
+class MemberCursor(_Data):
+    """Where one member stands in a conversation (docs/protocol.md 3.6)."""
+
+    principal_id: str
+    kind: PrincipalKind
+    read_seq: int = 0
+    delivered_seq: int = 0
+
+
+class Cursor(_Data):
+    """A read or delivery cursor that moved: ``(kind, principalId)`` is at ``seq``."""
+
+    principal_id: str
+    kind: PrincipalKind
+    seq: int
+
+
+class ReadData(_Data):
+    """``conversation:read``: read cursors that moved (coalesced per conversation). To the
+    reader's own connections also its ``unreadCount``."""
+
+    conversation_id: str
+    cursors: list[Cursor]
+    unread_count: int | None = None
+
+
+class DeliveredData(_Data):
+    """``message:delivered``: delivery cursors that delivered something (coalesced)."""
+
+    conversation_id: str
+    cursors: list[Cursor]
+
+
+class ActivityMessage(_Data):
+    message_id: str
+    role: str
+    message_type: str
+    content: str
+    created_by: str | None = None
+    seq: int
+
+
+class ActivityData(_Data):
+    """``conversation:activity``: new messages in one of the principal's conversations."""
+
+    conversation_id: str
+    last_seq: int
+    last_message: ActivityMessage
+
+
+class ReadReply(_Data):
+    """The reply to ``conversation:read``: where the cursor is and what is still unread."""
+
+    conversation_id: str
+    seq: int
+    unread_count: int
+
+
 class ConversationJoinedData(_Data):
     """``conversation:joined`` (event and the join's reply): where the stream starts."""
 
@@ -53,6 +111,10 @@ class ConversationJoinedData(_Data):
     epoch: int = 0
     # The reply only: the last seq this connection was given (the replay goes up from here).
     delivered_seq: int | None = None
+    # The event (3.6): the caller's unread count and read cursor, the members' cursors.
+    unread_count: int | None = None
+    read_seq: int | None = None
+    cursors: list[MemberCursor] | None = None
 
 
 class TypingData(_Data):

@@ -103,6 +103,9 @@ QUERY_CONVERSATIONS_WILDCARD: Final = f"{PREFIX}.query.>"
 # Internal writes by Parley's own services (agent bridge → conversation service).
 INTERNAL_MESSAGE_APPEND: Final = f"{PREFIX}.internal.message.append"
 INTERNAL_USAGE_ADD: Final = f"{PREFIX}.internal.usage.add"
+# Gateways → conversation service, no reply: which principal's connections received a
+# conversation's durable frames up to which seq (delivery receipts, batched per interval).
+INTERNAL_DELIVERY: Final = f"{PREFIX}.internal.delivery"
 
 # Agent bridge.
 AGENT_TURN: Final = f"{PREFIX}.agent.turn"  # a user message in a conversation with an agent

@@ -35,9 +35,13 @@ from parley_contract.errors import ErrorCode
 from parley_contract.events import REGISTRY, SERVER_EVENTS, Event
 from parley_contract.models import Conversation, Message
 from parley_contract.server_events import (
+    ActivityData,
     ConnectedData,
     ConversationJoinedData,
+    DeliveredData,
     PresenceData,
+    ReadData,
+    ReadReply,
     StopReply,
     Task,
     TypingData,
@@ -70,6 +74,9 @@ EVENT_DATA: dict[Event, tuple[type[BaseModel], ...]] = {
     Event.TYPING_STOP: (TypingData,),
     Event.PRESENCE_ONLINE: (PresenceData,),
     Event.PRESENCE_OFFLINE: (PresenceData,),
+    Event.CONVERSATION_READ: (ReadData,),
+    Event.MESSAGE_DELIVERED: (DeliveredData,),
+    Event.CONVERSATION_ACTIVITY: (ActivityData,),
 }
 assert set(EVENT_DATA) == SERVER_EVENTS, "every server event needs its data shape"
 
@@ -85,6 +92,7 @@ COMMAND_REPLIES: dict[Event, type[BaseModel]] = {
     Event.MESSAGE_REACT: Message,
     Event.MESSAGE_STOP: StopReply,
     Event.TASK_CREATE: Task,
+    Event.CONVERSATION_READ: ReadReply,
 }
 
 REF = "#/$defs/{model}"

@@ -30,6 +30,7 @@ from parley_contract.commands import (
     ConversationCreate,
     ConversationDelete,
     ConversationJoin,
+    ConversationRead,
     ConversationUpdate,
     MessageDelete,
     MessageEdit,
@@ -62,12 +63,14 @@ from parley_contract.timeutil import iso
 from parley_contract.turnstate import TurnState
 from parley_conversation import domain, roles
 from parley_conversation.agent_watch import AgentWatch
+from parley_conversation.cursors import CursorStore
 from parley_conversation.entries import MessageTotals
 from parley_conversation.epochs import HighWaterMarks
 from parley_conversation.idempotency import KEYED_EVENTS, command_key, log_key, with_key
 from parley_conversation.legacy import fold_legacy_event_log
 from parley_conversation.outbox import COLLECTION as OUTBOX_COLLECTION
 from parley_conversation.outbox import TurnOutbox
+from parley_conversation.receipts import Receipts
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.settings import Settings
 from parley_conversation.store import MongoStore
@@ -85,6 +88,7 @@ HANDLED_COMMANDS: tuple[Event, ...] = (
     Event.MESSAGE_REACT,
     Event.MESSAGE_STOP,
     Event.TASK_CREATE,
+    Event.CONVERSATION_READ,
 )
 # conversation:leave is not here: it is watching, not membership, and the gateway answers it
 # (unsubscribes the connection). Quitting is conversation:update removing oneself.
@@ -204,6 +208,10 @@ class ConversationService:
             self._jetstream,
             on_failure=self.metrics.agent_turn_failures.inc,
         )
+        self.cursors = CursorStore(self.store.messages.database, self.store.messages)
+        self.receipts = Receipts(
+            self.cursors, self.store.last_seq, self._publish, settings.receipts_window_seconds
+        )
         self.ready = False
         self._agents: AgentDirectory | None = None
         self._started = False
@@ -241,6 +249,22 @@ class ConversationService:
             )
             sub(self._make_handler(subject, op))
             self._subscribers.append(sub)
+        # Delivery reports from the gateways: published, no reply (receipts.py).
+        sub = self.broker.subscriber(
+            subjects.INTERNAL_DELIVERY,
+            queue=q,
+            max_workers=n,
+            title=f"Delivery reports ({subjects.INTERNAL_DELIVERY})",
+            decoder=_raw_body,
+        )
+        sub(self._delivery_report)
+        self._subscribers.append(sub)
+
+    async def _delivery_report(self, body: bytes) -> None:
+        try:
+            await self.receipts.delivery_report(body)
+        except PyMongoError:
+            logger.warning("delivery report not applied (store)", exc_info=True)
 
     def _make_handler(self, subject: str, op: str) -> Callable[[bytes], Awaitable[bytes]]:
         # The subject is bound here and the body arrives raw (see _raw_body): the handler
@@ -258,6 +282,7 @@ class ConversationService:
         while True:
             try:
                 await self.store.init()
+                await self.cursors.init()
                 # Before any request: the old log's seqs must be in place before new writes.
                 await fold_legacy_event_log(self.store)
                 break
@@ -332,6 +357,7 @@ class ConversationService:
         if self.agent_watch is not None:
             await self.agent_watch.stop()
         await self.outbox.stop()
+        await self.receipts.stop()
         try:
             await asyncio.wait_for(self._drain(), timeout=self.settings.drain_seconds)
         except TimeoutError:
@@ -482,6 +508,7 @@ class ConversationService:
 
     async def _after_store(self, conv: Conversation, stored: list[Message]) -> None:
         """Agent turns for user messages in a conversation with an agent (JetStream, dedup)."""
+        self.receipts.activity(conv, stored)
         if not conv.agent_id:
             return
         # A user wrote to an agent nobody serves now: a notice instead of "queued".
@@ -601,6 +628,7 @@ class ConversationService:
         cmd = commands.parse_payload(Event.CONVERSATION_CREATE, data)
         assert isinstance(cmd, ConversationCreate)
         conv = domain.new_conversation(p, cmd)
+        await self.cursors.remember(p.kind, p.id, p.name)
         if cmd.agent_id:
             await self._check_agent(cmd.agent_id)
         try:
@@ -628,7 +656,17 @@ class ConversationService:
         conv = await self._conversation(p, cmd.conversation_id)
         epoch = await self.store.epoch_of(cmd.conversation_id)
         conv = conv.model_copy(update={"last_seq": max(last, conv.last_seq)})
-        return {"conversation": model_json(conv), "lastSeq": last, "epoch": epoch}
+        wire = model_json(conv)
+        await self.cursors.remember(p.kind, p.id, p.name)
+        await self.receipts.add_names([wire])
+        receipts = await self.receipts.join_info(p, conv.id)
+        return {"conversation": wire, "lastSeq": last, "epoch": epoch, **receipts}
+
+    async def conversation_read(self, p: Principal, data: dict[str, Any]) -> Any:
+        cmd = commands.parse_payload(Event.CONVERSATION_READ, data)
+        assert isinstance(cmd, ConversationRead)
+        conv = await self._conversation(p, cmd.conversation_id, totals=False)
+        return await self.receipts.read(p, conv, cmd.seq)
 
     async def conversation_update(self, p: Principal, data: dict[str, Any]) -> Any:
         cmd = commands.parse_payload(Event.CONVERSATION_UPDATE, data)
@@ -813,6 +851,7 @@ class ConversationService:
         Event.MESSAGE_REACT: message_react,
         Event.MESSAGE_STOP: message_stop,
         Event.TASK_CREATE: task_create,
+        Event.CONVERSATION_READ: conversation_read,
     }
 
     # ------------------------------------------------------------ queries
@@ -821,13 +860,18 @@ class ConversationService:
         q: ListConversationsQuery = _parse(ListConversationsQuery, data)
         await self.sequencer.settle_totals()  # read-your-writes for this replica's totals
         page = await self.store.list_conversations(p, q.status, q.cursor, q.limit)
+        await self.receipts.unread_counts(p, page.items)
+        await self.receipts.add_names(page.items)
         return {"items": page.items, "nextCursor": page.next_cursor}
 
     async def _q_get(self, p: Principal, data: dict[str, Any]) -> Any:
         q: GetConversationQuery = _parse(GetConversationQuery, data)
         await self.sequencer.settle_totals()  # read-your-writes for this replica's totals
         conv = await self._conversation(p, q.conversation_id)
-        return model_json(conv)
+        wire = model_json(conv)
+        await self.receipts.unread_counts(p, [wire])
+        await self.receipts.add_names([wire])
+        return wire
 
     async def _q_messages(self, p: Principal, data: dict[str, Any]) -> Any:
         q: ListMessagesQuery = _parse(ListMessagesQuery, data)

@@ -63,6 +63,15 @@ class Settings(ServiceSettings):
         le=10,
         validation_alias=_env("PARLEY_CONVERSATION_TOTALS_INTERVAL_SECONDS"),
     )
+    # Read and delivery receipts (conversation:read, message:delivered) and
+    # conversation:activity are coalesced: at most one event per conversation per this many
+    # seconds, carrying every cursor that moved (docs/protocol.md 3.6).
+    receipts_window_seconds: float = Field(
+        default=0.5,
+        ge=0.01,
+        le=10,
+        validation_alias=_env("PARLEY_CONVERSATION_RECEIPTS_WINDOW_SECONDS"),
+    )
     # Seconds a SIGTERM waits for in-flight batches before giving up.
     drain_seconds: float = Field(
         default=20.0, ge=0, validation_alias=_env("PARLEY_CONVERSATION_DRAIN_SECONDS")

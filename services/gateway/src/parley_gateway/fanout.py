@@ -32,6 +32,7 @@ from parley_gateway.conn import Conn, frame_text
 from parley_gateway.metrics import Metrics
 from parley_gateway.natsdirect import subscribe_direct
 from parley_gateway.ordering import Outcome, Sequencer
+from parley_gateway.receipts import DeliveryReporter
 from parley_gateway.sessions import Sessions
 from parley_gateway.settings import Settings
 from parley_gateway.turns import TurnTracker
@@ -72,6 +73,7 @@ class Fanout(Sessions):
         super().__init__(settings, metrics)
         self.convs: dict[str, ConvState] = {}
         self._evicting: set[asyncio.Task[None]] = set()
+        self.delivery = DeliveryReporter(self.convs, lambda: self.nc)  # receipts.py
 
     async def acquire(self, cid: str) -> ConvState:
         """Subscribe (once per instance) to a conversation; the caller must ``release``."""
@@ -192,6 +194,8 @@ class Fanout(Sessions):
             if wire is None:
                 wire = frame_text(frame)  # framed once, the same bytes for every member
             conn.push_frame(wire)
+        if wire is not None:
+            self.delivery.touch(cid)
         audience = audience_change(frame)
         if audience is not None:
             conv.audience = audience
@@ -298,6 +302,7 @@ class Fanout(Sessions):
         if conv.audience is not None and not conv.audience.admits(kind, pid):
             return False
         conn.joined[cid] = delivered
+        self.delivery.touch(cid)
         for snapshot in conv.turn.snapshot(cid):  # where a running agent turn is, then live
             conn.push(snapshot)
         conv.members.add(conn)

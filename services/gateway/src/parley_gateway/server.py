@@ -53,8 +53,10 @@ _RELAYED = frozenset(
         Event.MESSAGE_STOP,
         Event.TOOL_CALL,
         Event.TASK_CREATE,
+        Event.CONVERSATION_READ,
     }
 )
+_RECEIPT_KEYS = ("unreadCount", "readSeq", "cursors")
 _INVALID = object()  # a frame that is not JSON
 # On disconnect, how long the connection's commands in flight may still take.
 _CLOSE_GRACE_SECONDS = 2.0
@@ -563,6 +565,9 @@ class Gateway:
                             "lastSeq": last_seq,
                             "sinceSeq": since,
                             "epoch": epoch,
+                            # Receipts (docs/protocol.md 3.6): the caller's unread count and
+                            # read seq, the members' read and delivery cursors.
+                            **{k: info[k] for k in _RECEIPT_KEYS if k in info},
                         },
                         conversation_id=cid,
                         epoch=epoch,

@@ -106,6 +106,14 @@ class Settings(ServiceSettings):
     session_flush_seconds: float = Field(
         default=0.25, gt=0, validation_alias=_env("PARLEY_GATEWAY_SESSION_FLUSH_SECONDS")
     )
+    # How often delivery receipts are reported to the conversation service: how far each
+    # principal's connections received each conversation (batched; docs/protocol.md 3.6).
+    delivery_report_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        validation_alias=_env("PARLEY_GATEWAY_DELIVERY_REPORT_SECONDS"),
+    )
     # Browser origins allowed besides the gateway's own (same host as the request's Host) and,
     # in development, localhost: comma-separated scheme://host[:port], or * (see origins.py).
     allowed_origins: str = Field(

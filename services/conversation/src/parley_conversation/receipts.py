@@ -1,0 +1,247 @@
+"""Delivery and read receipts, unread counts and display names (issue 17, docs/protocol.md 3.6).
+
+- ``conversation:read {conversationId, seq}``: the caller's read cursor moves forward.
+- Gateways report, in batches (``subjects.INTERNAL_DELIVERY``), how far each principal's
+  connections received a conversation's durable frames; the delivery cursor moves and the
+  messages it covers that the principal did not write turn ``delivered``.
+- Both fan out as ephemeral events to the conversation, coalesced: at most one
+  ``conversation:read`` and one ``message:delivered`` per conversation per window, each
+  carrying the cursors that moved (the latest seq of each principal). ``message:delivered``
+  is sent only when a message's status changed, so a thousand members receiving the same
+  message make one event, not a thousand.
+- ``conversation:activity``: new messages in a conversation, to each active user
+  participant's own subject (coalesced per conversation per window, at most
+  ``ACTIVITY_MAX_RECIPIENTS``), so a client's list updates unread counts of conversations it
+  does not watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from parley_contract import envelopes, jsonutil, subjects
+from parley_contract.errors import ErrorCode, ParleyError
+from parley_contract.events import Event, PrincipalKind
+from parley_contract.ids import SafeId
+from parley_contract.internal import Principal
+from parley_contract.limits import INT64_MAX
+from parley_contract.models import Conversation, Message, Role
+from parley_conversation.cursors import CursorStore, principal_key
+
+logger = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+LastSeq = Callable[[str], Awaitable[int]]
+
+ACTIVITY_MAX_RECIPIENTS: Final = 500
+MAX_REPORT_ITEMS: Final = 2000
+
+
+class DeliveryItem(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    conversation_id: SafeId = Field(alias="conversationId")
+    kind: PrincipalKind
+    principal_id: SafeId = Field(alias="principalId")
+    seq: int = Field(ge=1, le=INT64_MAX)
+
+
+class DeliveryReport(BaseModel):
+    """What a gateway publishes on ``subjects.INTERNAL_DELIVERY`` (no reply)."""
+
+    model_config = ConfigDict(extra="forbid")
+    items: list[DeliveryItem] = Field(max_length=MAX_REPORT_ITEMS)
+
+
+def _cursor(kind: PrincipalKind | str, pid: str, seq: int) -> dict[str, Any]:
+    return {"principalId": pid, "kind": PrincipalKind(kind).value, "seq": seq}
+
+
+class Receipts:
+    """One replica's receipts: the store calls and the coalescing of their events."""
+
+    def __init__(
+        self, cursors: CursorStore, last_seq: LastSeq, publish: Publish, window: float
+    ) -> None:
+        self.cursors = cursors
+        self._last_seq = last_seq
+        self._publish = publish
+        self.window = window
+        # conversation → (kind, id) → seq, flushed once per window.
+        self._reads: dict[str, dict[tuple[PrincipalKind, str], int]] = {}
+        self._delivered: dict[str, dict[tuple[PrincipalKind, str], int]] = {}
+        self._activity: dict[str, tuple[list[tuple[PrincipalKind, str]], dict[str, Any]]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ commands
+
+    async def read(self, p: Principal, conv: Conversation, seq: int) -> dict[str, Any]:
+        """conversation:read: the cursor moves forward (never back); the reply says where it
+        is and what is still unread."""
+        if p.kind is PrincipalKind.SERVICE:
+            raise ParleyError(ErrorCode.FORBIDDEN, "services have no read cursor")
+        last = await self._last_seq(conv.id)
+        if seq > last:
+            raise ParleyError(
+                ErrorCode.VALIDATION_ERROR,
+                f"seq: {seq} is beyond the conversation's last seq ({last})",
+                {"field": "seq", "lastSeq": last},
+            )
+        before = await self.cursors.advance("readSeq", conv.id, p.kind, p.id, seq)
+        if before is None:
+            doc = await self.cursors.cursor(conv.id, p.kind, p.id)
+            current = int((doc or {}).get("readSeq", seq))
+        else:
+            current = seq
+            self._reads.setdefault(conv.id, {})[(p.kind, p.id)] = seq
+            self._schedule()
+        unread = await self.cursors.unread(conv.id, p.kind, p.id, current)
+        data = {
+            "conversationId": conv.id,
+            "cursors": [_cursor(p.kind, p.id, current)],
+            "unreadCount": unread,
+        }
+        if before is not None:
+            # The reader's other connections (other tabs, the list of another device).
+            frame = envelopes.event_frame(Event.CONVERSATION_READ, data, conversation_id=conv.id)
+            await self._publish(subjects.principal_events(p.kind, p.id), jsonutil.dumps(frame))
+        return {"conversationId": conv.id, "seq": current, "unreadCount": unread}
+
+    async def delivery_report(self, body: bytes) -> None:
+        """A gateway's batch: move delivery cursors, mark messages delivered."""
+        try:
+            report = DeliveryReport.model_validate_json(body)
+        except ValidationError as exc:
+            logger.warning("dropping a malformed delivery report: %s", exc.errors()[:1])
+            return
+        best: dict[tuple[str, PrincipalKind, str], int] = {}
+        for it in report.items:
+            if it.kind is PrincipalKind.SERVICE:
+                continue
+            key = (it.conversation_id, it.kind, it.principal_id)
+            best[key] = max(best.get(key, 0), it.seq)
+        await asyncio.gather(*(self._delivered_one(*k, seq) for k, seq in best.items()))
+
+    async def _delivered_one(self, cid: str, kind: PrincipalKind, pid: str, seq: int) -> None:
+        before = await self.cursors.advance("deliveredSeq", cid, kind, pid, seq)
+        if before is None:
+            return
+        changed = await self.cursors.mark_delivered(cid, kind, pid, before, seq)
+        if changed:
+            self._delivered.setdefault(cid, {})[(kind, pid)] = seq
+            self._schedule()
+
+    def activity(self, conv: Conversation, stored: list[Message]) -> None:
+        """New messages were stored in ``conv``: its users' lists should know (coalesced)."""
+        counted = [m for m in stored if m.role is not Role.TOOL and m.seq is not None]
+        if not counted:
+            return
+        last = max(counted, key=lambda m: m.seq or 0)
+        users = [
+            x.principal for x in conv.participants if x.active and x.kind is PrincipalKind.USER
+        ]
+        if not users or len(users) > ACTIVITY_MAX_RECIPIENTS:
+            return
+        data = {
+            "conversationId": conv.id,
+            "lastSeq": last.seq,
+            "lastMessage": {
+                "messageId": last.id,
+                "role": last.role.value,
+                "messageType": last.message_type.value,
+                "content": last.content[:200],
+                "createdBy": last.created_by,
+                "seq": last.seq,
+            },
+        }
+        self._activity[conv.id] = (users, data)
+        self._schedule()
+
+    # ------------------------------------------------------------ reads
+
+    async def unread_counts(self, p: Principal, items: list[dict[str, Any]]) -> None:
+        """``unreadCount`` and ``readSeq`` of the caller into each conversation (wire dicts)."""
+        if p.kind is PrincipalKind.SERVICE or not items:
+            return
+        ids = [str(c["_id"]) for c in items]
+        seqs = await self.cursors.read_seqs(p.kind, p.id, ids)
+        counts = await asyncio.gather(
+            *(self.cursors.unread(cid, p.kind, p.id, seqs[cid]) for cid in ids)
+        )
+        for c, cid, n in zip(items, ids, counts, strict=True):
+            c["unreadCount"] = n
+            c["readSeq"] = seqs[cid]
+
+    async def join_info(self, p: Principal, cid: str) -> dict[str, Any]:
+        """What conversation:joined adds: the caller's unread count and read seq, and the
+        cursors of the members (who read and received how far: "seen by", "delivered")."""
+        cursors = await self.cursors.cursors_of(cid)
+        mine = next(
+            (c for c in cursors if c["kind"] == p.kind.value and c["principalId"] == p.id), None
+        )
+        read_seq = mine["readSeq"] if mine else 0
+        unread = 0
+        if p.kind is not PrincipalKind.SERVICE:
+            unread = await self.cursors.unread(cid, p.kind, p.id, read_seq)
+        return {"unreadCount": unread, "readSeq": read_seq, "cursors": cursors}
+
+    async def add_names(self, items: list[dict[str, Any]]) -> None:
+        """Each participant's display name (``name``) from the directory, when known."""
+        keys = [
+            principal_key(
+                PrincipalKind.USER if x.get("userId") else PrincipalKind.AGENT,
+                x.get("userId") or x.get("agentId") or "",
+            )
+            for c in items
+            for x in c.get("participants") or []
+        ]
+        if not keys:
+            return
+        names = await self.cursors.names(keys)
+        for c in items:
+            for x in c.get("participants") or []:
+                kind = PrincipalKind.USER if x.get("userId") else PrincipalKind.AGENT
+                name = names.get(principal_key(kind, x.get("userId") or x.get("agentId") or ""))
+                if name:
+                    x["name"] = name
+
+    # ------------------------------------------------------------ coalescing
+
+    def _schedule(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.window)
+        await self.flush()
+
+    async def flush(self) -> None:
+        reads, self._reads = self._reads, {}
+        delivered, self._delivered = self._delivered, {}
+        activity, self._activity = self._activity, {}
+        for event, pending in (
+            (Event.CONVERSATION_READ, reads),
+            (Event.MESSAGE_DELIVERED, delivered),
+        ):
+            for cid, moved in pending.items():
+                data = {
+                    "conversationId": cid,
+                    "cursors": [_cursor(k, pid, seq) for (k, pid), seq in moved.items()],
+                }
+                frame = envelopes.event_frame(event, data, conversation_id=cid)
+                await self._publish(subjects.conversation_events(cid), jsonutil.dumps(frame))
+        for cid, (users, data) in activity.items():
+            frame = envelopes.event_frame(Event.CONVERSATION_ACTIVITY, data, conversation_id=cid)
+            payload = jsonutil.dumps(frame)
+            for kind, pid in users:
+                await self._publish(subjects.principal_events(kind, pid), payload)
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.wait([self._flusher])
+        await self.flush()

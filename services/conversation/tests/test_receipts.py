@@ -1,0 +1,175 @@
+"""Read cursors, delivery receipts, unread counts and display names (issue 17), on the
+real NATS and the real embedded store."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from parley_contract import jsonutil, subjects
+from parley_contract.events import Event, PrincipalKind
+from parley_conversation.service import ConversationService
+
+from .conftest import Request, user
+
+CREATE = subjects.command(Event.CONVERSATION_CREATE)
+JOIN = subjects.command(Event.CONVERSATION_JOIN)
+SEND = subjects.command(Event.MESSAGE_SEND)
+READ = subjects.command(Event.CONVERSATION_READ)
+
+ALICE = {"id": "u-alice", "kind": "user", "name": "Alice Liddell"}
+BOB = {"id": "u-bob", "kind": "user", "name": "Bob"}
+MALLORY = user("u-mallory")
+
+
+class Frames:
+    """Frames published on one subject, collected."""
+
+    def __init__(self) -> None:
+        self.got: list[dict[str, Any]] = []
+
+    async def cb(self, msg: Any) -> None:
+        self.got.append(jsonutil.loads(msg.data))
+
+    async def wait_for(self, event: str, seconds: float = 5.0) -> list[dict[str, Any]]:
+        for _ in range(int(seconds / 0.02)):
+            found = [f for f in self.got if f.get("event") == event]
+            if found:
+                return found
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no {event} in {[f.get('event') for f in self.got]}")
+
+
+async def ok(request_: Request, subject: str, data: Any, who: dict[str, Any]) -> Any:
+    r = await request_(subject, data, who)
+    assert r["success"], r
+    return r["data"]
+
+
+async def conversation_with_messages(request_: Request, n: int) -> tuple[str, list[int]]:
+    conv = await ok(request_, CREATE, {"participants": ["u-bob"]}, ALICE)
+    seqs = []
+    for i in range(n):
+        m = await ok(request_, SEND, {"conversationId": conv["_id"], "content": f"m{i}"}, ALICE)
+        seqs.append(m["seq"])
+    return conv["_id"], seqs
+
+
+async def test_unread_counts_and_read_cursor(
+    service: ConversationService, request_: Request, nc: Client
+) -> None:
+    cid, seqs = await conversation_with_messages(request_, 3)
+    await ok(request_, SEND, {"conversationId": cid, "content": "bob's own"}, BOB)
+    events = Frames()
+    await nc.subscribe(subjects.conversation_events(cid), cb=events.cb)
+    bobs = Frames()
+    await nc.subscribe(subjects.principal_events(PrincipalKind.USER, "u-bob"), cb=bobs.cb)
+
+    listed = await ok(request_, subjects.QUERY_CONVERSATIONS_LIST, {}, BOB)
+    item = next(c for c in listed["items"] if c["_id"] == cid)
+    assert (item["unreadCount"], item["readSeq"]) == (3, 0)  # bob's own message is not unread
+    mine = await ok(request_, subjects.QUERY_CONVERSATIONS_LIST, {}, ALICE)
+    assert next(c for c in mine["items"] if c["_id"] == cid)["unreadCount"] == 1
+
+    read = await ok(request_, READ, {"conversationId": cid, "seq": seqs[1]}, BOB)
+    assert read == {"conversationId": cid, "seq": seqs[1], "unreadCount": 1}
+    # Never backwards: an older seq leaves the cursor where it is.
+    again = await ok(request_, READ, {"conversationId": cid, "seq": seqs[0]}, BOB)
+    assert again["seq"] == seqs[1] and again["unreadCount"] == 1
+    got = await ok(request_, subjects.QUERY_CONVERSATION_GET, {"conversationId": cid}, BOB)
+    assert (got["unreadCount"], got["readSeq"]) == (1, seqs[1])
+
+    # The other members see it (coalesced, on the conversation), the reader's other
+    # connections too (its own subject, with its unread count).
+    frame = (await events.wait_for("conversation:read"))[0]
+    assert frame["data"]["cursors"] == [{"principalId": "u-bob", "kind": "user", "seq": seqs[1]}]
+    own = (await bobs.wait_for("conversation:read"))[0]
+    assert own["data"]["unreadCount"] == 1
+
+    joined = await ok(request_, JOIN, {"conversationId": cid}, ALICE)
+    assert joined["unreadCount"] == 1
+    bob_cursor = next(c for c in joined["cursors"] if c["principalId"] == "u-bob")
+    assert bob_cursor["readSeq"] == seqs[1]
+
+
+async def test_read_refusals(service: ConversationService, request_: Request) -> None:
+    cid, seqs = await conversation_with_messages(request_, 1)
+    beyond = await request_(READ, {"conversationId": cid, "seq": 10**6}, BOB)
+    assert not beyond["success"] and beyond["error"]["code"] == "VALIDATION_ERROR"
+    assert beyond["error"]["details"]["field"] == "seq"
+    assert beyond["error"]["details"]["lastSeq"] >= seqs[0]
+    foreign = await request_(READ, {"conversationId": cid, "seq": 1}, MALLORY)
+    assert not foreign["success"] and foreign["error"]["code"] == "FORBIDDEN"
+    for bad in (
+        {"conversationId": cid, "seq": -1},
+        {"conversationId": cid, "seq": "1"},
+        {"conversationId": cid, "seq": True},
+        {"conversationId": cid},
+        {"conversationId": "a.b", "seq": 1},
+        {"conversationId": cid, "seq": 1, "x": 1},
+    ):
+        r = await request_(READ, bad, BOB)
+        assert not r["success"] and r["error"]["code"] == "VALIDATION_ERROR", (bad, r)
+    missing = await request_(READ, {"conversationId": "conv-nope", "seq": 0}, BOB)
+    assert missing["error"]["code"] == "FORBIDDEN"
+
+
+async def test_delivery_report_marks_messages_delivered(
+    service: ConversationService, request_: Request, nc: Client
+) -> None:
+    cid, _ = await conversation_with_messages(request_, 2)
+    bob_msg = await ok(request_, SEND, {"conversationId": cid, "content": "from bob"}, BOB)
+    events = Frames()
+    await nc.subscribe(subjects.conversation_events(cid), cb=events.cb)
+    # Hostile or broken reports are dropped without harm.
+    await nc.publish(subjects.INTERNAL_DELIVERY, b"not json")
+    await nc.publish(subjects.INTERNAL_DELIVERY, b'{"items": [{"conversationId": "a.b"}]}')
+    # Bob's connection received everything: alice's messages are delivered, bob's is not
+    # (his own connection receiving it delivers nothing).
+    report = {
+        "items": [
+            {"conversationId": cid, "kind": "user", "principalId": "u-bob", "seq": bob_msg["seq"]}
+        ]
+    }
+    await nc.publish(subjects.INTERNAL_DELIVERY, jsonutil.dumps(report))
+    frame = (await events.wait_for("message:delivered"))[0]
+    assert frame["data"] == {
+        "conversationId": cid,
+        "cursors": [{"principalId": "u-bob", "kind": "user", "seq": bob_msg["seq"]}],
+    }
+    page = await ok(
+        request_, subjects.QUERY_MESSAGES_LIST, {"conversationId": cid, "limit": 10}, ALICE
+    )
+    status = {m["content"]: m["messageStatus"] for m in page["items"]}
+    assert status == {"m0": "delivered", "m1": "delivered", "from bob": "sent"}
+    # The same report again changes nothing and says nothing.
+    events.got.clear()
+    await nc.publish(subjects.INTERNAL_DELIVERY, jsonutil.dumps(report))
+    with pytest.raises(AssertionError):
+        await events.wait_for("message:delivered", seconds=1.5)
+
+
+async def test_activity_reaches_members_and_names_are_returned(
+    service: ConversationService, request_: Request, nc: Client
+) -> None:
+    bobs = Frames()
+    await nc.subscribe(subjects.principal_events(PrincipalKind.USER, "u-bob"), cb=bobs.cb)
+    cid, seqs = await conversation_with_messages(request_, 2)
+    activity = await bobs.wait_for("conversation:activity")
+    assert activity[-1]["data"]["conversationId"] == cid
+    # Coalesced: two sends in one window make one event with the latest message.
+    await asyncio.sleep(1.0)
+    frames = [f for f in bobs.got if f["event"] == "conversation:activity"]
+    assert frames[-1]["data"]["lastSeq"] == seqs[-1]
+    assert len(frames) <= 2
+    # Bob never connected: id only. Once he joined (his token's name), everyone sees "Bob".
+    got = await ok(request_, subjects.QUERY_CONVERSATION_GET, {"conversationId": cid}, ALICE)
+    names = {p.get("userId"): p.get("name") for p in got["participants"]}
+    assert names == {"u-alice": "Alice Liddell", "u-bob": None}
+    await ok(request_, JOIN, {"conversationId": cid}, BOB)
+    got = await ok(request_, subjects.QUERY_CONVERSATION_GET, {"conversationId": cid}, ALICE)
+    names = {p.get("userId"): p.get("name") for p in got["participants"]}
+    assert names == {"u-alice": "Alice Liddell", "u-bob": "Bob"}
