@@ -30,7 +30,13 @@ from parley_contract.asyncapi import (
 from parley_contract.commands import PAYLOADS
 from parley_contract.envelopes import ErrorEnvelope, ServerFrame, SuccessEnvelope
 from parley_contract.events import REGISTRY, SERVER_EVENTS, Durability, Event
-from parley_contract.internal import AgentStop, AgentTurn, CommandRequest, EventsSinceRequest
+from parley_contract.internal import (
+    AgentStop,
+    AgentTurn,
+    CommandRequest,
+    DeliveryReport,
+    EventsSinceRequest,
+)
 
 _NATS_DESCRIPTION = """\
 How Parley's services talk over NATS (docs/protocol.md is the client side). Requests carry
@@ -179,11 +185,18 @@ def nats_document(queries: Mapping[str, type[BaseModel]] | None = None) -> dict[
         _frames(ephemeral),
     )
     n.publish("conversation_ephemeral", "send", "gateways and agent bridges publish")
-    notices = [Event.CONVERSATION_CREATED, Event.CONVERSATION_UPDATED]
+    notices = [
+        Event.CONVERSATION_CREATED,
+        Event.CONVERSATION_UPDATED,
+        Event.CONVERSATION_DELETED,
+        Event.CONVERSATION_READ,
+        Event.CONVERSATION_ACTIVITY,
+    ]
     n.channel(
         "principal_events",
         subjects.principal_events("{kind}", "{principalId}"),
-        "Notifications for one principal wherever it is connected (added to a conversation).",
+        "Notifications for one principal wherever it is connected (added to a conversation, "
+        "its own reads, new messages in its conversations).",
         _frames(notices),
     )
     n.publish("principal_events", "send", "the conversation service publishes")
@@ -205,6 +218,15 @@ def nats_document(queries: Mapping[str, type[BaseModel]] | None = None) -> dict[
         stop,
     )
     n.publish("agent_stop", "send", "the conversation service publishes; every bridge listens")
+    delivery = n.message("delivery_report", "delivery report", ref("DeliveryReport"))
+    n.channel(
+        "delivery_report",
+        subjects.INTERNAL_DELIVERY,
+        "Delivery receipts, batched per interval, no reply: how far each principal's "
+        "connections received each conversation (docs/protocol.md 3.6).",
+        delivery,
+    )
+    n.publish("delivery_report", "send", "gateways publish; the conversation service applies")
     n.request(
         "agent_tool_call",
         subjects.AGENT_TOOL_CALL,
@@ -249,6 +271,7 @@ def nats_document(queries: Mapping[str, type[BaseModel]] | None = None) -> dict[
         ServerFrame,
         AgentTurn,
         AgentStop,
+        DeliveryReport,
         AgentPresence,
         StreamStart,
         StreamDelta,

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from parley_contract.events import PrincipalKind
+from parley_contract.ids import SafeId
 from parley_contract.limits import INT64_MAX
 
 
@@ -74,3 +75,24 @@ class AgentStop(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     conversation_id: str = Field(alias="conversationId")
     principal: Principal
+
+
+MAX_DELIVERY_ITEMS = 2000
+
+
+class DeliveryItem(BaseModel):
+    """``(kind, principalId)``'s connections received ``conversationId`` up to ``seq``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    conversation_id: SafeId = Field(alias="conversationId")
+    kind: PrincipalKind
+    principal_id: SafeId = Field(alias="principalId")
+    seq: int = Field(ge=1, le=INT64_MAX)
+
+
+class DeliveryReport(BaseModel):
+    """A gateway's delivery receipts (published on ``subjects.INTERNAL_DELIVERY``, no reply;
+    docs/protocol.md 3.6)."""
+
+    model_config = ConfigDict(extra="forbid")
+    items: list[DeliveryItem] = Field(max_length=MAX_DELIVERY_ITEMS)

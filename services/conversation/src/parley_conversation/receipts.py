@@ -22,14 +22,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
-from parley_contract.ids import SafeId
-from parley_contract.internal import Principal
-from parley_contract.limits import INT64_MAX
+from parley_contract.internal import DeliveryReport, Principal
 from parley_contract.models import Conversation, Message, Role
 from parley_conversation.cursors import CursorStore, principal_key
 
@@ -39,22 +37,6 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 LastSeq = Callable[[str], Awaitable[int]]
 
 ACTIVITY_MAX_RECIPIENTS: Final = 500
-MAX_REPORT_ITEMS: Final = 2000
-
-
-class DeliveryItem(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    conversation_id: SafeId = Field(alias="conversationId")
-    kind: PrincipalKind
-    principal_id: SafeId = Field(alias="principalId")
-    seq: int = Field(ge=1, le=INT64_MAX)
-
-
-class DeliveryReport(BaseModel):
-    """What a gateway publishes on ``subjects.INTERNAL_DELIVERY`` (no reply)."""
-
-    model_config = ConfigDict(extra="forbid")
-    items: list[DeliveryItem] = Field(max_length=MAX_REPORT_ITEMS)
 
 
 def _cursor(kind: PrincipalKind | str, pid: str, seq: int) -> dict[str, Any]:
