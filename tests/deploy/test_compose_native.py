@@ -19,7 +19,6 @@ users), and the processes share this machine's Python environment instead of ima
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import secrets
 import signal
@@ -34,8 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
-import websockets
 
+from parley_client import ErrorCode, ParleyClient, ParleyError
 from parley_contract.auth import mint_token
 from parley_contract.events import PrincipalKind
 from parley_devstack.servers import ManagedProcess, NatsServer, StoreServer, free_port
@@ -258,46 +257,30 @@ async def test_compose_stack_runs_natively_reaches_readyz_serves_and_stops(
     # Use it as a client: a token signed with the deployment's secret is accepted on every
     # gateway, each gateway reports its compose PARLEY_INSTANCE_ID.
     gateways = [u for u in stack if u.env.get("PARLEY_GATEWAY_PORT")]
+    urls = [f"http://127.0.0.1:{g.env['PARLEY_GATEWAY_PORT']}" for g in gateways]
     token = mint_token("u-native", PrincipalKind.USER, name="Native", secret=jwt_secret)
     instance_ids = set()
-    for gateway in gateways:
-        url = f"ws://127.0.0.1:{gateway.env['PARLEY_GATEWAY_PORT']}/ws?access_token={token}"
-        async with websockets.connect(url, open_timeout=10) as ws:
-            connected = json.loads(await asyncio.wait_for(ws.recv(), 10))
-            assert connected["event"] == "connected", connected
-            instance_ids.add(connected["data"]["instanceId"])
+    for url in urls:
+        async with ParleyClient(url, token) as client:
+            instance_ids.add(client.instance_id)
     assert instance_ids == {g.env["PARLEY_INSTANCE_ID"] for g in gateways}
 
     # The development secret is refused by a production gateway: the upgrade gets 401.
     dev_token = mint_token("u-native", PrincipalKind.USER, name="Native")
-    url = f"ws://127.0.0.1:{gateways[0].env['PARLEY_GATEWAY_PORT']}/ws?access_token={dev_token}"
-    with pytest.raises(websockets.InvalidStatus) as refused:
-        async with websockets.connect(url, open_timeout=10):
-            pass
-    assert refused.value.response.status_code == 401
+    with pytest.raises(ParleyError) as refused:
+        await ParleyClient(urls[0], dev_token).connect()
+    assert refused.value.code is ErrorCode.UNAUTHORIZED
 
     # A conversation created through gateway-1 (stored by a conversation replica in the
     # store compose points at) is read back through gateway-3's HTTP API.
-    first = f"ws://127.0.0.1:{gateways[0].env['PARLEY_GATEWAY_PORT']}/ws?access_token={token}"
-    async with websockets.connect(first, open_timeout=10) as ws:
-        await asyncio.wait_for(ws.recv(), 10)  # connected
-        command = {"event": "conversation:create", "id": "c-1", "data": {"title": "native"}}
-        await ws.send(json.dumps(command))
-        reply: dict[str, Any] = {}
-        while reply.get("id") != "c-1":
-            reply = json.loads(await asyncio.wait_for(ws.recv(), 15))
-        assert reply["success"] is True, reply
-        conversation_id = reply["data"]["conversationId"]
-    last = gateways[-1].env["PARLEY_GATEWAY_PORT"]
-    async with httpx.AsyncClient(timeout=10) as client:
-        response = await client.get(
-            f"http://127.0.0.1:{last}/v1/conversations/{conversation_id}",
-            headers={"Authorization": f"Bearer {token}"},
-        )
+    async with ParleyClient(urls[0], token) as client:
+        created = await client.create_conversation(title="native")
+    async with ParleyClient(urls[-1], token) as client:
+        read = await client.get_conversation(created.conversation_id)
+    assert read.title == "native"
+    async with httpx.AsyncClient(timeout=10) as http:
         # Production mode: the development token endpoint is not there.
-        dev = await client.get(f"http://127.0.0.1:{last}/v1/dev/token", params={"sub": "u-1"})
-    assert response.status_code == 200, response.text
-    assert response.json()["data"]["title"] == "native"
+        dev = await http.get(f"{urls[-1]}/v1/dev/token", params={"sub": "u-1"})
     assert dev.status_code == 404, dev.text
 
     # The UI at PARLEY_GATEWAY_WEB_DIST (in the image: /app/web/dist, here web/dist, which
