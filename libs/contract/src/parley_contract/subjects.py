@@ -98,6 +98,7 @@ QUERY_CONVERSATIONS_LIST: Final = f"{PREFIX}.query.conversations.list"
 QUERY_CONVERSATION_GET: Final = f"{PREFIX}.query.conversation.get"
 QUERY_MESSAGES_LIST: Final = f"{PREFIX}.query.messages.list"
 QUERY_EVENTS_SINCE: Final = f"{PREFIX}.query.events.since"  # resume and gap fill
+QUERY_SEARCH: Final = f"{PREFIX}.query.search"  # GET /v1/search: the caller's conversations
 QUERY_CONVERSATIONS_WILDCARD: Final = f"{PREFIX}.query.>"
 
 # Internal writes by Parley's own services (agent bridge → conversation service).

@@ -107,6 +107,49 @@ DOCUMENTS: list[type[Document]] = [
 ]
 
 
+def _text_index(name: str, field: str) -> IndexModel:
+    """A text index on one field, declared as MongoDB lists it back (``_fts``/``_ftsx`` keys
+    and the implied options), so that Beanie finds it unchanged at the next startup instead
+    of dropping and rebuilding it. Language ``none``: no stemming, no stop words."""
+    return IndexModel(
+        [("_fts", "text"), ("_ftsx", 1)],
+        name=name,
+        weights={field: 1},
+        default_language="none",
+        language_override="language",
+        textIndexVersion=3,
+    )
+
+
+class ConversationTextDocument(ConversationDocument):
+    """``conversations`` with the text index on ``title`` (search.py, MongoDB only)."""
+
+    class Settings(ConversationDocument.Settings):
+        indexes: ClassVar[list[IndexModel]] = [
+            *ConversationDocument.Settings.indexes,
+            _text_index("title_text", "title"),
+        ]
+
+
+class MessageTextDocument(MessageDocument):
+    """``messages`` with the text index on ``content`` (search.py, MongoDB only). Every
+    message insert updates it: the price of search on MongoDB."""
+
+    class Settings(MessageDocument.Settings):
+        indexes: ClassVar[list[IndexModel]] = [
+            *MessageDocument.Settings.indexes,
+            _text_index("content_text", "content"),
+        ]
+
+
+def documents_for(text_indexes: bool) -> list[type[Document]]:
+    """The documents to initialize: with the text indexes when the server builds them (the
+    embedded SecantusDB does not)."""
+    if not text_indexes:
+        return DOCUMENTS
+    return [ConversationTextDocument, MessageTextDocument, ConversationTotalsDocument, TaskDocument]
+
+
 # ---------------------------------------------------------------- conversions
 
 

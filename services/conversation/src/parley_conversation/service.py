@@ -61,7 +61,7 @@ from parley_contract.models import (
 from parley_contract.streams import ensure_agent_turns_stream, turns_bucket
 from parley_contract.timeutil import iso
 from parley_contract.turnstate import TurnState
-from parley_conversation import domain, roles
+from parley_conversation import domain, roles, search
 from parley_conversation.agent_watch import AgentWatch
 from parley_conversation.cursors import CursorStore
 from parley_conversation.entries import MessageTotals
@@ -71,6 +71,7 @@ from parley_conversation.legacy import fold_legacy_event_log
 from parley_conversation.outbox import COLLECTION as OUTBOX_COLLECTION
 from parley_conversation.outbox import TurnOutbox
 from parley_conversation.receipts import Receipts
+from parley_conversation.search import SearchQuery
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.settings import Settings
 from parley_conversation.store import MongoStore
@@ -238,6 +239,7 @@ class ConversationService:
             (subjects.QUERY_CONVERSATION_GET, "query.conversation.get", "One conversation"),
             (subjects.QUERY_MESSAGES_LIST, "query.messages.list", "Messages by seq"),
             (subjects.QUERY_EVENTS_SINCE, "query.events.since", "Durable events since a seq"),
+            (subjects.QUERY_SEARCH, "query.search", "Search my conversations"),
         ]
         for subject, op, title in routes:
             sub = self.broker.subscriber(
@@ -451,6 +453,8 @@ class ConversationService:
             return "query.conversation.get", await self._q_get(p, data)
         if subject == subjects.QUERY_MESSAGES_LIST:
             return "query.messages.list", await self._q_messages(p, data)
+        if subject == subjects.QUERY_SEARCH:
+            return "query.search", await search.search(self.store, p, _parse(SearchQuery, data))
         event = COMMAND_BY_SUBJECT.get(subject)
         if event is None:
             raise ParleyError(

@@ -9,14 +9,15 @@ fold of the pre-2026-11-26 event log is :mod:`parley_conversation.legacy` (start
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from beanie import init_beanie
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, TEXT, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.monitoring import (
     ConnectionCheckedInEvent,
     ConnectionCheckedOutEvent,
@@ -37,9 +38,9 @@ from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal
 from parley_contract.models import Conversation, ConversationStatus, Message
 from parley_conversation.documents import (
-    DOCUMENTS,
     conversation_from,
     decode_cursor,
+    documents_for,
     encode_cursor,
     merge_totals_doc,
     message_from,
@@ -133,12 +134,32 @@ class MongoStore(ConversationLog):
         self.legacy_events: AsyncCollection[dict[str, Any]] = self._db["events"]
         self.totals: AsyncCollection[dict[str, Any]] = self._db["conversation_totals"]
         self.tasks: AsyncCollection[dict[str, Any]] = self._db["tasks"]
+        self.search_mode: str = "regex"  # "text" once init() found text indexes (search.py)
 
     async def init(self) -> None:
-        """Create the collections' indexes (idempotent)."""
+        """Create the collections' indexes (idempotent); with text indexes where the server
+        has them (MongoDB: search_mode "text"; the embedded store: "regex", search.py)."""
+        text = await self._has_text_indexes()
+        self.search_mode = "text" if text else "regex"
         # allow_index_dropping: an index no longer declared here (an older version's) is
         # dropped, so a changed definition never blocks startup with a name conflict.
-        await init_beanie(database=self._db, document_models=DOCUMENTS, allow_index_dropping=True)
+        await init_beanie(
+            database=self._db, document_models=documents_for(text), allow_index_dropping=True
+        )
+
+    async def _has_text_indexes(self) -> bool:
+        """Whether the server builds text indexes (SecantusDB refuses them): one is made on a
+        scratch collection, which is dropped again."""
+        probe = self._db["parley_probe_text_index"]
+        try:
+            await probe.create_index([("probe", TEXT)], name="probe_text")
+        except OperationFailure as exc:
+            logger.info("the store has no text indexes (%s): search matches by regex", exc)
+            return False
+        finally:
+            with contextlib.suppress(PyMongoError):
+                await probe.drop()
+        return True
 
     async def close(self) -> None:
         await self._client.close()
@@ -234,13 +255,10 @@ class MongoStore(ConversationLog):
         )
         return res.matched_count == 1
 
-    async def list_conversations(
-        self,
-        principal: Principal,
-        status: ConversationStatus | None,
-        cursor: str | None,
-        limit: int,
-    ) -> Page:
+    @staticmethod
+    def participant_filter(principal: Principal) -> dict[str, Any]:
+        """The conversations ``principal`` is an active participant of (an agent: or the
+        agent of), not deleted: what its lists and searches cover."""
         query: dict[str, Any] = {}
         if principal.kind is PrincipalKind.USER:
             query["participants"] = {"$elemMatch": {"userId": principal.id, "leftAt": None}}
@@ -250,6 +268,16 @@ class MongoStore(ConversationLog):
                 {"participants": {"$elemMatch": {"agentId": principal.id, "leftAt": None}}},
             ]
         query["isActive"] = {"$ne": False}  # deleted conversations are hidden
+        return query
+
+    async def list_conversations(
+        self,
+        principal: Principal,
+        status: ConversationStatus | None,
+        cursor: str | None,
+        limit: int,
+    ) -> Page:
+        query = self.participant_filter(principal)
         if status is not None:
             query["status"] = status.value
         if cursor:

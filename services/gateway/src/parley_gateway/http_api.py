@@ -290,6 +290,23 @@ def create_app(hub: Hub) -> FastAPI:
         }
         return await query(subjects.QUERY_MESSAGES_LIST, principal, data)
 
+    @app.get("/v1/search", tags=["v1"], response_model=SuccessEnvelope, responses=_ERRORS)
+    async def search(
+        authorization: Auth = None,
+        q: Annotated[str | None, Query(max_length=2000, description="1-200 characters")] = None,
+        cursor: Annotated[str | None, Query(max_length=512)] = None,
+        limit: IntParam = None,
+    ) -> Response:
+        """Titles and message text of the caller's own conversations, newest first:
+        ``{items: [{kind: "conversation" | "message", conversationId, title, createdAt |
+        message: {_id, seq, role, messageType, name, createdAt, snippet}}], nextCursor, mode}``
+        (docs/protocol.md, section 7)."""
+        principal = await principal_of(authorization)
+        if q is None:
+            raise ParleyError(ErrorCode.VALIDATION_ERROR, "q: required", {"field": "q"})
+        data = {"q": q, "cursor": cursor, "limit": _int("limit", limit, 1, 50)}
+        return await query(subjects.QUERY_SEARCH, principal, data)
+
     dev_tokens = settings.environment == "development" and settings.jwt_algorithm == "HS256"
 
     @app.get(

@@ -1,0 +1,104 @@
+"""What a search costs on the embedded store (regex mode, parley_conversation.search): a
+user with C conversations of M messages each, in a database where other users hold as many
+messages again; times a search that matches a few messages, one that matches none, and a
+page through a common word. ``python -m bench.experiments.search_embedded [C] [M]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from parley_contract.events import PrincipalKind
+from parley_contract.internal import Principal
+from parley_contract.models import Conversation, Message, Participant, ParticipantRole
+from parley_conversation.domain import now_ms
+from parley_conversation.search import SearchQuery, search
+from parley_conversation.store import MongoStore
+from parley_devstack.servers import StoreServer
+
+ME = Principal(id="u-me", kind=PrincipalKind.USER)
+
+
+def out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+async def fill(store: MongoStore, user: str, conversations: int, messages: int) -> None:
+    at = now_ms()
+    for c in range(conversations):
+        cid = f"{user}-c{c}"
+        part = Participant(user_id=user, role=ParticipantRole.USER, joined_at=at)
+        await store.insert_conversation(
+            Conversation(
+                id=cid,
+                conversation_id=cid,
+                title=f"Room {c} of {user}",
+                participants=[part],
+                created_at=at + timedelta(milliseconds=c),
+                updated_at=at,
+                created_by=user,
+            )
+        )
+        batch = [
+            Message.model_validate(
+                {
+                    "_id": f"msg-{uuid.uuid4().hex[:12]}",
+                    "conversationId": cid,
+                    "role": "user",
+                    "content": f"message {i} about the weather and trains"
+                    + (" rare-needle" if i == messages // 2 and c % 10 == 0 else ""),
+                    "seq": i + 1,
+                    "createdAt": at + timedelta(milliseconds=i),
+                    "createdBy": user,
+                }
+            )
+            for i in range(messages)
+        ]
+        await store.insert_messages(batch)
+
+
+async def timed(store: MongoStore, q: str, runs: int = 5, **extra: object) -> tuple[float, int]:
+    times: list[float] = []
+    hits = 0
+    for _ in range(runs):
+        start = time.perf_counter()
+        page = await search(store, ME, SearchQuery.model_validate({"q": q, **extra}))
+        times.append((time.perf_counter() - start) * 1000)
+        hits = len(page["items"])
+    return statistics.median(times), hits
+
+
+async def measure(url: str, conversations: int, messages: int) -> None:
+    store = MongoStore(url, f"bench_search_{uuid.uuid4().hex[:8]}")
+    await store.init()
+    await fill(store, "u-me", conversations, messages)
+    await fill(store, "u-other", conversations, messages)
+    out(f"mode {store.search_mode}: {conversations} conversations x {messages} messages")
+    for label, q in (("rare (a few hits)", "rare-needle"), ("absent", "zzz-nothing")):
+        ms, hits = await timed(store, q)
+        out(f"  {label:18} {ms:8.1f} ms median, {hits} hits")
+    ms, hits = await timed(store, "weather", limit=20)
+    out(f"  {'common, page of 20':18} {ms:8.1f} ms median, {hits} hits")
+    await store.close()
+
+
+def main() -> None:
+    conversations = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    messages = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    with tempfile.TemporaryDirectory() as tmp:
+        server = StoreServer(Path(tmp)).start()
+        try:
+            asyncio.run(measure(server.url, conversations, messages))
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
