@@ -6,6 +6,7 @@ from pathlib import Path
 
 from parley_contract import subjects
 from parley_conversation import asyncapi
+from parley_conversation.service import HANDLED_COMMANDS
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -23,3 +24,9 @@ def test_queries_have_their_models() -> None:
     data = request["allOf"][1]["properties"]["data"]
     assert data == {"$ref": "#/components/schemas/ListMessagesQuery"}
     assert "afterSeq" in doc["components"]["schemas"]["ListMessagesQuery"]["properties"]
+
+
+def test_every_command_this_service_answers_is_documented() -> None:
+    addresses = {ch["address"] for ch in asyncapi.build()["channels"].values()}
+    missing = [e.value for e in HANDLED_COMMANDS if subjects.command(e) not in addresses]
+    assert missing == [], "add them to parley_contract.asyncapi.NATS_COMMANDS"
