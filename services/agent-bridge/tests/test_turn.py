@@ -25,7 +25,8 @@ from parley_agent_bridge.backends import (
 from parley_agent_bridge.config import AgentConfig
 from parley_agent_bridge.demo import ScriptedDemoBackend
 from parley_agent_bridge.tools import ToolOutcome
-from parley_agent_bridge.turn import Turn, TurnRequest, chat_history
+from parley_agent_bridge.transcript import chat_history
+from parley_agent_bridge.turn import Turn, TurnRequest
 from parley_contract.events import Event
 
 _ids = itertools.count(1)
@@ -458,7 +459,7 @@ def test_chat_history_merges_tool_calls_and_skips_thinking() -> None:
 
 
 def test_tool_results_are_made_storable() -> None:
-    from parley_agent_bridge.turn import MAX_RESULT_CHARS, storable_result
+    from parley_agent_bridge.transcript import MAX_RESULT_CHARS, storable_result
 
     assert storable_result({"a": [1, {"b": 2}]}) == {"a": [1, {"b": 2}]}
     assert storable_result({"$where": 1}) == '{"$where": 1}'
