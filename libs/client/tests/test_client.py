@@ -140,3 +140,20 @@ async def test_send_waits_for_the_reconnect_instead_of_failing(stack: Stack) -> 
         assert sent.content == "while away"
         page, _ = await h.messages(conv.id)
         assert [m.content for m in page] == ["while away"]
+
+
+async def test_read_cursor_and_any_command_typed(stack: Stack) -> None:
+    ivy, jay = uid("ivy"), uid("jay")
+    async with (
+        ParleyClient(stack.gateway_url(0), token(ivy)) as i,
+        ParleyClient(stack.gateway_url(1), token(jay)) as j,
+    ):
+        conv = await i.create_conversation(title="reads", participants=[jay])
+        sent = [await i.send_message(conv.id, f"m{n}") for n in range(3)]
+        first = await j.mark_read(conv.id, sent[0].seq or 0)
+        assert first.conversation_id == conv.id and first.seq == sent[0].seq
+        assert first.unread_count == 2
+        edited = await i.command(
+            Event.MESSAGE_EDIT, conversation_id=conv.id, message_id=sent[1].id, content="m1!"
+        )
+        assert isinstance(edited, Message) and edited.content == "m1!"

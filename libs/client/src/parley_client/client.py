@@ -20,7 +20,8 @@ from parley_client.frames import error_of, parse
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event
 from parley_contract.models import Conversation, Message
-from parley_contract.server_events import ConversationJoinedData, StopReply, Task
+from parley_contract.server_events import ConversationJoinedData, ReadReply, StopReply, Task
+from parley_contract.wire_schema import COMMAND_REPLIES
 
 
 def new_client_message_id() -> str:
@@ -85,6 +86,18 @@ class ParleyClient(Connection):
     async def delete_conversation(self, conversation_id: str) -> Conversation:
         data = {"conversationId": conversation_id}
         return parse(Conversation, await self.request(Event.CONVERSATION_DELETE, data))
+
+    async def mark_read(self, conversation_id: str, seq: int) -> ReadReply:
+        """``conversation:read``: read up to ``seq``; the cursor and the unread count."""
+        data = {"conversationId": conversation_id, "seq": seq}
+        return parse(ReadReply, await self.request(Event.CONVERSATION_READ, data))
+
+    async def command(self, event: Event, **fields: Any) -> Any:
+        """Any command by name, the reply parsed with the contract's reply model when it has
+        one (``wire_schema.COMMAND_REPLIES``), else the raw ``data``."""
+        reply = await self.request(event, _camel(fields))
+        model = COMMAND_REPLIES.get(event)
+        return parse(model, reply) if model is not None else reply
 
     # ---------------------------------------------------------------- messages
 
