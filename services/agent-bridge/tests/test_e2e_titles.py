@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from parley_agent_bridge.demo import demo_title
+from parley_agent_bridge.housekeeping import TITLE_INSTRUCTIONS
+from parley_agent_bridge.openai_stub import OpenAIStub, Step
 from parley_client.testing import WsClient
 from parley_devstack.stack import Stack
 
@@ -17,6 +19,8 @@ Connect = Callable[..., Awaitable[WsClient]]
 
 pytestmark = pytest.mark.timeout(180)
 
+LLM_AGENT = "agent-llm"  # conftest.agents_file: the scripted OpenAI-compatible server
+PRICE_PROMPT, PRICE_COMPLETION = 1.0, 2.0  # USD per 1k tokens, as configured there
 BRIEF = "agent-brief"  # demo backend, context every 6 messages
 QUIET = "agent-quiet"  # demo backend, neither titles nor context
 
@@ -151,3 +155,35 @@ async def test_titles_and_context_can_be_turned_off_per_agent(
     assert updates(client, quiet) == []
     conv = await client.http_get(f"/v1/conversations/{quiet}")
     assert conv["title"] == "New conversation" and "context" not in conv
+
+
+async def test_the_models_own_title_through_an_openai_compatible_backend(
+    titles_stack: Stack, openai_stub: OpenAIStub, connect: Connect
+) -> None:
+    """The title comes from the agent's model (here the scripted server): the request it got,
+    the title it wrote, cleaned, and its cost in the conversation's totals."""
+    # The title request's user message is the transcript ("User: ..."): only it has this.
+    openai_stub.script(
+        "User: kiwi-e2e", Step(content=['"Kiwi ', 'harvest plan."'], usage=(100, 20))
+    )
+    openai_stub.script("kiwi-e2e", Step(content=["Pick them ", "in May."], usage=(50, 10)))
+    client = await connect(titles_stack)
+    cid = await untitled(client, LLM_AGENT)
+    user = await client.send(cid, "kiwi-e2e: when do I harvest?")
+    final = await client.answer(user)
+    assert final["content"] == "Pick them in May."
+    frame = await client.wait_for(
+        lambda f: f.get("event") == "conversation:updated" and f["data"].get("_id") == cid
+    )
+    assert frame["data"]["title"] == "Kiwi harvest plan"
+    assert frame["data"]["titleSource"] == "agent"
+    asked = [
+        r for r in openai_stub.requests if r["messages"][0].get("content") == TITLE_INSTRUCTIONS
+    ]
+    assert asked and "User: kiwi-e2e: when do I harvest?" in asked[-1]["messages"][1]["content"]
+    assert "Assistant: Pick them in May." in asked[-1]["messages"][1]["content"]
+    assert not asked[-1].get("tools")  # a plain completion, no tools offered
+    title_cost = round(100 / 1000 * PRICE_PROMPT + 20 / 1000 * PRICE_COMPLETION, 8)
+    conv = await client.http_get(f"/v1/conversations/{cid}")
+    assert conv["totalCost"] == pytest.approx(final["cost"] + title_cost)
+    assert conv["totalTokens"] == final["usage"]["totalTokens"] + 120
