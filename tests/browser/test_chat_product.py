@@ -256,18 +256,13 @@ def test_rename_archive_delete(system: System, browsers: Browsers, ui: Ui, shot:
 def test_attachments_are_rendered(system: System, browsers: Browsers, ui: Ui, shot: Shot) -> None:
     page = browsers.new_page("user-1")
     image = (REPO / "docs" / "screenshot-phone-light.png").read_bytes()
-    page.route(
-        "https://files.example.com/**",
-        lambda route: route.fulfill(status=200, body=image, content_type="image/png"),
-    )
+    pdf = b"%PDF-1.4\n" + b"0" * 1_234_000
     cid = ui.create_conversation(page, "Files", agent="", invite="user-2")
-    attachments = [
-        {"id": "att-1", "filename": "chart.png", "mimeType": "image/png", "size": len(image),
-         "url": "https://files.example.com/chart.png"},
-        {"id": "att-2", "filename": "report.pdf", "mimeType": "application/pdf",
-         "size": 1_234_567, "url": "https://files.example.com/report.pdf"},
-    ]  # fmt: skip
-    ui.post("user-2", 1, cid, ["two files for you"], attachments=attachments)
+    # Uploaded over HTTP by the other user, sent by id; served by the gateways with the
+    # signed link the message carries (an <img> without a token).
+    chart = ui.upload("user-2", 1, cid, image, filename="chart.png", ctype="image/png")
+    report = ui.upload("user-2", 1, cid, pdf, filename="report.pdf", ctype="application/pdf")
+    ui.post("user-2", 1, cid, ["two files for you"], attachments=[chart["id"], report["id"]])
     msg = page.wait_for_selector(f'{MESSAGES}:has-text("two files for you")')
     img = msg.wait_for_selector('[data-testid="attachment-image"] img')
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img)
@@ -276,7 +271,8 @@ def test_attachments_are_rendered(system: System, browsers: Browsers, ui: Ui, sh
     text = chip.text_content()
     assert "report.pdf" in text and "application/pdf" in text and "1.2 MB" in text
     link = chip.query_selector("a")
-    assert link and link.get_attribute("href") == "https://files.example.com/report.pdf"
+    href = link.get_attribute("href") if link else None
+    assert href and f"/v1/attachments/{report['id']}?exp=" in href
     shot(page, "inline")
     img.click()
     page.wait_for_selector('[data-testid="lightbox"] img')

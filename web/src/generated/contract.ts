@@ -200,7 +200,7 @@ export interface MessageSend {
   usage?: Usage | null;
   latency?: number | null;
   error?: string | null;
-  attachments?: Attachment[] | null;
+  attachments?: AttachmentRef[] | null;
   metadata?: {
     [k: string]: unknown;
   } | null;
@@ -246,15 +246,21 @@ export interface Thinking {
   duration?: number;
 }
 /**
+ * An entry of ``message:send``'s ``attachments``: an uploaded attachment, by id.
+ *
+ * The seed's whole object is accepted too (a client echoing what it got back from the
+ * upload); only ``id`` is read, the rest comes from the stored record. A bare string is
+ * the id.
+ *
  * This interface was referenced by `ParleyContract`'s JSON-Schema
- * via the `definition` "Attachment".
+ * via the `definition` "AttachmentRef".
  */
-export interface Attachment {
+export interface AttachmentRef {
   id: string;
-  filename: string;
-  mimeType: string;
-  size: number;
-  url: string;
+  filename?: string | null;
+  mimeType?: string | null;
+  size?: number | null;
+  url?: string | null;
 }
 /**
  * This interface was referenced by `ParleyContract`'s JSON-Schema
@@ -588,6 +594,17 @@ export interface Message {
   finishReason?: string | null;
   editedAt?: string | null;
   deletedAt?: string | null;
+}
+/**
+ * This interface was referenced by `ParleyContract`'s JSON-Schema
+ * via the `definition` "Attachment".
+ */
+export interface Attachment {
+  id: string;
+  filename: string;
+  mimeType: string;
+  size: number;
+  url: string;
 }
 /**
  * ``agent:thinking``: the agent started working on a user message.

@@ -21,12 +21,12 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from parley_contract.attachments import AttachmentRef
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event
 from parley_contract.ids import SafeId
 from parley_contract.limits import INT64_MAX, check_free_form, check_value
 from parley_contract.models import (
-    Attachment,
     ConversationContext,
     ConversationStatus,
     MessageStatus,
@@ -171,7 +171,8 @@ class MessageSend(InConversation):
     usage: Usage | None = None
     latency: float | None = Field(default=None, ge=0)
     error: str | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
-    attachments: list[Attachment] | None = Field(default=None, max_length=32)
+    # Uploaded attachments by id ({id} or the seed's whole object; only id is read).
+    attachments: list[AttachmentRef] | None = Field(default=None, max_length=32)
     metadata: FreeForm | None = None
     finish_reason: str | None = Field(default=None, max_length=32)
     cost: float | None = Field(default=None, ge=0)  # USD; agents and services only

@@ -75,6 +75,7 @@ def permissions(role: Role) -> dict[str, list[str]]:
         publish = [
             s.COMMANDS_WILDCARD,
             s.QUERY_CONVERSATIONS_WILDCARD,
+            s.ATTACHMENT_REGISTER,  # uploads (attachments.py)
             conv_ephemeral,  # typing
             s.INTERNAL_DELIVERY,  # delivery receipts (batched)
             s.gateway_session_kick("*"),

@@ -99,6 +99,8 @@ QUERY_CONVERSATION_GET: Final = f"{PREFIX}.query.conversation.get"
 QUERY_MESSAGES_LIST: Final = f"{PREFIX}.query.messages.list"
 QUERY_EVENTS_SINCE: Final = f"{PREFIX}.query.events.since"  # resume and gap fill
 QUERY_SEARCH: Final = f"{PREFIX}.query.search"  # GET /v1/search: the caller's conversations
+# An attachment's record if the principal may read it (gateways, before serving bytes).
+QUERY_ATTACHMENT_GET: Final = f"{PREFIX}.query.attachment.get"
 QUERY_CONVERSATIONS_WILDCARD: Final = f"{PREFIX}.query.>"
 
 # Internal writes by Parley's own services (agent bridge → conversation service).
@@ -107,6 +109,8 @@ INTERNAL_USAGE_ADD: Final = f"{PREFIX}.internal.usage.add"
 # Gateways → conversation service, no reply: which principal's connections received a
 # conversation's durable frames up to which seq (delivery receipts, batched per interval).
 INTERNAL_DELIVERY: Final = f"{PREFIX}.internal.delivery"
+# Gateways → conversation service: may this principal upload here / store the upload's record.
+ATTACHMENT_REGISTER: Final = f"{PREFIX}.internal.attachment.register"
 
 # Agent bridge.
 AGENT_TURN: Final = f"{PREFIX}.agent.turn"  # a user message in a conversation with an agent

@@ -63,6 +63,7 @@ from parley_contract.timeutil import iso
 from parley_contract.turnstate import TurnState
 from parley_conversation import domain, roles, search
 from parley_conversation.agent_watch import AgentWatch
+from parley_conversation.attachments import Attachments
 from parley_conversation.cursors import CursorStore
 from parley_conversation.entries import MessageTotals
 from parley_conversation.epochs import HighWaterMarks
@@ -221,6 +222,11 @@ class ConversationService:
         self._idle = asyncio.Event()
         self._idle.set()
         self._subscribers: list[Any] = []
+        self.attachments = Attachments(
+            self.store.attachments,
+            lambda p, cid: self._conversation(p, cid, totals=False),
+            url_ttl_seconds=settings.attachments_url_ttl_seconds,
+        )
         self._register()
 
     # ------------------------------------------------------------ wiring
@@ -240,6 +246,8 @@ class ConversationService:
             (subjects.QUERY_MESSAGES_LIST, "query.messages.list", "Messages by seq"),
             (subjects.QUERY_EVENTS_SINCE, "query.events.since", "Durable events since a seq"),
             (subjects.QUERY_SEARCH, "query.search", "Search my conversations"),
+            (subjects.ATTACHMENT_REGISTER, "attachment.register", "Record an upload"),
+            (subjects.QUERY_ATTACHMENT_GET, "query.attachment.get", "May one read a file"),
         ]
         for subject, op, title in routes:
             sub = self.broker.subscriber(
@@ -285,6 +293,7 @@ class ConversationService:
             try:
                 await self.store.init()
                 await self.cursors.init()
+                await self.attachments.init()
                 # Before any request: the old log's seqs must be in place before new writes.
                 await fold_legacy_event_log(self.store)
                 break
@@ -455,6 +464,10 @@ class ConversationService:
             return "query.messages.list", await self._q_messages(p, data)
         if subject == subjects.QUERY_SEARCH:
             return "query.search", await search.search(self.store, p, _parse(SearchQuery, data))
+        if subject == subjects.ATTACHMENT_REGISTER:
+            return "attachment.register", await self.attachments.register(p, data)
+        if subject == subjects.QUERY_ATTACHMENT_GET:
+            return "query.attachment.get", await self.attachments.get(p, data)
         event = COMMAND_BY_SUBJECT.get(subject)
         if event is None:
             raise ParleyError(
@@ -504,6 +517,7 @@ class ConversationService:
     async def _publish(self, subject: str, payload: bytes) -> None:
         """Core NATS publish. A failure never fails a stored write: the frame is in the event
         log, and gateways fill the gap from QUERY_EVENTS_SINCE when the next one arrives."""
+        payload = self.attachments.sign_payload(payload)  # urls signed as they go out
         try:
             await self.broker.connection.publish(subject, payload)
         except NatsError as exc:
@@ -730,6 +744,7 @@ class ConversationService:
         else:
             raise ParleyError(ErrorCode.CONFLICT, "the conversation is changing too fast, retry")
         new, frame = await self._append_conversation_event(Event.CONVERSATION_DELETED, new)
+        await self.attachments.conversation_deleted(new.id)
         await self._notify([x for x in new.participants if x.active], frame)
         stop = AgentStop(conversation_id=new.id, principal=p)
         await self._publish(
@@ -745,8 +760,12 @@ class ConversationService:
             conv = await self._conversation(p, cmd.conversation_id, totals=False)
             if conv.agent_id:
                 msg = msg.model_copy(update={"agent_id": conv.agent_id})
+        if cmd.attachments:
+            await self._conversation(p, cmd.conversation_id, totals=False)
+            files = await self.attachments.resolve(p, cmd.conversation_id, cmd.attachments, msg.id)
+            msg = msg.model_copy(update={"attachments": files})
         res = await self.sequencer.send(p, msg)
-        return res.message
+        return self.attachments.sign(res.message)
 
     async def _message_for_change(
         self, p: Principal, cid: str, mid: str
@@ -762,7 +781,7 @@ class ConversationService:
         res = await self.sequencer.append(
             msg.conversation_id, event, lambda _seq: data, key=command_key.get()
         )
-        return res.frame["data"] if res.duplicate else data
+        return self.attachments.sign(res.frame["data"] if res.duplicate else data)
 
     async def message_edit(self, p: Principal, data: dict[str, Any]) -> Any:
         cmd = commands.parse_payload(Event.MESSAGE_EDIT, data)
@@ -803,6 +822,7 @@ class ConversationService:
         )
         if stored is None:
             raise ParleyError(ErrorCode.CONFLICT, "the message was already deleted")
+        await self.attachments.message_deleted(msg.id, msg.attachments or [])
         return await self._publish_message_event(Event.MESSAGE_DELETED, stored)
 
     async def message_react(self, p: Principal, data: dict[str, Any]) -> Any:
@@ -883,7 +903,7 @@ class ConversationService:
         items, more = await self.store.list_messages(
             q.conversation_id, q.after_seq, q.before_seq, q.limit
         )
-        wire = [model_json(m) for m in items]
+        wire = [self.attachments.sign(model_json(m)) for m in items]
         # afterSeq pages run forward (cut the newest end); the others are "the latest N"
         # (cut the oldest end). Either way the cut side is the one hasMore speaks of.
         kept, cut = self._cap_reply(wire, keep_end=q.after_seq is None)
@@ -914,6 +934,7 @@ class ConversationService:
         cid = check_id(req.conversation_id, "conversationId")
         await self._conversation(req.principal, cid, totals=False)
         frames = await self.store.events_since(cid, req.after_seq, req.until_seq, req.limit)
+        frames = [self.attachments.sign_frame(f) for f in frames]
         last = await self.store.last_seq(cid)
         # A reply over the NATS max payload is never delivered: cut the page in bytes.
         frames, _cut = self._cap_reply(frames)

@@ -76,3 +76,11 @@ class Settings(ServiceSettings):
     drain_seconds: float = Field(
         default=20.0, ge=0, validation_alias=_env("PARLEY_CONVERSATION_DRAIN_SECONDS")
     )
+    # Attachments (issue 17): how long the signed download URL in a message works (the
+    # key is made once per deployment and kept in the store: attachments.signing_key).
+    attachments_url_ttl_seconds: float = Field(
+        default=3600.0,
+        ge=60,
+        le=7 * 86400,
+        validation_alias=_env("PARLEY_ATTACHMENTS_URL_TTL_SECONDS"),
+    )

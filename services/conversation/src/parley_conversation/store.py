@@ -135,6 +135,8 @@ class MongoStore(ConversationLog):
         self.totals: AsyncCollection[dict[str, Any]] = self._db["conversation_totals"]
         self.tasks: AsyncCollection[dict[str, Any]] = self._db["tasks"]
         self.search_mode: str = "regex"  # "text" once init() found text indexes (search.py)
+        # Attachment records (parley_conversation.attachments; the bytes are the gateways').
+        self.attachments: AsyncCollection[dict[str, Any]] = self._db["attachments"]
 
     async def init(self) -> None:
         """Create the collections' indexes (idempotent); with text indexes where the server

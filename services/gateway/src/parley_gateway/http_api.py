@@ -33,6 +33,7 @@ from parley_contract.events import Event, PrincipalKind, may_send
 from parley_contract.ids import check_id
 from parley_contract.internal import Principal
 from parley_contract.limits import INT64_MAX
+from parley_gateway.files_http import add_routes
 from parley_gateway.hub import Hub
 
 logger = logging.getLogger(__name__)
@@ -358,6 +359,9 @@ def create_app(hub: Hub) -> FastAPI:
     async def asyncapi_json() -> Response:
         """The client WebSocket API (`/ws`) as an AsyncAPI 3.0 document."""
         return Response(_client_asyncapi(), media_type="application/json")
+
+    # Uploads and downloads (files_http.py); closed by the gateway on its way out.
+    app.state.attachments = add_routes(app, hub)
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> Response:

@@ -24,6 +24,7 @@ from parley_contract.ids import is_valid_id, new_id
 from parley_contract.internal import Principal
 from parley_contract.limits import INT64_MAX
 from parley_gateway.conn import Conn, Pipeline
+from parley_gateway.files_http import AttachmentRoutes
 from parley_gateway.front import Front, WsRoute, json_response
 from parley_gateway.front_http import ASGIApp
 from parley_gateway.http_api import create_app
@@ -110,9 +111,9 @@ class Gateway:
         self.origins = settings.origin_policy()
         # Browser origins gate every HTTP request (socket.io polling included) and answer
         # CORS for the allowed ones; upgrades are gated in process_request.
-        self.app: ASGIApp = PolicyCORSMiddleware(
-            with_socketio(self.sio, create_app(self.hub)), self.origins
-        )
+        api = create_app(self.hub)
+        self.attachments: AttachmentRoutes = api.state.attachments
+        self.app: ASGIApp = PolicyCORSMiddleware(with_socketio(self.sio, api), self.origins)
         # WebSocket endpoints by path; every other request goes to ``self.app`` (front.py).
         self.ws_routes: dict[str, WsRoute] = {
             "/ws": WsRoute(self.handler, self.process_request, max_size=settings.max_frame_bytes),
@@ -652,4 +653,5 @@ class Gateway:
             self.front.close()
             await self.front.wait_closed(grace=10)
         await self.hub.stop()
+        await self.attachments.close()
         logger.info("gateway %s stopped", self.hub.instance_id)

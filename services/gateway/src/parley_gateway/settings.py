@@ -7,10 +7,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from parley_contract.attachments import DEFAULT_ALLOWED_TYPES, allowed_types
 from parley_contract.auth import DEV_JWT_SECRET, JwtConfig, check_secret_for_environment
 from parley_contract.claims import parse_kind_rules
 from parley_contract.commands import MAX_CONTENT_CHARS
 from parley_gateway.origins import OriginPolicy
+from parley_runtime.filestore import FileStoreSettings
 from parley_runtime.settings import ServiceSettings
 from parley_runtime.settings import env as _env
 
@@ -21,7 +23,7 @@ def _default_web_dist() -> str | None:
     return str(candidate) if candidate.is_dir() else None
 
 
-class Settings(ServiceSettings):
+class Settings(FileStoreSettings, ServiceSettings):  # store settings shared with bridges
     """The gateway's own settings, over the shared ones (parley_runtime.settings)."""
 
     instance_prefix = "gw"
@@ -137,6 +139,15 @@ class Settings(ServiceSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=0, validation_alias=_env("PARLEY_GATEWAY_MAX_BODY_BYTES")
     )
+    # Attachments (issue 17; store settings: FileStoreSettings). Largest upload in bytes
+    # (413 beyond), the media types an upload may declare (415 otherwise; "image/*" and "*"
+    # work); the signed download URLs' key is in the store (attachments.signing_key).
+    attachments_max_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1, validation_alias=_env("PARLEY_ATTACHMENTS_MAX_BYTES")
+    )
+    attachments_allowed_types: str = Field(
+        default=DEFAULT_ALLOWED_TYPES, validation_alias=_env("PARLEY_ATTACHMENTS_ALLOWED_TYPES")
+    )
     web_dist: str | None = Field(
         default_factory=_default_web_dist, validation_alias=_env("PARLEY_GATEWAY_WEB_DIST")
     )
@@ -174,6 +185,9 @@ class Settings(ServiceSettings):
         """Refuse the development secret outside development."""
         super().check()
         check_secret_for_environment(self.environment, self.jwt_config())
+
+    def upload_types(self) -> frozenset[str]:
+        return allowed_types(self.attachments_allowed_types)
 
     def limits(self) -> dict[str, object]:
         """The limits announced in connected.limits."""

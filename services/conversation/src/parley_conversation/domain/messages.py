@@ -128,6 +128,8 @@ def new_message(principal: Principal, cmd: MessageSend, *, agent_id: str | None 
     }
     if msg_agent:
         data["agent_id"] = msg_agent
+    # attachments: ids in the command; the service resolves them (attachments.py) and puts
+    # the stored records' seed shape in the message.
     for name in (
         "name",
         "parent_message_id",
@@ -137,7 +139,6 @@ def new_message(principal: Principal, cmd: MessageSend, *, agent_id: str | None 
         "usage",
         "latency",
         "error",
-        "attachments",
         "metadata",
         "finish_reason",
         "cost",

@@ -1,0 +1,283 @@
+"""Issue 17, attachments end to end on real processes: two gateways, the conversation
+service, NATS and the embedded store (GridFS in it).
+
+Upload over HTTP (and its refusals: 401, 403, 413, 415, 422), download by a participant on
+the other gateway (type, disposition, nosniff, ranges) and its refusal for anyone else, the
+signed URL a message carries, ``message:send`` by id, and files made unreachable by deleting
+their message or conversation.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from parley_devstack.servers import NatsServer, StoreServer
+from parley_devstack.stack import Stack, StackConfig
+
+from .conftest import token
+
+MAX_BYTES = 256 * 1024
+
+
+def png(width: int = 4, height: int = 3) -> bytes:
+    """A real (tiny, grey) PNG."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    raw = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
+    cfg = StackConfig(
+        workdir=servers_dir / f"attach-stack-{uuid.uuid4().hex[:8]}",
+        nats_url=nats_server.url,
+        mongodb_url=store_server.url,
+        database=f"parley_attach_{uuid.uuid4().hex[:10]}",
+        conversation_replicas=1,
+        agent_bridges=0,
+        service_env={"gateway": {"PARLEY_ATTACHMENTS_MAX_BYTES": str(MAX_BYTES)}},
+    )
+    with Stack(cfg) as s:
+        yield s
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=15) as client:
+        yield client
+
+
+def _uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _auth(sub: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(sub)}"}
+
+
+async def _create(client: Any, **data: Any) -> str:
+    r = await client.cmd("conversation:create", {"title": "files", **data})
+    assert r["success"], r
+    cid: str = r["data"]["_id"]
+    return cid
+
+
+async def _upload(
+    http: httpx.AsyncClient,
+    base: str,
+    cid: str,
+    sub: str,
+    body: bytes,
+    *,
+    filename: str = "chart.png",
+    ctype: str = "image/png",
+) -> httpx.Response:
+    return await http.post(
+        f"{base}/v1/conversations/{cid}/attachments",
+        params={"filename": filename},
+        content=body,
+        headers={**_auth(sub), "Content-Type": ctype},
+    )
+
+
+async def test_upload_download_and_refusals(
+    stack: Stack, clients: Any, http: httpx.AsyncClient
+) -> None:
+    ada, bob, eve = _uid("ada"), _uid("bob"), _uid("eve")
+    a = await clients(stack.ws_url(0), ada)
+    cid = await _create(a, participants=[bob])
+    g0, g1 = stack.gateway_url(0), stack.gateway_url(1)
+    image = png()
+
+    r = await _upload(http, g0, cid, ada, image, filename="Q3 chart (final).png")
+    assert r.status_code == 201, r.text
+    item = r.json()["data"]
+    assert item["filename"] == "Q3 chart (final).png"
+    assert (item["mimeType"], item["size"]) == ("image/png", len(image))
+    assert item["id"].startswith("att-") and item["url"].startswith(
+        f"/v1/attachments/{item['id']}?"
+    )
+
+    # Not yet in a message: only the uploader may read it.
+    url = f"{g1}/v1/attachments/{item['id']}"
+    r = await http.get(url, headers=_auth(ada))
+    assert r.status_code == 200 and r.content == image
+    assert r.headers["content-type"] == "image/png"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["content-disposition"].startswith("inline;")
+    assert "filename*=UTF-8''Q3%20chart%20%28final%29.png" in r.headers["content-disposition"]
+    r = await http.get(url, headers=_auth(bob))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+
+    # Ranges: one range 206, past the end 416; HEAD has the headers only.
+    r = await http.get(url, headers={**_auth(ada), "Range": "bytes=0-7"})
+    assert r.status_code == 206 and r.content == image[:8]
+    assert r.headers["content-range"] == f"bytes 0-7/{len(image)}"
+    r = await http.get(url, headers={**_auth(ada), "Range": "bytes=-4"})
+    assert r.status_code == 206 and r.content == image[-4:]
+    r = await http.get(url, headers={**_auth(ada), "Range": f"bytes={len(image)}-"})
+    assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{len(image)}"
+    r = await http.head(url, headers=_auth(ada))
+    assert r.status_code == 200 and r.headers["content-length"] == str(len(image))
+
+    # The refusals, each in the error envelope.
+    r = await _upload(http, g0, cid, eve, image)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "FORBIDDEN", r.text
+    r = await http.post(f"{g0}/v1/conversations/{cid}/attachments?filename=a.png", content=image)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
+    r = await _upload(
+        http, g0, cid, ada, b"MZ\x90\x00" * 10, filename="x.exe", ctype="application/x-msdownload"
+    )
+    assert r.status_code == 415 and r.json()["error"]["details"]["field"] == "Content-Type"
+    r = await _upload(
+        http, g0, cid, ada, b"<svg onload=alert(1)>", filename="x.svg", ctype="image/svg+xml"
+    )
+    assert r.status_code == 415
+    r = await _upload(http, g0, cid, ada, b"not a png at all, really", filename="fake.png")
+    assert r.status_code == 415 and "not a image/png" in r.json()["error"]["message"]
+    r = await _upload(
+        http, g0, cid, ada, b"x" * (MAX_BYTES + 1), filename="big.txt", ctype="text/plain"
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert r.json()["error"]["details"]["limit"] == MAX_BYTES
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams
+        for _ in range(MAX_BYTES // 65536 + 2):
+            yield b"y" * 65536
+
+    r = await http.post(
+        f"{g1}/v1/conversations/{cid}/attachments?filename=stream.txt",
+        content=chunked(),
+        headers={**_auth(ada), "Content-Type": "text/plain"},
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE", r.text
+    r = await _upload(http, g0, cid, ada, image, filename="")
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "filename"
+    r = await _upload(http, g0, cid, ada, b"", filename="empty.txt", ctype="text/plain")
+    assert r.status_code == 422
+    r = await _upload(http, g0, "bad.id", ada, image)
+    assert r.status_code == 422
+    r = await http.get(f"{g0}/v1/attachments/{item['id']}")
+    assert r.status_code == 401
+    r = await http.get(f"{g0}/v1/attachments/att-nope", headers=_auth(ada))
+    assert r.status_code == 404
+
+
+async def test_message_references_signed_urls_and_deletion(
+    stack: Stack, clients: Any, http: httpx.AsyncClient
+) -> None:
+    ada, bob, eve = _uid("ada"), _uid("bob"), _uid("eve")
+    a = await clients(stack.ws_url(0), ada)
+    b = await clients(stack.ws_url(1), bob)
+    e = await clients(stack.ws_url(1), eve)
+    cid = await _create(a, participants=[bob])
+    other = await _create(e)
+    for c in (a, b):
+        assert (await c.cmd("conversation:join", {"conversationId": cid}))["success"]
+    g0, g1 = stack.gateway_url(0), stack.gateway_url(1)
+    image, notes = png(), b"line one\nline two\n"
+    img = (await _upload(http, g0, cid, ada, image)).json()["data"]
+    txt = (
+        await _upload(http, g1, cid, ada, notes, filename="notes.txt", ctype="text/plain")
+    ).json()["data"]
+
+    # Someone else's upload, or one made for another conversation, cannot be sent.
+    r = await b.cmd(
+        "message:send", {"conversationId": cid, "content": "mine?", "attachments": [img["id"]]}
+    )
+    assert (
+        r["error"]["code"] == "NOT_FOUND" and r["error"]["details"]["field"] == "attachments.0.id"
+    )
+    theirs = (await _upload(http, g1, other, eve, image)).json()["data"]
+    r = await a.cmd(
+        "message:send",
+        {"conversationId": cid, "content": "x", "attachments": [{"id": theirs["id"]}]},
+    )
+    assert r["error"]["code"] == "NOT_FOUND"
+
+    # By id (a bare id, or the object the upload returned): stored in the seed's shape.
+    r = await a.cmd(
+        "message:send",
+        {"conversationId": cid, "content": "", "attachments": [img, {"id": txt["id"]}]},
+    )
+    assert r["success"], r
+    sent = r["data"]["attachments"]
+    assert [(x["id"], x["filename"], x["mimeType"], x["size"]) for x in sent] == [
+        (img["id"], "chart.png", "image/png", len(image)),
+        (txt["id"], "notes.txt", "text/plain", len(notes)),
+    ]
+    new = await b.wait_for(
+        lambda f: f.get("event") == "message:new" and f["data"].get("attachments")
+    )
+    got = new["data"]["attachments"]
+    assert set(got[0]) == {"id", "filename", "mimeType", "size", "url"}
+    # The url works without a token (an <img> tag), on either gateway; a forged one does not.
+    r = await http.get(g1 + got[0]["url"])
+    assert r.status_code == 200 and r.content == image
+    r = await http.get(g0 + got[1]["url"])
+    assert r.status_code == 200 and r.content == notes
+    assert r.headers["content-disposition"].startswith("attachment;")
+    assert r.headers["content-type"].startswith("text/plain")
+    forged = got[0]["url"].replace(img["id"], txt["id"])
+    assert (await http.get(g0 + forged)).status_code == 403
+    # Bob may read it now (it is in a message); Eve may not.
+    r = await http.get(f"{g1}/v1/attachments/{img['id']}", headers=_auth(bob))
+    assert r.status_code == 200 and r.content == image
+    r = await http.get(f"{g1}/v1/attachments/{img['id']}", headers=_auth(eve))
+    assert r.status_code == 403
+    # History over HTTP carries freshly signed urls too.
+    r = await http.get(f"{g1}/v1/conversations/{cid}/messages", headers=_auth(bob))
+    listed = [m for m in r.json()["data"]["items"] if m.get("attachments")]
+    assert "sig=" in listed[0]["attachments"][0]["url"]
+    # Bob may attach it again in the same conversation (it is shown there already).
+    r = await b.cmd(
+        "message:send", {"conversationId": cid, "content": "again", "attachments": [txt["id"]]}
+    )
+    assert r["success"], r
+
+    # Deleting the message makes the image unreachable (token and signed url alike); the
+    # text file is still carried by Bob's message.
+    r = await a.cmd("message:delete", {"conversationId": cid, "messageId": new["data"]["_id"]})
+    assert r["success"], r
+    assert (await http.get(g0 + got[0]["url"])).status_code == 404
+    r = await http.get(f"{g0}/v1/attachments/{img['id']}", headers=_auth(ada))
+    assert r.status_code == 404
+    r = await a.cmd(
+        "message:send", {"conversationId": cid, "content": "x", "attachments": [img["id"]]}
+    )
+    assert r["error"]["code"] == "NOT_FOUND"
+    r = await http.get(f"{g0}/v1/attachments/{txt['id']}", headers=_auth(ada))
+    assert r.status_code == 200 and r.content == notes
+
+    # Deleting the conversation takes all its files with it.
+    keep = (await _upload(http, g0, cid, ada, image)).json()["data"]
+    r = await a.cmd(
+        "message:send", {"conversationId": cid, "content": "k", "attachments": [keep["id"]]}
+    )
+    assert r["success"], r
+    signed = r["data"]["attachments"][0]["url"]
+    assert (await http.get(g1 + signed)).status_code == 200
+    r = await http.delete(f"{g0}/v1/conversations/{cid}", headers=_auth(ada))
+    assert r.status_code == 200, r.text
+    assert (await http.get(g1 + signed)).status_code == 404
+    assert (
+        await http.get(f"{g1}/v1/attachments/{keep['id']}", headers=_auth(bob))
+    ).status_code == 404
