@@ -54,6 +54,11 @@ WsHandler = Callable[[ServerConnection], Awaitable[None]]
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 # websockets' own default for the opening handshake (after the head has been read).
 OPEN_TIMEOUT_SECONDS = 10.0
+# Connections the kernel completes and queues before the loop accepts them (capped by
+# net.core.somaxconn). asyncio's default, 100, overflowed under a burst of connects (a
+# reconnect storm, the bench's 200 handshakes in flight): the dropped SYNs came back after
+# 1, 3, 7 s of TCP retransmission (connect p99 7.7 s at 234 connects/s).
+LISTEN_BACKLOG = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +144,9 @@ class Front:
         loop = self.loop = asyncio.get_running_loop()
 
         async def create_server() -> asyncio.Server:
-            return await loop.create_server(lambda: _Sniffer(self), self.host, self.port)
+            return await loop.create_server(
+                lambda: _Sniffer(self), self.host, self.port, backlog=LISTEN_BACKLOG
+            )
 
         server = Server(create_server, self._ws_lifecycle)
         self.ws_server = await server
