@@ -248,17 +248,24 @@ class Bus:
     # ------------------------------------------------------------------ publishes
 
     async def publish(self, cid: str, frame: dict[str, Any], *, origin: str | None = None) -> None:
-        """Publish an ephemeral event to a conversation (batched; never waits for NATS).
-
-        Publishes are collected for ``PUBLISH_WINDOW_SECONDS`` and handed to the NATS client
-        together: one socket write for the batch instead of one per event loop tick that
-        published (the gateway publishes only ephemeral events: typing, presence).
-        """
+        """Publish an ephemeral event to a conversation (batched; never waits for NATS)."""
         nc = self.nc
         if nc is None or not nc.is_connected:
             raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "message bus unavailable")
         headers = {subjects.HEADER_ORIGIN: origin} if origin is not None else None
-        self._outbox.append((subjects.conversation_ephemeral(cid), jsonutil.dumps(frame), headers))
+        self.publish_soon(subjects.conversation_ephemeral(cid), jsonutil.dumps(frame), headers)
+
+    def publish_soon(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        """Publish within ``PUBLISH_WINDOW_SECONDS``, in order with the other publishes here.
+
+        Publishes are collected for the window and handed to the NATS client together: one
+        socket write for the batch instead of one per event loop tick that published (the
+        gateway publishes ephemeral events, typing and presence, and unacknowledged KV
+        writes: many connects or session flushes in a window share one write).
+        """
+        self._outbox.append((subject, payload, headers))
         if len(self._outbox) == 1:
             asyncio.get_running_loop().call_later(PUBLISH_WINDOW_SECONDS, self._send_outbox)
 
@@ -279,21 +286,22 @@ class Bus:
             except nats.errors.Error as exc:
                 logger.warning("publish on %s failed: %s", subject, exc)
 
-    async def _flush_publishes(self) -> None:
-        """Send what waits in the outbox now (drain, stop)."""
-        self._send_outbox()
+    async def flush_publishes(self) -> None:
+        """Send what waits in the outbox now (drain, stop, before an acknowledged KV write)."""
+        if self._outbox:
+            self._send_outbox()
         if self._publishing:
             await asyncio.gather(*self._publishing, return_exceptions=True)
 
-    async def _kv_publish(self, bucket: str, key: str, value: bytes) -> None:
-        """A KV put without waiting for JetStream's acknowledgement (batched by the client)."""
+    def kv_publish_soon(self, bucket: str, key: str, value: bytes) -> None:
+        """A KV put without waiting for JetStream's acknowledgement (``publish_soon``).
+
+        An acknowledged KV write made after it must call ``flush_publishes`` first, so that
+        it is not overtaken by this older value."""
         nc = self.nc
         if nc is None or not nc.is_connected:
             return
-        try:
-            await nc.publish(subjects.kv_key_subject(bucket, key), value)
-        except nats.errors.Error as exc:
-            logger.warning("%s %s not saved: %s", bucket, key, exc)
+        self.publish_soon(subjects.kv_key_subject(bucket, key), value)
 
 
 async def keys_of(kv: KeyValue) -> list[str]:

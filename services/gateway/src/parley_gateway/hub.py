@@ -77,7 +77,7 @@ class Hub(Presence):
                 await task
         with contextlib.suppress(Exception):
             await self.flush()
-        await self._flush_publishes()
+        await self.flush_publishes()
         if self.kv_instances is not None:
             with contextlib.suppress(Exception):
                 await self.kv_instances.delete(self.instance_id)

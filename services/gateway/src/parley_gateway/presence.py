@@ -114,6 +114,7 @@ class Presence(Fanout):
                         await state.sub.unsubscribe()
                 with contextlib.suppress(*_KV_ERRORS):  # bounded: a resume waits for this
                     assert self.kv_presence is not None
+                    await self.flush_publishes()  # the connect's put first
                     await asyncio.wait_for(
                         self.kv_presence.delete(self._presence_key(conn.principal.kind, pid)),
                         KV_WRITE_SECONDS,
@@ -132,11 +133,12 @@ class Presence(Fanout):
         if self.kv_presence is None:
             return
         if not ack:
-            await self._kv_publish(
+            self.kv_publish_soon(
                 subjects.KV_PRESENCE, self._presence_key(kind, pid), str(count).encode()
             )
             return
         try:
+            await self.flush_publishes()  # an older unacknowledged put must not win
             await asyncio.wait_for(
                 self.kv_presence.put(self._presence_key(kind, pid), str(count).encode()),
                 KV_WRITE_SECONDS,

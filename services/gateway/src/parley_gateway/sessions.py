@@ -91,9 +91,10 @@ class Sessions(Bus):
             return
         doc = self.session_doc(conn, joined)
         if not ack:
-            await self._kv_publish(subjects.KV_SESSIONS, conn.session_id, doc)
+            self.kv_publish_soon(subjects.KV_SESSIONS, conn.session_id, doc)
             return
         try:  # bounded: a resume waits for the save at a disconnect (server.resume)
+            await self.flush_publishes()  # an older unacknowledged save must not win
             await asyncio.wait_for(self.kv_sessions.put(conn.session_id, doc), SAVE_SECONDS)
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             logger.warning("session %s not saved: %s", conn.session_id, exc)
