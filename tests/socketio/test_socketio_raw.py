@@ -87,3 +87,68 @@ async def test_bad_handshakes(sio_stack: Stack) -> None:
                 raise AssertionError(f"{query} accepted")
         except InvalidStatus as exc:
             assert exc.response.status_code == status, query
+
+
+async def test_the_recovery_offset_names_every_conversation(sio_stack: Stack) -> None:
+    """Issue 14: the offset socket.io-client keeps (the last event's) covers all of the
+    socket's conversations, and a recovery resumes each of them from it: the entry of the
+    conversation that did not send the last event is used (its last message comes again
+    when the offset says it was not received)."""
+    user = f"u-{uuid.uuid4().hex[:6]}"
+    tok = mint_token(user, PrincipalKind.USER, name="U")
+    acks = iter(range(1, 1000))
+
+    seen: list[str] = []  # event packets read while waiting for an ack
+
+    async def call(ws: ClientConnection, event: str, data: dict[str, object]) -> object:
+        n = next(acks)
+        await ws.send(f"42{n}" + jsonutil.dumps([event, data]).decode())
+        while True:
+            msg = await _next_message(ws)
+            if msg.startswith(f"43{n}["):
+                env = jsonutil.loads(msg[len(f"43{n}") :])[0]
+                assert env["success"], env
+                return env["data"]
+            seen.append(msg)
+
+    async def until_event(ws: ClientConnection, event: str) -> list[object]:
+        while True:
+            msg = seen.pop(0) if seen else await _next_message(ws)
+            if msg.startswith(f'42["{event}"'):
+                args: list[object] = jsonutil.loads(msg[2:])
+                return args
+
+    async with connect(_url(sio_stack)) as ws:
+        await ws.recv()
+        await ws.send("40" + jsonutil.dumps({"token": tok}).decode())
+        pid = jsonutil.loads((await _next_message(ws))[2:])["pid"]
+        cids = []
+        for title in ("a", "b"):
+            conv = await call(ws, "conversation:create", {"title": title, "participants": []})
+            assert isinstance(conv, dict)
+            cids.append(conv["_id"])
+            await call(ws, "conversation:join", {"conversationId": conv["_id"]})
+        a, b = cids
+        seqs = {}
+        for cid in (b, a):  # the last event is a's
+            await call(ws, "message:send", {"conversationId": cid, "content": f"in {cid}"})
+            args = await until_event(ws, "message:new")
+            seqs[cid] = args[1]["seq"]  # type: ignore[index]
+        offset = args[2]
+        assert isinstance(offset, str)
+        assert dict(p.rsplit(":", 1) for p in offset.split(",")) == {
+            a: str(seqs[a]),
+            b: str(seqs[b]),
+        }
+    # Recover saying b's last message was not received: it comes again, a's does not.
+    behind = offset.replace(f"{b}:{seqs[b]}", f"{b}:{seqs[b] - 1}")
+    seen.clear()
+    async with connect(_url(sio_stack)) as ws:
+        await ws.recv()
+        await ws.send("40" + jsonutil.dumps({"token": tok, "pid": pid, "offset": behind}).decode())
+        assert jsonutil.loads((await _next_message(ws))[2:])["pid"] == pid
+        hello = await until_event(ws, "reconnected")
+        listed = {c["conversationId"]: c["lastSeq"] for c in hello[1]["data"]["conversations"]}  # type: ignore[index]
+        assert listed == {a: seqs[a], b: seqs[b] - 1}, listed
+        again = await until_event(ws, "message:new")
+        assert again[1]["conversationId"] == b and again[1]["seq"] == seqs[b], again  # type: ignore[index]

@@ -7,7 +7,7 @@ import pytest
 from parley_contract import jsonutil
 from parley_gateway.conn import frame_text
 from parley_gateway.sio import codec
-from parley_gateway.sio.session import packet_of, parse_offset, unframe
+from parley_gateway.sio.session import offset_of, packet_of, parse_offset, unframe
 
 
 def test_decode_event_with_ack_and_namespace() -> None:
@@ -66,6 +66,28 @@ def test_event_packet_from_a_framed_event(size: int) -> None:
 
 
 def test_offsets() -> None:
-    assert parse_offset("conv_1:12") == {"conv_1": 12}
-    for bad in (None, 3, "", "c:", ":3", "c:-1", "c:1e3", "c:" + "9" * 20, "x" * 300):
-        assert parse_offset(bad) is None
+    assert parse_offset("conv_1:12", 100) == {"conv_1": 12}
+    assert parse_offset("a:3,b-2:7,c_3:0", 100) == {"a": 3, "b-2": 7, "c_3": 0}
+    bads = (None, 3, "", "c:", ":3", "c:-1", "c:1e3", "c:" + "9" * 20, "x" * 300, "a:1,")
+    for bad in (*bads, "a.b:3", "a:1,,b:2", "a:1;b:2", "a:1,b:2,c:3"):
+        assert parse_offset(bad, 2) is None, bad
+    assert parse_offset(",".join(f"c{i}:{i}" for i in range(101)), 100) is None
+
+
+def test_the_offset_names_every_conversation_of_the_connection() -> None:
+    """Issue 14: socket.io-client sends back the last offset it got; it must name all of
+    the connection's conversations (a recovery after a crash resumes each exactly)."""
+    frame = {"event": "message:new", "data": {}, "conversationId": "a", "seq": 5}
+    wire = jsonutil.dumps(frame)
+    assert offset_of("a", 5) == "a:5" == offset_of("a", 5, {"a": 5})
+    joined = {"b": 9, "a": 4, "c": 1}
+    packet = packet_of(wire, joined)
+    assert packet is not None
+    offset = jsonutil.loads(packet[2:])[2]
+    assert offset.startswith("a:5,")  # the event's own position, not the stale one
+    assert parse_offset(offset, 100) == {"a": 5, "b": 9, "c": 1}
+    # The event's conversation not joined yet (a join's replay): named too.
+    assert parse_offset(jsonutil.loads((packet_of(wire, {"b": 2}) or b"")[2:])[2], 9) == {
+        "a": 5,
+        "b": 2,
+    }

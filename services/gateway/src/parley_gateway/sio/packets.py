@@ -180,7 +180,8 @@ class SocketLayer:
             return
         pid = auth.get("pid")
         resume = pid if isinstance(pid, str) and is_valid_id(pid) else None
-        since = parse_offset(auth.get("offset")) if resume else None
+        limit = self.settings.max_conversations
+        since = parse_offset(auth.get("offset"), limit) if resume else None
         try:
             resume, restored = await self.gw.resume(principal, resume, since)
         except ParleyError as exc:  # the session store cannot answer (SERVICE_UNAVAILABLE)

@@ -23,6 +23,7 @@ from websockets.protocol import State
 
 from parley_contract import envelopes, jsonutil
 from parley_contract.errors import ErrorCode
+from parley_contract.ids import is_valid_id
 from parley_contract.internal import Principal
 from parley_gateway.conn import (
     CLOSE_POLICY,
@@ -59,22 +60,57 @@ def unframe(wire: bytes) -> memoryview:
     return memoryview(wire)[2 if n < 126 else 4 if n == 126 else 10 :]
 
 
-def offset_of(cid: str, seq: int) -> str:
-    """The recovery offset of a durable event (socket.io-client sends back the last one)."""
-    return f"{cid}:{seq}"
+def offset_of(cid: str, seq: int, joined: dict[str, int] | None = None) -> str:
+    """The recovery offset of a durable event (socket.io-client sends back the last one).
+
+    ``<conversationId>:<seq>`` of the event, then ``,<conversationId>:<seq>`` for every other
+    conversation of the connection (``joined``: the last seq delivered in each), so a
+    recovery resumes every conversation exactly where the client is, also after a gateway
+    crash (the session's saved seqs may lag by one flush interval)."""
+    head = f"{cid}:{seq}"
+    if not joined or (len(joined) == 1 and cid in joined):
+        return head
+    return ",".join([head, *(f"{c}:{s}" for c, s in joined.items() if c != cid)])
 
 
-def parse_offset(offset: object) -> dict[str, int] | None:
-    if not isinstance(offset, str) or len(offset) > 200:
+def parse_offset(offset: object, limit: int) -> dict[str, int] | None:
+    """The conversations (cid → last seq) of an offset (``offset_of``); None if malformed or
+    naming more than ``limit`` conversations."""
+    if not isinstance(offset, str) or len(offset) > limit * 150:
         return None
-    cid, _, seq = offset.rpartition(":")
-    if not cid or not seq.isdigit() or not seq.isascii() or len(seq) > 15:
-        return None
-    return {cid: int(seq)}
+    out: dict[str, int] = {}
+    for part in offset.split(","):
+        cid, _, seq = part.rpartition(":")
+        if not is_valid_id(cid) or not seq.isdigit() or not seq.isascii() or len(seq) > 15:
+            return None
+        out.setdefault(cid, int(seq))
+    return out if len(out) <= limit else None
 
 
-def packet_of(frame: memoryview | bytes) -> bytes | None:
-    """The Socket.IO event packet (``42[...]``) of a ``/ws`` event frame; None if malformed."""
+class _Event:
+    """A durable or ephemeral server event, parsed once: what its packets are made of."""
+
+    __slots__ = ("cid", "event", "frame", "seq")
+
+    def __init__(self, event: bytes, frame: bytes, cid: str | None, seq: int) -> None:
+        self.event = event  # the event name, JSON
+        self.frame = frame  # the /ws frame's payload
+        self.cid = cid  # set for a durable event (it has an offset)
+        self.seq = seq
+
+    def packet(self, joined: dict[str, int] | None = None) -> bytes:
+        offset = None
+        if self.cid is not None:
+            offset = jsonutil.dumps(offset_of(self.cid, self.seq, joined))
+        return codec.event_packet(self.event, self.frame, offset)
+
+    def shared(self, joined: dict[str, int]) -> bool:
+        """The packet of a connection in ``joined`` is the same for every receiver: the
+        event is ephemeral, or its conversation is the connection's only one."""
+        return self.cid is None or not joined or (len(joined) == 1 and self.cid in joined)
+
+
+def parse_event(frame: memoryview | bytes) -> _Event | None:
     try:
         doc = jsonutil.loads(frame)
     except ValueError:
@@ -82,27 +118,39 @@ def packet_of(frame: memoryview | bytes) -> bytes | None:
     if not isinstance(doc, dict) or not isinstance(doc.get("event"), str):
         return None
     seq, cid = doc.get("seq"), doc.get("conversationId")
-    offset = None
+    event, payload = jsonutil.dumps(doc["event"]), bytes(frame)
     if type(seq) is int and isinstance(cid, str):
-        offset = jsonutil.dumps(offset_of(cid, seq))
-    return codec.event_packet(jsonutil.dumps(doc["event"]), bytes(frame), offset)
+        return _Event(event, payload, cid, seq)
+    return _Event(event, payload, None, 0)
+
+
+def packet_of(frame: memoryview | bytes, joined: dict[str, int] | None = None) -> bytes | None:
+    """The Socket.IO event packet (``42[...]``) of a ``/ws`` event frame; None if malformed."""
+    event = parse_event(frame)
+    return None if event is None else event.packet(joined)
 
 
 class _Translation:
     """The last event framed by the hub and its packet (one event, many receivers)."""
 
-    __slots__ = ("packet", "wire", "ws_frame")
+    __slots__ = ("event", "packet", "wire", "ws_frame")
 
     def __init__(self) -> None:
         self.wire: bytes | None = None
+        self.event: _Event | None = None
         self.packet: bytes | None = None
         self.ws_frame: bytes | None = None
 
-    def packet_for(self, wire: bytes) -> bytes | None:
+    def event_for(self, wire: bytes) -> _Event | None:
         if wire is not self.wire:
             self.wire = wire  # held: its identity cannot be reused while it is remembered
-            self.packet = packet_of(unframe(wire))
+            self.event = parse_event(unframe(wire))
+            self.packet = None if self.event is None else self.event.packet()
             self.ws_frame = None
+        return self.event
+
+    def packet_for(self, wire: bytes) -> bytes | None:
+        self.event_for(wire)
         return self.packet
 
     def ws_frame_for(self, wire: bytes) -> bytes | None:
@@ -256,22 +304,26 @@ class SioConn(Conn):
         return not self.closing and not self.eio.closed
 
     def push(self, data: bytes) -> bool:
-        packet = packet_of(data)
+        packet = packet_of(data, self.joined)
         if packet is None:
             return False
         return self._out(packet, None)
 
     def push_frame(self, frame: bytes) -> bool:
+        last = _LAST
+        event = last.event if frame is last.wire else last.event_for(frame)
+        if event is None:
+            return False
+        if not event.shared(self.joined):
+            # In several conversations: the offset names them all (one packet per receiver).
+            return self._out(event.packet(self.joined), None)
         if self.eio.ws is not None:  # the fan-out path: as few steps as possible
-            last = _LAST
-            ws_frame = last.ws_frame if frame is last.wire else None
+            ws_frame = last.ws_frame or last.ws_frame_for(frame)
             if ws_frame is None:
-                ws_frame = last.ws_frame_for(frame)
-                if ws_frame is None:
-                    return False
+                return False
             # Conn.push_frame checks closing (set when the session ends) and the socket.
             return Conn.push_frame(self, ws_frame)
-        packet = _LAST.packet_for(frame)
+        packet = last.packet
         return packet is not None and self._out(packet, None)
 
     def _out(self, packet: bytes, ws_frame: bytes | None) -> bool:
