@@ -200,6 +200,77 @@ def test_nginx_balances_all_gateways_and_upgrades_websockets(dt: ModuleType) -> 
     assert set(re.findall(r"\$\{(\w+)\}", template)) == {"PARLEY_LB_METHOD"}
 
 
+def _nginx_locations(template: str) -> dict[str, dict[str, list[str]]]:
+    """The ``location`` blocks: their prefix (``= /x`` kept as is) → directive → arguments.
+
+    A small reader of nginx's syntax (directives end with ``;``, blocks in ``{}``, ``#``
+    comments, quoted strings), enough for this template."""
+    text = re.sub(r"#[^\n]*", "", template)
+    tokens = re.findall(r'"[^"]*"|[{};]|[^\s{};"]+', text)
+    locations: dict[str, dict[str, list[str]]] = {}
+    blocks: list[tuple[list[str], dict[str, list[str]]]] = []  # (block head, directives)
+    words: list[str] = []
+    for tok in tokens:
+        if tok == "{":
+            blocks.append((words, {}))
+            words = []
+        elif tok == "}":
+            head, directives = blocks.pop()
+            if head[0] == "location":
+                locations[" ".join(head[1:])] = directives
+        elif tok == ";":
+            if blocks:
+                blocks[-1][1].setdefault(words[0], []).append(" ".join(words[1:]))
+            words = []
+        else:
+            words.append(tok)
+    return locations
+
+
+def _nginx_route(locations: dict[str, dict[str, list[str]]], path: str) -> dict[str, list[str]]:
+    """The location nginx picks for ``path``: an exact ``=`` match; else the longest prefix
+    if it is ``^~``; else the first regex (``~``, ``~*``) that matches, in file order; else
+    the longest prefix."""
+    if f"= {path}" in locations:
+        return locations[f"= {path}"]
+    prefixes = {k.removeprefix("^~ "): k for k in locations if not k.startswith(("=", "~"))}
+    longest = max((p for p in prefixes if path.startswith(p)), key=len, default=None)
+    if longest is not None and prefixes[longest].startswith("^~"):
+        return locations[prefixes[longest]]
+    for key in locations:
+        kind, _, pattern = key.partition(" ")
+        if kind in ("~", "~*") and re.search(pattern, path, re.I if kind == "~*" else 0):
+            return locations[key]
+    assert longest is not None, f"no location for {path}"
+    return locations[prefixes[longest]]
+
+
+def test_nginx_passes_websocket_upgrades_on_every_websocket_path() -> None:
+    """/ws and /socket.io/ (issue 14): the location nginx picks sends Upgrade and
+    Connection: upgrade to the gateway, so Socket.IO clients can leave long-polling."""
+    from parley_gateway.sio.endpoint import PATH as SIO_PATH
+
+    template = (REPO / "deploy" / "nginx" / "parley.conf.template").read_text()
+    locations = _nginx_locations(template)
+    assert "/" in locations and "/ws" in locations, sorted(locations)
+    for path in ("/ws", SIO_PATH, SIO_PATH + "?EIO=4&transport=websocket"):
+        loc = _nginx_route(locations, path.partition("?")[0])
+        headers = dict(h.split(" ", 1) for h in loc.get("proxy_set_header", []))
+        assert loc["proxy_pass"] == ["http://parley_gateways"], path
+        assert loc["proxy_http_version"] == ["1.1"], path
+        assert headers.get("Upgrade") == "$http_upgrade", (path, headers)
+        assert headers.get("Connection") == "$connection_upgrade", (path, headers)
+        # Long-lived sockets and long-polls: longer than the heartbeat.
+        assert int(loc["proxy_read_timeout"][0].rstrip("s")) >= 3600, path
+    # The router above picks regex locations too (uploads are streamed, not buffered).
+    upload = _nginx_route(locations, "/v1/conversations/c1/attachments")
+    assert upload.get("proxy_request_buffering") == ["off"]
+    # Socket.IO long-polling: answers are not held in nginx's buffers.
+    assert _nginx_route(locations, SIO_PATH)["proxy_buffering"] == ["off"]
+    # The map sends no Connection header for plain requests (upstream keep-alive).
+    assert re.search(r'map \$http_upgrade \$connection_upgrade \{[^}]*""\s+"";', template)
+
+
 def test_nginx_template_renders_with_envsubst() -> None:
     envsubst = shutil.which("envsubst")
     if envsubst is None:
