@@ -3,6 +3,8 @@
     python -m bench                       # every scenario, full size (about 10-15 min)
     python -m bench --quick               # a short smoke run of every scenario
     python -m bench --scenario fanout     # one scenario
+    python -m bench --scenario connects   # connects/s into one gateway (--connections N)
+    python -m bench --scenario storm      # a killed gateway's clients resume on two others
     python -m bench --gateway-urls http://127.0.0.1:8001,http://127.0.0.1:8002
                                           # against gateways already running (make run)
     python -m bench --report              # rebuild latest.md and latency.png from results/
@@ -26,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios
+from bench import connects, report, scenarios
 from bench.generator import LOADGEN_DIR, ensure_node_modules
 from bench.machine import load_average, machine_info
 from bench.profiling import pyinstrument_argv
@@ -37,7 +39,16 @@ logger = logging.getLogger("bench")
 RESULTS = Path(__file__).resolve().parent / "results"
 RAW = RESULTS / "raw"
 PROFILES = RESULTS / "profiles"
-SCENARIOS = ["selfcheck", "idle", "fanout", "persisted", "groupcommit", "scaleout"]
+SCENARIOS = [
+    "selfcheck",
+    "idle",
+    "connects",
+    "storm",
+    "fanout",
+    "persisted",
+    "groupcommit",
+    "scaleout",
+]
 # The conversation service's group commit: most writes of one conversation per batch.
 GROUP_COMMIT_ENV = "PARLEY_CONVERSATION_MAX_BATCH"
 
@@ -74,6 +85,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_ints,
         default=None,
         help="connection counts to measure at (default 10000,19800)",
+    )
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=None,
+        help="connects: clients per round (default 5000); storm: clients (default 10000)",
+    )
+    p.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=200,
+        help="connects: handshakes in flight at once",
     )
     p.add_argument(
         "--fanout-rates",
@@ -229,6 +252,27 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 threads=args.threads,
                 log_dir=log_dir,
                 settle_seconds=2.0 if q else 5.0,
+            )
+    if name == "connects":
+        with system_for(args, name, gateways=1) as system:
+            return connects.connects(
+                system,
+                n=args.connections or (500 if q else 5_000),
+                concurrency=args.connect_concurrency,
+                repeat=args.repeat or (1 if q else 3),
+                threads=args.threads,
+                log_dir=log_dir,
+                profile_dir=PROFILES if args.profile else None,
+            )
+    if name == "storm":
+        with system_for(args, name, gateways=3) as system:
+            return connects.storm(
+                system,
+                n=args.connections or (400 if q else 10_000),
+                members=20,
+                concurrency=10_000,
+                threads=args.threads,
+                log_dir=log_dir,
             )
     if name in ("fanout", "selfcheck"):
         rates = args.fanout_rates or (

@@ -150,6 +150,29 @@ class GeneratorPool:
         )
         return _merge(parts)
 
+    def resume(
+        self, urls: list[str], *, concurrency: int, kill_time: float, timeout_ms: int = 60_000
+    ) -> dict[str, Any]:
+        """Every client resumes its session at ``urls[i]`` at once; latency from ``kill_time``
+        (``time.monotonic()``: CLOCK_MONOTONIC, the generator's clock too)."""
+        per: list[list[dict[str, Any]]] = [[] for _ in self.procs]
+        for idx, url in enumerate(urls):
+            p, local = self._locate(idx)
+            per[p].append({"client": local, "url": url})
+        parts = self._all(
+            [
+                {
+                    "op": "resume",
+                    "items": it,
+                    "concurrency": concurrency,
+                    "killMs": kill_time * 1000,
+                    "timeoutMs": timeout_ms,
+                }
+                for it in per
+            ]
+        )
+        return _merge(parts)
+
     def commands(
         self,
         items: list[tuple[int, str, dict[str, Any]]],

@@ -13,6 +13,7 @@
 // Commands (main thread):
 //   {"op":"init","clients":[{"url","token","gw"}],"deflate":false}
 //   {"op":"connect","concurrency":200,"timeoutMs":30000}
+//   {"op":"resume","items":[{"client":i,"url"}],"killMs":t,"concurrency":10000}
 //   {"op":"commands","items":[{"client":i,"event":"...","data":{...}}],"concurrency":50}
 //   {"op":"load","kind":"typing"|"message","convs":[{"conv","sender","senderGw"}],
 //    "ratePerSender":200,"durationMs":10000,"drainMs":2000,"contentBytes":64}
@@ -204,6 +205,7 @@ function workerMain() {
           if (msg && (msg.event === "connected" || msg.event === "reconnected")) {
             client.open = true;
             client.extensions = ws.extensions;
+            client.session = msg.data && msg.data.sessionId;
             finish(true);
           } else {
             finish(false, `first frame ${msg && msg.event}`);
@@ -211,6 +213,75 @@ function workerMain() {
           return;
         }
         if (!isBinary) onFrame(client, data.toString());
+      });
+    });
+  }
+
+  // A client of a killed gateway resumes its session on another (bench storm): resolved
+  // when it got `reconnected` and a `conversation:joined` for every conversation the
+  // hello restored; ms counts from the kill (killMs, the same monotonic clock as Python's).
+  function resumeOne(client, url, killMs, timeoutMs) {
+    return new Promise((resolve) => {
+      let done = false;
+      let waiting = -1; // conversations still to be joined again (-1: no hello yet)
+      const finish = (ok, error) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        resolve({ ok, error, ms: nowMs() - killMs });
+      };
+      const timer = setTimeout(() => finish(false, "timeout"), timeoutMs);
+      const old = client.ws;
+      if (old) {
+        old.removeAllListeners();
+        old.on("error", () => {});
+        try {
+          old.terminate();
+        } catch {}
+      }
+      client.open = false;
+      const sep = url.includes("?") ? "&" : "?";
+      const ws = new WebSocket(`${url}${sep}session=${encodeURIComponent(client.session || "")}`, {
+        headers: { Authorization: `Bearer ${client.token}` },
+        perMessageDeflate: deflate,
+        skipUTF8Validation: true,
+        handshakeTimeout: timeoutMs,
+      });
+      client.ws = ws;
+      client.url = url;
+      ws.on("unexpected-response", (_req, res) => finish(false, `http ${res.statusCode}`));
+      ws.on("error", (err) => finish(false, err.code || String(err.message).slice(0, 80)));
+      ws.on("close", (code) => {
+        client.open = false;
+        closeCodes[code] = (closeCodes[code] || 0) + 1;
+        finish(false, `closed ${code}`);
+      });
+      ws.on("message", (data, isBinary) => {
+        if (isBinary) return;
+        const raw = data.toString();
+        if (done) {
+          onFrame(client, raw);
+          return;
+        }
+        let msg = null;
+        try {
+          msg = JSON.parse(raw);
+        } catch {}
+        if (!msg) return;
+        if (waiting < 0) {
+          if (msg.event !== "reconnected") {
+            finish(false, `first frame ${msg.event}`);
+            return;
+          }
+          client.open = true;
+          waiting = ((msg.data && msg.data.conversations) || []).length;
+        } else if (msg.event === "conversation:joined") {
+          waiting--;
+        } else if (msg.event === "error") {
+          finish(false, `error ${msg.error && msg.error.code}`);
+          return;
+        }
+        if (waiting === 0) finish(true);
       });
     });
   }
@@ -499,6 +570,12 @@ function workerMain() {
         const ext = {};
         for (const c of clients) if (c.open) ext[c.extensions || "none"] = (ext[c.extensions || "none"] || 0) + 1;
         parentPort.postMessage({ ...s, ms: Float64Array.from(s.ms), extensions: ext });
+      } else if (m.op === "resume") {
+        const results = await pool(m.items, m.concurrency || 10000, (it) =>
+          resumeOne(byIdx.get(it.client), it.url, m.killMs, m.timeoutMs || 30000),
+        );
+        const s = summarizeErrors(results);
+        parentPort.postMessage({ ...s, ms: Float64Array.from(s.ms) });
       } else if (m.op === "commands") {
         const results = await pool(m.items, m.concurrency || 50, (it) =>
           request(byIdx.get(it.client), it.event, it.data, m.timeoutMs || 30000),
@@ -585,6 +662,21 @@ async function main() {
         wallMs,
         perSecond: ok / (wallMs / 1000),
         latencyMs: percentiles(merge(parts, "ms")),
+      };
+    }
+    if (cmd.op === "resume") {
+      const per = workers.map(() => []);
+      for (const it of cmd.items) per[owner(it.client)].push(it);
+      const parts = await all((w, i) => ask(w, { ...cmd, items: per[i] }));
+      const ok = sum(parts, "ok");
+      const lat = merge(parts, "ms");
+      return {
+        ok,
+        failed: sum(parts, "failed"),
+        errors: addMaps(parts, "errors"),
+        wallMs: lat.length ? Math.max(...lat) : 0,
+        perSecond: 0,
+        latencyMs: percentiles(lat),
       };
     }
     if (cmd.op === "commands") {

@@ -1,0 +1,131 @@
+"""Connect scenarios of issue 16: how fast one gateway accepts connections (``connects``) and
+how fast the clients of a killed gateway are back on the others (``storm``).
+
+``connects``: N distinct users (a JWT each) connect to ONE gateway, ``concurrency`` handshakes
+in flight, until each got its ``connected`` frame; connects/s = N / wall time, plus the
+gateway's CPU time per connect (from /proc). The clients then close and the next round starts
+(``repeat``), so a round measures connects, not the memory of the ones before.
+
+``storm``: N clients on gateway-1 of three, each joined to a conversation of ``members``;
+gateway-1 is killed (SIGKILL) and every client resumes its session (``?session=``) on
+gateway-2 or gateway-3 (alternately) at once. Measured from the kill: the time until every
+client got ``reconnected`` and its conversation back (the ``conversation:joined`` of its
+rejoin), and the time after which 50/90/99 % of them had.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.generator import GeneratorPool
+from bench.profiling import PySpy, summarize_collapsed
+from bench.scenarios import client_url, population, setup
+from bench.system import System, cpu_seconds
+
+logger = logging.getLogger(__name__)
+
+
+def connects(
+    system: System,
+    *,
+    n: int,
+    concurrency: int,
+    repeat: int,
+    threads: int,
+    log_dir: Path,
+    profile_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Connections per second into gateway-1 (distinct users, nothing joined)."""
+    pid = system.gateways[0].pid
+    rounds: list[dict[str, Any]] = []
+    for r in range(repeat):
+        pop = population(system, f"conn{r}-{int(time.time())}", n, 1, [0])
+        pool = GeneratorPool(pop.clients, threads=threads, per_process=50_000, log_dir=log_dir)
+        spy = None
+        try:
+            time.sleep(1.0)
+            if profile_dir is not None and pid and r == 0:
+                spy = PySpy(pid, profile_dir / "connects-gateway-1.txt", 4.0)
+            cpu0 = cpu_seconds(pid) if pid else 0.0
+            res = pool.connect(concurrency=concurrency)
+            cpu = (cpu_seconds(pid) - cpu0) if pid else 0.0
+            stats = pool.stats()
+        finally:
+            pool.close()
+        one = {
+            "connections": n,
+            "ok": res["ok"],
+            "failed": res["failed"],
+            "errors": res.get("errors", {}),
+            "connectPerSecond": round(res["perSecond"], 1),
+            "latencyMs": res["latencyMs"],
+            "gatewayCpuMsPerConnect": round(1000 * cpu / max(1, res["ok"]), 3),
+            "open": stats["open"],
+        }
+        if spy is not None:
+            spy.wait()
+            one["profile"] = summarize_collapsed(spy.out, spy.duration, spy.rate)
+            one["profile"]["file"] = spy.out.name
+        logger.info(
+            "connects: %d ok, %d failed, %.0f/s, p50 %.1f ms, gateway CPU %.3f ms/connect",
+            one["ok"],
+            one["failed"],
+            one["connectPerSecond"],
+            res["latencyMs"].get("p50", 0),
+            one["gatewayCpuMsPerConnect"],
+        )
+        rounds.append(one)
+        time.sleep(3.0)  # the gateway's cleanup of the closed round
+    best = sorted(rounds, key=lambda x: x["connectPerSecond"])[len(rounds) // 2]
+    return {"concurrency": concurrency, "rounds": rounds, "median": best}
+
+
+def storm(
+    system: System,
+    *,
+    n: int,
+    members: int,
+    concurrency: int,
+    threads: int,
+    log_dir: Path,
+) -> dict[str, Any]:
+    """Kill gateway-1 holding ``n`` joined clients; they resume on gateway-2 and -3."""
+    pop = population(system, f"storm-{int(time.time())}", n // members, members, [0])
+    pool = GeneratorPool(pop.clients, threads=threads, per_process=50_000, log_dir=log_dir)
+    try:
+        steps = setup(pool, pop, concurrency=50)
+        time.sleep(1.0)  # the sessions' delivered seqs are flushed every 0.25 s
+        targets = [client_url(system.gateways[1 + (i % 2)].ws_url) for i in range(len(pop.clients))]
+        pid = system.gateways[0].pid
+        assert pid is not None
+        t_kill = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        res = pool.resume(targets, concurrency=concurrency, kill_time=t_kill)
+        stats = pool.stats()
+    finally:
+        pool.close()
+    out = {
+        "clients": len(pop.clients),
+        "members": members,
+        "setup": {k: {"ok": v["ok"], "failed": v["failed"]} for k, v in steps.items()},
+        "resumed": res["ok"],
+        "failed": res["failed"],
+        "errors": res.get("errors", {}),
+        "allBackSeconds": round(res["wallMs"] / 1000, 3),
+        "backAfterMs": res["latencyMs"],
+        "open": stats["open"],
+    }
+    logger.info(
+        "storm: %d of %d resumed in %.2f s (p50 %.0f ms, p99 %.0f ms after the kill)",
+        out["resumed"],
+        out["clients"],
+        out["allBackSeconds"],
+        res["latencyMs"].get("p50", 0),
+        res["latencyMs"].get("p99", 0),
+    )
+    return out
