@@ -265,6 +265,26 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
                 )
                 out.append("")
             out += persisted_table(res["runs"])
+        elif name == "connects":
+            out.append(f"One gateway, {res['concurrency']} handshakes in flight.")
+            out.append("")
+            out.append("| connections | ok | connects/s | p50 / p99 ms | gateway CPU ms/connect |")
+            out.append("|---|---|---|---|---|")
+            for r in res["rounds"]:
+                lat = r["latencyMs"]
+                out.append(
+                    f"| {r['connections']:,} | {r['ok']:,} | {r['connectPerSecond']:,.0f} | "
+                    f"{_f(lat.get('p50'))} / {_f(lat.get('p99'))} | "
+                    f"{r['gatewayCpuMsPerConnect']:.3f} |"
+                )
+        elif name == "storm":
+            lat = res["backAfterMs"]
+            out.append(
+                f"{res['clients']:,} clients of a killed gateway: {res['resumed']:,} resumed on "
+                f"two others, the last {res['allBackSeconds']:.2f} s after the kill (p50 "
+                f"{_f(lat.get('p50'))} ms, p99 {_f(lat.get('p99'))} ms); failed "
+                f"{res['failed']:,} {res.get('errors') or ''}"
+            )
         elif name == "scaleout":
             out.append(
                 "| gateways | highest deliveries/s with p99 <= 100 ms, ratio >= 0.999 "
