@@ -4,7 +4,8 @@
   envelope (ok/fail) back; :meth:`Bus.event_pages`: a conversation's durable frames from the
   store, page by page.
 - :meth:`Bus.publish`: ephemeral events (typing, presence) batched for
-  ``PUBLISH_WINDOW_SECONDS`` so that many commands' publishes share one socket write.
+  ``PUBLISH_WINDOW_SECONDS`` under load so that many commands' publishes share one socket
+  write; when quiet, sent at the end of the loop iteration (no window of latency).
 - Presence, instances and sessions live in JetStream KV buckets whose entries expire on their
   own (bucket TTL) unless refreshed, so a crashed instance's clients disappear by themselves.
 """
@@ -65,6 +66,7 @@ class Bus:
         # Publishes waiting for the window: (subject, payload, NATS headers or None).
         self._outbox: list[tuple[str, bytes, dict[str, str] | None]] = []
         self._publishing: set[asyncio.Task[None]] = set()
+        self._last_batch = -1.0  # loop.time() of the last batch handed to the NATS client
 
     @property
     def agents(self) -> AgentDirectory:
@@ -260,18 +262,27 @@ class Bus:
     ) -> None:
         """Publish within ``PUBLISH_WINDOW_SECONDS``, in order with the other publishes here.
 
-        Publishes are collected for the window and handed to the NATS client together: one
-        socket write for the batch instead of one per event loop tick that published (the
+        Publishes are collected and handed to the NATS client together, at most one batch
+        per window: one socket write for the batch instead of one per event loop tick that
+        published (the
         gateway publishes ephemeral events, typing and presence, and unacknowledged KV
         writes: many connects or session flushes in a window share one write).
         """
         self._outbox.append((subject, payload, headers))
         if len(self._outbox) == 1:
-            asyncio.get_running_loop().call_later(PUBLISH_WINDOW_SECONDS, self._send_outbox)
+            # At most one batch per window: one window after the previous batch, or at the
+            # end of this loop iteration when that is past (quiet: no latency added).
+            loop = asyncio.get_running_loop()
+            due = self._last_batch + PUBLISH_WINDOW_SECONDS
+            if due <= loop.time():
+                loop.call_soon(self._send_outbox)
+            else:
+                loop.call_at(due, self._send_outbox)
 
     def _send_outbox(self) -> None:
         batch, self._outbox = self._outbox, []
         if batch:
+            self._last_batch = asyncio.get_running_loop().time()
             task = asyncio.get_running_loop().create_task(self._publish_batch(batch))
             self._publishing.add(task)
             task.add_done_callback(self._publishing.discard)
