@@ -237,10 +237,10 @@ def _nginx_route(locations: dict[str, dict[str, list[str]]], path: str) -> dict[
     longest = max((p for p in prefixes if path.startswith(p)), key=len, default=None)
     if longest is not None and prefixes[longest].startswith("^~"):
         return locations[prefixes[longest]]
-    for key in locations:
+    for key, directives in locations.items():
         kind, _, pattern = key.partition(" ")
         if kind in ("~", "~*") and re.search(pattern, path, re.I if kind == "~*" else 0):
-            return locations[key]
+            return directives
     assert longest is not None, f"no location for {path}"
     return locations[prefixes[longest]]
 
