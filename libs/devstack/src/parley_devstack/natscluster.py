@@ -48,7 +48,7 @@ def stable_port(host: str = "127.0.0.1") -> int:
 _TAKEN: set[int] = set()
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a node is one process slot (hashable, compared by ``is``)
 class NatsNode:
     name: str
     port: int

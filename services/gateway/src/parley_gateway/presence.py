@@ -38,6 +38,7 @@ from parley_gateway.bus import keys_of
 from parley_gateway.conn import Conn, frame_text
 from parley_gateway.fanout import PRESENCE_EVENTS, Fanout
 from parley_gateway.metrics import Metrics
+from parley_gateway.natsbalance import Balancer, server_name
 from parley_gateway.natsdirect import subscribe_direct
 from parley_gateway.settings import Settings
 
@@ -66,6 +67,7 @@ class Presence(Fanout):
         self.started_at = now_iso()
         self._seen_instances: set[str] = set()
         self._reap_after = 0.0  # time.monotonic(): no reaping before (instances bucket back)
+        self.balancer = Balancer()  # gateways spread over the NATS nodes (natsbalance.py)
 
     async def register(self, conn: Conn) -> None:
         kind, pid = conn.principal.kind, conn.principal.id
@@ -162,6 +164,7 @@ class Presence(Fanout):
             "conversations": len(self.convs),
             "startedAt": self.started_at,
             "updatedAt": now_iso(),
+            "natsServer": server_name(self.nc),
         }
         await self.kv_instances.put(self.instance_id, jsonutil.dumps(doc))
 
@@ -206,6 +209,23 @@ class Presence(Fanout):
         for instance in sorted(gone):
             if not await self._reap(instance):
                 self._seen_instances.add(instance)  # tried again at the next refresh
+        await self._balance(sorted(keys))
+
+    async def _balance(self, instances: list[str]) -> None:
+        """Move to another NATS node if this one holds more than its share of gateways."""
+        assert self.kv_instances is not None
+        nodes: list[str] = []
+        for instance in instances:
+            try:
+                entry = await asyncio.wait_for(self.kv_instances.get(instance), KV_READ_SECONDS)
+                doc = jsonutil.loads(entry.value or b"")
+            except (*_KV_ERRORS, ValueError):
+                return  # counts unknown: no move
+            if isinstance(doc, dict) and doc.get("natsServer"):
+                nodes.append(str(doc["natsServer"]))
+        if await self.balancer.maybe_move(self.nc, nodes):
+            with contextlib.suppress(*_KV_ERRORS):
+                await self._put_instance()  # the new node, for the others' counts
 
     async def _reap(self, instance: str) -> bool:
         """Publish the offline events a vanished instance could not send.
