@@ -40,12 +40,14 @@ def _kv_write(bucket: str) -> list[str]:
     return [
         *_kv_read(bucket),
         f"$JS.API.STREAM.CREATE.KV_{bucket}",
+        f"$JS.API.STREAM.UPDATE.KV_{bucket}",  # replicas and TTL (parley_runtime.jetstream)
         s.kv_key_subject(bucket, ">"),
     ]
 
 
 def _stream_create(stream: str) -> list[str]:
-    """Whichever service starts first creates it (streams.ensure_agent_turns_stream)."""
+    """Whichever service starts first creates it, and updates its replicas
+    (parley_runtime.jetstream)."""
     return [
         f"$JS.API.STREAM.CREATE.{stream}",
         f"$JS.API.STREAM.UPDATE.{stream}",
@@ -85,9 +87,11 @@ def permissions(role: Role) -> dict[str, list[str]]:
             *_kv_write(s.KV_INSTANCES),
             *_kv_write(s.KV_SESSIONS),
             *_kv_read(s.KV_AGENTS),
-            # Running agent turns (streams.turns_bucket): read; created by whoever starts first.
+            # Running agent turns: read; created (and scaled to the deployment's replicas,
+            # parley_runtime.jetstream) by whoever starts first.
             *_kv_read(s.KV_TURNS),
             f"$JS.API.STREAM.CREATE.KV_{s.KV_TURNS}",
+            f"$JS.API.STREAM.UPDATE.KV_{s.KV_TURNS}",
         ]
         subscribe = [
             s.conversation_feed("*"),

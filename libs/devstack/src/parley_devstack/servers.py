@@ -169,6 +169,8 @@ class NatsServer:
     # Least privilege (parley_contract.nats_auth): one user per service role, and ``admin``
     # (everything) whose credentials ``url`` carries, for tests and tools.
     auth: bool = False
+    # Extra nats-server configuration text (a TLS block in tests, for example).
+    extra_config: str = ""
     passwords: dict[str, str] = field(default_factory=dict, init=False)
     process: ManagedProcess | None = field(default=None, init=False)
 
@@ -191,15 +193,16 @@ class NatsServer:
     def start(self, timeout: float = 15.0) -> NatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config: list[str] = []
+        text = self.extra_config
         if self.auth:
             if not self.passwords:  # a restart keeps them: services reconnect with theirs
                 self.passwords = {r: secrets.token_hex(16) for r in (*nats_auth.ROLES, "admin")}
-            conf = self.data_dir / "auth.conf"
-            conf.write_text(
-                nats_auth.server_authorization(
-                    {r: self.passwords[r] for r in nats_auth.ROLES}, self.passwords["admin"]
-                )
+            text += "\n" + nats_auth.server_authorization(
+                {r: self.passwords[r] for r in nats_auth.ROLES}, self.passwords["admin"]
             )
+        if text.strip():
+            conf = self.data_dir / "server.conf"
+            conf.write_text(text)
             conf.chmod(0o600)
             config = ["-c", str(conf)]
         argv = [

@@ -89,7 +89,9 @@ class Stack:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> Stack:
+    def start(self, *, wait: bool = True) -> Stack:
+        """Start the servers and services; ``wait=False``: do not wait for ``/readyz`` (a
+        test of services started while NATS is down, see :meth:`wait_ready`)."""
         cfg = self.config
         cfg.workdir.mkdir(parents=True, exist_ok=True)
         try:
@@ -107,7 +109,7 @@ class Stack:
                 self.gateways.append(self._service("gateway", i, port=port))
             for svc in self.services:
                 svc.process.start()
-            for svc in self.services:
+            for svc in self.services if wait else []:
                 self.wait_ready(svc)
         except BaseException:
             self.stop()

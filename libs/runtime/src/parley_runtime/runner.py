@@ -19,7 +19,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import uvicorn
@@ -77,12 +77,62 @@ def run(
     except StartupFailed as exc:
         logger.error("startup failed: %s", exc)
         raise SystemExit(EXIT_STARTUP_FAILED) from None
+    if _state.failure is not None:
+        logger.error("startup failed: %r", _state.failure)
+        raise SystemExit(EXIT_STARTUP_FAILED)
     raise SystemExit(0)
+
+
+class _State:
+    """The running process's stop event and a fatal startup failure, if any."""
+
+    stop: asyncio.Event | None = None
+    failure: BaseException | None = None
+
+
+_state = _State()
+
+
+def fail(exc: BaseException) -> None:
+    """A startup failed for good (not a dependency to wait for: a bug, a bad file): stop
+    the process, which then exits 3. Outside :func:`run` (tests) it is only logged."""
+    logger.error("fatal: %r", exc, exc_info=exc)
+    if _state.stop is not None:
+        _state.failure = exc
+        _state.stop.set()
+
+
+@contextlib.asynccontextmanager
+async def started_in_background(
+    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+) -> AsyncIterator[None]:
+    """For an ASGI lifespan: the HTTP port opens at once (``/healthz`` answers, ``/readyz``
+    says 503) while ``start()`` waits for NATS, JetStream, the store... in the background;
+    at shutdown a start still running is cancelled, then ``stop()`` runs."""
+
+    async def starting() -> None:
+        try:
+            await start()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            fail(exc)
+
+    task = asyncio.create_task(starting(), name="service start")
+    try:
+        yield
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await stop()
 
 
 async def _main(serve: Serve, limit: float) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    _state.stop = stop
 
     def on_signal(signum: int) -> None:
         if stop.is_set():

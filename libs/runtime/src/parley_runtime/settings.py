@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import ClassVar
+import ssl
+from pathlib import Path
+from typing import Any, ClassVar
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from parley_contract.ids import new_id
@@ -41,9 +43,38 @@ class ServiceSettings(BaseSettings):
     # One server or a comma-separated list (any of them; the client learns the rest of the
     # cluster from the server it reaches).
     nats_url: str = Field(default="nats://127.0.0.1:4222", validation_alias=env("NATS_URL"))
+    # Credentials, unless in the URL (nats://user:password@host): this service's NATS user
+    # (one per role: parley_contract.nats_auth).
+    nats_user: str | None = Field(default=None, validation_alias=env("NATS_USER"))
+    nats_password: SecretStr | None = Field(default=None, validation_alias=env("NATS_PASSWORD"))
+    # TLS to NATS: the CA that signed the servers' certificates (PEM file; also turns TLS
+    # on), and a client certificate and key for servers that verify clients (mutual TLS).
+    nats_ca: str | None = Field(default=None, validation_alias=env("NATS_CA"))
+    nats_cert: str | None = Field(default=None, validation_alias=env("NATS_CERT"))
+    nats_key: str | None = Field(default=None, validation_alias=env("NATS_KEY"))
+    # Replicas of every KV bucket and stream (1-5); unset or "auto": 3 when the cluster has
+    # at least 3 servers, else 1 (parley_runtime.jetstream.replicas).
+    nats_replicas: int | None = Field(
+        default=None, ge=1, le=5, validation_alias=env("PARLEY_NATS_REPLICAS")
+    )
     environment: str = Field(default=DEVELOPMENT, validation_alias=env("PARLEY_ENVIRONMENT"))
     log_level: str = Field(default="INFO", validation_alias=env("PARLEY_LOG_LEVEL"))
     instance_id: str = Field(default="", validation_alias=env("PARLEY_INSTANCE_ID"))
+
+    @field_validator(
+        "nats_user",
+        "nats_password",
+        "nats_ca",
+        "nats_cert",
+        "nats_key",
+        "nats_replicas",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+            return None
+        return value
 
     @field_validator("environment")
     @classmethod
@@ -88,6 +119,41 @@ class ServiceSettings(BaseSettings):
                 servers.append(url if "://" in url else f"nats://{url}")
         return servers
 
+    def nats_auth_options(self) -> dict[str, Any]:
+        """``nats.connect`` credentials from the settings (none: the URL's, if any)."""
+        options: dict[str, Any] = {}
+        if self.nats_user:
+            options["user"] = self.nats_user
+            if self.nats_password is not None:
+                options["password"] = self.nats_password.get_secret_value()
+        return options
+
+    def nats_tls_context(self) -> ssl.SSLContext | None:
+        """TLS to NATS: with ``NATS_CA`` (or a client certificate, or a ``tls://`` URL)."""
+        wants_tls = any(u.startswith("tls://") for u in self.nats_servers)
+        if not (self.nats_ca or self.nats_cert or wants_tls):
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.nats_ca)
+        if self.nats_cert:
+            context.load_cert_chain(self.nats_cert, self.nats_key)
+        return context
+
     def check(self) -> None:
         """Refuse a configuration that must not run (raise ValueError with the reason);
         called by the runner before anything starts. Subclasses extend it."""
+        for name, path in (
+            ("NATS_CA", self.nats_ca),
+            ("NATS_CERT", self.nats_cert),
+            ("NATS_KEY", self.nats_key),
+        ):
+            if path and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        if self.nats_key and not self.nats_cert:
+            raise ValueError("NATS_KEY is set without NATS_CERT")
+        if self.nats_password is not None and not self.nats_user:
+            raise ValueError("NATS_PASSWORD is set without NATS_USER")
+        if self.nats_cert or self.nats_ca:
+            try:
+                self.nats_tls_context()
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"NATS TLS files: {exc}") from None

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from parley_agent_bridge.config import Settings, load_agents
 from parley_agent_bridge.metrics import Metrics
 from parley_agent_bridge.service import Bridge
+from parley_runtime.runner import started_in_background
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -21,11 +22,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await bridge.start()
-        try:
+        # /readyz is 503 until the bridge has NATS, its stream and buckets (it waits for
+        # them through an outage: parley_runtime.runner.started_in_background).
+        async with started_in_background(bridge.start, bridge.stop):
             yield
-        finally:
-            await bridge.stop()
 
     app = FastAPI(title="Parley agent bridge", lifespan=lifespan)
     app.state.bridge = bridge

@@ -33,7 +33,6 @@ from nats.aio.msg import Msg
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
-    KeyValueConfig,
 )
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
@@ -45,7 +44,7 @@ from parley_agent_bridge.housekeeping import describe
 from parley_agent_bridge.metrics import Metrics
 from parley_agent_bridge.tools import McpToolbox, ToolOutcome
 from parley_agent_bridge.turn import Turn, TurnRequest, WriteError
-from parley_contract import envelopes, jsonutil, nats_auth, subjects
+from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.agent_events import AgentAvailability
 from parley_contract.commands import ToolCallCommand, parse_payload
 from parley_contract.errors import ErrorCode, ParleyError
@@ -57,9 +56,10 @@ from parley_contract.internal import (
     CommandRequest,
     Principal,
 )
-from parley_contract.streams import ensure_agent_turns_stream, turns_bucket
 from parley_contract.timeutil import now_iso
 from parley_contract.turnstate import KV_TTL_SECONDS, WRITE_INTERVAL_SECONDS, TurnState
+from parley_runtime import bus, jetstream, requests
+from parley_runtime.retry import retry
 
 logger = logging.getLogger(__name__)
 
@@ -148,18 +148,14 @@ class NatsTurnIO:
     async def send_message(self, data: dict[str, Any]) -> dict[str, Any]:
         req = CommandRequest(principal=self.principal, data=data)
         try:
-            reply = await self.nc.request(
+            stored = await requests.request(
+                self.nc,
                 subjects.command(Event.MESSAGE_SEND),
-                jsonutil.dumps(req.model_dump(mode="json", by_alias=True, exclude_none=True)),
-                timeout=self.timeout,
+                req.model_dump(mode="json", by_alias=True, exclude_none=True),
+                budget=self.timeout,
             )
-        except nats.errors.Error as exc:  # timeout, no responders, reconnecting...
-            raise WriteError(f"conversation service did not answer: {type(exc).__name__}") from exc
-        body = jsonutil.loads(reply.data)
-        if not isinstance(body, dict) or not body.get("success"):
-            error = body.get("error") if isinstance(body, dict) else None
-            raise WriteError(f"conversation service refused the message: {error}")
-        stored = body.get("data")
+        except ParleyError as exc:  # refused, or no answer (timeout, no responders...)
+            raise WriteError(f"message not stored: {exc.code.value}: {exc.message}") from exc
         return stored if isinstance(stored, dict) else {}
 
     async def publish(self, event: Event, data: dict[str, Any]) -> None:
@@ -184,26 +180,8 @@ async def query(
 ) -> Any:
     """A query to the conversation service; its ``data`` or ParleyError."""
     req = CommandRequest(principal=principal, data=data)
-    try:
-        reply = await nc.request(
-            subject,
-            jsonutil.dumps(req.model_dump(mode="json", by_alias=True, exclude_none=True)),
-            timeout=seconds,
-        )
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-        raise ParleyError(
-            ErrorCode.SERVICE_UNAVAILABLE, f"query {subject} failed: {exc!r}"
-        ) from exc
-    body = jsonutil.loads(reply.data)
-    if not isinstance(body, dict) or not body.get("success"):
-        err = body.get("error") if isinstance(body, dict) else None
-        if not isinstance(err, dict):
-            err = {}
-        code = ErrorCode.INTERNAL_ERROR
-        with contextlib.suppress(ValueError):
-            code = ErrorCode(str(err.get("code")))
-        raise ParleyError(code, str(err.get("message") or "query failed"))
-    return body.get("data")
+    body = req.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return await requests.request(nc, subject, body, budget=seconds)
 
 
 class MeteredTools:
@@ -295,12 +273,21 @@ class Bridge:
         s = self.settings
         for box in self.toolboxes.values():
             box.start()
-        self.nc = await self._connect()
+        # Through a NATS outage or a JetStream without quorum: wait (not ready), never exit.
+        self.nc = await bus.connect(s, "agent-bridge", drain_timeout=5)
         js = self.nc.jetstream()
-        await self._ensure_stream(js)
-        self.kv = await self._bucket(js)
-        await turns_bucket(js)  # KV of running turns (NatsTurnIO writes it by plain publishes)
-        sub = await js.pull_subscribe_bind(CONSUMER, subjects.STREAM_AGENT_TURNS)
+        want = jetstream.replicas(self.nc, s)
+        await retry("declaring the agent-turns stream", lambda: self._ensure_stream(js, want))
+        self.kv = await retry(
+            f"declaring KV bucket {subjects.KV_AGENTS}",
+            lambda: jetstream.declare_kv(js, subjects.KV_AGENTS, want, ttl=s.presence_ttl_seconds),
+        )
+        # KV of running turns (NatsTurnIO writes it by plain publishes).
+        await retry("declaring the turns bucket", lambda: jetstream.declare_turns_bucket(js, want))
+        sub = await retry(
+            "binding the turns consumer",
+            lambda: js.pull_subscribe_bind(CONSUMER, subjects.STREAM_AGENT_TURNS),
+        )
         self._pull = sub
         self._subs.append(await self.nc.subscribe(subjects.AGENT_STOP, cb=self._on_stop))
         # tool:call as relayed by gateways, and the bridge's own subject for services.
@@ -312,7 +299,10 @@ class Bridge:
             )
         # Give MCP servers a moment so the first turns see their tools (they keep trying).
         await asyncio.gather(*(b.wait_ready(s.tools_wait_seconds) for b in self.toolboxes.values()))
-        await self._heartbeat()
+        try:
+            await self._heartbeat()
+        except (nats.errors.Error, nats.js.errors.Error) as exc:  # the presence loop retries
+            logger.warning("agent presence not written yet: %r", exc)
         self._tasks = [
             asyncio.create_task(self._fetch_loop(sub), name="turns"),
             asyncio.create_task(self._presence_loop(), name="presence"),
@@ -322,25 +312,6 @@ class Bridge:
         logger.info(
             "agent bridge %s ready: agents %s", self.instance_id, ", ".join(sorted(self.agents))
         )
-
-    async def _connect(self) -> NatsClient:
-        """NATS, retried with capped backoff while it is not up yet (either may start first)."""
-        delay = 0.5
-        while True:
-            try:
-                return await nats.connect(
-                    self.settings.nats_url,
-                    name=f"parley-agent-bridge-{self.instance_id}",
-                    inbox_prefix=nats_auth.inbox_prefix("agent-bridge"),
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=1,
-                    connect_timeout=5,
-                    drain_timeout=5,
-                )
-            except (OSError, TimeoutError, nats.errors.Error) as exc:
-                logger.warning("NATS not ready (%r); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def stop(self) -> None:
         self.ready = False
@@ -383,10 +354,11 @@ class Bridge:
             with contextlib.suppress(nats.errors.Error):
                 await self.nc.drain()
 
-    async def _ensure_stream(self, js: Any) -> None:
+    async def _ensure_stream(self, js: Any, want: jetstream.Replicas) -> None:
         """The turns stream and the shared consumer, created idempotently by either side; an
-        existing consumer with another ack wait or max deliver is updated to these."""
-        await ensure_agent_turns_stream(js)
+        existing consumer with another ack wait or max deliver is updated to these (its
+        replicas follow the stream's)."""
+        await jetstream.declare_agent_turns_stream(js, want)
         config = ConsumerConfig(
             durable_name=CONSUMER,
             ack_policy=AckPolicy.EXPLICIT,
@@ -413,24 +385,6 @@ class Bridge:
                 await js.add_consumer(subjects.STREAM_AGENT_TURNS, config)  # create or update
             except nats.js.errors.BadRequestError as exc:
                 logger.warning("consumer %s not updated: %s", CONSUMER, exc)
-
-    async def _bucket(self, js: Any) -> KeyValue:
-        for _ in range(5):
-            try:
-                kv: KeyValue = await js.key_value(subjects.KV_AGENTS)
-                return kv
-            except nats.js.errors.BucketNotFoundError:
-                pass
-            try:
-                kv = await js.create_key_value(
-                    KeyValueConfig(
-                        bucket=subjects.KV_AGENTS, history=1, ttl=self.settings.presence_ttl_seconds
-                    )
-                )
-                return kv
-            except nats.js.errors.BadRequestError:
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"cannot open KV bucket {subjects.KV_AGENTS}")
 
     # ------------------------------------------------------------------ turns
 

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from parley_conversation import asyncapi
 from parley_conversation.service import ConversationService
 from parley_conversation.settings import Settings
+from parley_runtime.runner import started_in_background
 
 logger = logging.getLogger(__name__)
 
@@ -21,15 +22,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     service = ConversationService(settings)
 
+    async def stop() -> None:
+        logger.info("draining")
+        await service.stop()
+        logger.info("stopped")
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await service.start()
-        try:
+        # /readyz is 503 until the replica has its store, NATS and JetStream assets (it
+        # waits for them through an outage: parley_runtime.runner.started_in_background).
+        async with started_in_background(service.start, stop):
             yield
-        finally:
-            logger.info("draining")
-            await service.stop()
-            logger.info("stopped")
 
     app = FastAPI(title="Parley conversation service", lifespan=lifespan)
     app.state.service = service

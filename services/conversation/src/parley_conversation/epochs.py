@@ -31,10 +31,10 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
 from parley_contract import jsonutil, subjects
+from parley_runtime import jetstream
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +44,9 @@ class HighWaterMarks:
         self._nc = nc
         self._kv: KeyValue | None = None
 
-    async def open(self) -> None:
-        js = self._nc.jetstream()
-        try:
-            self._kv = await js.key_value(subjects.KV_SEQUENCES)
-        except nats.js.errors.BucketNotFoundError:
-            try:
-                self._kv = await js.create_key_value(
-                    KeyValueConfig(bucket=subjects.KV_SEQUENCES, history=1)
-                )
-            except nats.js.errors.BadRequestError:  # created concurrently by another replica
-                self._kv = await js.key_value(subjects.KV_SEQUENCES)
+    async def open(self, want: jetstream.Replicas) -> None:
+        """Open (or create, or scale to ``want`` replicas) the bucket of marks."""
+        self._kv = await jetstream.declare_kv(self._nc.jetstream(), subjects.KV_SEQUENCES, want)
 
     async def get(self, conversation_id: str) -> tuple[int, int] | None:
         """(epoch, highest seq published) of a conversation; None if unknown or unreadable."""

@@ -17,14 +17,13 @@ from datetime import datetime
 from typing import Any
 
 from faststream.message import StreamMessage
-from faststream.nats import NatsBroker
 from nats.errors import Error as NatsError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from parley_contract import commands, envelopes, jsonutil, nats_auth, subjects
+from parley_contract import commands, envelopes, jsonutil, subjects
 from parley_contract.agents import LOOKUP_TIMEOUT_SECONDS, AgentDirectory
 from parley_contract.commands import (
     ConversationCreate,
@@ -58,12 +57,12 @@ from parley_contract.models import (
     Participant,
     Role,
 )
-from parley_contract.streams import ensure_agent_turns_stream, turns_bucket
 from parley_contract.timeutil import iso
 from parley_contract.turnstate import TurnState
 from parley_conversation import domain, roles, search
 from parley_conversation.agent_watch import AgentWatch
 from parley_conversation.attachments import Attachments
+from parley_conversation.broker import make_broker
 from parley_conversation.cursors import CursorStore
 from parley_conversation.entries import MessageTotals
 from parley_conversation.epochs import HighWaterMarks
@@ -76,6 +75,8 @@ from parley_conversation.search import SearchQuery
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.settings import Settings
 from parley_conversation.store import MongoStore
+from parley_runtime import jetstream
+from parley_runtime.retry import retry
 
 logger = logging.getLogger(__name__)
 
@@ -185,15 +186,7 @@ class ConversationService:
         self.store = MongoStore(
             settings.mongodb_url, settings.mongodb_database, write_concern=settings.write_concern
         )
-        self.broker = NatsBroker(
-            settings.nats_url,
-            name=f"parley-conversation-{settings.instance_id}",
-            inbox_prefix=nats_auth.inbox_prefix("conversation"),
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-            graceful_timeout=settings.drain_seconds,
-            log_level=logging.DEBUG,
-        )
+        self.broker = make_broker(settings, graceful_timeout=settings.drain_seconds)
         self.sequencer = Sequencer(
             self.store,
             self._publish,
@@ -288,44 +281,21 @@ class ConversationService:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                await self.store.init()
-                await self.cursors.init()
-                await self.attachments.init()
-                # Before any request: the old log's seqs must be in place before new writes.
-                await fold_legacy_event_log(self.store)
-                break
-            except ConnectionFailure as exc:  # not reachable yet; anything else is fatal
-                logger.warning("store not ready (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        delay = 0.2
-        while True:
-            try:
-                # Connected only: the subscriptions start last, once this replica can serve
-                # (marks, agent watch): a request routed here meanwhile would wait for it.
-                await self.broker.connect()
-                break
-            except (OSError, TimeoutError, NatsError) as exc:
-                logger.warning("NATS not ready (%r); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        try:
-            await self._ensure_stream()
-        except NatsError:
-            # Without the stream agent turns cannot be published (counted per message);
-            # everything else works, so the replica still starts.
-            logger.exception("could not ensure the JetStream stream of agent turns")
-        marks = HighWaterMarks(self.broker.connection)
-        try:
-            await marks.open()
-            self.store.marks = marks
-        except NatsError:
-            logger.exception("no high-water marks (KV %s): epochs not checked", "sequences")
+        # Not reachable yet: wait; anything else is fatal.
+        await retry("opening the store", self._open_store, transient=(ConnectionFailure,))
+        # Connected only: the subscriptions start last, once this replica can serve (marks,
+        # agent watch): a request routed here meanwhile would wait for it. Through a NATS
+        # outage or a JetStream without quorum this waits (not ready), never gives up.
+        await retry("connecting to NATS", self.broker.connect)
+        nc = self.broker.connection
+        want = jetstream.replicas(nc, self.settings)
+        js = nc.jetstream()
+        await retry("declaring the agent-turns stream", lambda: self._ensure_stream(want))
+        marks = HighWaterMarks(nc)
+        await retry("opening the high-water marks", lambda: marks.open(want))
+        self.store.marks = marks
         self.agent_watch = AgentWatch(
-            self.broker.connection.jetstream(),
+            js,
             self._store_agent_failure,
             self.store.turn_answered,
             self._publish,
@@ -337,6 +307,13 @@ class ConversationService:
         self.ready = True
         logger.info("conversation service %s ready", self.settings.instance_id)
 
+    async def _open_store(self) -> None:
+        await self.store.init()
+        await self.cursors.init()
+        await self.attachments.init()
+        # Before any request: the old log's seqs must be in place before new writes.
+        await fold_legacy_event_log(self.store)
+
     async def _note_mark(self, conversation_id: str, epoch: int, seq: int) -> None:
         if self.store.marks is not None:
             await self.store.marks.note(conversation_id, epoch, seq)
@@ -344,15 +321,18 @@ class ConversationService:
     async def _store_agent_failure(self, message: Message) -> None:
         await self.sequencer.send(Principal(id="parley", kind=PrincipalKind.SERVICE), message)
 
-    async def _ensure_stream(self) -> None:
+    async def _ensure_stream(self, want: jetstream.Replicas) -> None:
         js = self.broker.connection.jetstream()
-        await ensure_agent_turns_stream(js)
-        await turns_bucket(js)  # the queued state of new turns is written there
+        await jetstream.declare_agent_turns_stream(js, want)
+        await jetstream.declare_turns_bucket(js, want)  # the queued state of new turns
 
     async def stop(self) -> None:
         """Stop taking requests, finish the in-flight batches and replies, then disconnect."""
         self.ready = False
-        if not self._started:
+        if not self._started:  # stopped while starting (waiting for NATS or the store)
+            if self.agent_watch is not None:
+                await self.agent_watch.stop()
+            await self.broker.stop()
             await self.store.close()
             return
         for sub in self._subscribers:

@@ -17,21 +17,20 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import nats
 import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
-from parley_contract import envelopes, jsonutil, nats_auth, subjects
+from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.agents import AgentDirectory
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import EventsSinceRequest, Principal
-from parley_contract.streams import turns_bucket
+from parley_contract.turnstate import KV_TTL_SECONDS
 from parley_gateway.metrics import Metrics
 from parley_gateway.settings import Settings
+from parley_runtime import bus, jetstream, requests
+from parley_runtime.retry import retry
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +38,6 @@ EVENTS_PAGE = 200  # events per QUERY_EVENTS_SINCE request (the service allows u
 # Ephemeral events this gateway publishes (typing, presence) wait at most this long so that
 # the publishes of many commands share one socket write of the NATS client.
 PUBLISH_WINDOW_SECONDS = 0.001
-# Failover of service requests (see Bus.request): backoff between attempts, doubling, capped.
-RETRY_FIRST_BACKOFF = 0.05
-RETRY_MAX_BACKOFF = 0.4
-TIMEOUT_MESSAGE = (
-    "the service did not answer in time: the outcome is unknown (the command may or may "
-    "not have been applied); sending it again with the same clientMessageId is safe"
-)
 
 
 class Bus:
@@ -75,117 +67,58 @@ class Bus:
         return self._agents
 
     async def connect(self) -> None:
-        """Connect to NATS (retrying until it answers) and open the KV buckets."""
-        delay = 0.2
-        while True:
-            try:
-                self.nc = await nats.connect(
-                    servers=[self.settings.nats_url],
-                    name=f"parley-gateway {self.instance_id}",
-                    inbox_prefix=nats_auth.inbox_prefix("gateway"),
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=1,
-                    connect_timeout=3,
-                    error_cb=self._nats_error,
-                    disconnected_cb=self._nats_disconnected,
-                    reconnected_cb=self._nats_reconnected,
-                )
-                break
-            except (OSError, nats.errors.Error) as exc:
-                logger.warning("NATS not reachable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        """Connect to NATS and declare the KV buckets, retrying (capped backoff) through an
+        outage or a JetStream without quorum: not ready meanwhile, never an exit."""
+        self.nc = await bus.connect(self.settings, "gateway")
         js = self.nc.jetstream()
         self._agents = AgentDirectory(js)
-        self.kv_turns = await turns_bucket(js)
-        self.kv_presence = await self._bucket(js, subjects.KV_PRESENCE, self._presence_ttl)
-        self.kv_instances = await self._bucket(js, subjects.KV_INSTANCES, self._presence_ttl)
-        self.kv_sessions = await self._bucket(
-            js, subjects.KV_SESSIONS, self.settings.session_ttl_seconds
+        want = jetstream.replicas(self.nc, self.settings)
+        presence_ttl = self.settings.presence_ttl_seconds
+        buckets = (
+            (subjects.KV_TURNS, KV_TTL_SECONDS),  # jetstream.declare_turns_bucket's
+            (subjects.KV_PRESENCE, presence_ttl),
+            (subjects.KV_INSTANCES, presence_ttl),
+            (subjects.KV_SESSIONS, self.settings.session_ttl_seconds),
         )
+        opened: dict[str, KeyValue] = {}
+        for name, ttl in buckets:
 
-    async def _nats_error(self, exc: Exception) -> None:
-        logger.warning("NATS: %s", exc or type(exc).__name__)
+            async def declare(name: str = name, ttl: float = ttl) -> KeyValue:
+                return await jetstream.declare_kv(js, name, want, ttl=ttl)
 
-    async def _nats_disconnected(self) -> None:
-        logger.warning("NATS disconnected; reconnecting (readyz is 503 meanwhile)")
-
-    async def _nats_reconnected(self) -> None:
-        logger.info("NATS reconnected")
+            opened[name] = await retry(f"declaring KV bucket {name}", declare)
+        self.kv_turns = opened[subjects.KV_TURNS]
+        self.kv_presence = opened[subjects.KV_PRESENCE]
+        self.kv_instances = opened[subjects.KV_INSTANCES]
+        self.kv_sessions = opened[subjects.KV_SESSIONS]
 
     @property
     def _presence_ttl(self) -> float:
         return self.settings.presence_ttl_seconds
 
-    async def _bucket(self, js: Any, name: str, ttl: float) -> KeyValue:
-        for _ in range(5):
-            try:
-                kv: KeyValue = await js.key_value(name)
-                return kv
-            except nats.js.errors.BucketNotFoundError:
-                pass
-            try:
-                kv = await js.create_key_value(KeyValueConfig(bucket=name, history=1, ttl=ttl))
-                return kv
-            except nats.js.errors.BadRequestError:
-                await asyncio.sleep(0.1)  # created concurrently by another instance
-        raise RuntimeError(f"cannot open KV bucket {name}")
-
     # ------------------------------------------------------------------ requests
 
     async def request(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
-        """A NATS request to a Parley service; the reply envelope (ok/fail).
+        """A NATS request to a Parley service; the reply envelope (ok/fail), relayed as is.
 
-        Failover (issue 11): a request nobody answered (the replica died with it in flight,
-        or no replica is subscribed right now) is sent again, the same bytes (so the same
-        idempotency key), with short per-attempt timeouts (``attempt_timeout_seconds``,
-        doubling) and a capped backoff, all within ``request_timeout_seconds``. A queue group
-        hands the retry to a live replica: NATS drops a dead replica's subscriptions as soon
-        as its connection closes. A reply, even an error, is never retried.
+        With failover (parley_runtime.requests): a request nobody answered is sent again,
+        the same bytes, within ``request_timeout_seconds``; a reply is never retried.
         """
-        payload = jsonutil.dumps(body)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.request_timeout_seconds
-        attempt_timeout = self.settings.attempt_timeout_seconds
-        backoff = RETRY_FIRST_BACKOFF
-        attempt = 0
-        while True:
-            attempt += 1
-            nc = self.nc
-            if nc is None or not nc.is_connected:
-                return envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, "message bus unavailable")
-            remaining = deadline - loop.time()
-            try:
-                msg = await nc.request(subject, payload, timeout=min(attempt_timeout, remaining))
-                break
-            except nats.errors.NoRespondersError:
-                failure = envelopes.fail(
-                    ErrorCode.SERVICE_UNAVAILABLE, "service unavailable, retry"
-                )
-            except nats.errors.TimeoutError:
-                failure = envelopes.fail(
-                    ErrorCode.TIMEOUT, TIMEOUT_MESSAGE, {"outcomeUnknown": True}
-                )
-            except nats.errors.Error as exc:
-                logger.warning("NATS request on %s failed: %s", subject, exc)
-                return envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, "message bus unavailable")
-            if deadline - loop.time() <= backoff:
-                if attempt > 1:
-                    self.metrics.request_retries.labels("gave_up").inc()
-                return failure
-            self.metrics.request_retries.labels("retried").inc()
-            logger.info("no answer on %s (attempt %d): retrying", subject, attempt)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RETRY_MAX_BACKOFF)
-            attempt_timeout *= 2
         try:
-            reply = jsonutil.loads(msg.data)
-        except ValueError:
-            reply = None
-        if not isinstance(reply, dict) or not isinstance(reply.get("success"), bool):
-            logger.error("malformed reply on %s: %r", subject, msg.data[:200])
-            return envelopes.fail(ErrorCode.INTERNAL_ERROR, "malformed service reply")
-        return reply
+            reply = await requests.request_bytes(
+                self.nc,
+                subject,
+                jsonutil.dumps(body),
+                budget=self.settings.request_timeout_seconds,
+                attempt_timeout=self.settings.attempt_timeout_seconds,
+                on_attempt=self._count_attempt,
+            )
+            return requests.parse_envelope(subject, reply)
+        except ParleyError as exc:
+            return envelopes.fail(exc.code, exc.message, exc.details)
+
+    def _count_attempt(self, outcome: str) -> None:
+        self.metrics.request_retries.labels(outcome).inc()
 
     def command_body(self, principal: Principal, data: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -224,12 +157,11 @@ class Bus:
                 subjects.QUERY_EVENTS_SINCE, req.model_dump(mode="json", by_alias=True)
             )
             if not reply["success"]:
-                err = reply.get("error") or {}
-                code = err.get("code", ErrorCode.INTERNAL_ERROR.value)
-                if code == ErrorCode.TIMEOUT.value and limit > 1:
+                error = requests.error_of(reply)
+                if error.code is ErrorCode.TIMEOUT and limit > 1:
                     limit = max(1, limit // 10)
                     continue
-                raise ParleyError(ErrorCode(code), str(err.get("message", "events query failed")))
+                raise error
             data = reply.get("data") or {}
             frames = data.get("events") or []
             page: list[tuple[int, bytes]] = []

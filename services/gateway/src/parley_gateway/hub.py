@@ -18,6 +18,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import nats.errors
+
 from parley_gateway.fanout import ConvState
 from parley_gateway.metrics import Metrics
 from parley_gateway.presence import Presence
@@ -45,7 +47,10 @@ class Hub(Presence):
     async def start(self) -> None:
         await self.connect()
         await self.listen_kicks()
-        await self._put_instance()
+        try:
+            await self._put_instance()
+        except nats.errors.Error as exc:  # JetStream away again: the refresh loop puts it
+            logger.warning("instance entry not written yet: %r", exc)
         self._tasks = [
             asyncio.create_task(self._loop(self._presence_ttl / 3, self._refresh_presence)),
             asyncio.create_task(self._loop(self.settings.session_flush_seconds, self.flush)),

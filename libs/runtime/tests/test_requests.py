@@ -1,0 +1,116 @@
+"""The one request client (parley_runtime.requests) against a real nats-server: data, or
+ParleyError for an error reply, a malformed one, nobody listening, no answer in time; and
+the failover to another responder when the first one swallows the request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from parley_contract import envelopes, jsonutil
+from parley_contract.errors import ErrorCode, ParleyError
+from parley_contract.ids import new_id
+from parley_devstack.servers import NatsServer
+from parley_runtime import requests
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_server.url)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def _answer(nc: Client, subject: str, reply: bytes) -> None:
+    async def handler(msg: Msg) -> None:
+        await msg.respond(reply)
+
+    await nc.subscribe(subject, cb=handler)
+
+
+async def test_data_of_a_success_reply(nc: Client) -> None:
+    subject = f"rt.{new_id('s')}"
+    await _answer(nc, subject, jsonutil.dumps(envelopes.ok({"x": 1})))
+    assert await requests.request(nc, subject, {"q": 1}, budget=5) == {"x": 1}
+
+
+async def test_an_error_reply_is_raised_with_its_code_and_details(nc: Client) -> None:
+    subject = f"rt.{new_id('s')}"
+    reply = envelopes.fail(ErrorCode.FORBIDDEN, "not yours", {"field": "id"})
+    await _answer(nc, subject, jsonutil.dumps(reply))
+    with pytest.raises(ParleyError) as caught:
+        await requests.request(nc, subject, {}, budget=5)
+    assert caught.value.code is ErrorCode.FORBIDDEN
+    assert caught.value.message == "not yours" and caught.value.details == {"field": "id"}
+
+
+@pytest.mark.parametrize("reply", [b"not json", b"[1]", b'{"success": "yes"}'])
+async def test_a_malformed_reply_is_an_internal_error(nc: Client, reply: bytes) -> None:
+    subject = f"rt.{new_id('s')}"
+    await _answer(nc, subject, reply)
+    with pytest.raises(ParleyError) as caught:
+        await requests.request(nc, subject, {}, budget=5)
+    assert caught.value.code is ErrorCode.INTERNAL_ERROR
+
+
+async def test_nobody_listening_and_no_answer(nc: Client) -> None:
+    with pytest.raises(ParleyError) as caught:
+        await requests.request(nc, f"rt.{new_id('s')}", {}, budget=2)
+    assert caught.value.code is ErrorCode.SERVICE_UNAVAILABLE
+
+    subject = f"rt.{new_id('s')}"
+    await nc.subscribe(subject, cb=_ignore)  # takes it, never answers
+    with pytest.raises(ParleyError) as caught:
+        await requests.request(nc, subject, {}, budget=0.3)
+    assert caught.value.code is ErrorCode.TIMEOUT
+    assert caught.value.details == {"outcomeUnknown": True}
+
+
+async def _ignore(_msg: Msg) -> None:
+    return None
+
+
+async def test_failover_sends_the_same_bytes_again_to_another_responder(
+    nc: Client, nats_server: NatsServer
+) -> None:
+    subject = f"rt.{new_id('s')}"
+    seen: list[bytes] = []
+    swallower = await nats.connect(nats_server.url)
+
+    async def swallow(msg: Msg) -> None:
+        seen.append(msg.data)
+        await swallower.close()  # "dies" with the request in flight
+
+    await swallower.subscribe(subject, queue="q", cb=swallow)
+    await swallower.flush()
+    outcomes: list[str] = []
+    # Only the swallower is subscribed for the first attempt; the healthy one comes after.
+    healthy = await nats.connect(nats_server.url)
+    try:
+
+        async def answer(msg: Msg) -> None:
+            seen.append(msg.data)
+            await msg.respond(jsonutil.dumps(envelopes.ok("done")))
+
+        async def late_subscribe() -> None:
+            await asyncio.sleep(0.1)  # after the first attempt went to the swallower
+            await healthy.subscribe(subject, queue="q", cb=answer)
+            await healthy.flush()
+
+        subscribing = asyncio.create_task(late_subscribe())
+        data = await requests.request(
+            nc, subject, {"k": "v"}, budget=5, attempt_timeout=0.3, on_attempt=outcomes.append
+        )
+        assert data == "done"
+        assert len(seen) >= 2 and len(set(seen)) == 1  # the same bytes each time
+        assert "retried" in outcomes
+        await subscribing
+    finally:
+        await healthy.close()
