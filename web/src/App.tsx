@@ -117,7 +117,7 @@ export function App() {
   );
 
   // Unread messages in the tab title; Esc or a click elsewhere closes the settings menu.
-  const unreadTotal = Object.values(p.unread).reduce((a, ids) => a + ids.length, 0);
+  const unreadTotal = Object.values(p.unread).reduce((a, n) => a + n, 0);
   useEffect(() => {
     document.title = unreadTotal ? `(${unreadTotal}) Parley` : 'Parley';
   }, [unreadTotal]);

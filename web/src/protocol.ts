@@ -19,21 +19,28 @@ import type {
   ErrorBody as GeneratedErrorBody,
   Message,
   Principal,
+  ReadReply,
   ServerFrame as GeneratedServerFrame,
 } from './generated/contract';
 
 export type {
+  ActivityData,
   Attachment,
   CommandPayloads,
   CommandReplies,
   Conversation,
   ConversationJoinedData,
+  Cursor,
+  DeliveredData,
   EventData,
+  MemberCursor,
   Message,
   MessageStatus,
   MessageType,
   Participant,
   PresenceData,
+  ReadData,
+  ReadReply,
   Role,
   StreamDelta,
   StreamEnd,
@@ -610,6 +617,11 @@ export class ParleyClient {
 
   deleteConversation(conversationId: string): Promise<Conversation> {
     return this.request<Conversation>(Ev.CONVERSATION_DELETE, { conversationId });
+  }
+
+  /** conversation:read: everything up to `seq` is read (the cursor never moves back). */
+  markRead(conversationId: string, seq: number): Promise<ReadReply> {
+    return this.request<ReadReply>(Ev.CONVERSATION_READ, { conversationId, seq });
   }
 
   stop(conversationId: string): Promise<unknown> {

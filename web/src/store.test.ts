@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { Message } from './protocol';
-import { agentBusy, emptyConv, reduce, resultsByCallId, totals, upsertMessages } from './store';
+import { agentBusy, emptyConv, receiptOf, reduce, resultsByCallId, totals, upsertMessages } from './store';
 
 const m = (id: string, seq: number | null, extra: Partial<Message> = {}): Message => ({
   _id: id,
@@ -154,5 +154,26 @@ describe('reset (a new epoch)', () => {
     s = reduce(s, { type: 'reset', messages: [m('a', 1), m('b', 2), m('new', 3)], hasMore: false });
     expect(s.messages.map((x) => x._id)).toEqual(['a', 'b', 'new']);
     expect(s.loaded).toBe(true);
+  });
+});
+
+describe('receipts', () => {
+  it('cursors only move forward and make my message delivered, then seen', () => {
+    const mine = m('x', 5, { createdBy: 'me', messageStatus: 'sent' });
+    let v = reduce(emptyConv('c'), { type: 'history', messages: [mine], hasMore: false, older: false });
+    expect(receiptOf(v, mine, 'me')).toEqual({ delivered: false, seenBy: [] });
+    // My own other device receiving it delivers nothing.
+    v = reduce(v, { type: 'cursors', delivered: [{ principalId: 'me', seq: 9 }] });
+    expect(receiptOf(v, mine, 'me').delivered).toBe(false);
+    v = reduce(v, { type: 'cursors', delivered: [{ principalId: 'bob', seq: 5 }] });
+    expect(receiptOf(v, mine, 'me')).toEqual({ delivered: true, seenBy: [] });
+    v = reduce(v, { type: 'cursors', read: [{ principalId: 'carol', seq: 7 }, { principalId: 'bob', seq: 4 }] });
+    expect(receiptOf(v, mine, 'me').seenBy).toEqual(['carol']);
+    const same = reduce(v, { type: 'cursors', read: [{ principalId: 'carol', seq: 6 }] });
+    expect(same).toBe(v); // never backwards
+    v = reduce(v, { type: 'cursors', read: [{ principalId: 'bob', seq: 5 }] });
+    expect(receiptOf(v, mine, 'me').seenBy).toEqual(['bob', 'carol']);
+    // The stored status says delivered too (history loaded after the fact).
+    expect(receiptOf(emptyConv('c'), { ...mine, messageStatus: 'delivered' }, 'me').delivered).toBe(true);
   });
 });

@@ -41,6 +41,15 @@ export interface ConvView {
   hasMore: boolean;
   loadingOlder: boolean;
   loaded: boolean;
+  /** Receipts (docs/protocol.md 3.6): principal id → how far it read / received. */
+  reads: Record<string, number>;
+  delivered: Record<string, number>;
+}
+
+/** A cursor as the events carry it. */
+export interface CursorMove {
+  principalId: string;
+  seq: number;
 }
 
 export function emptyConv(conversationId: string): ConvView {
@@ -55,6 +64,8 @@ export function emptyConv(conversationId: string): ConvView {
     hasMore: false,
     loadingOlder: false,
     loaded: false,
+    reads: {},
+    delivered: {},
   };
 }
 
@@ -70,6 +81,8 @@ export type Action =
   | { type: 'agentStatus'; status: AgentStatus | null }
   | { type: 'typing'; who: string; on: boolean; now: number }
   | { type: 'tick'; now: number }
+  /** Read or delivery cursors moved (only forward: "max per principal"). */
+  | { type: 'cursors'; read?: CursorMove[]; delivered?: CursorMove[] }
   /** A new epoch (docs/protocol.md 4.1): the server's history replaces what we hold. */
   | { type: 'reset'; messages: Message[]; hasMore: boolean };
 
@@ -230,6 +243,11 @@ export function reduce(state: ConvView, action: Action): ConvView {
       else delete typing[action.who];
       return { ...state, typing };
     }
+    case 'cursors': {
+      const reads = advance(state.reads, action.read);
+      const delivered = advance(state.delivered, action.delivered);
+      return reads === state.reads && delivered === state.delivered ? state : { ...state, reads, delivered };
+    }
     case 'tick': {
       const typing: Record<string, number> = {};
       let changed = false;
@@ -242,6 +260,39 @@ export function reduce(state: ConvView, action: Action): ConvView {
     default:
       return state;
   }
+}
+
+function advance(cur: Record<string, number>, moves: CursorMove[] | undefined): Record<string, number> {
+  let out = cur;
+  for (const m of moves ?? []) {
+    if (!m || typeof m.principalId !== 'string' || typeof m.seq !== 'number') continue;
+    if ((out[m.principalId] ?? 0) >= m.seq) continue;
+    if (out === cur) out = { ...cur };
+    out[m.principalId] = m.seq;
+  }
+  return out;
+}
+
+export interface Receipt {
+  delivered: boolean;
+  /** Who else read it (principal ids), in a stable order. */
+  seenBy: string[];
+}
+
+/** Where one of my messages stands: delivered once another principal's connection received
+ * it, seen by each other principal whose read cursor reached it. */
+export function receiptOf(view: ConvView, m: Message, self: string | null): Receipt {
+  const seq = m.seq ?? 0;
+  if (!seq || m._id.startsWith('local:')) return { delivered: false, seenBy: [] };
+  const seenBy = Object.entries(view.reads)
+    .filter(([who, s]) => who !== self && s >= seq)
+    .map(([who]) => who)
+    .sort();
+  const delivered =
+    m.messageStatus === 'delivered' ||
+    seenBy.length > 0 ||
+    Object.entries(view.delivered).some(([who, s]) => who !== self && s >= seq);
+  return { delivered, seenBy };
 }
 
 /** Tool results by toolCallId across the loaded messages (design doc 5.2: spinner until). */

@@ -2,6 +2,11 @@
  * The page's connection to Parley: one ParleyClient per token, the events it receives folded
  * into React state (conversation list, per-conversation views, presence, display names,
  * unread counts), and the agents the system serves.
+ *
+ * Unread counts and read positions are the server's (docs/protocol.md 3.6): the list brings
+ * `unreadCount`/`readSeq`, `conversation:read` moves the cursor (and tells the user's other
+ * tabs and devices), watched conversations count their `message:new` live, and the others are
+ * refreshed on `conversation:activity`.
  */
 import { useCallback, useEffect, useReducer, useRef, useState } from 'react';
 import {
@@ -9,10 +14,14 @@ import {
   Ev,
   ParleyClient,
   ParleyError,
+  type ActivityData,
   type AgentInfo,
   type ConnectionState,
   type Conversation,
+  type ConversationJoinedData,
+  type DeliveredData,
   type Message,
+  type ReadData,
   type ServerFrame,
   type StreamDelta,
   type StreamEnd,
@@ -20,8 +29,6 @@ import {
 } from './protocol';
 import type { AgentStatus } from './store';
 import {
-  loadRead,
-  saveRead,
   sortConversations,
   upsertConversation,
   viewsReducer,
@@ -45,10 +52,17 @@ export function gatewayUrls(): string[] {
   return urls;
 }
 
+/** What the server counts as unread (docs/protocol.md 3.6): what others wrote and people read. */
 function counted(m: Message, self: string | null): boolean {
   const type = m.messageType ?? 'text';
-  return (type === 'text' || type === 'error') && m.createdBy !== self && !m.deletedAt;
+  const mine = m.role === 'user' && m.createdBy === self;
+  return (type === 'text' || type === 'error' || type === 'system') && !mine && !m.deletedAt;
 }
+
+/** conversation:read is sent at most once per conversation per this many ms (newest seq). */
+const READ_DEBOUNCE_MS = 300;
+/** A conversation not watched is refreshed at most once per this many ms on activity. */
+const ACTIVITY_DEBOUNCE_MS = 500;
 
 export function useParley(
   token: string | null,
@@ -65,14 +79,19 @@ export function useParley(
   const [presence, setPresence] = useState<Record<string, boolean>>({});
   const [names, setNames] = useState<Record<string, string>>({});
   const [agents, setAgents] = useState<AgentInfo[]>(FALLBACK_AGENTS);
-  const [unread, setUnread] = useState<Record<string, string[]>>({});
+  const [unread, setUnread] = useState<Record<string, number>>({});
   const [notice, setNotice] = useState<string | null>(null);
   const [reconnects, setReconnects] = useState(0);
   const [log, setLog] = useState<string[]>([]);
   const [attempt, setAttempt] = useState(0);
   const streamConv = useRef(new Map<string, string>());
   const openRef = useRef<string | null>(null);
+  // My read cursor per conversation (the server's, moved forward here as I read).
   const readRef = useRef<Record<string, number>>({});
+  // The highest seq already counted as unread per conversation (no message counted twice).
+  const countedRef = useRef<Record<string, number>>({});
+  const readTimers = useRef(new Map<string, ReturnType<typeof setTimeout>>());
+  const clientRef = useRef<ParleyClient | null>(null);
   const selfRef = useRef<string | null>(null);
   const refusedRef = useRef(onRefused);
   refusedRef.current = onRefused;
@@ -81,18 +100,32 @@ export function useParley(
 
   /** Everything up to `seq` in `cid` is read (the open conversation, while shown). */
   const markRead = useCallback((cid: string, seq: number | null | undefined) => {
-    const who = selfRef.current;
-    const cur = readRef.current[cid] ?? 0;
-    if (seq != null && seq > cur) {
-      readRef.current = { ...readRef.current, [cid]: seq };
-      if (who) saveRead(who, readRef.current);
-    }
-    setUnread((u) => (u[cid]?.length ? { ...u, [cid]: [] } : u));
+    setUnread((u) => (u[cid] ? { ...u, [cid]: 0 } : u));
+    if (seq == null || seq <= (readRef.current[cid] ?? 0)) return;
+    readRef.current = { ...readRef.current, [cid]: seq };
+    countedRef.current[cid] = Math.max(countedRef.current[cid] ?? 0, seq);
+    const timers = readTimers.current;
+    if (timers.has(cid)) return; // the pending one sends the newest seq
+    timers.set(
+      cid,
+      setTimeout(() => {
+        timers.delete(cid);
+        const c = clientRef.current;
+        const newest = readRef.current[cid];
+        if (!c || newest == null) return;
+        c.markRead(cid, newest)
+          .then((r) => {
+            if (cid !== openRef.current) setUnread((u) => ({ ...u, [cid]: r.unreadCount }));
+          })
+          .catch(() => undefined);
+      }, READ_DEBOUNCE_MS),
+    );
   }, []);
 
   useEffect(() => {
     if (!token) return;
     const c = new ParleyClient({ baseUrls: gatewayUrls(), token });
+    clientRef.current = c;
     let alive = true;
     let retryTimer: ReturnType<typeof setTimeout> | null = null;
     const offs: Array<() => void> = [
@@ -117,6 +150,13 @@ export function useParley(
       const who = actorOf(o);
       const name = typeof o.name === 'string' ? o.name : typeof o.agentName === 'string' ? o.agentName : null;
       if (who && name) setNames((n) => (n[who] === name ? n : { ...n, [who]: name }));
+    };
+    /** Participants carry the directory's display names (docs/protocol.md 3.6). */
+    const learnParticipants = (conv: Conversation | null | undefined) => {
+      for (const x of conv?.participants ?? []) {
+        const who = x.userId ?? x.agentId;
+        if (who && x.name) learnName({ principalId: who, name: x.name });
+      }
     };
     const online = (who: string | null, value = true) => {
       if (who) setPresence((p) => (p[who] === value ? p : { ...p, [who]: value }));
@@ -150,9 +190,16 @@ export function useParley(
       if (msg.role === 'assistant' && msg.agentId) online(msg.agentId);
       if (f.event !== Ev.MESSAGE_NEW) return;
       setConversations((list) => list.map((cv) => (cv.conversationId === cid ? withLastMessage(cv, msg) : cv)));
+      const seq = msg.seq ?? 0;
       if (cid === openRef.current) markRead(cid, msg.seq);
-      else if (counted(msg, c.principal?.id ?? null) && (msg.seq ?? 0) > (readRef.current[cid] ?? 0))
-        setUnread((u) => ((u[cid] ?? []).includes(msg._id) ? u : { ...u, [cid]: [...(u[cid] ?? []), msg._id] }));
+      else if (
+        counted(msg, c.principal?.id ?? null) &&
+        seq > (readRef.current[cid] ?? 0) &&
+        seq > (countedRef.current[cid] ?? 0)
+      ) {
+        countedRef.current[cid] = seq;
+        setUnread((u) => ({ ...u, [cid]: (u[cid] ?? 0) + 1 }));
+      }
       // Agent answers change the conversation's totals: refresh them.
       if (msg.role === 'assistant' && msg.usage)
         c.getConversation(cid)
@@ -198,9 +245,66 @@ export function useParley(
       deletedRef.current(cid);
     });
     on(Ev.CONVERSATION_JOINED, (f) => {
-      const conv = (f.data as { conversation?: Conversation } | undefined)?.conversation;
-      if (conv?.conversationId)
-        dispatch({ cid: conv.conversationId, action: { type: 'conversation', conversation: conv } });
+      const d = f.data as ConversationJoinedData | undefined;
+      const conv = d?.conversation;
+      if (!conv?.conversationId) return;
+      const cid = conv.conversationId;
+      dispatch({ cid, action: { type: 'conversation', conversation: conv } });
+      learnParticipants(conv);
+      const cursors = Array.isArray(d?.cursors) ? d.cursors : [];
+      dispatch({
+        cid,
+        action: {
+          type: 'cursors',
+          read: cursors.map((x) => ({ principalId: x.principalId, seq: x.readSeq ?? 0 })),
+          delivered: cursors.map((x) => ({ principalId: x.principalId, seq: x.deliveredSeq ?? 0 })),
+        },
+      });
+    });
+    // Receipts: who read how far (and my own reads from my other tabs and devices), and
+    // how far others' connections received.
+    on(Ev.CONVERSATION_READ, (f) => {
+      const d = f.data as ReadData | undefined;
+      const cid = d?.conversationId ?? cidOf(f);
+      if (!cid || !Array.isArray(d?.cursors)) return;
+      dispatch({ cid, action: { type: 'cursors', read: d.cursors } });
+      const mine = d.cursors.find((x) => x.principalId === c.principal?.id && x.kind === c.principal?.kind);
+      if (!mine) return;
+      readRef.current = { ...readRef.current, [cid]: Math.max(readRef.current[cid] ?? 0, mine.seq) };
+      if (typeof d.unreadCount === 'number') {
+        const n = cid === openRef.current ? 0 : d.unreadCount;
+        setUnread((u) => ({ ...u, [cid]: n }));
+      }
+    });
+    on(Ev.MESSAGE_DELIVERED, (f) => {
+      const d = f.data as DeliveredData | undefined;
+      const cid = d?.conversationId ?? cidOf(f);
+      if (cid && Array.isArray(d?.cursors)) dispatch({ cid, action: { type: 'cursors', delivered: d.cursors } });
+    });
+    // Something new in a conversation this page does not watch: refresh its entry (preview,
+    // unread count) from the server, at most once per conversation per debounce window.
+    const activityTimers = new Map<string, ReturnType<typeof setTimeout>>();
+    on(Ev.CONVERSATION_ACTIVITY, (f) => {
+      const d = f.data as ActivityData | undefined;
+      const cid = d?.conversationId;
+      if (!cid || c.joinedConversations().includes(cid) || activityTimers.has(cid)) return;
+      activityTimers.set(
+        cid,
+        setTimeout(() => {
+          activityTimers.delete(cid);
+          c.getConversation(cid)
+            .then((conv) => {
+              if (!alive) return;
+              learnParticipants(conv);
+              setConversations((list) => upsertConversation(list, conv));
+              if (typeof conv.unreadCount === 'number') {
+                const n = cid === openRef.current ? 0 : conv.unreadCount;
+                setUnread((u) => ({ ...u, [cid]: n }));
+              }
+            })
+            .catch(() => undefined);
+        }, ACTIVITY_DEBOUNCE_MS),
+      );
     });
     on(Ev.MESSAGE_STREAM_START, (f) => {
       const d = f.data as StreamStart;
@@ -280,23 +384,19 @@ export function useParley(
     on(Ev.AGENT_OFFLINE, onPresence(false));
     on(Ev.ERROR, (f) => setNotice(f.error?.message ?? 'error'));
 
-    /** Unread counts after a reload: what others wrote since this browser last read. */
-    const countUnread = (conv: Conversation) => {
-      const cid = conv.conversationId;
-      const read = readRef.current[cid];
-      const last = conv.lastMessage?.seq ?? 0;
-      if (read === undefined) {
-        readRef.current = { ...readRef.current, [cid]: last };
-        return;
+    /** The server's unread counts and read cursors from a list (docs/protocol.md 3.6). */
+    const takeCounts = (list: Conversation[]) => {
+      const counts: Record<string, number> = {};
+      for (const conv of list) {
+        const cid = conv.conversationId;
+        learnParticipants(conv);
+        readRef.current = { ...readRef.current, [cid]: Math.max(readRef.current[cid] ?? 0, conv.readSeq ?? 0) };
+        // Live message:new frames count from here (the join replays from lastSeq).
+        const shown = Math.max(conv.lastSeq ?? 0, conv.lastMessage?.seq ?? 0);
+        countedRef.current[cid] = Math.max(countedRef.current[cid] ?? 0, shown);
+        counts[cid] = cid === openRef.current ? 0 : (conv.unreadCount ?? 0);
       }
-      if (last <= read || cid === openRef.current) return;
-      c.messages(cid, { afterSeq: read, limit: 100 })
-        .then((page) => {
-          const ids = page.items.filter((m) => counted(m, c.principal?.id ?? null)).map((m) => m._id);
-          if (alive && cid !== openRef.current)
-            setUnread((u) => ({ ...u, [cid]: [...new Set([...(u[cid] ?? []), ...ids])] }));
-        })
-        .catch(() => undefined);
+      setUnread(counts);
     };
     const refreshList = () => {
       c.listConversations(100)
@@ -305,8 +405,7 @@ export function useParley(
           const sorted = sortConversations(list);
           setConversations(sorted);
           setListError(null);
-          sorted.forEach(countUnread);
-          if (selfRef.current) saveRead(selfRef.current, readRef.current);
+          takeCounts(sorted);
           sorted.filter((x) => x.status !== 'archived').slice(0, WATCH_MAX).forEach(watch);
         })
         .catch((e: Error) => alive && setListError(e.message));
@@ -332,10 +431,7 @@ export function useParley(
         setNotice(null);
         const me = d.principal?.id ?? null;
         selfRef.current = me;
-        if (me) {
-          readRef.current = loadRead(me);
-          if (d.principal?.name) learnName({ principalId: me, name: d.principal.name });
-        }
+        if (me && d.principal?.name) learnName({ principalId: me, name: d.principal.name });
         setSelf(me);
         setClient(c);
         c.notify(Ev.PRESENCE_ONLINE, {});
@@ -355,6 +451,12 @@ export function useParley(
     return () => {
       alive = false;
       if (retryTimer) clearTimeout(retryTimer);
+      activityTimers.forEach((t) => clearTimeout(t));
+      readTimers.current.forEach((t) => clearTimeout(t));
+      readTimers.current.clear();
+      readRef.current = {};
+      countedRef.current = {};
+      clientRef.current = null;
       offs.forEach((f) => f());
       c.close();
       setClient(null);

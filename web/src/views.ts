@@ -1,4 +1,4 @@
-/** Per-conversation views, conversation-list helpers and read positions (no network, no React). */
+/** Per-conversation views and conversation-list helpers (no network, no React). */
 import type { Conversation, Message } from './protocol';
 import { emptyConv, reduce, type Action, type ConvView } from './store';
 
@@ -63,27 +63,4 @@ export function previewOf(c: Conversation): string {
     .replace(/\s+/g, ' ')
     .trim();
   return text.slice(0, 90) || (lm.role === 'assistant' ? 'Answer' : '…');
-}
-
-// ------------------------------------------------------------------ read positions
-
-const READ_KEY = 'parley.read';
-
-/** The seq up to which `who` has read each conversation, kept in this browser. */
-export function loadRead(who: string): Record<string, number> {
-  try {
-    const raw = localStorage.getItem(`${READ_KEY}.${who}`);
-    const v = raw ? (JSON.parse(raw) as unknown) : {};
-    return v && typeof v === 'object' ? (v as Record<string, number>) : {};
-  } catch {
-    return {};
-  }
-}
-
-export function saveRead(who: string, read: Record<string, number>): void {
-  try {
-    localStorage.setItem(`${READ_KEY}.${who}`, JSON.stringify(read));
-  } catch {
-    /* storage full or disabled: unread counts only last for this page */
-  }
 }

@@ -2,7 +2,7 @@
 import { useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState } from 'react';
 import { displayName } from '../names';
 import type { AgentInfo, ConnectionState, Message } from '../protocol';
-import { agentBusy, resultsByCallId, type ConvView } from '../store';
+import { agentBusy, receiptOf, resultsByCallId, type ConvView } from '../store';
 import { dayKey, dayLabel } from '../time';
 import { groupItems } from '../turns';
 import type { Actions } from '../useActions';
@@ -87,6 +87,17 @@ export function ConversationPane(props: PaneProps) {
     toBottom();
   }, [view.conversationId, toBottom]);
 
+  // My latest stored message carries the receipt (delivered / seen by).
+  const lastMine = useMemo(() => {
+    for (let i = view.messages.length - 1; i >= 0; i--) {
+      const m = view.messages[i];
+      if (m.role === 'user' && m.createdBy === self && m.seq && !m._id.startsWith('local:') && !m.deletedAt)
+        return m;
+    }
+    return null;
+  }, [view.messages, self]);
+  const receipt = lastMine ? receiptOf(view, lastMine, self) : undefined;
+
   const typers = Object.keys(view.typing).filter((p) => p !== self);
   const status = view.agentStatus;
   const renderActions = (m: Message) => (
@@ -170,6 +181,7 @@ export function ConversationPane(props: PaneProps) {
                   results={results}
                   superseded={(m.seq ?? 0) < lastAnswerSeq}
                   quote={parent}
+                  receipt={m === lastMine ? receipt : undefined}
                   onRetry={actions.retry}
                 />
                 {m.role === 'user' && !m._id.startsWith('local:') && renderActions(m)}

@@ -3,7 +3,7 @@ import { useEffect, useId, useMemo, useRef, useState, type ReactNode } from 'rea
 import { formatCost, formatMs, prettyJson } from '../format';
 import { renderMarkdown } from '../markdown';
 import type { Message, ToolResult } from '../protocol';
-import type { StreamView } from '../store';
+import type { Receipt, StreamView } from '../store';
 import { exactTime, relativeTime } from '../time';
 import { Attachments } from './Attachments';
 import { Avatar } from './Avatar';
@@ -116,6 +116,8 @@ export interface MessageItemProps {
   names?: Record<string, string>;
   /** The message this one replies to (parentMessageId), shown as a quote. */
   quote?: Message;
+  /** Delivered / seen by (docs/protocol.md 3.6): given for my latest message only. */
+  receipt?: Receipt;
   onRetry?: (m: Message) => void;
 }
 
@@ -128,6 +130,7 @@ export function MessageItem({
   resultMessages,
   names = {},
   quote,
+  receipt,
   onRetry,
 }: MessageItemProps) {
   const type = m.messageType ?? 'text';
@@ -173,6 +176,7 @@ export function MessageItem({
         </>
       )}
       {m.editedAt && <span className="badge muted">edited</span>}
+      {mine && receipt && !m.deletedAt && <ReceiptBadge receipt={receipt} names={names} />}
     </div>
   );
 
@@ -336,5 +340,18 @@ export function StreamBubble({ stream, compact = false }: { stream: StreamView; 
         {!stream.ended && <span className="caret" aria-hidden="true" />}
       </div>
     </article>
+  );
+}
+
+/** "Sent", "Delivered" or "Seen by Bob, Carol and 2 more" under my latest message. */
+function ReceiptBadge({ receipt, names }: { receipt: Receipt; names: Record<string, string> }) {
+  const seen = receipt.seenBy.map((w) => names[w] ?? w);
+  const state = seen.length ? 'seen' : receipt.delivered ? 'delivered' : 'sent';
+  const shown = seen.length > 3 ? `${seen.slice(0, 3).join(', ')} and ${seen.length - 3} more` : seen.join(', ');
+  const text = seen.length ? `Seen by ${shown}` : receipt.delivered ? 'Delivered' : 'Sent';
+  return (
+    <span className={`badge muted receipt receipt-${state}`} data-testid="receipt" data-state={state} title={seen.length ? `Seen by ${seen.join(', ')}` : text}>
+      {state === 'sent' ? '✓' : '✓✓'} {text}
+    </span>
   );
 }

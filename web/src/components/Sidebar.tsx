@@ -8,7 +8,7 @@ export interface SidebarProps {
   conversations: Conversation[];
   openId: string | null;
   error: string | null;
-  unread: Record<string, string[]>;
+  unread: Record<string, number>; // the server's counts (docs/protocol.md 3.6)
   names: Record<string, string>;
   self: string | null;
   disabled: boolean;
@@ -64,7 +64,7 @@ export function Sidebar(props: SidebarProps) {
           </li>
         )}
         {shown.map((c) => {
-          const n = unread[c.conversationId]?.length ?? 0;
+          const n = unread[c.conversationId] ?? 0;
           const active = openId === c.conversationId;
           const when = activityOf(c);
           return (
