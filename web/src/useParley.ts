@@ -59,7 +59,7 @@ function counted(m: Message, self: string | null): boolean {
   return (type === 'text' || type === 'error' || type === 'system') && !mine && !m.deletedAt;
 }
 
-/** conversation:read is sent at most once per conversation per this many ms (newest seq). */
+/** conversation:read goes at once, then at most once per conversation per this many ms. */
 const READ_DEBOUNCE_MS = 300;
 /** A conversation not watched is refreshed at most once per this many ms on activity. */
 const ACTIVITY_DEBOUNCE_MS = 500;
@@ -91,6 +91,7 @@ export function useParley(
   // The highest seq already counted as unread per conversation (no message counted twice).
   const countedRef = useRef<Record<string, number>>({});
   const readTimers = useRef(new Map<string, ReturnType<typeof setTimeout>>());
+  const sentRef = useRef<Record<string, number>>({}); // the newest seq sent per conversation
   const clientRef = useRef<ParleyClient | null>(null);
   const selfRef = useRef<string | null>(null);
   const refusedRef = useRef(onRefused);
@@ -104,20 +105,28 @@ export function useParley(
     if (seq == null || seq <= (readRef.current[cid] ?? 0)) return;
     readRef.current = { ...readRef.current, [cid]: seq };
     countedRef.current[cid] = Math.max(countedRef.current[cid] ?? 0, seq);
+    // Throttled: the first read goes at once, later ones within the window as one (the newest).
+    const send = () => {
+      const c = clientRef.current;
+      const newest = readRef.current[cid];
+      if (!c || newest == null || newest <= (sentRef.current[cid] ?? 0)) return;
+      sentRef.current[cid] = newest;
+      c.markRead(cid, newest)
+        .then((r) => {
+          if (cid !== openRef.current) setUnread((u) => ({ ...u, [cid]: r.unreadCount }));
+        })
+        .catch(() => {
+          sentRef.current[cid] = 0; // not applied: the next read sends again
+        });
+    };
     const timers = readTimers.current;
     if (timers.has(cid)) return; // the pending one sends the newest seq
+    send();
     timers.set(
       cid,
       setTimeout(() => {
         timers.delete(cid);
-        const c = clientRef.current;
-        const newest = readRef.current[cid];
-        if (!c || newest == null) return;
-        c.markRead(cid, newest)
-          .then((r) => {
-            if (cid !== openRef.current) setUnread((u) => ({ ...u, [cid]: r.unreadCount }));
-          })
-          .catch(() => undefined);
+        send();
       }, READ_DEBOUNCE_MS),
     );
   }, []);
@@ -456,6 +465,7 @@ export function useParley(
       readTimers.current.clear();
       readRef.current = {};
       countedRef.current = {};
+      sentRef.current = {};
       clientRef.current = null;
       offs.forEach((f) => f());
       c.close();
