@@ -20,6 +20,7 @@ from parley_devstack.servers import ManagedProcess, StoreServer, free_port, wait
 from parley_devstack.stack import Stack, StackConfig
 
 LLM_AGENT = "agent-llm"  # also in the test modules
+VISION_AGENT = "agent-vision"  # takes images (test_attachments_e2e)
 PRICE_PROMPT = 1.0  # USD per 1k prompt tokens
 PRICE_COMPLETION = 2.0
 
@@ -68,7 +69,14 @@ def agents_file(
                         "mcp_servers": [
                             {"name": "tools-http", "url": mcp_http, "timeout_seconds": 2}
                         ],
-                    }
+                    },
+                    {  # the same scripted model, taking images (test_attachments_e2e)
+                        "id": VISION_AGENT,
+                        "name": "Scripted vision LLM",
+                        "model": "scripted-vision-1",
+                        "base_url": openai_stub.base_url,
+                        "vision": True,
+                    },
                 ]
             }
         )

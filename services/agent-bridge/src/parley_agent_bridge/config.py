@@ -18,12 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from parley_contract.ids import SafeId
+from parley_runtime.filestore import FileStoreSettings
 from parley_runtime.settings import ServiceSettings
 
 DEMO_AGENT_ID = "agent-demo"
 
 
-class Settings(ServiceSettings):
+class Settings(FileStoreSettings, ServiceSettings):  # attachment bytes: FileStoreSettings
     """The agent bridge's own settings, over the shared ones (parley_runtime.settings)."""
 
     instance_prefix = "agent-bridge"
@@ -110,6 +111,9 @@ class AgentConfig(BaseModel):
     # After the first exchange the model titles an untitled conversation (never over a
     # user's title); every N messages it refreshes conversation.context (0: never). Their
     # model calls count in the conversation's totals (parley_agent_bridge.housekeeping).
+    # The model takes images (OpenAI image_url parts): a message's attached images reach it
+    # as data: URLs; otherwise it is told an image was attached (parley_agent_bridge.files).
+    vision: bool = False
     auto_title: bool = True
     context_every_messages: int = Field(default=20, ge=0, le=100_000)
 
@@ -154,6 +158,7 @@ def demo_agent() -> AgentConfig:
         system_prompt="You are Parley's offline demo agent.",
         price_per_1k_prompt=0.01,
         price_per_1k_completion=0.03,
+        vision=True,  # it describes the images it gets (demo.describe_files)
         mcp_servers=[demo_tools_server()],
     )
 

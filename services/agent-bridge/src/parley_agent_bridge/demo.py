@@ -8,6 +8,8 @@ message type with the real tools of :mod:`parley_agent_bridge.demo_tools`:
   gracefully); *search* with *calc* (or *parallel*) → two tool calls at once;
 - *slow* → the ``sleep`` tool (try ``message:stop``);
 - *backend error* → the backend fails (an ``error`` message);
+- attachments → a description of what it received (image type, size and dimensions, a text
+  file's name, lines and first line; see :func:`describe_files`);
 - anything else → reasoning (a ``thinking`` message) and a streamed text answer.
 
 The bridge's housekeeping prompts (:mod:`parley_agent_bridge.housekeeping`) get a title made
@@ -17,6 +19,7 @@ of the first user message's first words, and a context derived from the words us
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 from collections.abc import AsyncIterator
@@ -35,6 +38,7 @@ from parley_agent_bridge.backends import (
     ToolSpec,
     estimate_tokens,
 )
+from parley_agent_bridge.files import text_of
 from parley_agent_bridge.housekeeping import CONTEXT_INSTRUCTIONS, TITLE_INSTRUCTIONS
 
 _EXPR = re.compile(r"[-+*/().%\d\s]{3,}")
@@ -55,7 +59,7 @@ class ScriptedDemoBackend:
     async def stream(
         self, messages: list[ChatMessage], tools: list[ToolSpec]
     ) -> AsyncIterator[ModelEvent]:
-        prompt_tokens = sum(estimate_tokens(str(m.get("content") or "")) for m in messages)
+        prompt_tokens = sum(estimate_tokens(text_of(m.get("content"))) for m in messages)
         system = str(messages[0].get("content") or "") if messages else ""
         if system in (TITLE_INSTRUCTIONS, CONTEXT_INSTRUCTIONS) and len(messages) == 2:
             text = str(messages[1].get("content") or "")
@@ -68,7 +72,8 @@ class ScriptedDemoBackend:
             (i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "user"),
             -1,
         )
-        question = str(messages[last_user].get("content") or "") if last_user >= 0 else ""
+        content = messages[last_user].get("content") if last_user >= 0 else ""
+        question = _question(content)
         lowered = question.lower()
         results = [m for m in messages[last_user + 1 :] if m.get("role") == "tool"]
         tool_names = {t["function"]["name"] for t in tools}
@@ -117,6 +122,14 @@ class ScriptedDemoBackend:
                 ]
             )
             yield Finish("tool_calls", TokenUsage(prompt_tokens, estimate_tokens(intro) + 10))
+            return
+
+        if isinstance(content, list) and describe_files(content):
+            answer = describe_files(content)
+            for word in _words(answer):
+                await self._pace()
+                yield TextDelta(word)
+            yield Finish("stop", TokenUsage(prompt_tokens, estimate_tokens(answer)))
             return
 
         reasoning = (
@@ -271,3 +284,60 @@ def demo_context(transcript: str) -> str:
     return json.dumps(
         {"summary": summary, "entities": entities, "topics": topics, "sentiment": sentiment}
     )
+
+
+def _question(content: Any) -> str:
+    """The user's own words: the text parts that are not attached files."""
+    if isinstance(content, list):
+        return " ".join(
+            str(p.get("text") or "")
+            for p in content
+            if isinstance(p, dict)
+            and p.get("type") == "text"
+            and not str(p.get("text") or "").startswith("[attached ")
+        ).strip()
+    return str(content or "")
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG or GIF header (no image library needed)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    return None
+
+
+def describe_files(parts: list[Any]) -> str:
+    """What the demo agent says about the files of a message ("" when there are none)."""
+    seen: list[str] = []
+    for p in parts:
+        if not isinstance(p, dict):
+            continue
+        if p.get("type") == "image_url":
+            url = str((p.get("image_url") or {}).get("url") or "")
+            head, _, b64 = url.partition(",")
+            mime = head.removeprefix("data:").removesuffix(";base64")
+            try:
+                data = base64.b64decode(b64, validate=True)
+            except ValueError:
+                data = b""
+            dims = _image_size(data)
+            size = f", {dims[0]}x{dims[1]} pixels" if dims else ""
+            seen.append(f"an image ({mime}, {len(data)} bytes{size})")
+            continue
+        text = str(p.get("text") or "")
+        if not text.startswith("[attached "):
+            continue
+        first, _, body = text.partition("\n")
+        label = first.strip("[]").removeprefix("attached ")
+        if body:
+            lines = body.splitlines()
+            seen.append(f'{label}: {len(lines)} lines, starting "{lines[0][:60]}"')
+        else:
+            seen.append(label)
+    if not seen:
+        return ""
+    listed = "; ".join(seen)
+    n = len(seen)
+    return f"I received {n} file{'s' if n > 1 else ''}: {listed}."

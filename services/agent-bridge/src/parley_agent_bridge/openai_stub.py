@@ -57,7 +57,10 @@ class OpenAIStub:
 
     def _pick(self, messages: list[dict[str, Any]]) -> Step:
         last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
-        text = str(messages[last_user].get("content") or "")
+        content = messages[last_user].get("content")
+        if isinstance(content, list):  # parts: the text ones (image parts carry no trigger)
+            content = " ".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+        text = str(content or "")
         step = sum(
             1
             for m in messages[last_user + 1 :]

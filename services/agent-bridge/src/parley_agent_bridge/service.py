@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from parley_agent_bridge.backends import BackendError, ModelBackend, OpenAIChatBackend
 from parley_agent_bridge.config import DEMO_AGENT_ID, AgentConfig, Settings
 from parley_agent_bridge.demo import ScriptedDemoBackend
+from parley_agent_bridge.files import model_parts
 from parley_agent_bridge.housekeeping import describe
 from parley_agent_bridge.metrics import Metrics
 from parley_agent_bridge.tools import McpToolbox, ToolOutcome
@@ -59,6 +60,7 @@ from parley_contract.internal import (
 from parley_contract.timeutil import now_iso
 from parley_contract.turnstate import KV_TTL_SECONDS, WRITE_INTERVAL_SECONDS, TurnState
 from parley_runtime import bus, jetstream, requests
+from parley_runtime.filestore import open_store
 from parley_runtime.retry import retry
 
 logger = logging.getLogger(__name__)
@@ -251,6 +253,8 @@ class Bridge:
         self.instance_id = settings.instance_id
         self.backends = {a.id: make_backend(a, demo_delay) for a in agents.values()}
         self.toolboxes = {a.id: McpToolbox(a.mcp_servers) for a in agents.values()}
+        # Attachment bytes (files.py); connections open on first use.
+        self.files = open_store(settings.store_config())
         self.nc: NatsClient | None = None
         self.kv: KeyValue | None = None
         self.ready = False
@@ -345,6 +349,7 @@ class Bridge:
         for backend in self.backends.values():
             if isinstance(backend, OpenAIChatBackend):
                 await backend.aclose()
+        await self.files.close()
         if self.nc is not None:
             # The pull subscription has no callback: drain() would wait for its queue (a
             # fetch's leftovers) until drain_timeout. Nothing there is acked, so drop it.
@@ -551,6 +556,7 @@ class Bridge:
             io=io,
             request=TurnRequest(work.conversation_id, work.message_id, work.seq, attempt),
             history=history,
+            attachments=await model_parts(history, self.files, vision=agent.vision),
             max_steps=self.settings.max_steps,
             timeout=self.settings.turn_timeout_seconds,
         )

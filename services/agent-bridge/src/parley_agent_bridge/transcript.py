@@ -35,8 +35,15 @@ def tool_content(ok: bool, result: Any, error: str | None) -> str:
     return clip(json.dumps({"success": ok, "result": result, "error": error}, default=str), 100_000)
 
 
-def chat_history(system_prompt: str, stored: list[dict[str, Any]]) -> list[ChatMessage]:
+def chat_history(
+    system_prompt: str,
+    stored: list[dict[str, Any]],
+    attachments: dict[str, list[dict[str, Any]]] | None = None,
+) -> list[ChatMessage]:
     """Stored Parley messages (wire JSON, seq order) as OpenAI chat messages.
+
+    ``attachments``: message id → content parts (parley_agent_bridge.files); a user message
+    with some becomes a list of parts (its text first).
 
     Thinking, error and system messages are left out; consecutive ``tool_call`` messages
     become one assistant message; a tool call without a stored result gets a synthetic one
@@ -106,7 +113,12 @@ def chat_history(system_prompt: str, stored: list[dict[str, Any]]) -> list[ChatM
         if mtype != MessageType.TEXT:
             continue
         if role == Role.USER:
-            out.append({"role": "user", "content": content})
+            parts = (attachments or {}).get(str(msg.get("_id")))
+            if parts:
+                text = [{"type": "text", "text": content}] if content else []
+                out.append({"role": "user", "content": [*text, *parts]})
+            else:
+                out.append({"role": "user", "content": content})
         elif role == Role.ASSISTANT and content:
             out.append({"role": "assistant", "content": content})
     close_pending()

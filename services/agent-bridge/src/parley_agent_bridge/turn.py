@@ -34,6 +34,7 @@ from parley_agent_bridge.backends import (
     estimate_tokens,
 )
 from parley_agent_bridge.config import AgentConfig
+from parley_agent_bridge.files import text_of
 from parley_agent_bridge.tools import ToolOutcome, ToolRunner, parse_arguments
 from parley_agent_bridge.transcript import INTERRUPTED, chat_history, tool_content
 from parley_agent_bridge.turn_writes import (
@@ -68,6 +69,7 @@ class Turn(TurnWriter):
         io: TurnIO,
         request: TurnRequest,
         history: list[dict[str, Any]],
+        attachments: dict[str, list[dict[str, Any]]] | None = None,
         max_steps: int = 8,
         timeout: float = 300.0,
         write_retries: int = 3,
@@ -78,6 +80,7 @@ class Turn(TurnWriter):
         self.backend = backend
         self.tools = tools
         self.history = history
+        self.attachments = attachments  # message id → content parts (files.py)
         self.max_steps = max_steps
         self._stop = asyncio.Event()
 
@@ -134,7 +137,7 @@ class Turn(TurnWriter):
         )
         await self._end_dead_streams(start)
         await self._close_interrupted_calls(own, start)
-        messages = chat_history(self.agent.system_prompt, self.history)
+        messages = chat_history(self.agent.system_prompt, self.history, self.attachments)
         for step_index in range(start, start + self.max_steps):
             step = Step(step_index)
             tools = self.tools.specs()
@@ -145,7 +148,7 @@ class Turn(TurnWriter):
                 return await self._finish_error(step, error)
             assert step.finish is not None
             step_usage = step.finish.usage or TokenUsage(
-                sum(estimate_tokens(str(m.get("content") or "")) for m in messages),
+                sum(estimate_tokens(text_of(m.get("content"))) for m in messages),
                 estimate_tokens(step.content) + estimate_tokens("".join(step.reasoning)),
             )
             self.usage = self.usage + step_usage
