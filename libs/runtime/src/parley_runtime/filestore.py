@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from aiobotocore.session import get_session
@@ -27,9 +27,10 @@ from botocore.exceptions import ClientError
 from gridfs import AsyncGridFSBucket
 from gridfs.errors import NoFile
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from pymongo import AsyncMongoClient
 
+from parley_runtime.mongo import MongoSettings
 from parley_runtime.settings import env as _env
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class StoreConfig:
     kind: Literal["gridfs", "s3"] = "gridfs"
     mongodb_url: str = "mongodb://127.0.0.1:27017"
     mongodb_database: str = "parley"
+    mongodb_options: dict[str, Any] = field(default_factory=dict)  # TLS (parley_runtime.mongo)
     s3_bucket: str = ""
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
@@ -85,13 +87,13 @@ def open_store(cfg: StoreConfig) -> FileStore:
         if not cfg.s3_bucket:
             raise ValueError("PARLEY_ATTACHMENTS_S3_BUCKET is required with the s3 store")
         return S3Store(cfg.s3_bucket, cfg.s3_endpoint_url, cfg.s3_region, cfg.s3_prefix)
-    return GridFSStore(cfg.mongodb_url, cfg.mongodb_database)
+    return GridFSStore(cfg.mongodb_url, cfg.mongodb_database, cfg.mongodb_options)
 
 
 class GridFSStore:
-    def __init__(self, url: str, database: str) -> None:
+    def __init__(self, url: str, database: str, options: dict[str, Any] | None = None) -> None:
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            url, w=1, journal=True, serverSelectionTimeoutMS=5000
+            url, w=1, journal=True, serverSelectionTimeoutMS=5000, **(options or {})
         )
         self._bucket = AsyncGridFSBucket(self._client[database], bucket_name=GRIDFS_BUCKET)
 
@@ -251,16 +253,13 @@ class S3Store:
 # ---------------------------------------------------------------- settings
 
 
-class FileStoreSettings(BaseSettings):
+class FileStoreSettings(MongoSettings):
     """Where attachment bytes are: the part of a Settings shared by the services that read or
-    write them (gateways, agent bridges). Mixed into each service's own Settings."""
+    write them (gateways, agent bridges). Mixed into each service's own Settings; the
+    MongoDB URL, database and TLS come from parley_runtime.mongo."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    mongodb_url: str = Field(
-        default="mongodb://127.0.0.1:27017", validation_alias=_env("MONGODB_URL")
-    )
-    mongodb_database: str = Field(default="parley", validation_alias=_env("MONGODB_DATABASE"))
     # "gridfs": in the same MongoDB (bucket attachment_bytes); "s3": an S3-compatible bucket.
     attachments_store: Literal["gridfs", "s3"] = Field(
         default="gridfs", validation_alias=_env("PARLEY_ATTACHMENTS_STORE")
@@ -281,6 +280,7 @@ class FileStoreSettings(BaseSettings):
             kind=self.attachments_store,
             mongodb_url=self.mongodb_url,
             mongodb_database=self.mongodb_database,
+            mongodb_options=self.mongo_options(),
             s3_bucket=self.attachments_s3_bucket,
             s3_endpoint_url=self.attachments_s3_endpoint_url or None,
             s3_region=self.attachments_s3_region or None,

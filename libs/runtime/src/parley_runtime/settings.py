@@ -157,3 +157,6 @@ class ServiceSettings(BaseSettings):
                 self.nats_tls_context()
             except (OSError, ssl.SSLError) as exc:
                 raise ValueError(f"NATS TLS files: {exc}") from None
+        check_mongo = getattr(self, "check_mongo", None)  # with parley_runtime.mongo mixed in
+        if callable(check_mongo):
+            check_mongo()

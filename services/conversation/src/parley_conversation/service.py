@@ -184,7 +184,10 @@ class ConversationService:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.store = MongoStore(
-            settings.mongodb_url, settings.mongodb_database, write_concern=settings.write_concern
+            settings.mongodb_url,
+            settings.mongodb_database,
+            write_concern=settings.write_concern,
+            client_options=settings.mongo_options(),
         )
         self.broker = make_broker(settings, graceful_timeout=settings.drain_seconds)
         self.sequencer = Sequencer(

@@ -6,19 +6,17 @@ from typing import Literal
 
 from pydantic import Field
 
+from parley_runtime.mongo import MongoSettings
 from parley_runtime.settings import ServiceSettings
 from parley_runtime.settings import env as _env
 
 
-class Settings(ServiceSettings):
-    """A replica's own settings, over the shared ones (parley_runtime.settings)."""
+class Settings(MongoSettings, ServiceSettings):
+    """A replica's own settings, over the shared ones (parley_runtime.settings) and the
+    MongoDB connection's (parley_runtime.mongo: URL, database, TLS)."""
 
     instance_prefix = "conv"
 
-    mongodb_url: str = Field(
-        default="mongodb://127.0.0.1:27017", validation_alias=_env("MONGODB_URL")
-    )
-    mongodb_database: str = Field(default="parley", validation_alias=_env("MONGODB_DATABASE"))
     # When a write counts as stored (and a reply may say success: true): "journaled" = in
     # the server's journal (w:1, j:true; a kill -9 or power loss of the store keeps it);
     # "majority" = journaled on a majority of a replica set (w:majority, j:true; the

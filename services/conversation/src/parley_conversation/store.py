@@ -113,7 +113,13 @@ class MongoStore(ConversationLog):
     """The repository on any MongoDB-wire server (SecantusDB embedded, or MongoDB)."""
 
     def __init__(
-        self, url: str, database: str, *, timeout_ms: int = 5000, write_concern: str = "journaled"
+        self,
+        url: str,
+        database: str,
+        *,
+        timeout_ms: int = 5000,
+        write_concern: str = "journaled",
+        client_options: dict[str, Any] | None = None,  # TLS (parley_runtime.mongo)
     ) -> None:
         if write_concern not in WRITE_CONCERNS:
             raise ValueError(f"write concern: one of {', '.join(WRITE_CONCERNS)}")
@@ -125,6 +131,7 @@ class MongoStore(ConversationLog):
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
             uuidRepresentation="standard",
+            **(client_options or {}),
         )
         self._db = self._client[database]
         super().__init__(self._db["messages"])

@@ -126,7 +126,9 @@ class AttachmentRoutes:
         if self._key is None:
             if self._mongo is None:
                 self._mongo = AsyncMongoClient(
-                    self.settings.mongodb_url, serverSelectionTimeoutMS=5000
+                    self.settings.mongodb_url,
+                    serverSelectionTimeoutMS=5000,
+                    **self.settings.mongo_options(),
                 )
             keys = self._mongo[self.settings.mongodb_database][att.KEYS_COLLECTION]
             try:
