@@ -244,7 +244,6 @@ def sio_stack(
             "gateway": {
                 "PARLEY_GATEWAY_DRAIN_SECONDS": "0.5",
                 "PARLEY_GATEWAY_HEARTBEAT_SECONDS": "5",
-                "PARLEY_GATEWAY_MAX_CONTENT_CHARS": "1000",
             }
         },
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 from parley_contract.auth import mint_token
 from parley_contract.events import PrincipalKind
+from parley_contract.limits import MAX_CONTENT_CHARS
 from parley_devstack.stack import Stack
 
 from .conftest import Driver
@@ -122,7 +123,7 @@ async def test_errors_come_back_as_acks(sio_stack: Stack, driver: Driver) -> Non
     assert r["success"] is False and r["error"]["code"] == "VALIDATION_ERROR", r
     r = await driver.emit("e", "conversation:join", {"conversationId": cid})
     assert r["success"] is False and r["error"]["code"] == "FORBIDDEN", r
-    big = "x" * 2000
+    big = "x" * (MAX_CONTENT_CHARS + 1)  # the contract's limit, checked by the service
     r = await driver.emit("a", "message:send", {"conversationId": cid, "content": big})
     assert r["success"] is False and r["error"]["code"] == "PAYLOAD_TOO_LARGE", r
 

@@ -7,8 +7,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from parley_contract import asyncapi, subjects
-from parley_contract.commands import PAYLOADS
 from parley_contract.events import SERVER_EVENTS, Event
+from parley_contract.routes import PAYLOADS
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from parley_contract.commands import parse_payload
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event
 from parley_contract.limits import INT64_MAX, INT64_MIN, MAX_FREE_FORM_BYTES
+from parley_contract.routes import parse_payload
 
 C = "conv-1"
 

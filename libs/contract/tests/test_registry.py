@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from parley_contract import subjects
-from parley_contract.commands import MessageSend, parse_payload
+from parley_contract.commands import MessageSend
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import (
     COMMANDS,
@@ -14,6 +14,7 @@ from parley_contract.events import (
     may_send,
     parse_command,
 )
+from parley_contract.routes import parse_payload
 
 
 def test_protocol_commands_are_registered() -> None:

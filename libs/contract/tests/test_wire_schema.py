@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from parley_contract import wire_schema
-from parley_contract.commands import PAYLOADS
 from parley_contract.events import SERVER_EVENTS, Event
+from parley_contract.routes import PAYLOADS
 
 REPO = Path(__file__).resolve().parents[3]
 

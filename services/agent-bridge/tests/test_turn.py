@@ -477,7 +477,7 @@ def test_tool_results_are_made_storable() -> None:
 
 
 async def test_long_answer_is_clipped_to_the_content_limit() -> None:
-    from parley_contract.commands import MAX_CONTENT_CHARS
+    from parley_contract.limits import MAX_CONTENT_CHARS
 
     io = MemoryIO()
     backend = Scripted([TextDelta("z" * (MAX_CONTENT_CHARS + 10)), Finish("stop")])

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from parley_contract import subjects
+from parley_contract.routes import Service, routes_of
 from parley_conversation import asyncapi
-from parley_conversation.service import HANDLED_COMMANDS
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -28,5 +28,5 @@ def test_queries_have_their_models() -> None:
 
 def test_every_command_this_service_answers_is_documented() -> None:
     addresses = {ch["address"] for ch in asyncapi.build()["channels"].values()}
-    missing = [e.value for e in HANDLED_COMMANDS if subjects.command(e) not in addresses]
+    missing = [r.event.value for r in routes_of(Service.CONVERSATION) if r.subject not in addresses]
     assert missing == [], "add them to parley_contract.asyncapi.NATS_COMMANDS"

@@ -308,13 +308,22 @@ class FakeConversationService:
 
     async def _on_cmd(self, msg: Any) -> None:
         from parley_contract import envelopes, subjects
-        from parley_contract.errors import ErrorCode
+        from parley_contract.errors import ErrorCode, ParleyError
         from parley_contract.events import Event
+        from parley_contract.routes import ROUTES
 
+        subj = msg.subject
+        # Validated as the real service does: the route's request, decoded once.
+        route = next((r for r in ROUTES.values() if r.subject == subj), None)
+        if route is not None:
+            try:
+                route.decode(msg.data)
+            except ParleyError as exc:
+                await self._reply(msg, envelopes.fail_from(exc))
+                return
         req = jsonutil.loads(msg.data)
         p = req["principal"]
         data = req["data"]
-        subj = msg.subject
         if subj == subjects.command(Event.CONVERSATION_CREATE):
             cid = data.get("conversationId") or f"conv-{len(self.convs) + 1}"
             parts = {p["id"]} | {

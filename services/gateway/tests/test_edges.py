@@ -18,6 +18,7 @@ from websockets.exceptions import InvalidStatus
 
 from parley_contract import jsonutil
 from parley_contract.events import PrincipalKind
+from parley_contract.limits import MAX_CONTENT_CHARS
 from parley_gateway.settings import Settings
 
 from .conftest import http_get, token
@@ -64,7 +65,7 @@ def test_dev_secret_refused_outside_development(monkeypatch: pytest.MonkeyPatch)
 async def test_bad_frames_get_their_errors_and_the_connection_survives(
     gateway_factory: Any, clients: Any, fake_conversation: Any
 ) -> None:
-    gw = gateway_factory({"PARLEY_GATEWAY_MAX_CONTENT_CHARS": "10"})
+    gw = gateway_factory()
     c = await clients(gw.ws_url, "alice")
     other = await clients(gw.ws_url, "bob")
     cid = await _conv(other)
@@ -82,8 +83,11 @@ async def test_bad_frames_get_their_errors_and_the_connection_survives(
     assert r["error"]["code"] == "VALIDATION_ERROR"
     r = await c.cmd("message:send", {"conversationId": "a.b>", "content": "x"})
     assert r["error"]["code"] == "VALIDATION_ERROR"
-    r = await c.cmd("message:send", {"conversationId": cid, "content": "x" * 11})
-    assert r["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    other_cmd = await other.cmd(
+        "message:send", {"conversationId": cid, "content": "x" * (MAX_CONTENT_CHARS + 1)}
+    )
+    assert other_cmd["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert other_cmd["error"]["details"] == {"field": "content", "limit": MAX_CONTENT_CHARS}
     r = await c.cmd("conversation:join", {"conversationId": cid})
     assert r["error"]["code"] == "FORBIDDEN"
     r = await c.cmd("tool:call", {"toolName": "x"})

@@ -745,6 +745,7 @@ export interface ActivityMessage {
 export interface CommandReplies {
   'conversation:create': Conversation;
   'conversation:join': ConversationJoinedData;
+  'conversation:leave': LeaveReply;
   'conversation:update': Conversation;
   'conversation:delete': Conversation;
   'message:send': Message;
@@ -752,8 +753,22 @@ export interface CommandReplies {
   'message:delete': Message;
   'message:react': Message;
   'message:stop': StopReply;
+  'presence:online': PresenceReply;
+  'presence:offline': PresenceReply;
+  'tool:call': ToolCallReply;
   'task:create': Task;
   'conversation:read': ReadReply;
+}
+/**
+ * The reply to ``conversation:leave``: this connection stopped watching.
+ *
+ * This interface was referenced by `ParleyContract`'s JSON-Schema
+ * via the `definition` "LeaveReply".
+ */
+export interface LeaveReply {
+  conversationId: string;
+  watching?: boolean;
+  [k: string]: unknown;
 }
 /**
  * The reply to ``message:stop``.
@@ -763,6 +778,30 @@ export interface CommandReplies {
  */
 export interface StopReply {
   stopping: boolean;
+  [k: string]: unknown;
+}
+/**
+ * The reply to ``presence:online`` / ``presence:offline``.
+ *
+ * This interface was referenced by `ParleyContract`'s JSON-Schema
+ * via the `definition` "PresenceReply".
+ */
+export interface PresenceReply {
+  conversations: number;
+  [k: string]: unknown;
+}
+/**
+ * The reply to ``tool:call``.
+ *
+ * This interface was referenced by `ParleyContract`'s JSON-Schema
+ * via the `definition` "ToolCallReply".
+ */
+export interface ToolCallReply {
+  toolName: string;
+  result?: unknown;
+  success: boolean;
+  error?: string | null;
+  executionTime?: number | null;
   [k: string]: unknown;
 }
 /**

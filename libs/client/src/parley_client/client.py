@@ -20,8 +20,8 @@ from parley_client.frames import error_of, parse
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event
 from parley_contract.models import Conversation, Message
+from parley_contract.routes import COMMAND_REPLIES
 from parley_contract.server_events import ConversationJoinedData, ReadReply, StopReply, Task
-from parley_contract.wire_schema import COMMAND_REPLIES
 
 
 def new_client_message_id() -> str:

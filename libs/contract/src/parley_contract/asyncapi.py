@@ -20,8 +20,8 @@ import orjson
 from pydantic import BaseModel
 
 from parley_contract import subjects, wire_schema
-from parley_contract.commands import PAYLOADS
 from parley_contract.events import REGISTRY, SERVER_EVENTS, Durability, Event
+from parley_contract.routes import COMMAND_REPLIES, PAYLOADS, ROUTES, Service
 
 VERSION = "1.0.0"
 SCHEMAS = "#/components/schemas/"
@@ -30,19 +30,11 @@ SCHEMAS = "#/components/schemas/"
 # (typing, presence, leave: no NATS request).
 CONVERSATION = f"conversation service (queue group `{subjects.QUEUE_CONVERSATION}`)"
 BRIDGE = f"agent bridge (queue group `{subjects.QUEUE_AGENT_BRIDGE}`)"
+# Every command a service answers over NATS, and who (from the route table).
 NATS_COMMANDS: dict[Event, str] = {
-    Event.CONVERSATION_CREATE: CONVERSATION,
-    Event.CONVERSATION_JOIN: CONVERSATION,
-    Event.CONVERSATION_UPDATE: CONVERSATION,
-    Event.CONVERSATION_DELETE: CONVERSATION,
-    Event.MESSAGE_SEND: CONVERSATION,
-    Event.MESSAGE_EDIT: CONVERSATION,
-    Event.MESSAGE_DELETE: CONVERSATION,
-    Event.MESSAGE_REACT: CONVERSATION,
-    Event.MESSAGE_STOP: CONVERSATION,
-    Event.TASK_CREATE: CONVERSATION,
-    Event.CONVERSATION_READ: CONVERSATION,
-    Event.TOOL_CALL: BRIDGE,
+    e: CONVERSATION if r.service is Service.CONVERSATION else BRIDGE
+    for e, r in ROUTES.items()
+    if r.service is not Service.GATEWAY
 }
 
 
@@ -116,7 +108,7 @@ def _command_message(event: Event) -> dict[str, Any]:
 
 
 def _reply_message(event: Event) -> dict[str, Any]:
-    reply = wire_schema.COMMAND_REPLIES.get(event)
+    reply = COMMAND_REPLIES.get(event)
     data: dict[str, Any] = ref(reply.__name__) if reply else {}
     frame = {"event": {"const": event.value}, "id": {"type": ["string", "integer"]}}
     return {

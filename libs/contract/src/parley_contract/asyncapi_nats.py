@@ -27,7 +27,6 @@ from parley_contract.asyncapi import (
     event_message,
     ref,
 )
-from parley_contract.commands import PAYLOADS
 from parley_contract.envelopes import ErrorEnvelope, ServerFrame, SuccessEnvelope
 from parley_contract.events import REGISTRY, SERVER_EVENTS, Durability, Event
 from parley_contract.internal import (
@@ -37,6 +36,7 @@ from parley_contract.internal import (
     DeliveryReport,
     EventsSinceRequest,
 )
+from parley_contract.routes import COMMAND_REPLIES, PAYLOADS
 
 _NATS_DESCRIPTION = """\
 How Parley's services talk over NATS (docs/protocol.md is the client side). Requests carry
@@ -124,7 +124,7 @@ def nats_document(queries: Mapping[str, type[BaseModel]] | None = None) -> dict[
     for event, who in NATS_COMMANDS.items():
         key = f"cmd_{event_key(event)}"
         payload = _with_data("CommandRequest", ref(PAYLOADS[event].__name__))
-        reply = wire_schema.COMMAND_REPLIES.get(event)
+        reply = COMMAND_REPLIES.get(event)
         n.request(
             key,
             subjects.command(event),

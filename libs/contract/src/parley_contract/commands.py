@@ -23,9 +23,15 @@ from pydantic_core import PydanticCustomError
 
 from parley_contract.attachments import AttachmentRef
 from parley_contract.errors import ErrorCode, ParleyError
-from parley_contract.events import Event
 from parley_contract.ids import SafeId
-from parley_contract.limits import INT64_MAX, check_free_form, check_value
+from parley_contract.limits import (
+    INT64_MAX,
+    MAX_CONTENT_CHARS,
+    MAX_TITLE_CHARS,
+    Content,
+    check_free_form,
+    check_value,
+)
 from parley_contract.models import (
     ConversationContext,
     ConversationStatus,
@@ -39,9 +45,6 @@ from parley_contract.models import (
     Usage,
 )
 
-# Defaults; the gateway announces its configured values in connected.limits.
-MAX_CONTENT_CHARS = 32_000
-MAX_TITLE_CHARS = 200
 DEFAULT_TITLE = "New conversation"  # a conversation created without a title
 
 
@@ -155,7 +158,7 @@ class ConversationUpdate(InConversation):
 
 
 class MessageSend(InConversation):
-    content: str = Field(default="", max_length=MAX_CONTENT_CHARS)
+    content: Content = ""
     client_message_id: str | None = Field(default=None, min_length=1, max_length=128)
     role: Role | None = None  # defaults from the principal's kind
     # The seed's Message fields a client may write as in the samples: agentId (null, or an
@@ -197,7 +200,7 @@ class MessageSend(InConversation):
 
 class MessageEdit(InConversation):
     message_id: str = Field(min_length=1, max_length=128)
-    content: str = Field(max_length=MAX_CONTENT_CHARS)
+    content: Content
 
 
 class MessageDelete(InConversation):
@@ -241,60 +244,37 @@ class TaskCreate(InConversation):
     agent_id: SafeId | None = None
 
 
-PAYLOADS: dict[Event, type[CommandData]] = {
-    Event.CONVERSATION_CREATE: ConversationCreate,
-    Event.CONVERSATION_JOIN: ConversationJoin,
-    Event.CONVERSATION_LEAVE: ConversationLeave,
-    Event.CONVERSATION_UPDATE: ConversationUpdate,
-    Event.CONVERSATION_DELETE: ConversationDelete,
-    Event.MESSAGE_SEND: MessageSend,
-    Event.MESSAGE_EDIT: MessageEdit,
-    Event.MESSAGE_DELETE: MessageDelete,
-    Event.MESSAGE_REACT: MessageReact,
-    Event.MESSAGE_STOP: MessageStop,
-    Event.TYPING_START: Typing,
-    Event.TYPING_STOP: Typing,
-    Event.PRESENCE_ONLINE: Presence,
-    Event.PRESENCE_OFFLINE: Presence,
-    Event.TOOL_CALL: ToolCallCommand,
-    Event.TASK_CREATE: TaskCreate,
-    Event.CONVERSATION_READ: ConversationRead,
-}
-
-
-def validation_error(exc: ValidationError) -> ParleyError:
-    """A pydantic error as a VALIDATION_ERROR a client author can act on."""
+def validation_error(exc: ValidationError, *, under: str | None = None) -> ParleyError:
+    """A pydantic error as a VALIDATION_ERROR a client author can act on (PAYLOAD_TOO_LARGE
+    for a content over its limit). ``under``: the name of the field the client's data sits
+    in (a request's ``data``), left out of the field paths the client sees."""
     errors = exc.errors()
     first = errors[0]
-    field = _field_of(first) or None
+    field = _field_of(first, under) or None
     msg = first.get("msg", "invalid value")
+    if first.get("type") == "payload_too_large":
+        limit = (first.get("ctx") or {}).get("limit")
+        return ParleyError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"{field or 'value'} is {msg}",
+            {"field": field, "limit": limit} if field else {"limit": limit},
+        )
     if first.get("type") == "extra_forbidden":
         msg = "unknown field"
     details: dict[str, Any] = {
-        "errors": [{"field": _field_of(e), "message": e.get("msg", "")} for e in errors[:10]]
+        "errors": [{"field": _field_of(e, under), "message": e.get("msg", "")} for e in errors[:10]]
     }
     if field:
         details["field"] = field
     return ParleyError(ErrorCode.VALIDATION_ERROR, f"{field}: {msg}" if field else msg, details)
 
 
-def _field_of(error: Any) -> str:
+def _field_of(error: Any, under: str | None = None) -> str:
     """The dotted path of a pydantic error, with the sub-path a limits check puts in ctx."""
     parts = [str(p) for p in error.get("loc", ())]
     sub = (error.get("ctx") or {}).get("path")
     if isinstance(sub, str) and sub:
         parts.append(sub)
+    if under is not None and parts[:1] == [under] and len(parts) > 1:
+        parts = parts[1:]
     return ".".join(parts)
-
-
-def parse_payload(event: Event, data: Any) -> CommandData:
-    """Validate a command's ``data``; raises ParleyError(VALIDATION_ERROR)."""
-    model = PAYLOADS[event]
-    if not isinstance(data, dict):
-        raise ParleyError(
-            ErrorCode.VALIDATION_ERROR, "data must be a JSON object", {"field": "data"}
-        )
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from None

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from parley_contract.commands import CommandData
 from parley_contract.events import PrincipalKind
 from parley_contract.ids import SafeId
 from parley_contract.limits import INT64_MAX
@@ -42,6 +43,20 @@ class CommandRequest(BaseModel):
     # retries a command on another replica (the client's clientMessageId for message:send,
     # else one it makes). A service applies a command with a key at most once per principal
     # and answers a repeat with the first answer.
+    idempotency_key: str | None = Field(
+        default=None, alias="idempotencyKey", min_length=1, max_length=128
+    )
+
+
+class RouteRequest(BaseModel):
+    """A :class:`CommandRequest` whose ``data`` is the route's payload model: each route
+    (parley_contract.routes) builds its own subclass, so a service decodes the request and
+    validates the client's data in one pass over the bytes."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    principal: Principal
+    data: CommandData
+    instance_id: str | None = Field(default=None, alias="instanceId")
     idempotency_key: str | None = Field(
         default=None, alias="idempotencyKey", min_length=1, max_length=128
     )

@@ -14,7 +14,7 @@ import math
 from typing import Annotated, Any
 
 import orjson
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
 
 INT64_MIN = -(2**63)
@@ -26,6 +26,12 @@ MAX_FREE_FORM_DEPTH = 8
 MAX_FREE_FORM_BYTES = 64 * 1024
 # Levels of objects/arrays in a whole command's data (its own fields count).
 MAX_DATA_DEPTH = 16
+# Characters of a message's content (message:send, message:edit): PAYLOAD_TOO_LARGE beyond.
+# The one content limit: checked once, where the command is validated (the service that
+# handles it); gateways announce it in connected.limits.maxContentChars.
+MAX_CONTENT_CHARS = 32_000
+# Characters of a conversation's or a task's title.
+MAX_TITLE_CHARS = 200
 
 # Integer fields of the models: never outside what the store holds.
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
@@ -77,6 +83,24 @@ def check_value(value: Any, *, max_depth: int = MAX_DATA_DEPTH, path: str = "") 
             if depth >= max_depth:
                 raise _error(where, f"nested deeper than {max_depth} levels")
             stack.extend((sub, _join(where, i), depth + 1) for i, sub in enumerate(item))
+
+
+def check_content(value: str) -> str:
+    """A message's content: at most MAX_CONTENT_CHARS (a pydantic after-validator; the error
+    becomes PAYLOAD_TOO_LARGE with ``details.limit``, see commands.validation_error)."""
+    if len(value) > MAX_CONTENT_CHARS:
+        raise PydanticCustomError(
+            "payload_too_large",
+            "longer than {limit} characters",
+            {"limit": MAX_CONTENT_CHARS},
+        )
+    return value
+
+
+# A message's content in a command's data.
+Content = Annotated[
+    str, AfterValidator(check_content), Field(json_schema_extra={"maxLength": MAX_CONTENT_CHARS})
+]
 
 
 def check_free_form(value: Any) -> Any:

@@ -118,8 +118,6 @@ def permissions(role: Role) -> dict[str, list[str]]:
         publish = [
             s.COMMANDS_WILDCARD,
             s.QUERY_CONVERSATIONS_WILDCARD,
-            s.INTERNAL_MESSAGE_APPEND,
-            s.INTERNAL_USAGE_ADD,
             conv_ephemeral,  # stream deltas, agent online/offline
             *js_common,
             *_stream_consume(s.STREAM_AGENT_TURNS),

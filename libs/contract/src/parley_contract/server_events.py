@@ -8,6 +8,8 @@ client built from them keeps working when the server adds one.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
@@ -156,3 +158,26 @@ class StopReply(_Data):
     """The reply to ``message:stop``."""
 
     stopping: bool
+
+
+class LeaveReply(_Data):
+    """The reply to ``conversation:leave``: this connection stopped watching."""
+
+    conversation_id: str
+    watching: bool = False
+
+
+class PresenceReply(_Data):
+    """The reply to ``presence:online`` / ``presence:offline``."""
+
+    conversations: int  # joined conversations the status was sent to
+
+
+class ToolCallReply(_Data):
+    """The reply to ``tool:call``."""
+
+    tool_name: str
+    result: Any = None
+    success: bool
+    error: str | None = None
+    execution_time: float | None = None  # ms

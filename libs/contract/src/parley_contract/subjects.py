@@ -103,9 +103,6 @@ QUERY_SEARCH: Final = f"{PREFIX}.query.search"  # GET /v1/search: the caller's c
 QUERY_ATTACHMENT_GET: Final = f"{PREFIX}.query.attachment.get"
 QUERY_CONVERSATIONS_WILDCARD: Final = f"{PREFIX}.query.>"
 
-# Internal writes by Parley's own services (agent bridge → conversation service).
-INTERNAL_MESSAGE_APPEND: Final = f"{PREFIX}.internal.message.append"
-INTERNAL_USAGE_ADD: Final = f"{PREFIX}.internal.usage.add"
 # Gateways → conversation service, no reply: which principal's connections received a
 # conversation's durable frames up to which seq (delivery receipts, batched per interval).
 INTERNAL_DELIVERY: Final = f"{PREFIX}.internal.delivery"

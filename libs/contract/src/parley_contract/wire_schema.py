@@ -29,11 +29,11 @@ from parley_contract.agent_events import (
     StreamEnd,
     StreamStart,
 )
-from parley_contract.commands import PAYLOADS
 from parley_contract.envelopes import ClientCommand, ErrorBody, ServerFrame
 from parley_contract.errors import ErrorCode
 from parley_contract.events import REGISTRY, SERVER_EVENTS, Event
 from parley_contract.models import Conversation, Message
+from parley_contract.routes import COMMAND_REPLIES, PAYLOADS
 from parley_contract.server_events import (
     ActivityData,
     ConnectedData,
@@ -41,8 +41,6 @@ from parley_contract.server_events import (
     DeliveredData,
     PresenceData,
     ReadData,
-    ReadReply,
-    StopReply,
     Task,
     TypingData,
 )
@@ -81,19 +79,6 @@ EVENT_DATA: dict[Event, tuple[type[BaseModel], ...]] = {
 assert set(EVENT_DATA) == SERVER_EVENTS, "every server event needs its data shape"
 
 # The reply ``data`` of each command that answers with one (others: not modelled).
-COMMAND_REPLIES: dict[Event, type[BaseModel]] = {
-    Event.CONVERSATION_CREATE: Conversation,
-    Event.CONVERSATION_JOIN: ConversationJoinedData,
-    Event.CONVERSATION_UPDATE: Conversation,
-    Event.CONVERSATION_DELETE: Conversation,
-    Event.MESSAGE_SEND: Message,
-    Event.MESSAGE_EDIT: Message,
-    Event.MESSAGE_DELETE: Message,
-    Event.MESSAGE_REACT: Message,
-    Event.MESSAGE_STOP: StopReply,
-    Event.TASK_CREATE: Task,
-    Event.CONVERSATION_READ: ReadReply,
-}
 
 REF = "#/$defs/{model}"
 

@@ -10,7 +10,7 @@
   one attempt carry deterministic ``clientMessageId``s, so a retried write is deduplicated.
   After ``max_deliver`` attempts a visible ``error`` message ends the turn.
 - ``message:stop``: ``subjects.AGENT_STOP`` (every replica, no queue group).
-- ``tool:call``: request/reply on ``subjects.command(Event.TOOL_CALL)`` (relayed by gateways)
+- ``tool:call``: request/reply on its route's subject (``routes.ROUTES``, relayed by gateways)
   and ``subjects.AGENT_TOOL_CALL``, queue group ``subjects.QUEUE_AGENT_BRIDGE``.
 - Presence: KV ``subjects.KV_AGENTS`` key ``<agentId>.<instanceId>`` refreshed every TTL/3;
   ``agent:online``/``agent:offline`` to the agent's conversations.
@@ -47,7 +47,7 @@ from parley_agent_bridge.tools import McpToolbox, ToolOutcome
 from parley_agent_bridge.turn import Turn, TurnRequest, WriteError
 from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.agent_events import AgentAvailability
-from parley_contract.commands import ToolCallCommand, parse_payload
+from parley_contract.commands import ToolCallCommand
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import (
@@ -57,6 +57,7 @@ from parley_contract.internal import (
     CommandRequest,
     Principal,
 )
+from parley_contract.routes import ROUTES
 from parley_contract.timeutil import now_iso
 from parley_contract.turnstate import KV_TTL_SECONDS, WRITE_INTERVAL_SECONDS, TurnState
 from parley_runtime import bus, jetstream, requests
@@ -152,7 +153,7 @@ class NatsTurnIO:
         try:
             stored = await requests.request(
                 self.nc,
-                subjects.command(Event.MESSAGE_SEND),
+                ROUTES[Event.MESSAGE_SEND].subject,
                 req.model_dump(mode="json", by_alias=True, exclude_none=True),
                 budget=self.timeout,
             )
@@ -295,7 +296,7 @@ class Bridge:
         self._pull = sub
         self._subs.append(await self.nc.subscribe(subjects.AGENT_STOP, cb=self._on_stop))
         # tool:call as relayed by gateways, and the bridge's own subject for services.
-        for subject in (subjects.command(Event.TOOL_CALL), subjects.AGENT_TOOL_CALL):
+        for subject in (ROUTES[Event.TOOL_CALL].subject, subjects.AGENT_TOOL_CALL):
             self._subs.append(
                 await self.nc.subscribe(
                     subject, queue=subjects.QUEUE_AGENT_BRIDGE, cb=self._on_tool_call
@@ -677,11 +678,8 @@ class Bridge:
                 await msg.respond(jsonutil.dumps(reply))
 
     async def _tool_call(self, raw: bytes) -> dict[str, Any]:
-        try:
-            req = CommandRequest.model_validate_json(raw)
-        except ValidationError as exc:
-            raise ParleyError(ErrorCode.VALIDATION_ERROR, f"bad tool:call request: {exc}") from None
-        cmd = parse_payload(Event.TOOL_CALL, req.data)
+        req = ROUTES[Event.TOOL_CALL].decode(raw)  # principal and payload in one pass
+        cmd = req.data
         assert isinstance(cmd, ToolCallCommand)
         agent_id = tool_agent(req.principal, cmd.agent_id)
         box = self.toolboxes.get(agent_id)

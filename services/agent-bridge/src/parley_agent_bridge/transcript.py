@@ -7,8 +7,7 @@ import json
 from typing import Any
 
 from parley_agent_bridge.backends import ChatMessage
-from parley_contract.commands import MAX_CONTENT_CHARS
-from parley_contract.limits import is_storable_free_form
+from parley_contract.limits import MAX_CONTENT_CHARS, is_storable_free_form
 from parley_contract.models import MessageType, Role
 
 MAX_RESULT_CHARS = 32_000  # a stored tool result; larger ones are kept as truncated JSON text

@@ -16,13 +16,13 @@ from pydantic import BaseModel
 
 from parley_contract import subjects
 from parley_contract.asyncapi_nats import nats_document, render_nats
-from parley_conversation import service as service_module
+from parley_conversation import queries
 from parley_conversation.search import SearchQuery
 
 QUERIES: dict[str, type[BaseModel]] = {
-    subjects.QUERY_CONVERSATIONS_LIST: service_module.ListConversationsQuery,
-    subjects.QUERY_CONVERSATION_GET: service_module.GetConversationQuery,
-    subjects.QUERY_MESSAGES_LIST: service_module.ListMessagesQuery,
+    subjects.QUERY_CONVERSATIONS_LIST: queries.ListConversationsQuery,
+    subjects.QUERY_CONVERSATION_GET: queries.GetConversationQuery,
+    subjects.QUERY_MESSAGES_LIST: queries.ListMessagesQuery,
     subjects.QUERY_SEARCH: SearchQuery,
 }
 

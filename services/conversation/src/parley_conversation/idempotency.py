@@ -7,10 +7,11 @@ A gateway that got no answer sends the command again, to another replica, with t
   gateway's when it gave none); the conversation log's unique index on
   ``(conversationId, clientMessageId)`` stores it once and a repeat is answered with the stored
   message (as before).
-- the commands that store a durable event (``KEYED_EVENTS``): that event's log entry carries
-  ``log_key(principal, key)`` as its ``clientMessageId``, under the same unique index. A repeat
-  first looks the entry up and answers with its data (each of these commands replies with the
-  data of the event it stores); a repeat racing its original stores nothing twice (the index)
+- the other writing commands (``logged``: ``writes`` in the route table): the log entry of
+  the durable event each stores carries ``log_key(principal, key)`` as its
+  ``clientMessageId``, under the same unique index. A repeat first looks the entry up and
+  answers with its data (each of these commands replies with the data of the event it
+  stores); a repeat racing its original stores nothing twice (the index)
   and answers with the stored entry. Their other writes (the message or conversation document)
   set values, so doing them again changes nothing; a repeat that fails because the first did
   them (``message:delete`` of a deleted message) finds the entry and answers with it.
@@ -24,24 +25,20 @@ from __future__ import annotations
 
 import hashlib
 from contextvars import ContextVar
-from typing import Any
 
+from parley_contract.commands import CommandData, ConversationCreate, MessageSend
 from parley_contract.events import Event
+from parley_contract.routes import Route
 
 # The log key of the command being handled (set around the handler; read where it stores its
 # durable event).
 command_key: ContextVar[str | None] = ContextVar("command_key", default=None)
 
-KEYED_EVENTS = frozenset(
-    {
-        Event.CONVERSATION_CREATE,
-        Event.CONVERSATION_UPDATE,
-        Event.MESSAGE_EDIT,
-        Event.MESSAGE_DELETE,
-        Event.MESSAGE_REACT,
-        Event.TASK_CREATE,
-    }
-)
+
+def logged(route: Route) -> bool:
+    """Whether a command stores its durable event under the log key: every writing route
+    (``route.writes``) but message:send, whose key is the message's clientMessageId."""
+    return route.writes and route.event is not Event.MESSAGE_SEND
 
 
 def log_key(principal_id: str, key: str) -> str:
@@ -56,11 +53,13 @@ def derived_conversation_id(principal_id: str, key: str) -> str:
     return f"conv-{digest}"
 
 
-def with_key(event: Event, principal_id: str, key: str, data: dict[str, Any]) -> dict[str, Any]:
-    """The command's data with what the key decides: a message's clientMessageId, a new
+def with_key(cmd: CommandData, principal_id: str, key: str) -> CommandData:
+    """The command with what the key decides: a message's clientMessageId, a new
     conversation's id (when the client gave none)."""
-    if event is Event.MESSAGE_SEND and data.get("clientMessageId") is None:
-        return {**data, "clientMessageId": key}
-    if event is Event.CONVERSATION_CREATE and data.get("conversationId") is None:
-        return {**data, "conversationId": derived_conversation_id(principal_id, key)}
-    return data
+    if isinstance(cmd, MessageSend) and cmd.client_message_id is None:
+        return cmd.model_copy(update={"client_message_id": key})
+    if isinstance(cmd, ConversationCreate) and cmd.conversation_id is None:
+        return cmd.model_copy(
+            update={"conversation_id": derived_conversation_id(principal_id, key)}
+        )
+    return cmd

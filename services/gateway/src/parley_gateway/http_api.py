@@ -29,10 +29,11 @@ from parley_contract import asyncapi, envelopes, subjects
 from parley_contract.auth import mint_token, verify_token_async
 from parley_contract.envelopes import ErrorEnvelope, SuccessEnvelope
 from parley_contract.errors import HTTP_STATUS, ErrorCode, ParleyError
-from parley_contract.events import Event, PrincipalKind, may_send
+from parley_contract.events import Event, PrincipalKind
 from parley_contract.ids import check_id
 from parley_contract.internal import Principal
 from parley_contract.limits import INT64_MAX
+from parley_contract.routes import ROUTES
 from parley_gateway.files_http import add_routes
 from parley_gateway.hub import Hub
 
@@ -258,11 +259,11 @@ def create_app(hub: Hub) -> FastAPI:
         conversation:deleted to its members; the deleted Conversation."""
         principal = await principal_of(authorization)
         check_id(conversation_id, "conversationId")
-        event = Event.CONVERSATION_DELETE
-        if not may_send(principal.kind, event):
+        route = ROUTES[Event.CONVERSATION_DELETE]
+        if not route.may_send(principal.kind):
             raise ParleyError(ErrorCode.FORBIDDEN, f"a {principal.kind.value} may not delete")
         data = {"conversationId": conversation_id}
-        return await query(subjects.command(event), principal, data)
+        return await query(route.subject, principal, data)
 
     @app.get(
         "/v1/conversations/{conversation_id}/messages",

@@ -7,7 +7,6 @@ import base64
 import binascii
 import contextlib
 import logging
-import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -15,15 +14,15 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from parley_contract import envelopes, jsonutil, subjects
+from parley_contract import envelopes, jsonutil
 from parley_contract.auth import verify_token_async
-from parley_contract.commands import parse_payload
 from parley_contract.errors import ErrorCode, ParleyError
-from parley_contract.events import Event, may_send, parse_command
+from parley_contract.events import Event
 from parley_contract.ids import is_valid_id, new_id
 from parley_contract.internal import Principal
 from parley_contract.limits import INT64_MAX
-from parley_gateway.conn import Conn, Pipeline
+from parley_gateway.commands import Commands
+from parley_gateway.conn import Conn
 from parley_gateway.files_http import AttachmentRoutes
 from parley_gateway.front import Front, WsRoute, json_response
 from parley_gateway.front_http import ASGIApp
@@ -40,41 +39,10 @@ from parley_gateway.slim import slim_after_handshake
 
 logger = logging.getLogger(__name__)
 
-_FRAME_KEYS = frozenset({"event", "id", "data"})
-# Commands relayed as-is to the conversation service (or the agent bridge for tool:call).
-_RELAYED = frozenset(
-    {
-        Event.CONVERSATION_CREATE,
-        Event.CONVERSATION_UPDATE,
-        Event.CONVERSATION_DELETE,
-        Event.MESSAGE_SEND,
-        Event.MESSAGE_EDIT,
-        Event.MESSAGE_DELETE,
-        Event.MESSAGE_REACT,
-        Event.MESSAGE_STOP,
-        Event.TOOL_CALL,
-        Event.TASK_CREATE,
-        Event.CONVERSATION_READ,
-    }
-)
-_RECEIPT_KEYS = ("unreadCount", "readSeq", "cursors")
-_INVALID = object()  # a frame that is not JSON
 # On disconnect, how long the connection's commands in flight may still take.
 _CLOSE_GRACE_SECONDS = 2.0
 # A resume waits at most this long for the session's previous connection to be cleaned up.
 _CLEANUP_WAIT_SECONDS = _CLOSE_GRACE_SECONDS + 3.0
-
-
-def _chain_key(frame: dict[str, Any]) -> str | None:
-    data = frame.get("data")
-    if isinstance(data, dict):
-        cid = data.get("conversationId")
-        if isinstance(cid, str):
-            return cid
-    return None
-
-
-_CONTENT_CHECKED = frozenset({Event.MESSAGE_SEND, Event.MESSAGE_EDIT})
 
 
 def parse_since(raw: str, limit: int) -> dict[str, int]:
@@ -101,7 +69,7 @@ def parse_since(raw: str, limit: int) -> dict[str, int]:
     return out
 
 
-class Gateway:
+class Gateway(Commands):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
@@ -317,290 +285,6 @@ class Gateway:
             logger.exception("cleanup of %r failed", conn)
         if not conn.kicked:
             await hub.save_session(conn, joined)
-
-    async def submit(self, conn: Conn, message: str | bytes) -> None:
-        """Start one client frame's command; waits only while MAX_IN_FLIGHT are running."""
-        start = time.perf_counter()
-        try:
-            frame = jsonutil.loads(message)
-        except ValueError:
-            frame = _INVALID
-        if not isinstance(frame, dict):
-            self.bad_frame(conn, frame)
-            return
-        await self.submit_frame(conn, frame, start)
-
-    async def submit_frame(self, conn: Conn, frame: dict[str, Any], start: float) -> None:
-        """Start one command (a JSON object); waits only while MAX_IN_FLIGHT are running."""
-        pipe = conn.pipe
-        if pipe is None:
-            pipe = conn.pipe = Pipeline()
-        await pipe.slots.acquire()
-        conn.pipe = pipe  # dropped meanwhile if everything finished: the same one, now empty
-        key = _chain_key(frame)
-        prev = pipe.chains.get(key)
-        conn.busy += 1
-        task = asyncio.get_running_loop().create_task(
-            self._run(conn, pipe, key=key, prev=prev, frame=frame, start=start)
-        )
-        pipe.chains[key] = task
-        pipe.tasks.add(task)
-
-    async def _run(
-        self,
-        conn: Conn,
-        pipe: Pipeline,
-        *,
-        key: str | None,
-        prev: asyncio.Task[None] | None,
-        frame: dict[str, Any],
-        start: float,
-    ) -> None:
-        me = asyncio.current_task()
-        try:
-            if prev is not None and not prev.done():
-                await asyncio.wait((prev,))  # the previous command of this chain first
-            await self.on_command(conn, frame, start)
-        finally:
-            conn.busy -= 1
-            pipe.slots.release()
-            pipe.tasks.discard(me)
-            if pipe.chains.get(key) is me:
-                del pipe.chains[key]
-            if not pipe.tasks and conn.pipe is pipe:
-                conn.pipe = None
-
-    def bad_frame(self, conn: Conn, frame: object) -> None:
-        """A frame that is not a JSON object: an ``error`` frame (no id to answer)."""
-        # Garbage counts against the rate limit too (a flood of it gets RATE_LIMITED).
-        if not conn.bucket.take():
-            self.metrics.commands.labels("-", "RATE_LIMITED").inc()
-            conn.send(envelopes.error_frame(ErrorCode.RATE_LIMITED, self._rate_message))
-            return
-        if frame is _INVALID:
-            self.metrics.commands.labels("-", "invalid_json").inc()
-            conn.send(envelopes.error_frame(ErrorCode.VALIDATION_ERROR, "invalid JSON"))
-        else:
-            self.metrics.commands.labels("-", "not_object").inc()
-            conn.send(
-                envelopes.error_frame(ErrorCode.VALIDATION_ERROR, "a frame must be a JSON object")
-            )
-
-    async def on_command(self, conn: Conn, frame: dict[str, Any], start: float) -> None:
-        """One command (a JSON object): validate, dispatch, reply exactly once if it has an id."""
-        cmd_id = frame.get("id")
-        if cmd_id is not None and not envelopes.is_command_id(cmd_id):
-            conn.send(
-                envelopes.error_frame(
-                    ErrorCode.VALIDATION_ERROR,
-                    "id must be a string of 1-128 characters or an integer",
-                    {"field": "id"},
-                )
-            )
-            return
-        name = frame.get("event")
-        reply_event = name if isinstance(name, str) and len(name) <= 64 else Event.ERROR.value
-        event = parse_command(name)
-        label = event.value if event is not None else "unknown"
-        try:
-            if event is None:
-                raise ParleyError(
-                    ErrorCode.UNKNOWN_EVENT,
-                    f"unknown event {name!r}" if isinstance(name, str) else "event is required",
-                    {"field": "event"},
-                )
-            extra = set(frame) - _FRAME_KEYS
-            if extra:
-                raise ParleyError(
-                    ErrorCode.VALIDATION_ERROR,
-                    f"unknown field {sorted(extra)[0]!r}",
-                    {"field": sorted(extra)[0]},
-                )
-            if not conn.bucket.take():
-                raise ParleyError(
-                    ErrorCode.RATE_LIMITED,
-                    self._rate_message,
-                    {"limit": self.settings.commands_per_second},
-                )
-            if not may_send(conn.principal.kind, event):
-                raise ParleyError(
-                    ErrorCode.FORBIDDEN, f"a {conn.principal.kind.value} may not send {event.value}"
-                )
-            data = frame.get("data", {})
-            if data is None:
-                data = {}
-            if event in _CONTENT_CHECKED and isinstance(data, dict):
-                content = data.get("content")
-                if isinstance(content, str) and len(content) > self.settings.max_content_chars:
-                    raise ParleyError(
-                        ErrorCode.PAYLOAD_TOO_LARGE,
-                        f"content is longer than {self.settings.max_content_chars} characters",
-                        {"field": "content", "limit": self.settings.max_content_chars},
-                    )
-            parse_payload(event, data)
-            envelope = await self.dispatch(conn, event, data)
-            if envelope is None:  # success without data: no envelope unless a reply is due
-                self.metrics.commands.labels(label, "ok").inc()
-                self.metrics.command_latency.labels(label).observe(time.perf_counter() - start)
-                if cmd_id is not None:
-                    conn.send(envelopes.reply_frame(reply_event, cmd_id, envelopes.ok(None)))
-                return
-        except ParleyError as exc:
-            envelope = envelopes.fail_from(exc)
-        except Exception:
-            logger.exception("command %s failed", label)
-            envelope = envelopes.fail(ErrorCode.INTERNAL_ERROR, "internal error")
-        outcome = "ok" if envelope["success"] else str(envelope["error"]["code"])
-        self.metrics.commands.labels(label, outcome).inc()
-        self.metrics.command_latency.labels(label).observe(time.perf_counter() - start)
-        if cmd_id is not None:
-            conn.send(envelopes.reply_frame(reply_event, cmd_id, envelope))
-        elif not envelope["success"]:
-            conn.send({"event": Event.ERROR.value, **envelope})
-
-    async def dispatch(
-        self, conn: Conn, event: Event, data: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """The reply envelope of a command; ``None`` for a success with ``data: null``."""
-        hub = self.hub
-        if event in _RELAYED:
-            # Every relayed command writes: it carries an idempotency key, so that a retry
-            # (Hub.request, on another replica) is applied once. The client's clientMessageId
-            # for a message, else one made here.
-            body = hub.command_body(conn.principal, data)
-            cmid = data.get("clientMessageId") if event is Event.MESSAGE_SEND else None
-            body["idempotencyKey"] = cmid if isinstance(cmid, str) and cmid else new_id("idem")
-            return await hub.request(subjects.command(event), body)
-        if event is Event.CONVERSATION_JOIN:
-            since = data.get("sinceSeq")
-            return await self.join(conn, data["conversationId"], since)
-        if event is Event.CONVERSATION_LEAVE:
-            # Watching, not membership (Socket.IO room semantics): unsubscribe this
-            # connection and nothing else. Quitting is conversation:update removing oneself.
-            cid = data["conversationId"]
-            await hub.leave(conn, cid)
-            return envelopes.ok({"conversationId": cid, "watching": False})
-        if event in (Event.TYPING_START, Event.TYPING_STOP):
-            cid = data["conversationId"]
-            if cid not in conn.joined:
-                # Joined = a current participant: a removal evicts the connection (hub.evict).
-                raise ParleyError(
-                    ErrorCode.FORBIDDEN,
-                    "not joined: join the conversation (as a participant) before typing events",
-                )
-            p = conn.principal
-            payload = {
-                "conversationId": cid,
-                "principalId": p.id,
-                "kind": p.kind.value,
-                "name": p.name,
-            }
-            # Everyone in the conversation but the sending connection (origin header).
-            frame = envelopes.event_frame(event, payload, conversation_id=cid)
-            await hub.publish(cid, frame, origin=conn.session_id)
-            return None
-        if event in (Event.PRESENCE_ONLINE, Event.PRESENCE_OFFLINE):
-            status = data.get("status")
-            for cid in list(conn.joined):
-                await hub.publish_presence(
-                    conn, cid, online=event is Event.PRESENCE_ONLINE, status=status
-                )
-            return envelopes.ok({"conversations": len(conn.joined)})
-        raise ParleyError(ErrorCode.UNKNOWN_EVENT, f"unsupported command {event.value}")
-
-    async def rejoin(self, conn: Conn, joined: dict[str, int], *, quiet: bool = False) -> None:
-        """Join again each conversation a resumed or moved connection had, from its seq;
-        a conversation that refuses is one ``error`` frame naming it, not the end of it."""
-        for cid, seq in joined.items():
-            try:
-                env = await self.join(conn, cid, seq, quiet=quiet)
-            except ParleyError as exc:
-                env = envelopes.fail_from(exc)
-            if not env["success"]:
-                details = dict(env["error"].get("details") or {})
-                details["conversationId"] = cid
-                conn.send(
-                    envelopes.error_frame(
-                        ErrorCode(env["error"]["code"]), env["error"]["message"], details
-                    )
-                )
-
-    async def join(
-        self, conn: Conn, cid: str, since: int | None, *, quiet: bool = False
-    ) -> dict[str, Any]:
-        """conversation:join — authorize, subscribe, replay seq > since, then live events.
-
-        ``quiet``: no ``conversation:joined`` and no presence (a connection moving to this
-        gateway with its conversations, see parley_gateway.sio.relay).
-        """
-        hub = self.hub
-        if cid not in conn.joined and len(conn.joined) >= self.settings.max_conversations:
-            raise ParleyError(
-                ErrorCode.RATE_LIMITED,
-                f"at most {self.settings.max_conversations} conversations per connection",
-                {"limit": self.settings.max_conversations},
-            )
-        was_member = cid in conn.joined
-        conv = await hub.acquire(cid)  # subscribe before asking where the conversation stands
-        if was_member:  # a re-join replays from sinceSeq again; the subscription stays
-            await hub.leave(conn, cid, announce=False)
-        joined = False
-        try:
-            body = hub.command_body(conn.principal, {"conversationId": cid})
-            envelope = await hub.request(subjects.command(Event.CONVERSATION_JOIN), body)
-            if not envelope["success"]:
-                return envelope
-            info = envelope.get("data") or {}
-            last_seq = info.get("lastSeq")
-            if not isinstance(last_seq, int):
-                last_seq = 0
-            epoch = info.get("epoch")
-            if not isinstance(epoch, int):
-                epoch = 0
-            if not quiet:
-                conn.send(
-                    envelopes.event_frame(
-                        Event.CONVERSATION_JOINED,
-                        {
-                            "conversation": info.get("conversation"),
-                            "lastSeq": last_seq,
-                            "sinceSeq": since,
-                            "epoch": epoch,
-                            # Receipts (docs/protocol.md 3.6): the caller's unread count and
-                            # read seq, the members' read and delivery cursors.
-                            **{k: info[k] for k in _RECEIPT_KEYS if k in info},
-                        },
-                        conversation_id=cid,
-                        epoch=epoch,
-                    )
-                )
-            if not await hub.join(conn, cid, since, last_seq, epoch):
-                return envelopes.fail(
-                    ErrorCode.FORBIDDEN, "you are no longer a participant of this conversation"
-                )
-            joined = True
-            key = (conn.principal.kind, conn.principal.id)
-            if (
-                not quiet
-                and not was_member
-                and not any(
-                    m is not conn and (m.principal.kind, m.principal.id) == key
-                    for m in conv.members
-                )
-            ):
-                await hub.publish_presence(conn, cid, online=True)
-            return envelopes.ok(
-                {
-                    "conversation": info.get("conversation"),
-                    "lastSeq": last_seq,
-                    "sinceSeq": since,
-                    "epoch": epoch,
-                    "deliveredSeq": conn.joined.get(cid, last_seq),
-                }
-            )
-        finally:
-            if not joined:
-                await hub.release(conv)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from parley_contract.attachments import DEFAULT_ALLOWED_TYPES, allowed_types
 from parley_contract.auth import DEV_JWT_SECRET, JwtConfig, check_secret_for_environment
 from parley_contract.claims import parse_kind_rules
-from parley_contract.commands import MAX_CONTENT_CHARS
+from parley_contract.limits import MAX_CONTENT_CHARS
 from parley_gateway.origins import OriginPolicy
 from parley_runtime.filestore import FileStoreSettings
 from parley_runtime.settings import ServiceSettings
@@ -61,10 +61,6 @@ class Settings(FileStoreSettings, ServiceSettings):  # store settings shared wit
     # Largest accepted WebSocket frame (bytes); a bigger one closes the connection with 1009.
     max_frame_bytes: int = Field(
         default=64 * 1024, ge=1024, validation_alias=_env("PARLEY_GATEWAY_MAX_FRAME_BYTES")
-    )
-    # Longest message content (characters); longer gets PAYLOAD_TOO_LARGE.
-    max_content_chars: int = Field(
-        default=MAX_CONTENT_CHARS, ge=1, validation_alias=_env("PARLEY_GATEWAY_MAX_CONTENT_CHARS")
     )
     # Sustained commands per second per connection (token bucket, burst = 2x).
     commands_per_second: float = Field(
@@ -193,7 +189,8 @@ class Settings(FileStoreSettings, ServiceSettings):  # store settings shared wit
         """The limits announced in connected.limits."""
         return {
             "maxFrameBytes": self.max_frame_bytes,
-            "maxContentChars": self.max_content_chars,
+            # The contract's limit (limits.py), checked where message:send/edit is validated.
+            "maxContentChars": MAX_CONTENT_CHARS,
             "commandsPerSecond": self.commands_per_second,
             "maxConversations": self.max_conversations,
             "sendQueueBytes": self.send_queue_limit,

@@ -1,0 +1,49 @@
+"""The conversation service's Prometheus metrics (one registry per replica, served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "parley_conversation_requests_total",
+            "Requests handled, by operation and outcome (ok or error code).",
+            ["operation", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "parley_conversation_request_seconds",
+            "Time from request received to reply sent.",
+            ["operation"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.batch = Histogram(
+            "parley_conversation_batch_size",
+            "Durable writes committed together (group commit).",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "parley_conversation_in_flight",
+            "Requests being handled right now.",
+            registry=self.registry,
+        )
+        self.projection_failures = Counter(
+            "parley_conversation_projection_failures_total",
+            "Batches whose messages or totals could not be written after their events were.",
+            registry=self.registry,
+        )
+        self.publish_failures = Counter(
+            "parley_conversation_publish_failures_total",
+            "Frames stored but not published live (gateways gap-fill them).",
+            registry=self.registry,
+        )
+        self.agent_turn_failures = Counter(
+            "parley_conversation_agent_turn_publish_failures_total",
+            "Attempts to publish an agent turn that JetStream did not acknowledge (retried).",
+            registry=self.registry,
+        )
