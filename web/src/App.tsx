@@ -1,5 +1,5 @@
 /** The Parley chat page: sign-in, conversation list, the open conversation, connection state. */
-import { useCallback, useEffect, useRef, useState } from 'react';
+import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
 import { ConversationPane } from './components/ConversationPane';
 import { DevPanel } from './components/DevPanel';
 import { Avatar } from './components/Avatar';
@@ -13,6 +13,7 @@ import { conversationInUrl, pushConversation, replaceConversation } from './rout
 import { emptyConv } from './store';
 import { useActions } from './useActions';
 import { useParley } from './useParley';
+import { FileAccess } from './components/Attachments';
 
 const TOKEN_KEY = 'parley.token';
 const DEV_KEY = 'parley.devPanel';
@@ -67,6 +68,13 @@ export function App() {
   }, []);
   const p = useParley(token, refused, deleted);
   const { client, views, dispatch, setNotice } = p;
+  const files = useMemo(
+    () =>
+      client
+        ? { absolute: (url: string) => client.absoluteUrl(url), objectUrl: (id: string) => client.attachmentObjectUrl(id) }
+        : null,
+    [client],
+  );
   p.openRef.current = openId;
   const [newChat, setNewChat] = useState(false);
   const [settings, setSettings] = useState(false);
@@ -258,6 +266,7 @@ export function App() {
           onOpen={open}
           onNewChat={() => setNewChat(true)}
         />
+        <FileAccess.Provider value={files}>
         <main className="main">
           {view ? (
             <ConversationPane
@@ -286,6 +295,7 @@ export function App() {
           )}
           {devPanel && <DevPanel client={client} log={p.log} openId={openId} />}
         </main>
+        </FileAccess.Provider>
       </div>
       {newChat && (
         <NewChatDialog

@@ -14,6 +14,7 @@
 // `make generate`); a test fails when they drift from the Python models.
 import { Event } from './generated/contract';
 import type {
+  Attachment,
   ConnectedData as GeneratedConnectedData,
   Conversation,
   ErrorBody as GeneratedErrorBody,
@@ -580,18 +581,83 @@ export class ParleyClient {
     return this.request<Conversation>(Ev.CONVERSATION_CREATE, data);
   }
 
-  /** Post a text message; idempotent by clientMessageId, so it is retried across reconnects. */
+  /** Post a text message; idempotent by clientMessageId, so it is retried across reconnects.
+   * `attachmentIds`: files uploaded first (uploadAttachment), sent by id. */
   sendMessage(
     conversationId: string,
     content: string,
     clientMessageId: string = newClientMessageId(),
     parentMessageId?: string | null,
+    attachmentIds?: string[],
   ): Promise<Message> {
     return this.request<Message>(
       Ev.MESSAGE_SEND,
-      { conversationId, content, clientMessageId, ...(parentMessageId ? { parentMessageId } : {}) },
+      {
+        conversationId,
+        content,
+        clientMessageId,
+        ...(parentMessageId ? { parentMessageId } : {}),
+        ...(attachmentIds?.length ? { attachments: attachmentIds } : {}),
+      },
       { retry: true, timeoutMs: 60000 },
     );
+  }
+
+  /** Upload one file to a conversation (POST /v1/conversations/{id}/attachments, the raw
+   * body); XMLHttpRequest for its upload progress. `abort()` cancels it. */
+  uploadAttachment(
+    conversationId: string,
+    file: Blob & { name?: string },
+    onProgress?: (sent: number, total: number) => void,
+  ): { done: Promise<Attachment>; abort: () => void } {
+    const url = new URL(
+      `/v1/conversations/${encodeURIComponent(conversationId)}/attachments`,
+      this.currentBase,
+    );
+    url.searchParams.set('filename', file.name || 'file');
+    const xhr = new XMLHttpRequest();
+    const done = new Promise<Attachment>((resolve, reject) => {
+      xhr.open('POST', url.toString());
+      xhr.setRequestHeader('Authorization', `Bearer ${this.opts.token}`);
+      xhr.setRequestHeader('Content-Type', file.type || 'application/octet-stream');
+      xhr.upload.onprogress = (e) => onProgress?.(e.loaded, e.lengthComputable ? e.total : file.size);
+      xhr.onload = () => {
+        let body: { data?: Attachment; error?: ErrorBody } | null = null;
+        try {
+          body = JSON.parse(xhr.responseText);
+        } catch {
+          body = null;
+        }
+        if (xhr.status === 201 && body?.data) resolve(body.data);
+        else
+          reject(
+            new ParleyError(
+              body?.error?.code ?? `HTTP_${xhr.status}`,
+              body?.error?.message ?? `upload failed (${xhr.status || 'network error'})`,
+              body?.error?.details,
+            ),
+          );
+      };
+      xhr.onerror = () => reject(new ParleyError('NETWORK', 'upload failed: network error'));
+      xhr.onabort = () => reject(new ParleyError('ABORTED', 'upload cancelled'));
+      xhr.send(file);
+    });
+    return { done, abort: () => xhr.abort() };
+  }
+
+  /** An attachment's bytes with the token (when its signed link has expired): an object URL. */
+  async attachmentObjectUrl(attachmentId: string): Promise<string> {
+    const res = await this.opts.fetchImpl(
+      new URL(`/v1/attachments/${encodeURIComponent(attachmentId)}`, this.currentBase).toString(),
+      { headers: { Authorization: `Bearer ${this.opts.token}` } },
+    );
+    if (!res.ok) throw new ParleyError(`HTTP_${res.status}`, `download failed (${res.status})`);
+    return URL.createObjectURL(await res.blob());
+  }
+
+  /** A url of a message (a path on the gateway) as an absolute URL on the current gateway. */
+  absoluteUrl(url: string): string {
+    return url.startsWith('/') ? new URL(url, this.currentBase).toString() : url;
   }
 
   editMessage(conversationId: string, messageId: string, content: string): Promise<Message> {

@@ -1,6 +1,6 @@
 /** What the user can do: send (with an offline queue and retry), message actions, conversation admin. */
 import { useCallback, useMemo } from 'react';
-import { Ev, newClientMessageId, type Conversation, type Message } from './protocol';
+import { Ev, newClientMessageId, type Attachment, type Conversation, type Message } from './protocol';
 import type { Parley } from './useParley';
 import { upsertConversation } from './views';
 
@@ -21,7 +21,13 @@ export function useActions(p: Parley, openId: string | null) {
       const cid = local.conversationId;
       dispatch({ cid, action: { type: 'message', message: { ...local, messageStatus: 'sending' } } });
       client
-        .sendMessage(cid, local.content, local.clientMessageId ?? newClientMessageId(), local.parentMessageId)
+        .sendMessage(
+          cid,
+          local.content,
+          local.clientMessageId ?? newClientMessageId(),
+          local.parentMessageId,
+          (local.attachments ?? []).map((a) => a.id),
+        )
         .then((stored) => {
           dispatch({ cid, action: { type: 'deleted', messageId: local._id } });
           dispatch({ cid, action: { type: 'message', message: stored } });
@@ -35,7 +41,7 @@ export function useActions(p: Parley, openId: string | null) {
   );
 
   const send = useCallback(
-    (content: string, parentMessageId?: string | null) => {
+    (content: string, parentMessageId?: string | null, attachments?: Attachment[]) => {
       if (!openId) return;
       const clientMessageId = newClientMessageId();
       deliver({
@@ -46,6 +52,7 @@ export function useActions(p: Parley, openId: string | null) {
         content,
         clientMessageId,
         parentMessageId: parentMessageId ?? null,
+        ...(attachments?.length ? { attachments } : {}),
         messageStatus: 'sending',
         createdBy: self,
         createdAt: new Date().toISOString(),
@@ -66,6 +73,12 @@ export function useActions(p: Parley, openId: string | null) {
     () => ({
       send,
       retry: deliver,
+      upload: (cid: string, file: File, onProgress: (sent: number, total: number) => void) => {
+        if (!client) {
+          return { done: Promise.reject(new Error('not connected')), abort: () => undefined };
+        }
+        return client.uploadAttachment(cid, file, onProgress);
+      },
       edit: (m: Message, content: string) =>
         client?.editMessage(m.conversationId, m._id, content).catch(fail('Cannot edit')),
       remove: (m: Message) => client?.deleteMessage(m.conversationId, m._id).catch(fail('Cannot delete')),

@@ -1,6 +1,49 @@
 /** What a message carries: images inline (click for a lightbox), other files as chips. */
-import { useEffect, useState } from 'react';
+import { createContext, useContext, useEffect, useState } from 'react';
 import type { Attachment } from '../protocol';
+
+/** How the page reaches the files: a message's url (a signed link, a path on the gateway)
+ * made absolute on the current gateway, and the bytes with the token once a link expired. */
+export interface FileAccessApi {
+  absolute: (url: string) => string;
+  objectUrl: (attachmentId: string) => Promise<string>;
+}
+export const FileAccess = createContext<FileAccessApi | null>(null);
+
+/** The image's src: the message's url, then (if that fails: expired) the bytes by token. */
+function useImageSrc(a: Attachment): [string, () => void] {
+  const files = useContext(FileAccess);
+  const first = safeUrl(files ? files.absolute(a.url) : a.url) ?? '';
+  const [src, setSrc] = useState(first);
+  const [retried, setRetried] = useState(false);
+  useEffect(() => setSrc(first), [first]);
+  const onError = () => {
+    if (retried || !files) return;
+    setRetried(true);
+    files.objectUrl(a.id).then(setSrc, () => undefined);
+  };
+  return [src, onError];
+}
+
+function InlineImage({ a, onOpen }: { a: Attachment; onOpen: () => void }) {
+  const [src, onError] = useImageSrc(a);
+  return (
+    <button
+      type="button"
+      className="att-image"
+      onClick={onOpen}
+      aria-label={`Open image ${a.filename}`}
+      data-testid="attachment-image"
+    >
+      <img src={src} alt={a.filename} loading="lazy" onError={onError} />
+    </button>
+  );
+}
+
+function LightboxImage({ a }: { a: Attachment }) {
+  const [src, onError] = useImageSrc(a);
+  return <img src={src} alt={a.filename} onError={onError} />;
+}
 
 export function formatSize(bytes: number): string {
   if (!Number.isFinite(bytes) || bytes < 0) return '';
@@ -30,6 +73,8 @@ function kindOf(a: Attachment): string {
 
 export function Attachments({ list }: { list: Attachment[] | null | undefined }) {
   const [open, setOpen] = useState<Attachment | null>(null);
+  const access = useContext(FileAccess);
+  const abs = (url: string) => (access ? access.absolute(url) : url);
   useEffect(() => {
     if (!open) return;
     const onKey = (e: KeyboardEvent) => e.key === 'Escape' && setOpen(null);
@@ -44,23 +89,14 @@ export function Attachments({ list }: { list: Attachment[] | null | undefined })
       {images.length > 0 && (
         <div className="att-images">
           {images.map((a) => (
-            <button
-              type="button"
-              key={a.id}
-              className="att-image"
-              onClick={() => setOpen(a)}
-              aria-label={`Open image ${a.filename}`}
-              data-testid="attachment-image"
-            >
-              <img src={safeUrl(a.url) ?? ''} alt={a.filename} loading="lazy" />
-            </button>
+            <InlineImage key={a.id} a={a} onOpen={() => setOpen(a)} />
           ))}
         </div>
       )}
       {files.length > 0 && (
         <ul className="att-files">
           {files.map((a) => {
-            const href = safeUrl(a.url);
+            const href = safeUrl(abs(a.url));
             const body = (
               <>
                 <span className="att-kind" aria-hidden="true">
@@ -97,7 +133,7 @@ export function Attachments({ list }: { list: Attachment[] | null | undefined })
           onClick={() => setOpen(null)}
           data-testid="lightbox"
         >
-          <img src={safeUrl(open.url) ?? ''} alt={open.filename} />
+          <LightboxImage a={open} />
           <div className="lightbox-bar">
             <span>
               {open.filename} · {formatSize(open.size)}

@@ -224,13 +224,14 @@ export function ConversationPane(props: PaneProps) {
       <Composer
         disabled={connection === 'closed'}
         busy={busy}
-        onSend={(text) => {
-          actions.send(text, replyTo?._id ?? null);
+        onSend={(text, attachments) => {
+          actions.send(text, replyTo?._id ?? null, attachments);
           setReplyTo(null);
           toBottom();
         }}
         onStop={actions.stop}
         onTyping={actions.typing}
+        onUpload={(file, progress) => actions.upload(view.conversationId, file, progress)}
         conversationId={view.conversationId}
         replyTo={
           replyTo
