@@ -104,11 +104,6 @@ class _Event:
             offset = jsonutil.dumps(offset_of(self.cid, self.seq, joined))
         return codec.event_packet(self.event, self.frame, offset)
 
-    def shared(self, joined: dict[str, int]) -> bool:
-        """The packet of a connection in ``joined`` is the same for every receiver: the
-        event is ephemeral, or its conversation is the connection's only one."""
-        return self.cid is None or not joined or (len(joined) == 1 and self.cid in joined)
-
 
 def parse_event(frame: memoryview | bytes) -> _Event | None:
     try:
@@ -314,9 +309,11 @@ class SioConn(Conn):
         event = last.event if frame is last.wire else last.event_for(frame)
         if event is None:
             return False
-        if not event.shared(self.joined):
+        cid, joined = event.cid, self.joined
+        if cid is not None and joined and (len(joined) > 1 or cid not in joined):
             # In several conversations: the offset names them all (one packet per receiver).
-            return self._out(event.packet(self.joined), None)
+            # Otherwise the packet is the same for every receiver, built once per event.
+            return self._out(event.packet(joined), None)
         if self.eio.ws is not None:  # the fan-out path: as few steps as possible
             ws_frame = last.ws_frame or last.ws_frame_for(frame)
             if ws_frame is None:
