@@ -14,9 +14,13 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+NATS_NODES = ("nats", "nats-2", "nats-3")
 SECRETS = {
     "PARLEY_JWT_SECRET": "x" * 48,
     "PARLEY_MONGODB_PASSWORD": "pw0123456789",
+    "PARLEY_NATS_GATEWAY_PASSWORD": "gw0123456789",
+    "PARLEY_NATS_CONVERSATION_PASSWORD": "cv0123456789",
+    "PARLEY_NATS_AGENT_BRIDGE_PASSWORD": "ab0123456789",
 }
 
 
@@ -58,7 +62,7 @@ def test_docker_compose_config_accepts_the_file() -> None:
             "interpolation and structure checks below still run"
         )
     env = {**os.environ, **SECRETS}
-    for profiles in ([], ["--profile", "nats-cluster", "--profile", "monitoring"]):
+    for profiles in ([], ["--profile", "monitoring"]):
         result = subprocess.run(
             [*argv, "-f", str(REPO / "docker-compose.yml"), *profiles, "config", "--quiet"],
             capture_output=True,
@@ -117,7 +121,7 @@ def test_compose_runs_production_mode_with_the_expected_topology(dt: ModuleType)
     for name, service in parley.items():
         env = dt.compose_environment(service)
         assert env["PARLEY_ENVIRONMENT"] == "production", name
-        assert env["NATS_URL"] == "nats://nats:4222", name
+        assert env["NATS_URL"].split(",") == [f"nats://{h}:4222" for h in NATS_NODES], name
         assert service["stop_signal"] == "SIGTERM", name
         assert service.get("read_only") is True, name
     ids = [dt.compose_environment(parley[f"gateway-{i}"])["PARLEY_INSTANCE_ID"] for i in (1, 2, 3)]

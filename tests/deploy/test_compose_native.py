@@ -7,7 +7,10 @@ service's `command`, `environment` (interpolated, production mode, a generated J
 `deploy.replicas` and `depends_on`, maps compose hostnames to 127.0.0.1 (nats -> the test's
 nats-server, mongodb -> the test's MongoDB-wire store, each service's own port -> a free
 port, bind-mounted and in-image paths -> their source in the repository), starts them in
-dependency order with ManagedProcess, waits on each one's compose healthcheck URL
+dependency order with ManagedProcess against three local nats-server processes run from the
+compose NATS configuration (deploy/nats/cluster.conf and auth.conf, addresses aside;
+parley_devstack.natscluster) with the compose NATS passwords, so every service connects
+with its own NATS user, waits on each one's compose healthcheck URL
 (/readyz), then uses the stack as a client would through a gateway, and stops everything
 with SIGTERM as `docker compose down` does.
 
@@ -37,12 +40,18 @@ import pytest
 from parley_client import ErrorCode, ParleyClient, ParleyError
 from parley_contract.auth import mint_token
 from parley_contract.events import PrincipalKind
-from parley_devstack.servers import ManagedProcess, NatsServer, StoreServer, free_port
+from parley_devstack.natscluster import NatsCluster
+from parley_devstack.servers import ManagedProcess, StoreServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # Paths that exist inside an image, and where the same content is in the repository.
 IMAGE_PATHS = {"/app/web/dist": REPO / "web" / "dist"}
 READY_TIMEOUT = 90.0
+NATS_HOSTS = ("nats", "nats-2", "nats-3")
+NATS_PASSWORDS = {
+    f"PARLEY_NATS_{r}_PASSWORD": secrets.token_hex(12)
+    for r in ("GATEWAY", "CONVERSATION", "AGENT_BRIDGE")
+}
 
 
 @dataclass
@@ -161,9 +170,8 @@ def jwt_secret() -> str:
 
 
 @pytest.fixture
-def stack(  # noqa: PLR0917 (fixtures are positional by nature)
+def stack(
     dt: ModuleType,
-    nats_server: NatsServer,
     store_server: StoreServer,
     db_name: str,
     jwt_secret: str,
@@ -174,15 +182,25 @@ def stack(  # noqa: PLR0917 (fixtures are positional by nature)
             "PARLEY_JWT_SECRET": jwt_secret,
             "PARLEY_MONGODB_PASSWORD": "unused0native0run",
             "MONGODB_DATABASE": db_name,
+            **NATS_PASSWORDS,
         }
     )
+    # The compose NATS nodes: the same config text, the passwords compose gives them.
+    cluster = NatsCluster(tmp_path / "nats")
+    nats_env = dt.compose_environment(compose["services"]["nats"])
+    for role in ("gateway", "conversation", "agent-bridge"):
+        cluster.passwords[role] = nats_env[f"PARLEY_NATS_{role.upper().replace('-', '_')}_PASSWORD"]
+    cluster.start()
     parley = {
         name: service
         for name, service in compose["services"].items()
         if dt.compose_module(service) is not None
     }
     endpoints = {
-        ("nats", 4222): ("127.0.0.1", nats_server.port),
+        **{
+            (host, 4222): ("127.0.0.1", node.port)
+            for host, node in zip(NATS_HOSTS, cluster.nodes, strict=True)
+        },
         ("mongodb", 27017): ("127.0.0.1", store_server.port),
     }
     units: list[Unit] = []
@@ -217,6 +235,7 @@ def stack(  # noqa: PLR0917 (fixtures are positional by nature)
         for unit in reversed(units):
             assert unit.process is not None
             unit.process.stop(timeout=30)
+        cluster.stop()
 
 
 async def _start_in_dependency_order(units: list[Unit]) -> None:

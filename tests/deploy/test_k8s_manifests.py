@@ -182,7 +182,9 @@ def test_nats_is_a_three_node_jetstream_cluster_with_matching_routes(dt: ModuleT
     assert service in services and "nats" in services
     for deployment in _deployments(dt).values():
         env = dt.k8s_container_env(_container(deployment), docs)
-        assert env["NATS_URL"] == "nats://nats:4222"
+        assert env["NATS_URL"].split(",") == [
+            f"nats://nats-{i}.{service}.parley.svc.cluster.local:4222" for i in range(3)
+        ]
 
 
 def test_ingress_routes_to_the_gateway_service_with_websocket_timeouts(dt: ModuleType) -> None:

@@ -20,7 +20,14 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SECRETS = {"PARLEY_JWT_SECRET": "x" * 48, "PARLEY_MONGODB_PASSWORD": "pw0123456789"}
+SECRETS = {
+    "PARLEY_JWT_SECRET": "x" * 48,
+    "PARLEY_MONGODB_PASSWORD": "pw0123456789",
+    **{
+        f"PARLEY_NATS_{r}_PASSWORD": "pw0123456789"
+        for r in ("GATEWAY", "CONVERSATION", "AGENT_BRIDGE")
+    },
+}
 # Variables of the agents file's api_key_env (read with os.environ, not Settings).
 LIBRARY_READS = {"agent-bridge": set[str]()}
 
@@ -167,7 +174,11 @@ def test_nats_max_payload_carries_the_largest_reply(
     reply = int(cls.model_fields[field.split(".")[1]].default)
     config_map = next(d for d in dt.k8s_docs() if d.kind == "ConfigMap" and d.name == "nats-config")
     confs = [config_map.body["data"]["nats.conf"]]
-    confs += [p.read_text() for p in sorted((REPO / "deploy" / "nats").glob("*.conf"))]
+    confs += [
+        p.read_text()
+        for p in sorted((REPO / "deploy" / "nats").glob("*.conf"))
+        if p.name != "auth.conf"  # the users (included by the server config)
+    ]
     for conf in confs:
         match = re.search(r"^\s*max_payload:\s*(\S+)", conf, re.M)
         assert match, "set max_payload explicitly"

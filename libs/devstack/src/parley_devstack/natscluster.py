@@ -86,6 +86,13 @@ class NatsCluster:
     def url_for(self, role: str) -> str:
         return self.urls(role)
 
+    def role_env(self, role: str) -> dict[str, str]:
+        """A service's NATS environment as compose and k8s give it: every node, no
+        credentials in the URLs (a node the client only learns from the cluster would get
+        none), the role's user and password apart."""
+        servers = ",".join(f"nats://{self.host}:{n.port}" for n in self.nodes)
+        return {"NATS_URL": servers, "NATS_USER": role, "NATS_PASSWORD": self.passwords[role]}
+
     def env(self) -> dict[str, str]:
         """The servers' environment: each role's password, as compose and k8s give it."""
         return {natsconf.password_env(r): self.passwords[r] for r in nats_auth.ROLES}
