@@ -86,5 +86,11 @@ bench: setup
 faults: setup
 	$(UV) run --frozen python -m bench.faults $(S)
 
+# Cluster mode (issue 19): three local NATS nodes from deploy/nats/cluster.conf's text, each
+# killed -9 in turn under load (a follower, the meta leader, each asset's leader), ~4 min.
+.PHONY: faults-cluster
+faults-cluster: setup
+	$(UV) run --frozen python -m bench.faults --cluster $(S)
+
 clean:
 	rm -rf .venv var artifacts web/dist web/node_modules bench/loadgen/node_modules tests/socketio/node_modules

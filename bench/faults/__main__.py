@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.faults import report
+from bench.faults.cluster import ClusterTiming, run_cluster
 from bench.faults.scenarios import BY_NAME, SCENARIOS, Timing, run
 
 logger = logging.getLogger("bench.faults")
@@ -27,8 +28,31 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--members", type=int, default=5, help="clients per conversation")
     ap.add_argument("--out", type=Path, help="JSON file (default bench/results/faults-latest.json)")
     ap.add_argument("--table", type=Path, help="only print the table of a results JSON file")
+    ap.add_argument(
+        "--cluster",
+        action="store_true",
+        help="cluster mode (issue 19): 3 NATS nodes, each killed in turn (bench/faults/cluster.py)",
+    )
+    ap.add_argument("--down", type=float, default=8.0, help="cluster: seconds a node stays down")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap.parse_args(argv)
+
+
+async def main_cluster(args: argparse.Namespace) -> list[dict[str, Any]]:
+    timing = ClusterTiming(
+        down=args.down,
+        after=args.after,
+        interval=args.interval,
+        conversations=args.conversations,
+        members=args.members,
+    )
+    if args.scenarios:  # steps: follower, meta-leader, or asset names
+        timing.steps = list(args.scenarios)
+    try:
+        return [await run_cluster(timing)]
+    except Exception as exc:  # a run that cannot run is a failing row, not a crash
+        logger.exception("the cluster scenario could not run")
+        return [{"scenario": "cluster", "ok": False, "why": [f"could not run: {exc!r}"]}]
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -68,13 +92,18 @@ def main(argv: list[str] | None = None) -> int:
         doc = json.loads(args.table.read_text())
         sys.stdout.write(report.table(doc["results"]) + "\n")
         return 0 if doc.get("ok") else 1
-    unknown = [n for n in args.scenarios if n not in BY_NAME]
-    if unknown:
-        logger.error("unknown scenario(s) %s; known: %s", unknown, ", ".join(BY_NAME))
-        return 2
-    results = asyncio.run(main_async(args))
+    if args.cluster:
+        results = asyncio.run(main_cluster(args))
+        out = args.out or report.RESULTS / "faults-cluster-latest.json"
+    else:
+        unknown = [n for n in args.scenarios if n not in BY_NAME]
+        if unknown:
+            logger.error("unknown scenario(s) %s; known: %s", unknown, ", ".join(BY_NAME))
+            return 2
+        results = asyncio.run(main_async(args))
+        out = args.out
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "table")}
-    path = report.write_json(results, settings, args.out)
+    path = report.write_json(results, settings, out)
     sys.stdout.write(report.table(results) + "\n")
     logger.info("results written to %s", path)
     return 0 if all(r.get("ok") for r in results) else 1

@@ -95,6 +95,7 @@ class LoadClient:
         self.reconnects = 0
         self.disconnected_for = 0.0
         self.resume_failures: list[str] = []
+        self.degraded_resumes = 0
         self._seen: dict[str, dict[int, str]] = {}  # conv -> seq -> message id given
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -130,7 +131,16 @@ class LoadClient:
             if resume:
                 self.resume_failures.append("session not found: new session")
                 rejoin = list(self.last_seq)
-            self.session_id = first["data"]["sessionId"]
+        else:
+            data = first.get("data") or {}
+            restored = {c.get("conversationId") for c in data.get("conversations") or []}
+            missing = sorted(set(self.last_seq) - restored)
+            if missing:
+                self.resume_failures.append(f"reconnected without {missing}")
+            if data.get("degraded"):  # sessions unreadable: restored from since (issue 19)
+                self.degraded_resumes += 1
+        # A degraded resume hands out a new session id: always take the one given.
+        self.session_id = first["data"]["sessionId"]
         self._ws = ws
         self._reader = asyncio.create_task(self._read(ws))
         self._up.set()
@@ -287,6 +297,11 @@ class LoadClient:
             await asyncio.sleep(min(0.1 * 2 ** (rec.attempts - 1), 0.5))  # capped backoff
         rec.final_error = rec.errors[-1] if rec.errors else "gave up"
         return rec
+
+    async def drop(self) -> None:
+        """Close the connection as a network failure would: the client resumes at once."""
+        if self._ws is not None:
+            await self._ws.close()
 
     async def close(self) -> None:
         self._closing = True

@@ -29,7 +29,7 @@ from nats.aio.client import Client as NATS
 logger = logging.getLogger(__name__)
 
 MEMORY_SECONDS = 600.0
-MIN_INTERVAL_SECONDS = 120.0
+MIN_INTERVAL_SECONDS = 60.0
 RECONNECT_WAIT_SECONDS = 10.0
 
 
