@@ -13,7 +13,7 @@ from parley_contract import jsonutil, subjects
 from parley_contract.events import Event, PrincipalKind
 from parley_conversation.service import ConversationService
 
-from .conftest import Request, user
+from .conftest import Request, agent, serve_agents, user
 
 CREATE = subjects.command(Event.CONVERSATION_CREATE)
 JOIN = subjects.command(Event.CONVERSATION_JOIN)
@@ -173,3 +173,31 @@ async def test_activity_reaches_members_and_names_are_returned(
     got = await ok(request_, subjects.QUERY_CONVERSATION_GET, {"conversationId": cid}, ALICE)
     names = {p.get("userId"): p.get("name") for p in got["participants"]}
     assert names == {"u-alice": "Alice Liddell", "u-bob": "Bob"}
+
+
+async def test_an_agent_answer_delivers_what_it_answered(
+    service: ConversationService, request_: Request, nc: Client
+) -> None:
+    """An agent bridge has no connection to report delivery: the agent's own stored answer
+    says it received what came before."""
+    await serve_agents(nc, "agent-general")
+    conv = await ok(request_, CREATE, {"agentId": "agent-general"}, ALICE)
+    cid = conv["_id"]
+    events = Frames()
+    await nc.subscribe(subjects.conversation_events(cid), cb=events.cb)
+    q = await ok(request_, SEND, {"conversationId": cid, "content": "question"}, ALICE)
+    answer = {"conversationId": cid, "content": "answer", "parentMessageId": q["_id"]}
+    a = await ok(request_, SEND, answer, agent("agent-general"))
+    frame = next(
+        f
+        for f in await events.wait_for("message:delivered")
+        if f["data"]["cursors"][0]["principalId"] == "agent-general"
+    )
+    assert frame["data"]["cursors"] == [
+        {"principalId": "agent-general", "kind": "agent", "seq": a["seq"]}
+    ]
+    page = await ok(
+        request_, subjects.QUERY_MESSAGES_LIST, {"conversationId": cid, "limit": 10}, ALICE
+    )
+    status = {m["content"]: m["messageStatus"] for m in page["items"] if m["role"] != "system"}
+    assert status == {"question": "delivered", "answer": "sent"}

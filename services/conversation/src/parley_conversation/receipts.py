@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from pydantic import ValidationError
+from pymongo.errors import PyMongoError
 
 from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.errors import ErrorCode, ParleyError
@@ -57,6 +58,9 @@ class Receipts:
         self._reads: dict[str, dict[tuple[PrincipalKind, str], int]] = {}
         self._delivered: dict[str, dict[tuple[PrincipalKind, str], int]] = {}
         self._activity: dict[str, tuple[list[tuple[PrincipalKind, str]], dict[str, Any]]] = {}
+        # (conversation, agent) → the seq of the agent's latest stored message: the agent
+        # received everything before it (an agent bridge has no connection to report it).
+        self._agents: dict[tuple[str, str], int] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ commands
@@ -118,7 +122,14 @@ class Receipts:
             self._schedule()
 
     def activity(self, conv: Conversation, stored: list[Message]) -> None:
-        """New messages were stored in ``conv``: its users' lists should know (coalesced)."""
+        """New messages were stored in ``conv``: its users' lists should know (coalesced), and
+        an agent that wrote has received what came before (delivery, at the next flush)."""
+        for m in stored:
+            if m.role in (Role.ASSISTANT, Role.TOOL) and m.agent_id and m.seq is not None:
+                key = (conv.id, m.agent_id)
+                self._agents[key] = max(self._agents.get(key, 0), m.seq)
+        if self._agents:
+            self._schedule()
         counted = [m for m in stored if m.role is not Role.TOOL and m.seq is not None]
         if not counted:
             return
@@ -198,10 +209,20 @@ class Receipts:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
 
     async def _flush_later(self) -> None:
-        await asyncio.sleep(self.window)
-        await self.flush()
+        while True:
+            await asyncio.sleep(self.window)
+            await self.flush()
+            # What arrived while flushing waits for the next window, not for the next event.
+            if not (self._reads or self._delivered or self._activity or self._agents):
+                return
 
     async def flush(self) -> None:
+        agents, self._agents = self._agents, {}
+        for (cid, agent_id), seq in agents.items():
+            try:
+                await self._delivered_one(cid, PrincipalKind.AGENT, agent_id, seq)
+            except PyMongoError:
+                logger.warning("agent delivery in %s not recorded (store)", cid, exc_info=True)
         reads, self._reads = self._reads, {}
         delivered, self._delivered = self._delivered, {}
         activity, self._activity = self._activity, {}
