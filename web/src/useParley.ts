@@ -266,7 +266,6 @@ export function useParley(
         action: {
           type: 'cursors',
           read: cursors.map((x) => ({ principalId: x.principalId, seq: x.readSeq ?? 0 })),
-          delivered: cursors.map((x) => ({ principalId: x.principalId, seq: x.deliveredSeq ?? 0 })),
         },
       });
     });

@@ -34,6 +34,9 @@ class Frames:
     async def cb(self, msg: Any) -> None:
         self.got.append(jsonutil.loads(msg.data))
 
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [f for f in self.got if f.get("event") == event]
+
     async def wait_for(self, event: str, seconds: float = 5.0) -> list[dict[str, Any]]:
         for _ in range(int(seconds / 0.02)):
             found = [f for f in self.got if f.get("event") == event]
@@ -150,6 +153,22 @@ async def test_delivery_report_marks_messages_delivered(
     await nc.publish(subjects.INTERNAL_DELIVERY, jsonutil.dumps(report))
     with pytest.raises(AssertionError):
         await events.wait_for("message:delivered", seconds=1.5)
+    # A large conversation: 300 members received a new message in one report — one event,
+    # naming one principal that delivered it, and the message delivered.
+    last = await ok(request_, SEND, {"conversationId": cid, "content": "to many"}, ALICE)
+    crowd = [
+        {"conversationId": cid, "kind": "user", "principalId": f"u-{i}", "seq": last["seq"]}
+        for i in range(300)
+    ]
+    await nc.publish(subjects.INTERNAL_DELIVERY, jsonutil.dumps({"items": crowd}))
+    frame = (await events.wait_for("message:delivered"))[0]
+    assert len(frame["data"]["cursors"]) == 1
+    await asyncio.sleep(1.0)
+    assert len(events.events("message:delivered")) == 1
+    page = await ok(
+        request_, subjects.QUERY_MESSAGES_LIST, {"conversationId": cid, "limit": 10}, ALICE
+    )
+    assert {m["content"]: m["messageStatus"] for m in page["items"]}["to many"] == "delivered"
 
 
 async def test_activity_reaches_members_and_names_are_returned(

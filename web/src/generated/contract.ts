@@ -544,7 +544,7 @@ export interface ConversationJoinedData {
   [k: string]: unknown;
 }
 /**
- * Where one member stands in a conversation (docs/protocol.md 3.6).
+ * How far one member has read a conversation (docs/protocol.md 3.6).
  *
  * This interface was referenced by `ParleyContract`'s JSON-Schema
  * via the `definition` "MemberCursor".
@@ -553,7 +553,6 @@ export interface MemberCursor {
   principalId: string;
   kind: PrincipalKind;
   readSeq?: number;
-  deliveredSeq?: number;
   [k: string]: unknown;
 }
 /**
@@ -701,7 +700,7 @@ export interface Task {
   [k: string]: unknown;
 }
 /**
- * ``message:delivered``: delivery cursors that delivered something (coalesced).
+ * ``message:delivered``: principals whose reception delivered messages (coalesced).
  *
  * This interface was referenced by `ParleyContract`'s JSON-Schema
  * via the `definition` "DeliveredData".

@@ -193,7 +193,7 @@ REGISTRY: dict[Event, EventSpec] = {
             _EVT,
             _E,
             _NONE,
-            "messages reached another member's connection (delivery cursors, coalesced)",
+            "messages reached another member's connection (coalesced)",
         ),
         _spec(
             Event.CONVERSATION_ACTIVITY,

@@ -47,12 +47,11 @@ class ConnectedData(_Data):
 
 
 class MemberCursor(_Data):
-    """Where one member stands in a conversation (docs/protocol.md 3.6)."""
+    """How far one member has read a conversation (docs/protocol.md 3.6)."""
 
     principal_id: str
     kind: PrincipalKind
     read_seq: int = 0
-    delivered_seq: int = 0
 
 
 class Cursor(_Data):
@@ -73,7 +72,7 @@ class ReadData(_Data):
 
 
 class DeliveredData(_Data):
-    """``message:delivered``: delivery cursors that delivered something (coalesced)."""
+    """``message:delivered``: principals whose reception delivered messages (coalesced)."""
 
     conversation_id: str
     cursors: list[Cursor]
@@ -113,7 +112,7 @@ class ConversationJoinedData(_Data):
     epoch: int = 0
     # The reply only: the last seq this connection was given (the replay goes up from here).
     delivered_seq: int | None = None
-    # The event (3.6): the caller's unread count and read cursor, the members' cursors.
+    # The event (3.6): the caller's unread count and read cursor, the members' read cursors.
     unread_count: int | None = None
     read_seq: int | None = None
     cursors: list[MemberCursor] | None = None

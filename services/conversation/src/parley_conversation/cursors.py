@@ -1,11 +1,9 @@
-"""Read and delivery cursors, and the display-name directory, in MongoDB (issue 17).
+"""Read cursors and the display-name directory in MongoDB (issue 17).
 
-One document per participant of a conversation (``_id`` = ``<conversationId>:<kind>:<id>``):
-``readSeq`` (how far the principal has read) and ``deliveredSeq`` (how far its connections
-have received the conversation's durable frames, as the gateways report). A cursor only moves
-forward. Nothing is written per message per recipient: a message's ``messageStatus`` turns
-``delivered`` with one ``update_many`` over the seq range a cursor advance covers, and unread
-counts are counted from the log (``messages`` by ``(conversationId, seq)``, capped).
+One document per participant of a conversation (``_id`` = ``<conversationId>:<kind>:<id>``)
+with ``readSeq``, how far the principal has read; it only moves forward. Nothing is written
+per message per recipient: unread counts are counted from the log (``messages`` by
+``(conversationId, seq)``, capped); delivery is parley_conversation.delivery.
 
 The directory ``principals`` (``_id`` = ``<kind>:<id>``) keeps the last ``name`` claim each
 principal's token carried, so participants who are not online still show their names.
@@ -18,7 +16,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
@@ -26,21 +24,28 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from parley_contract.events import PrincipalKind
-from parley_contract.models import MessageStatus, MessageType, Role
+from parley_contract.models import MessageType, Role
+from parley_conversation.entries import LOG_EVENT
 
 logger = logging.getLogger(__name__)
 
-# Unread counts stop at this many (a client shows "99+"): a count scans the log past the
-# cursor, and a principal who never opened a long conversation must not cost a full scan.
+# Unread counts stop at this many (a client shows "99+"), and look at most at SCAN_CAP log
+# entries past the cursor: a principal who never opened a long conversation must not cost a
+# full scan.
 UNREAD_CAP: Final = 100
+SCAN_CAP: Final = 500
 # Message types a person reads (an agent turn's thinking and tool messages are not unread).
-COUNTED_TYPES: Final = [MessageType.TEXT.value, MessageType.ERROR.value, MessageType.SYSTEM.value]
+COUNTED_TYPES: Final = frozenset(
+    {MessageType.TEXT.value, MessageType.ERROR.value, MessageType.SYSTEM.value}
+)
+# What a count reads of each log entry. Only (conversationId, seq) is in the query: on the
+# embedded store any other condition in it (an $or on the author, isActive) made a count of
+# 50 entries cost 40-200 ms instead of 3 ms (bench/experiments/unread_embedded.py).
+_COUNT_FIELDS: Final = {"createdBy": 1, "role": 1, "messageType": 1, "isActive": 1, "event": 1}
 # Most cursors conversation:joined carries (a large conversation's others are left out).
 MAX_CURSORS: Final = 200
 IN_CHUNK: Final = 50
 NAME_CACHE: Final = 10_000
-
-CursorField = Literal["readSeq", "deliveredSeq"]
 
 
 def cursor_id(conversation_id: str, kind: PrincipalKind | str, principal_id: str) -> str:
@@ -51,16 +56,25 @@ def principal_key(kind: PrincipalKind | str, principal_id: str) -> str:
     return f"{PrincipalKind(kind).value}:{principal_id}"
 
 
-def _not_authored_by(kind: PrincipalKind, principal_id: str) -> dict[str, Any]:
-    """A log filter for the messages ``(kind, id)`` did not write (domain.access.is_author:
-    the same id and a role of that kind)."""
+def _roles_of(kind: PrincipalKind) -> frozenset[str]:
+    """The roles of the messages a principal of this kind writes (domain.access.is_author)."""
     if kind is PrincipalKind.USER:
-        roles = [Role.USER.value]
-    elif kind is PrincipalKind.AGENT:
-        roles = [Role.ASSISTANT.value, Role.TOOL.value]
-    else:
-        roles = [Role.SYSTEM.value]
-    return {"$or": [{"createdBy": {"$ne": principal_id}}, {"role": {"$nin": roles}}]}
+        return frozenset({Role.USER.value})
+    if kind is PrincipalKind.AGENT:
+        return frozenset({Role.ASSISTANT.value, Role.TOOL.value})
+    return frozenset({Role.SYSTEM.value})
+
+
+def counts_as_unread(doc: dict[str, Any], kind: PrincipalKind, principal_id: str) -> bool:
+    """A log entry the principal has to read: a message (not another durable event) of a
+    type people read, not deleted, that someone else wrote."""
+    if LOG_EVENT in doc or "role" not in doc:
+        return False
+    if doc.get("messageType", MessageType.TEXT.value) not in COUNTED_TYPES:
+        return False
+    if doc.get("isActive", True) is False:
+        return False
+    return not (doc.get("createdBy") == principal_id and doc.get("role") in _roles_of(kind))
 
 
 class CursorStore:
@@ -79,10 +93,10 @@ class CursorStore:
 
     # ------------------------------------------------------------ cursors
 
-    async def advance(
-        self, field: CursorField, cid: str, kind: PrincipalKind, pid: str, seq: int
-    ) -> int | None:
-        """Move a cursor forward to ``seq``: its previous value, or None if it was there."""
+    async def read_to(self, cid: str, kind: PrincipalKind, pid: str, seq: int) -> int | None:
+        """Move the read cursor forward to ``seq``: its previous value, or None if it was
+        there already (or past it)."""
+        field = "readSeq"
         key = cursor_id(cid, kind, pid)
         try:
             before = await self.cursors.find_one_and_update(
@@ -106,15 +120,14 @@ class CursorStore:
         return await self.cursors.find_one({"_id": cursor_id(cid, kind, pid)})
 
     async def cursors_of(self, cid: str, limit: int = MAX_CURSORS) -> list[dict[str, Any]]:
-        """The conversation's cursors as the wire carries them (``principalId, kind,
-        readSeq, deliveredSeq``), at most ``limit``."""
+        """The conversation's read cursors as the wire carries them (``principalId, kind,
+        readSeq``), at most ``limit``."""
         docs = await self.cursors.find({"conversationId": cid}).limit(limit).to_list()
         return [
             {
                 "principalId": d.get("principalId"),
                 "kind": d.get("kind"),
                 "readSeq": int(d.get("readSeq", 0)),
-                "deliveredSeq": int(d.get("deliveredSeq", 0)),
             }
             for d in docs
         ]
@@ -137,30 +150,18 @@ class CursorStore:
 
     async def unread(self, cid: str, kind: PrincipalKind, pid: str, after_seq: int) -> int:
         """Messages after ``after_seq`` that others wrote and a person reads, up to the cap."""
-        query: dict[str, Any] = {
-            "conversationId": cid,
-            "seq": {"$gt": after_seq},
-            "messageType": {"$in": COUNTED_TYPES},
-            "isActive": True,
-            **_not_authored_by(kind, pid),
-        }
-        return await self.messages.count_documents(query, limit=UNREAD_CAP)
-
-    async def mark_delivered(
-        self, cid: str, kind: PrincipalKind, pid: str, after_seq: int, upto_seq: int
-    ) -> int:
-        """``messageStatus`` sent → delivered for the messages in (after, upto] that
-        ``(kind, pid)`` did not write: that principal's connections received them."""
-        res = await self.messages.update_many(
-            {
-                "conversationId": cid,
-                "seq": {"$gt": after_seq, "$lte": upto_seq},
-                "messageStatus": MessageStatus.SENT.value,
-                **_not_authored_by(kind, pid),
-            },
-            {"$set": {"messageStatus": MessageStatus.DELIVERED.value}},
+        found = (
+            self.messages.find({"conversationId": cid, "seq": {"$gt": after_seq}}, _COUNT_FIELDS)
+            .sort("seq", ASCENDING)
+            .limit(SCAN_CAP)
         )
-        return int(res.modified_count)
+        n = 0
+        async for doc in found:
+            if counts_as_unread(doc, kind, pid):
+                n += 1
+                if n >= UNREAD_CAP:
+                    break
+        return n
 
     # ------------------------------------------------------------ names
 

@@ -2,8 +2,8 @@
 
 - ``conversation:read {conversationId, seq}``: the caller's read cursor moves forward.
 - Gateways report, in batches (``subjects.INTERNAL_DELIVERY``), how far each principal's
-  connections received a conversation's durable frames; the delivery cursor moves and the
-  messages it covers that the principal did not write turn ``delivered``.
+  connections received a conversation's durable frames; the messages it covers that someone
+  other than their author received turn ``delivered`` (parley_conversation.delivery).
 - Both fan out as ephemeral events to the conversation, coalesced: at most one
   ``conversation:read`` and one ``message:delivered`` per conversation per window, each
   carrying the cursors that moved (the latest seq of each principal). ``message:delivered``
@@ -31,6 +31,7 @@ from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import DeliveryReport, Principal
 from parley_contract.models import Conversation, Message, Role
 from parley_conversation.cursors import CursorStore, principal_key
+from parley_conversation.delivery import Delivery
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Receipts:
         self, cursors: CursorStore, last_seq: LastSeq, publish: Publish, window: float
     ) -> None:
         self.cursors = cursors
+        self.delivery = Delivery(cursors.messages)
         self._last_seq = last_seq
         self._publish = publish
         self.window = window
@@ -77,7 +79,7 @@ class Receipts:
                 f"seq: {seq} is beyond the conversation's last seq ({last})",
                 {"field": "seq", "lastSeq": last},
             )
-        before = await self.cursors.advance("readSeq", conv.id, p.kind, p.id, seq)
+        before = await self.cursors.read_to(conv.id, p.kind, p.id, seq)
         if before is None:
             doc = await self.cursors.cursor(conv.id, p.kind, p.id)
             current = int((doc or {}).get("readSeq", seq))
@@ -98,27 +100,29 @@ class Receipts:
         return {"conversationId": conv.id, "seq": current, "unreadCount": unread}
 
     async def delivery_report(self, body: bytes) -> None:
-        """A gateway's batch: move delivery cursors, mark messages delivered."""
+        """A gateway's batch: the messages it covers that reached someone else turn
+        ``delivered`` (a fixed number of store calls per conversation, whatever the number
+        of members: see parley_conversation.delivery)."""
         try:
             report = DeliveryReport.model_validate_json(body)
         except ValidationError as exc:
             logger.warning("dropping a malformed delivery report: %s", exc.errors()[:1])
             return
-        best: dict[tuple[str, PrincipalKind, str], int] = {}
+        by_conv: dict[str, dict[tuple[PrincipalKind, str], int]] = {}
         for it in report.items:
             if it.kind is PrincipalKind.SERVICE:
                 continue
-            key = (it.conversation_id, it.kind, it.principal_id)
-            best[key] = max(best.get(key, 0), it.seq)
-        await asyncio.gather(*(self._delivered_one(*k, seq) for k, seq in best.items()))
+            got = by_conv.setdefault(it.conversation_id, {})
+            key = (it.kind, it.principal_id)
+            got[key] = max(got.get(key, 0), it.seq)
+        await asyncio.gather(*(self._apply_delivery(cid, got) for cid, got in by_conv.items()))
 
-    async def _delivered_one(self, cid: str, kind: PrincipalKind, pid: str, seq: int) -> None:
-        before = await self.cursors.advance("deliveredSeq", cid, kind, pid, seq)
-        if before is None:
-            return
-        changed = await self.cursors.mark_delivered(cid, kind, pid, before, seq)
-        if changed:
-            self._delivered.setdefault(cid, {})[(kind, pid)] = seq
+    async def _apply_delivery(self, cid: str, got: dict[tuple[PrincipalKind, str], int]) -> None:
+        moved = await self.delivery.apply(cid, got)
+        if moved:
+            pending = self._delivered.setdefault(cid, {})
+            for key, seq in moved.items():
+                pending[key] = max(pending.get(key, 0), seq)
             self._schedule()
 
     def activity(self, conv: Conversation, stored: list[Message]) -> None:
@@ -162,9 +166,17 @@ class Receipts:
             return
         ids = [str(c["_id"]) for c in items]
         seqs = await self.cursors.read_seqs(p.kind, p.id, ids)
-        counts = await asyncio.gather(
-            *(self.cursors.unread(cid, p.kind, p.id, seqs[cid]) for cid in ids)
-        )
+
+        async def count(c: dict[str, Any], cid: str) -> int:
+            # Read up to the last seq the list knows: nothing to count (the common case; the
+            # caller settled this replica's totals, another replica's may trail by its totals
+            # interval: conversation:activity then makes the client ask again).
+            last = c.get("lastSeq")
+            if isinstance(last, int) and seqs[cid] >= last:
+                return 0
+            return await self.cursors.unread(cid, p.kind, p.id, seqs[cid])
+
+        counts = await asyncio.gather(*(count(c, cid) for c, cid in zip(items, ids, strict=True)))
         for c, cid, n in zip(items, ids, counts, strict=True):
             c["unreadCount"] = n
             c["readSeq"] = seqs[cid]
@@ -220,7 +232,7 @@ class Receipts:
         agents, self._agents = self._agents, {}
         for (cid, agent_id), seq in agents.items():
             try:
-                await self._delivered_one(cid, PrincipalKind.AGENT, agent_id, seq)
+                await self._apply_delivery(cid, {(PrincipalKind.AGENT, agent_id): seq})
             except PyMongoError:
                 logger.warning("agent delivery in %s not recorded (store)", cid, exc_info=True)
         reads, self._reads = self._reads, {}

@@ -310,7 +310,7 @@ class Commands:
                             "sinceSeq": since,
                             "epoch": epoch,
                             # Receipts (docs/protocol.md 3.6): the caller's unread count and
-                            # read seq, the members' read and delivery cursors.
+                            # read seq, the members' read cursors.
                             **{k: info[k] for k in _RECEIPT_KEYS if k in info},
                         },
                         conversation_id=cid,

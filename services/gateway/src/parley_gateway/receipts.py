@@ -6,7 +6,8 @@ recipient. Nothing is done per frame but marking the conversation touched (a set
 conversation, how far each member principal's connections got (``Conn.joined``, the
 position the gateway keeps anyway) and publishes the positions that moved since its last
 report, in batches, on ``subjects.INTERNAL_DELIVERY`` (no reply). The conversation service
-turns them into delivery cursors and ``message:delivered`` events (docs/protocol.md 3.6).
+marks the messages that reached someone other than their author ``delivered`` and sends
+``message:delivered`` (docs/protocol.md 3.6).
 """
 
 from __future__ import annotations

@@ -1,0 +1,153 @@
+"""What unread counts add to a conversation list on the embedded store (receipts,
+parley_conversation.cursors): a user in C conversations of M messages each, written by
+someone else; times the list page alone and with unread counts, when nothing was read (the
+worst case: each count scans up to the cap) and when everything was.
+``python -m bench.experiments.unread_embedded [C] [M]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from parley_contract.events import PrincipalKind
+from parley_contract.internal import Principal
+from parley_contract.models import Conversation, Message, Participant, ParticipantRole
+from parley_conversation.cursors import CursorStore
+from parley_conversation.domain import now_ms
+from parley_conversation.receipts import Receipts
+from parley_conversation.store import MongoStore
+from parley_devstack.servers import StoreServer
+
+ME = Principal(id="u-me", kind=PrincipalKind.USER)
+
+
+def out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+async def fill(store: MongoStore, conversations: int, messages: int) -> None:
+    at = now_ms()
+    for c in range(conversations):
+        cid = f"c{c}"
+        people = [
+            Participant(user_id=u, role=ParticipantRole.USER, joined_at=at)
+            for u in ("u-me", "u-other")
+        ]
+        await store.insert_conversation(
+            Conversation(
+                id=cid,
+                conversation_id=cid,
+                title=f"Room {c}",
+                participants=people,
+                created_at=at + timedelta(milliseconds=c),
+                updated_at=at,
+                created_by="u-other",
+                last_seq=messages,
+            )
+        )
+        batch = [
+            Message.model_validate(
+                {
+                    "_id": f"msg-{uuid.uuid4().hex[:12]}",
+                    "conversationId": cid,
+                    "role": "user",
+                    "content": f"message {i}",
+                    "seq": i + 1,
+                    "createdAt": at + timedelta(milliseconds=i),
+                    "createdBy": "u-other",
+                    "messageType": "text",
+                    "messageStatus": "sent",
+                    "isActive": True,
+                }
+            )
+            for i in range(messages)
+        ]
+        await store.insert_messages(batch)
+
+
+async def timed(fn: object, runs: int = 5) -> float:
+    times: list[float] = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        await fn()  # type: ignore[operator]
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+async def measure(url: str, conversations: int, messages: int) -> None:
+    store = MongoStore(url, f"bench_unread_{uuid.uuid4().hex[:8]}")
+    await store.init()
+    cursors = CursorStore(store.messages.database, store.messages)
+    await cursors.init()
+
+    async def nothing(_subject: str, _payload: bytes) -> None:
+        return None
+
+    receipts = Receipts(cursors, store.last_seq, nothing, 0.5)
+    await fill(store, conversations, messages)
+    out(f"{conversations} conversations x {messages} messages by another user")
+
+    async def page_only() -> None:
+        await store.list_conversations(ME, None, None, conversations)
+
+    async def page_with_counts() -> None:
+        page = await store.list_conversations(ME, None, None, conversations)
+        await receipts.unread_counts(ME, page.items)
+        assert all("unreadCount" in c for c in page.items)
+
+    out(f"  list page alone            {await timed(page_only):8.1f} ms median")
+    out(f"  + unread, nothing read     {await timed(page_with_counts):8.1f} ms median")
+    for c in range(conversations):
+        await cursors.read_to(f"c{c}", ME.kind, ME.id, messages)
+    out(f"  + unread, everything read  {await timed(page_with_counts):8.1f} ms median")
+    # Delivery: a report of 200 members who received the whole conversation (first sight:
+    # looks back LOOKBACK seqs), then one new message received by the same 200.
+    got = {(PrincipalKind.USER, f"u-{i}"): messages for i in range(200)}
+    start = time.perf_counter()
+    moved = await receipts.delivery.apply("c0", got)
+    ms = (time.perf_counter() - start) * 1000
+    out(f"  delivery report, 200 members, whole conversation: {ms:.1f} ms ({len(moved)} named)")
+    await store.insert_messages(
+        [
+            Message.model_validate(
+                {
+                    "_id": f"msg-{uuid.uuid4().hex[:12]}",
+                    "conversationId": "c0",
+                    "role": "user",
+                    "content": "one more",
+                    "seq": messages + 1,
+                    "createdBy": "u-other",
+                    "messageType": "text",
+                    "messageStatus": "sent",
+                }
+            )
+        ]
+    )
+    got = {k: messages + 1 for k in got}
+    start = time.perf_counter()
+    moved = await receipts.delivery.apply("c0", got)
+    ms = (time.perf_counter() - start) * 1000
+    out(f"  delivery report, 200 members, one new message: {ms:.1f} ms ({len(moved)} named)")
+    await store.close()
+
+
+def main() -> None:
+    conversations = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    messages = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    with tempfile.TemporaryDirectory() as tmp:
+        server = StoreServer(Path(tmp)).start()
+        try:
+            asyncio.run(measure(server.url, conversations, messages))
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
