@@ -78,3 +78,22 @@ def test_nats_document_has_commands_events_and_agent_turns() -> None:
     turn = doc["components"]["messages"]["agent_turn"]["payload"]
     assert turn == {"$ref": "#/components/schemas/AgentTurn"}
     assert "conversationId" in doc["components"]["schemas"]["AgentTurn"]["properties"]
+
+
+def test_documents_follow_the_route_table() -> None:
+    from parley_contract.asyncapi_nats import nats_document
+    from parley_contract.routes import ROUTES, Service
+
+    client = asyncapi.client_document()["components"]["messages"]
+    assert "It writes" in client["message_send_command"]["description"]
+    assert "It writes" not in client["message_stop_command"]["description"]
+    assert "the gateway" in client["typing_start_command"]["description"]
+    doc = nats_document()
+    addresses = {ch["address"] for ch in doc["channels"].values()}
+    for route in ROUTES.values():
+        # A service's command has its subject; the gateway's own commands never reach NATS.
+        assert (route.subject in addresses) is (route.service is not Service.GATEWAY)
+    request = doc["components"]["messages"]["cmd_message_send_request"]["payload"]
+    assert request == {"$ref": "#/components/schemas/MessageSendRequest"}
+    schema = doc["components"]["schemas"]["MessageSendRequest"]
+    assert schema["properties"]["data"] == {"$ref": "#/components/schemas/MessageSend"}

@@ -80,14 +80,30 @@ def event_key(event: Event) -> str:
 # ---------------------------------------------------------------- the client WebSocket API
 
 
+_HANDLER = {
+    Service.GATEWAY: "the gateway the client is connected to",
+    Service.CONVERSATION: "the conversation service",
+    Service.AGENT_BRIDGE: "an agent bridge",
+}
+
+
 def _command_message(event: Event) -> dict[str, Any]:
-    spec = REGISTRY[event]
+    spec, route = REGISTRY[event], ROUTES[event]
     senders = ", ".join(sorted(k.value for k in spec.senders))
+    description = (
+        f"Who may send it: {senders}. Answered by {_HANDLER[route.service]}. "
+        "Reply: the same event and id."
+    )
+    if route.writes:
+        description += (
+            " It writes: a retry on another replica is applied once (message:send: send it "
+            "again with the same clientMessageId when the outcome is unknown)."
+        )
     return {
         "name": event.value,
         "title": f"{event.value} (command)",
         "summary": spec.summary,
-        "description": f"Who may send it: {senders}. Reply: the same event and id.",
+        "description": description,
         "payload": {
             "type": "object",
             "properties": {

@@ -36,7 +36,7 @@ from parley_contract.internal import (
     DeliveryReport,
     EventsSinceRequest,
 )
-from parley_contract.routes import COMMAND_REPLIES, PAYLOADS
+from parley_contract.routes import COMMAND_REPLIES, ROUTES
 
 _NATS_DESCRIPTION = """\
 How Parley's services talk over NATS (docs/protocol.md is the client side). Requests carry
@@ -121,9 +121,13 @@ def nats_document(queries: Mapping[str, type[BaseModel]] | None = None) -> dict[
     with the service that answers it (subject → model); ``events.since`` is the contract's."""
     n = _Nats()
     extra: list[type[BaseModel]] = list((queries or {}).values())
+    requests: list[type[BaseModel]] = []
     for event, who in NATS_COMMANDS.items():
         key = f"cmd_{event_key(event)}"
-        payload = _with_data("CommandRequest", ref(PAYLOADS[event].__name__))
+        # The exact model the handling service decodes the request with (routes.Route).
+        request = ROUTES[event].request
+        requests.append(request)
+        payload = ref(request.__name__)
         reply = COMMAND_REPLIES.get(event)
         n.request(
             key,
@@ -276,6 +280,7 @@ def nats_document(queries: Mapping[str, type[BaseModel]] | None = None) -> dict[
         StreamStart,
         StreamDelta,
         StreamEnd,
+        *requests,
         *extra,
     ]
     _, top = models_json_schema(
