@@ -94,7 +94,7 @@ class ParleyClient(Connection):
 
     async def command(self, event: Event, **fields: Any) -> Any:
         """Any command by name, the reply parsed with the contract's reply model when it has
-        one (``wire_schema.COMMAND_REPLIES``), else the raw ``data``."""
+        one (the route's ``reply``: ``routes.COMMAND_REPLIES``), else the raw ``data``."""
         reply = await self.request(event, _camel(fields))
         model = COMMAND_REPLIES.get(event)
         return parse(model, reply) if model is not None else reply
