@@ -108,9 +108,9 @@ class Attachments:
     # ------------------------------------------------------------ message:send
 
     async def resolve(
-        self, p: Principal, conversation_id: str, refs: list[AttachmentRef], message_id: str
+        self, p: Principal, conversation_id: str, refs: list[AttachmentRef]
     ) -> list[Attachment]:
-        """The stored attachments of a message about to be stored, bound to it.
+        """The stored attachments of a message about to be stored (:meth:`bind` after).
 
         Each id must name an upload to this conversation that is still reachable; one no
         message carries yet may only be sent by its uploader. NOT_FOUND (revealing nothing
@@ -136,12 +136,19 @@ class Attachments:
                     "with POST /v1/conversations/{id}/attachments first)",
                     {"field": f"attachments.{i}.id", "attachmentId": aid},
                 )
-        # Bound before the message is stored: a failed store leaves a binding to a message
-        # that never existed (readable by the conversation's participants, as intended).
-        await self.collection.update_many(
-            {"_id": {"$in": ids}}, {"$addToSet": {"messageIds": message_id}}
-        )
         return [att.stored_attachment(found[aid]) for aid in ids]
+
+    async def bind(self, attachments: list[Any], message_id: str) -> None:
+        """The stored message ``message_id`` carries these (wire dicts): readable by the
+        conversation's participants until it is deleted. After the store, with the stored
+        message's id: a retried send (a new id each run) binds the first run's message, so
+        deleting it leaves nothing bound. A replica dying between the two leaves the file
+        its uploader's only until the message is sent again (the retry binds it)."""
+        ids = [a["id"] for a in attachments if isinstance(a, dict) and isinstance(a.get("id"), str)]
+        if ids:
+            await self.collection.update_many(
+                {"_id": {"$in": ids}, "deletedAt": None}, {"$addToSet": {"messageIds": message_id}}
+            )
 
     # ------------------------------------------------------------ deletions
 

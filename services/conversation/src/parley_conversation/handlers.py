@@ -242,9 +242,11 @@ async def message_send(svc: ConversationService, p: Principal, cmd: MessageSend)
             msg = msg.model_copy(update={"agent_id": conv.agent_id})
     if cmd.attachments:
         await conversation(svc, p, cmd.conversation_id, totals=False)
-        files = await svc.attachments.resolve(p, cmd.conversation_id, cmd.attachments, msg.id)
+        files = await svc.attachments.resolve(p, cmd.conversation_id, cmd.attachments)
         msg = msg.model_copy(update={"attachments": files})
     res = await svc.sequencer.send(p, msg)
+    if cmd.attachments:  # bound to the message as stored (a retry's: the first run's)
+        await svc.attachments.bind(res.message.get("attachments") or [], res.message["_id"])
     return svc.attachments.sign(res.message)
 
 
