@@ -62,6 +62,7 @@ class BridgeState:
         self._turn_tasks: set[asyncio.Task[None]] = set()
         self._tool_tasks: set[asyncio.Task[None]] = set()
         self._describing: dict[str, asyncio.Task[None]] = {}  # conversation → title/context
+        self._describe_slots = asyncio.Semaphore(settings.max_concurrent_turns)
         self._running: dict[str, set[Turn]] = defaultdict(set)
         self._conv_locks: dict[str, asyncio.Lock] = {}
         self._conv_users: dict[str, int] = defaultdict(int)

@@ -253,9 +253,14 @@ class Turns(Presence):
             return await query(nc, subject[what], principal, data, timeout)
 
         try:
-            usage = await describe(
-                agent, self.backends[agent.id], ask, conversation_id, self.settings.history_limit
-            )
+            async with self._describe_slots:  # model calls beside the turns: bounded too
+                usage = await describe(
+                    agent,
+                    self.backends[agent.id],
+                    ask,
+                    conversation_id,
+                    self.settings.history_limit,
+                )
         except (ParleyError, BackendError, nats.errors.Error) as exc:
             logger.warning("title/context of %s by %s failed: %s", conversation_id, agent.id, exc)
             return
