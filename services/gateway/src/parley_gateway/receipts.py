@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from parley_contract import jsonutil, subjects
@@ -74,8 +75,19 @@ class DeliveryReporter:
     async def report(self) -> None:
         items = self.pending()
         nc = self._nc()
-        if not items or nc is None:
+        if not items:
             return
         for i in range(0, len(items), REPORT_CHUNK):
-            body = jsonutil.dumps({"items": items[i : i + REPORT_CHUNK]})
-            await nc.publish(subjects.INTERNAL_DELIVERY, body)
+            chunk = items[i : i + REPORT_CHUNK]
+            try:
+                if nc is None:
+                    raise nats.errors.ConnectionClosedError
+                await nc.publish(subjects.INTERNAL_DELIVERY, jsonutil.dumps({"items": chunk}))
+            except nats.errors.Error as exc:
+                # Not reported: forget them as reported, so the next tick sends them again.
+                logger.warning("delivery report not published (%r); retrying", exc)
+                for it in items[i:]:
+                    cid = it["conversationId"]
+                    self._reported.pop((cid, PrincipalKind(it["kind"]), it["principalId"]), None)
+                    self._touched.add(cid)
+                return
