@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from parley_devstack.servers import NatsServer, StoreServer
+from parley_devstack.servers import NatsServer, StoreServer, free_port
 from parley_devstack.stack import Stack, StackConfig
 
 from .conftest import token
@@ -281,3 +281,85 @@ async def test_message_references_signed_urls_and_deletion(
     assert (
         await http.get(f"{g1}/v1/attachments/{keep['id']}", headers=_auth(bob))
     ).status_code == 404
+
+
+@pytest.fixture(scope="module")
+def s3_stack(store_server: StoreServer, servers_dir: Path) -> Iterator[tuple[Stack, str]]:
+    """One gateway storing bytes in an S3 bucket: moto's standalone S3 server, over HTTP.
+    Its own nats-server: a conversation service of the other stack (another database) must
+    not answer its requests."""
+    from moto.server import ThreadedMotoServer
+
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3.start()
+    host, port = s3.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    cfg = StackConfig(
+        workdir=servers_dir / f"attach-s3-{uuid.uuid4().hex[:8]}",
+        mongodb_url=store_server.url,
+        database=f"parley_attach_s3_{uuid.uuid4().hex[:10]}",
+        gateway_ports=[free_port()],
+        conversation_replicas=1,
+        agent_bridges=0,
+        service_env={
+            "gateway": {
+                "PARLEY_ATTACHMENTS_STORE": "s3",
+                "PARLEY_ATTACHMENTS_S3_BUCKET": "parley-attachments",
+                "PARLEY_ATTACHMENTS_S3_ENDPOINT_URL": endpoint,
+                "PARLEY_ATTACHMENTS_S3_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": "test",
+                "AWS_SECRET_ACCESS_KEY": "test",
+            }
+        },
+    )
+    try:
+        with Stack(cfg) as s:
+            yield s, endpoint
+    finally:
+        s3.stop()
+
+
+async def test_s3_store_end_to_end(
+    s3_stack: tuple[Stack, str], clients: Any, http: httpx.AsyncClient
+) -> None:
+    """The same flow with PARLEY_ATTACHMENTS_STORE=s3: the bytes are in the bucket (read back
+    with aiobotocore's own client), served with ranges and by the signed link."""
+    from aiobotocore.session import get_session
+
+    stack, endpoint = s3_stack
+    ada, bob = _uid("ada"), _uid("bob")
+    a = await clients(stack.ws_url(0), ada)
+    b = await clients(stack.ws_url(0), bob)
+    cid = await _create(a, participants=[bob])
+    assert (await b.cmd("conversation:join", {"conversationId": cid}))["success"]
+    g0 = stack.gateway_url(0)
+    image = png(300, 200)  # a few KB
+    r = await _upload(http, g0, cid, ada, image)
+    assert r.status_code == 201, r.text
+    item = r.json()["data"]
+    async with get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    ) as s3:
+        obj = await s3.get_object(Bucket="parley-attachments", Key=f"attachments/{item['id']}")
+        async with obj["Body"] as body:
+            assert await body.read() == image
+        assert obj["ContentType"] == "image/png"
+    r = await a.cmd(
+        "message:send", {"conversationId": cid, "content": "s3", "attachments": [item["id"]]}
+    )
+    assert r["success"], r
+    new = await b.wait_for(
+        lambda f: f.get("event") == "message:new" and f["data"].get("attachments")
+    )
+    link = new["data"]["attachments"][0]["url"]
+    r = await http.get(g0 + link)
+    assert r.status_code == 200 and r.content == image
+    r = await http.get(g0 + link, headers={"Range": "bytes=10-19"})
+    assert r.status_code == 206 and r.content == image[10:20]
+    r = await a.cmd("message:delete", {"conversationId": cid, "messageId": new["data"]["_id"]})
+    assert r["success"], r
+    assert (await http.get(g0 + link)).status_code == 404
