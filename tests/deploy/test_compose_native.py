@@ -3,7 +3,7 @@ docker-compose.yml, minus container networking.
 
 No Docker engine runs on these machines, so this is how the compose configuration is
 exercised rather than only parsed: the test reads docker-compose.yml, takes every Parley
-service's `command`, `environment` (interpolated, production mode, a generated JWT secret),
+service's `command`, `environment` (interpolated, production mode, a generated RS256 key pair),
 `deploy.replicas` and `depends_on`, maps compose hostnames to 127.0.0.1 (nats -> the test's
 nats-server, mongodb -> the test's MongoDB-wire store, each service's own port -> a free
 port, bind-mounted and in-image paths -> their source in the repository), starts them in
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 import signal
 import sys
 import time
@@ -40,6 +39,7 @@ import pytest
 from parley_client import ErrorCode, ParleyClient, ParleyError
 from parley_contract.auth import mint_token
 from parley_contract.events import PrincipalKind
+from parley_devstack.idp import rs256_key_pair
 from parley_devstack.natscluster import NatsCluster
 from parley_devstack.servers import ManagedProcess, StoreServer, free_port
 
@@ -165,8 +165,9 @@ async def _wait_ready(unit: Unit, limit: float) -> None:
 
 
 @pytest.fixture
-def jwt_secret() -> str:
-    return secrets.token_hex(32)
+def jwt_keys() -> tuple[str, str]:
+    """The deployment's RS256 key pair (HS256 is refused in production)."""
+    return rs256_key_pair()
 
 
 @pytest.fixture
@@ -174,12 +175,12 @@ def stack(
     dt: ModuleType,
     store_server: StoreServer,
     db_name: str,
-    jwt_secret: str,
+    jwt_keys: tuple[str, str],
     tmp_path: Path,
 ) -> Iterator[list[Unit]]:
     compose = dt.load_compose(
         {
-            "PARLEY_JWT_SECRET": jwt_secret,
+            "PARLEY_JWT_PUBLIC_KEY": jwt_keys[1],
             "PARLEY_MONGODB_PASSWORD": "unused0native0run",
             "MONGODB_DATABASE": db_name,
             **NATS_PASSWORDS,
@@ -262,7 +263,7 @@ async def _start_in_dependency_order(units: list[Unit]) -> None:
 
 @pytest.mark.timeout(300)
 async def test_compose_stack_runs_natively_reaches_readyz_serves_and_stops(
-    stack: list[Unit], jwt_secret: str
+    stack: list[Unit], jwt_keys: tuple[str, str]
 ) -> None:
     names = sorted(unit.name for unit in stack)
     assert names == sorted(
@@ -273,18 +274,20 @@ async def test_compose_stack_runs_natively_reaches_readyz_serves_and_stops(
     # Every process reaches its compose healthcheck URL (/readyz), dependencies first.
     await _start_in_dependency_order(stack)
 
-    # Use it as a client: a token signed with the deployment's secret is accepted on every
+    # Use it as a client: a token signed with the deployment's RS256 key is accepted on every
     # gateway, each gateway reports its compose PARLEY_INSTANCE_ID.
     gateways = [u for u in stack if u.env.get("PARLEY_GATEWAY_PORT")]
     urls = [f"http://127.0.0.1:{g.env['PARLEY_GATEWAY_PORT']}" for g in gateways]
-    token = mint_token("u-native", PrincipalKind.USER, name="Native", secret=jwt_secret)
+    token = mint_token(
+        "u-native", PrincipalKind.USER, name="Native", private_key=jwt_keys[0], algorithm="RS256"
+    )
     instance_ids = set()
     for url in urls:
         async with ParleyClient(url, token) as client:
             instance_ids.add(client.instance_id)
     assert instance_ids == {g.env["PARLEY_INSTANCE_ID"] for g in gateways}
 
-    # The development secret is refused by a production gateway: the upgrade gets 401.
+    # A development (HS256) token is refused by a production gateway: the upgrade gets 401.
     dev_token = mint_token("u-native", PrincipalKind.USER, name="Native")
     with pytest.raises(ParleyError) as refused:
         await ParleyClient(urls[0], dev_token).connect()

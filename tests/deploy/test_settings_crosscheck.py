@@ -19,9 +19,12 @@ from typing import Any
 
 import pytest
 
+from parley_devstack.idp import rs256_key_pair
+
 REPO = Path(__file__).resolve().parents[2]
+PUBLIC_KEY = rs256_key_pair()[1]
 SECRETS = {
-    "PARLEY_JWT_SECRET": "x" * 48,
+    "PARLEY_JWT_PUBLIC_KEY": PUBLIC_KEY,
     "PARLEY_MONGODB_PASSWORD": "pw0123456789",
     **{
         f"PARLEY_NATS_{r}_PASSWORD": "pw0123456789"
@@ -121,7 +124,7 @@ def test_production_deployments_are_production(dt: ModuleType) -> None:
 
 # What the k8s Secret and the downward API give a pod (the manifests only name them).
 K8S_REFERENCED = {
-    "PARLEY_JWT_SECRET": "k" * 64,
+    "PARLEY_JWT_PUBLIC_KEY": PUBLIC_KEY,
     "MONGODB_URL": "mongodb://parley:pw@mongodb:27017/?authSource=admin",
     "PARLEY_INSTANCE_ID": "parley-gateway-5d9f7c-abcde",
 }

@@ -15,6 +15,7 @@ from pathlib import Path
 from parley_contract.auth import JwtConfig, mint_token, verify_token
 from parley_contract.events import PrincipalKind
 from parley_devstack.cli import main
+from parley_devstack.idp import rs256_key_pair
 from parley_devstack.servers import NatsServer, StoreServer, free_port
 from parley_devstack.stack import REPO_ROOT, http_ok
 
@@ -103,3 +104,14 @@ def test_run_starts_everything_and_ctrl_c_stops_it(
     signed_in = [verify_token(tok, JwtConfig())[0].id for tok in links.values()]
     assert sorted(signed_in) == ["user-1", "user-2"]
     assert not any(http_ok(f"http://127.0.0.1:{p}/healthz") for p in ports)
+
+
+def test_token_with_a_private_key_is_rs256(capsys: object, tmp_path: Path) -> None:
+    """What a production deployment verifies (HS256 is development only)."""
+    private, public = rs256_key_pair()
+    key = tmp_path / "jwt.key"
+    key.write_text(private)
+    assert main(["token", "--sub", "user-9", "--private-key", str(key)]) == 0
+    token = capsys.readouterr().out.strip()  # type: ignore[attr-defined]
+    principal, _ = verify_token(token, JwtConfig(algorithm="RS256", public_key=public))
+    assert principal.id == "user-9"

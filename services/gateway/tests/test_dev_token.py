@@ -10,12 +10,11 @@ import httpx
 from parley_contract import jsonutil
 from parley_contract.auth import verify_token
 from parley_contract.events import PrincipalKind
+from parley_devstack.idp import rs256_key_pair
 from parley_gateway.http_api import create_app
 from parley_gateway.hub import Hub
 from parley_gateway.metrics import Metrics
 from parley_gateway.settings import Settings
-
-STRONG = "a-production-secret-that-is-long-enough-0123456789"
 
 
 async def _get(settings: Settings, path: str) -> tuple[int, Any]:
@@ -55,7 +54,12 @@ async def test_dev_token_in_development() -> None:
 
 
 async def test_no_dev_token_outside_development() -> None:
-    settings = Settings(environment="production", jwt_secret=STRONG, web_dist=None)
+    settings = Settings(
+        environment="production",
+        jwt_algorithm="RS256",
+        jwt_public_key=rs256_key_pair()[1],
+        web_dist=None,
+    )
     settings.check()
     status, body = await _get(settings, "/v1/dev/token?sub=user-3")
     assert status == 404

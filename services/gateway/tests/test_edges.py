@@ -19,6 +19,7 @@ from websockets.exceptions import InvalidStatus
 from parley_contract import jsonutil
 from parley_contract.events import PrincipalKind
 from parley_contract.limits import MAX_CONTENT_CHARS
+from parley_devstack.idp import rs256_key_pair
 from parley_gateway.settings import Settings
 
 from .conftest import http_get, token
@@ -54,12 +55,23 @@ async def test_auth_is_checked_before_the_upgrade(gateway_factory: Any, clients:
     assert c.frames[0]["event"] == "connected"
 
 
-def test_dev_secret_refused_outside_development(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hs256_refused_outside_development(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared secret (HS256) only in development: even a strong one is refused in
+    production, with the way out in the message (issue 18)."""
     monkeypatch.setenv("PARLEY_ENVIRONMENT", "production")
-    with pytest.raises(ValueError, match="PARLEY_JWT_SECRET"):
+    with pytest.raises(ValueError, match=r"HS256.*development only.*PARLEY_JWT_JWKS_URL"):
         Settings().check()
     monkeypatch.setenv("PARLEY_JWT_SECRET", "x" * 40)
+    with pytest.raises(ValueError, match="HS256"):
+        Settings().check()
+    monkeypatch.setenv("PARLEY_JWT_ALGORITHM", "RS256")
+    with pytest.raises(ValueError, match="PARLEY_JWT_PUBLIC_KEY"):
+        Settings().check()
+    monkeypatch.setenv("PARLEY_JWT_PUBLIC_KEY", rs256_key_pair()[1])
     Settings().check()
+    monkeypatch.setenv("PARLEY_ENVIRONMENT", "development")
+    monkeypatch.setenv("PARLEY_JWT_ALGORITHM", "HS256")
+    Settings().check()  # development: the shared secret is fine
 
 
 async def test_bad_frames_get_their_errors_and_the_connection_survives(

@@ -17,10 +17,12 @@ import pytest
 from parley_contract import jsonutil
 from parley_contract.auth import mint_token
 from parley_contract.events import PrincipalKind
+from parley_devstack.idp import rs256_key_pair
 
 from .conftest import token
 
-SECRET = "origin-test-secret-0123456789-abcdefghijkl"
+# Production refuses HS256 (development only): the production gateway verifies RS256.
+PRIVATE_KEY, PUBLIC_KEY = rs256_key_pair()
 CHAT = "https://chat.example.com"
 
 
@@ -78,7 +80,8 @@ def prod_gateway(gateway_factory: Any) -> Any:
     return gateway_factory(
         {
             "PARLEY_ENVIRONMENT": "production",
-            "PARLEY_JWT_SECRET": SECRET,
+            "PARLEY_JWT_ALGORITHM": "RS256",
+            "PARLEY_JWT_PUBLIC_KEY": PUBLIC_KEY,
             "PARLEY_GATEWAY_ALLOWED_ORIGINS": f"{CHAT}, https://admin.example.com:8443",
         }
     )
@@ -112,7 +115,7 @@ async def test_websocket_origins_in_development(dev_gateway: Any) -> None:
 
 async def test_websocket_origins_in_production(prod_gateway: Any) -> None:
     port = prod_gateway.port
-    tok = mint_token("alice", PrincipalKind.USER, secret=SECRET)
+    tok = mint_token("alice", PrincipalKind.USER, private_key=PRIVATE_KEY, algorithm="RS256")
     for allowed in (
         None,
         CHAT,

@@ -9,6 +9,8 @@ import time
 from typing import Any, Literal
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, ConfigDict
 
 from parley_contract.claims import KindRule, map_principal
@@ -41,7 +43,8 @@ class JwtConfig(BaseModel):
 
 
 def check_secret_for_environment(environment: str, cfg: JwtConfig) -> None:
-    """Refuse the development secret (or no key) outside development."""
+    """Outside development: HS256 (a shared secret) is refused, RS256 needs its public key,
+    a JWKS URL needs issuer, audience and https."""
     if cfg.jwks_url:
         if not cfg.issuer or not cfg.audience:
             raise ValueError(
@@ -54,15 +57,21 @@ def check_secret_for_environment(environment: str, cfg: JwtConfig) -> None:
         return
     if environment == "development":
         return
-    if cfg.algorithm == "HS256" and (
-        not cfg.secret or cfg.secret == DEV_JWT_SECRET or len(cfg.secret) < 32
-    ):
+    if cfg.algorithm == "HS256":
+        # A shared secret: whoever verifies tokens can also mint them for anyone (issue 18).
         raise ValueError(
-            "PARLEY_JWT_SECRET must be set to a strong secret (>= 32 chars, not the development "
-            f"default) when PARLEY_ENVIRONMENT={environment!r}"
+            "PARLEY_JWT_ALGORITHM=HS256 (a shared secret) is for development only; with "
+            f"PARLEY_ENVIRONMENT={environment!r} use an identity provider (PARLEY_JWT_JWKS_URL, "
+            "PARLEY_JWT_ISSUER, PARLEY_JWT_AUDIENCE) or RS256 with PARLEY_JWT_PUBLIC_KEY "
+            "(docs/security.md, 'Identity providers')"
         )
     if cfg.algorithm == "RS256" and not cfg.public_key:
         raise ValueError("PARLEY_JWT_PUBLIC_KEY is required for RS256")
+    if cfg.algorithm == "RS256" and cfg.public_key:
+        try:
+            serialization.load_pem_public_key(cfg.public_key.encode())
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise ValueError("PARLEY_JWT_PUBLIC_KEY is not a PEM public key") from None
 
 
 def verify_token(token: str, cfg: JwtConfig) -> tuple[Principal, float]:

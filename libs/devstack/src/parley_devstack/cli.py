@@ -73,12 +73,15 @@ def welcome(stack: Stack, secret: str, agent: str = DEMO_AGENT) -> str:
 
 def cmd_token(args: argparse.Namespace) -> int:
     secret = os.environ.get("PARLEY_JWT_SECRET", DEV_JWT_SECRET)
+    private_key = Path(args.private_key).read_text() if args.private_key else None
     token = mint_token(
         args.sub,
         PrincipalKind(args.kind),
         name=args.name,
         ttl_seconds=args.ttl,
         secret=secret,
+        private_key=private_key,
+        algorithm="RS256" if private_key else "HS256",
     )
     _write(token)
     return 0
@@ -173,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--kind", choices=["user", "agent"], default="user")
     token.add_argument("--name", default=None, help="display name")
     token.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
+    token.add_argument(
+        "--private-key",
+        default=None,
+        help="PEM file of an RSA private key: an RS256 token (production gateways verify it "
+        "with PARLEY_JWT_PUBLIC_KEY); default: HS256 with PARLEY_JWT_SECRET (development)",
+    )
     token.set_defaults(func=cmd_token)
 
     run = sub.add_parser("run", help="start the whole system locally")
