@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import signal
 import sys
 import time
