@@ -286,6 +286,8 @@ async def _run_on(cs: ClusterStack, timing: ClusterTiming) -> dict[str, Any]:
         histories = await load.histories()
         result = analyze(load.convs, histories, first_kill)
         why = verdict(result, None, False, False)
+        if result.get("failed"):  # the client gave up after 30 s of retries: a user sees it
+            why.append(f"{result['failed']} sends given up after 30 s of retries")
         unanswered = await probe.unanswered(http_urls, 60.0)
         resumes = [f"{c.user}: {f}" for c in load.clients for f in c.resume_failures]
         bad = await asyncio.to_thread(cs.restarted_or_down)

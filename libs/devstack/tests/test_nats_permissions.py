@@ -129,6 +129,10 @@ def test_the_authorization_block_is_derived_from_the_registry() -> None:
     assert subjects.CONVERSATION_EVENTS_WILDCARD not in gw["publish"]
     assert subjects.CONVERSATION_EPHEMERAL_WILDCARD in gw["publish"]
     assert subjects.CONVERSATION_EVENTS_WILDCARD in nats_auth.permissions("conversation")["publish"]
-    assert not any(
-        p.startswith("_INBOX") for r in nats_auth.ROLES for p in nats_auth.permissions(r)["publish"]
-    )
+    # Inboxes: only those of the roles whose requests a role answers (REPLIES_TO), never its
+    # own nor another's.
+    for role in nats_auth.ROLES:
+        inboxes = [p for p in nats_auth.permissions(role)["publish"] if p.startswith("_INBOX")]
+        assert inboxes == [f"{nats_auth.inbox_prefix(r)}.>" for r in nats_auth.REPLIES_TO[role]]
+        assert f"{nats_auth.inbox_prefix(role)}.>" not in inboxes
+    assert nats_auth.REPLIES_TO["gateway"] == ()

@@ -3,8 +3,12 @@ the subject registry (subjects.py), and the nats-server ``authorization`` block 
 
 Each role gets its own inbox prefix (``_INBOX_<role>``): a role can subscribe to its own
 replies only, never to another role's. Replies to requests a role serves go out through
-``allow_responses`` (only to the inbox of a request it received), so no role may publish
-into inboxes at large.
+``allow_responses`` (only to the inbox of a request it received) and, for the roles that
+serve another role's requests, to that role's inboxes (``REPLIES_TO``): after a reconnect to
+another NATS node, ``allow_responses`` no longer covers the requests received before it
+(the new node never saw them), the replies were refused and each requester waited out its
+timeout (issue 19, ``make faults-cluster``). No role may publish into its own inboxes or
+those of a role it does not answer.
 """
 
 from __future__ import annotations
@@ -17,6 +21,15 @@ from parley_contract.events import Event
 
 Role = Literal["gateway", "conversation", "agent-bridge"]
 ROLES: Final[tuple[Role, ...]] = ("gateway", "conversation", "agent-bridge")
+
+
+# Who answers whose requests: gateways and bridges send commands and queries to the
+# conversation service; gateways send tool calls to bridges.
+REPLIES_TO: Final[dict[Role, tuple[Role, ...]]] = {
+    "gateway": (),
+    "conversation": ("gateway", "agent-bridge"),
+    "agent-bridge": ("gateway",),
+}
 
 
 def inbox_prefix(role: Role) -> str:
@@ -126,6 +139,7 @@ def permissions(role: Role) -> dict[str, list[str]]:
         ]
         subscribe = [s.AGENT_STOP, s.AGENT_TOOL_CALL, s.command(Event.TOOL_CALL)]
     subscribe.append(f"{inbox_prefix(role)}.>")
+    publish += [f"{inbox_prefix(r)}.>" for r in REPLIES_TO[role]]
     return {"publish": publish, "subscribe": subscribe}
 
 
