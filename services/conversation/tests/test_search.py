@@ -211,3 +211,27 @@ def test_snippet_is_the_text_around_the_match() -> None:
     assert "NEEDLE" in cut and cut.startswith("…") and cut.endswith("…")
     assert len(cut) <= 162
     assert snippet("short text", "x") == "short text"
+
+
+async def test_a_store_refusing_the_text_indexes_falls_back_to_regex(
+    store_server: StoreServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose probe says "text indexes" but that refuses the declared ones (here the
+    embedded store, told the probe passed) starts anyway and searches by regex."""
+
+    async def yes(self: MongoStore) -> bool:
+        return True
+
+    monkeypatch.setattr(MongoStore, "_has_text_indexes", yes)
+    db = f"parley_search_{uuid.uuid4().hex[:12]}"
+    s = MongoStore(store_server.url, db)
+    try:
+        await s.init()
+        assert s.search_mode == "regex"
+        await room(s, "c-f", "Fallback", "u-alice")
+        await say(s, "c-f", 1, "still found")
+        page = await find(s, ALICE, "still")
+        assert [h["message"]["seq"] for h in page["items"]] == [1]
+    finally:
+        await s._client.drop_database(db)
+        await s.close()

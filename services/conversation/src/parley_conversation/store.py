@@ -152,9 +152,20 @@ class MongoStore(ConversationLog):
         self.search_mode = "text" if text else "regex"
         # allow_index_dropping: an index no longer declared here (an older version's) is
         # dropped, so a changed definition never blocks startup with a name conflict.
-        await init_beanie(
-            database=self._db, document_models=documents_for(text), allow_index_dropping=True
-        )
+        try:
+            await init_beanie(
+                database=self._db, document_models=documents_for(text), allow_index_dropping=True
+            )
+        except OperationFailure as exc:
+            if not text:
+                raise
+            # A server that made the probe's text index but refuses these: search by regex
+            # rather than not start (the text indexes, if any were made, are dropped again).
+            logger.error("text indexes refused (%s): search matches by regex", exc)
+            self.search_mode = "regex"
+            await init_beanie(
+                database=self._db, document_models=documents_for(False), allow_index_dropping=True
+            )
 
     async def _has_text_indexes(self) -> bool:
         """Whether the server builds text indexes (SecantusDB refuses them): one is made on a
