@@ -50,8 +50,14 @@ async def test_openapi_declares_the_bearer_scheme_on_authenticated_routes() -> N
         ((name, scheme),) = schemes.items()
         assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
         assert scheme["bearerFormat"] == "JWT"
-        for path in ("/v1/conversations", "/v1/agents", "/v1/conversations/{conversation_id}"):
-            op = doc["paths"][path]["get"]
+        for path, method in (
+            ("/v1/conversations", "get"),
+            ("/v1/agents", "get"),
+            ("/v1/conversations/{conversation_id}", "get"),
+            ("/v1/conversations/{conversation_id}/attachments", "post"),
+            ("/v1/attachments/{attachment_id}", "get"),
+        ):
+            op = doc["paths"][path][method]
             assert op["security"] == [{name: []}], path
             # The header is the scheme now, not a free-form parameter to fill in.
             names = {p["name"].lower() for p in op.get("parameters", [])}

@@ -23,22 +23,22 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from parley_contract import attachments as att
 from parley_contract import envelopes, subjects
-from parley_contract.auth import verify_token_async
 from parley_contract.errors import HTTP_STATUS, ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
 from parley_contract.ids import check_id, new_id
 from parley_contract.internal import Principal
+from parley_gateway.http_auth import Auth, principal_of
 from parley_gateway.hub import Hub
 from parley_runtime.filestore import FileStore, Missing, TooLarge, open_store
 
 logger = logging.getLogger(__name__)
 
-Auth = Annotated[str | None, Header(description="Bearer <jwt>")]
 _RANGE = re.compile(r"^bytes=(\d{0,15})-(\d{0,15})$")
 SNIFF_BYTES = 16  # what content_matches needs of the first chunk
 # Downloads never run as a page of this origin, whatever the bytes are.
@@ -137,11 +137,8 @@ class AttachmentRoutes:
                 logger.warning("attachment URL key not readable (store unavailable)")
         return self._key
 
-    async def principal(self, authorization: str | None) -> Principal:
-        if not authorization or not authorization.lower().startswith("bearer "):
-            raise ParleyError(ErrorCode.UNAUTHORIZED, "missing bearer token")
-        principal, _ = await verify_token_async(authorization[7:].strip(), self.jwt)
-        return principal
+    async def principal(self, authorization: HTTPAuthorizationCredentials | None) -> Principal:
+        return await principal_of(authorization, self.jwt)
 
     async def ask(self, subject: str, principal: Principal, data: dict[str, Any]) -> Any:
         envelope = await self.hub.request(subject, self.hub.command_body(principal, data))
@@ -157,7 +154,7 @@ class AttachmentRoutes:
         *,
         conversation_id: str,
         filename: str | None,
-        authorization: str | None,
+        authorization: HTTPAuthorizationCredentials | None,
         content_type: str | None,
         content_length: str | None,
     ) -> Response:
@@ -227,7 +224,7 @@ class AttachmentRoutes:
     async def download(
         self,
         attachment_id: str,
-        authorization: str | None,
+        authorization: HTTPAuthorizationCredentials | None,
         exp: str | None,
         sig: str | None,
         range_header: str | None,

@@ -14,10 +14,10 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from parley_contract import asyncapi, envelopes, subjects
-from parley_contract.auth import mint_token, verify_token_async
+from parley_contract.auth import mint_token
 from parley_contract.envelopes import ErrorEnvelope, SuccessEnvelope
 from parley_contract.errors import HTTP_STATUS, ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
@@ -35,6 +35,8 @@ from parley_contract.internal import Principal
 from parley_contract.limits import INT64_MAX
 from parley_contract.routes import ROUTES
 from parley_gateway.files_http import add_routes
+from parley_gateway.http_auth import Auth
+from parley_gateway.http_auth import principal_of as bearer_principal
 from parley_gateway.hub import Hub
 
 logger = logging.getLogger(__name__)
@@ -57,12 +59,6 @@ _HTTP_CODES = {
     429: ErrorCode.RATE_LIMITED,
 }
 
-# The bearer scheme in the OpenAPI document (/docs has "Authorize"); a missing or non-bearer
-# header is None here and UNAUTHORIZED in the protocol's envelope from principal_of.
-_BEARER = HTTPBearer(
-    auto_error=False, bearerFormat="JWT", description="A Parley access token (docs/security.md)"
-)
-Auth = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
 # Integers in the query; an empty value (``?limit=``) means "not given".
 IntParam = Annotated[str | None, Query(description="integer; empty = not given")]
 
@@ -170,10 +166,7 @@ def create_app(hub: Hub) -> FastAPI:
         return JSONResponse(env, status_code=422)
 
     async def principal_of(authorization: HTTPAuthorizationCredentials | None) -> Principal:
-        if authorization is None:
-            raise ParleyError(ErrorCode.UNAUTHORIZED, "missing bearer token")
-        principal, _ = await verify_token_async(authorization.credentials.strip(), jwt_cfg)
-        return principal
+        return await bearer_principal(authorization, jwt_cfg)
 
     async def query(subject: str, principal: Principal, data: dict[str, Any]) -> Response:
         # An empty query parameter (``?status=``) means "not given".
