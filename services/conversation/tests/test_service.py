@@ -812,3 +812,25 @@ async def test_an_old_event_log_is_folded_into_the_conversation_log(
     assert await fold_legacy_event_log(service.store) == []
     r = await request_(SEND, {"conversationId": cid, "content": "new"}, ALICE)
     assert r["success"] and r["data"]["seq"] == 5, r
+
+
+async def test_durable_frames_carry_seq_in_headers(
+    service: ConversationService, request_: Request, nc: Client
+) -> None:
+    """Gateways order durable frames by their headers without decoding them."""
+    cid = (await create(request_))["_id"]
+    got: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def on_event(msg: Any) -> None:
+        await got.put(msg)
+
+    sub = await nc.subscribe(subjects.conversation_events(cid), cb=on_event)
+    await nc.flush()
+    r = await request_(SEND, {"conversationId": cid, "content": "hello"}, ALICE)
+    msg = await asyncio.wait_for(got.get(), 10)
+    await sub.unsubscribe()
+    frame = jsonutil.loads(msg.data)
+    assert msg.headers == subjects.durable_headers(
+        cid, r["data"]["seq"], frame.get("epoch", 0), "message:new"
+    )
+    assert frame["seq"] == r["data"]["seq"]

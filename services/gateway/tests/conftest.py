@@ -355,7 +355,11 @@ class FakeConversationService:
             frame = envelopes.event_frame(Event.MESSAGE_NEW, message, conversation_id=cid, seq=seq)
             self.events[cid].append(frame)
             if seq not in self.drop_publish:
-                await self.nc.publish(subjects.conversation_events(cid), jsonutil.dumps(frame))
+                # As the real service: seq and epoch in headers too (subjects.durable_headers).
+                headers = subjects.durable_headers(cid, seq, 0, Event.MESSAGE_NEW.value)
+                await self.nc.publish(
+                    subjects.conversation_events(cid), jsonutil.dumps(frame), headers=headers
+                )
             await self._reply(msg, envelopes.ok(message))
         else:
             await self._reply(msg, envelopes.ok(None))

@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from parley_contract import jsonutil
-from parley_contract.events import PrincipalKind
+from parley_contract import envelopes, jsonutil, subjects
+from parley_contract.events import Event, PrincipalKind
 
 
 async def test_connect_join_send_across_instances(
@@ -68,6 +68,26 @@ async def test_gap_is_filled_from_the_store(
         assert r["success"]
     await bob.wait_for(lambda f: f.get("seq") == 5)
     assert bob.seqs(cid) == [1, 2, 3, 4, 5]
+
+
+async def test_durable_frames_are_ordered_by_their_headers(
+    gateway_factory: Any, clients: Any, fake_conversation: Any
+) -> None:
+    """The gateway orders durable frames by the seq in their NATS headers, without reading
+    the body: these bodies carry no seq at all, and arrive in the wrong order."""
+    gw = gateway_factory()
+    alice = await clients(gw.ws_url, "alice")
+    cid = (await alice.cmd("conversation:create", {"title": "h"}))["data"]["_id"]
+    assert (await alice.cmd("conversation:join", {"conversationId": cid}))["success"]
+    for seq in (2, 1):
+        frame = envelopes.event_frame(Event.MESSAGE_NEW, {"content": f"m{seq}"})
+        headers = subjects.durable_headers(cid, seq, 0, Event.MESSAGE_NEW.value)
+        await fake_conversation.nc.publish(
+            subjects.conversation_events(cid), jsonutil.dumps(frame), headers=headers
+        )
+    await alice.wait_for(lambda f: f.get("data", {}).get("content") == "m2")
+    got = [f["data"]["content"] for f in alice.frames if f.get("event") == "message:new"]
+    assert got == ["m1", "m2"]
 
 
 async def test_bad_input(gateway_factory: Any, clients: Any, fake_conversation: Any) -> None:

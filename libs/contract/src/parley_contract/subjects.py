@@ -38,6 +38,23 @@ def kv_key_subject(bucket: str, key: str) -> str:
 # NATS header on an ephemeral frame a gateway publishes for one of its connections (typing):
 # the session id of that connection, which does not get the frame back. Never sent to clients.
 HEADER_ORIGIN: Final = "Parley-Origin"
+# NATS headers on a durable frame the conversation service publishes: its conversation, seq,
+# epoch and event name, so that a gateway orders and delivers it without decoding the body.
+HEADER_CONVERSATION: Final = "Parley-Conversation"
+HEADER_SEQ: Final = "Parley-Seq"
+HEADER_EPOCH: Final = "Parley-Epoch"
+HEADER_EVENT: Final = "Parley-Event"
+
+
+def durable_headers(conversation_id: str, seq: int, epoch: int, event: str) -> dict[str, str]:
+    """The headers of a durable frame (see HEADER_SEQ)."""
+    return {
+        HEADER_CONVERSATION: conversation_id,
+        HEADER_SEQ: str(seq),
+        HEADER_EPOCH: str(epoch),
+        HEADER_EVENT: event,
+    }
+
 
 # JetStream stream of agent turns (work queue so each user message is answered once).
 STREAM_AGENT_TURNS: Final = "PARLEY_AGENT_TURNS"

@@ -51,6 +51,8 @@ TOTALS_PAUSE_PER_WRITE = 4.0
 TOTALS_MAX_PAUSE = 2.0  # seconds
 
 Publish = Callable[[str, bytes], Awaitable[None]]
+# A durable frame with its NATS headers (subjects.durable_headers).
+PublishFrame = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
 OnStored = Callable[[Conversation, list[Message]], Coroutine[Any, Any, None]]
 
 
@@ -93,9 +95,12 @@ class Sequencer:
         totals_interval: float = 0.0,
         max_wait: float = 0.0,
         on_committed: Callable[[str, int, int], Awaitable[None]] | None = None,
+        publish_frame: PublishFrame | None = None,
     ) -> None:
         self._store = store
         self._publish = publish
+        # Durable frames go out with their headers when given (gateways order them by those).
+        self._publish_frame = publish_frame
         self._on_stored = on_stored
         self._on_committed = on_committed  # (conversation, epoch, highest seq) per batch
         self._max_batch = max_batch
@@ -336,7 +341,7 @@ class Sequencer:
                 # A duplicate is published again: its first run (a replica that died before
                 # publishing it) may never have; gateways drop a seq they delivered already.
                 if res.error is None:
-                    await self._publish(subject, jsonutil.dumps(res.frame))
+                    await self._publish_durable(cid, subject, res.frame)
         if self._on_stored is not None:
             for cid, stored in stored_by.items():
                 if stored and cid in convs:
@@ -355,6 +360,17 @@ class Sequencer:
                     _fail([item], res.error)
                 elif not item.future.done():
                     item.future.set_result(res)
+
+    async def _publish_durable(self, cid: str, subject: str, frame: dict[str, Any]) -> None:
+        payload = jsonutil.dumps(frame)
+        if self._publish_frame is None:
+            await self._publish(subject, payload)
+            return
+        epoch = frame.get("epoch")
+        headers = subjects.durable_headers(
+            cid, int(frame["seq"]), epoch if isinstance(epoch, int) else 0, str(frame["event"])
+        )
+        await self._publish_frame(subject, payload, headers)
 
     async def _project(self, what: str, write: Callable[[], Awaitable[None]]) -> bool:
         """A projection write (the totals) after the log insert: retried, never fails a caller.

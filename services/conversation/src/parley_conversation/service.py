@@ -79,6 +79,7 @@ class ConversationService:
             totals_interval=settings.totals_interval_seconds,
             max_wait=settings.max_wait_seconds,
             on_committed=self._note_mark,
+            publish_frame=self.publish,
         )
         self.outbox = TurnOutbox(
             self.store.messages.database[OUTBOX_COLLECTION],
@@ -343,12 +344,14 @@ class ConversationService:
 
     # ------------------------------------------------------------ effects
 
-    async def publish(self, subject: str, payload: bytes) -> None:
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> None:
         """Core NATS publish. A failure never fails a stored write: the frame is in the event
         log, and gateways fill the gap from QUERY_EVENTS_SINCE when the next one arrives."""
         payload = self.attachments.sign_payload(payload)  # urls signed as they go out
         try:
-            await self.broker.connection.publish(subject, payload)
+            await self.broker.connection.publish(subject, payload, headers=headers)
         except NatsError as exc:
             self.metrics.publish_failures.inc()
             logger.warning("could not publish on %s: %r", subject, exc)

@@ -47,6 +47,17 @@ PRESENCE_EVENTS = {
 }
 
 
+_EPOCH = subjects.HEADER_EPOCH
+_MESSAGE_NEW = Event.MESSAGE_NEW.value
+
+
+def _int(value: str | None) -> int | None:
+    """A header's integer (seq, epoch), None if it is not one."""
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 19:
+        return None
+    return int(value)
+
+
 class ConvState:
     """One subscribed conversation on this instance."""
 
@@ -121,8 +132,15 @@ class Fanout(Sessions):
     def _conv_handler(self, conv: ConvState) -> Callable[[Msg], None]:
         def on_msg(msg: Msg) -> None:
             headers = msg.headers
-            origin = headers.get(subjects.HEADER_ORIGIN) if headers else None
             ephemeral = subjects.is_ephemeral_subject(msg.subject)
+            if headers and not ephemeral and subjects.HEADER_SEQ in headers:
+                # A durable frame: ordered by its headers, the body is not decoded.
+                seq, epoch = _int(headers[subjects.HEADER_SEQ]), _int(headers.get(_EPOCH))
+                if seq is not None:
+                    event = headers.get(subjects.HEADER_EVENT)
+                    self.on_durable_frame(conv, msg.data, seq, epoch or 0, event)
+                    return
+            origin = headers.get(subjects.HEADER_ORIGIN) if headers else None
             self.on_conversation_frame(conv, msg.data, origin, ephemeral_only=ephemeral)
 
         return on_msg
@@ -162,9 +180,26 @@ class Fanout(Sessions):
                 if origin is None or conn.session_id != origin:
                     conn.push_frame(wire)
             return
-        self.metrics.events_in.labels("durable").inc()
         epoch = frame.get("epoch", 0)
-        out = conv.seq.push(seq, data, epoch if isinstance(epoch, int) else 0)
+        self._durable(conv, data, seq, epoch if isinstance(epoch, int) else 0)
+
+    def on_durable_frame(
+        self, conv: ConvState, data: bytes, seq: int, epoch: int, event: str | None
+    ) -> None:
+        """A durable frame whose seq, epoch and event came in its NATS headers: the body is
+        decoded only for a message:new while the turn tracker follows an agent turn."""
+        if event == _MESSAGE_NEW and conv.turn.tracking:
+            try:
+                frame = jsonutil.loads(data)
+            except ValueError:
+                frame = None
+            if isinstance(frame, dict):
+                conv.turn.on_frame(event, frame.get("data"))
+        self._durable(conv, data, seq, epoch)
+
+    def _durable(self, conv: ConvState, data: bytes, seq: int, epoch: int) -> None:
+        self.metrics.events_in.labels("durable").inc()
+        out = conv.seq.push(seq, data, epoch)
         if out.reset:
             # Members' delivered positions belong to the old epoch (docs/protocol.md).
             logger.warning("conversation %s: epoch %d begins at seq %d", conv.cid, epoch, seq)

@@ -36,6 +36,11 @@ class TurnTracker:
         self.state = TurnState()
         self.buffer: list[tuple[str, Any]] | None = []  # frames until the KV state is loaded
 
+    @property
+    def tracking(self) -> bool:
+        """Whether a message:new may change the state (loading, or a turn is known)."""
+        return self.buffer is not None or self.state.parent is not None
+
     def on_frame(self, event: str, data: Any) -> None:
         if self.buffer is not None:
             self.buffer.append((event, data))
