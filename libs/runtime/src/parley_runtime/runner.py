@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import uvicorn
 import uvloop
@@ -159,6 +159,32 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+@runtime_checkable
+class HttpServiceSettings(Protocol):
+    """What :func:`run_http` reads besides the shared fields (each service names its own
+    environment variables for them)."""
+
+    http_host: str
+    http_port: int
+    drain_seconds: float
+
+
+def run_http(cls: type[S], create_app: Callable[[S], Any]) -> None:
+    """A service's whole ``main``: its settings from the environment, then the ASGI app
+    ``create_app(settings)`` on ``http_host:http_port`` under the shutdown rule above; the
+    app's lifespan starts the service and drains it within ``drain_seconds``. Never returns."""
+    settings = load_settings(cls)
+    if not isinstance(settings, HttpServiceSettings):
+        raise TypeError(f"{cls.__name__} lacks http_host, http_port or drain_seconds")
+    host, port = settings.http_host, settings.http_port
+
+    async def serve(stop: asyncio.Event) -> None:
+        app = create_app(settings)
+        await serve_asgi(app, host=host, port=port, stop=stop, settings=settings)
+
+    run(settings, serve, drain_seconds=settings.drain_seconds)
 
 
 async def serve_asgi(
