@@ -140,9 +140,9 @@ def test_totals_of_a_batch() -> None:
     ]
     t = domain.totals_of(msgs, [10, 9, 8, 11])
     assert (t.messages, t.tokens, t.cost, t.max_seq) == (3, 9, 1.5, 11)
-    assert t.last is not None and t.last.seq == 10
-    lm = domain.last_message_of(t.last)
-    assert lm.seq == 10 and lm.message_id == t.last.id and lm.role == "assistant"
+    lm = t.last_message
+    assert lm is not None and lm.seq == 10 and lm.role == "assistant"
+    assert lm.message_id == msgs[0].id
 
 
 def test_update_and_agent_switch() -> None:

@@ -81,6 +81,24 @@ class StoreConfig:
     s3_prefix: str = "attachments/"
 
 
+class _Capped:
+    """An upload's chunks as they come, counted; ``TooLarge`` once past ``max_bytes``."""
+
+    __slots__ = ("_chunks", "_max_bytes", "size")
+
+    def __init__(self, chunks: AsyncIterator[bytes], max_bytes: int) -> None:
+        self._chunks = chunks
+        self._max_bytes = max_bytes
+        self.size = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            self.size += len(chunk)
+            if self.size > self._max_bytes:
+                raise TooLarge
+            yield chunk
+
+
 def open_store(cfg: StoreConfig) -> FileStore:
     """The configured store; connections open on first use (no I/O here)."""
     if cfg.kind == "s3":
@@ -103,19 +121,16 @@ class GridFSStore:
         stream = self._bucket.open_upload_stream_with_id(
             key, key, chunk_size_bytes=CHUNK, metadata={"contentType": content_type}
         )
-        size = 0
+        body = _Capped(chunks, max_bytes)
         try:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise TooLarge
+            async for chunk in body:
                 await stream.write(chunk)
         except BaseException:
             with contextlib.suppress(Exception):
                 await stream.abort()
             raise
         await stream.close()
-        return size
+        return body.size
 
     async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
         try:
@@ -190,12 +205,9 @@ class S3Store:
         upload_id = upload["UploadId"]
         parts: list[dict[str, Any]] = []
         buf = bytearray()
-        size = 0
+        body = _Capped(chunks, max_bytes)
         try:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise TooLarge
+            async for chunk in body:
                 buf += chunk
                 if len(buf) >= S3_PART:
                     await self._part(s3, name, upload_id, parts, bytes(buf))
@@ -212,7 +224,7 @@ class S3Store:
             with contextlib.suppress(Exception):
                 await s3.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id)
             raise
-        return size
+        return body.size
 
     async def _part(
         self, s3: S3Client, name: str, upload_id: str, parts: list[dict[str, Any]], body: bytes

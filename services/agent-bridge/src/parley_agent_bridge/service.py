@@ -39,6 +39,7 @@ from parley_contract.events import Event
 from parley_contract.routes import ROUTES
 from parley_runtime import bus, jetstream
 from parley_runtime.retry import retry
+from parley_runtime.tasks import cancel_all
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +96,7 @@ class Bridge(Turns, ToolCalls):
     async def stop(self) -> None:
         self.ready = False
         self._closing.set()
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+        await cancel_all(self._tasks)
         if self._turn_tasks:
             # Running turns get a grace period; the rest are nak'ed and resumed elsewhere.
             _, pending = await asyncio.wait(
@@ -108,10 +106,7 @@ class Bridge(Turns, ToolCalls):
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-        for task in list(self._describing.values()):  # best effort: the next turn retries
-            task.cancel()
-        if self._describing:
-            await asyncio.wait(set(self._describing.values()))
+        await cancel_all(list(self._describing.values()))  # best effort: the next turn retries
         if self._tool_tasks:  # each is bounded by its MCP server's timeout
             await asyncio.wait(set(self._tool_tasks), timeout=self.settings.drain_seconds)
             for task in self._tool_tasks:

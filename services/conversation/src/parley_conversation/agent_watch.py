@@ -18,7 +18,6 @@ was known to be unserved then) is not tracked.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +32,7 @@ from parley_contract.events import Event
 from parley_contract.internal import AGENT_LIVENESS_SECONDS
 from parley_contract.models import Message
 from parley_conversation import domain
+from parley_runtime.tasks import cancel_all
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +72,7 @@ class AgentWatch:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
 
     def track(self, conversation_id: str, agent_id: str, message_id: str, seq: int) -> None:

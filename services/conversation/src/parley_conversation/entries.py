@@ -14,7 +14,7 @@ from bson.errors import InvalidDocument, InvalidStringData
 from parley_contract import envelopes
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event
-from parley_contract.models import LastMessage, Message
+from parley_contract.models import Message
 from parley_conversation import domain
 from parley_conversation.documents import message_doc, message_from, wire
 
@@ -71,25 +71,9 @@ def first_unencodable(docs: Sequence[dict[str, Any]]) -> int | None:
     return None
 
 
-@dataclass
-class MessageTotals:
-    messages: int = 0
-    tokens: int = 0
-    cost: float = 0.0
-    last_message: LastMessage | None = None
-    max_seq: int = 0
-
-
-def totals_of(stored: list[Message], seqs: list[int]) -> MessageTotals:
-    """What these stored messages (and the entries at ``seqs``) add to their conversation."""
-    t = domain.totals_of(stored, seqs)
-    return MessageTotals(
-        messages=t.messages,
-        tokens=t.tokens,
-        cost=t.cost,
-        last_message=domain.last_message_of(t.last) if t.last else None,
-        max_seq=t.max_seq,
-    )
+# What a batch of stored messages adds to its conversation (the rule lives in the domain).
+MessageTotals = domain.Totals
+totals_of = domain.totals_of
 
 
 def log_entry(

@@ -24,6 +24,7 @@ from parley_gateway.fanout import ConvState
 from parley_gateway.metrics import Metrics
 from parley_gateway.presence import Presence
 from parley_gateway.settings import Settings
+from parley_runtime.tasks import cancel_all
 
 __all__ = ["ConvState", "Hub"]
 
@@ -75,11 +76,7 @@ class Hub(Presence):
                 logger.exception("periodic task %s failed", getattr(fn, "__name__", fn))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         with contextlib.suppress(Exception):
             await self.flush()
         await self.flush_publishes()

@@ -177,20 +177,24 @@ class Totals:
     messages: int = 0
     tokens: int = 0
     cost: float = 0.0
-    last: Message | None = None
+    last_message: LastMessage | None = None
     max_seq: int = 0
 
 
 def totals_of(messages: list[Message], event_seqs: list[int]) -> Totals:
+    """What these stored messages (and the entries at ``event_seqs``) add to their
+    conversation."""
     t = Totals()
+    last: Message | None = None
     for m in messages:
         t.messages += 1
         if m.usage is not None:
             t.tokens += m.usage.total_tokens
         if m.cost is not None:
             t.cost += m.cost
-        if m.seq is not None and (t.last is None or (t.last.seq or 0) < m.seq):
-            t.last = m
+        if m.seq is not None and (last is None or (last.seq or 0) < m.seq):
+            last = m
+    t.last_message = last_message_of(last) if last is not None else None
     t.max_seq = max(event_seqs, default=0)
     return t
 
