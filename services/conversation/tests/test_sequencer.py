@@ -16,7 +16,7 @@ from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import Principal
 from parley_contract.jsonutil import model_json
 from parley_contract.models import Conversation, Message
-from parley_conversation import domain, sequencer
+from parley_conversation import domain, totals_writer
 from parley_conversation.entries import AppendResult, MessageTotals, PendingEvent
 from parley_conversation.sequencer import Sequencer
 
@@ -205,14 +205,14 @@ async def test_totals_errors_are_retried_and_never_fail_a_stored_send(
     setup: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo, seq, published, _batches = setup
-    monkeypatch.setattr(sequencer, "PROJECTION_FIRST_DELAY", 0)
+    monkeypatch.setattr(totals_writer, "PROJECTION_FIRST_DELAY", 0)
     repo.fail_inserts = 2  # the totals write fails twice, then succeeds
     res = await seq.send(ALICE, message("survives"))
     assert res.seq == 1 and [m.content for m in repo.messages] == ["survives"]
     await seq.settle_totals()
     assert repo.totals.messages == 1
     failures: list[int] = []
-    seq._on_projection_failure = lambda: failures.append(1)
+    seq.totals.on_failure = lambda: failures.append(1)
     repo.fail_inserts = 100
     res = await seq.send(ALICE, message("stored, totals lost"))
     assert res.seq == 2 and [m.content for m in repo.messages] == [
@@ -252,7 +252,7 @@ def test_merge_totals_keeps_the_higher_last_message() -> None:
     conv_msg = domain.new_message(ALICE, MessageSend(conversation_id="c1", content="x"))
     last = domain.last_message_of(conv_msg.model_copy(update={"seq": 7}))
     b = MessageTotals(messages=2, tokens=1, cost=0.25, last_message=last, max_seq=7)
-    m = sequencer.merge_totals(a, b)
+    m = totals_writer.merge_totals(a, b)
     assert (m.messages, m.tokens, m.cost, m.max_seq) == (3, 3, 0.75, 7)
     assert m.last_message is last
-    assert sequencer.merge_totals(b, a).last_message is last
+    assert totals_writer.merge_totals(b, a).last_message is last

@@ -16,6 +16,11 @@ What docs/protocol.md asks of a client, done once here:
   A retryable command (idempotent: ``message:send`` with a clientMessageId, ``join``) that
   lost its socket is sent again after the reconnect; any other fails with
   SERVICE_UNAVAILABLE and ``details.outcomeUnknown``.
+
+Size: a little over 400 lines on purpose. Connect, resume, ordering and commands share one
+state (the socket, the session id, the last seq per conversation, the commands in flight) and
+must change together on every drop and reconnect; splitting them would pass that state
+around. The frame types and the subscriber streams already live beside it.
 """
 
 from __future__ import annotations

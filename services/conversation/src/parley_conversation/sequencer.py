@@ -20,7 +20,6 @@ only its sender gets the error (VALIDATION_ERROR), never the others batched with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -37,18 +36,9 @@ from parley_contract.models import Conversation, ConversationStatus, Message
 from parley_conversation import domain, roles
 from parley_conversation.entries import AppendResult, MessageTotals, PendingEvent, totals_of
 from parley_conversation.repository import Repository
+from parley_conversation.totals_writer import TotalsWriter
 
 logger = logging.getLogger(__name__)
-
-PROJECTION_ATTEMPTS = 5
-PROJECTION_FIRST_DELAY = 0.05  # seconds, x4 per attempt, capped at 2 s
-# While busy, the totals writer pauses at least this many times as long as its last write
-# took, so totals take at most 1/(1+4) = 20 % of the store's time whatever the number of
-# conversations (each totals update is a separate document write: ~1 ms on the embedded
-# store, and 100 busy conversations every 0.25 s were 40 % of it). Capped: totals trail by
-# at most TOTALS_MAX_PAUSE plus one write.
-TOTALS_PAUSE_PER_WRITE = 4.0
-TOTALS_MAX_PAUSE = 2.0  # seconds
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 # A durable frame with its NATS headers (subjects.durable_headers).
@@ -105,20 +95,15 @@ class Sequencer:
         self._on_committed = on_committed  # (conversation, epoch, highest seq) per batch
         self._max_batch = max_batch
         self._on_batch = on_batch
-        self._on_projection_failure = on_projection_failure
         self._queue: list[tuple[str, _Job]] = []
         self._worker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
         self.last_batch_at = 0.0  # time.monotonic() of the last committed batch
-        # Totals not written yet, merged per conversation (see _add_totals).
-        self._totals: dict[str, MessageTotals] = {}
-        self._totals_writer: asyncio.Task[None] | None = None
-        self._totals_added = 0  # batches of totals queued so far
-        self._totals_written = 0  # ... of which written (or given up, see _project)
-        self._totals_round = asyncio.Event()  # set (and replaced) after each write
-        self._totals_interval = totals_interval  # least pause between two totals writes
-        self._totals_flush = asyncio.Event()  # cuts that pause short (a read, a drain)
+        # The conversation totals, written in the background, merged (totals_writer.py).
+        self.totals = TotalsWriter(
+            store, interval=totals_interval, on_failure=on_projection_failure
+        )
         # Load shedding: while the oldest queued write has waited more than max_wait seconds
         # for its batch, new sends are refused at once with SERVICE_UNAVAILABLE, before
         # anything is stored, instead of queueing until the gateway's request times out
@@ -174,67 +159,19 @@ class Sequencer:
     async def drain(self) -> None:
         """Refuse new work and wait for every queued batch to be written and answered."""
         self._closing = True
-        self._totals_flush.set()
-        while self._worker is not None or self._background or self._totals_writer is not None:
+        self.totals.closing()
+        while self._worker is not None or self._background or self.totals.running:
             await asyncio.gather(
                 *([self._worker] if self._worker else []),
-                *([self._totals_writer] if self._totals_writer else []),
                 *self._background,
                 return_exceptions=True,
             )
+            await self.totals.drain()
 
     async def settle_totals(self) -> None:
         """Wait until the totals of the batches this replica stored so far are written
         (not the ones stored after this call: it ends even under a steady load)."""
-        target = self._totals_added
-        while self._totals_written < target and self._totals_writer is not None:
-            self._totals_flush.set()
-            await self._totals_round.wait()
-
-    def _add_totals(self, totals: dict[str, MessageTotals]) -> None:
-        """Queue a batch's totals for the totals writer, merged per conversation.
-
-        The writer has at most one bulk update in flight; the totals of the batches stored
-        meanwhile merge into one ``$inc``/``$max`` per conversation and go out next. So the
-        store does one totals update per conversation per write (not per batch) when it is
-        the bottleneck, and none of it holds up the next batch's inserts or the replies.
-        When totals are still pending after a write, the writer pauses ``totals_interval``
-        seconds, or longer after a slow write (``TOTALS_PAUSE_PER_WRITE``), cut short by
-        ``settle_totals`` or a drain, so more batches merge: when busy, each conversation's
-        totals are updated at most once per pause. The totals are exact once the writer is
-        idle (``settle_totals``).
-        """
-        for cid, t in totals.items():
-            old = self._totals.get(cid)
-            self._totals[cid] = t if old is None else merge_totals(old, t)
-        self._totals_added += 1
-        if self._totals_writer is None:
-            self._totals_writer = asyncio.create_task(self._write_totals(), name="totals")
-
-    async def _write_totals(self) -> None:
-        try:
-            while self._totals:
-                self._totals_flush.clear()
-                batch, self._totals = self._totals, {}
-                upto = self._totals_added
-                started = time.monotonic()
-                await self._project("totals", lambda b=batch: self._store.add_totals(b))  # type: ignore[misc]
-                took = time.monotonic() - started
-                self._totals_written = upto
-                self._totals_round.set()
-                self._totals_round = asyncio.Event()
-                if self._totals and self._totals_interval > 0 and not self._closing:
-                    # Busy: let more batches merge (one update per conversation per pause).
-                    pause = min(
-                        TOTALS_MAX_PAUSE,
-                        max(self._totals_interval, TOTALS_PAUSE_PER_WRITE * took),
-                    )
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._totals_flush.wait(), pause)
-        finally:
-            self._totals_writer = None
-            self._totals_round.set()
-            self._totals_round = asyncio.Event()
+        await self.totals.settle()
 
     async def _work(self) -> None:
         jobs: list[tuple[str, _Job]] = []
@@ -326,7 +263,7 @@ class Sequencer:
             stored_by[cid] = stored
         # The log entries (the messages themselves) are stored: durable from here on. The
         # totals go to the totals writer (coalesced, written in the background, retried).
-        self._add_totals(totals)
+        self.totals.add(totals)
         self.last_batch_at = time.monotonic()
         if self._on_committed is not None:
             # The high-water marks (epochs.py) go out before the frames that reach them.
@@ -372,28 +309,6 @@ class Sequencer:
         )
         await self._publish_frame(subject, payload, headers)
 
-    async def _project(self, what: str, write: Callable[[], Awaitable[None]]) -> bool:
-        """A projection write (the totals) after the log insert: retried, never fails a caller.
-
-        Failing the callers here would be wrong: their messages are stored. If the store
-        stays down, the projection is left behind (logged, counted).
-        """
-        delay = PROJECTION_FIRST_DELAY
-        for attempt in range(1, PROJECTION_ATTEMPTS + 1):
-            try:
-                await write()
-                return True
-            except PyMongoError:
-                if attempt == PROJECTION_ATTEMPTS:
-                    logger.exception("projection %s lost after %d attempts", what, attempt)
-                    if self._on_projection_failure is not None:
-                        self._on_projection_failure()
-                    return False
-                logger.warning("projection %s failed (attempt %d), retrying", what, attempt)
-                await asyncio.sleep(delay)
-                delay = min(delay * 4, 2.0)
-        return False
-
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         """After-store work (agent turns) that must not hold up the next batch."""
 
@@ -419,20 +334,6 @@ class Sequencer:
             return job.stored
 
         return PendingEvent(Event.MESSAGE_NEW, None, job.message.client_message_id, message=stored)
-
-
-def merge_totals(a: MessageTotals, b: MessageTotals) -> MessageTotals:
-    """The totals of ``a`` then ``b`` (sums; the last message and seq of the higher seq)."""
-    last = a.last_message
-    if b.last_message is not None and (last is None or (b.last_message.seq or 0) > (last.seq or 0)):
-        last = b.last_message
-    return MessageTotals(
-        messages=a.messages + b.messages,
-        tokens=a.tokens + b.tokens,
-        cost=a.cost + b.cost,
-        last_message=last,
-        max_seq=max(a.max_seq, b.max_seq),
-    )
 
 
 def _resolve(jobs: list[_Send], result: SendResult) -> None:

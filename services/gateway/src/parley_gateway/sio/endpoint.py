@@ -13,6 +13,11 @@ Connection state recovery: the Socket.IO ``pid`` is the Parley session id and th
 each durable event is ``<conversationId>:<seq>``; a CONNECT with ``pid`` and ``offset`` is a
 Parley session resume (any gateway), so ``socket.recovered`` is true and the missed durable
 events are replayed in order.
+
+Size: a little over 400 lines on purpose. This is the one Engine.IO session table of a
+gateway (open, poll, upgrade, and the detach/adopt pair that moves a session between
+gateways): every method reads and writes that table under the same rules, and the codec,
+the session and the NATS relay already live beside it (codec.py, session.py, relay.py).
 """
 
 from __future__ import annotations
