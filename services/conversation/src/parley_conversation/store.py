@@ -18,20 +18,6 @@ from beanie import init_beanie
 from pymongo import ASCENDING, DESCENDING, TEXT, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
-from pymongo.monitoring import (
-    ConnectionCheckedInEvent,
-    ConnectionCheckedOutEvent,
-    ConnectionCheckOutFailedEvent,
-    ConnectionCheckOutStartedEvent,
-    ConnectionClosedEvent,
-    ConnectionCreatedEvent,
-    ConnectionPoolListener,
-    ConnectionReadyEvent,
-    PoolClearedEvent,
-    PoolClosedEvent,
-    PoolCreatedEvent,
-    PoolReadyEvent,
-)
 
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
@@ -48,7 +34,7 @@ from parley_conversation.documents import (
     wire,
 )
 from parley_conversation.entries import DUPLICATE_KEY, LOG_EVENT, MessageTotals
-from parley_conversation.log import ConversationLog
+from parley_conversation.log import ConversationLog, ForgetSeqsOnPoolCleared
 from parley_conversation.repository import Page
 
 logger = logging.getLogger(__name__)
@@ -64,49 +50,6 @@ WRITE_CONCERNS: dict[str, dict[str, Any]] = {
 
 
 # ---------------------------------------------------------------- MongoDB
-
-
-class _ForgetSeqsOnPoolCleared(ConnectionPoolListener):
-    """pymongo's connection monitoring: the driver clears a server's pool when it finds the
-    server unreachable or changed (a network error, a restart, a step-down); that drops the
-    store's cached next seqs (MongoStore.forget_seqs). Connection-pool events are published
-    synchronously (server events would need a running loop when the client is made)."""
-
-    def __init__(self, store: MongoStore) -> None:
-        self._store = store
-
-    def pool_cleared(self, event: PoolClearedEvent) -> None:
-        self._store.forget_seqs()
-
-    def pool_created(self, event: PoolCreatedEvent) -> None:
-        return None
-
-    def pool_ready(self, event: PoolReadyEvent) -> None:
-        return None
-
-    def pool_closed(self, event: PoolClosedEvent) -> None:
-        return None
-
-    def connection_created(self, event: ConnectionCreatedEvent) -> None:
-        return None
-
-    def connection_ready(self, event: ConnectionReadyEvent) -> None:
-        return None
-
-    def connection_closed(self, event: ConnectionClosedEvent) -> None:
-        return None
-
-    def connection_check_out_started(self, event: ConnectionCheckOutStartedEvent) -> None:
-        return None
-
-    def connection_check_out_failed(self, event: ConnectionCheckOutFailedEvent) -> None:
-        return None
-
-    def connection_checked_out(self, event: ConnectionCheckedOutEvent) -> None:
-        return None
-
-    def connection_checked_in(self, event: ConnectionCheckedInEvent) -> None:
-        return None
 
 
 class MongoStore(ConversationLog):
@@ -126,7 +69,7 @@ class MongoStore(ConversationLog):
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             url,
             **WRITE_CONCERNS[write_concern],
-            event_listeners=[_ForgetSeqsOnPoolCleared(self)],
+            event_listeners=[ForgetSeqsOnPoolCleared(self)],
             tz_aware=True,
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
