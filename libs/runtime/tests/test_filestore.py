@@ -11,7 +11,8 @@ import pytest
 
 from parley_contract import attachments as att
 from parley_devstack.servers import StoreServer
-from parley_runtime.filestore import S3_PART, FileStore, Missing, StoreConfig, TooLarge, open_store
+from parley_runtime.filestore import FileStore, Missing, StoreConfig, TooLarge, open_store
+from parley_runtime.filestore_s3 import S3_PART
 
 
 @pytest.fixture(scope="module")
