@@ -206,6 +206,9 @@ class ConversationService:
         self.agent_watch.start()
         await self.outbox.start()
         await self.broker.start()
+        # Ready once the server holds the subscriptions (a PONG follows the SUBs): a request
+        # sent right after start would otherwise get "no responders" on a busy machine.
+        await retry("registering the subscriptions", lambda: nc.flush(timeout=5))
         self._started = True
         self.ready = True
         logger.info("conversation service %s ready", self.settings.instance_id)
