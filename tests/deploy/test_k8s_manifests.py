@@ -43,6 +43,8 @@ def test_every_manifest_validates_against_the_pinned_kubernetes_schema(dt: Modul
     assert len(docs) >= 20, "expected the full set of manifests"
     failures = []
     for doc in docs:
+        if str(doc.body.get("apiVersion", "")).startswith("cert-manager.io/"):
+            continue  # a CRD (certificates.example.yaml): no pinned schema; checked below
         try:
             kubernetes_validate.validate(doc.body, dt.K8S_VERSION, strict=True)
         except (
@@ -257,3 +259,50 @@ def test_every_drain_setting_fits_in_its_grace_period(
             assert pause + drain + 10 <= grace, (service, name, drain, grace)
             checked += 1
     assert checked >= 2, "the gateway and the conversation service both drain"
+
+
+def _mounted_secret(body: dict[str, Any], path: str) -> dict[str, Any]:
+    """The secret volume mounted at ``path`` in the workload's only container."""
+    mounts = {m["mountPath"]: m["name"] for m in _container(body).get("volumeMounts", [])}
+    assert path in mounts, f"nothing is mounted at {path}"
+    volumes = {v["name"]: v for v in body["spec"]["template"]["spec"]["volumes"]}
+    secret: dict[str, Any] = volumes[mounts[path]]["secret"]
+    return secret
+
+
+def test_traffic_that_leaves_a_pod_is_tls(dt: ModuleType) -> None:
+    """Issue 18: NATS serves clients over TLS from a cert-manager-style Secret; every Parley
+    service trusts its CA and reaches MongoDB over TLS; only CA certificates reach them."""
+    docs = _docs(dt)
+    nats = next(d.body for d in docs if d.kind == "StatefulSet" and d.name == "nats")
+    args = _container(nats)["args"]
+    assert "--tls" in args
+    cert = next(a.split("=", 1)[1] for a in args if a.startswith("--tlscert="))
+    key = next(a.split("=", 1)[1] for a in args if a.startswith("--tlskey="))
+    assert Path(cert).parent == Path(key).parent
+    assert _mounted_secret(nats, str(Path(cert).parent))["secretName"] == "parley-nats-tls"
+
+    configs = {d.name: d.body["data"] for d in docs if d.kind == "ConfigMap"}
+    hosts: set[str] = set()
+    for name, body in _deployments(dt).items():
+        data = configs[name]
+        assert data["MONGODB_TLS"] == "true", name
+        for setting, secret_name in (
+            ("NATS_CA", "parley-nats-tls"),
+            ("MONGODB_TLS_CA_FILE", "parley-mongodb-tls"),
+        ):
+            secret = _mounted_secret(body, str(Path(data[setting]).parent))
+            assert secret["secretName"] == secret_name, (name, setting)
+            # only the CA certificate, never a server's private key
+            assert secret["items"] == [{"key": "ca.crt", "path": Path(data[setting]).name}]
+        hosts |= {u.split("://", 1)[1].rsplit(":", 1)[0] for u in data["NATS_URL"].split(",")}
+
+    certificate = next(
+        d.body
+        for d in docs
+        if d.kind == "Certificate" and d.body["spec"]["secretName"] == "parley-nats-tls"
+    )
+    names = certificate["spec"]["dnsNames"]
+    for host in hosts:  # every address the services dial is in the certificate
+        rest = host.partition(".")[2]
+        assert host in names or f"*.{rest}" in names, host

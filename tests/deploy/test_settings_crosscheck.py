@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from parley_devstack.idp import rs256_key_pair
+from parley_devstack.tlscerts import TestCA
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLIC_KEY = rs256_key_pair()[1]
@@ -135,10 +136,13 @@ def test_settings_accept_the_deployed_environment(
     dt: ModuleType,
     all_service_settings: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
     where: str,
 ) -> None:
     """Each service's Settings validate the values compose / k8s give it (types, ranges)
-    and pass the service's production check (no development JWT secret)."""
+    and pass the service's production check (no development JWT secret). The CA files the
+    manifests mount from Secrets are real CA certificates here, at the same names."""
+    ca = TestCA(tmp_path / "ca")
     envs = _compose_envs(dt) if where == "compose" else _k8s_envs(dt)
     for unit, service, env in envs:
         for name in list(os.environ):
@@ -149,6 +153,11 @@ def test_settings_accept_the_deployed_environment(
                 if name not in K8S_REFERENCED:
                     continue  # an optional secret key (e.g. the RS256 public key)
                 value = K8S_REFERENCED[name]  # noqa: PLW2901
+            if name in ("NATS_CA", "MONGODB_TLS_CA_FILE"):  # a path inside the pod
+                local = tmp_path / value.lstrip("/")
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_bytes((ca.directory / "ca.pem").read_bytes())
+                value = str(local)  # noqa: PLW2901
             monkeypatch.setenv(name, value)
         for cls in all_service_settings[service].classes:
             settings = cls()
