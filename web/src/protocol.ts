@@ -1,11 +1,16 @@
 /**
  * Parley client protocol (docs/protocol.md) — the one module of the web UI that speaks the wire.
  *
- * - Types mirror `libs/contract/src/parley_contract` (events.py, models.py, envelopes.py).
+ * - Types, event names and error codes are generated from `libs/contract`
+ *   (src/generated/contract.ts) and re-exported here; only the client's own types live here.
  * - `ParleyClient`: WebSocket `/ws?access_token=…`, request/reply by `id`, event subscription,
  *   per-conversation `lastSeq`, resume with `session=<sessionId>`, dedupe of durable events by
  *   `seq`, retry of idempotent commands (message:send with clientMessageId) after a reconnect,
  *   and the HTTP `/v1` reads with a bearer token.
+ *
+ * Size: over 400 lines because `ParleyClient` is one state machine (socket, session, lastSeq
+ * and epoch per conversation, commands in flight) that every method reads; its HTTP reads
+ * are the seam to split next (they share only the token and the base URLs).
  */
 
 // ------------------------------------------------------------------ the contract (generated)
