@@ -32,7 +32,7 @@ from parley_contract.events import Event
 from parley_contract.internal import AGENT_LIVENESS_SECONDS
 from parley_contract.models import Message
 from parley_conversation import domain
-from parley_runtime.tasks import cancel_all
+from parley_runtime.tasks import cancel_all, every
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,10 @@ class AgentWatch:
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._watch(), name="agent-watch-kv"),
-            asyncio.create_task(self._check_loop(), name="agent-watch-check"),
+            asyncio.create_task(
+                every(CHECK_SECONDS, self.check, what="agent watch check", log=logger),
+                name="agent-watch-check",
+            ),
         ]
 
     async def stop(self) -> None:
@@ -108,16 +111,6 @@ class AgentWatch:
         return heard is not None and now - heard > AGENT_DEAD_AFTER_SECONDS
 
     # ------------------------------------------------------------ turns
-
-    async def _check_loop(self) -> None:
-        while True:
-            await asyncio.sleep(CHECK_SECONDS)
-            try:
-                await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("agent watch check failed")
 
     async def check(self) -> None:
         now = time.monotonic()

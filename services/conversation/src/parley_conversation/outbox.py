@@ -32,6 +32,7 @@ from pymongo.errors import PyMongoError
 
 from parley_contract import jsonutil, subjects
 from parley_contract.internal import AgentTurn
+from parley_runtime.tasks import every
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,16 @@ class TurnOutbox:
     async def start(self) -> None:
         with contextlib.suppress(PyMongoError):  # the sweep works without it, only slower
             await self._coll.create_index([("due", ASCENDING)])
-        self._task = asyncio.create_task(self._sweep_loop(), name="turn-outbox")
+        self._task = asyncio.create_task(
+            every(
+                SWEEP_SECONDS,
+                self.sweep,
+                what="agent turn outbox sweep",
+                expected=(PyMongoError,),
+                log=logger,
+            ),
+            name="turn-outbox",
+        )
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._retrying) if t is not None]
@@ -161,16 +171,6 @@ class TurnOutbox:
                 return
 
     # ------------------------------------------------------------ the sweep
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_SECONDS)
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except PyMongoError as exc:
-                logger.warning("agent turn outbox sweep failed: %r", exc)
 
     async def sweep(self) -> int:
         """Publish the due entries (any replica's); the number acknowledged."""

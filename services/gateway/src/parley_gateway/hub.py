@@ -16,7 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import nats.errors
 
@@ -24,7 +25,7 @@ from parley_gateway.fanout import ConvState
 from parley_gateway.metrics import Metrics
 from parley_gateway.presence import Presence
 from parley_gateway.settings import Settings
-from parley_runtime.tasks import cancel_all
+from parley_runtime.tasks import cancel_all, every
 
 __all__ = ["ConvState", "Hub"]
 
@@ -65,15 +66,11 @@ class Hub(Presence):
         ]
         logger.info("gateway %s connected to NATS %s", self.instance_id, self.settings.nats_url)
 
-    async def _loop(self, interval: float, fn: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await fn()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("periodic task %s failed", getattr(fn, "__name__", fn))
+    def _loop(
+        self, interval: float, fn: Callable[[], Awaitable[None]]
+    ) -> Coroutine[Any, Any, None]:
+        what = f"periodic task {getattr(fn, '__name__', fn)}"
+        return every(interval, fn, what=what, log=logger)
 
     async def stop(self) -> None:
         await cancel_all(self._tasks)
