@@ -51,7 +51,9 @@ def test_new_chat_with_the_demo_agent_from_the_picker(
     # The picker lists what GET /v1/agents serves, by name, with its presence.
     option = page.locator('label:has([data-testid="agent-option-agent-demo"])')
     option.wait_for()
-    assert option.locator(".dot.on").count() == 1, "agent-demo is served: online before any answer"
+    # agent-demo is served: online before any answer (the label may first come from the
+    # page's built-in fallback list, its status unknown until GET /v1/agents answers).
+    option.locator(".dot.on").wait_for(timeout=10_000)
     assert page.locator('input[id="new-agent"]').count() == 0, "no agent id field"
     shot(page, "picker")
     page.check('[data-testid="agent-option-agent-demo"]')
