@@ -4,12 +4,14 @@ published again until it does, also one left behind by a replica that died."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
@@ -38,34 +40,38 @@ async def _request(nc: Client, subject: str, data: Any, principal: dict[str, Any
 
 
 async def _turns(nc: Client, cid: str, *, want: int, within: float) -> list[AgentTurn]:
-    """The turns of ``cid`` in the agent-turns stream (taken, as a bridge would)."""
+    """The turns of ``cid`` in the agent-turns stream, read by sequence and then removed.
+
+    No consumer: the stream is a work queue, which allows one consumer per filter, and on
+    the session's shared NATS server a bridge's durable one may already exist (the full run
+    failed with "filtered consumer not unique on workqueue stream").
+    """
     js = nc.jetstream()
     deadline = time.monotonic() + within
-    while True:  # JetStream may still be electing leaders
-        try:
-            psub = await js.pull_subscribe(
-                subjects.AGENT_TURN, durable=None, stream=subjects.STREAM_AGENT_TURNS
-            )
-            break
-        except (TimeoutError, nats.errors.Error):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
-    turns: list[AgentTurn] = []
+    seen: dict[int, AgentTurn] = {}
     while time.monotonic() < deadline:
-        try:
-            msgs = await psub.fetch(64, timeout=0.5)
+        try:  # JetStream may still be electing leaders
+            info = await js.stream_info(subjects.STREAM_AGENT_TURNS)
+            for seq in range(max(info.state.first_seq, 1), info.state.last_seq + 1):
+                if seq in seen:
+                    continue
+                try:
+                    msg = await js.get_msg(subjects.STREAM_AGENT_TURNS, seq)
+                except nats.js.errors.NotFoundError:
+                    continue
+                seen[seq] = AgentTurn.model_validate_json(msg.data or b"")
         except (TimeoutError, nats.errors.Error):
+            await asyncio.sleep(0.5)
             continue
-        for m in msgs:
-            t = AgentTurn.model_validate_json(m.data)
-            if t.conversation_id == cid:
-                turns.append(t)
-            await m.ack()
-        if len(turns) >= want:  # a second more: a duplicate would show up now
+        if sum(t.conversation_id == cid for t in seen.values()) >= want:
+            # a second more: a duplicate would show up now
             deadline = min(deadline, time.monotonic() + 1.0)
-    await psub.unsubscribe()
-    return turns
+        await asyncio.sleep(0.2)
+    mine = [(seq, t) for seq, t in sorted(seen.items()) if t.conversation_id == cid]
+    for seq, _ in mine:  # taken, as a bridge would: later tests' bridges must not see them
+        with contextlib.suppress(nats.errors.Error):
+            await js.delete_msg(subjects.STREAM_AGENT_TURNS, seq)
+    return [t for _, t in mine]
 
 
 @pytest.fixture
