@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,15 +129,6 @@ async def test_a_turn_sent_without_jetstream_quorum_is_published_once_quorum_ret
     finally:
         await svc.stop()
         await nc.close()
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    try:
-        yield client
-    finally:
-        await client.drain()
 
 
 async def test_a_turn_another_replica_left_in_the_outbox_is_published(
