@@ -75,7 +75,7 @@ class StoreConfig:
     s3_prefix: str = "attachments/"
 
 
-class _Capped:
+class CappedBody:
     """An upload's chunks as they come, counted; ``TooLarge`` once past ``max_bytes``."""
 
     __slots__ = ("_chunks", "_max_bytes", "size")
@@ -118,7 +118,7 @@ class GridFSStore:
         stream = self._bucket.open_upload_stream_with_id(
             key, key, chunk_size_bytes=CHUNK, metadata={"contentType": content_type}
         )
-        body = _Capped(chunks, max_bytes)
+        body = CappedBody(chunks, max_bytes)
         try:
             async for chunk in body:
                 await stream.write(chunk)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
-from parley_runtime.filestore import CHUNK, Missing, _Capped
+from parley_runtime.filestore import CHUNK, CappedBody, Missing
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -73,7 +73,7 @@ class S3Store:
         upload_id = upload["UploadId"]
         parts: list[dict[str, Any]] = []
         buf = bytearray()
-        body = _Capped(chunks, max_bytes)
+        body = CappedBody(chunks, max_bytes)
         try:
             async for chunk in body:
                 buf += chunk
