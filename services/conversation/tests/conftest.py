@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -30,22 +29,12 @@ def settings_for(nats_url: str, mongodb_url: str, db: str, **extra: Any) -> Sett
     )
 
 
-async def request_like_a_gateway(
+async def request_reply(
     nc: Client, subject: str, body: bytes, wait: float = 10.0
 ) -> dict[str, Any]:
-    """A request and its decoded reply envelope. "No responders" is retried for a moment,
-    as the gateways' request client does (parley_runtime.requests): right after a replica
-    starts (in a cluster, while its interest reaches the requester's node) a first request
-    can find nobody; seen under load in full runs, never once the service answers."""
-    deadline = asyncio.get_running_loop().time() + min(wait, 5.0)
-    while True:
-        try:
-            msg = await nc.request(subject, body, timeout=wait)
-            break
-        except nats.errors.NoRespondersError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+    """A request and its decoded reply envelope. No retry of "no responders": a replica
+    answers from the moment start() returns (test_start.py)."""
+    msg = await nc.request(subject, body, timeout=wait)
     reply: dict[str, Any] = jsonutil.loads(msg.data)
     return reply
 
@@ -88,7 +77,7 @@ def request_(nc: Client) -> Request:
             body = jsonutil.dumps(
                 {"principal": principal or {"id": "u-alice", "kind": "user"}, "data": data}
             )
-        return await request_like_a_gateway(nc, subject, body, wait)
+        return await request_reply(nc, subject, body, wait)
 
     return send
 

@@ -25,7 +25,7 @@ from parley_conversation.service import ConversationService
 from parley_devstack.natscluster import NatsCluster
 from parley_devstack.servers import NatsServer, StoreServer
 
-from .conftest import request_like_a_gateway, serve_agents, settings_for, user
+from .conftest import request_reply, serve_agents, settings_for, user
 
 ALICE = user("u-alice")
 CREATE = subjects.command(Event.CONVERSATION_CREATE)
@@ -34,7 +34,7 @@ SEND = subjects.command(Event.MESSAGE_SEND)
 
 async def _request(nc: Client, subject: str, data: Any, principal: dict[str, Any]) -> Any:
     body = jsonutil.dumps({"principal": principal, "data": data})
-    reply = await request_like_a_gateway(nc, subject, body, 15)
+    reply = await request_reply(nc, subject, body, 15)
     assert reply["success"], reply
     return reply["data"]
 

@@ -73,6 +73,25 @@ async def connect(settings: ServiceSettings, role: nats_auth.Role, **overrides: 
     return nc
 
 
+async def flush(nc: Client, wait: int = 5) -> None:
+    """Return once the server has processed everything sent on ``nc`` so far, the
+    subscriptions just made included (their interest is then in place on that server).
+
+    nats-py's own ``flush()`` does not promise that: it writes its PING straight to the
+    socket, ahead of the commands still queued for its flusher task (the SUBs of
+    ``subscribe()`` wait there), so its PONG can come back before the server has read them.
+    A request sent meanwhile from another connection finds no responders (seen for a
+    conversation replica's first request after start, under load). Hence: while anything
+    is queued, flush (which also wakes the flusher, writing the queue out in order); the
+    PING of a flush sent with nothing queued follows everything, and its PONG proves it.
+    """
+    while True:
+        queued = nc.pending_data_size
+        await nc.flush(wait)
+        if not queued:
+            return
+
+
 def _safe(netloc: str) -> str:
     """host:port without credentials (for logs)."""
     return netloc.rsplit("@", 1)[-1]

@@ -44,7 +44,7 @@ from parley_conversation.receipts import Receipts
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.settings import Settings
 from parley_conversation.store import MongoStore
-from parley_runtime import jetstream
+from parley_runtime import bus, jetstream
 from parley_runtime.retry import retry
 
 logger = logging.getLogger(__name__)
@@ -206,9 +206,10 @@ class ConversationService:
         self.agent_watch.start()
         await self.outbox.start()
         await self.broker.start()
-        # Ready once the server holds the subscriptions (a PONG follows the SUBs): a request
-        # sent right after start would otherwise get "no responders" on a busy machine.
-        await retry("registering the subscriptions", lambda: nc.flush(timeout=5))
+        # Ready once the server holds the subscriptions (bus.flush: nats-py's flush alone
+        # can be answered before the server read them): a request sent right after start
+        # would otherwise get "no responders" on a busy machine.
+        await retry("registering the subscriptions", lambda: bus.flush(nc, wait=5))
         self._started = True
         self.ready = True
         logger.info("conversation service %s ready", self.settings.instance_id)
