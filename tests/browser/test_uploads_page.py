@@ -10,33 +10,18 @@ lightbox; the stored message carries the seed's attachment shape.
 from __future__ import annotations
 
 import base64
-import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from parley_client.testing import png
+
 from .conftest import MESSAGES, Browsers, System, Ui
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 Shot = Callable[[Any, str], Path]
-
-
-def png(width: int, height: int, grey: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    raw = b"".join(b"\x00" + bytes([grey]) * width for _ in range(height))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
 
 
 # Build a File in the page and hand it to the composer as a drop or a paste would.

@@ -10,52 +10,19 @@ agent bridge reading the bytes from GridFS in the embedded store, NATS).
 from __future__ import annotations
 
 import base64
-import struct
-import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import pytest
 
 from parley_agent_bridge.openai_stub import OpenAIStub, Step
-from parley_client.testing import WsClient
+from parley_client.testing import WsClient, png
 from parley_devstack.stack import Stack
 
 LLM_AGENT = "agent-llm"  # configured by conftest.agents_file
 VISION_AGENT = "agent-vision"  # the same, with vision: true
 Connect = Callable[..., Awaitable[WsClient]]
 pytestmark = pytest.mark.timeout(180)
-
-
-def png(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    raw = b"".join(b"\x00" + b"\x40" * width for _ in range(height))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
-
-
-async def upload(
-    stack: Stack, client: WsClient, cid: str, body: bytes, *, filename: str, ctype: str
-) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=15) as http:
-        r = await http.post(
-            f"{stack.gateway_url(0)}/v1/conversations/{cid}/attachments",
-            params={"filename": filename},
-            content=body,
-            headers={"Authorization": f"Bearer {client.token}", "Content-Type": ctype},
-        )
-    assert r.status_code == 201, r.text
-    data: dict[str, Any] = r.json()["data"]
-    return data
 
 
 async def send(client: WsClient, cid: str, text: str, ids: list[str]) -> dict[str, Any]:
@@ -78,8 +45,8 @@ async def test_image_reaches_a_vision_backend(
     cid = await client.conversation(VISION_AGENT)
     image = png(7, 5)
     notes = b"first line\nsecond line\n"
-    img = await upload(stack, client, cid, image, filename="square.png", ctype="image/png")
-    txt = await upload(stack, client, cid, notes, filename="notes.txt", ctype="text/plain")
+    img = await client.upload(cid, image, filename="square.png", ctype="image/png")
+    txt = await client.upload(cid, notes, filename="notes.txt", ctype="text/plain")
     before = len(openai_stub.requests)
     user = await send(client, cid, "look-vision-e2e at these", [img["id"], txt["id"]])
     final = await client.answer(user)
@@ -105,7 +72,7 @@ async def test_a_model_without_vision_is_told_not_shown(
     openai_stub.script("blind-e2e", Step(content=["I cannot see it."]))
     client = await connect(stack)
     cid = await client.conversation(LLM_AGENT)
-    img = await upload(stack, client, cid, png(2, 2), filename="tiny.png", ctype="image/png")
+    img = await client.upload(cid, png(2, 2), filename="tiny.png", ctype="image/png")
     before = len(openai_stub.requests)
     user = await send(client, cid, "blind-e2e", [img["id"]])
     await client.answer(user)
@@ -119,12 +86,12 @@ async def test_a_model_without_vision_is_told_not_shown(
 async def test_demo_agent_describes_what_it_received(stack: Stack, connect: Connect) -> None:
     client = await connect(stack)
     cid = await client.conversation("agent-demo")
-    img = await upload(stack, client, cid, png(12, 9), filename="chart.png", ctype="image/png")
-    csv = await upload(
-        stack, client, cid, b"city,temp\nParis,21\nOslo,12\n", filename="t.csv", ctype="text/csv"
+    img = await client.upload(cid, png(12, 9), filename="chart.png", ctype="image/png")
+    csv = await client.upload(
+        cid, b"city,temp\nParis,21\nOslo,12\n", filename="t.csv", ctype="text/csv"
     )
-    pdf = await upload(
-        stack, client, cid, b"%PDF-1.4 not really", filename="r.pdf", ctype="application/pdf"
+    pdf = await client.upload(
+        cid, b"%PDF-1.4 not really", filename="r.pdf", ctype="application/pdf"
     )
     user = await send(client, cid, "", [img["id"], csv["id"], pdf["id"]])
     final = await client.answer(user)

@@ -9,9 +9,7 @@ their message or conversation.
 
 from __future__ import annotations
 
-import struct
 import uuid
-import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,29 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
+from parley_client.testing import png, upload
 from parley_devstack.servers import NatsServer, StoreServer, free_port
 from parley_devstack.stack import Stack, StackConfig
 
 from .conftest import token
 
 MAX_BYTES = 256 * 1024
-
-
-def png(width: int = 4, height: int = 3) -> bytes:
-    """A real (tiny, grey) PNG."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    raw = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture(scope="module")
@@ -80,24 +62,6 @@ async def _create(client: Any, **data: Any) -> str:
     return cid
 
 
-async def _upload(
-    http: httpx.AsyncClient,
-    base: str,
-    cid: str,
-    sub: str,
-    body: bytes,
-    *,
-    filename: str = "chart.png",
-    ctype: str = "image/png",
-) -> httpx.Response:
-    return await http.post(
-        f"{base}/v1/conversations/{cid}/attachments",
-        params={"filename": filename},
-        content=body,
-        headers={**_auth(sub), "Content-Type": ctype},
-    )
-
-
 async def test_upload_download_and_refusals(
     stack: Stack, clients: Any, http: httpx.AsyncClient
 ) -> None:
@@ -107,7 +71,7 @@ async def test_upload_download_and_refusals(
     g0, g1 = stack.gateway_url(0), stack.gateway_url(1)
     image = png()
 
-    r = await _upload(http, g0, cid, ada, image, filename="Q3 chart (final).png")
+    r = await upload(http, g0, cid, token(ada), image, filename="Q3 chart (final).png")
     assert r.status_code == 201, r.text
     item = r.json()["data"]
     assert item["filename"] == "Q3 chart (final).png"
@@ -139,22 +103,28 @@ async def test_upload_download_and_refusals(
     assert r.status_code == 200 and r.headers["content-length"] == str(len(image))
 
     # The refusals, each in the error envelope.
-    r = await _upload(http, g0, cid, eve, image)
+    r = await upload(http, g0, cid, token(eve), image)
     assert r.status_code == 403 and r.json()["error"]["code"] == "FORBIDDEN", r.text
     r = await http.post(f"{g0}/v1/conversations/{cid}/attachments?filename=a.png", content=image)
     assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
-    r = await _upload(
-        http, g0, cid, ada, b"MZ\x90\x00" * 10, filename="x.exe", ctype="application/x-msdownload"
+    r = await upload(
+        http,
+        g0,
+        cid,
+        token(ada),
+        b"MZ\x90\x00" * 10,
+        filename="x.exe",
+        ctype="application/x-msdownload",
     )
     assert r.status_code == 415 and r.json()["error"]["details"]["field"] == "Content-Type"
-    r = await _upload(
-        http, g0, cid, ada, b"<svg onload=alert(1)>", filename="x.svg", ctype="image/svg+xml"
+    r = await upload(
+        http, g0, cid, token(ada), b"<svg onload=alert(1)>", filename="x.svg", ctype="image/svg+xml"
     )
     assert r.status_code == 415
-    r = await _upload(http, g0, cid, ada, b"not a png at all, really", filename="fake.png")
+    r = await upload(http, g0, cid, token(ada), b"not a png at all, really", filename="fake.png")
     assert r.status_code == 415 and "not a image/png" in r.json()["error"]["message"]
-    r = await _upload(
-        http, g0, cid, ada, b"x" * (MAX_BYTES + 1), filename="big.txt", ctype="text/plain"
+    r = await upload(
+        http, g0, cid, token(ada), b"x" * (MAX_BYTES + 1), filename="big.txt", ctype="text/plain"
     )
     assert r.status_code == 413 and r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
     assert r.json()["error"]["details"]["limit"] == MAX_BYTES
@@ -169,11 +139,11 @@ async def test_upload_download_and_refusals(
         headers={**_auth(ada), "Content-Type": "text/plain"},
     )
     assert r.status_code == 413 and r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE", r.text
-    r = await _upload(http, g0, cid, ada, image, filename="")
+    r = await upload(http, g0, cid, token(ada), image, filename="")
     assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "filename"
-    r = await _upload(http, g0, cid, ada, b"", filename="empty.txt", ctype="text/plain")
+    r = await upload(http, g0, cid, token(ada), b"", filename="empty.txt", ctype="text/plain")
     assert r.status_code == 422
-    r = await _upload(http, g0, "bad.id", ada, image)
+    r = await upload(http, g0, "bad.id", token(ada), image)
     assert r.status_code == 422
     r = await http.get(f"{g0}/v1/attachments/{item['id']}")
     assert r.status_code == 401
@@ -194,9 +164,9 @@ async def test_message_references_signed_urls_and_deletion(
         assert (await c.cmd("conversation:join", {"conversationId": cid}))["success"]
     g0, g1 = stack.gateway_url(0), stack.gateway_url(1)
     image, notes = png(), b"line one\nline two\n"
-    img = (await _upload(http, g0, cid, ada, image)).json()["data"]
+    img = (await upload(http, g0, cid, token(ada), image)).json()["data"]
     txt = (
-        await _upload(http, g1, cid, ada, notes, filename="notes.txt", ctype="text/plain")
+        await upload(http, g1, cid, token(ada), notes, filename="notes.txt", ctype="text/plain")
     ).json()["data"]
 
     # Someone else's upload, or one made for another conversation, cannot be sent.
@@ -206,7 +176,7 @@ async def test_message_references_signed_urls_and_deletion(
     assert (
         r["error"]["code"] == "NOT_FOUND" and r["error"]["details"]["field"] == "attachments.0.id"
     )
-    theirs = (await _upload(http, g1, other, eve, image)).json()["data"]
+    theirs = (await upload(http, g1, other, token(eve), image)).json()["data"]
     r = await a.cmd(
         "message:send",
         {"conversationId": cid, "content": "x", "attachments": [{"id": theirs["id"]}]},
@@ -268,7 +238,7 @@ async def test_message_references_signed_urls_and_deletion(
     assert r.status_code == 200 and r.content == notes
 
     # Deleting the conversation takes all its files with it.
-    keep = (await _upload(http, g0, cid, ada, image)).json()["data"]
+    keep = (await upload(http, g0, cid, token(ada), image)).json()["data"]
     r = await a.cmd(
         "message:send", {"conversationId": cid, "content": "k", "attachments": [keep["id"]]}
     )
@@ -334,7 +304,7 @@ async def test_s3_store_end_to_end(
     assert (await b.cmd("conversation:join", {"conversationId": cid}))["success"]
     g0 = stack.gateway_url(0)
     image = png(300, 200)  # a few KB
-    r = await _upload(http, g0, cid, ada, image)
+    r = await upload(http, g0, cid, token(ada), image)
     assert r.status_code == 201, r.text
     item = r.json()["data"]
     async with get_session().create_client(

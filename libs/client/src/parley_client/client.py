@@ -178,12 +178,16 @@ class ParleyClient(Connection):
 
     # ---------------------------------------------------------------- HTTP (docs/protocol.md 7)
 
+    @property
+    def http_base(self) -> str:
+        """The current gateway's HTTP address (``http://host:port``)."""
+        base = self.current_url.replace("ws://", "http://").replace("wss://", "https://")
+        return base.removesuffix("/ws")
+
     async def http_get(self, path: str, **params: Any) -> Any:
         """``GET`` on the current gateway with the bearer token; the envelope's ``data``."""
         query = {k: v for k, v in params.items() if v is not None}
-        base = self.current_url.replace("ws://", "http://").replace("wss://", "https://")
-        base = base.removesuffix("/ws")
-        async with httpx.AsyncClient(base_url=base, timeout=self.request_timeout) as http:
+        async with httpx.AsyncClient(base_url=self.http_base, timeout=self.request_timeout) as http:
             resp = await http.get(
                 path, params=query, headers={"Authorization": f"Bearer {self.token}"}
             )

@@ -3,13 +3,18 @@
 End-to-end tests assert on what a client sees; they want the raw frames (to check a field
 is absent, a seq, an epoch) and replies they can look at whether they succeeded or not.
 This wraps :class:`ParleyClient` (connection, ids, resume, dedupe by seq) instead of
-driving a socket of its own.
+driving a socket of its own. Uploads (``upload``, ``png``) are shared by the gateway, agent
+bridge and browser tests.
 """
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Callable
 from typing import Any
+
+import httpx
 
 from parley_client.client import ParleyClient
 from parley_client.subscriptions import Recorder
@@ -93,6 +98,54 @@ class WsClient:
     async def http_get(self, path: str) -> Any:
         return await self.client.http_get(path)
 
+    async def upload(self, cid: str, body: bytes, *, filename: str, ctype: str) -> dict[str, Any]:
+        """An attachment uploaded through the current gateway; its record (``id``...)."""
+        async with httpx.AsyncClient(timeout=15) as http:
+            r = await upload(
+                http, self.client.http_base, cid, self.token, body, filename=filename, ctype=ctype
+            )
+        assert r.status_code == 201, r.text
+        data: dict[str, Any] = r.json()["data"]
+        return data
+
     async def close(self) -> None:
         self.recorder.close()
         await self.client.close()
+
+
+async def upload(
+    http: httpx.AsyncClient,
+    base: str,
+    cid: str,
+    token: str,
+    body: bytes,
+    *,
+    filename: str = "chart.png",
+    ctype: str = "image/png",
+) -> httpx.Response:
+    """``POST /v1/conversations/{cid}/attachments`` as the page's file button does
+    (docs/protocol.md); the raw response, refusals included."""
+    return await http.post(
+        f"{base}/v1/conversations/{cid}/attachments",
+        params={"filename": filename},
+        content=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": ctype},
+    )
+
+
+def png(width: int = 4, height: int = 3, grey: int = 0x80) -> bytes:
+    """A real PNG, ``width`` x ``height`` pixels of one grey (gateways check an upload's
+    bytes against its type)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    raw = b"".join(b"\x00" + bytes([grey]) * width for _ in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
