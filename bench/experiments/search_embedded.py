@@ -12,13 +12,11 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
+from bench.experiments.seeding import seed_conversations
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal
-from parley_contract.models import Conversation, Message, Participant, ParticipantRole
-from parley_conversation.domain import now_ms
 from parley_conversation.search import SearchQuery, search
 from parley_conversation.store import MongoStore
 from parley_devstack.servers import StoreServer
@@ -31,37 +29,19 @@ def out(line: str) -> None:
 
 
 async def fill(store: MongoStore, user: str, conversations: int, messages: int) -> None:
-    at = now_ms()
-    for c in range(conversations):
-        cid = f"{user}-c{c}"
-        part = Participant(user_id=user, role=ParticipantRole.USER, joined_at=at)
-        await store.insert_conversation(
-            Conversation(
-                id=cid,
-                conversation_id=cid,
-                title=f"Room {c} of {user}",
-                participants=[part],
-                created_at=at + timedelta(milliseconds=c),
-                updated_at=at,
-                created_by=user,
-            )
-        )
-        batch = [
-            Message.model_validate(
-                {
-                    "_id": f"msg-{uuid.uuid4().hex[:12]}",
-                    "conversationId": cid,
-                    "role": "user",
-                    "content": f"message {i} about the weather and trains"
-                    + (" rare-needle" if i == messages // 2 and c % 10 == 0 else ""),
-                    "seq": i + 1,
-                    "createdAt": at + timedelta(milliseconds=i),
-                    "createdBy": user,
-                }
-            )
-            for i in range(messages)
-        ]
-        await store.insert_messages(batch)
+    def content(c: int, i: int) -> str:
+        rare = i == messages // 2 and c % 10 == 0
+        return f"message {i} about the weather and trains" + (" rare-needle" if rare else "")
+
+    await seed_conversations(
+        store,
+        prefix=f"{user}-",
+        members=[user],
+        author=user,
+        conversations=conversations,
+        messages=messages,
+        content=content,
+    )
 
 
 async def timed(store: MongoStore, q: str, runs: int = 5, **extra: object) -> tuple[float, int]:

@@ -13,14 +13,13 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
+from bench.experiments.seeding import seed_conversations
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal
-from parley_contract.models import Conversation, Message, Participant, ParticipantRole
+from parley_contract.models import Message
 from parley_conversation.cursors import CursorStore
-from parley_conversation.domain import now_ms
 from parley_conversation.receipts import Receipts
 from parley_conversation.store import MongoStore
 from parley_devstack.servers import StoreServer
@@ -30,46 +29,6 @@ ME = Principal(id="u-me", kind=PrincipalKind.USER)
 
 def out(line: str) -> None:
     sys.stdout.write(line + "\n")
-
-
-async def fill(store: MongoStore, conversations: int, messages: int) -> None:
-    at = now_ms()
-    for c in range(conversations):
-        cid = f"c{c}"
-        people = [
-            Participant(user_id=u, role=ParticipantRole.USER, joined_at=at)
-            for u in ("u-me", "u-other")
-        ]
-        await store.insert_conversation(
-            Conversation(
-                id=cid,
-                conversation_id=cid,
-                title=f"Room {c}",
-                participants=people,
-                created_at=at + timedelta(milliseconds=c),
-                updated_at=at,
-                created_by="u-other",
-                last_seq=messages,
-            )
-        )
-        batch = [
-            Message.model_validate(
-                {
-                    "_id": f"msg-{uuid.uuid4().hex[:12]}",
-                    "conversationId": cid,
-                    "role": "user",
-                    "content": f"message {i}",
-                    "seq": i + 1,
-                    "createdAt": at + timedelta(milliseconds=i),
-                    "createdBy": "u-other",
-                    "messageType": "text",
-                    "messageStatus": "sent",
-                    "isActive": True,
-                }
-            )
-            for i in range(messages)
-        ]
-        await store.insert_messages(batch)
 
 
 async def timed(fn: object, runs: int = 5) -> float:
@@ -91,7 +50,14 @@ async def measure(url: str, conversations: int, messages: int) -> None:
         return None
 
     receipts = Receipts(cursors, store.last_seq, nothing, 0.5)
-    await fill(store, conversations, messages)
+    await seed_conversations(
+        store,
+        prefix="",
+        members=["u-me", "u-other"],
+        author="u-other",
+        conversations=conversations,
+        messages=messages,
+    )
     out(f"{conversations} conversations x {messages} messages by another user")
 
     async def page_only() -> None:
