@@ -13,7 +13,6 @@ import contextlib
 import itertools
 import shutil
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ import pytest
 
 from parley_contract import jsonutil
 from parley_devstack.servers import NatsServer, StoreServer, free_port
-from parley_devstack.stack import Stack, StackConfig
+from parley_devstack.stack import Stack
+from parley_devstack.testing import module_stack
 
 HERE = Path(__file__).resolve().parent
 
@@ -233,21 +233,8 @@ class RoundRobin:
 def sio_stack(
     nats_server: NatsServer, store_server: StoreServer, servers_dir: Path
 ) -> Iterator[Stack]:
-    cfg = StackConfig(
-        workdir=servers_dir / f"sio-stack-{uuid.uuid4().hex[:8]}",
-        nats_url=nats_server.url,
-        mongodb_url=store_server.url,
-        database=f"parley_sio_{uuid.uuid4().hex[:10]}",
-        conversation_replicas=1,
-        agent_bridges=0,
-        service_env={
-            "gateway": {
-                "PARLEY_GATEWAY_DRAIN_SECONDS": "0.5",
-                "PARLEY_GATEWAY_HEARTBEAT_SECONDS": "5",
-            }
-        },
-    )
-    with Stack(cfg) as s:
+    env = {"PARLEY_GATEWAY_HEARTBEAT_SECONDS": "5"}
+    with module_stack("sio", nats_server, store_server, servers_dir, gateway_env=env) as s:
         yield s
 
 

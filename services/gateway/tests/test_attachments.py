@@ -20,6 +20,7 @@ import pytest
 from parley_client.testing import png, upload
 from parley_devstack.servers import NatsServer, StoreServer, free_port
 from parley_devstack.stack import Stack, StackConfig
+from parley_devstack.testing import module_stack
 
 from .conftest import token
 
@@ -28,16 +29,8 @@ MAX_BYTES = 256 * 1024
 
 @pytest.fixture(scope="module")
 def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
-    cfg = StackConfig(
-        workdir=servers_dir / f"attach-stack-{uuid.uuid4().hex[:8]}",
-        nats_url=nats_server.url,
-        mongodb_url=store_server.url,
-        database=f"parley_attach_{uuid.uuid4().hex[:10]}",
-        conversation_replicas=1,
-        agent_bridges=0,
-        service_env={"gateway": {"PARLEY_ATTACHMENTS_MAX_BYTES": str(MAX_BYTES)}},
-    )
-    with Stack(cfg) as s:
+    env = {"PARLEY_ATTACHMENTS_MAX_BYTES": str(MAX_BYTES)}
+    with module_stack("attach", nats_server, store_server, servers_dir, gateway_env=env) as s:
         yield s
 
 

@@ -6,10 +6,12 @@
 - ``mongodb_url``: the store a test should use. ``MONGODB_URL`` in the environment points the
   conformance suite at a real MongoDB as well (``real_mongodb_url``).
 - ``make_stack``: whole Parley stacks (services and gateways as real processes).
+- ``module_stack``: the stack a test module shares, on the session's servers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -62,6 +64,34 @@ def real_mongodb_url() -> str | None:
 
 
 StackFactory = Callable[..., Stack]
+
+
+@contextlib.contextmanager
+def module_stack(
+    name: str,
+    nats_server: NatsServer,
+    store_server: StoreServer,
+    servers_dir: Path,
+    *,
+    gateway_env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Iterator[Stack]:
+    """Two gateways and one conversation replica, no agent bridge, on the session's NATS
+    and store with a database of their own (``parley_<name>_...``): what a test module's
+    ``stack`` fixture shares. Gateways drain in 0.5 s; ``gateway_env`` adds to their
+    environment, ``overrides`` to the StackConfig."""
+    cfg = StackConfig(
+        workdir=servers_dir / f"{name}-stack-{uuid.uuid4().hex[:8]}",
+        nats_url=nats_server.url,
+        mongodb_url=store_server.url,
+        database=f"parley_{name}_{uuid.uuid4().hex[:10]}",
+        conversation_replicas=1,
+        agent_bridges=0,
+        service_env={"gateway": {"PARLEY_GATEWAY_DRAIN_SECONDS": "0.5", **(gateway_env or {})}},
+        **overrides,
+    )
+    with Stack(cfg) as stack:
+        yield stack
 
 
 @pytest.fixture
