@@ -34,6 +34,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="cluster mode (issue 19): 3 NATS nodes, each killed in turn (bench/faults/cluster.py)",
     )
     ap.add_argument("--down", type=float, default=8.0, help="cluster: seconds a node stays down")
+    ap.add_argument("--keep-logs", type=Path, help="cluster: copy every log here at the end")
+    ap.add_argument("--log-level", default="WARNING", help="cluster: the services' log level")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap.parse_args(argv)
 
@@ -45,6 +47,8 @@ async def main_cluster(args: argparse.Namespace) -> list[dict[str, Any]]:
         interval=args.interval,
         conversations=args.conversations,
         members=args.members,
+        keep_logs=args.keep_logs,
+        log_level=args.log_level,
     )
     if args.scenarios:  # steps: follower, meta-leader, or asset names
         timing.steps = list(args.scenarios)
@@ -102,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         results = asyncio.run(main_async(args))
         out = args.out
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "table")}
+    settings = {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in vars(args).items()
+        if k not in ("out", "table")
+    }
     path = report.write_json(results, settings, out)
     sys.stdout.write(report.table(results) + "\n")
     logger.info("results written to %s", path)

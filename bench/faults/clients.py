@@ -50,6 +50,9 @@ class Send:
     errors: list[str] = field(default_factory=list)
     final_error: str | None = None
     last_attempt_wall: float = 0.0  # wall clock of the last attempt (stored by an earlier one?)
+    # Each attempt: (time.monotonic() it started, seconds it took, outcome) — why a send
+    # waited or was given up (the cluster report lists the given-up ones).
+    trace: list[tuple[float, float, str]] = field(default_factory=list)
 
     @property
     def wait(self) -> float | None:
@@ -276,14 +279,20 @@ class LoadClient:
                 continue
             rec.attempts += 1
             rec.last_attempt_wall = time.time()
+            began = time.monotonic()
             try:
                 reply = await self.call(Event.MESSAGE_SEND.value, data)
             except ConnectionLost:
                 rec.errors.append("connection lost")
+                rec.trace.append((began, time.monotonic() - began, "connection lost"))
                 continue
             except TimeoutError:
                 rec.errors.append("no reply")
+                rec.trace.append((began, time.monotonic() - began, "no reply"))
                 continue
+            error = reply.get("error") or {}
+            outcome = f"{error.get('code')}: {error.get('message')}"
+            rec.trace.append((began, time.monotonic() - began, outcome if error else "ok"))
             if reply.get("success"):
                 rec.acked_at = time.monotonic()
                 rec.seq = int(reply["data"]["seq"])

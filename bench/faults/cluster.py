@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import tempfile
 import time
 import urllib.request
@@ -64,6 +65,8 @@ class ClusterTiming:
     members: int = 5
     drops: int = 3  # clients dropped (to resume) while each node is down
     steps: list[str] = field(default_factory=lambda: ["follower", "meta-leader", *ASSETS])
+    keep_logs: Path | None = None  # copy the services' and nodes' logs here at the end
+    log_level: str = "WARNING"
 
 
 class ClusterStack:
@@ -219,14 +222,49 @@ class AgentProbe:
 async def run_cluster(timing: ClusterTiming, workdir: Path | None = None) -> dict[str, Any]:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="faults-cluster-", dir=workdir) as tmp:
-        cs = ClusterStack(Path(tmp))
+        cs = ClusterStack(Path(tmp), timing.log_level)
         await asyncio.to_thread(cs.start)
         try:
             result = await _run_on(cs, timing)
         finally:
             await asyncio.to_thread(cs.stop)
+            if timing.keep_logs is not None:
+                await asyncio.to_thread(_copy_logs, Path(tmp), timing.keep_logs)
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
+
+
+def _copy_logs(workdir: Path, target: Path) -> None:
+    """Every ``*.log`` under the run's folder into ``target`` (a fresh folder per run)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for log in workdir.rglob("*.log"):
+        shutil.copy(log, target / f"{log.parent.parent.name}-{log.parent.name}-{log.name}")
+
+
+def given_up(
+    load: Workload, histories: dict[str, list[dict[str, Any]]], origin: float
+) -> list[dict[str, Any]]:
+    """Every send the client gave up on: its attempts (seconds from the first kill, how long,
+    what came back) and whether the store has it anyway (an attempt it was not told of)."""
+    out = []
+    for conv, members in load.convs.items():
+        stored = {str(m.get("clientMessageId")) for m in histories.get(conv, [])}
+        for client in members:
+            for s in client.sends:
+                if s.acked_at is not None:
+                    continue
+                out.append(
+                    {
+                        "cmid": s.cmid,
+                        "first_sent_s": round(s.first_sent - origin, 1),
+                        "stored": s.cmid in stored,
+                        "final_error": s.final_error,
+                        "attempts": [
+                            f"{at - origin:+.1f}s {took:.1f}s {what}" for at, took, what in s.trace
+                        ],
+                    }
+                )
+    return out
 
 
 async def _run_on(cs: ClusterStack, timing: ClusterTiming) -> dict[str, Any]:
@@ -269,6 +307,7 @@ async def _run_on(cs: ClusterStack, timing: ClusterTiming) -> dict[str, Any]:
                 {
                     "step": step,
                     "killed": node.name,
+                    "kill_at_s": round(kill_at - first_kill, 1),
                     "down_s": round(down, 1),
                     "current_after_restart_s": round(current, 1),
                     "connections_before": before,
@@ -285,6 +324,7 @@ async def _run_on(cs: ClusterStack, timing: ClusterTiming) -> dict[str, Any]:
         await load.stop()
         histories = await load.histories()
         result = analyze(load.convs, histories, first_kill)
+        result["given_up"] = given_up(load, histories, first_kill)
         why = verdict(result, None, False, False)
         if result.get("failed"):  # the client gave up after 30 s of retries: a user sees it
             why.append(f"{result['failed']} sends given up after 30 s of retries")
