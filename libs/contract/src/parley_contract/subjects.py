@@ -26,6 +26,11 @@ KV_SEQUENCES: Final = "parley_sequences"  # key: <conversationId> → {epoch, se
 KV_TURNS: Final = "parley_turns"  # key: <conversationId> → the running agent turn (turnstate)
 
 
+def kv_stream(bucket: str) -> str:
+    """The JetStream stream behind a KV bucket (its cluster info: leader, replicas)."""
+    return f"KV_{bucket}"
+
+
 def kv_key_subject(bucket: str, key: str) -> str:
     """The subject a KV put of ``key`` publishes to (JetStream's ``$KV.<bucket>.<key>``).
 

@@ -28,6 +28,7 @@ from parley_contract.events import PrincipalKind
 from parley_contract.internal import EventsSinceRequest, Principal
 from parley_contract.turnstate import KV_TTL_SECONDS
 from parley_gateway.metrics import Metrics
+from parley_gateway.natsbalance import server_name
 from parley_gateway.settings import Settings
 from parley_runtime import bus, jetstream, requests
 from parley_runtime.retry import retry
@@ -58,6 +59,9 @@ class Bus:
         # Publishes waiting for the window: (subject, payload, NATS headers or None).
         self._outbox: list[tuple[str, bytes, dict[str, str] | None]] = []
         self._publishing: set[asyncio.Task[None]] = set()
+        # Set when the NATS connection moved to a node (failover, balancing): the heartbeat
+        # is written again at once (presence.py), so other gateways count this one right.
+        self.reconnected = asyncio.Event()
         self._last_batch = -1.0  # loop.time() of the last batch handed to the NATS client
 
     @property
@@ -69,7 +73,7 @@ class Bus:
     async def connect(self) -> None:
         """Connect to NATS and declare the KV buckets, retrying (capped backoff) through an
         outage or a JetStream without quorum: not ready meanwhile, never an exit."""
-        self.nc = await bus.connect(self.settings, "gateway")
+        self.nc = await bus.connect(self.settings, "gateway", reconnected_cb=self._on_reconnected)
         js = self.nc.jetstream()
         self._agents = AgentDirectory(js)
         want = jetstream.replicas(self.nc, self.settings)
@@ -91,6 +95,10 @@ class Bus:
         self.kv_presence = opened[subjects.KV_PRESENCE]
         self.kv_instances = opened[subjects.KV_INSTANCES]
         self.kv_sessions = opened[subjects.KV_SESSIONS]
+
+    async def _on_reconnected(self) -> None:
+        logger.info("NATS reconnected (node %s)", server_name(self.nc))
+        self.reconnected.set()
 
     @property
     def _presence_ttl(self) -> float:

@@ -60,6 +60,7 @@ class Hub(Presence):
                 self._loop(self.settings.session_ttl_seconds / 3, self._refresh_sessions)
             ),
             asyncio.create_task(self._loop(self.settings.heartbeat_seconds, self._heartbeat)),
+            asyncio.create_task(self.announce_reconnects()),
             asyncio.create_task(
                 self._loop(self.settings.delivery_report_seconds, self.delivery.report)
             ),

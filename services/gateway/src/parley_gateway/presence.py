@@ -38,7 +38,7 @@ from parley_gateway.bus import keys_of
 from parley_gateway.conn import Conn, frame_text
 from parley_gateway.fanout import PRESENCE_EVENTS, Fanout
 from parley_gateway.metrics import Metrics
-from parley_gateway.natsbalance import Balancer, server_name
+from parley_gateway.natsbalance import Balancer, Placement, address, server_name
 from parley_gateway.natsdirect import subscribe_direct
 from parley_gateway.settings import Settings
 
@@ -67,7 +67,8 @@ class Presence(Fanout):
         self.started_at = now_iso()
         self._seen_instances: set[str] = set()
         self._reap_after = 0.0  # time.monotonic(): no reaping before (instances bucket back)
-        self.balancer = Balancer()  # gateways spread over the NATS nodes (natsbalance.py)
+        # Gateways spread over the NATS nodes (natsbalance.py).
+        self.balancer = Balancer(self.instance_id)
 
     async def register(self, conn: Conn) -> None:
         kind, pid = conn.principal.kind, conn.principal.id
@@ -165,6 +166,7 @@ class Presence(Fanout):
             "startedAt": self.started_at,
             "updatedAt": now_iso(),
             "natsServer": server_name(self.nc),
+            "natsAddress": address(self.nc.connected_url) if self.nc is not None else None,
         }
         await self.kv_instances.put(self.instance_id, jsonutil.dumps(doc))
 
@@ -177,6 +179,18 @@ class Presence(Fanout):
         for i in range(0, len(items), 200):
             await asyncio.gather(*(self._put_presence(*it) for it in items[i : i + 200]))
         await self._watch_instances()
+
+    async def announce_reconnects(self) -> None:
+        """Write the heartbeat again as soon as the NATS connection moved to another node
+        (failover or balancing): the other gateways' plans count this one where it is now,
+        not where it was up to one refresh ago (natsbalance.py)."""
+        while True:
+            await self.reconnected.wait()
+            self.reconnected.clear()
+            try:
+                await asyncio.wait_for(self._put_instance(), KV_WRITE_SECONDS)
+            except _KV_ERRORS as exc:  # JetStream away: the next refresh writes it
+                logger.debug("heartbeat after a reconnect not written: %r", exc)
 
     async def kv_keys(self, kv: KeyValue | None, bucket: str) -> list[str] | None:
         """The keys of a bucket; None when it does not answer within ``KV_READ_SECONDS``."""
@@ -213,8 +227,8 @@ class Presence(Fanout):
 
     async def _balance(self, instances: list[str]) -> None:
         """Move to another NATS node if this one holds more than its share of gateways."""
-        assert self.kv_instances is not None
-        nodes: list[str] = []
+        assert self.kv_instances is not None and self.nc is not None
+        placements: list[Placement] = []
         for instance in instances:
             try:
                 entry = await asyncio.wait_for(self.kv_instances.get(instance), KV_READ_SECONDS)
@@ -222,10 +236,34 @@ class Presence(Fanout):
             except (*_KV_ERRORS, ValueError):
                 return  # counts unknown: no move
             if isinstance(doc, dict) and doc.get("natsServer"):
-                nodes.append(str(doc["natsServer"]))
-        if await self.balancer.maybe_move(self.nc, nodes):
+                addr = doc.get("natsAddress")
+                placements.append(
+                    Placement(instance, str(doc["natsServer"]), str(addr) if addr else None)
+                )
+        live = await self._live_nodes()
+        if live is None:
+            return  # JetStream cannot tell which nodes are current: no move
+        if await self.balancer.maybe_move(self.nc, placements, live):
             with contextlib.suppress(*_KV_ERRORS):
                 await self._put_instance()  # the new node, for the others' counts
+
+    async def _live_nodes(self) -> set[str] | None:
+        """The NATS nodes JetStream reports current for the instances bucket (its leader and
+        replicas neither offline nor behind); None when it does not answer or has no leader."""
+        assert self.nc is not None
+        try:
+            info = await asyncio.wait_for(
+                self.nc.jetstream().stream_info(subjects.kv_stream(subjects.KV_INSTANCES)),
+                KV_READ_SECONDS,
+            )
+        except _KV_ERRORS as exc:
+            logger.debug("instances bucket info unavailable: %r", exc)
+            return None
+        cluster = info.cluster
+        if cluster is None or not cluster.leader:
+            return None
+        current = {p.name for p in cluster.replicas or [] if p.name and p.current and not p.offline}
+        return {cluster.leader, *current}
 
     async def _reap(self, instance: str) -> bool:
         """Publish the offline events a vanished instance could not send.
