@@ -310,7 +310,7 @@ class FakeConversationService:
         from parley_contract import envelopes, subjects
         from parley_contract.errors import ErrorCode, ParleyError
         from parley_contract.events import Event
-        from parley_contract.routes import ROUTES
+        from parley_contract.routes import REJOIN_SUBJECT, ROUTES
 
         subj = msg.subject
         # Validated as the real service does: the route's request, decoded once.
@@ -322,6 +322,18 @@ class FakeConversationService:
                 await self._reply(msg, envelopes.fail_from(exc))
                 return
         req = jsonutil.loads(msg.data)
+        if subj == REJOIN_SUBJECT:  # the batched rejoin: one answer per principal
+            conv = self.convs.get(req["conversationId"])
+            members = [
+                {"ok": True}
+                if conv is not None and p["id"] in conv["parts"]
+                else {"ok": False, "error": {"code": "FORBIDDEN", "message": "not a participant"}}
+                for p in req["principals"]
+            ]
+            last = len(self.events.get(req["conversationId"], []))
+            data = {"conversation": {"_id": req["conversationId"]}, "lastSeq": last}
+            await self._reply(msg, envelopes.ok({**data, "members": members}))
+            return
         p = req["principal"]
         data = req["data"]
         if subj == subjects.command(Event.CONVERSATION_CREATE):

@@ -35,8 +35,10 @@ from parley_contract.internal import (
     CommandRequest,
     DeliveryReport,
     EventsSinceRequest,
+    RejoinReply,
+    RejoinRequest,
 )
-from parley_contract.routes import COMMAND_REPLIES, ROUTES
+from parley_contract.routes import COMMAND_REPLIES, REJOIN_SUBJECT, ROUTES
 
 _NATS_DESCRIPTION = """\
 How Parley's services talk over NATS (docs/protocol.md is the client side). Requests carry
@@ -151,6 +153,14 @@ def nats_document(queries: Mapping[str, type[BaseModel]] | None = None) -> dict[
                 "hasMore": {"type": "boolean"},
             },
         },
+    )
+    n.request(
+        "cmd_conversation_join_batch",
+        REJOIN_SUBJECT,
+        CONVERSATION,
+        "batched rejoin of resumed sessions: one conversation, many principals",
+        payload=ref("RejoinRequest"),
+        reply=ref("RejoinReply"),
     )
     for subject, model in (queries or {}).items():
         key = "query_" + subject.rsplit(".", 2)[-2] + "_" + subject.rsplit(".", 1)[-1]
@@ -270,6 +280,8 @@ def nats_document(queries: Mapping[str, type[BaseModel]] | None = None) -> dict[
     models: list[type[BaseModel]] = [
         CommandRequest,
         EventsSinceRequest,
+        RejoinRequest,
+        RejoinReply,
         SuccessEnvelope,
         ErrorEnvelope,
         ServerFrame,

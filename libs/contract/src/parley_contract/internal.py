@@ -73,6 +73,46 @@ class EventsSinceRequest(BaseModel):
     limit: int = Field(default=500, ge=1, le=1000)
 
 
+# Most principals one batched rejoin carries (a gateway sends more as several requests).
+MAX_REJOIN_PRINCIPALS = 500
+
+
+class RejoinRequest(BaseModel):
+    """The batched rejoin of resumed sessions (``routes.REJOIN_SUBJECT``, gateway →
+    conversation service): may each of these principals join this conversation again, and
+    where does it stand. One request for all the members of one conversation that resume on
+    one gateway at about the same time (a reconnect storm), instead of one join each."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    conversation_id: SafeId = Field(alias="conversationId")
+    principals: list[Principal] = Field(min_length=1, max_length=MAX_REJOIN_PRINCIPALS)
+    instance_id: str | None = Field(default=None, alias="instanceId")
+
+
+class RejoinMember(BaseModel):
+    """One principal's answer in a :class:`RejoinReply`, at the request's index: admitted
+    (with its own receipts, as a single join's reply carries them) or the error envelope
+    body a single join would have answered."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    ok: bool
+    unread_count: int | None = Field(default=None, alias="unreadCount")
+    read_seq: int | None = Field(default=None, alias="readSeq")
+    error: dict[str, Any] | None = None
+
+
+class RejoinReply(BaseModel):
+    """The data of a batched rejoin's reply: what every admitted member shares (the
+    conversation, lastSeq, epoch, read cursors) and one :class:`RejoinMember` per principal."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    conversation: dict[str, Any] | None = None
+    last_seq: int = Field(alias="lastSeq")
+    epoch: int = 0
+    cursors: list[dict[str, Any]] | None = None
+    members: list[RejoinMember]
+
+
 class AgentTurn(BaseModel):
     """Work for the agent bridge: answer this user message (published on subjects.AGENT_TURN)."""
 

@@ -146,6 +146,10 @@ ROUTES: dict[Event, Route] = {
 
 assert set(ROUTES) == set(COMMANDS), "every command needs a route"
 
+# The batched rejoin of resumed sessions (internal.RejoinRequest, gateway → the service that
+# answers joins): derived from the join route, so it goes wherever conversation:join goes.
+REJOIN_SUBJECT: str = f"{ROUTES[Event.CONVERSATION_JOIN].subject}.batch"
+
 # Views of ROUTES for the generated schemas: each command's payload, and its reply's data.
 PAYLOADS: dict[Event, type[CommandData]] = {e: r.payload for e, r in ROUTES.items()}
 COMMAND_REPLIES: dict[Event, type[BaseModel]] = {

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -24,6 +24,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from parley_contract.events import PrincipalKind
+from parley_contract.internal import Principal
 from parley_contract.models import MessageType, Role
 from parley_conversation.entries import LOG_EVENT
 
@@ -162,6 +163,40 @@ class CursorStore:
                 if n >= UNREAD_CAP:
                     break
         return n
+
+    async def unread_many(
+        self, cid: str, read_seqs: Mapping[Principal, int]
+    ) -> dict[Principal, int]:
+        """Each principal's :meth:`unread` (``read_seqs``: principal → its read seq), from
+        one scan of the log when that covers every principal's window (a batched rejoin:
+        parley_conversation.rejoin); a principal whose window reaches past it is counted
+        alone. Services count nothing (0), as conversation:join."""
+        counted = {p: s for p, s in read_seqs.items() if p.kind is not PrincipalKind.SERVICE}
+        out = dict.fromkeys(read_seqs, 0)
+        if not counted:
+            return out
+        low = min(counted.values())
+        docs = (
+            await self.messages.find(
+                {"conversationId": cid, "seq": {"$gt": low}}, {**_COUNT_FIELDS, "seq": 1}
+            )
+            .sort("seq", ASCENDING)
+            .limit(SCAN_CAP)
+            .to_list()
+        )
+        complete = len(docs) < SCAN_CAP  # the scan reached the end of the log
+        for p, after in counted.items():
+            if not complete and after != low:
+                out[p] = await self.unread(cid, p.kind, p.id, after)
+                continue
+            n = 0
+            for doc in docs:
+                if int(doc.get("seq", 0)) > after and counts_as_unread(doc, p.kind, p.id):
+                    n += 1
+                    if n >= UNREAD_CAP:
+                        break
+            out[p] = n
+        return out
 
     # ------------------------------------------------------------ names
 

@@ -18,7 +18,8 @@ from parley_contract.internal import CommandRequest, EventsSinceRequest
 from parley_contract.jsonutil import model_json
 from parley_contract.limits import INT64_MAX
 from parley_contract.models import ConversationStatus
-from parley_conversation import domain, search
+from parley_contract.routes import REJOIN_SUBJECT
+from parley_conversation import domain, rejoin, search
 from parley_conversation.handlers import conversation
 from parley_conversation.search import SearchQuery
 
@@ -189,4 +190,6 @@ QUERIES: list[Query] = [
     Query(
         subjects.QUERY_ATTACHMENT_GET, "query.attachment.get", "May one read a file", attachment_get
     ),
+    # Resumed sessions rejoining one conversation, many principals at once (rejoin.py).
+    Query(REJOIN_SUBJECT, "conversation.rejoin", "Batched rejoin", rejoin.rejoin),
 ]

@@ -256,7 +256,7 @@ class Commands:
         a conversation that refuses is one ``error`` frame naming it, not the end of it."""
         for cid, seq in joined.items():
             try:
-                env = await self.join(conn, cid, seq, quiet=quiet)
+                env = await self.join(conn, cid, seq, quiet=quiet, batched=True)
             except ParleyError as exc:
                 env = envelopes.fail_from(exc)
             if not env["success"]:
@@ -269,12 +269,20 @@ class Commands:
                 )
 
     async def join(
-        self, conn: Conn, cid: str, since: int | None, *, quiet: bool = False
+        self,
+        conn: Conn,
+        cid: str,
+        since: int | None,
+        *,
+        quiet: bool = False,
+        batched: bool = False,
     ) -> dict[str, Any]:
         """conversation:join — authorize, subscribe, replay seq > since, then live events.
 
         ``quiet``: no ``conversation:joined`` and no presence (a connection moving to this
-        gateway with its conversations, see parley_gateway.sio.relay).
+        gateway with its conversations, see parley_gateway.sio.relay). ``batched``: asked
+        together with the other rejoins of this conversation (parley_gateway.rejoins), the
+        same answer as a join of its own.
         """
         hub = self.hub
         if cid not in conn.joined and len(conn.joined) >= self.settings.max_conversations:
@@ -289,8 +297,11 @@ class Commands:
             await hub.leave(conn, cid, announce=False)
         joined = False
         try:
-            body = hub.command_body(conn.principal, {"conversationId": cid})
-            envelope = await hub.request(ROUTES[Event.CONVERSATION_JOIN].subject, body)
+            if batched:
+                envelope = await hub.rejoins.authorize(cid, conn.principal)
+            else:
+                body = hub.command_body(conn.principal, {"conversationId": cid})
+                envelope = await hub.request(ROUTES[Event.CONVERSATION_JOIN].subject, body)
             if not envelope["success"]:
                 return envelope
             info = envelope.get("data") or {}

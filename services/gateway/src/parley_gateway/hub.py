@@ -24,6 +24,7 @@ import nats.errors
 from parley_gateway.fanout import ConvState
 from parley_gateway.metrics import Metrics
 from parley_gateway.presence import Presence
+from parley_gateway.rejoins import Rejoins
 from parley_gateway.settings import Settings
 from parley_runtime.tasks import cancel_all, every
 
@@ -36,6 +37,8 @@ class Hub(Presence):
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         super().__init__(settings, metrics)
         self._tasks: list[asyncio.Task[None]] = []
+        # Resumed sessions' rejoins, batched per conversation (rejoins.py).
+        self.rejoins = Rejoins(self.request, self.instance_id, metrics.rejoin_batch.observe)
 
     @property
     def ready(self) -> bool:

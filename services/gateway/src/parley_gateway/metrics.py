@@ -97,6 +97,12 @@ class Metrics:
             "Connections dropped from a conversation whose audience no longer admits them",
             registry=r,
         )
+        self.rejoin_batch = Histogram(
+            "parley_gateway_rejoin_batch_principals",
+            "Principals per batched rejoin request (resumed sessions, one conversation)",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 500),
+            registry=r,
+        )
 
     def sync(self) -> None:
         """Move the hot-path tallies into their Prometheus counters (before a scrape)."""

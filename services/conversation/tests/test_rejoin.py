@@ -1,0 +1,137 @@
+"""The batched rejoin of resumed sessions (issue 16, reconnect storm): one request for many
+principals answers each of them exactly as its own conversation:join would, on the real
+NATS and the real embedded store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from parley_contract import jsonutil, subjects
+from parley_contract.events import Event
+from parley_contract.internal import MAX_REJOIN_PRINCIPALS
+from parley_contract.routes import REJOIN_SUBJECT
+from parley_conversation import cursors
+from parley_conversation.service import ConversationService
+
+from .conftest import Request, request_like_a_gateway, service_principal, user
+
+CREATE = subjects.command(Event.CONVERSATION_CREATE)
+JOIN = subjects.command(Event.CONVERSATION_JOIN)
+SEND = subjects.command(Event.MESSAGE_SEND)
+READ = subjects.command(Event.CONVERSATION_READ)
+UPDATE = subjects.command(Event.CONVERSATION_UPDATE)
+
+ALICE, BOB, CAROL, DAVE = user("u-alice"), user("u-bob"), user("u-carol"), user("u-dave")
+MALLORY = user("u-mallory")
+
+
+async def ok(request_: Request, subject: str, data: Any, who: dict[str, Any]) -> Any:
+    r = await request_(subject, data, who)
+    assert r["success"], r
+    return r["data"]
+
+
+async def rejoin(nc: Client, cid: Any, principals: list[Any]) -> dict[str, Any]:
+    body = {"conversationId": cid, "principals": principals, "instanceId": "gw-test"}
+    return await request_like_a_gateway(nc, REJOIN_SUBJECT, jsonutil.dumps(body))
+
+
+async def _room(request_: Request) -> tuple[str, int]:
+    """alice's conversation with bob, carol (removed again) and dave; bob read some of it."""
+    conv = await ok(request_, CREATE, {"participants": ["u-bob", "u-carol", "u-dave"]}, ALICE)
+    cid = conv["_id"]
+    seqs = []
+    for i, who in enumerate([ALICE, BOB, ALICE, DAVE, ALICE]):
+        m = await ok(request_, SEND, {"conversationId": cid, "content": f"m{i}"}, who)
+        seqs.append(m["seq"])
+    await ok(request_, READ, {"conversationId": cid, "seq": seqs[2]}, BOB)
+    await ok(request_, UPDATE, {"conversationId": cid, "removeParticipants": ["u-carol"]}, ALICE)
+    return cid, seqs[2]
+
+
+async def _compare(nc: Client, request_: Request, cid: str, who: list[Any]) -> None:
+    """Each principal's part of the batched answer is its single join's answer."""
+    batch = await rejoin(nc, cid, who)
+    assert batch["success"], batch
+    data = batch["data"]
+    assert len(data["members"]) == len(who)
+    for p, member in zip(who, data["members"], strict=True):
+        single = await request_(JOIN, {"conversationId": cid}, p)
+        if not single["success"]:
+            assert member["ok"] is False, (p, member)
+            assert member["error"]["code"] == single["error"]["code"], (p, member)
+            continue
+        assert member["ok"] is True, (p, member)
+        one = single["data"]
+        got = {
+            "conversation": data["conversation"],
+            "lastSeq": data["lastSeq"],
+            "epoch": data["epoch"],
+            "cursors": data["cursors"],
+            "unreadCount": member["unreadCount"],
+            "readSeq": member["readSeq"],
+        }
+        assert got == one, p
+
+
+async def test_each_principal_gets_its_own_join(
+    service: ConversationService, request_: Request, nc: Client
+) -> None:
+    cid, bob_read = await _room(request_)
+    who = [ALICE, BOB, CAROL, MALLORY, DAVE, BOB, service_principal()]
+    await _compare(nc, request_, cid, who)
+    data = (await rejoin(nc, cid, who))["data"]
+    codes = [m["error"]["code"] if not m["ok"] else "ok" for m in data["members"]]
+    # carol was removed before: FORBIDDEN as a single join, so is a stranger.
+    assert codes == ["ok", "ok", "FORBIDDEN", "FORBIDDEN", "ok", "ok", "ok"]
+    bob = data["members"][1]
+    assert bob["readSeq"] == bob_read and bob["unreadCount"] == 2  # dave's and alice's after it
+    assert data["members"][4]["unreadCount"] == 4  # dave's own message does not count
+    names = {x.get("userId"): x.get("name") for x in data["conversation"]["participants"]}
+    assert names["u-bob"] == "u-bob"
+
+
+async def test_unread_past_one_scan_is_counted_alone(
+    service: ConversationService, request_: Request, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A principal whose unread window reaches past the shared scan (from the lowest read
+    cursor) is counted on its own, the same as its single join."""
+    cid, _ = await _room(request_)
+    monkeypatch.setattr(cursors, "SCAN_CAP", 3)
+    await _compare(nc, request_, cid, [ALICE, BOB, DAVE])
+
+
+async def test_nobody_admitted_and_unknown_conversations(
+    service: ConversationService, request_: Request, nc: Client
+) -> None:
+    cid, _ = await _room(request_)
+    r = await rejoin(nc, cid, [CAROL, MALLORY])
+    assert r["success"]
+    assert [m["error"]["code"] for m in r["data"]["members"]] == ["FORBIDDEN", "FORBIDDEN"]
+    assert r["data"]["conversation"] is None
+    r = await rejoin(nc, "conv-nope", [ALICE])
+    assert r["data"]["members"][0]["error"]["code"] == "FORBIDDEN"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        {"conversationId": "c", "principals": []},
+        {"conversationId": "a.b", "principals": [ALICE]},
+        {"conversationId": "c", "principals": [{"id": "x", "kind": "robot"}]},
+        {"conversationId": "c", "principals": [ALICE] * (MAX_REJOIN_PRINCIPALS + 1)},
+        {"conversationId": "c", "principals": [ALICE], "extra": 1},
+        {"principals": [ALICE]},
+    ],
+)
+async def test_bad_requests_get_validation_errors(
+    service: ConversationService, nc: Client, body: Any
+) -> None:
+    raw = body if isinstance(body, bytes) else jsonutil.dumps(body)
+    r = await request_like_a_gateway(nc, REJOIN_SUBJECT, raw)
+    assert not r["success"] and r["error"]["code"] == "VALIDATION_ERROR", r
