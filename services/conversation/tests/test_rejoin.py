@@ -16,7 +16,7 @@ from parley_contract.routes import REJOIN_SUBJECT
 from parley_conversation import cursors
 from parley_conversation.service import ConversationService
 
-from .conftest import Request, request_like_a_gateway, service_principal, user
+from .conftest import Request, request_reply, service_principal, user
 
 CREATE = subjects.command(Event.CONVERSATION_CREATE)
 JOIN = subjects.command(Event.CONVERSATION_JOIN)
@@ -36,7 +36,7 @@ async def ok(request_: Request, subject: str, data: Any, who: dict[str, Any]) ->
 
 async def rejoin(nc: Client, cid: Any, principals: list[Any]) -> dict[str, Any]:
     body = {"conversationId": cid, "principals": principals, "instanceId": "gw-test"}
-    return await request_like_a_gateway(nc, REJOIN_SUBJECT, jsonutil.dumps(body))
+    return await request_reply(nc, REJOIN_SUBJECT, jsonutil.dumps(body))
 
 
 async def _room(request_: Request) -> tuple[str, int]:
@@ -133,5 +133,5 @@ async def test_bad_requests_get_validation_errors(
     service: ConversationService, nc: Client, body: Any
 ) -> None:
     raw = body if isinstance(body, bytes) else jsonutil.dumps(body)
-    r = await request_like_a_gateway(nc, REJOIN_SUBJECT, raw)
+    r = await request_reply(nc, REJOIN_SUBJECT, raw)
     assert not r["success"] and r["error"]["code"] == "VALIDATION_ERROR", r
