@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import httpx
 import pytest
 
+from parley_client.testing import upload_request
 from parley_contract.auth import mint_token
 from parley_contract.events import PrincipalKind
 
@@ -281,12 +283,14 @@ class Ui:
         self, sub: str, gateway: int, cid: str, body: bytes, *, filename: str, ctype: str
     ) -> dict[str, Any]:
         """An attachment uploaded over HTTP (issue 17); its object, to send by id."""
-        url = f"{self.system.url(gateway)}/v1/conversations/{cid}/attachments?filename={filename}"
-        req = urllib.request.Request(url, data=body, method="POST")
-        req.add_header("Authorization", f"Bearer {self.system.token(sub)}")
-        req.add_header("Content-Type", ctype)
-        with urllib.request.urlopen(req, timeout=10) as res:
-            data: dict[str, Any] = json.loads(res.read())["data"]
+        token = self.system.token(sub)
+        req = upload_request(
+            self.system.url(gateway), cid, token, body, filename=filename, ctype=ctype
+        )
+        with httpx.Client(timeout=10) as http:
+            res = http.send(req)
+        res.raise_for_status()
+        data: dict[str, Any] = res.json()["data"]
         return data
 
 

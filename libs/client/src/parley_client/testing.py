@@ -113,6 +113,26 @@ class WsClient:
         await self.client.close()
 
 
+def upload_request(
+    base: str,
+    cid: str,
+    token: str,
+    body: bytes,
+    *,
+    filename: str = "chart.png",
+    ctype: str = "image/png",
+) -> httpx.Request:
+    """``POST /v1/conversations/{cid}/attachments`` as the page's file button sends it
+    (docs/protocol.md), for a sync or an async httpx client's ``send``."""
+    return httpx.Request(
+        "POST",
+        f"{base}/v1/conversations/{cid}/attachments",
+        params={"filename": filename},
+        content=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": ctype},
+    )
+
+
 async def upload(
     http: httpx.AsyncClient,
     base: str,
@@ -123,14 +143,9 @@ async def upload(
     filename: str = "chart.png",
     ctype: str = "image/png",
 ) -> httpx.Response:
-    """``POST /v1/conversations/{cid}/attachments`` as the page's file button does
-    (docs/protocol.md); the raw response, refusals included."""
-    return await http.post(
-        f"{base}/v1/conversations/{cid}/attachments",
-        params={"filename": filename},
-        content=body,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": ctype},
-    )
+    """An upload's raw response, refusals included."""
+    req = upload_request(base, cid, token, body, filename=filename, ctype=ctype)
+    return await http.send(req)
 
 
 def png(width: int = 4, height: int = 3, grey: int = 0x80) -> bytes:
