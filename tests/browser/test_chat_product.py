@@ -380,7 +380,7 @@ def test_readme_screenshots(system: System, browsers: Browsers, ui: Ui, shot: Sh
     other = ui.create_conversation(page, "Design review", agent="", invite="user-2")
     page.click(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
     ui.post("user-2", 1, other, ["The new sidebar looks great", "Shipping it today?"])
-    page.wait_for_selector('[data-testid="unread-count"]')
+    page.wait_for_selector('[data-testid="unread-count"]:text-is("2")')  # both counted
     shots: dict[str, Path] = {}
     for scheme in ("light", "dark"):
         page.emulate_media(color_scheme=scheme)
