@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from parley_contract import jsonutil
 from parley_contract.commands import ConversationCreate, ConversationUpdate, MessageSend, TaskCreate
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal
-from parley_contract.models import MessageType, Role
+from parley_contract.models import Message, MessageType, Role
 from parley_conversation import domain
+from parley_conversation.documents import message_doc, message_entry, wire
 
 ALICE = Principal(id="u-alice", kind=PrincipalKind.USER, name="Alice")
 BOB = Principal(id="u-bob", kind=PrincipalKind.USER)
 AGENT = Principal(id="agent-1", kind=PrincipalKind.AGENT)
 SERVICE = Principal(id="svc", kind=PrincipalKind.SERVICE)
+_SAMPLES = [
+    jsonutil.loads(line)["message"]
+    for line in (Path(__file__).resolve().parents[3] / "libs/contract/tests/data")
+    .joinpath("sample-messages.jsonl")
+    .read_text()
+    .splitlines()
+    if line.strip()
+]
 
 
 def send(**data: Any) -> MessageSend:
@@ -221,3 +232,16 @@ def test_cap_page_keeps_at_least_one_item_and_refuses_one_over_the_limit() -> No
         domain.cap_page(items, [10, 10, 10, 500], 25, 100, keep_end=True)
     assert err.value.code is ErrorCode.PAYLOAD_TOO_LARGE
     assert err.value.details == {"index": 3, "bytes": 500, "maxBytes": 100}
+
+
+@pytest.mark.parametrize("case", range(len(_SAMPLES)))
+def test_a_message_is_serialized_once_for_the_store_and_the_wire(case: int) -> None:
+    """The log entry and the frame's data come from one serialization (entries.log_entry):
+    the same as the stored document (message_doc) and the wire JSON (wire), dates stored
+    as dates, for every seed sample, sent or edited."""
+    msg = Message.model_validate(_SAMPLES[case])
+    for m in (msg, domain.edited(msg, SERVICE, "changed")):
+        doc, data = message_entry(m)
+        assert doc == message_doc(m)
+        assert data == wire(m)
+        assert isinstance(doc["createdAt"], datetime) and isinstance(data["createdAt"], str)

@@ -256,3 +256,33 @@ def test_merge_totals_keeps_the_higher_last_message() -> None:
     assert (m.messages, m.tokens, m.cost, m.max_seq) == (3, 3, 0.75, 7)
     assert m.last_message is last
     assert totals_writer.merge_totals(b, a).last_message is last
+
+
+async def test_after_store_hook_runs_at_once_and_never_fails_a_stored_send() -> None:
+    """The after-store hook (the service's receipts and agent turns) is called once per
+    conversation per batch, before the senders are answered; only the work it returns runs
+    in the background, and a hook that raises leaves the stored sends acknowledged."""
+    conv = domain.new_conversation(ALICE, ConversationCreate(conversation_id="c1"))
+    repo = MemoryRepo(conv)
+    calls: list[list[int | None]] = []
+    background: list[str] = []
+
+    async def later() -> None:
+        background.append("turns")
+
+    def hook(c: Conversation, stored: list[Message]) -> Any:
+        calls.append([m.seq for m in stored])
+        if len(calls) == 1:
+            return later()
+        raise RuntimeError("a bug in the hook")
+
+    async def publish(subject: str, payload: bytes) -> None:
+        return None
+
+    seq = Sequencer(repo, publish, hook)  # type: ignore[arg-type]
+    first = await asyncio.gather(*(seq.send(ALICE, message(f"m{i}")) for i in range(3)))
+    assert calls == [[1, 2, 3]]  # one batch, one call
+    second = await seq.send(ALICE, message("after"))  # the hook raises: still stored
+    assert [r.seq for r in first] == [1, 2, 3] and second.seq == 4
+    await seq.drain()
+    assert background == ["turns"] and calls == [[1, 2, 3], [4]]

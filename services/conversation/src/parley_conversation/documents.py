@@ -163,6 +163,25 @@ def message_doc(message: Message) -> dict[str, Any]:
     return message.model_dump(by_alias=True, exclude_unset=True)
 
 
+# The message's timestamps: BSON dates in the store, ISO strings on the wire.
+_MESSAGE_TIMES = tuple(
+    (name, Message.model_fields[name].alias or name)
+    for name in ("created_at", "updated_at", "edited_at", "deleted_at")
+)
+
+
+def message_entry(message: Message) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(message_doc(message), wire(message))`` from one serialization: the two differ
+    only in the timestamps (dates stored, strings on the wire); the nested values are shared,
+    so neither may be changed in place."""
+    data = wire(message)
+    doc = dict(data)
+    for name, alias in _MESSAGE_TIMES:
+        if alias in doc:
+            doc[alias] = getattr(message, name)
+    return doc, data
+
+
 def conversation_from(doc: dict[str, Any]) -> Conversation:
     doc.pop("conversationVersion", None)
     return Conversation.model_validate(doc)

@@ -16,7 +16,7 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event
 from parley_contract.models import Message
 from parley_conversation import domain
-from parley_conversation.documents import message_doc, message_from, wire
+from parley_conversation.documents import message_entry, message_from, wire
 
 DUPLICATE_KEY = 11000
 LOG_EVENT = "event"  # the field that marks a log entry that is not a message
@@ -82,10 +82,9 @@ def log_entry(
     """The document of one durable event at ``seq`` and the frame it is published as; the
     entry keeps its ``epoch`` (epochs.py) so that a replay carries the one it was sent with."""
     if pending.message is not None:
-        message = pending.message(seq)
-        doc = message_doc(message)
+        doc, data = message_entry(pending.message(seq))
         doc["epoch"] = epoch
-        return doc, _message_frame(wire(message), conversation_id, seq, epoch)
+        return doc, _message_frame(data, conversation_id, seq, epoch)
     assert pending.build is not None
     frame = envelopes.event_frame(
         pending.event,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
     def __init__(self) -> None:
+        self._served: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "parley_conversation_requests_total",
@@ -47,3 +50,16 @@ class Metrics:
             "Attempts to publish an agent turn that JetStream did not acknowledge (retried).",
             registry=self.registry,
         )
+
+    def served(self, operation: str, outcome: str, seconds: float) -> None:
+        """One request answered. The labelled children are looked up once per (operation,
+        outcome): ``labels()`` validates and locks on every call."""
+        key = (operation, outcome)
+        children = self._served.get(key)
+        if children is None:
+            children = self._served[key] = (
+                self.requests.labels(operation, outcome),
+                self.latency.labels(operation),
+            )
+        children[0].inc()
+        children[1].observe(seconds)

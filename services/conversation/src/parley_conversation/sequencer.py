@@ -43,7 +43,9 @@ logger = logging.getLogger(__name__)
 Publish = Callable[[str, bytes], Awaitable[None]]
 # A durable frame with its NATS headers (subjects.durable_headers).
 PublishFrame = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
-OnStored = Callable[[Conversation, list[Message]], Coroutine[Any, Any, None]]
+# After a batch, per conversation: quick work done at once; what it returns (if anything),
+# in the background. Most conversations need no task of their own.
+OnStored = Callable[[Conversation, list[Message]], Coroutine[Any, Any, None] | None]
 
 
 @dataclass
@@ -282,7 +284,7 @@ class Sequencer:
         if self._on_stored is not None:
             for cid, stored in stored_by.items():
                 if stored and cid in convs:
-                    self._in_background(self._on_stored(convs[cid], stored))
+                    self._after_stored(convs[cid], stored)
         for cid, js in live.items():
             for item, res in zip(js, results[cid], strict=True):
                 if isinstance(item, _Send):
@@ -308,6 +310,16 @@ class Sequencer:
             cid, int(frame["seq"]), epoch if isinstance(epoch, int) else 0, str(frame["event"])
         )
         await self._publish_frame(subject, payload, headers)
+
+    def _after_stored(self, conv: Conversation, stored: list[Message]) -> None:
+        assert self._on_stored is not None
+        try:
+            more = self._on_stored(conv, stored)
+        except Exception:  # stored already: the writers get their answer all the same
+            logger.exception("after-store hook failed")
+            return
+        if more is not None:
+            self._in_background(more)
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         """After-store work (agent turns) that must not hold up the next batch."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from faststream.message import StreamMessage
@@ -95,6 +95,8 @@ class ConversationService:
         self._started = False
         self.agent_watch: AgentWatch | None = None
         self._in_flight = 0
+        # Read when scraped: no gauge update (a lock each) per request.
+        self.metrics.in_flight.set_function(lambda: self._in_flight)
         self._idle = asyncio.Event()
         self._idle.set()
         self._subscribers: list[Any] = []
@@ -293,7 +295,6 @@ class ConversationService:
         started = time.perf_counter()
         self._in_flight += 1
         self._idle.clear()
-        self.metrics.in_flight.inc()
         try:
             try:
                 if len(body) > self.settings.max_request_bytes:
@@ -318,12 +319,10 @@ class ConversationService:
                 logger.exception("unexpected error on %s", op)
                 envelope = envelopes.fail(ErrorCode.INTERNAL_ERROR, "internal error")
                 outcome = ErrorCode.INTERNAL_ERROR.value
-            self.metrics.requests.labels(op, outcome).inc()
-            self.metrics.latency.labels(op).observe(time.perf_counter() - started)
+            self.metrics.served(op, outcome, time.perf_counter() - started)
             return jsonutil.dumps(envelope)
         finally:
             self._in_flight -= 1
-            self.metrics.in_flight.dec()
             if self._in_flight == 0:
                 self._idle.set()
 
@@ -360,9 +359,16 @@ class ConversationService:
             self.metrics.publish_failures.inc()
             logger.warning("could not publish on %s: %r", subject, exc)
 
-    async def _after_store(self, conv: Conversation, stored: list[Message]) -> None:
+    def _after_store(
+        self, conv: Conversation, stored: list[Message]
+    ) -> Coroutine[Any, Any, None] | None:
+        """After a batch: the receipts' activity (coalesced, no I/O) at once; the agent
+        turns in the background, for a conversation with an agent only (no task per
+        conversation per batch for the others)."""
         self.receipts.activity(conv, stored)
-        await agent_turns.after_store(self, conv, stored)
+        if not conv.agent_id:
+            return None
+        return agent_turns.after_store(self, conv, stored)
 
     def _jetstream(self) -> Any:
         return self.broker.connection.jetstream()  # the connection exists once started
