@@ -267,6 +267,46 @@ def given_up(
     return out
 
 
+def slowest(load: Workload, origin: float, n: int = 8) -> list[dict[str, Any]]:
+    """The ``n`` acked sends that waited longest, with their attempts (as in given_up)."""
+    acked = [s for ms in load.convs.values() for c in ms for s in c.sends if s.wait is not None]
+    acked.sort(key=lambda s: s.wait or 0.0, reverse=True)
+    return [
+        {
+            "cmid": s.cmid,
+            "wait_s": round(s.wait or 0.0, 1),
+            "first_sent_s": round(s.first_sent - origin, 1),
+            "attempts": [f"{at - origin:+.1f}s {took:.1f}s {what}" for at, took, what in s.trace],
+        }
+        for s in acked[:n]
+    ]
+
+
+WATCHED_METRICS = (
+    "parley_conversation_requests_total",
+    "parley_conversation_request_seconds_bucket",
+    "parley_gateway_request_retries_total",
+)
+
+
+def service_metrics(cs: ClusterStack) -> dict[str, list[str]]:
+    """The services' request counters and send latencies (Prometheus lines) at the end."""
+    out: dict[str, list[str]] = {}
+    for svc in cs.services:
+        try:
+            with urllib.request.urlopen(f"{svc.base_url}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError as exc:
+            out[svc.name] = [f"unreadable: {exc!r}"]
+            continue
+        out[svc.name] = [
+            line
+            for line in text.splitlines()
+            if line.startswith(WATCHED_METRICS) and ("send" in line or "gateway" in line)
+        ]
+    return out
+
+
 async def _run_on(cs: ClusterStack, timing: ClusterTiming) -> dict[str, Any]:
     ws_urls = [cs.stack.ws_url(i) for i in range(3)]
     http_urls = [cs.stack.gateway_url(i) for i in range(3)]
@@ -325,6 +365,8 @@ async def _run_on(cs: ClusterStack, timing: ClusterTiming) -> dict[str, Any]:
         histories = await load.histories()
         result = analyze(load.convs, histories, first_kill)
         result["given_up"] = given_up(load, histories, first_kill)
+        result["slowest"] = slowest(load, first_kill)
+        result["service_metrics"] = await asyncio.to_thread(service_metrics, cs)
         why = verdict(result, None, False, False)
         if result.get("failed"):  # the client gave up after 30 s of retries: a user sees it
             why.append(f"{result['failed']} sends given up after 30 s of retries")
