@@ -1,11 +1,13 @@
 """The one request client (parley_runtime.requests) against a real nats-server: data, or
-ParleyError for an error reply, a malformed one, nobody listening, no answer in time; and
-the failover to another responder when the first one swallows the request."""
+ParleyError for an error reply, a malformed one, nobody listening, no answer in time; the
+failover to another responder when the first one swallows the request (and the outcome
+unknown when none is left); the attempt timer; a request through a NATS node failover."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -15,6 +17,7 @@ from nats.aio.msg import Msg
 from parley_contract import envelopes, jsonutil
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.ids import new_id
+from parley_devstack.natscluster import NatsCluster
 from parley_devstack.servers import NatsServer
 from parley_runtime import requests
 
@@ -114,3 +117,68 @@ async def test_failover_sends_the_same_bytes_again_to_another_responder(
         await subscribing
     finally:
         await healthy.close()
+
+
+async def test_after_an_attempt_that_may_have_been_applied_the_failure_is_outcome_unknown(
+    nc: Client, nats_server: NatsServer
+) -> None:
+    # The only responder takes the request and dies with it; the retry finds nobody. Before,
+    # that was SERVICE_UNAVAILABLE, which tells a client that nothing was stored.
+    subject = f"rt.{new_id('s')}"
+    swallower = await nats.connect(nats_server.url)
+
+    async def swallow(_msg: Msg) -> None:
+        await swallower.close()
+
+    await swallower.subscribe(subject, queue="q", cb=swallow)
+    await swallower.flush()
+    with pytest.raises(ParleyError) as caught:
+        await requests.request(nc, subject, {}, budget=1.5, attempt_timeout=0.2)
+    assert caught.value.code is ErrorCode.TIMEOUT
+    assert caught.value.details == {"outcomeUnknown": True}
+
+
+def test_the_attempt_timer_follows_a_slow_service_and_comes_back() -> None:
+    timer = requests.AttemptTimer(0.75)
+    assert timer.timeout("s", budget=5) == 0.75  # nothing seen yet: the floor
+    for _ in range(20):
+        timer.observe("s", 0.05)
+    assert timer.timeout("s", budget=5) == 0.75  # fast replies: the floor
+    for _ in range(20):
+        timer.observe("s", 1.5)  # group commits of 1.5 s: not sent twice after 0.75 s
+    assert 1.5 < timer.timeout("s", budget=5) <= 2.5  # at most half the budget
+    assert timer.timeout("other", budget=5) == 0.75  # per subject
+    for _ in range(60):
+        timer.observe("s", 0.05)
+    assert timer.timeout("s", budget=5) == 0.75
+
+
+async def test_a_request_waits_for_the_failover_to_another_node(tmp_path: Path) -> None:
+    # The client's node dies: the request waits while it reconnects to another node and is
+    # answered there; before, it failed at once ("message bus unavailable").
+    cluster = NatsCluster(tmp_path / "nats").start()
+    try:
+        first, second = cluster.nodes[0], cluster.nodes[1]
+        lost = asyncio.Event()
+
+        async def disconnected() -> None:
+            lost.set()
+
+        client = await nats.connect(
+            cluster.urls(nodes=[first, second]).split(","), disconnected_cb=disconnected
+        )
+        responder = await nats.connect(cluster.urls(nodes=[cluster.nodes[2]]).split(","))
+        subject = f"rt.{new_id('s')}"
+        try:
+            await _answer(responder, subject, jsonutil.dumps(envelopes.ok("here")))
+            await responder.flush()
+            port = client.connected_url.port if client.connected_url else None
+            cluster.kill(first if port == first.port else second)
+            await asyncio.wait_for(lost.wait(), 10)  # the client noticed: reconnecting
+            data = await requests.request(nc=client, subject=subject, body={}, budget=5)
+            assert data == "here"
+        finally:
+            await client.close()
+            await responder.close()
+    finally:
+        cluster.stop()

@@ -62,6 +62,9 @@ class Bus:
         # Set when the NATS connection moved to a node (failover, balancing): the heartbeat
         # is written again at once (presence.py), so other gateways count this one right.
         self.reconnected = asyncio.Event()
+        # The first attempt's wait before a request is sent again, from the reply times seen
+        # (parley_runtime.requests.AttemptTimer), never below attempt_timeout_seconds.
+        self.attempt_timer = requests.AttemptTimer(settings.attempt_timeout_seconds)
         self._last_batch = -1.0  # loop.time() of the last batch handed to the NATS client
 
     @property
@@ -118,7 +121,7 @@ class Bus:
                 subject,
                 jsonutil.dumps(body),
                 budget=self.settings.request_timeout_seconds,
-                attempt_timeout=self.settings.attempt_timeout_seconds,
+                attempt_timeout=self.attempt_timer,
                 on_attempt=self._count_attempt,
             )
             return requests.parse_envelope(subject, reply)

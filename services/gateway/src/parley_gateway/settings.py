@@ -91,8 +91,10 @@ class Settings(FileStoreSettings, ServiceSettings):  # store settings shared wit
         default=5.0, gt=0, validation_alias=_env("PARLEY_GATEWAY_REQUEST_TIMEOUT_SECONDS")
     )
     # First attempt's timeout within that budget: a command in flight to a replica that died
-    # is sent again (same idempotency key) after this long; each later attempt waits twice as
-    # long as the one before, all within PARLEY_GATEWAY_REQUEST_TIMEOUT_SECONDS.
+    # is sent again (same idempotency key) after this long — or after the recent reply times
+    # allow (srtt + 4 rttvar, at most half the budget) when the service is slower than this;
+    # each later attempt waits twice as long as the one before, all within
+    # PARLEY_GATEWAY_REQUEST_TIMEOUT_SECONDS.
     attempt_timeout_seconds: float = Field(
         default=0.75, gt=0, validation_alias=_env("PARLEY_GATEWAY_ATTEMPT_TIMEOUT_SECONDS")
     )
