@@ -182,3 +182,65 @@ async def test_a_request_waits_for_the_failover_to_another_node(tmp_path: Path) 
             await responder.close()
     finally:
         cluster.stop()
+
+
+async def test_a_slow_reply_to_an_earlier_attempt_is_the_answer(
+    nc: Client, nats_server: NatsServer
+) -> None:
+    # A service slower than the attempt timeout (a long group commit): the gateway sends
+    # again, and the first attempt's reply still counts. Before, each retry dropped the reply
+    # of the attempt before it and the caller got TIMEOUT although the service had done it.
+    subject = f"rt.{new_id('s')}"
+    seen: list[bytes] = []
+    slow = await nats.connect(nats_server.url)
+
+    async def answer_late(msg: Msg) -> None:
+        seen.append(msg.data)
+        await asyncio.sleep(0.5)  # one at a time: the second attempt waits behind the first
+        await msg.respond(jsonutil.dumps(envelopes.ok(len(seen))))
+
+    try:
+        await slow.subscribe(subject, cb=answer_late)
+        await slow.flush()
+        data = await requests.request(nc, subject, {}, budget=1.0, attempt_timeout=0.2)
+        assert data == 1  # the first attempt's reply
+        assert len(seen) >= 2  # it was sent again meanwhile
+    finally:
+        await slow.close()
+
+
+async def test_a_refusal_waits_for_an_earlier_attempt_still_in_flight(
+    nc: Client, nats_server: NatsServer
+) -> None:
+    # The first attempt is being handled (slowly) by one replica; the retry reaches another
+    # that refuses at once (SERVICE_UNAVAILABLE: "not stored"). Relaying that refusal would
+    # tell the client nothing was stored while the first replica stores it.
+    subject = f"rt.{new_id('s')}"
+    slow = await nats.connect(nats_server.url)
+    refuser = await nats.connect(nats_server.url)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def refuse(msg: Msg) -> None:
+        await msg.respond(jsonutil.dumps(envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, "busy")))
+
+    async def take_first(msg: Msg) -> None:
+        # Subscribed for one message: the retry goes to the refuser.
+        await refuser.subscribe(subject, queue="q", cb=refuse)
+        await refuser.flush()
+
+        async def later() -> None:
+            await asyncio.sleep(0.6)
+            await msg.respond(jsonutil.dumps(envelopes.ok("stored")))
+
+        task = asyncio.create_task(later())
+        tasks.add(task)
+
+    try:
+        await slow.subscribe(subject, queue="q", cb=take_first, max_msgs=1)
+        await slow.flush()
+        data = await requests.request(nc, subject, {}, budget=2.0, attempt_timeout=0.2)
+        assert data == "stored"
+    finally:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await slow.close()
+        await refuser.close()

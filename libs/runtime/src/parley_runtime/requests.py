@@ -91,6 +91,56 @@ async def _connected(nc: Client, until: float) -> bool:
     return True
 
 
+class _Unsent(Exception):
+    """An attempt that could not be published (no connection within the budget)."""
+
+
+class _Attempt:
+    """One publish of the request and the wait for its reply (until the deadline)."""
+
+    def __init__(self, nc: Client, subject: str, payload: bytes, deadline: float) -> None:
+        self.sent = False  # published: it may reach a service and be applied
+        self.reached_nobody = False  # answered "no responders": it reached no service
+        self.task = asyncio.create_task(self._run(nc, subject, payload, deadline))
+
+    async def _run(self, nc: Client, subject: str, payload: bytes, deadline: float) -> bytes:
+        if not await _connected(nc, deadline):
+            raise _Unsent()
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            self.sent = True
+            msg = await nc.request(subject, payload, timeout=max(0.001, remaining))
+        except nats.errors.NoRespondersError:
+            self.reached_nobody = True
+            raise
+        except nats.errors.TimeoutError:
+            raise
+        except nats.errors.Error as exc:  # not published (the connection closed meanwhile)
+            self.sent = False
+            logger.warning("NATS request on %s failed: %r", subject, exc)
+            raise _Unsent() from exc
+        return bytes(msg.data)
+
+    @property
+    def maybe_applied(self) -> bool:
+        """Published and never answered: it may have been applied."""
+        if not self.sent or self.reached_nobody:
+            return False
+        return not self.task.done() or self.task.cancelled() or self.task.exception() is not None
+
+
+def _unavailable_reply(reply: bytes) -> bool:
+    """A SERVICE_UNAVAILABLE envelope (the service refused: nothing done by that attempt)."""
+    if b"SERVICE_UNAVAILABLE" not in reply:
+        return False
+    try:
+        body = jsonutil.loads(reply)
+    except ValueError:
+        return False
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, dict) and error.get("code") == "SERVICE_UNAVAILABLE"
+
+
 async def request_bytes(
     nc: Client | None,
     subject: str,
@@ -104,61 +154,87 @@ async def request_bytes(
     ``("gave_up")`` counts failovers (metrics).
 
     While the client reconnects (its NATS node died) it waits within the budget and sends
-    then. Once an attempt may have reached a service (no reply in time, the connection lost
-    with it in flight), a failure is ``TIMEOUT`` with ``outcomeUnknown`` — never
-    ``SERVICE_UNAVAILABLE``, which tells the caller that nothing was done.
+    then. With ``attempt_timeout`` an attempt not answered in time is sent again, and the
+    earlier ones **keep waiting**: the first reply to any of them is the answer (before,
+    each retry dropped the reply of the attempt before it, so a service slower than the
+    attempt timeout was answered ``TIMEOUT`` although it had stored the message). A
+    ``SERVICE_UNAVAILABLE`` reply does not end the wait while another attempt that may have
+    reached a service is unanswered. Once an attempt may have reached a service, a failure is
+    ``TIMEOUT`` with ``outcomeUnknown`` — never ``SERVICE_UNAVAILABLE``, which tells the
+    caller that nothing was done.
     """
+    if nc is None:
+        raise bus_unavailable()
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + budget
-    timer = attempt_timeout if isinstance(attempt_timeout, AttemptTimer) else None
+    started = loop.time()
+    deadline = started + budget
     retries = attempt_timeout is not None
+    timer = attempt_timeout if isinstance(attempt_timeout, AttemptTimer) else None
     if timer is not None:
         per_attempt = timer.timeout(subject, budget)
+    elif isinstance(attempt_timeout, int | float):
+        per_attempt = float(attempt_timeout)
     else:
-        per_attempt = attempt_timeout if isinstance(attempt_timeout, float | int) else budget
+        per_attempt = budget
+    attempts: list[_Attempt] = []
+    held: bytes | None = None  # a SERVICE_UNAVAILABLE reply, while others may still answer
     backoff = RETRY_FIRST_BACKOFF
-    attempt = 0
-    maybe_done = False  # an attempt may have reached a service
-    while True:
-        attempt += 1
-        if nc is None or not await _connected(nc, deadline):
-            if attempt > 1 and on_attempt is not None:
-                on_attempt("gave_up")
-            raise outcome_unknown() if maybe_done else bus_unavailable()
-        remaining = deadline - loop.time()
-        sent_at = loop.time()
-        try:
-            msg = await nc.request(
-                subject, payload, timeout=max(0.001, min(per_attempt, remaining))
-            )
-            if timer is not None:
-                timer.observe(subject, loop.time() - sent_at)
-            return bytes(msg.data)
-        except nats.errors.NoRespondersError:
-            failure = (
-                outcome_unknown()
-                if maybe_done
-                else ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "service unavailable, retry")
-            )
-        except nats.errors.TimeoutError:
-            maybe_done = True
-            failure = outcome_unknown()
-        except nats.errors.Error as exc:  # e.g. the connection closed with it in flight
-            logger.warning("NATS request on %s failed: %r", subject, exc)
-            maybe_done = True
-            failure = outcome_unknown()
-            if not retries:
-                raise failure from exc
-        if not retries or deadline - loop.time() <= backoff:
-            if attempt > 1 and on_attempt is not None:
-                on_attempt("gave_up")
-            raise failure
-        if on_attempt is not None:
-            on_attempt("retried")
-        logger.info("no answer on %s (attempt %d): retrying", subject, attempt)
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, RETRY_MAX_BACKOFF)
-        per_attempt *= 2
+    next_at = started
+    try:
+        while loop.time() < deadline:
+            if loop.time() >= next_at and (retries or not attempts):
+                if attempts and not nc.is_connected:  # the last attempt waits for it already
+                    next_at = loop.time() + RECONNECT_POLL_SECONDS
+                else:
+                    if attempts:
+                        if on_attempt is not None:
+                            on_attempt("retried")
+                        logger.info(
+                            "no answer on %s (attempt %d): retrying", subject, len(attempts)
+                        )
+                    attempts.append(_Attempt(nc, subject, payload, deadline))
+                    next_at = loop.time() + per_attempt
+                    per_attempt *= 2
+            pending = {a.task: a for a in attempts if not a.task.done()}
+            if not pending:
+                if not retries:
+                    break
+                await asyncio.sleep(max(0.0, min(next_at, deadline) - loop.time()))
+                continue
+            wait = max(0.0, min(next_at, deadline) - loop.time()) if retries else None
+            done, _ = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                try:
+                    reply = task.result()
+                except nats.errors.NoRespondersError:  # nobody subscribed right now: soon again
+                    next_at = min(next_at, loop.time() + backoff)
+                    backoff = min(backoff * 2, RETRY_MAX_BACKOFF)
+                    continue
+                except (_Unsent, nats.errors.TimeoutError):
+                    continue
+                if _unavailable_reply(reply) and any(
+                    a.sent and not a.task.done() for a in attempts
+                ):
+                    held = reply
+                    continue
+                if timer is not None and task is attempts[0].task:  # Karn: first sends only
+                    timer.observe(subject, loop.time() - started)
+                return reply
+    finally:
+        unfinished = [a.task for a in attempts if not a.task.done()]
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.gather(*unfinished, return_exceptions=True)
+    if len(attempts) > 1 and on_attempt is not None:
+        on_attempt("gave_up")
+    if any(a.maybe_applied for a in attempts):
+        raise outcome_unknown()
+    if held is not None:
+        return held
+    if any(a.reached_nobody for a in attempts):
+        raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "service unavailable, retry")
+    raise bus_unavailable()
 
 
 def parse_envelope(subject: str, reply: bytes) -> dict[str, Any]:
