@@ -42,6 +42,36 @@ def test_decode_rejects(text: str) -> None:
         codec.decode_sio(text)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '42["typing:start",{"conversationId":"c"}]',
+        '4212["message:send",{"a":1}]',
+        "42",
+        "427",
+        '420["x"]',
+        "42{}",
+        '42["a",',
+        "42" + "1" * 16 + "[]",
+        "42" + "1" * 17 + "[]",
+        "42" + "9" * 16 + "[]",
+        "42\u0661[]",  # a non-ASCII digit (ARABIC-INDIC ONE) is not an ack id
+        '42 ["a"]',
+    ],
+)
+def test_decode_event_is_decode_sio_for_events(text: str) -> None:
+    """The command fast path (``decode_event``) reads what ``decode_sio`` reads, or refuses
+    what it refuses with the same message (``decode_sio`` takes it without Engine.IO's 4)."""
+    try:
+        p = codec.decode_sio(text[1:])
+    except codec.PacketError as exc:
+        with pytest.raises(codec.PacketError, match=str(exc)):
+            codec.decode_event(text)
+        return
+    assert (p.type, p.nsp) == (codec.SIO_EVENT, "/")
+    assert codec.decode_event(text) == (p.id, p.data)
+
+
 def test_encode() -> None:
     assert codec.encode_sio(0, {"sid": "s"}) == b'40{"sid":"s"}'
     assert codec.encode_sio(4, {"message": "m"}, nsp="/x") == b'44/x,{"message":"m"}'

@@ -37,6 +37,7 @@ SIO_CONNECT_ERROR = 4
 SIO_BINARY_EVENT = 5
 SIO_BINARY_ACK = 6
 
+_DIGITS = frozenset("0123456789")
 MAX_ACK_ID = 2**53  # socket.io-client counts from 0; anything beyond a JS safe integer is bad
 
 
@@ -95,6 +96,29 @@ def decode_sio(text: str) -> SioPacket:
         except ValueError:
             raise PacketError("invalid JSON in the packet") from None
     return SioPacket(ptype, nsp, ack, data, attachments)
+
+
+def decode_event(text: str) -> tuple[int | None, Any]:
+    """``42[<ack id>]<JSON>``, an EVENT of the default namespace (the command packets of a
+    connected client): its ack id and arguments, the same checks as ``decode_sio`` without
+    building a ``SioPacket``. The caller has seen ``42`` and no ``/`` after it."""
+    i = 2
+    n = len(text)
+    while i < n and text[i] in _DIGITS:
+        i += 1
+    ack: int | None = None
+    if i > 2:
+        if i > 18:
+            raise PacketError("ack id too long")
+        ack = int(text[2:i])
+        if ack >= MAX_ACK_ID:
+            raise PacketError("ack id too large")
+    if i == n:
+        return ack, None
+    try:
+        return ack, jsonutil.loads(text[i:])
+    except ValueError:
+        raise PacketError("invalid JSON in the packet") from None
 
 
 def encode_sio(ptype: int, data: Any = None, *, nsp: str = "/", ack: int | None = None) -> bytes:

@@ -37,6 +37,18 @@ class SocketLayer:
     settings: Settings
 
     async def on_packet(self, eio: EioSession, packet: str) -> None:
+        conn = eio.conn
+        if conn is not None and packet[:2] == "42" and packet[2:3] != "/":
+            # A connected client's event (every command): decoded once, straight to the
+            # command path, as a /ws frame is (the general path below handles the rest).
+            start = time.perf_counter()
+            try:
+                ack, args = codec.decode_event(packet)
+            except codec.PacketError as exc:
+                self.refuse(eio, str(exc))
+                return
+            await self.on_event(conn, ack, args, start)
+            return
         kind = packet[:1]
         if kind == "b":  # a base64 binary attachment (polling)
             self.on_binary(eio)
@@ -103,7 +115,7 @@ class SocketLayer:
             if conn is None:
                 eio.send(connect_error(ErrorCode.UNAUTHORIZED, "connect before sending events"))
             else:
-                await self.on_event(conn, pkt, start)
+                await self.on_event(conn, pkt.id, pkt.data, start)
         elif pkt.type == codec.SIO_DISCONNECT:
             eio.end()
         elif pkt.type == codec.SIO_CONNECT_ERROR:
@@ -130,8 +142,8 @@ class SocketLayer:
         else:
             conn.send({"event": "error", **err})
 
-    async def on_event(self, conn: SioConn, pkt: codec.SioPacket, start: float) -> None:
-        args = pkt.data
+    async def on_event(self, conn: SioConn, ack: int | None, args: Any, start: float) -> None:
+        """An EVENT ``[name, data]`` (ack id ``ack``): the /ws frame ``{event, data, id}``."""
         name = args[0] if isinstance(args, list) and args else None
         problem = None
         if not isinstance(name, str):
@@ -143,17 +155,17 @@ class SocketLayer:
                 err = envelopes.fail(ErrorCode.RATE_LIMITED, "too many bad packets")
             else:
                 err = envelopes.fail(ErrorCode.VALIDATION_ERROR, problem, {"field": "event"})
-            if pkt.id is not None:
+            if ack is not None:
                 reply = name if isinstance(name, str) and len(name) <= 64 else "error"
-                conn.send(envelopes.reply_frame(reply, str(pkt.id), err))
+                conn.send(envelopes.reply_frame(reply, str(ack), err))
             else:
                 conn.send({"event": "error", **err})
             return
         frame: dict[str, Any] = {"event": name}
         if len(args) == 2:
             frame["data"] = args[1]
-        if pkt.id is not None:
-            frame["id"] = str(pkt.id)
+        if ack is not None:
+            frame["id"] = str(ack)
         await self.gw.submit_frame(conn, frame, start)
 
     async def connect(self, eio: EioSession, auth: Any) -> None:
