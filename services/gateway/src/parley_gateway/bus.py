@@ -40,6 +40,8 @@ EVENTS_PAGE = 200  # events per QUERY_EVENTS_SINCE request (the service allows u
 # the publishes of many commands share one socket write of the NATS client.
 PUBLISH_WINDOW_SECONDS = 0.001
 
+_Outgoing = tuple[str, bytes, dict[str, str] | None] | bytes
+
 
 class Bus:
     """The NATS connection of one gateway instance and what it does over it."""
@@ -56,8 +58,9 @@ class Bus:
         self.kv_turns: KeyValue | None = None  # running agent turns (turns.py)
         self._agents: AgentDirectory | None = None
         self.service_principal = Principal(id=self.instance_id, kind=PrincipalKind.SERVICE)
-        # Publishes waiting for the window: (subject, payload, NATS headers or None).
-        self._outbox: list[tuple[str, bytes, dict[str, str] | None]] = []
+        # Publishes waiting for the window: (subject, payload, NATS headers or None), or a
+        # raw protocol command (``command_soon``: a SUB).
+        self._outbox: list[_Outgoing] = []
         self._publishing: set[asyncio.Task[None]] = set()
         # Set when the NATS connection moved to a node (failover, balancing): the heartbeat
         # is written again at once (presence.py), so other gateways count this one right.
@@ -211,7 +214,15 @@ class Bus:
         gateway publishes ephemeral events, typing and presence, and unacknowledged KV
         writes: many connects or session flushes in a window share one write).
         """
-        self._outbox.append((subject, payload, headers))
+        self._queue_soon((subject, payload, headers))
+
+    def command_soon(self, command: bytes) -> None:
+        """A raw protocol command (the ``SUB`` of ``natsdirect.subscribe_later``) sent with
+        the next batch, in order with the publishes."""
+        self._queue_soon(command)
+
+    def _queue_soon(self, item: _Outgoing) -> None:
+        self._outbox.append(item)
         if len(self._outbox) == 1:
             # At most one batch per window: one window after the previous batch, or at the
             # end of this loop iteration when that is past (quiet: no latency added).
@@ -230,15 +241,26 @@ class Bus:
             self._publishing.add(task)
             task.add_done_callback(self._publishing.discard)
 
-    async def _publish_batch(self, batch: list[tuple[str, bytes, dict[str, str] | None]]) -> None:
+    async def _publish_batch(self, batch: list[_Outgoing]) -> None:
         nc = self.nc
         if nc is None:
             return
-        for subject, payload, headers in batch:  # no real wait inside: one flush for all
+        commands = False
+        for item in batch:  # no real wait inside: one flush for all
+            if isinstance(item, bytes):
+                if nc.is_closed:
+                    continue
+                await nc._send_command(item)  # what nc.subscribe does, without its flush
+                commands = True
+                continue
+            subject, payload, headers = item
             try:
                 await nc.publish(subject, payload, headers=headers)
             except nats.errors.Error as exc:
                 logger.warning("publish on %s failed: %s", subject, exc)
+        queue = nc._flush_queue
+        if commands and not nc.is_closed and queue is not None and queue.empty():
+            await nc._flush_pending()  # as publish does: a flush already queued sends it all
 
     async def flush_publishes(self) -> None:
         """Send what waits in the outbox now (drain, stop, before an acknowledged KV write)."""

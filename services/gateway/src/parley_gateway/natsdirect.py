@@ -19,9 +19,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.client import _validate_subject
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.protocol import command as prot_command
 
 logger = logging.getLogger(__name__)
 
@@ -77,3 +80,28 @@ async def subscribe_direct(nc: NATS, subject: str, handler: Handler) -> Subscrip
     while not original.empty():  # anything that arrived while subscribing
         handler(original.get_nowait())
     return sub
+
+
+def subscribe_later(nc: NATS, subject: str, handler: Handler) -> tuple[Subscription, bytes]:
+    """A direct subscription registered with the client but not yet sent to the server.
+
+    Returns the subscription and its ``SUB`` command, for the caller to hand to the client
+    with other commands in one socket write (``Bus.command_soon``): a connect's
+    subscription to its principal's events then shares the write of its presence and
+    session puts instead of costing a socket write of its own. Messages are routed to
+    ``handler`` from the moment the server has the ``SUB``. Raises what
+    ``nc.subscribe`` raises for a closed or draining client. ``sub.unsubscribe()`` works as
+    usual once the ``SUB`` is sent (``Bus.flush_publishes``).
+    """
+    _validate_subject(subject, strict=True)  # no whitespace or CRLF: no command injection
+    if nc.is_closed:
+        raise nats.errors.ConnectionClosedError
+    if nc.is_draining:
+        raise nats.errors.ConnectionDrainingError
+    nc._sid += 1
+    sid = nc._sid
+    sub = Subscription(nc, sid, subject, pending_bytes_limit=0)
+    sub._pending_queue = _DirectQueue(handler)  # type: ignore[assignment]
+    sub._pending_next_msgs_calls = None  # type: ignore[assignment]
+    nc._subs[sid] = sub
+    return sub, prot_command.sub_cmd(subject, "", sid)

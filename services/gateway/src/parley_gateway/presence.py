@@ -39,7 +39,7 @@ from parley_gateway.conn import Conn, frame_text
 from parley_gateway.fanout import PRESENCE_EVENTS, Fanout
 from parley_gateway.metrics import Metrics
 from parley_gateway.natsbalance import Balancer, Placement, address, server_name
-from parley_gateway.natsdirect import subscribe_direct
+from parley_gateway.natsdirect import subscribe_later
 from parley_gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -77,9 +77,12 @@ class Presence(Fanout):
             state = PrincipalState()
             self.principals[(kind, pid)] = state
             assert self.nc is not None
-            state.sub = await subscribe_direct(
+            # Its SUB goes out with the presence and session puts below (one socket write
+            # for all the connects of a publish window, not one each).
+            state.sub, command = subscribe_later(
                 self.nc, subjects.principal_events(kind, pid), self._principal_handler(state)
             )
+            self.command_soon(command)
         state.conns.add(conn)
         self.sessions[conn.session_id] = conn
         self.metrics.connections.labels(conn.principal.kind.value).inc()
@@ -113,6 +116,7 @@ class Presence(Fanout):
             if not state.conns:
                 del self.principals[(kind, pid)]
                 if state.sub is not None:
+                    await self.flush_publishes()  # its SUB first, if that still waits
                     with contextlib.suppress(nats.errors.Error):
                         await state.sub.unsubscribe()
                 with contextlib.suppress(*_KV_ERRORS):  # bounded: a resume waits for this
