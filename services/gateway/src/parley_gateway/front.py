@@ -3,11 +3,13 @@
 Each accepted connection starts with a small sniffing protocol (:class:`_Sniffer`) that only
 buffers the first request head (bounded: ``max_head_bytes``, ``head_timeout`` seconds). Then:
 
-- a ``GET`` with ``Upgrade: websocket`` to a registered path (:class:`WsRoute`) is handed,
-  transport and buffered bytes, to websockets' own ``ServerConnection`` (the same objects
-  ``websockets.asyncio.server.serve`` creates, under websockets' ``Server``), so the
-  WebSocket path — handshake, ``process_request``, frames, ``slim.py`` — is unchanged and an
-  idle connection costs what it did;
+- a ``GET`` with ``Upgrade: websocket`` to a registered path (:class:`WsRoute`) is handed
+  to websockets' own ``ServerConnection`` (the same objects
+  ``websockets.asyncio.server.serve`` creates, under websockets' ``Server``): frames,
+  ``process_request``, ``slim.py`` are websockets' and an idle connection costs what it did.
+  A well-formed head is not parsed again: the front opens the connection from the parsed
+  request and sends the 101 with the handler's first frames (``wsopen.py``); any other head
+  is fed to websockets, which parses it and answers its errors;
 - anything else goes to uvicorn's h11 protocol (:mod:`parley_gateway.front_http`) running
   the ASGI app: keep-alive, pipelining, every method, streamed request bodies, HEAD.
 
@@ -30,8 +32,7 @@ import email.utils
 import http
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import cast
 
 from uvicorn.config import Config
@@ -44,12 +45,13 @@ from websockets.server import ServerProtocol
 
 from parley_contract import envelopes, jsonutil
 from parley_contract.errors import ErrorCode
+from parley_gateway import wsopen
 from parley_gateway.front_http import ASGIApp, HttpProtocol, Refused, edge, linger, raw_response
+from parley_gateway.wsopen import WsRoute
+
+__all__ = ["Front", "WsRoute", "json_response"]  # WsRoute: declared in wsopen.py
 
 logger = logging.getLogger(__name__)
-
-ProcessRequest = Callable[[ServerConnection, Request], Awaitable[Response | None]]
-WsHandler = Callable[[ServerConnection], Awaitable[None]]
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 # websockets' own default for the opening handshake (after the head has been read).
@@ -59,22 +61,6 @@ OPEN_TIMEOUT_SECONDS = 10.0
 # reconnect storm, the bench's 200 handshakes in flight): the dropped SYNs came back after
 # 1, 3, 7 s of TCP retransmission (connect p99 7.7 s at 234 connects/s).
 LISTEN_BACKLOG = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class WsRoute:
-    """A WebSocket endpoint: ``handler`` after ``process_request`` (None: accept) said yes.
-
-    The remaining fields are websockets' per-connection options (see ``serve()``).
-    """
-
-    handler: WsHandler
-    process_request: ProcessRequest | None = None
-    max_size: int | None = 64 * 1024
-    max_queue: int | None = 16
-    close_timeout: float = 5.0
-    ping_interval: float | None = None
-    ping_timeout: float | None = None
 
 
 def json_response(status: int, body: dict[str, object]) -> Response:
@@ -112,6 +98,7 @@ class Front:
         self.max_head_bytes = max_head_bytes
         self.head_timeout = head_timeout
         self.server_header = server_header
+        self.date = b""  # the 101's Date (wsopen.accept), refreshed every second
         # Called with "head_timeout", "head_too_large" or "bad_request" for each connection
         # the front answers and closes itself (metrics).
         self.on_refused = on_refused
@@ -155,7 +142,7 @@ class Front:
 
     def _tick_date(self) -> None:
         assert self.loop is not None
-        date = email.utils.formatdate(usegmt=True).encode("latin-1")
+        date = self.date = email.utils.formatdate(usegmt=True).encode("latin-1")
         self.http_state.default_headers = [(b"date", date), *self.config.encoded_headers]
         self._date_timer = self.loop.call_later(1.0, self._tick_date)
 
@@ -212,6 +199,12 @@ class Front:
                 return route
         return None
 
+    def open_parsed(self, transport: asyncio.Transport, data: bytes, head_end: int) -> bool:
+        """A well-formed upgrade head opened without websockets parsing it again (wsopen.py);
+        False: not one (routed as before)."""
+        assert self.ws_server is not None
+        return wsopen.open_parsed(transport, data, head_end, self.ws_routes, self.ws_server)
+
     def start_ws(self, transport: asyncio.Transport, route: WsRoute, data: bytes) -> None:
         # What websockets' serve() builds per connection (compression off, no subprotocols).
         protocol = ServerProtocol(max_size=route.max_size)
@@ -263,9 +256,18 @@ class Front:
         assert server is not None
         try:
             async with asyncio.timeout(OPEN_TIMEOUT_SECONDS):
-                await connection.handshake(
-                    self._process_request, None, server_header=self.server_header
-                )
+                if type(connection.request) is wsopen.ParsedRequest:
+                    await wsopen.handshake(
+                        connection,
+                        connection.request,
+                        self._process_request,
+                        date=self.date,
+                        server_header=self.server_header,
+                    )
+                else:
+                    await connection.handshake(
+                        self._process_request, None, server_header=self.server_header
+                    )
             route = self._route(connection.request) if connection.request else None
             if connection.protocol.state is not State.OPEN or route is None:
                 connection.transport.abort()
@@ -328,9 +330,11 @@ class _Sniffer(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self._forget()
-        route = front.route_for(bytes(buf[: end.start()]))
         pending = bytes(buf)
         self.buf = bytearray()
+        if front.open_parsed(transport, pending, end.start()):
+            return
+        route = front.route_for(pending[: end.start()])
         if route is not None:
             front.start_ws(transport, route, pending)
         else:

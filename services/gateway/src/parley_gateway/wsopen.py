@@ -1,0 +1,230 @@
+"""The WebSocket opening handshake of the front (front.py), from the head the sniffer read.
+
+websockets' ``ServerConnection`` would parse the head again (a generator step per line), run
+its handshake (two futures and ``asyncio.wait``, an async context manager around the write),
+build the 101 response as a ``Response`` with ``Headers`` and write it in a socket write of
+its own. For the common case (a well-formed upgrade head) the front does instead:
+
+- :func:`parse_head`: the head parsed once, with websockets' own grammar (its header name
+  and value regexes and limits) into websockets' ``Request``; a head it would not accept the
+  same way (bare LF, obs-fold, a non-ASCII target, a body, HTTP/1.0, too long...) returns
+  None and takes the unchanged path (websockets parses it and answers its own error);
+- :func:`new_protocol`: websockets' ``ServerProtocol`` where its parser would be after the
+  request, in its frame loop, still ``CONNECTING``;
+- :func:`accept`: the RFC 6455 checks are websockets' own (``ServerProtocol.process_request``:
+  Connection, Upgrade, Sec-WebSocket-Key, Sec-WebSocket-Version, one Origin), after the
+  gateway's ``process_request`` (origin policy, readiness, token) as in websockets; the 101
+  is queued first in the protocol's outgoing list, where the handler's first frames (the
+  ``connected`` hello) join it: :func:`send_queued`, called at the end of the loop iteration,
+  writes them together in one socket write.
+
+Anything else (a rejection, a failing check) goes through websockets' own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHandshake
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from parley_gateway.slim import done_future
+
+ProcessRequest = Callable[[ServerConnection, Request], Awaitable[Response | None]]
+WsHandler = Callable[[ServerConnection], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class WsRoute:
+    """A WebSocket endpoint: ``handler`` after ``process_request`` (None: accept) said yes.
+
+    The remaining fields are websockets' per-connection options (see ``serve()``).
+    """
+
+    handler: WsHandler
+    process_request: ProcessRequest | None = None
+    max_size: int | None = 64 * 1024
+    max_queue: int | None = 16
+    close_timeout: float = 5.0
+    ping_interval: float | None = None
+    ping_timeout: float | None = None
+
+
+# websockets.http11's grammar (RFC 9110 token; field value: VCHAR, SP, HTAB, obs-text).
+_TOKEN = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
+_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
+
+
+class ParsedRequest(Request):
+    """A request the front parsed itself (``Front.open_parsed``): open with :func:`handshake`."""
+
+
+def parse_head(head: bytes) -> ParsedRequest | None:
+    """The request of an upgrade head (``head``: up to and without the blank line that ends
+    it, CRLF line ends), parsed as websockets' ``Request.parse`` would; None for any head that
+    is not a plain ``GET ... HTTP/1.1`` that websockets would parse to the same request."""
+    lines = head.split(b"\r\n")
+    if len(lines) > MAX_NUM_HEADERS + 1:
+        return None
+    line = lines[0]
+    if len(line) + 2 > MAX_LINE_LENGTH or b"\n" in line:
+        return None
+    method, _, rest = line.partition(b" ")
+    raw_path, _, protocol = rest.partition(b" ")
+    if method != b"GET" or protocol != b"HTTP/1.1" or not raw_path.isascii():
+        return None
+    headers = Headers()
+    for line in lines[1:]:
+        if len(line) + 2 > MAX_LINE_LENGTH:
+            return None
+        raw_name, colon, raw_value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(raw_name):
+            return None
+        raw_value = raw_value.strip(b" \t")
+        if not _VALUE.fullmatch(raw_value):
+            return None
+        headers.set_insecure(raw_name.decode("ascii"), raw_value.decode("iso-8859-1"))
+    if "Transfer-Encoding" in headers or "Content-Length" in headers:
+        return None  # websockets refuses a body (or accepts "0"): let it answer
+    return ParsedRequest(raw_path.decode("ascii"), headers, "GET", "HTTP/1.1")
+
+
+def open_parsed(
+    transport: asyncio.Transport,
+    data: bytes,
+    head_end: int,
+    routes: Mapping[bytes, WsRoute],
+    server: Server,
+) -> bool:
+    """Hand a connection whose first bytes are ``data`` (a head ending at ``head_end``) to a
+    websockets connection opened from the parsed request (:func:`handshake` then runs in its
+    handler task); False when the head is not a well-formed upgrade to a route."""
+    if not data.startswith(b"GET ") or data[head_end : head_end + 4] != b"\r\n\r\n":
+        return False
+    target_end = data.find(b" ", 4, head_end)
+    if target_end < 0:
+        return False
+    route = routes.get(data[4:target_end].partition(b"?")[0])
+    if route is None:
+        return False
+    request = parse_head(data[:head_end])
+    if request is None or not asks_upgrade(request):
+        return False
+    conn = ServerConnection(
+        new_protocol(route.max_size),
+        server,
+        ping_interval=route.ping_interval,
+        ping_timeout=route.ping_timeout,
+        close_timeout=route.close_timeout,
+        max_queue=route.max_queue,
+    )
+    conn.request = request
+    conn.request_rcvd = done_future()
+    transport.set_protocol(conn)
+    conn.connection_made(transport)  # starts the handler task (websockets' Server.handler)
+    if len(data) > head_end + 4:  # frames before the 101: websockets would queue them too
+        conn.data_received(data[head_end + 4 :])
+    return True
+
+
+def asks_upgrade(request: Request) -> bool:
+    """Whether the request asks for ``Upgrade: websocket`` (the front's routing rule; the
+    handshake checks the value exactly)."""
+    return any("websocket" in value.lower() for value in request.headers.get_all("Upgrade"))
+
+
+def new_protocol(max_size: int | None) -> ServerProtocol:
+    """websockets' server protocol as it is once it has parsed the request: its parser in
+    the frame loop, the state ``CONNECTING`` until the 101 is sent."""
+    protocol = ServerProtocol(max_size=max_size, state=State.OPEN)  # the parser: frames
+    protocol.state = State.CONNECTING
+    return protocol
+
+
+def accept(
+    connection: ServerConnection, request: Request, *, date: bytes, server_header: str | None
+) -> bool:
+    """Queue the 101 of a request that passes websockets' RFC 6455 checks; False (nothing
+    queued) when it does not: answer ``connection.protocol.accept(request)`` then."""
+    protocol = connection.protocol
+    try:
+        accept_header, _, _ = protocol.process_request(request)  # no extension, no subprotocol
+    except InvalidHandshake:
+        return False
+    protocol.writes.insert(
+        0,
+        b"HTTP/1.1 101 Switching Protocols\r\nDate: %s\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n"
+        % (date, accept_header.encode(), _server_line(server_header)),
+    )
+    protocol.state = State.OPEN
+    return True
+
+
+@functools.cache
+def _server_line(server_header: str | None) -> bytes:
+    return f"Server: {server_header}\r\n".encode() if server_header else b""
+
+
+def send_queued(connection: ServerConnection) -> None:
+    """Write what the connection's protocol has queued (the 101 and the first frames) in one
+    socket write."""
+    transport = connection.transport
+    protocol = connection.protocol
+    chunks = protocol.writes
+    if transport.is_closing() or not chunks:
+        return
+    if all(chunks):
+        protocol.writes = []
+        transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+    else:  # a half-close queued: websockets' own way
+        connection.send_data()
+
+
+async def handshake(
+    connection: ServerConnection,
+    request: Request,
+    process_request: ProcessRequest,
+    *,
+    date: bytes,
+    server_header: str | None,
+) -> None:
+    """websockets' ``ServerConnection.handshake`` for a request the front parsed, with the
+    same answers; a 101 is written at the end of this loop iteration, with the frames the
+    handler queued by then (:func:`send_queued`)."""
+    protocol = connection.protocol
+    try:
+        response = await process_request(connection, request)
+    except Exception as exc:
+        protocol.handshake_exc = exc
+        connection.logger.error("process_request failed", exc_info=True)
+        response = protocol.reject(
+            http.HTTPStatus.INTERNAL_SERVER_ERROR,
+            "Failed to open a WebSocket connection.\nSee server log for more information.\n",
+        )
+    if response is None:
+        if not connection.server.is_serving():
+            response = protocol.reject(
+                http.HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n"
+            )
+        elif protocol.state is not State.CONNECTING:
+            return  # the connection was lost meanwhile
+        elif accept(connection, request, date=date, server_header=server_header):
+            connection.loop.call_soon(send_queued, connection)
+            return
+        else:
+            response = protocol.accept(request)  # the RFC 6455 check that failed: its answer
+    if server_header is not None:
+        response.headers["Server"] = server_header
+    if protocol.state is State.CONNECTING:
+        async with connection.send_context(expected_state=State.CONNECTING):
+            protocol.send_response(response)
