@@ -5,6 +5,7 @@ providers")."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any, Literal
 
@@ -74,6 +75,18 @@ def check_secret_for_environment(environment: str, cfg: JwtConfig) -> None:
             raise ValueError("PARLEY_JWT_PUBLIC_KEY is not a PEM public key") from None
 
 
+@functools.lru_cache(maxsize=4)
+def _public_key(pem: str | None) -> Any:
+    """The RS256 public key, loaded once: PyJWT would parse the PEM for every token (about
+    40 % of an RS256 verification)."""
+    if not pem:
+        return None
+    try:
+        return serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return pem  # PyJWT reports it for each token, as before
+
+
 def verify_token(token: str, cfg: JwtConfig) -> tuple[Principal, float]:
     """The principal and expiry (epoch seconds) of a valid token.
 
@@ -95,7 +108,7 @@ def verify_token(token: str, cfg: JwtConfig) -> tuple[Principal, float]:
         )
         key, algorithms = keys.signing_key(kid), list(JWKS_ALGORITHMS)
     else:
-        key = cfg.secret if cfg.algorithm == "HS256" else cfg.public_key
+        key = cfg.secret if cfg.algorithm == "HS256" else _public_key(cfg.public_key)
         algorithms = [cfg.algorithm]
     if not key:
         raise ParleyError(ErrorCode.UNAUTHORIZED, "server has no verification key")
