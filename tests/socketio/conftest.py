@@ -234,7 +234,7 @@ def sio_stack(
     nats_server: NatsServer, store_server: StoreServer, servers_dir: Path
 ) -> Iterator[Stack]:
     env = {"PARLEY_GATEWAY_HEARTBEAT_SECONDS": "5"}
-    with module_stack("sio", nats_server, store_server, servers_dir, gateway_env=env) as s:
+    with module_stack(nats_server, store_server, servers_dir, "sio", gateway_env=env) as s:
         yield s
 
 

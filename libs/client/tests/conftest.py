@@ -15,5 +15,5 @@ from parley_devstack.testing import module_stack
 
 @pytest.fixture(scope="module")
 def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
-    with module_stack("client", nats_server, store_server, servers_dir) as s:
+    with module_stack(nats_server, store_server, servers_dir, "client") as s:
         yield s

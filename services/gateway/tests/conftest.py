@@ -21,7 +21,8 @@ from parley_contract import jsonutil
 from parley_contract.auth import mint_token
 from parley_contract.events import PrincipalKind
 from parley_devstack.servers import ManagedProcess, NatsServer, StoreServer, free_port, wait_port
-from parley_devstack.stack import Stack, StackConfig
+from parley_devstack.stack import Stack
+from parley_devstack.testing import module_stack
 
 
 def http_get(url: str, token: str | None = None, timeout: float = 5.0) -> tuple[int, bytes, Any]:
@@ -113,34 +114,6 @@ def uid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@contextlib.contextmanager
-def real_stack(
-    nats_server: NatsServer,
-    store_server: StoreServer,
-    servers_dir: Path,
-    name: str,
-    *,
-    agent_bridges: int = 0,
-    bridge_env: dict[str, str] | None = None,
-) -> Iterator[Stack]:
-    """Two real gateways, one conversation replica (and ``agent_bridges`` bridges), each
-    module on its own database so modules never see each other's conversations."""
-    env: dict[str, dict[str, str]] = {"gateway": {"PARLEY_GATEWAY_DRAIN_SECONDS": "0.5"}}
-    if bridge_env:
-        env["agent-bridge"] = bridge_env
-    cfg = StackConfig(
-        workdir=servers_dir / f"{name}-stack-{uuid.uuid4().hex[:8]}",
-        nats_url=nats_server.url,
-        mongodb_url=store_server.url,
-        database=f"parley_{name}_{uuid.uuid4().hex[:10]}",
-        conversation_replicas=1,
-        agent_bridges=agent_bridges,
-        service_env=env,
-    )
-    with Stack(cfg) as s:
-        yield s
-
-
 @pytest.fixture(scope="module")
 def stack(
     request: pytest.FixtureRequest,
@@ -150,7 +123,7 @@ def stack(
 ) -> Iterator[Stack]:
     """The module's real stack without agents (modules that need a bridge override it)."""
     name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
-    with real_stack(nats_server, store_server, servers_dir, name) as s:
+    with module_stack(nats_server, store_server, servers_dir, name) as s:
         yield s
 
 

@@ -19,7 +19,8 @@ from websockets.exceptions import InvalidStatus
 from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.events import Event, PrincipalKind
 from parley_devstack.servers import NatsServer, StoreServer
-from parley_devstack.stack import Stack, StackConfig
+from parley_devstack.stack import Stack
+from parley_devstack.testing import module_stack
 
 from .conftest import http_get, token
 
@@ -28,25 +29,16 @@ async def aget(url: str, tok: str | None = None) -> tuple[int, bytes, Any]:
     return await asyncio.to_thread(http_get, url, tok)
 
 
+GATEWAY_ENV = {
+    "PARLEY_GATEWAY_SEND_QUEUE_LIMIT": "2097152",
+    "PARLEY_GATEWAY_MAX_FRAME_BYTES": "65536",
+    "PARLEY_GATEWAY_COMMANDS_PER_SECOND": "20",
+}
+
+
 @pytest.fixture(scope="module")
 def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
-    cfg = StackConfig(
-        workdir=servers_dir / f"gw-stack-{uuid.uuid4().hex[:8]}",
-        nats_url=nats_server.url,
-        mongodb_url=store_server.url,
-        database=f"parley_gw_{uuid.uuid4().hex[:10]}",
-        conversation_replicas=1,
-        agent_bridges=0,
-        service_env={
-            "gateway": {
-                "PARLEY_GATEWAY_DRAIN_SECONDS": "0.5",
-                "PARLEY_GATEWAY_SEND_QUEUE_LIMIT": "2097152",
-                "PARLEY_GATEWAY_MAX_FRAME_BYTES": "65536",
-                "PARLEY_GATEWAY_COMMANDS_PER_SECOND": "20",
-            }
-        },
-    )
-    with Stack(cfg) as s:
+    with module_stack(nats_server, store_server, servers_dir, "gw", gateway_env=GATEWAY_ENV) as s:
         yield s
 
 

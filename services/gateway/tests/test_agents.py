@@ -24,8 +24,9 @@ from parley_contract import jsonutil
 from parley_contract.events import PrincipalKind
 from parley_devstack.servers import NatsServer, StoreServer
 from parley_devstack.stack import Stack
+from parley_devstack.testing import module_stack
 
-from .conftest import http_get, real_stack, token, uid
+from .conftest import http_get, token, uid
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path)
         "PARLEY_AGENT_BRIDGE_DRAIN_SECONDS": "2",
         "PARLEY_AGENT_BRIDGE_DEMO_DELAY": "0.1",  # ~6 s a turn: time to join mid-way
     }
-    with real_stack(
+    with module_stack(
         nats_server, store_server, servers_dir, "agents", agent_bridges=1, bridge_env=bridge_env
     ) as s:
         yield s

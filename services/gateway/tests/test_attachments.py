@@ -30,7 +30,7 @@ MAX_BYTES = 256 * 1024
 @pytest.fixture(scope="module")
 def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
     env = {"PARLEY_ATTACHMENTS_MAX_BYTES": str(MAX_BYTES)}
-    with module_stack("attach", nats_server, store_server, servers_dir, gateway_env=env) as s:
+    with module_stack(nats_server, store_server, servers_dir, "attach", gateway_env=env) as s:
         yield s
 
 

@@ -15,21 +15,15 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from parley_devstack.servers import NatsServer, StoreServer, free_port
-from parley_devstack.stack import Stack, StackConfig
+from parley_devstack.stack import Stack
+from parley_devstack.testing import module_stack
 
 
 @pytest.fixture
 def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
-    cfg = StackConfig(
-        workdir=servers_dir / f"epochs-{uuid.uuid4().hex[:8]}",
-        nats_url=nats_server.url,
-        mongodb_url=store_server.url,
-        database=f"parley_ep_{uuid.uuid4().hex[:10]}",
-        gateway_ports=[free_port()],
-        conversation_replicas=1,
-        agent_bridges=0,
-    )
-    with Stack(cfg) as s:
+    with module_stack(
+        nats_server, store_server, servers_dir, "ep", gateway_ports=[free_port()]
+    ) as s:
         yield s
 
 

@@ -16,25 +16,27 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from parley_devstack.servers import NatsServer, StoreServer, free_port
-from parley_devstack.stack import Stack, StackConfig
+from parley_devstack.stack import Stack
+from parley_devstack.testing import module_stack
 
 CLIENTS = 8
 MAX_WAIT_SECONDS = 1.5  # issue 11: no client waits longer when one of two replicas dies
 
 
+GATEWAY_ENV = {"PARLEY_GATEWAY_COMMANDS_PER_SECOND": "200"}
+
+
 @pytest.fixture
 def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
-    cfg = StackConfig(
-        workdir=servers_dir / f"failover-{uuid.uuid4().hex[:8]}",
-        nats_url=nats_server.url,
-        mongodb_url=store_server.url,
-        database=f"parley_fo_{uuid.uuid4().hex[:10]}",
+    with module_stack(
+        nats_server,
+        store_server,
+        servers_dir,
+        "fo",
+        gateway_env=GATEWAY_ENV,
         gateway_ports=[free_port()],
         conversation_replicas=2,
-        agent_bridges=0,
-        service_env={"gateway": {"PARLEY_GATEWAY_COMMANDS_PER_SECOND": "200"}},
-    )
-    with Stack(cfg) as s:
+    ) as s:
         yield s
 
 

@@ -37,7 +37,8 @@ from websockets.asyncio.client import connect
 
 from parley_contract.events import COMMANDS, Event, PrincipalKind
 from parley_devstack.servers import NatsServer, StoreServer, free_port
-from parley_devstack.stack import Stack, StackConfig
+from parley_devstack.stack import Stack
+from parley_devstack.testing import module_stack
 
 from .conftest import Client, token
 
@@ -46,25 +47,20 @@ BATCH = 20  # frames per example: 2,000 generated frames in all
 FUZZERS = 3
 
 
+# Frames must reach validation, not stop at the rate limiter.
+GATEWAY_ENV = {"PARLEY_GATEWAY_COMMANDS_PER_SECOND": "100000"}
+
+
 @pytest.fixture(scope="module")
 def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
-    cfg = StackConfig(
-        workdir=servers_dir / f"fuzz-stack-{uuid.uuid4().hex[:8]}",
-        nats_url=nats_server.url,
-        mongodb_url=store_server.url,
-        database=f"parley_fz_{uuid.uuid4().hex[:10]}",
+    with module_stack(
+        nats_server,
+        store_server,
+        servers_dir,
+        "fz",
+        gateway_env=GATEWAY_ENV,
         gateway_ports=[free_port()],
-        conversation_replicas=1,
-        agent_bridges=0,
-        service_env={
-            "gateway": {
-                "PARLEY_GATEWAY_DRAIN_SECONDS": "0.5",
-                # Frames must reach validation, not stop at the rate limiter.
-                "PARLEY_GATEWAY_COMMANDS_PER_SECOND": "100000",
-            }
-        },
-    )
-    with Stack(cfg) as s:
+    ) as s:
         yield s
 
 

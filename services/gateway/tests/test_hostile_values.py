@@ -18,23 +18,17 @@ import pytest
 
 from parley_contract import jsonutil
 from parley_devstack.servers import NatsServer, StoreServer, free_port
-from parley_devstack.stack import Stack, StackConfig
+from parley_devstack.stack import Stack
+from parley_devstack.testing import module_stack
 
 from .conftest import http_get, token
 
 
 @pytest.fixture(scope="module")
 def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
-    cfg = StackConfig(
-        workdir=servers_dir / f"hostile-{uuid.uuid4().hex[:8]}",
-        nats_url=nats_server.url,
-        mongodb_url=store_server.url,
-        database=f"parley_hostile_{uuid.uuid4().hex[:10]}",
-        gateway_ports=[free_port()],
-        conversation_replicas=1,
-        agent_bridges=0,
-    )
-    with Stack(cfg) as s:
+    with module_stack(
+        nats_server, store_server, servers_dir, "hostile", gateway_ports=[free_port()]
+    ) as s:
         yield s
 
 

@@ -17,15 +17,16 @@ import pytest
 
 from parley_devstack.servers import NatsServer, StoreServer
 from parley_devstack.stack import Stack
+from parley_devstack.testing import module_stack
 
-from .conftest import http_get, real_stack, uid
+from .conftest import http_get, uid
 
 MEMBERS = 6  # resuming together, besides the removed one
 
 
 @pytest.fixture
 def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
-    with real_stack(nats_server, store_server, servers_dir, "rejoin_storm") as s:
+    with module_stack(nats_server, store_server, servers_dir, "rejoin_storm") as s:
         yield s
 
 

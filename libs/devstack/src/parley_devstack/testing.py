@@ -68,29 +68,33 @@ StackFactory = Callable[..., Stack]
 
 @contextlib.contextmanager
 def module_stack(
-    name: str,
     nats_server: NatsServer,
     store_server: StoreServer,
     servers_dir: Path,
+    name: str,
     *,
     gateway_env: dict[str, str] | None = None,
+    bridge_env: dict[str, str] | None = None,
     **overrides: Any,
 ) -> Iterator[Stack]:
     """Two gateways and one conversation replica, no agent bridge, on the session's NATS
     and store with a database of their own (``parley_<name>_...``): what a test module's
-    ``stack`` fixture shares. Gateways drain in 0.5 s; ``gateway_env`` adds to their
-    environment, ``overrides`` to the StackConfig."""
-    cfg = StackConfig(
-        workdir=servers_dir / f"{name}-stack-{uuid.uuid4().hex[:8]}",
-        nats_url=nats_server.url,
-        mongodb_url=store_server.url,
-        database=f"parley_{name}_{uuid.uuid4().hex[:10]}",
-        conversation_replicas=1,
-        agent_bridges=0,
-        service_env={"gateway": {"PARLEY_GATEWAY_DRAIN_SECONDS": "0.5", **(gateway_env or {})}},
-        **overrides,
-    )
-    with Stack(cfg) as stack:
+    ``stack`` fixture shares. Gateways drain in 0.5 s; ``gateway_env``/``bridge_env`` add
+    to the gateways'/bridges' environment, ``overrides`` replace StackConfig fields
+    (``agent_bridges=1``, ``gateway_ports=[free_port()]``...)."""
+    service_env = {"gateway": {"PARLEY_GATEWAY_DRAIN_SECONDS": "0.5", **(gateway_env or {})}}
+    if bridge_env:
+        service_env["agent-bridge"] = bridge_env
+    fields: dict[str, Any] = {
+        "workdir": servers_dir / f"{name}-stack-{uuid.uuid4().hex[:8]}",
+        "nats_url": nats_server.url,
+        "mongodb_url": store_server.url,
+        "database": f"parley_{name}_{uuid.uuid4().hex[:10]}",
+        "conversation_replicas": 1,
+        "agent_bridges": 0,
+        "service_env": service_env,
+    }
+    with Stack(StackConfig(**{**fields, **overrides})) as stack:
         yield stack
 
 
