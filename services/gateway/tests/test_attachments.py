@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from parley_client.testing import png, upload
+from parley_client.testing import png, upload_request
 from parley_devstack.servers import NatsServer, StoreServer, free_port
 from parley_devstack.stack import Stack, StackConfig
 from parley_devstack.testing import module_stack
@@ -64,7 +64,7 @@ async def test_upload_download_and_refusals(
     g0, g1 = stack.gateway_url(0), stack.gateway_url(1)
     image = png()
 
-    r = await upload(http, g0, cid, token(ada), image, filename="Q3 chart (final).png")
+    r = await http.send(upload_request(g0, cid, token(ada), image, filename="Q3 chart (final).png"))
     assert r.status_code == 201, r.text
     item = r.json()["data"]
     assert item["filename"] == "Q3 chart (final).png"
@@ -96,28 +96,35 @@ async def test_upload_download_and_refusals(
     assert r.status_code == 200 and r.headers["content-length"] == str(len(image))
 
     # The refusals, each in the error envelope.
-    r = await upload(http, g0, cid, token(eve), image)
+    r = await http.send(upload_request(g0, cid, token(eve), image))
     assert r.status_code == 403 and r.json()["error"]["code"] == "FORBIDDEN", r.text
     r = await http.post(f"{g0}/v1/conversations/{cid}/attachments?filename=a.png", content=image)
     assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
-    r = await upload(
-        http,
-        g0,
-        cid,
-        token(ada),
-        b"MZ\x90\x00" * 10,
-        filename="x.exe",
-        ctype="application/x-msdownload",
+    r = await http.send(
+        upload_request(
+            g0,
+            cid,
+            token(ada),
+            b"MZ\x90\x00" * 10,
+            filename="x.exe",
+            ctype="application/x-msdownload",
+        )
     )
     assert r.status_code == 415 and r.json()["error"]["details"]["field"] == "Content-Type"
-    r = await upload(
-        http, g0, cid, token(ada), b"<svg onload=alert(1)>", filename="x.svg", ctype="image/svg+xml"
+    r = await http.send(
+        upload_request(
+            g0, cid, token(ada), b"<svg onload=alert(1)>", filename="x.svg", ctype="image/svg+xml"
+        )
     )
     assert r.status_code == 415
-    r = await upload(http, g0, cid, token(ada), b"not a png at all, really", filename="fake.png")
+    r = await http.send(
+        upload_request(g0, cid, token(ada), b"not a png at all, really", filename="fake.png")
+    )
     assert r.status_code == 415 and "not a image/png" in r.json()["error"]["message"]
-    r = await upload(
-        http, g0, cid, token(ada), b"x" * (MAX_BYTES + 1), filename="big.txt", ctype="text/plain"
+    r = await http.send(
+        upload_request(
+            g0, cid, token(ada), b"x" * (MAX_BYTES + 1), filename="big.txt", ctype="text/plain"
+        )
     )
     assert r.status_code == 413 and r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
     assert r.json()["error"]["details"]["limit"] == MAX_BYTES
@@ -132,11 +139,13 @@ async def test_upload_download_and_refusals(
         headers={**_auth(ada), "Content-Type": "text/plain"},
     )
     assert r.status_code == 413 and r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE", r.text
-    r = await upload(http, g0, cid, token(ada), image, filename="")
+    r = await http.send(upload_request(g0, cid, token(ada), image, filename=""))
     assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "filename"
-    r = await upload(http, g0, cid, token(ada), b"", filename="empty.txt", ctype="text/plain")
+    r = await http.send(
+        upload_request(g0, cid, token(ada), b"", filename="empty.txt", ctype="text/plain")
+    )
     assert r.status_code == 422
-    r = await upload(http, g0, "bad.id", token(ada), image)
+    r = await http.send(upload_request(g0, "bad.id", token(ada), image))
     assert r.status_code == 422
     r = await http.get(f"{g0}/v1/attachments/{item['id']}")
     assert r.status_code == 401
@@ -157,9 +166,11 @@ async def test_message_references_signed_urls_and_deletion(
         assert (await c.cmd("conversation:join", {"conversationId": cid}))["success"]
     g0, g1 = stack.gateway_url(0), stack.gateway_url(1)
     image, notes = png(), b"line one\nline two\n"
-    img = (await upload(http, g0, cid, token(ada), image)).json()["data"]
+    img = (await http.send(upload_request(g0, cid, token(ada), image))).json()["data"]
     txt = (
-        await upload(http, g1, cid, token(ada), notes, filename="notes.txt", ctype="text/plain")
+        await http.send(
+            upload_request(g1, cid, token(ada), notes, filename="notes.txt", ctype="text/plain")
+        )
     ).json()["data"]
 
     # Someone else's upload, or one made for another conversation, cannot be sent.
@@ -169,7 +180,7 @@ async def test_message_references_signed_urls_and_deletion(
     assert (
         r["error"]["code"] == "NOT_FOUND" and r["error"]["details"]["field"] == "attachments.0.id"
     )
-    theirs = (await upload(http, g1, other, token(eve), image)).json()["data"]
+    theirs = (await http.send(upload_request(g1, other, token(eve), image))).json()["data"]
     r = await a.cmd(
         "message:send",
         {"conversationId": cid, "content": "x", "attachments": [{"id": theirs["id"]}]},
@@ -231,7 +242,7 @@ async def test_message_references_signed_urls_and_deletion(
     assert r.status_code == 200 and r.content == notes
 
     # Deleting the conversation takes all its files with it.
-    keep = (await upload(http, g0, cid, token(ada), image)).json()["data"]
+    keep = (await http.send(upload_request(g0, cid, token(ada), image))).json()["data"]
     r = await a.cmd(
         "message:send", {"conversationId": cid, "content": "k", "attachments": [keep["id"]]}
     )
@@ -297,7 +308,7 @@ async def test_s3_store_end_to_end(
     assert (await b.cmd("conversation:join", {"conversationId": cid}))["success"]
     g0 = stack.gateway_url(0)
     image = png(300, 200)  # a few KB
-    r = await upload(http, g0, cid, token(ada), image)
+    r = await http.send(upload_request(g0, cid, token(ada), image))
     assert r.status_code == 201, r.text
     item = r.json()["data"]
     async with get_session().create_client(

@@ -3,7 +3,7 @@
 End-to-end tests assert on what a client sees; they want the raw frames (to check a field
 is absent, a seq, an epoch) and replies they can look at whether they succeeded or not.
 This wraps :class:`ParleyClient` (connection, ids, resume, dedupe by seq) instead of
-driving a socket of its own. Uploads (``upload``, ``png``) are shared by the gateway, agent
+driving a socket of its own. Uploads (``upload_request``, ``png``) are shared by the gateway, agent
 bridge and browser tests.
 """
 
@@ -100,10 +100,11 @@ class WsClient:
 
     async def upload(self, cid: str, body: bytes, *, filename: str, ctype: str) -> dict[str, Any]:
         """An attachment uploaded through the current gateway; its record (``id``...)."""
+        req = upload_request(
+            self.client.http_base, cid, self.token, body, filename=filename, ctype=ctype
+        )
         async with httpx.AsyncClient(timeout=15) as http:
-            r = await upload(
-                http, self.client.http_base, cid, self.token, body, filename=filename, ctype=ctype
-            )
+            r = await http.send(req)
         assert r.status_code == 201, r.text
         data: dict[str, Any] = r.json()["data"]
         return data
@@ -131,21 +132,6 @@ def upload_request(
         content=body,
         headers={"Authorization": f"Bearer {token}", "Content-Type": ctype},
     )
-
-
-async def upload(
-    http: httpx.AsyncClient,
-    base: str,
-    cid: str,
-    token: str,
-    body: bytes,
-    *,
-    filename: str = "chart.png",
-    ctype: str = "image/png",
-) -> httpx.Response:
-    """An upload's raw response, refusals included."""
-    req = upload_request(base, cid, token, body, filename=filename, ctype=ctype)
-    return await http.send(req)
 
 
 def png(width: int = 4, height: int = 3, grey: int = 0x80) -> bytes:
