@@ -20,15 +20,6 @@ SUBJECTS = [f"bus-test.{i}" for i in range(8)]
 
 
 @pytest.fixture
-async def requester(nats_server: NatsServer) -> AsyncIterator[Client]:
-    nc = await nats.connect(nats_server.url)
-    try:
-        yield nc
-    finally:
-        await nc.close()
-
-
-@pytest.fixture
 async def slow_responder(nats_server: NatsServer) -> AsyncIterator[Client]:
     """Connected through a link that holds each SUB back 50 ms."""
     async with SlowLink(nats_server.host, nats_server.port, prefix=b"SUB ", delay=0.05) as link:
@@ -49,16 +40,16 @@ async def _subscribe_all(nc: Client, tag: str) -> None:
 
 
 async def test_after_bus_flush_a_request_finds_the_new_subscriptions(
-    slow_responder: Client, requester: Client
+    slow_responder: Client, nc: Client
 ) -> None:
     await _subscribe_all(slow_responder, "a")
     await bus.flush(slow_responder)
-    reply = await requester.request(f"{SUBJECTS[-1]}.a", b"?", timeout=5)
+    reply = await nc.request(f"{SUBJECTS[-1]}.a", b"?", timeout=5)
     assert reply.data == b"here"
 
 
 async def test_nats_py_flush_alone_can_return_before_the_server_has_them(
-    slow_responder: Client, requester: Client
+    slow_responder: Client, nc: Client
 ) -> None:
     """Why bus.flush exists: nats-py writes flush()'s PING ahead of its queued SUBs. If this
     fails after a nats-py upgrade, its flush waits for them now and bus.flush can be one
@@ -66,4 +57,4 @@ async def test_nats_py_flush_alone_can_return_before_the_server_has_them(
     await _subscribe_all(slow_responder, "b")
     await slow_responder.flush(5)
     with pytest.raises(nats.errors.NoRespondersError):
-        await requester.request(f"{SUBJECTS[-1]}.b", b"?", timeout=5)
+        await nc.request(f"{SUBJECTS[-1]}.b", b"?", timeout=5)

@@ -6,7 +6,6 @@ unknown when none is left); the attempt timer; a request through a NATS node fai
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -20,15 +19,6 @@ from parley_contract.ids import new_id
 from parley_devstack.natscluster import NatsCluster
 from parley_devstack.servers import NatsServer
 from parley_runtime import requests
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def _answer(nc: Client, subject: str, reply: bytes) -> None:

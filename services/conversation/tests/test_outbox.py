@@ -6,13 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import nats
 import nats.js.errors
-import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
@@ -72,15 +69,6 @@ async def _turns(nc: Client, cid: str, *, want: int, within: float) -> list[Agen
         with contextlib.suppress(nats.errors.Error):
             await js.delete_msg(subjects.STREAM_AGENT_TURNS, seq)
     return [t for _, t in mine]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    c = NatsCluster(tmp_path / "nats").start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 async def test_a_turn_sent_without_jetstream_quorum_is_published_once_quorum_returns(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +53,6 @@ async def _sessions_holder(cluster: NatsCluster) -> NatsNode:
             return holder
         await asyncio.sleep(0.2)
     raise AssertionError("the sessions bucket has no leader")
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    c = NatsCluster(tmp_path / "nats").start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def _since(cid: str, seq: int) -> str:

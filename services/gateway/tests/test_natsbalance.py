@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from parley_devstack.natscluster import NatsCluster
 from parley_devstack.servers import StoreServer, free_port
@@ -73,15 +71,6 @@ def test_a_gateway_counts_itself_where_it_is_now_not_where_its_heartbeat_says() 
 
 
 # ---------------------------------------------------------------------- real gateways
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    c = NatsCluster(tmp_path / "nats").start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def _gateways_per_node(cluster: NatsCluster) -> dict[str, int]:

@@ -1,6 +1,7 @@
 """Pytest fixtures that start real servers on free ports (loaded by the root conftest.py).
 
-- ``nats_server``: one nats-server with JetStream per test session.
+- ``nats_server``: one nats-server with JetStream per test session; ``nc``, a connection to
+  it for one test; ``cluster``, three clustered nats-servers of one test's own.
 - ``store_server``: one SecantusDB process per test session; tests isolate themselves by
   database name (``db_name`` gives each test its own).
 - ``mongodb_url``: the store a test should use. ``MONGODB_URL`` in the environment points the
@@ -14,12 +15,15 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
+from nats.aio.client import Client
 
+from parley_devstack.natscluster import NatsCluster
 from parley_devstack.servers import NatsServer, StoreServer, free_port, temp_dir
 from parley_devstack.stack import Stack, StackConfig
 
@@ -37,6 +41,25 @@ def nats_server(servers_dir: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_server.url)
+    try:
+        yield client
+    finally:
+        await client.drain()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three nats-servers in one JetStream cluster, for one test (nodes may be killed)."""
+    c = NatsCluster(tmp_path / "nats").start()
+    try:
+        yield c
+    finally:
+        c.stop()
 
 
 @pytest.fixture(scope="session")
