@@ -17,7 +17,8 @@ from pathlib import Path
 from bench.experiments.seeding import seed_conversations
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal
-from parley_conversation.search import SearchQuery, search
+from parley_contract.queries import SearchQuery
+from parley_conversation.search import search
 from parley_conversation.store import MongoStore
 from parley_devstack.servers import StoreServer
 

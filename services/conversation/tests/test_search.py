@@ -14,8 +14,9 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal
 from parley_contract.models import Conversation, Message, Participant, ParticipantRole
+from parley_contract.queries import SearchQuery
 from parley_conversation.domain import now_ms
-from parley_conversation.search import SearchQuery, search, snippet
+from parley_conversation.search import search, snippet
 from parley_conversation.store import MongoStore
 from parley_devstack.servers import StoreServer
 from parley_devstack.testing import real_mongodb_url

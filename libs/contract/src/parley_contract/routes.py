@@ -16,6 +16,9 @@ retry on another replica is applied once).
 
 Adding a command: one entry here, one handler function in the service that handles it, their
 tests (docs/contributing.md).
+
+The reads and internal requests of the NATS side (no client event: HTTP reads, resume, uploads,
+the batched rejoin) have their routes here too, :data:`QUERY_ROUTES`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError, create_model
 
-from parley_contract import subjects
+from parley_contract import attachments, subjects
 from parley_contract.commands import (
     CommandData,
     ConversationCreate,
@@ -50,6 +53,12 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import COMMANDS, REGISTRY, Event, PrincipalKind
 from parley_contract.internal import RouteRequest
 from parley_contract.models import Conversation, Message
+from parley_contract.queries import (
+    GetConversationQuery,
+    ListConversationsQuery,
+    ListMessagesQuery,
+    SearchQuery,
+)
 from parley_contract.server_events import (
     ConversationJoinedData,
     LeaveReply,
@@ -155,6 +164,70 @@ PAYLOADS: dict[Event, type[CommandData]] = {e: r.payload for e, r in ROUTES.item
 COMMAND_REPLIES: dict[Event, type[BaseModel]] = {
     e: r.reply for e, r in ROUTES.items() if r.reply is not None
 }
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRoute:
+    """A read or internal request on the NATS side (no client event): its subject, who
+    answers it, its metrics label and title, and the model of the request's ``data`` (None:
+    the whole request has a model of its own in :mod:`parley_contract.internal`)."""
+
+    subject: str
+    service: Service
+    op: str
+    title: str
+    data: type[BaseModel] | None
+
+
+QUERY_ROUTES: list[QueryRoute] = [
+    QueryRoute(
+        subjects.QUERY_CONVERSATIONS_LIST,
+        _C,
+        "query.conversations.list",
+        "My conversations",
+        ListConversationsQuery,
+    ),
+    QueryRoute(
+        subjects.QUERY_CONVERSATION_GET,
+        _C,
+        "query.conversation.get",
+        "One conversation",
+        GetConversationQuery,
+    ),
+    QueryRoute(
+        subjects.QUERY_MESSAGES_LIST,
+        _C,
+        "query.messages.list",
+        "Messages by seq",
+        ListMessagesQuery,
+    ),
+    # internal.EventsSinceRequest
+    QueryRoute(
+        subjects.QUERY_EVENTS_SINCE, _C, "query.events.since", "Durable events since a seq", None
+    ),
+    QueryRoute(subjects.QUERY_SEARCH, _C, "query.search", "Search my conversations", SearchQuery),
+    QueryRoute(
+        subjects.ATTACHMENT_REGISTER,
+        _C,
+        "attachment.register",
+        "Record an upload",
+        attachments.RegisterRequest,
+    ),
+    QueryRoute(
+        subjects.QUERY_ATTACHMENT_GET,
+        _C,
+        "query.attachment.get",
+        "May one read a file",
+        attachments.GetRequest,
+    ),
+    # Resumed sessions rejoining one conversation, many principals at once:
+    # internal.RejoinRequest.
+    QueryRoute(REJOIN_SUBJECT, _C, "conversation.rejoin", "Batched rejoin", None),
+]
+
+
+def query_routes_of(service: Service) -> list[QueryRoute]:
+    return [r for r in QUERY_ROUTES if r.service is service]
 
 
 def route_of(name: object) -> Route | None:

@@ -1,5 +1,5 @@
 """The NATS side as an AsyncAPI document: the contract's (``parley_contract.asyncapi_nats``,
-generated from the registries and models) with this service's query models added.
+generated from the registries and models) with the query models of its route table added.
 
 ``python -m parley_conversation.asyncapi [path]`` writes it (default
 ``docs/asyncapi/nats.json``, checked by a drift test); a running replica serves it at
@@ -14,17 +14,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from parley_contract import subjects
 from parley_contract.asyncapi_nats import nats_document, render_nats
-from parley_conversation import queries
-from parley_conversation.search import SearchQuery
+from parley_contract.routes import QUERY_ROUTES
 
-QUERIES: dict[str, type[BaseModel]] = {
-    subjects.QUERY_CONVERSATIONS_LIST: queries.ListConversationsQuery,
-    subjects.QUERY_CONVERSATION_GET: queries.GetConversationQuery,
-    subjects.QUERY_MESSAGES_LIST: queries.ListMessagesQuery,
-    subjects.QUERY_SEARCH: SearchQuery,
-}
+# The query models (parley_contract.queries), by subject.
+QUERIES: dict[str, type[BaseModel]] = {r.subject: r.data for r in QUERY_ROUTES if r.data}
 
 DEFAULT_PATH = Path("docs/asyncapi/nats.json")
 

@@ -1,6 +1,8 @@
 """Reads answered by the conversation service (request/reply, queue group ``conversation``):
 a principal's conversations, one conversation, messages by seq, durable events since a seq
-(resume and gap fill). The commands are in :mod:`parley_conversation.handlers`."""
+(resume and gap fill), search, attachment records, the batched rejoin. Their routes and
+models are the contract's (``parley_contract.routes.QUERY_ROUTES``); the commands are in
+:mod:`parley_conversation.handlers`."""
 
 from __future__ import annotations
 
@@ -8,47 +10,28 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, ValidationError
 
 from parley_contract import commands, jsonutil, subjects
 from parley_contract.errors import ParleyError
-from parley_contract.ids import SafeId, check_id
+from parley_contract.ids import check_id
 from parley_contract.internal import CommandRequest, EventsSinceRequest
 from parley_contract.jsonutil import model_json
-from parley_contract.limits import INT64_MAX
-from parley_contract.models import ConversationStatus
-from parley_contract.routes import REJOIN_SUBJECT
+from parley_contract.queries import (
+    GetConversationQuery,
+    ListConversationsQuery,
+    ListMessagesQuery,
+    SearchQuery,
+)
+from parley_contract.routes import REJOIN_SUBJECT, Service, query_routes_of
 from parley_conversation import domain, rejoin, search
 from parley_conversation.handlers import conversation
-from parley_conversation.search import SearchQuery
 
 if TYPE_CHECKING:
     from parley_conversation.service import ConversationService
 
 M = TypeVar("M", bound=BaseModel)
 REPLY_ENVELOPE_BYTES = 4096  # room for the reply envelope around a page's items
-
-
-class QueryData(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class ListConversationsQuery(QueryData):
-    status: ConversationStatus | None = None
-    cursor: str | None = Field(default=None, max_length=512)
-    limit: int = Field(default=20, ge=1, le=200)
-
-
-class GetConversationQuery(QueryData):
-    conversation_id: SafeId
-
-
-class ListMessagesQuery(QueryData):
-    conversation_id: SafeId
-    after_seq: int | None = Field(default=None, ge=0, le=INT64_MAX)
-    before_seq: int | None = Field(default=None, ge=1, le=INT64_MAX)
-    limit: int = Field(default=50, ge=1, le=500)
 
 
 def _decode(model: type[M], body: bytes) -> M:
@@ -155,41 +138,30 @@ async def attachment_get(svc: ConversationService, body: bytes) -> Any:
     return await svc.attachments.get(req.principal, req.data)
 
 
+Run = Callable[["ConversationService", bytes], Awaitable[Any]]
+
+# One function per query route of this service (parley_contract.routes.QUERY_ROUTES).
+RUN: dict[str, Run] = {
+    subjects.QUERY_CONVERSATIONS_LIST: list_conversations,
+    subjects.QUERY_CONVERSATION_GET: get_conversation,
+    subjects.QUERY_MESSAGES_LIST: list_messages,
+    subjects.QUERY_EVENTS_SINCE: events_since,
+    subjects.QUERY_SEARCH: search_conversations,
+    subjects.ATTACHMENT_REGISTER: attachment_register,
+    subjects.QUERY_ATTACHMENT_GET: attachment_get,
+    REJOIN_SUBJECT: rejoin.rejoin,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     subject: str
     op: str  # the metrics' operation label
     title: str
-    run: Callable[[ConversationService, bytes], Awaitable[Any]]
+    run: Run
 
 
 QUERIES: list[Query] = [
-    Query(
-        subjects.QUERY_CONVERSATIONS_LIST,
-        "query.conversations.list",
-        "My conversations",
-        list_conversations,
-    ),
-    Query(
-        subjects.QUERY_CONVERSATION_GET,
-        "query.conversation.get",
-        "One conversation",
-        get_conversation,
-    ),
-    Query(subjects.QUERY_MESSAGES_LIST, "query.messages.list", "Messages by seq", list_messages),
-    Query(
-        subjects.QUERY_EVENTS_SINCE,
-        "query.events.since",
-        "Durable events since a seq",
-        events_since,
-    ),
-    Query(subjects.QUERY_SEARCH, "query.search", "Search my conversations", search_conversations),
-    Query(
-        subjects.ATTACHMENT_REGISTER, "attachment.register", "Record an upload", attachment_register
-    ),
-    Query(
-        subjects.QUERY_ATTACHMENT_GET, "query.attachment.get", "May one read a file", attachment_get
-    ),
-    # Resumed sessions rejoining one conversation, many principals at once (rejoin.py).
-    Query(REJOIN_SUBJECT, "conversation.rejoin", "Batched rejoin", rejoin.rejoin),
+    Query(r.subject, r.op, r.title, RUN[r.subject]) for r in query_routes_of(Service.CONVERSATION)
 ]
+assert set(RUN) == {q.subject for q in QUERIES}, "one function per conversation query route"

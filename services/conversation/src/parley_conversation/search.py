@@ -31,42 +31,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.alias_generators import to_camel
 from pymongo import DESCENDING
 from pymongo.errors import ExecutionTimeout
 
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.internal import Principal
+from parley_contract.queries import SearchQuery
 from parley_contract.timeutil import iso
 from parley_conversation.entries import LOG_EVENT
 
 if TYPE_CHECKING:
     from parley_conversation.store import MongoStore
 
-MAX_QUERY_CHARS = 200
 MAX_SCOPE = 1000  # conversations searched: the caller's most recently created
 SCOPE_CHUNK = 50  # conversation ids per message query on MongoDB
 PARALLEL_QUERIES = 8  # message queries of one search at once
 SEARCH_SECONDS = 5.0
 SNIPPET_CHARS = 160
-
-
-class SearchQuery(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-    q: str = Field(max_length=MAX_QUERY_CHARS)
-    cursor: str | None = Field(default=None, max_length=512)
-    limit: int = Field(default=20, ge=1, le=50)
-
-    @field_validator("q")
-    @classmethod
-    def _words(cls, value: str) -> str:
-        text = " ".join(value.split())
-        if not text:
-            raise ValueError("must not be empty")
-        if any(ord(c) < 32 or c == "\x7f" for c in text):
-            raise ValueError("must not contain control characters")
-        return text
 
 
 @dataclass(frozen=True, slots=True)
