@@ -103,9 +103,12 @@ def storm(
         targets = [client_url(system.gateways[1 + (i % 2)].ws_url) for i in range(len(pop.clients))]
         pid = system.gateways[0].pid
         assert pid is not None
+        watched = _storm_processes(system)
+        cpu0 = {name: cpu_seconds(p) for name, p in watched.items()}
         t_kill = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         res = pool.resume(targets, concurrency=concurrency, kill_time=t_kill)
+        cpu = {name: round(cpu_seconds(p) - cpu0[name], 2) for name, p in watched.items()}
         stats = pool.stats()
     finally:
         pool.close()
@@ -119,13 +122,25 @@ def storm(
         "allBackSeconds": round(res["wallMs"] / 1000, 3),
         "backAfterMs": res["latencyMs"],
         "open": stats["open"],
+        # CPU seconds each process spent from the kill until the last client was back.
+        "cpuSeconds": cpu,
     }
     logger.info(
-        "storm: %d of %d resumed in %.2f s (p50 %.0f ms, p99 %.0f ms after the kill)",
+        "storm: %d of %d resumed in %.2f s (p50 %.0f ms, p99 %.0f ms after the kill), CPU s %s",
         out["resumed"],
         out["clients"],
         out["allBackSeconds"],
         res["latencyMs"].get("p50", 0),
         res["latencyMs"].get("p99", 0),
+        cpu,
     )
+    return out
+
+
+def _storm_processes(system: System) -> dict[str, int]:
+    """The processes a storm keeps busy (the surviving gateways, the conversation replicas,
+    NATS, the store), by name, for their CPU time."""
+    out = {f"gateway-{i + 1}": g.pid for i, g in enumerate(system.gateways) if i and g.pid}
+    out.update({f"conversation-{i + 1}": p for i, p in enumerate(system.conversation_pids)})
+    out.update(system.other_pids)
     return out

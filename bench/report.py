@@ -285,6 +285,9 @@ def render(docs: dict[str, dict[str, Any]]) -> str:
                 f"{_f(lat.get('p50'))} ms, p99 {_f(lat.get('p99'))} ms); failed "
                 f"{res['failed']:,} {res.get('errors') or ''}"
             )
+            if res.get("cpuSeconds"):
+                cpu = ", ".join(f"{k} {v:.2f}" for k, v in res["cpuSeconds"].items())
+                out.append(f"\nCPU seconds from the kill until the last one was back: {cpu}")
         elif name == "scaleout":
             out.append(
                 "| gateways | highest deliveries/s with p99 <= 100 ms, ratio >= 0.999 "

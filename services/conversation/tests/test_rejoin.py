@@ -4,6 +4,7 @@ NATS and the real embedded store."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from parley_contract.events import Event
 from parley_contract.internal import MAX_REJOIN_PRINCIPALS
 from parley_contract.routes import REJOIN_SUBJECT
 from parley_conversation import cursors
+from parley_conversation import rejoin as rejoin_module
 from parley_conversation.service import ConversationService
 
 from .conftest import Request, request_reply, service_principal, user
@@ -135,3 +137,42 @@ async def test_bad_requests_get_validation_errors(
     raw = body if isinstance(body, bytes) else jsonutil.dumps(body)
     r = await request_reply(nc, REJOIN_SUBJECT, raw)
     assert not r["success"] and r["error"]["code"] == "VALIDATION_ERROR", r
+
+
+def in_flight(svc: ConversationService) -> float | None:
+    return svc.metrics.registry.get_sample_value("parley_conversation_in_flight")
+
+
+async def test_batches_arriving_together_share_one_set_of_reads(
+    service: ConversationService, request_: Request, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one group's reads of a conversation run, the batches that arrive for it (from
+    other gateways) wait and share the next group; each gets its own principals' answers."""
+    groups: list[list[str]] = []
+    release, entered = asyncio.Event(), asyncio.Event()
+    real = rejoin_module._answer
+
+    async def answer(svc: ConversationService, cid: str, principals: list[Any]) -> Any:
+        groups.append([p.id for p in principals])
+        entered.set()
+        await release.wait()
+        return await real(svc, cid, principals)
+
+    monkeypatch.setattr(rejoin_module, "_answer", answer)
+    cid, _ = await _room(request_)
+    first = asyncio.create_task(rejoin(nc, cid, [ALICE]))
+    await asyncio.wait_for(entered.wait(), 10)
+    later = [
+        asyncio.create_task(rejoin(nc, cid, [BOB, CAROL])),
+        asyncio.create_task(rejoin(nc, cid, [DAVE])),
+    ]
+    while (in_flight(service) or 0) < 3:  # noqa: ASYNC110 (both received, waiting)
+        await asyncio.sleep(0.01)
+    release.set()
+    a, bc, d = await first, *await asyncio.gather(*later)
+    assert groups == [["u-alice"], ["u-bob", "u-carol", "u-dave"]]
+    assert [m["ok"] for m in bc["data"]["members"]] == [True, False]
+    assert [m["ok"] for m in d["data"]["members"]] == [True]
+    assert bc["data"]["lastSeq"] == d["data"]["lastSeq"] == a["data"]["lastSeq"]
+    single = await request_(JOIN, {"conversationId": cid}, DAVE)
+    assert d["data"]["members"][0]["unreadCount"] == single["data"]["unreadCount"]

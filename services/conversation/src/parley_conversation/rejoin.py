@@ -13,7 +13,9 @@ for all of its members that resume at about the same time (``routes.REJOIN_SUBJE
 - authorization: per principal, exactly as a single join (``domain.authorize``) on that
   same read — a principal removed before it gets FORBIDDEN, at its index;
 - unread counts: one scan of the log from the lowest read cursor, counted per principal in
-  memory; a principal the scan does not cover to its own cap is counted alone.
+  memory; a principal the scan does not cover to its own cap is counted alone;
+- across gateways: while one set of reads of a conversation runs, the batched rejoins that
+  arrive for it (from the other gateways) wait and share the next set (:class:`Rejoins`).
 
 Each admitted principal gets what its single join would have answered (same ``conversation``,
 ``lastSeq``, ``epoch``, ``cursors``; its own ``unreadCount`` and ``readSeq``).
@@ -21,6 +23,7 @@ Each admitted principal gets what its single join would have answered (same ``co
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -45,13 +48,63 @@ def decode(body: bytes) -> RejoinRequest:
 async def rejoin(svc: ConversationService, body: bytes) -> Any:
     """``internal.RejoinReply`` data for a ``RejoinRequest``."""
     req = decode(body)
-    cid = req.conversation_id
+    return await svc.rejoins.answer(req.conversation_id, req.principals)
+
+
+class Rejoins:
+    """The batched rejoins of one replica, grouped per conversation across gateways: while
+    one group's reads of a conversation are running, the requests that arrive for it wait
+    and are answered together by the next group. Every request of a group was received
+    before the group's reads began (so after its gateway subscribed): each gets what a
+    request of its own would have got."""
+
+    def __init__(self, svc: ConversationService) -> None:
+        self._svc = svc
+        self._pending: dict[str, list[tuple[list[Principal], asyncio.Future[Any]]]] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    async def answer(self, cid: str, principals: list[Principal]) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(cid, []).append((principals, fut))
+        if cid not in self._running:
+            self._running[cid] = asyncio.get_running_loop().create_task(self._run(cid))
+        return await asyncio.shield(fut)
+
+    async def _run(self, cid: str) -> None:
+        try:
+            await asyncio.sleep(0)  # the requests already received join this group
+            while group := self._pending.pop(cid, None):
+                everyone = [p for principals, _ in group for p in principals]
+                try:
+                    data = await _answer(self._svc, cid, everyone)
+                except BaseException as exc:
+                    for _, fut in group:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                start = 0
+                for principals, fut in group:
+                    members = data["members"][start : start + len(principals)]
+                    start += len(principals)
+                    if not fut.done():
+                        fut.set_result({**data, "members": members})
+        finally:
+            del self._running[cid]
+            for _, fut in self._pending.pop(cid, []):
+                if not fut.done():
+                    fut.set_exception(asyncio.CancelledError())
+
+
+async def _answer(svc: ConversationService, cid: str, principals: list[Principal]) -> Any:
+    """One set of reads for ``principals`` (in order) rejoining ``cid``."""
     await svc.sequencer.settle_totals()
     last = await svc.store.last_seq(cid)  # before the conversation: see the module doc
     conv = await svc.store.get_conversation(cid, with_totals=True)
     members: list[dict[str, Any]] = []
     admitted: list[Principal] = []
-    for p in req.principals:
+    for p in principals:
         try:
             domain.authorize(conv, p)
         except ParleyError as exc:

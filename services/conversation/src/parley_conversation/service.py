@@ -41,6 +41,7 @@ from parley_conversation.metrics import Metrics
 from parley_conversation.outbox import COLLECTION as OUTBOX_COLLECTION
 from parley_conversation.outbox import TurnOutbox
 from parley_conversation.receipts import Receipts
+from parley_conversation.rejoin import Rejoins
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.settings import Settings
 from parley_conversation.store import MongoStore
@@ -90,6 +91,7 @@ class ConversationService:
         self.receipts = Receipts(
             self.cursors, self.store.last_seq, self.publish, settings.receipts_window_seconds
         )
+        self.rejoins = Rejoins(self)  # batched rejoins, grouped per conversation (rejoin.py)
         self.ready = False
         self.agents: AgentDirectory | None = None  # opened on first use (agent_turns)
         self._started = False
