@@ -132,7 +132,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the gateways from another source tree (e.g. a `git worktree` of an older "
         "commit: <worktree>/services/gateway/src), to measure a change's effect",
     )
-    p.add_argument("--profile", action="store_true", help="py-spy the gateways during fanout steps")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the gateways during fanout steps (storm: gateway-2 and conversation-1)",
+    )
     p.add_argument("--profile-rates", type=_floats, default=None, help="fanout rates to profile")
     p.add_argument(
         "--pyinstrument", action="store_true", help="run gateway-1 under pyinstrument (fanout)"
@@ -273,6 +277,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 concurrency=10_000,
                 threads=args.threads,
                 log_dir=log_dir,
+                profile_dir=PROFILES if args.profile else None,
             )
     if name in ("fanout", "selfcheck"):
         rates = args.fanout_rates or (

@@ -93,8 +93,11 @@ def storm(
     concurrency: int,
     threads: int,
     log_dir: Path,
+    profile_dir: Path | None = None,
+    profile_seconds: float = 6.0,
 ) -> dict[str, Any]:
-    """Kill gateway-1 holding ``n`` joined clients; they resume on gateway-2 and -3."""
+    """Kill gateway-1 holding ``n`` joined clients; they resume on gateway-2 and -3.
+    ``profile_dir``: py-spy gateway-2 and conversation-1 from the kill on."""
     pop = population(system, f"storm-{int(time.time())}", n // members, members, [0])
     pool = GeneratorPool(pop.clients, threads=threads, per_process=50_000, log_dir=log_dir)
     try:
@@ -104,12 +107,20 @@ def storm(
         pid = system.gateways[0].pid
         assert pid is not None
         watched = _storm_processes(system)
+        spies: list[PySpy] = []
+        if profile_dir is not None:
+            for name in ("gateway-2", "conversation-1"):
+                if name in watched:
+                    out_file = profile_dir / f"storm-{name}.txt"
+                    spies.append(PySpy(watched[name], out_file, profile_seconds))
         cpu0 = {name: cpu_seconds(p) for name, p in watched.items()}
         t_kill = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         res = pool.resume(targets, concurrency=concurrency, kill_time=t_kill)
         cpu = {name: round(cpu_seconds(p) - cpu0[name], 2) for name, p in watched.items()}
         stats = pool.stats()
+        for spy in spies:
+            spy.wait()
     finally:
         pool.close()
     out = {
@@ -125,6 +136,10 @@ def storm(
         # CPU seconds each process spent from the kill until the last client was back.
         "cpuSeconds": cpu,
     }
+    if spies:
+        out["profiles"] = {
+            spy.out.name: summarize_collapsed(spy.out, spy.duration, spy.rate) for spy in spies
+        }
     logger.info(
         "storm: %d of %d resumed in %.2f s (p50 %.0f ms, p99 %.0f ms after the kill), CPU s %s",
         out["resumed"],
