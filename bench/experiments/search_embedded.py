@@ -6,21 +6,17 @@ page through a common word. ``python -m bench.experiments.search_embedded [C] [M
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-from bench.experiments.seeding import seed_conversations
+from bench.experiments.seeding import run_on_embedded_store, seed_conversations
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal
 from parley_contract.queries import SearchQuery
 from parley_conversation.search import search
 from parley_conversation.store import MongoStore
-from parley_devstack.servers import StoreServer
 
 ME = Principal(id="u-me", kind=PrincipalKind.USER)
 
@@ -71,14 +67,7 @@ async def measure(url: str, conversations: int, messages: int) -> None:
 
 
 def main() -> None:
-    conversations = int(sys.argv[1]) if len(sys.argv) > 1 else 50
-    messages = int(sys.argv[2]) if len(sys.argv) > 2 else 100
-    with tempfile.TemporaryDirectory() as tmp:
-        server = StoreServer(Path(tmp)).start()
-        try:
-            asyncio.run(measure(server.url, conversations, messages))
-        finally:
-            server.stop()
+    run_on_embedded_store(measure)
 
 
 if __name__ == "__main__":

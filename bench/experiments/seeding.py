@@ -1,15 +1,22 @@
 """A store filled as the store experiments want it (search_embedded, unread_embedded):
-C conversations of M user messages each, written straight to the store (no service)."""
+C conversations of M user messages each, written straight to the store (no service); and
+their ``main``: an embedded store of their own, C and M from the command line."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 from parley_contract.models import Conversation, Message, Participant, ParticipantRole
 from parley_conversation.domain import now_ms
 from parley_conversation.store import MongoStore
+from parley_devstack.servers import StoreServer
 
 
 def _plain(_conversation: int, i: int) -> str:
@@ -64,3 +71,16 @@ async def seed_conversations(
             for i in range(messages)
         ]
         await store.insert_messages(batch)
+
+
+def run_on_embedded_store(measure: Callable[[str, int, int], Coroutine[Any, Any, None]]) -> None:
+    """``measure(url, C, M)`` against a fresh embedded store; ``[C] [M]`` from the command
+    line (default 50 conversations of 100 messages)."""
+    conversations = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    messages = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    with tempfile.TemporaryDirectory() as tmp:
+        server = StoreServer(Path(tmp)).start()
+        try:
+            asyncio.run(measure(server.url, conversations, messages))
+        finally:
+            server.stop()
