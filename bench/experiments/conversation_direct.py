@@ -2,7 +2,8 @@
 no WebSocket) at 1, 10 and 50 in flight, against a Stack with the embedded store:
 ``python -m bench.experiments.conversation_direct [seconds] [in-flight,...]``. Separates the
 service + store ceiling from the gateway in the ``persisted`` scenario, and gives the CPU
-milliseconds per acked message of the store and of the conversation service (from /proc).
+milliseconds per acked message of the store and of the conversation service (from /proc),
+and the service's mean group-commit batch (its ``parley_conversation_batch_size``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +28,31 @@ from parley_devstack.stack import Stack, StackConfig
 CONVERSATIONS = 50
 
 
+def _batches(metrics_url: str | None) -> tuple[float, float]:
+    """(batches, writes) committed so far, from the service's /metrics."""
+    if metrics_url is None:
+        return 0.0, 0.0
+    with urllib.request.urlopen(metrics_url, timeout=5) as reply:
+        text = reply.read().decode()
+    found = {"count": 0.0, "sum": 0.0}
+    for line in text.splitlines():
+        for part in found:
+            if line.startswith(f"parley_conversation_batch_size_{part} "):
+                found[part] = float(line.split()[-1])
+    return found["count"], found["sum"]
+
+
 def _body(user: str, data: dict[str, Any]) -> bytes:
     principal = {"id": user, "kind": "user", "name": None}
     return json.dumps({"principal": principal, "data": data, "instanceId": "bench"}).encode()
 
 
 async def measure(
-    nats_url: str, seconds: float, levels: list[int], pids: dict[str, int]
+    nats_url: str,
+    seconds: float,
+    levels: list[int],
+    pids: dict[str, int],
+    metrics_url: str | None = None,
 ) -> list[dict[str, Any]]:
     nc = await nats.connect(nats_url)
     convs = [f"direct-c{i}" for i in range(CONVERSATIONS)]
@@ -58,6 +78,7 @@ async def measure(
             return bool(json.loads(reply.data).get("success"))
 
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        batches0 = _batches(metrics_url)
         t0 = time.perf_counter()
         sent = 0
         while time.perf_counter() - t0 < seconds:
@@ -67,6 +88,8 @@ async def measure(
             failed += sum(1 for ok in oks if not ok)
             sent += in_flight
         elapsed = time.perf_counter() - t0
+        batches1 = _batches(metrics_url)
+        batch_mean = (batches1[1] - batches0[1]) / max(1.0, batches1[0] - batches0[0])
         cpu_ms = {
             f"{name}CpuMsPerMessage": round((cpu_seconds(pid) - cpu0[name]) * 1000 / sent, 2)
             for name, pid in pids.items()
@@ -80,6 +103,7 @@ async def measure(
                 "p99Ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
                 "failed": failed,
                 **cpu_ms,
+                "batchMean": round(batch_mean, 1),
             }
         )
     await nc.close()
@@ -102,7 +126,8 @@ def main() -> None:
             if stack.store is not None and stack.store.process is not None:
                 procs["store"] = stack.store.process.proc
             pids = {name: p.pid for name, p in procs.items() if p is not None}
-            out = asyncio.run(measure(stack.nats_url, seconds, levels, pids))
+            metrics = f"{stack.conversation[0].base_url}/metrics"
+            out = asyncio.run(measure(stack.nats_url, seconds, levels, pids, metrics))
     sys.stdout.write(json.dumps(out, indent=1) + "\n")
 
 

@@ -38,6 +38,23 @@ ROLE_TYPES: dict[Role, frozenset[MessageType]] = {
     Role.SYSTEM: frozenset({MessageType.SYSTEM, MessageType.TEXT, MessageType.ERROR}),
 }
 LAST_MESSAGE_PREVIEW_CHARS = 500
+# The fields of a message:send copied to the message as given (when not null).
+_COPIED_FIELDS = frozenset(
+    (
+        "name",
+        "parent_message_id",
+        "tool_calls",
+        "tool_results",
+        "thinking",
+        "usage",
+        "latency",
+        "error",
+        "metadata",
+        "finish_reason",
+        "cost",
+        "client_message_id",
+    )
+)
 
 
 def resolve_role(principal: Principal, cmd: MessageSend) -> tuple[Role, MessageType]:
@@ -130,20 +147,7 @@ def new_message(principal: Principal, cmd: MessageSend, *, agent_id: str | None 
         data["agent_id"] = msg_agent
     # attachments: ids in the command; the service resolves them (attachments.py) and puts
     # the stored records' seed shape in the message.
-    for name in (
-        "name",
-        "parent_message_id",
-        "tool_calls",
-        "tool_results",
-        "thinking",
-        "usage",
-        "latency",
-        "error",
-        "metadata",
-        "finish_reason",
-        "cost",
-        "client_message_id",
-    ):
+    for name in _COPIED_FIELDS.intersection(cmd.model_fields_set):  # unset ones are None
         value = getattr(cmd, name)
         if value is not None:
             data[name] = value
