@@ -29,6 +29,7 @@ from parley_gateway.sio.session import EioSession, SioConn
 
 MEMBERS = 20
 EVENTS = 20_000
+ROUNDS = 5
 
 
 class _Transport:
@@ -99,12 +100,16 @@ def _run(kind: str) -> tuple[float, int]:
 
 
 async def main() -> None:
-    for kind in ("ws", "socketio", "ws", "socketio"):
+    best: dict[str, float] = {}
+    for kind in ("ws", "socketio") * ROUNDS:
         elapsed, _ = _run(kind)
+        best[kind] = min(best.get(kind, elapsed), elapsed)
+    for kind, elapsed in best.items():  # the least disturbed round of each (a shared box)
         per_delivery = elapsed / (EVENTS * MEMBERS) * 1e6
         print(  # noqa: T201 - the experiment's output
             f"{kind:9s} {per_delivery:.2f} µs per delivery, "
-            f"{per_delivery * MEMBERS:.1f} µs per event to {MEMBERS} members"
+            f"{per_delivery * MEMBERS:.1f} µs per event to {MEMBERS} members "
+            f"(best of {ROUNDS} alternated rounds)"
         )
 
 

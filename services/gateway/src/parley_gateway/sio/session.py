@@ -343,12 +343,6 @@ class SioConn(Conn):
             return self._out(codec.ack_packet(int(cmd_id), envelope), None)
         return self.push(jsonutil.dumps(frame))
 
-    def flush(self) -> None:
-        if self.eio.ws is not None:
-            Conn.flush(self)
-        else:
-            self.queued = False
-
     async def wait_writable(self, patience: float = 30.0) -> None:
         if self.eio.ws is not None:
             await Conn.wait_writable(self, patience)
