@@ -30,6 +30,15 @@ from bench.system import System, cpu_seconds
 logger = logging.getLogger(__name__)
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children (a gateway with PARLEY_GATEWAY_WORKERS)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return cpu_seconds(pid) + sum(cpu_seconds(int(c)) for c in children)
+
+
 def connects(
     system: System,
     *,
@@ -51,9 +60,9 @@ def connects(
             time.sleep(1.0)
             if profile_dir is not None and pid and r == 0:
                 spy = PySpy(pid, profile_dir / "connects-gateway-1.txt", 4.0)
-            cpu0 = cpu_seconds(pid) if pid else 0.0
+            cpu0 = tree_cpu_seconds(pid) if pid else 0.0
             res = pool.connect(concurrency=concurrency)
-            cpu = (cpu_seconds(pid) - cpu0) if pid else 0.0
+            cpu = (tree_cpu_seconds(pid) - cpu0) if pid else 0.0
             stats = pool.stats()
         finally:
             pool.close()

@@ -91,10 +91,12 @@ class Front:
         keepalive_seconds: float = 5.0,
         server_header: str | None = "parley-gateway",
         on_refused: Refused | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.ws_routes = {path.encode("latin-1"): route for path, route in ws_routes.items()}
         self.host = host
         self.port = port
+        self.reuse_port = reuse_port  # one of several processes on the port (workers.py)
         self.max_head_bytes = max_head_bytes
         self.head_timeout = head_timeout
         self.server_header = server_header
@@ -132,7 +134,11 @@ class Front:
 
         async def create_server() -> asyncio.Server:
             return await loop.create_server(
-                lambda: _Sniffer(self), self.host, self.port, backlog=LISTEN_BACKLOG
+                lambda: _Sniffer(self),
+                self.host,
+                self.port,
+                backlog=LISTEN_BACKLOG,
+                reuse_port=self.reuse_port or None,
             )
 
         server = Server(create_server, self._ws_lifecycle)

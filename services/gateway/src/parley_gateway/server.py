@@ -300,6 +300,7 @@ class Gateway(Commands):
             head_timeout=self.settings.head_timeout_seconds,
             keepalive_seconds=self.settings.http_keepalive_seconds,
             on_refused=lambda reason: self.metrics.http_refusals.labels(reason).inc(),
+            reuse_port=self.settings.workers > 1,
         )
         await self.front.start()
         logger.info(

@@ -128,6 +128,10 @@ class Settings(FileStoreSettings, ServiceSettings):  # store settings shared wit
     head_timeout_seconds: float = Field(
         default=10.0, gt=0, validation_alias=_env("PARLEY_GATEWAY_HEAD_TIMEOUT_SECONDS")
     )
+    # Processes serving the port (SO_REUSEPORT), each a whole gateway instance (workers.py);
+    # ``worker``: set by the gateway itself in each worker (1..workers), 0 in the parent.
+    workers: int = Field(default=1, ge=1, le=64, validation_alias=_env("PARLEY_GATEWAY_WORKERS"))
+    worker: int = Field(default=0, ge=0, le=64, validation_alias=_env("PARLEY_GATEWAY_WORKER"))
     # Idle HTTP keep-alive connections are closed after this many seconds (whole seconds).
     http_keepalive_seconds: float = Field(
         default=5.0, ge=1, validation_alias=_env("PARLEY_GATEWAY_HTTP_KEEPALIVE_SECONDS")
