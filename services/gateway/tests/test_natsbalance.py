@@ -128,6 +128,6 @@ async def test_gateways_spread_over_the_nodes_again_after_each_return(
             assert sorted(failed_over.values()) == [0, 1, 2], failed_over
             await asyncio.to_thread(cluster.start_node, node)
             # One per node again by themselves once the node is current (a move waits up
-            # to 20 s after the gateway's previous one, then a refresh: 1 s here).
+            # to 10 s after the gateway's previous one, then a refresh: 1 s here).
             spread = await _spread(cluster, 45.0, _even)
             assert _even(spread), spread

@@ -37,7 +37,7 @@ from nats.aio.client import Client as NATS
 
 logger = logging.getLogger(__name__)
 
-MIN_INTERVAL_SECONDS = 20.0
+MIN_INTERVAL_SECONDS = 10.0
 RECONNECT_WAIT_SECONDS = 10.0
 NARROW_POOL_SECONDS = 2.0  # then the whole pool again, should the target not answer
 
