@@ -36,6 +36,14 @@ FLUSH_BATCH = 500  # session writes per flush tick at most (2000/s at the defaul
 # unavailable (issue 19: before, a resume waited 5 s and silently got a fresh session).
 LOAD_ATTEMPT_SECONDS = 1.0
 LOAD_BUDGET_SECONDS = 3.0
+# Session reads in flight at once (a reconnect storm: thousands of resumes arrive together).
+# The others wait for a slot before their budget starts: 5,000 reads at once all progressed
+# together through a busy event loop, and every one ran out of its budget (503) with the
+# bucket answering all along (issue 16, docs/benchmarks.md "Reconnect storm").
+LOAD_CONCURRENCY = 64
+# After a read that found the bucket unavailable, the reads waiting for a slot within this
+# long fail at once (503) instead of each waiting out its own budget behind the others.
+UNAVAILABLE_HOLD_SECONDS = 1.0
 SAVE_SECONDS = 1.5  # an acknowledged session write (at a disconnect, the TTL refresh)
 
 
@@ -66,6 +74,8 @@ class Sessions(Bus):
         self.dirty: set[Conn] = set()
         self.draining = False
         self._kick_sub: Subscription | None = None
+        self._loads = asyncio.Semaphore(LOAD_CONCURRENCY)
+        self._unavailable_at = -UNAVAILABLE_HOLD_SECONDS  # monotonic time of the last failure
 
     async def listen_kicks(self) -> None:
         assert self.nc is not None
@@ -121,6 +131,13 @@ class Sessions(Bus):
     async def _read_session(self, session_id: str) -> bytes | None:
         if self.kv_sessions is None:
             raise SessionsUnavailable()
+        async with self._loads:
+            if time.monotonic() - self._unavailable_at < UNAVAILABLE_HOLD_SECONDS:
+                raise SessionsUnavailable()
+            return await self._read_session_now(session_id)
+
+    async def _read_session_now(self, session_id: str) -> bytes | None:
+        assert self.kv_sessions is not None
         deadline = time.monotonic() + LOAD_BUDGET_SECONDS
         while True:
             left = deadline - time.monotonic()
@@ -135,6 +152,7 @@ class Sessions(Bus):
                 if time.monotonic() + 0.2 >= deadline:
                     logger.warning("session %s not loaded: %r", session_id, exc)
                     self.metrics.kv_unavailable.labels(subjects.KV_SESSIONS).inc()
+                    self._unavailable_at = time.monotonic()
                     raise SessionsUnavailable() from None
                 await asyncio.sleep(0.2)
 
