@@ -5,8 +5,9 @@ each store call per batch:
 ``python -m bench.experiments.sequencer_inprocess [rate/s] [seconds] [write concern]``
 (``journaled``, the default, with the store in its durable mode; ``acknowledged``: the store
 without --sync-on-commit, the writes not waiting for the journal: what durability costs).
-Shows where a batch's time goes (authorizing read, event log insert, messages insert,
-totals) without the rest of the system competing for the CPU.
+Shows where a batch's time goes (authorizing read, log insert, totals) without the rest of
+the system competing for the CPU, and the CPU time per acked message of the store server and
+of this process.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bench.system import cpu_seconds
 from parley_contract.commands import ConversationCreate, MessageSend
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal
@@ -45,7 +47,11 @@ def _timed(fn: Callable[..., Awaitable[Any]], out: list[float]) -> Callable[...,
 
 
 async def measure(
-    url: str, rate: float, seconds: float, write_concern: str = "journaled"
+    url: str,
+    rate: float,
+    seconds: float,
+    write_concern: str = "journaled",
+    store_pid: int | None = None,
 ) -> dict[str, Any]:
     store = MongoStore(url, "bench_sequencer", write_concern=write_concern)
     await store.init()
@@ -72,6 +78,8 @@ async def measure(
         latencies.append((time.perf_counter() - start) * 1000)
 
     tasks: list[asyncio.Task[None]] = []
+    store_cpu0 = cpu_seconds(store_pid) if store_pid else 0.0
+    own_cpu0 = time.process_time()
     t0 = time.perf_counter()
     k = 0
     while time.perf_counter() - t0 < seconds:
@@ -83,6 +91,8 @@ async def measure(
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t0
     await seq.drain()
+    own_cpu = time.process_time() - own_cpu0
+    store_cpu = cpu_seconds(store_pid) - store_cpu0 if store_pid else 0.0
     await store.close()
     latencies.sort()
     return {
@@ -90,6 +100,10 @@ async def measure(
         "ackedPerSecond": round(len(latencies) / elapsed, 1),
         "ackP50Ms": round(latencies[len(latencies) // 2], 1),
         "ackP99Ms": round(latencies[int(len(latencies) * 0.99)], 1),
+        # CPU per acked message, ms: the store server's (totals included, drained), and this
+        # process's (the load generator's share included: an upper bound for the service).
+        "storeCpuMsPerMsg": round(store_cpu * 1000 / max(1, len(latencies)), 3),
+        "clientCpuMsPerMsg": round(own_cpu * 1000 / max(1, len(latencies)), 3),
         "batches": len(batches),
         "batchMean": round(statistics.mean(batches), 1) if batches else 0,
         "callsMs": {
@@ -107,7 +121,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = StoreServer(Path(tmp), sync_on_commit=concern != "acknowledged").start()
         try:
-            result = asyncio.run(measure(server.url, rate, seconds, concern))
+            pid = server.process.proc.pid if server.process and server.process.proc else None
+            result = asyncio.run(measure(server.url, rate, seconds, concern, pid))
         finally:
             server.stop()
     sys.stdout.write(f"{result}\n")

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from beanie import init_beanie
-from pymongo import ASCENDING, DESCENDING, TEXT, AsyncMongoClient, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, TEXT, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
@@ -33,9 +33,10 @@ from parley_conversation.documents import (
     to_doc,
     wire,
 )
-from parley_conversation.entries import DUPLICATE_KEY, LOG_EVENT, MessageTotals
+from parley_conversation.entries import LOG_EVENT, MessageTotals
 from parley_conversation.log import ConversationLog, ForgetSeqsOnPoolCleared
 from parley_conversation.repository import Page
+from parley_conversation.totals_store import TotalsStore
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class MongoStore(ConversationLog):
         # twice); folded into `messages` at startup (parley_conversation.legacy).
         self.legacy_events: AsyncCollection[dict[str, Any]] = self._db["events"]
         self.totals: AsyncCollection[dict[str, Any]] = self._db["conversation_totals"]
+        self.totals_store = TotalsStore(self._client, self.totals)
         self.tasks: AsyncCollection[dict[str, Any]] = self._db["tasks"]
         self.search_mode: str = "regex"  # "text" once init() found text indexes (search.py)
         # Attachment records (parley_conversation.attachments; the bytes are the gateways').
@@ -277,44 +279,9 @@ class MongoStore(ConversationLog):
         return {d["_id"]: conversation_from(d) for d in docs}
 
     async def add_totals(self, totals: Mapping[str, MessageTotals]) -> None:
-        """One atomic upsert per conversation into ``conversation_totals``, one bulk write.
-
-        Update operators only (``$inc`` the sums, ``$max`` the seq): no read-modify-write.
-        ``lastMessage`` moves by ``$max`` too: stored with ``seq`` as its first field, two of
-        them compare by seq (BSON compares embedded documents field by field, in order), so
-        it only ever moves to a higher seq. On the embedded store an update pipeline doing
-        the same (``$cond`` on the document's own seq) cost twice as much per update.
-        """
-        ops: list[UpdateOne] = []
-        for cid, t in totals.items():
-            update: dict[str, Any] = {"$max": {"lastSeq": t.max_seq}}
-            if t.messages or t.tokens or t.cost:
-                update["$inc"] = {
-                    "totalMessages": t.messages,
-                    "totalTokens": t.tokens,
-                    "totalCost": t.cost,
-                }
-            last = t.last_message
-            if last is not None and last.seq is not None:
-                update["$max"]["lastMessage"] = {
-                    "seq": last.seq,
-                    **last.model_dump(by_alias=True, exclude_none=True),
-                }
-            ops.append(UpdateOne({"_id": cid}, update, upsert=True))
-        for attempt in range(3):
-            if not ops:
-                return
-            try:
-                await self.totals.bulk_write(ops, ordered=False)
-                return
-            except BulkWriteError as exc:
-                # Two replicas upserting a conversation's first totals: the loser's insert
-                # hits the _id index. Only those ops are retried (the others are applied:
-                # retrying them would count twice); the document exists now.
-                errors = exc.details.get("writeErrors") or []
-                if attempt == 2 or any(e.get("code") != DUPLICATE_KEY for e in errors):
-                    raise
-                ops = [ops[int(e["index"])] for e in errors]
+        """One atomic upsert per conversation into ``conversation_totals``, all in one
+        commit where the server has transactions (totals_store.py)."""
+        await self.totals_store.add(totals)
 
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
         doc = await self.messages.find_one(
