@@ -89,6 +89,7 @@ async def test_a_failed_or_malformed_batch_fails_each_caller() -> None:
     rj = Rejoins(svc, "gw-1")
     got = await asyncio.gather(*(rj.authorize("c1", _p(x)) for x in ("a", "b")))
     assert [g["error"]["code"] for g in got] == ["TIMEOUT", "TIMEOUT"]
+    assert len(svc.bodies) == 2  # a timed-out batch is asked once more, then fails
     svc.reply = envelopes.ok({"lastSeq": 1, "members": [{"ok": True}]})  # one answer for two
     got = await asyncio.gather(*(rj.authorize("c1", _p(x)) for x in ("a", "b")))
     assert [g["error"]["code"] for g in got] == ["INTERNAL_ERROR", "INTERNAL_ERROR"]
@@ -105,3 +106,20 @@ async def test_a_large_batch_is_split() -> None:
     got = await asyncio.gather(*(rj.authorize("c1", _p(f"u{i}")) for i in range(n)))
     assert all(g["success"] for g in got)
     assert [len(b["principals"]) for b in svc.bodies] == [MAX_REJOIN_PRINCIPALS, 3]
+
+
+async def test_a_timed_out_batch_is_asked_again() -> None:
+    svc = Service()
+    svc.release.set()
+    timeouts = [envelopes.fail(ErrorCode.TIMEOUT, "nobody answered")]
+    real = svc.__call__
+
+    async def flaky(subject: str, body: dict[str, Any]) -> dict[str, Any]:
+        if timeouts:
+            svc.bodies.append(body)
+            return timeouts.pop()
+        return await real(subject, body)
+
+    rj = Rejoins(flaky, "gw-1")
+    got = await asyncio.gather(*(rj.authorize("c1", _p(x)) for x in ("a", "b")))
+    assert all(g["success"] for g in got) and len(svc.bodies) == 2

@@ -28,6 +28,9 @@ from parley_runtime import requests
 logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 0.005  # the first rejoin of a conversation waits this long for company
+# A batch that timed out is asked once more (a read: safe to repeat): it stands for every
+# member that resumed with it, and in a storm the service is slow rather than gone.
+ATTEMPTS = 2
 _SHARED = ("conversation", "lastSeq", "epoch", "cursors")
 _OWN = ("unreadCount", "readSeq")
 
@@ -91,7 +94,10 @@ class Rejoins:
             "principals": [p.model_dump(mode="json") for p in principals],
             "instanceId": self._instance_id,
         }
-        reply = await self._request(REJOIN_SUBJECT, body)
+        for _ in range(ATTEMPTS):
+            reply = await self._request(REJOIN_SUBJECT, body)
+            if reply.get("success") or requests.error_of(reply).code is not ErrorCode.TIMEOUT:
+                break
         if not reply.get("success"):
             return [reply] * len(principals)  # the whole request failed: each gets its error
         data = reply.get("data")
