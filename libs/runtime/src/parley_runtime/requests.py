@@ -181,7 +181,7 @@ async def request_bytes(
     backoff = RETRY_FIRST_BACKOFF
     next_at = started
     try:
-        while loop.time() < deadline:
+        while loop.time() < deadline and not nc.is_closed:
             if loop.time() >= next_at and (retries or not attempts):
                 if attempts and not nc.is_connected:  # the last attempt waits for it already
                     next_at = loop.time() + RECONNECT_POLL_SECONDS
