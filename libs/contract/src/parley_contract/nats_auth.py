@@ -122,6 +122,7 @@ def permissions(role: Role) -> dict[str, list[str]]:
             *js_common,
             *_stream_create(s.STREAM_AGENT_TURNS),
             *_kv_write(s.KV_SEQUENCES),
+            *_kv_write(s.KV_PARTITIONS),  # partition leases (docs/affinity.md)
             *_kv_write(s.KV_TURNS),
             *_kv_read(s.KV_AGENTS),
             *_kv_read(s.KV_PRESENCE),  # agents connected as clients (agents.AgentDirectory)

@@ -53,6 +53,7 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import COMMANDS, REGISTRY, Event, PrincipalKind
 from parley_contract.internal import RouteRequest
 from parley_contract.models import Conversation, Message
+from parley_contract.partitions import PARTITIONS, partition_of
 from parley_contract.queries import (
     GetConversationQuery,
     ListConversationsQuery,
@@ -101,6 +102,27 @@ class Route:
         """The NATS request/reply subject (a gateway route has none on the bus, but its name
         stays reserved)."""
         return subjects.command(self.event)
+
+    @property
+    def partitioned(self) -> bool:
+        """A conversation-service write of one conversation: sent to the subject of the
+        conversation's partition, which only its owning replica serves (docs/affinity.md)."""
+        return (
+            self.service is Service.CONVERSATION
+            and self.writes
+            and "conversation_id" in self.payload.model_fields
+        )
+
+    def subject_for(self, data: Any) -> str:
+        """Where to send this command with ``data`` (the client's, unvalidated): its
+        partition's subject when it names a conversation, else :attr:`subject` (any replica:
+        a create without an id). The partition is a number, whatever the id: nothing a
+        client writes reaches the subject."""
+        if self.partitioned and isinstance(data, dict):
+            cid = data.get("conversationId")
+            if isinstance(cid, str) and cid:
+                return subjects.partition_command(self.event, partition_of(cid))
+        return self.subject
 
     @property
     def senders(self) -> frozenset[PrincipalKind]:
@@ -238,6 +260,20 @@ def route_of(name: object) -> Route | None:
         return ROUTES.get(Event(name))
     except ValueError:
         return None
+
+
+# Every subject a command may arrive on → its route (plain and per partition).
+_BY_SUBJECT: dict[str, Route] = {r.subject: r for r in ROUTES.values()} | {
+    subjects.partition_command(r.event, n): r
+    for r in ROUTES.values()
+    if r.partitioned
+    for n in range(PARTITIONS)
+}
+
+
+def route_of_subject(subject: str) -> Route | None:
+    """The route a command subject (plain or a partition's) belongs to."""
+    return _BY_SUBJECT.get(subject)
 
 
 def routes_of(service: Service) -> list[Route]:

@@ -24,6 +24,9 @@ KV_SESSIONS: Final = "parley_sessions"  # key: <sessionId> → principal + joine
 KV_AGENTS: Final = "parley_agents"  # key: <agentId>.<bridgeInstanceId> → agent availability
 KV_SEQUENCES: Final = "parley_sequences"  # key: <conversationId> → {epoch, seq} published
 KV_TURNS: Final = "parley_turns"  # key: <conversationId> → the running agent turn (turnstate)
+# Conversation affinity (partitions.py): p.<n> → the owning replica's lease, m.<instanceId> →
+# a replica's heartbeat; every key expires after the lease TTL unless refreshed.
+KV_PARTITIONS: Final = "parley_partitions"
 
 
 def kv_stream(bucket: str) -> str:
@@ -76,6 +79,17 @@ def command(event: Event) -> str:
 
 
 COMMANDS_WILDCARD: Final = f"{PREFIX}.cmd.>"
+
+
+def partition_command(event: Event, partition: int) -> str:
+    """A command of one conversation partition (parley_contract.partitions): only the
+    replica that owns the partition subscribes to it (queue group conversation)."""
+    return f"{PREFIX}.cmd.p{partition}.{_token(event)}"
+
+
+def partition_commands(partition: int) -> str:
+    """Every command of one partition: one subscription per owned partition."""
+    return f"{PREFIX}.cmd.p{partition}.>"
 
 
 def conversation_events(conversation_id: str) -> str:

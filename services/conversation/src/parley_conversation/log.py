@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
@@ -68,6 +68,8 @@ class ConversationLog:
         self._next_seq: OrderedDict[str, int] = OrderedDict()
         self._epochs: dict[str, int] = {}  # the epoch of each cached next seq (epochs.py)
         self.marks: HighWaterMarks | None = None  # set once NATS is up (the service)
+        # Called once per insert refused for a seq another writer took (a metric).
+        self.on_collision: Callable[[], None] | None = None
 
     async def last_seq(self, conversation_id: str) -> int:
         doc = await self.messages.find_one(
@@ -110,6 +112,13 @@ class ConversationLog:
             )
         self._next_seq.clear()
         self._epochs.clear()
+
+    def forget_seqs_where(self, which: Callable[[str], bool]) -> None:
+        """Drop the cached next seqs of the conversations ``which`` picks (a partition this
+        replica takes or gives up: another replica may have written them, docs/affinity.md)."""
+        for cid in [c for c in self._next_seq if which(c)]:
+            del self._next_seq[cid]
+            self._epochs.pop(cid, None)
 
     async def _load_sequences(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """(the log's highest seq, the epoch to write with) of conversations not cached:
@@ -267,6 +276,8 @@ class ConversationLog:
                 )
                 pos[cid] = k + 1  # nxt[cid] stays: that seq is still free
             else:
+                if self.on_collision is not None:
+                    self.on_collision()
                 # Another replica took this seq: continue after the log's maximum. It is
                 # writing these conversations too, most likely, so every conversation still
                 # to be written re-reads its maximum now: an ordered insert stops at the

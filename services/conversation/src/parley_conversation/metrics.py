@@ -50,6 +50,24 @@ class Metrics:
             "Attempts to publish an agent turn that JetStream did not acknowledge (retried).",
             registry=self.registry,
         )
+        # Conversation affinity (docs/affinity.md).
+        self.seq_collisions = Counter(
+            "parley_conversation_seq_collisions",
+            "Log inserts refused because another writer had taken the seq (retried with the "
+            "next free one): rare when each conversation has one writer.",
+            registry=self.registry,
+        )
+        self.owned_partitions = Gauge(
+            "parley_conversation_owned_partitions",
+            "Conversation partitions this replica owns (writes of their conversations).",
+            registry=self.registry,
+        )
+        self.partition_moves = Counter(
+            "parley_conversation_partition_moves",
+            "Partition leases acquired, released (hand-off, stop) or lost (expired, taken).",
+            ["how"],
+            registry=self.registry,
+        )
 
     def served(self, operation: str, outcome: str, seconds: float) -> None:
         """One request answered. The labelled children are looked up once per (operation,

@@ -27,8 +27,10 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal
 from parley_contract.models import Conversation, Message
+from parley_contract.partitions import partition_of
 from parley_contract.routes import Route, Service, routes_of
 from parley_conversation import agent_turns, queries
+from parley_conversation.affinity import PartitionSubscriptions
 from parley_conversation.agent_watch import AgentWatch
 from parley_conversation.attachments import Attachments
 from parley_conversation.broker import make_broker
@@ -40,6 +42,7 @@ from parley_conversation.legacy import fold_legacy_event_log
 from parley_conversation.metrics import Metrics
 from parley_conversation.outbox import COLLECTION as OUTBOX_COLLECTION
 from parley_conversation.outbox import TurnOutbox
+from parley_conversation.ownership import Ownership
 from parley_conversation.receipts import Receipts
 from parley_conversation.rejoin import Rejoins
 from parley_conversation.sequencer import Sequencer
@@ -69,6 +72,7 @@ class ConversationService:
             write_concern=settings.write_concern,
             client_options=settings.mongo_options(),
         )
+        self.store.on_collision = self.metrics.seq_collisions.inc
         self.broker = make_broker(settings, graceful_timeout=settings.drain_seconds)
         self.sequencer = Sequencer(
             self.store,
@@ -107,6 +111,15 @@ class ConversationService:
             lambda p, cid: conversation(self, p, cid, totals=False),
             url_ttl_seconds=settings.attachments_url_ttl_seconds,
         )
+        # Conversation affinity (docs/affinity.md): the writes of the partitions this
+        # replica owns, on their own subjects; the leases are kept by self.ownership.
+        self.partitions = PartitionSubscriptions(
+            lambda: self.broker.connection,
+            self.serve,
+            {r.event: self._command(r) for r in ROUTES if r.partitioned},
+            drain_seconds=settings.drain_seconds,
+        )
+        self.ownership: Ownership | None = None
         self._register()
 
     # ------------------------------------------------------------ wiring
@@ -210,6 +223,7 @@ class ConversationService:
         self.agent_watch.start()
         await self.outbox.start()
         await self.broker.start()
+        await self._own_partitions(want)
         # Ready once the server holds the subscriptions (bus.flush: nats-py's flush alone
         # can be answered before the server read them): a request sent right after start
         # would otherwise get "no responders" on a busy machine.
@@ -217,6 +231,37 @@ class ConversationService:
         self._started = True
         self.ready = True
         logger.info("conversation service %s ready", self.settings.instance_id)
+
+    async def _own_partitions(self, want: jetstream.Replicas) -> None:
+        """Join the partition leases: take this replica's share of the free ones now, the
+        rest as the others hand them off (ownership.py)."""
+        own = Ownership(
+            self.broker.connection,
+            self.settings.instance_id,
+            ttl=self.settings.lease_seconds,
+            on_acquire=self._acquire,
+            on_release=self._release,
+            on_change=lambda how: self.metrics.partition_moves.labels(how).inc(),
+        )
+        await retry("opening the partition leases", lambda: own.open(want))
+        self.ownership = own
+        try:
+            await own.tick()
+        except (NatsError, TimeoutError) as exc:  # the loop tries again
+            logger.warning("first partition tick failed: %r", exc)
+        own.start()
+
+    async def _acquire(self, partition: int) -> None:
+        # Another replica wrote these conversations until now: their next seqs come from
+        # the log again, not from what this replica cached before.
+        self.store.forget_seqs_where(lambda cid: partition_of(cid) == partition)
+        await self.partitions.subscribe(partition)
+        self.metrics.owned_partitions.set(len(self.partitions.owned))
+
+    async def _release(self, partition: int, graceful: bool) -> None:
+        await self.partitions.unsubscribe(partition, graceful)
+        self.store.forget_seqs_where(lambda cid: partition_of(cid) == partition)
+        self.metrics.owned_partitions.set(len(self.partitions.owned))
 
     async def _open_store(self) -> None:
         await self.store.init()
@@ -240,6 +285,10 @@ class ConversationService:
     async def stop(self) -> None:
         """Stop taking requests, finish the in-flight batches and replies, then disconnect."""
         self.ready = False
+        if self.ownership is not None:
+            # Each owned partition: stop taking, finish its writes, release its lease, so
+            # the others take over at once (their next tick).
+            await self.ownership.stop()
         if not self._started:  # stopped while starting (waiting for NATS or the store)
             if self.agent_watch is not None:
                 await self.agent_watch.stop()

@@ -70,6 +70,13 @@ class Settings(MongoSettings, ServiceSettings):
         le=10,
         validation_alias=_env("PARLEY_CONVERSATION_RECEIPTS_WINDOW_SECONDS"),
     )
+    # Conversation affinity (docs/affinity.md): a partition lease (and a replica's
+    # heartbeat) expires this many seconds after its last refresh (every quarter of it): a
+    # killed replica's conversations are written by the others after at most ~1.25 times
+    # this. The same on every replica (it is the partitions bucket's max age).
+    lease_seconds: float = Field(
+        default=3.0, ge=0.4, le=60, validation_alias=_env("PARLEY_CONVERSATION_LEASE_SECONDS")
+    )
     # Seconds a SIGTERM waits for in-flight batches before giving up.
     drain_seconds: float = Field(
         default=20.0, ge=0, validation_alias=_env("PARLEY_CONVERSATION_DRAIN_SECONDS")

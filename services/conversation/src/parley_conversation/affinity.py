@@ -1,0 +1,106 @@
+"""The command subscriptions of the partitions a replica owns (docs/affinity.md).
+
+One NATS subscription per owned partition (``subjects.partition_commands(n)``, queue group
+conversation) carries every write of that partition's conversations; each message becomes a
+task that runs the route's work through ``serve`` (the same path as the plain subjects) and
+answers. Giving a partition up gracefully drains its subscription (the server stops routing
+to this replica; what was received is still handled) and waits for its tasks, whose replies
+come after their group commit: once it returns, nothing of that partition is in flight here
+and the next owner may read the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from parley_contract import subjects
+from parley_contract.events import Event
+from parley_contract.routes import route_of_subject
+
+logger = logging.getLogger(__name__)
+
+# (operation, body, work) → the reply's bytes; never raises (ConversationService.serve).
+Serve = Callable[[str, bytes, Callable[[bytes], Awaitable[Any]]], Awaitable[bytes]]
+
+
+class PartitionSubscriptions:
+    def __init__(
+        self,
+        nc: Callable[[], Any],
+        serve: Serve,
+        works: dict[Event, Callable[[bytes], Awaitable[Any]]],
+        *,
+        drain_seconds: float,
+    ) -> None:
+        self._nc = nc  # the broker's connection, once connected
+        self._serve = serve
+        self._works = works
+        self._drain_seconds = drain_seconds
+        self._subs: dict[int, Any] = {}
+        self._tasks: dict[int, set[asyncio.Task[None]]] = {}
+
+    @property
+    def owned(self) -> list[int]:
+        return sorted(self._subs)
+
+    async def subscribe(self, partition: int) -> None:
+        if partition in self._subs:
+            return
+        tasks: set[asyncio.Task[None]] = self._tasks.setdefault(partition, set())
+
+        async def on_message(msg: Msg) -> None:
+            # nats-py calls this once at a time per subscription: the work runs in its own
+            # task (requests of one partition wait for the same group commit together).
+            task = asyncio.create_task(self._handle(msg), name=f"partition-{partition}")
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        nc = self._nc()
+        self._subs[partition] = await nc.subscribe(
+            subjects.partition_commands(partition),
+            queue=subjects.QUEUE_CONVERSATION,
+            cb=on_message,
+        )
+
+    async def unsubscribe(self, partition: int, graceful: bool) -> None:
+        sub = self._subs.pop(partition, None)
+        if sub is not None:
+            try:
+                if graceful:
+                    await sub.drain()
+                else:
+                    await sub.unsubscribe()
+            except nats.errors.Error as exc:
+                logger.warning("partition %d: subscription not drained: %r", partition, exc)
+        tasks = self._tasks.get(partition)
+        if graceful and tasks:
+            _done, pending = await asyncio.wait(set(tasks), timeout=self._drain_seconds)
+            if pending:
+                logger.warning(
+                    "partition %d: %d requests still running after the drain",
+                    partition,
+                    len(pending),
+                )
+
+    async def stop(self) -> None:
+        """Drain every partition's subscription and wait for its work (a graceful stop)."""
+        await asyncio.gather(*(self.unsubscribe(p, True) for p in list(self._subs)))
+
+    async def _handle(self, msg: Msg) -> None:
+        route = route_of_subject(msg.subject)
+        work = self._works.get(route.event) if route is not None else None
+        if route is None or work is None:  # cannot be: the subscription is ours
+            logger.error("no route for %s", msg.subject)
+            return
+        reply = await self._serve(route.event.value, msg.data, work)
+        if msg.reply:
+            try:
+                await msg.respond(reply)
+            except nats.errors.Error as exc:
+                logger.warning("reply on %s not sent: %r", msg.subject, exc)

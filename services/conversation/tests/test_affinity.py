@@ -1,0 +1,225 @@
+"""Conversation affinity (docs/affinity.md): partitions owned through leases in NATS KV.
+
+Replicas on the real NATS and the real store: two split the partitions, a join rebalances,
+an abrupt stop (its leases left to expire) hands everything to the survivor while writes go
+on with no seq gap or duplicate, and a forced collision is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from nats.aio.client import Client
+from prometheus_client import generate_latest
+
+from parley_contract import jsonutil, subjects
+from parley_contract.commands import MessageSend
+from parley_contract.events import Event, PrincipalKind
+from parley_contract.ids import new_id
+from parley_contract.internal import Principal
+from parley_contract.partitions import PARTITIONS, partition_of
+from parley_contract.routes import ROUTES
+from parley_conversation import domain
+from parley_conversation.ownership import plan
+from parley_conversation.sequencer import Sequencer
+from parley_conversation.service import ConversationService
+from parley_conversation.store import MongoStore
+from parley_devstack.servers import NatsServer, StoreServer
+from parley_runtime.requests import request_bytes, unwrap
+
+from .conftest import settings_for
+
+ALICE = {"id": "u-alice", "kind": "user", "name": "u-alice"}
+LEASE = 1.0  # seconds: a killed replica's partitions move within ~1.25 s (+ a tick)
+SEND = ROUTES[Event.MESSAGE_SEND]
+
+
+def test_plan_is_fair_and_moves_few_partitions() -> None:
+    two = plan(["b", "a"])
+    assert sorted(two) == list(range(PARTITIONS))
+    assert sorted(list(two.values()).count(m) for m in "ab") == [32, 32]
+    three = plan(["a", "b", "c"])
+    shares = sorted(list(three.values()).count(m) for m in "abc")
+    assert shares[-1] - shares[0] <= 1 and sum(shares) == PARTITIONS
+    # A third member takes about a third; the others keep most of what they had.
+    moved = sum(1 for p in range(PARTITIONS) if two[p] != three[p])
+    assert moved <= PARTITIONS // 3 + 4
+    assert plan(["a"]) == dict.fromkeys(range(PARTITIONS), "a")
+
+
+def test_partition_subjects_come_from_the_route_table() -> None:
+    assert partition_of("c-1") == partition_of("c-1") < PARTITIONS
+    data = {"conversationId": "c-1", "content": "hi"}
+    p = partition_of("c-1")
+    assert SEND.subject_for(data) == subjects.partition_command(Event.MESSAGE_SEND, p)
+    assert SEND.subject_for({"content": "no id"}) == SEND.subject  # any replica validates
+    assert SEND.subject_for({"conversationId": 42}) == SEND.subject
+    assert SEND.subject_for("not a dict") == SEND.subject
+    assert not ROUTES[Event.CONVERSATION_JOIN].partitioned  # reads: any replica
+    hostile = {"conversationId": "a.b.>*"}  # never reaches the subject: a number does
+    assert SEND.subject_for(hostile).startswith(f"{subjects.PREFIX}.cmd.p")
+
+
+def replica(nats: NatsServer, store: StoreServer, db: str) -> ConversationService:
+    return ConversationService(
+        settings_for(nats.url, store.url, db, lease_seconds=LEASE, max_wait_seconds=0)
+    )
+
+
+async def until(check: Callable[[], bool], within: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+def owned(svc: ConversationService) -> set[int]:
+    return set(svc.partitions.owned)
+
+
+def split_evenly(a: ConversationService, b: ConversationService) -> bool:
+    return owned(a) | owned(b) == set(range(PARTITIONS)) and len(owned(a)) == len(owned(b))
+
+
+def sample(svc: ConversationService, name: str, labels: dict[str, str] | None = None) -> float:
+    return svc.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+@pytest.fixture
+async def replicas(
+    nats_server: NatsServer, store_server: StoreServer, db_name: str
+) -> AsyncIterator[list[ConversationService]]:
+    started: list[ConversationService] = []
+    yield started
+    for svc in started:
+        if svc.ownership is not None and svc.broker.connection.is_connected:
+            await svc.stop()
+
+
+async def send(nc: Client, cid: str, k: int) -> int:
+    """message:send as a gateway sends it: to the partition's subject, retried."""
+    data = {"conversationId": cid, "content": f"m{k}", "clientMessageId": f"{cid}-{k}"}
+    body = {"principal": ALICE, "data": data, "idempotencyKey": f"{cid}-{k}"}
+    reply = await request_bytes(
+        nc, SEND.subject_for(data), jsonutil.dumps(body), budget=10.0, attempt_timeout=0.75
+    )
+    stored = unwrap(SEND.subject, reply)
+    return int(stored["seq"])
+
+
+async def create(nc: Client, cid: str) -> None:
+    route = ROUTES[Event.CONVERSATION_CREATE]
+    data = {"conversationId": cid, "participants": ["u-bob"]}
+    body = {"principal": ALICE, "data": data, "idempotencyKey": f"create-{cid}"}
+    reply = await request_bytes(
+        nc, route.subject_for(data), jsonutil.dumps(body), budget=10.0, attempt_timeout=0.75
+    )
+    unwrap(route.subject, reply)
+
+
+async def stored_seqs(svc: ConversationService, cid: str) -> list[int]:
+    docs = await svc.store.messages.find({"conversationId": cid}, {"seq": 1}).to_list()
+    return sorted(int(d["seq"]) for d in docs)
+
+
+async def test_two_replicas_split_then_a_crash_hands_everything_over(
+    nats_server: NatsServer,
+    store_server: StoreServer,
+    db_name: str,
+    nc: Client,
+    replicas: list[ConversationService],
+) -> None:
+    a = replica(nats_server, store_server, db_name)
+    replicas.append(a)
+    await a.start()
+    await until(lambda: owned(a) == set(range(PARTITIONS)))  # alone: every partition
+    b = replica(nats_server, store_server, db_name)
+    replicas.append(b)
+    await b.start()
+    await until(lambda: split_evenly(a, b))  # the join: a hands half off, b takes it
+    assert owned(a).isdisjoint(owned(b))
+    assert sample(b, "parley_conversation_owned_partitions") == PARTITIONS // 2
+    assert sample(a, "parley_conversation_partition_moves_total", {"how": "released"}) >= 1
+
+    # Conversations on both sides, written by their owners only.
+    on_a: list[str] = []
+    on_b: list[str] = []
+    while len(on_a) < 4 or len(on_b) < 4:
+        cid = new_id("c")
+        side = on_a if partition_of(cid) in owned(a) else on_b
+        if len(side) < 4:
+            side.append(cid)
+    cids = on_a + on_b
+    for cid in cids:
+        await create(nc, cid)
+    acked: dict[str, list[int]] = {cid: [] for cid in cids}
+    stop = asyncio.Event()
+
+    async def writer(cid: str) -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            acked[cid].append(await send(nc, cid, k))
+
+    tasks = [asyncio.create_task(writer(cid)) for cid in cids]
+    try:
+        await until(lambda: all(len(v) >= 5 for v in acked.values()))
+        # a dies abruptly: its connection goes, its leases are not released (they expire).
+        assert a.ownership is not None
+        await a.ownership.abandon()
+        await a.broker.connection.close()
+        before = {cid: len(v) for cid, v in acked.items()}
+        await until(lambda: owned(b) == set(range(PARTITIONS)), within=LEASE * 4 + 5)
+        await until(lambda: all(len(acked[c]) >= before[c] + 5 for c in cids))
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert sample(b, "parley_conversation_partition_moves_total", {"how": "acquired"}) >= 64
+    for cid in cids:
+        seqs = await stored_seqs(b, cid)
+        assert seqs == list(range(1, len(seqs) + 1)), f"gap or duplicate in {cid}"
+        assert sorted(acked[cid]) == sorted(set(acked[cid]))  # each ack its own seq
+        assert set(acked[cid]) <= set(seqs)  # every acked message is stored
+        assert len(seqs) == 1 + len(acked[cid])  # conversation:created + one per send
+    # Each conversation had one writer at a time, except around the crash.
+    assert sample(b, "parley_conversation_seq_collisions_total") <= len(cids)
+
+
+async def test_a_forced_collision_is_counted_and_retried(
+    nats_server: NatsServer,
+    store_server: StoreServer,
+    db_name: str,
+    nc: Client,
+    replicas: list[ConversationService],
+) -> None:
+    svc = replica(nats_server, store_server, db_name)
+    replicas.append(svc)
+    await svc.start()
+    await until(lambda: owned(svc) == set(range(PARTITIONS)))
+    cid = new_id("c")
+    await create(nc, cid)
+    assert await send(nc, cid, 1) == 2  # the owner caches seq 3 as next
+    # Another writer (a second replica's store and sequencer, with its own cache) takes 3.
+    other = MongoStore(store_server.url, db_name)
+    await other.init()
+
+    async def nowhere(subject: str, payload: bytes) -> None:
+        return None
+
+    alice = Principal(id="u-alice", kind=PrincipalKind.USER)
+    cmd = MessageSend(conversation_id=cid, content="elsewhere")
+    try:
+        res = await Sequencer(other, nowhere).send(alice, domain.new_message(alice, cmd))
+    finally:
+        await other.close()
+    assert res.seq == 3
+    assert sample(svc, "parley_conversation_seq_collisions_total") == 0
+    assert await send(nc, cid, 2) == 4  # the owner's seq 3 collided: retried with 4
+    assert sample(svc, "parley_conversation_seq_collisions_total") == 1
+    assert await stored_seqs(svc, cid) == [1, 2, 3, 4]
+    exposed = generate_latest(svc.metrics.registry).decode()
+    assert "parley_conversation_seq_collisions_total 1.0" in exposed
+    assert f"parley_conversation_owned_partitions {float(PARTITIONS)}" in exposed
