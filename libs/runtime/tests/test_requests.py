@@ -234,3 +234,45 @@ async def test_a_refusal_waits_for_an_earlier_attempt_still_in_flight(
         await asyncio.gather(*tasks, return_exceptions=True)
         await slow.close()
         await refuser.close()
+
+
+async def test_no_owner_falls_back_to_any_replica_at_once(nc: Client) -> None:
+    """Conversation affinity: nobody serves the partition's subject (its owner died, or it
+    is moving) → the same bytes go to the fallback (every replica's) with no backoff."""
+    owned, anyone = f"rt.{new_id('p')}", f"rt.{new_id('any')}"
+    seen: list[tuple[str, bytes]] = []
+
+    async def answer(msg: Msg) -> None:
+        seen.append((msg.subject, msg.data))
+        await msg.respond(jsonutil.dumps(envelopes.ok(msg.subject)))
+
+    await nc.subscribe(anyone, queue="q", cb=answer)
+    await nc.flush()
+    outcomes: list[str] = []
+    data = await requests.request(
+        nc,
+        owned,
+        {"k": "v"},
+        budget=5,
+        attempt_timeout=0.3,
+        on_attempt=outcomes.append,
+        fallback=anyone,
+    )
+    assert data == anyone and outcomes == ["fallback"] and [s for s, _ in seen] == [anyone]
+    # With an owner, the owner answers (no fallback).
+    await nc.subscribe(owned, queue="q", cb=answer)
+    await nc.flush()
+    outcomes.clear()
+    assert await requests.request(nc, owned, {}, budget=5, fallback=anyone) == owned
+    assert outcomes == []
+    # Nobody at all: SERVICE_UNAVAILABLE once the budget is spent, as without a fallback.
+    with pytest.raises(ParleyError) as caught:
+        await requests.request(
+            nc,
+            f"rt.{new_id('p')}",
+            {},
+            budget=0.5,
+            attempt_timeout=0.1,
+            fallback=f"rt.{new_id('any')}",
+        )
+    assert caught.value.code is ErrorCode.SERVICE_UNAVAILABLE

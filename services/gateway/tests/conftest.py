@@ -283,11 +283,12 @@ class FakeConversationService:
         from parley_contract import envelopes, subjects
         from parley_contract.errors import ErrorCode, ParleyError
         from parley_contract.events import Event
-        from parley_contract.routes import REJOIN_SUBJECT, ROUTES
+        from parley_contract.routes import REJOIN_SUBJECT, route_of_subject
 
-        subj = msg.subject
-        # Validated as the real service does: the route's request, decoded once.
-        route = next((r for r in ROUTES.values() if r.subject == subj), None)
+        # Validated as the real service does: the route's request, decoded once. A write
+        # arrives on its conversation's partition subject (docs/affinity.md).
+        route = route_of_subject(msg.subject)
+        subj = route.subject if route is not None else msg.subject
         if route is not None:
             try:
                 route.decode(msg.data)

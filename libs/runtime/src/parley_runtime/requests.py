@@ -15,6 +15,11 @@ replica. A reply, even an error, is never retried. An :class:`AttemptTimer` as
 ``attempt_timeout`` sets the first attempt's wait from the reply times seen (a slow service is
 not sent everything twice). NATS failover (issue 19): while the client reconnects to another
 node a request waits for it (within the budget) instead of failing at once.
+
+Conversation affinity (docs/affinity.md): a write goes to its partition's subject, which
+only the partition's owner serves; with ``fallback`` (the command's plain subject, served by
+every replica) an attempt answered "no responders" there (the owner died, or the partition
+is moving) is sent at once to the fallback, so a request waits for no lease to expire.
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class _Attempt:
     """One publish of the request and the wait for its reply (until the deadline)."""
 
     def __init__(self, nc: Client, subject: str, payload: bytes, deadline: float) -> None:
+        self.subject = subject
         self.sent = False  # published: it may reach a service and be applied
         self.reached_nobody = False  # answered "no responders": it reached no service
         self.task = asyncio.create_task(self._run(nc, subject, payload, deadline))
@@ -149,9 +155,11 @@ async def request_bytes(
     budget: float,
     attempt_timeout: float | AttemptTimer | None = None,
     on_attempt: Callable[[str], None] | None = None,
+    fallback: str | None = None,
 ) -> bytes:
     """The reply's bytes; ParleyError when nobody answered. ``on_attempt("retried")`` /
-    ``("gave_up")`` counts failovers (metrics).
+    ``("gave_up")`` counts failovers (metrics); ``("fallback")`` an attempt sent again to
+    ``fallback`` at once because nobody served ``subject``.
 
     While the client reconnects (its NATS node died) it waits within the budget and sends
     then. With ``attempt_timeout`` an attempt not answered in time is sent again, and the
@@ -207,6 +215,12 @@ async def request_bytes(
                 try:
                     reply = task.result()
                 except nats.errors.NoRespondersError:  # nobody subscribed right now: soon again
+                    if fallback is not None and pending[task].subject != fallback:
+                        # No owner of the partition right now: any replica, at once.
+                        if on_attempt is not None:
+                            on_attempt("fallback")
+                        attempts.append(_Attempt(nc, fallback, payload, deadline))
+                        continue
                     next_at = min(next_at, loop.time() + backoff)
                     backoff = min(backoff * 2, RETRY_MAX_BACKOFF)
                     continue
@@ -281,6 +295,7 @@ async def request(
     budget: float,
     attempt_timeout: float | AttemptTimer | None = None,
     on_attempt: Callable[[str], None] | None = None,
+    fallback: str | None = None,
 ) -> Any:
     """Send ``body`` (JSON) to a Parley service: the reply's ``data``, or ParleyError."""
     reply = await request_bytes(
@@ -290,5 +305,6 @@ async def request(
         budget=budget,
         attempt_timeout=attempt_timeout,
         on_attempt=on_attempt,
+        fallback=fallback,
     )
     return unwrap(subject, reply)

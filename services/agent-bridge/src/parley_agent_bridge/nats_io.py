@@ -23,6 +23,10 @@ from parley_runtime import requests
 
 logger = logging.getLogger(__name__)
 
+# First attempt's timeout of a write (then twice as long each time, within the budget): the
+# gateways' default (PARLEY_GATEWAY_ATTEMPT_TIMEOUT_SECONDS).
+ATTEMPT_TIMEOUT_SECONDS = 0.75
+
 
 def agent_principal(agent: AgentConfig) -> Principal:
     return Principal(id=agent.id, kind=PrincipalKind.AGENT, name=agent.name)
@@ -106,9 +110,13 @@ class NatsTurnIO:
         try:
             stored = await requests.request(
                 self.nc,
-                ROUTES[Event.MESSAGE_SEND].subject,
+                ROUTES[Event.MESSAGE_SEND].subject_for(data),  # the owner (docs/affinity.md)
                 req.model_dump(mode="json", by_alias=True, exclude_none=True),
                 budget=self.timeout,
+                # As the gateways: "no responders" (the partition is moving to another
+                # replica) or no answer is sent again; the clientMessageId makes it once.
+                attempt_timeout=ATTEMPT_TIMEOUT_SECONDS,
+                fallback=ROUTES[Event.MESSAGE_SEND].subject,  # no owner right now: any
             )
         except ParleyError as exc:  # refused, or no answer (timeout, no responders...)
             raise WriteError(f"message not stored: {exc.code.value}: {exc.message}") from exc
@@ -132,9 +140,16 @@ class NatsTurnIO:
 
 
 async def query(
-    nc: NatsClient, subject: str, principal: Principal, data: dict[str, Any], seconds: float
+    nc: NatsClient,
+    subject: str,
+    principal: Principal,
+    data: dict[str, Any],
+    seconds: float,
+    *,
+    fallback: str | None = None,
 ) -> Any:
-    """A query to the conversation service; its ``data`` or ParleyError."""
+    """A query to the conversation service; its ``data`` or ParleyError. ``fallback``: where
+    a partition's write goes when its partition has no owner (docs/affinity.md)."""
     req = CommandRequest(principal=principal, data=data)
     body = req.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return await requests.request(nc, subject, body, budget=seconds)
+    return await requests.request(nc, subject, body, budget=seconds, fallback=fallback)

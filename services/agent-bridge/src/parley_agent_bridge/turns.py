@@ -246,10 +246,14 @@ class Turns(Presence):
         subject = {
             "get": subjects.QUERY_CONVERSATION_GET,
             "messages": subjects.QUERY_MESSAGES_LIST,
-            "update": ROUTES[Event.CONVERSATION_UPDATE].subject,
         }
+        update = ROUTES[Event.CONVERSATION_UPDATE]
 
         async def ask(what: str, data: dict[str, Any]) -> Any:
+            # The update (a write) goes to the conversation's owner (docs/affinity.md).
+            if what == "update":
+                to = update.subject_for(data)
+                return await query(nc, to, principal, data, timeout, fallback=update.subject)
             return await query(nc, subject[what], principal, data, timeout)
 
         try:

@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 
 from parley_contract import subjects
 from parley_contract.events import Event
+from parley_contract.partitions import partition_of
 from parley_contract.routes import route_of_subject
 
 logger = logging.getLogger(__name__)
@@ -36,9 +37,13 @@ class PartitionSubscriptions:
         serve: Serve,
         works: dict[Event, Callable[[bytes], Awaitable[Any]]],
         *,
+        forget: Callable[[Callable[[str], bool]], None],
+        on_owned: Callable[[int], None],
         drain_seconds: float,
     ) -> None:
         self._nc = nc  # the broker's connection, once connected
+        self._forget = forget  # drops cached next seqs (ConversationLog.forget_seqs_where)
+        self._on_owned = on_owned  # how many partitions are owned now (a gauge)
         self._serve = serve
         self._works = works
         self._drain_seconds = drain_seconds
@@ -48,6 +53,18 @@ class PartitionSubscriptions:
     @property
     def owned(self) -> list[int]:
         return sorted(self._subs)
+
+    async def acquire(self, partition: int) -> None:
+        """This replica took the partition: another replica wrote its conversations until
+        now, so their next seqs come from the log again, not from this replica's cache."""
+        self._forget(lambda cid: partition_of(cid) == partition)
+        await self.subscribe(partition)
+        self._on_owned(len(self._subs))
+
+    async def release(self, partition: int, graceful: bool) -> None:
+        await self.unsubscribe(partition, graceful)
+        self._forget(lambda cid: partition_of(cid) == partition)
+        self._on_owned(len(self._subs))
 
     async def subscribe(self, partition: int) -> None:
         if partition in self._subs:

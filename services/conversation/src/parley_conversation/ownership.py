@@ -112,13 +112,19 @@ class Ownership:
         self._refreshed: dict[int, float] = {}  # partition → monotonic time of last write
         self._loop: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one tick at a time (the loop, start, stop)
+        self._stopping = False
 
     async def open(self, want: jetstream.Replicas) -> None:
         self._kv = await jetstream.declare_kv(
             self._nc.jetstream(), subjects.KV_PARTITIONS, want, ttl=self.ttl
         )
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """The first tick now (this replica's share of the free partitions), then the loop."""
+        try:
+            await self.tick()
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            logger.warning("first partition tick failed (the loop tries again): %r", exc)
         self._loop = asyncio.create_task(
             tasks.every(
                 self.interval,
@@ -130,15 +136,24 @@ class Ownership:
             name="partition-leases",
         )
 
+    async def _end_loop(self) -> None:
+        """End the loop. Cancelled again if it goes on: a cancellation that lands in a NATS
+        call can be swallowed there (seen with a slow link), and the loop would sleep on."""
+        self._stopping = True
+        loop, self._loop = self._loop, None
+        while loop is not None and not loop.done():
+            loop.cancel()
+            await asyncio.wait({loop}, timeout=1.0)
+
     async def stop(self) -> None:
         """Give every lease up (after the caller drained its work): the others take over
         at their next tick instead of waiting for the TTL."""
-        if self._loop is not None:
-            await tasks.cancel_all([self._loop])
-            self._loop = None
+        await self._end_loop()
         async with self._lock:
-            for p in sorted(self.owned):
-                await self._give_up(p, graceful=True)
+            given = sorted(self.owned)
+            await asyncio.gather(*(self._give_up(p, graceful=True) for p in given))
+            if given:
+                logger.info("stopping: %d partitions handed off", len(given))
             if self._kv is not None:
                 try:
                     await self._kv.delete(member_key(self.member))
@@ -147,16 +162,15 @@ class Ownership:
 
     async def abandon(self) -> None:
         """Stop the loop and forget the leases without releasing them (a test's crash)."""
-        if self._loop is not None:
-            await tasks.cancel_all([self._loop])
-            self._loop = None
+        await self._end_loop()
         self.owned.clear()
 
     # ------------------------------------------------------------ one tick
 
     async def tick(self) -> None:
         async with self._lock:
-            await self._tick()
+            if not self._stopping:
+                await self._tick()
 
     async def _tick(self) -> None:
         assert self._kv is not None, "open() first"
@@ -185,6 +199,14 @@ class Ownership:
         await asyncio.gather(*(self._give_up(p, graceful=True) for p in hand_off))
         free = [p for p, m in wanted.items() if m == self.member and p not in leases]
         await asyncio.gather(*(self._take(p) for p in free if p not in self.owned))
+        if hand_off or free:
+            logger.info(
+                "%d members: handed off %s, took %s, own %d partitions",
+                len(members),
+                _ranges(hand_off),
+                _ranges([p for p in free if p in self.owned]),
+                len(self.owned),
+            )
 
     async def _snapshot(self) -> tuple[set[str], dict[int, tuple[str, int]]]:
         """The live members and every lease ((holder, revision)), in one read of the bucket."""
@@ -240,7 +262,7 @@ class Ownership:
             await self._give_up(p, graceful=False)
             raise
         self._changed("acquired")
-        logger.info("partition %d taken", p)
+        logger.debug("partition %d taken", p)
 
     async def _give_up(self, p: int, *, graceful: bool) -> None:
         rev = self.owned.pop(p, None)
@@ -253,7 +275,7 @@ class Ownership:
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             logger.info("partition %d: lease not deleted (it expires): %r", p, exc)
         self._changed("released")
-        logger.info("partition %d handed off", p)
+        logger.debug("partition %d handed off", p)
 
     async def _lose(self, p: int) -> None:
         self.owned.pop(p, None)
@@ -264,3 +286,14 @@ class Ownership:
     def _changed(self, how: str) -> None:
         if self._on_change is not None:
             self._on_change(how)
+
+
+def _ranges(partitions: Sequence[int]) -> str:
+    """[0, 1, 2, 5] → "0-2,5" (for the logs)."""
+    out: list[str] = []
+    for p in sorted(partitions):
+        if out and out[-1].split("-")[-1] == str(p - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{p}"
+        else:
+            out.append(str(p))
+    return ",".join(out) or "none"

@@ -27,7 +27,6 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal
 from parley_contract.models import Conversation, Message
-from parley_contract.partitions import partition_of
 from parley_contract.routes import Route, Service, routes_of
 from parley_conversation import agent_turns, queries
 from parley_conversation.affinity import PartitionSubscriptions
@@ -117,6 +116,8 @@ class ConversationService:
             lambda: self.broker.connection,
             self.serve,
             {r.event: self._command(r) for r in ROUTES if r.partitioned},
+            forget=self.store.forget_seqs_where,
+            on_owned=self.metrics.owned_partitions.set,
             drain_seconds=settings.drain_seconds,
         )
         self.ownership: Ownership | None = None
@@ -233,35 +234,19 @@ class ConversationService:
         logger.info("conversation service %s ready", self.settings.instance_id)
 
     async def _own_partitions(self, want: jetstream.Replicas) -> None:
-        """Join the partition leases: take this replica's share of the free ones now, the
-        rest as the others hand them off (ownership.py)."""
+        """Join the partition leases (docs/affinity.md): this replica's share of the free
+        partitions now, the rest as the others hand them off."""
         own = Ownership(
             self.broker.connection,
             self.settings.instance_id,
             ttl=self.settings.lease_seconds,
-            on_acquire=self._acquire,
-            on_release=self._release,
+            on_acquire=self.partitions.acquire,
+            on_release=self.partitions.release,
             on_change=lambda how: self.metrics.partition_moves.labels(how).inc(),
         )
         await retry("opening the partition leases", lambda: own.open(want))
         self.ownership = own
-        try:
-            await own.tick()
-        except (NatsError, TimeoutError) as exc:  # the loop tries again
-            logger.warning("first partition tick failed: %r", exc)
-        own.start()
-
-    async def _acquire(self, partition: int) -> None:
-        # Another replica wrote these conversations until now: their next seqs come from
-        # the log again, not from what this replica cached before.
-        self.store.forget_seqs_where(lambda cid: partition_of(cid) == partition)
-        await self.partitions.subscribe(partition)
-        self.metrics.owned_partitions.set(len(self.partitions.owned))
-
-    async def _release(self, partition: int, graceful: bool) -> None:
-        await self.partitions.unsubscribe(partition, graceful)
-        self.store.forget_seqs_where(lambda cid: partition_of(cid) == partition)
-        self.metrics.owned_partitions.set(len(self.partitions.owned))
+        await own.start()
 
     async def _open_store(self) -> None:
         await self.store.init()

@@ -112,11 +112,14 @@ class Bus:
 
     # ------------------------------------------------------------------ requests
 
-    async def request(self, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def request(
+        self, subject: str, body: dict[str, Any], *, fallback: str | None = None
+    ) -> dict[str, Any]:
         """A NATS request to a Parley service; the reply envelope (ok/fail), relayed as is.
 
         With failover (parley_runtime.requests): a request nobody answered is sent again,
-        the same bytes, within ``request_timeout_seconds``; a reply is never retried.
+        the same bytes, within ``request_timeout_seconds``; a reply is never retried. A
+        partition's write that finds no owner goes to ``fallback`` (docs/affinity.md).
         """
         try:
             reply = await requests.request_bytes(
@@ -126,6 +129,7 @@ class Bus:
                 budget=self.settings.request_timeout_seconds,
                 attempt_timeout=self.attempt_timer,
                 on_attempt=self._count_attempt,
+                fallback=fallback,
             )
             return requests.parse_envelope(subject, reply)
         except ParleyError as exc:

@@ -207,7 +207,9 @@ class Commands:
             # else one made here.
             cmid = data.get("clientMessageId") if route.event is Event.MESSAGE_SEND else None
             body["idempotencyKey"] = cmid if isinstance(cmid, str) and cmid else new_id("idem")
-        return await self.hub.request(route.subject, body)
+        # A write of one conversation goes to its partition's subject: straight to the
+        # replica that owns it (docs/affinity.md); with no owner (dead, or moving), to any.
+        return await self.hub.request(route.subject_for(data), body, fallback=route.subject)
 
     async def _join(self, conn: Conn, cmd: ConversationJoin) -> dict[str, Any] | None:
         return await self.join(conn, cmd.conversation_id, cmd.since_seq)

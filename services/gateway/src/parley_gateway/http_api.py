@@ -168,11 +168,13 @@ def create_app(hub: Hub) -> FastAPI:
     async def principal_of(authorization: HTTPAuthorizationCredentials | None) -> Principal:
         return await bearer_principal(authorization, jwt_cfg)
 
-    async def query(subject: str, principal: Principal, data: dict[str, Any]) -> Response:
+    async def query(
+        subject: str, principal: Principal, data: dict[str, Any], fallback: str | None = None
+    ) -> Response:
         # An empty query parameter (``?status=``) means "not given".
         given = {k: v for k, v in data.items() if v is not None and v != ""}
         body = hub.command_body(principal, given)
-        return _envelope_response(await hub.request(subject, body))
+        return _envelope_response(await hub.request(subject, body, fallback=fallback))
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:
@@ -256,7 +258,8 @@ def create_app(hub: Hub) -> FastAPI:
         if not route.may_send(principal.kind):
             raise ParleyError(ErrorCode.FORBIDDEN, f"a {principal.kind.value} may not delete")
         data = {"conversationId": conversation_id}
-        return await query(route.subject, principal, data)
+        # To the conversation's owner (docs/affinity.md); with none right now, to any replica.
+        return await query(route.subject_for(data), principal, data, fallback=route.subject)
 
     @app.get(
         "/v1/conversations/{conversation_id}/messages",

@@ -65,7 +65,8 @@ class Metrics:
         )
         self.request_retries = Counter(
             "parley_gateway_request_retries_total",
-            "Service requests sent again after no answer (retried), or given up after retries",
+            "Service requests sent again after no answer (retried), given up after retries, or "
+            "sent to any replica because their conversation's partition had no owner (fallback)",
             ["outcome"],
             registry=r,
         )
