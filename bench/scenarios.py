@@ -426,6 +426,7 @@ def persisted(
                     if pid:
                         out = profile_dir / f"{label}-{rate:.0f}-{name}.txt"
                         spies.append((name, PySpy(pid, out, duration)))
+            collisions_before = system.seq_collisions()
             step = _load_step(
                 system,
                 pool,
@@ -437,6 +438,10 @@ def persisted(
                 drain=drain,
                 members=members,
             )
+            collisions_after = system.seq_collisions()
+            if collisions_before is not None and collisions_after is not None:
+                # Inserts refused for a seq another replica took (conversation affinity).
+                step["seqCollisions"] = collisions_after - collisions_before
             if spies:
                 step["profiles"] = {}
                 for name, spy in spies:

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import resource
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,23 @@ class System:
     def rss_kb(self, gateway_index: int) -> int | None:
         pid = self.gateways[gateway_index].pid
         return rss_kb(pid) if pid else None
+
+    def seq_collisions(self) -> float | None:
+        """``parley_conversation_seq_collisions_total`` summed over the running conversation
+        replicas (docs/affinity.md); None when they are not ours or not answering."""
+        if self.stack is None:
+            return None
+        total = 0.0
+        for svc in self.stack.conversation[: len(self.conversation_pids)]:
+            try:
+                with urllib.request.urlopen(f"{svc.base_url}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+            except OSError:
+                return None
+            for line in text.splitlines():
+                if line.startswith("parley_conversation_seq_collisions_total "):
+                    total += float(line.split()[1])
+        return total
 
     def stop_conversation_replica(self, index: int) -> None:
         if self.stack is None:
