@@ -1,7 +1,9 @@
 """The conversation service alone: ``message:send`` requests straight over NATS (no gateway,
 no WebSocket) at 1, 10 and 50 in flight, against a Stack with the embedded store:
-``python -m bench.experiments.conversation_direct [seconds] [in-flight,...]``. Separates the
-service + store ceiling from the gateway in the ``persisted`` scenario, and gives the CPU
+``python -m bench.experiments.conversation_direct [seconds] [in-flight,...] [--plain]``, each to
+its conversation's partition subject as the gateways send (``--plain``: the plain subject, any
+replica, through FastStream). Separates the service + store ceiling from the gateway in the
+``persisted`` scenario, and gives the CPU
 milliseconds per acked message of the store and of the conversation service (from /proc),
 and the service's mean group-commit batch (its ``parley_conversation_batch_size``).
 """
@@ -22,10 +24,12 @@ import nats
 from bench.system import cpu_seconds
 from parley_contract import subjects
 from parley_contract.events import Event
+from parley_contract.routes import ROUTES
 from parley_devstack.servers import free_port
 from parley_devstack.stack import Stack, StackConfig
 
 CONVERSATIONS = 50
+SEND = ROUTES[Event.MESSAGE_SEND]
 
 
 def _batches(metrics_url: str | None) -> tuple[float, float]:
@@ -53,6 +57,8 @@ async def measure(
     levels: list[int],
     pids: dict[str, int],
     metrics_url: str | None = None,
+    *,
+    plain: bool = False,
 ) -> list[dict[str, Any]]:
     nc = await nats.connect(nats_url)
     convs = [f"direct-c{i}" for i in range(CONVERSATIONS)]
@@ -69,9 +75,12 @@ async def measure(
 
         async def one(conv: str, k: int, lat: list[float] = lat) -> bool:
             t = time.perf_counter()
+            data = {"conversationId": conv, "content": f"m{k}"}
             reply = await nc.request(
-                subjects.command(Event.MESSAGE_SEND),
-                _body("direct-u", {"conversationId": conv, "content": f"m{k}"}),
+                # The conversation's partition subject, as a gateway sends it (affinity),
+                # or the plain one (any replica, through FastStream).
+                subjects.command(Event.MESSAGE_SEND) if plain else SEND.subject_for(data),
+                _body("direct-u", data),
                 timeout=30,
             )
             lat.append((time.perf_counter() - t) * 1000)
@@ -113,6 +122,7 @@ async def measure(
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
     levels = [int(x) for x in sys.argv[2].split(",")] if len(sys.argv) > 2 else [1, 10, 50]
+    plain = "--plain" in sys.argv[3:]
     with tempfile.TemporaryDirectory() as tmp:
         cfg = StackConfig(
             workdir=Path(tmp),
@@ -127,7 +137,7 @@ def main() -> None:
                 procs["store"] = stack.store.process.proc
             pids = {name: p.pid for name, p in procs.items() if p is not None}
             metrics = f"{stack.conversation[0].base_url}/metrics"
-            out = asyncio.run(measure(stack.nats_url, seconds, levels, pids, metrics))
+            out = asyncio.run(measure(stack.nats_url, seconds, levels, pids, metrics, plain=plain))
     sys.stdout.write(json.dumps(out, indent=1) + "\n")
 
 
