@@ -10,8 +10,10 @@ import time
 from typing import Any, Literal
 
 import jwt
+import jwt.utils
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from jwt.algorithms import HMACAlgorithm
 from pydantic import BaseModel, ConfigDict
 
 from parley_contract.claims import KindRule, map_principal
@@ -87,6 +89,38 @@ def _public_key(pem: str | None) -> Any:
         return pem  # PyJWT reports it for each token, as before
 
 
+class _CheckedHMAC(HMACAlgorithm):
+    """PyJWT's HS256 for one secret whose key checks already ran (``_hmac_key``)."""
+
+    def __init__(self, checked: bytes) -> None:
+        super().__init__(HMACAlgorithm.SHA256)
+        self.checked = checked
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        if key == self.checked:  # our own secret, never token input
+            return self.checked
+        return super().prepare_key(key)
+
+
+@functools.lru_cache(maxsize=4)
+def _hmac_key(secret: str | None) -> Any:
+    """The HS256 secret as a key whose checks ran once: PyJWT checks a secret for every
+    token (it must not load as DER, as an x509 certificate or as JSON: three parse
+    attempts that raise), ~40 % of an HS256 verification. Anything PyJWT refuses stays the
+    plain secret, refused for each token as before."""
+    if not secret:
+        return secret
+    try:
+        key = jwt.PyJWK(
+            {"kty": "oct", "k": jwt.utils.base64url_encode(secret.encode()).decode()},
+            algorithm="HS256",
+        )
+        key.Algorithm = _CheckedHMAC(key.Algorithm.prepare_key(key.key))
+    except jwt.PyJWTError:
+        return secret
+    return key
+
+
 def verify_token(token: str, cfg: JwtConfig) -> tuple[Principal, float]:
     """The principal and expiry (epoch seconds) of a valid token.
 
@@ -108,7 +142,7 @@ def verify_token(token: str, cfg: JwtConfig) -> tuple[Principal, float]:
         )
         key, algorithms = keys.signing_key(kid), list(JWKS_ALGORITHMS)
     else:
-        key = cfg.secret if cfg.algorithm == "HS256" else _public_key(cfg.public_key)
+        key = _hmac_key(cfg.secret) if cfg.algorithm == "HS256" else _public_key(cfg.public_key)
         algorithms = [cfg.algorithm]
     if not key:
         raise ParleyError(ErrorCode.UNAUTHORIZED, "server has no verification key")
