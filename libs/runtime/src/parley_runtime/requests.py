@@ -229,7 +229,11 @@ async def request_bytes(
                 if _unavailable_reply(reply) and any(
                     a.sent and not a.task.done() for a in attempts
                 ):
+                    # Kept; the earlier attempt may still answer (its replica alive) or never
+                    # (it died): another replica is asked again soon, as the caller would.
                     held = reply
+                    next_at = min(next_at, loop.time() + backoff)
+                    backoff = min(backoff * 2, RETRY_MAX_BACKOFF)
                     continue
                 if timer is not None and task is attempts[0].task:  # Karn: first sends only
                     timer.observe(subject, loop.time() - started)
