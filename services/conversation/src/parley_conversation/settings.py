@@ -72,10 +72,12 @@ class Settings(MongoSettings, ServiceSettings):
     )
     # Conversation affinity (docs/affinity.md): a partition lease (and a replica's
     # heartbeat) expires this many seconds after its last refresh (every quarter of it): a
-    # killed replica's conversations are written by the others after at most ~1.25 times
-    # this. The same on every replica (it is the partitions bucket's max age).
+    # killed replica's partitions get a new owner after at most ~1.25 times this (meanwhile
+    # any replica takes their writes: the gateways' fallback). Long enough that a replica
+    # busy for seconds keeps its leases (3 s lost them under load: the bench). The same on
+    # every replica (it is the partitions bucket's max age).
     lease_seconds: float = Field(
-        default=3.0, ge=0.4, le=60, validation_alias=_env("PARLEY_CONVERSATION_LEASE_SECONDS")
+        default=10.0, ge=0.4, le=60, validation_alias=_env("PARLEY_CONVERSATION_LEASE_SECONDS")
     )
     # Seconds a SIGTERM waits for in-flight batches before giving up.
     drain_seconds: float = Field(
