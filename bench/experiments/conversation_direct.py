@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 
 from bench.system import cpu_seconds
 from parley_contract import subjects
@@ -76,13 +77,17 @@ async def measure(
         async def one(conv: str, k: int, lat: list[float] = lat) -> bool:
             t = time.perf_counter()
             data = {"conversationId": conv, "content": f"m{k}"}
-            reply = await nc.request(
+            body = _body("direct-u", data)
+            plain_subject = subjects.command(Event.MESSAGE_SEND)
+            try:
                 # The conversation's partition subject, as a gateway sends it (affinity),
                 # or the plain one (any replica, through FastStream).
-                subjects.command(Event.MESSAGE_SEND) if plain else SEND.subject_for(data),
-                _body("direct-u", data),
-                timeout=30,
-            )
+                subject = plain_subject if plain else SEND.subject_for(data)
+                reply = await nc.request(subject, body, timeout=30)
+            except nats.errors.NoRespondersError:
+                # Nobody owns the partition yet (just started): the plain subject, as the
+                # gateways fall back.
+                reply = await nc.request(plain_subject, body, timeout=30)
             lat.append((time.perf_counter() - t) * 1000)
             return bool(json.loads(reply.data).get("success"))
 
