@@ -19,7 +19,7 @@ from parley_contract.commands import MessageSend
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.ids import new_id
 from parley_contract.internal import Principal
-from parley_contract.partitions import PARTITIONS, partition_of
+from parley_contract.partitions import PARTITIONS, lease_key, partition_of
 from parley_contract.routes import ROUTES
 from parley_conversation import domain
 from parley_conversation.ownership import plan
@@ -223,3 +223,32 @@ async def test_a_forced_collision_is_counted_and_retried(
     exposed = generate_latest(svc.metrics.registry).decode()
     assert "parley_conversation_seq_collisions_total 1.0" in exposed
     assert f"parley_conversation_owned_partitions {float(PARTITIONS)}" in exposed
+
+
+async def test_a_short_snapshot_of_the_leases_does_not_drop_them(
+    nats_server: NatsServer,
+    store_server: StoreServer,
+    db_name: str,
+    nc: Client,
+    replicas: list[ConversationService],
+) -> None:
+    """A watch of the bucket read short (as during a JetStream leader election) shows no
+    lease at all: the replica keeps what its compare-and-set refresh proves it still holds,
+    and drops only a lease that moved to someone else."""
+    a = replica(nats_server, store_server, db_name)
+    replicas.append(a)
+    await a.start()
+    await until(lambda: owned(a) == set(range(PARTITIONS)))
+    ownership = a.ownership
+    assert ownership is not None
+    moved = 7
+    kv = await nc.jetstream().key_value(subjects.KV_PARTITIONS)
+    await kv.put(lease_key(moved), b"another-replica")  # taken over behind a's back
+
+    async def short_snapshot() -> tuple[set[str], dict[int, tuple[str, int]]]:
+        return {ownership.member}, {}
+
+    ownership._snapshot = short_snapshot  # type: ignore[method-assign]
+    await ownership.tick()
+    assert owned(a) == set(range(PARTITIONS)) - {moved}
+    assert sample(a, "parley_conversation_partition_moves_total", {"how": "lost"}) == 1
