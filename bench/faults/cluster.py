@@ -48,6 +48,7 @@ ASSETS = [
     f"KV_{subjects.KV_AGENTS}",
     f"KV_{subjects.KV_TURNS}",
     f"KV_{subjects.KV_SEQUENCES}",
+    f"KV_{subjects.KV_PARTITIONS}",  # conversation affinity's leases (docs/affinity.md)
     subjects.STREAM_AGENT_TURNS,
 ]
 ROLE = {"gateway": "gateway", "conversation": "conversation", "agent-bridge": "agent-bridge"}
