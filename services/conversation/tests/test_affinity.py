@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
@@ -19,10 +21,10 @@ from parley_contract.commands import MessageSend
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.ids import new_id
 from parley_contract.internal import Principal
-from parley_contract.partitions import PARTITIONS, lease_key, partition_of
+from parley_contract.partitions import PARTITIONS, lease_key, member_key, partition_of
 from parley_contract.routes import ROUTES
 from parley_conversation import domain
-from parley_conversation.ownership import plan
+from parley_conversation.ownership import Ownership, plan
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.service import ConversationService
 from parley_conversation.store import MongoStore
@@ -252,3 +254,38 @@ async def test_a_short_snapshot_of_the_leases_does_not_drop_them(
     await ownership.tick()
     assert owned(a) == set(range(PARTITIONS)) - {moved}
     assert sample(a, "parley_conversation_partition_moves_total", {"how": "lost"}) == 1
+
+
+async def test_the_snapshot_reads_past_an_early_end_of_values_marker() -> None:
+    """nats-py's watcher can put its "initial values done" marker (None) ahead of the
+    values under load; the snapshot reads on to the value with delta 0 instead of taking
+    an empty bucket (which made every lease look "held by nobody")."""
+    entry = SimpleNamespace
+    queued: list[Any] = [
+        None,  # the marker, too early
+        entry(key=member_key("a"), value=b"1", revision=1, delta=3, operation=None),
+        entry(key=lease_key(4), value=b"a", revision=2, delta=2, operation=None),
+        entry(key=lease_key(5), value=b"", revision=3, delta=1, operation="DEL"),
+        entry(key=member_key("b"), value=b"1", revision=4, delta=0, operation=None),
+    ]
+
+    class Watcher:
+        async def updates(self, **_: float) -> Any:
+            return queued.pop(0)
+
+        async def stop(self) -> None:
+            pass
+
+    class Kv:
+        async def watchall(self) -> Watcher:
+            return Watcher()
+
+    async def nothing(*_: object) -> None:
+        pass
+
+    ownership = Ownership(None, "a", ttl=4.0, on_acquire=nothing, on_release=nothing)
+    ownership._kv = Kv()
+    members, leases = await ownership._snapshot()
+    assert members == {"a", "b"}
+    assert leases == {4: ("a", 2)}
+    assert queued == []
