@@ -50,7 +50,6 @@ class TotalsWriter:
         self._round = asyncio.Event()  # set (and replaced) after each write
         self._interval = interval  # least pause between two totals writes
         self._flush = asyncio.Event()  # cuts that pause short (a read, a drain)
-        self._next_at = 0.0  # time.monotonic() before which no write starts (the pause)
         self._closing = False
 
     @property
@@ -82,10 +81,10 @@ class TotalsWriter:
         meanwhile merge into one ``$inc``/``$max`` per conversation and go out next. So the
         store does one totals update per conversation per write (not per batch) when it is
         the bottleneck, and none of it holds up the next batch's inserts or the replies.
-        After a write, the next one waits ``totals_interval`` seconds, or longer after a
-        slow write (``TOTALS_PAUSE_PER_WRITE``), cut short by ``settle`` or a drain, so more
-        batches merge: each conversation's totals are updated at most once per pause (a
-        write when idle starts at once). The totals are exact once the writer is
+        When totals are still pending after a write, the writer pauses ``totals_interval``
+        seconds, or longer after a slow write (``TOTALS_PAUSE_PER_WRITE``), cut short by
+        ``settle`` or a drain, so more batches merge: when busy, each conversation's
+        totals are updated at most once per pause. The totals are exact once the writer is
         idle (``settle``).
         """
         for cid, t in totals.items():
@@ -98,13 +97,6 @@ class TotalsWriter:
     async def _write(self) -> None:
         try:
             while self._pending:
-                # Busy: one write per pause at most, from the end of the last one (also when
-                # the writer went idle in between: one batch per write was every group commit
-                # under load, 100 updates of ~1 ms of the embedded store's CPU each).
-                wait = self._next_at - time.monotonic()
-                if wait > 0 and not self._closing:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._flush.wait(), wait)
                 self._flush.clear()
                 batch, self._pending = self._pending, {}
                 upto = self._added
@@ -114,14 +106,14 @@ class TotalsWriter:
                 self._written = upto
                 self._round.set()
                 self._round = asyncio.Event()
-                if self._interval > 0:
-                    # The next write waits (cut short by settle or a drain) so that more
-                    # batches merge into it: each conversation's totals are updated at most
-                    # once per pause.
+                if self._pending and self._interval > 0 and not self._closing:
+                    # Busy: let more batches merge (one update per conversation per pause).
                     pause = min(
-                        TOTALS_MAX_PAUSE, max(self._interval, TOTALS_PAUSE_PER_WRITE * took)
+                        TOTALS_MAX_PAUSE,
+                        max(self._interval, TOTALS_PAUSE_PER_WRITE * took),
                     )
-                    self._next_at = time.monotonic() + pause
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._flush.wait(), pause)
         finally:
             self._writer = None
             self._round.set()
