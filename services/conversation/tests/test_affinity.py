@@ -8,7 +8,7 @@ on with no seq gap or duplicate, and a forced collision is counted.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -90,12 +90,23 @@ def sample(svc: ConversationService, name: str, labels: dict[str, str] | None = 
     return svc.metrics.registry.get_sample_value(name, labels or {}) or 0.0
 
 
+StartReplica = Callable[[], Awaitable[ConversationService]]
+
+
 @pytest.fixture
-async def replicas(
+async def start_replica(
     nats_server: NatsServer, store_server: StoreServer, db_name: str
-) -> AsyncIterator[list[ConversationService]]:
+) -> AsyncIterator[StartReplica]:
+    """Start one more replica on the test's servers (each stopped at the end)."""
     started: list[ConversationService] = []
-    yield started
+
+    async def start() -> ConversationService:
+        svc = replica(nats_server, store_server, db_name)
+        started.append(svc)
+        await svc.start()
+        return svc
+
+    yield start
     for svc in started:
         if svc.ownership is not None and svc.broker.connection.is_connected:
             await svc.stop()
@@ -128,19 +139,12 @@ async def stored_seqs(svc: ConversationService, cid: str) -> list[int]:
 
 
 async def test_two_replicas_split_then_a_crash_hands_everything_over(
-    nats_server: NatsServer,
-    store_server: StoreServer,
-    db_name: str,
     nc: Client,
-    replicas: list[ConversationService],
+    start_replica: StartReplica,
 ) -> None:
-    a = replica(nats_server, store_server, db_name)
-    replicas.append(a)
-    await a.start()
+    a = await start_replica()
     await until(lambda: owned(a) == set(range(PARTITIONS)))  # alone: every partition
-    b = replica(nats_server, store_server, db_name)
-    replicas.append(b)
-    await b.start()
+    b = await start_replica()
     await until(lambda: split_evenly(a, b))  # the join: a hands half off, b takes it
     assert owned(a).isdisjoint(owned(b))
     assert sample(b, "parley_conversation_owned_partitions") == PARTITIONS // 2
@@ -191,15 +195,12 @@ async def test_two_replicas_split_then_a_crash_hands_everything_over(
 
 
 async def test_a_forced_collision_is_counted_and_retried(
-    nats_server: NatsServer,
     store_server: StoreServer,
     db_name: str,
     nc: Client,
-    replicas: list[ConversationService],
+    start_replica: StartReplica,
 ) -> None:
-    svc = replica(nats_server, store_server, db_name)
-    replicas.append(svc)
-    await svc.start()
+    svc = await start_replica()
     await until(lambda: owned(svc) == set(range(PARTITIONS)))
     cid = new_id("c")
     await create(nc, cid)
@@ -228,18 +229,13 @@ async def test_a_forced_collision_is_counted_and_retried(
 
 
 async def test_a_short_snapshot_of_the_leases_does_not_drop_them(
-    nats_server: NatsServer,
-    store_server: StoreServer,
-    db_name: str,
     nc: Client,
-    replicas: list[ConversationService],
+    start_replica: StartReplica,
 ) -> None:
     """A watch of the bucket read short (as during a JetStream leader election) shows no
     lease at all: the replica keeps what its compare-and-set refresh proves it still holds,
     and drops only a lease that moved to someone else."""
-    a = replica(nats_server, store_server, db_name)
-    replicas.append(a)
-    await a.start()
+    a = await start_replica()
     await until(lambda: owned(a) == set(range(PARTITIONS)))
     ownership = a.ownership
     assert ownership is not None
