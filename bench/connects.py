@@ -103,10 +103,11 @@ def storm(
     threads: int,
     log_dir: Path,
     profile_dir: Path | None = None,
-    profile_seconds: float = 6.0,
+    profile_seconds: float = 10.0,
 ) -> dict[str, Any]:
     """Kill gateway-1 holding ``n`` joined clients; they resume on gateway-2 and -3.
-    ``profile_dir``: py-spy gateway-2 and conversation-1 from the kill on."""
+    ``profile_dir``: py-spy both surviving gateways and conversation-1 from the kill on.
+    The generator's CPU is counted too: it shares the machine's cores."""
     pop = population(system, f"storm-{int(time.time())}", n // members, members, [0])
     pool = GeneratorPool(pop.clients, threads=threads, per_process=50_000, log_dir=log_dir)
     try:
@@ -116,9 +117,10 @@ def storm(
         pid = system.gateways[0].pid
         assert pid is not None
         watched = _storm_processes(system)
+        watched.update({f"generator-{i + 1}": p for i, p in enumerate(pool.pids)})
         spies: list[PySpy] = []
         if profile_dir is not None:
-            for name in ("gateway-2", "conversation-1"):
+            for name in ("gateway-2", "gateway-3", "conversation-1"):
                 if name in watched:
                     out_file = profile_dir / f"storm-{name}.txt"
                     spies.append(PySpy(watched[name], out_file, profile_seconds))
@@ -141,6 +143,10 @@ def storm(
         "errors": res.get("errors", {}),
         "allBackSeconds": round(res["wallMs"] / 1000, 3),
         "backAfterMs": res["latencyMs"],
+        # When the hellos came (`reconnected`) against when each was back (its rejoin's
+        # `conversation:joined`), and both per 0.5 s after the kill.
+        "reconnectedAfterMs": res.get("reconnectedMs", {}),
+        "timeline": res.get("timeline", {}),
         "open": stats["open"],
         # CPU seconds each process spent from the kill until the last client was back.
         "cpuSeconds": cpu,

@@ -25,6 +25,17 @@ import WebSocket from "ws";
 
 const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
 
+// Counts of values per bucket of `width` (bucket i: [i*width, (i+1)*width)).
+function histogram(values, width) {
+  const out = [];
+  for (const v of values) {
+    const i = Math.max(0, Math.floor(v / width));
+    while (out.length <= i) out.push(0);
+    out[i]++;
+  }
+  return out;
+}
+
 function percentiles(values) {
   const n = values.length;
   if (n === 0) return { count: 0 };
@@ -224,11 +235,12 @@ function workerMain() {
     return new Promise((resolve) => {
       let done = false;
       let waiting = -1; // conversations still to be joined again (-1: no hello yet)
+      let helloMs = -1; // when `reconnected` came (the timeline: connected vs back)
       const finish = (ok, error) => {
         if (done) return;
         done = true;
         clearTimeout(timer);
-        resolve({ ok, error, ms: nowMs() - killMs });
+        resolve({ ok, error, ms: nowMs() - killMs, helloMs });
       };
       const timer = setTimeout(() => finish(false, "timeout"), timeoutMs);
       const old = client.ws;
@@ -274,6 +286,7 @@ function workerMain() {
             return;
           }
           client.open = true;
+          helloMs = nowMs() - killMs;
           waiting = ((msg.data && msg.data.conversations) || []).length;
         } else if (msg.event === "conversation:joined") {
           waiting--;
@@ -575,7 +588,8 @@ function workerMain() {
           resumeOne(byIdx.get(it.client), it.url, m.killMs, m.timeoutMs || 30000),
         );
         const s = summarizeErrors(results);
-        parentPort.postMessage({ ...s, ms: Float64Array.from(s.ms) });
+        const hello = Float64Array.from(results.map((r) => r.helloMs));
+        parentPort.postMessage({ ...s, ms: Float64Array.from(s.ms), helloMs: hello });
       } else if (m.op === "commands") {
         const results = await pool(m.items, m.concurrency || 50, (it) =>
           request(byIdx.get(it.client), it.event, it.data, m.timeoutMs || 30000),
@@ -670,6 +684,7 @@ async function main() {
       const parts = await all((w, i) => ask(w, { ...cmd, items: per[i] }));
       const ok = sum(parts, "ok");
       const lat = merge(parts, "ms");
+      const hello = merge(parts, "helloMs").filter((v) => v >= 0);
       return {
         ok,
         failed: sum(parts, "failed"),
@@ -677,6 +692,9 @@ async function main() {
         wallMs: lat.length ? Math.max(...lat) : 0,
         perSecond: 0,
         latencyMs: percentiles(lat),
+        // The timeline: how many got `reconnected` / were back, per 0.5 s after the kill.
+        reconnectedMs: percentiles(hello),
+        timeline: { reconnected: histogram(hello, 500), back: histogram(lat, 500) },
       };
     }
     if (cmd.op === "commands") {
