@@ -99,6 +99,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="connects: handshakes in flight at once",
     )
     p.add_argument(
+        "--connect-client",
+        choices=("raw", "ws"),
+        default="raw",
+        help="connects: the handshake on a bare socket (raw) or through the Node ws client",
+    )
+    p.add_argument(
         "--fanout-rates",
         type=_floats,
         default=None,
@@ -267,6 +273,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 threads=args.threads,
                 log_dir=log_dir,
                 profile_dir=PROFILES if args.profile else None,
+                client=args.connect_client,
             )
     if name == "storm":
         with system_for(args, name, gateways=3) as system:

@@ -143,11 +143,13 @@ class GeneratorPool:
             gen.send(cmd)
         return [gen.receive() for gen in self.procs]
 
-    def connect(self, concurrency: int = 100, timeout_ms: int = 60_000) -> dict[str, Any]:
-        parts = self._all(
-            [{"op": "connect", "concurrency": concurrency, "timeoutMs": timeout_ms}]
-            * len(self.procs)
-        )
+    def connect(
+        self, concurrency: int = 100, timeout_ms: int = 60_000, *, raw: bool = False
+    ) -> dict[str, Any]:
+        """Connect every client not yet open; ``raw``: the handshake on a bare TCP socket
+        (loadgen.mjs ``rawConnectOne``), not the ws client (connects scenario)."""
+        cmd = {"op": "connect", "concurrency": concurrency, "timeoutMs": timeout_ms, "raw": raw}
+        parts = self._all([cmd] * len(self.procs))
         return _merge(parts)
 
     def resume(

@@ -12,7 +12,9 @@
 //
 // Commands (main thread):
 //   {"op":"init","clients":[{"url","token","gw"}],"deflate":false}
-//   {"op":"connect","concurrency":200,"timeoutMs":30000}
+//   {"op":"connect","concurrency":200,"timeoutMs":30000,"raw":false}
+//     raw: the handshake on a bare TCP socket (rawConnectOne), not the ws client: a request
+//     written at once, the 101 (status, Sec-WebSocket-Accept) and the first frame checked.
 //   {"op":"resume","items":[{"client":i,"url"}],"killMs":t,"concurrency":10000}
 //   {"op":"commands","items":[{"client":i,"event":"...","data":{...}}],"concurrency":50}
 //   {"op":"load","kind":"typing"|"message","convs":[{"conv","sender","senderGw"}],
@@ -22,6 +24,8 @@ import { Worker, isMainThread, parentPort, workerData } from "node:worker_thread
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import WebSocket from "ws";
+import { createHash, randomBytes } from "node:crypto";
+import { connect as tcpConnect } from "node:net";
 
 const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
 
@@ -224,6 +228,86 @@ function workerMain() {
           return;
         }
         if (!isBinary) onFrame(client, data.toString());
+      });
+    });
+  }
+
+  // The connect handshake on a bare TCP socket (bench connects, raw): the same bytes a ws
+  // client sends (GET, Upgrade, Sec-WebSocket-Key, version 13, the token), none of its
+  // per-socket machinery (http.ClientRequest, the upgrade event, a Receiver and a Sender),
+  // so that the generator's own CPU per connect stays well below the gateway's. Checked: the
+  // status line (101), Sec-WebSocket-Accept against the key, and that the first frame is an
+  // unmasked text frame whose JSON is the `connected`/`reconnected` hello.
+  const WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"; // RFC 6455 1.3
+  function rawConnectOne(client, timeoutMs) {
+    return new Promise((resolve) => {
+      const t0 = nowMs();
+      const url = new URL(client.url);
+      const key = randomBytes(16).toString("base64");
+      const accept = createHash("sha1").update(key + WS_GUID).digest("base64");
+      const head =
+        `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n` +
+        `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\n` +
+        `Sec-WebSocket-Version: 13\r\nAuthorization: Bearer ${client.token}\r\n\r\n`;
+      let done = false;
+      let buf = null;
+      const sock = tcpConnect({ host: url.hostname, port: Number(url.port) || 80, noDelay: true });
+      const finish = (ok, error) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        if (!ok) sock.destroy();
+        resolve({ ok, error, ms: nowMs() - t0 });
+      };
+      const timer = setTimeout(() => finish(false, "timeout"), timeoutMs);
+      client.ws = { terminate: () => sock.destroy() };
+      sock.on("connect", () => sock.write(head));
+      sock.on("error", (err) => finish(false, err.code || String(err.message).slice(0, 80)));
+      sock.on("close", () => {
+        client.open = false;
+        finish(false, "closed");
+      });
+      sock.on("data", (data) => {
+        if (done) return; // idle afterwards: nothing is sent to a raw client here
+        buf = buf === null ? data : Buffer.concat([buf, data]);
+        const end = buf.indexOf("\r\n\r\n");
+        if (end < 0) return;
+        const text = buf.toString("latin1", 0, end);
+        if (!text.startsWith("HTTP/1.1 101 ")) {
+          finish(false, `http ${text.slice(9, 12)}`);
+          return;
+        }
+        const m = /\r\nsec-websocket-accept: *([^\r]*)/i.exec(text);
+        if (!m || m[1] !== accept) {
+          finish(false, "bad accept");
+          return;
+        }
+        const f = end + 4;
+        if (buf.length < f + 2) return;
+        let len = buf[f + 1];
+        let p = f + 2;
+        if (buf[f] !== 0x81 || len > 126) {
+          finish(false, "first frame not a short text frame");
+          return;
+        }
+        if (len === 126) {
+          if (buf.length < p + 2) return;
+          len = buf.readUInt16BE(p);
+          p += 2;
+        }
+        if (buf.length < p + len) return;
+        let msg = null;
+        try {
+          msg = JSON.parse(buf.toString("utf8", p, p + len));
+        } catch {}
+        if (msg && (msg.event === "connected" || msg.event === "reconnected")) {
+          client.open = true;
+          client.session = msg.data && msg.data.sessionId;
+          buf = null;
+          finish(true);
+        } else {
+          finish(false, `first frame ${msg && msg.event}`);
+        }
       });
     });
   }
@@ -576,8 +660,9 @@ function workerMain() {
         parentPort.postMessage({ ok: true, clients: clients.length });
       } else if (m.op === "connect") {
         const todo = clients.filter((c) => !c.open);
+        const one = m.raw ? rawConnectOne : connectOne;
         const results = await pool(todo, m.concurrency || 100, (c) =>
-          connectOne(c, m.timeoutMs || 30000),
+          one(c, m.timeoutMs || 30000),
         );
         const s = summarizeErrors(results);
         const ext = {};

@@ -1,0 +1,97 @@
+"""The token segment check of ``parley_contract.auth._JWS`` against PyJWT's own: same bytes
+or the same refusal for valid, padded and hostile segments, and hostile tokens refused with
+the same message through ``verify_token``."""
+
+from __future__ import annotations
+
+import random
+
+import jwt
+import pytest
+from jwt.api_jws import PyJWS
+
+from parley_contract.auth import _JWS, JwtConfig, mint_token, verify_token
+from parley_contract.errors import ParleyError
+
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_FIXED = [
+    b"",
+    b"=",
+    b"==",
+    b"===",
+    b"A",
+    b"AA",
+    b"AAA",
+    b"AAAA",
+    b"AA==",
+    b"AAA=",
+    b"AA=",
+    b"AA===",
+    b"A===",
+    b"!!!!",
+    b"AB+/",
+    b"AB\x00C",
+    b"AB=C",
+    b"eyJhbGciOiJIUzI1NiJ9",
+    b"eyJhbGciOiJIUzI1NiJ9==",
+    b"QUJD\xc3\xa9",
+    b"QR",  # non-canonical: the last character has bits base64 drops
+    b"QQ",
+    b" QUJD",
+    b"QUJD\n",
+]
+
+
+def _outcome(fn: object, segment: bytes) -> tuple[str, object]:
+    try:
+        return "ok", fn(segment, "header")  # type: ignore[operator]
+    except jwt.DecodeError as exc:
+        return "refused", str(exc)
+
+
+def _segments() -> list[bytes]:
+    rng = random.Random(16)
+    pool = _ALPHABET + b"=+/!. \x00\xff"
+    out = list(_FIXED)
+    for _ in range(3000):
+        out.append(bytes(rng.choice(pool) for _ in range(rng.randrange(0, 12))))
+        valid = bytes(rng.choice(_ALPHABET) for _ in range(rng.randrange(0, 12)))
+        out.append(valid + b"=" * rng.randrange(0, 4))
+    return out
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_segment_check_is_pyjwts(chunk: int) -> None:
+    segments = _segments()[chunk::4]
+    refused = 0
+    for segment in segments:
+        ours = _outcome(_JWS._decode_base64url_segment, segment)
+        theirs = _outcome(PyJWS._decode_base64url_segment, segment)
+        assert ours == theirs, segment
+        refused += ours[0] == "refused"
+    assert 0 < refused < len(segments)  # both kinds were exercised
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t.replace(".", "!.", 1),
+        lambda t: t + "==",
+        lambda t: t[:-1] + "!",
+        lambda t: "A" + t,
+        lambda t: t.replace(".", ".\u00e9", 1),
+    ],
+)
+def test_hostile_tokens_refused_as_before(mangle: object) -> None:
+    cfg = JwtConfig()
+    token = mangle(mint_token("alice"))  # type: ignore[operator]
+    with pytest.raises(ParleyError) as ours:
+        verify_token(token, cfg)
+    with pytest.raises(jwt.InvalidTokenError) as theirs:
+        jwt.decode(token, cfg.secret or "", algorithms=["HS256"])
+    assert ours.value.message == f"invalid token: {theirs.value}"
+
+
+def test_a_good_token_still_verifies() -> None:
+    principal, exp = verify_token(mint_token("alice", name="Alice"), JwtConfig())
+    assert principal.id == "alice" and exp > 0
