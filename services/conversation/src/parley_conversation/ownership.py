@@ -137,13 +137,12 @@ class Ownership:
         )
 
     async def _end_loop(self) -> None:
-        """End the loop. Cancelled again if it goes on: a cancellation that lands in a NATS
-        call can be swallowed there (seen with a slow link), and the loop would sleep on."""
+        """End the loop: one cancel (a NATS call that swallows it, as nats-py's requests can
+        on Python 3.11, ends the loop at that tick's end: tasks.every, tasks.cancellable)."""
         self._stopping = True
         loop, self._loop = self._loop, None
-        while loop is not None and not loop.done():
-            loop.cancel()
-            await asyncio.wait({loop}, timeout=1.0)
+        if loop is not None:
+            await tasks.cancel_all([loop])
 
     async def stop(self) -> None:
         """Give every lease up (after the caller drained its work): the others take over
