@@ -14,10 +14,9 @@ each durable event is ``<conversationId>:<seq>``; a CONNECT with ``pid`` and ``o
 Parley session resume (any gateway), so ``socket.recovered`` is true and the missed durable
 events are replayed in order.
 
-Size: a little over 400 lines on purpose. This is the one Engine.IO session table of a
-gateway (open, poll, upgrade, and the detach/adopt pair that moves a session between
-gateways): every method reads and writes that table under the same rules, and the codec,
-the session and the NATS relay already live beside it (codec.py, session.py, relay.py).
+This is the one Engine.IO session table of a gateway (open, poll, upgrade, probe); the codec,
+the session and moving a session between gateways (the NATS relay, and the detach/adopt pair
+that hands a session's state over) live beside it (codec.py, session.py, relay.py).
 """
 
 from __future__ import annotations
@@ -39,11 +38,10 @@ from websockets.http11 import Request, Response
 
 from parley_contract import envelopes, jsonutil
 from parley_contract.errors import ErrorCode
-from parley_contract.internal import Principal
 from parley_gateway.sio import codec
 from parley_gateway.sio.packets import SocketLayer
 from parley_gateway.sio.relay import Relay, key_of
-from parley_gateway.sio.session import EioSession, SioConn, spawn
+from parley_gateway.sio.session import EioSession, spawn
 from parley_gateway.slim import slim_after_handshake
 
 if TYPE_CHECKING:
@@ -329,80 +327,6 @@ class SocketIO(SocketLayer):
         if eio.poll is not None and not eio.poll.done():
             eio.poll.set_result(None)
         return True
-
-    async def detach(self, sid: str) -> dict[str, Any]:
-        """Hand session ``sid`` to the gateway its WebSocket landed on (``relay.upgrade``)."""
-        eio = self.sessions.get(sid)
-        if eio is None or eio.closed or eio.ws is not None:
-            return {"ok": False}
-        conn = eio.conn
-        if conn is not None:
-            deadline = time.monotonic() + 2.0
-            while conn.busy and time.monotonic() < deadline:  # noqa: ASYNC110 - replies first
-                await asyncio.sleep(0.01)
-        state: dict[str, Any] = {
-            "ok": True,
-            "packets": [p.decode() for p in eio.queue],
-            "token": eio.token,
-        }
-        eio.queue, eio.queued = [], 0
-        eio.closed = True  # no close packet: the client is not told anything
-        if eio.poll is not None and not eio.poll.done():
-            eio.poll.set_result(None)
-        self.sessions.pop(sid, None)
-        if conn is not None:
-            state.update(
-                principal=conn.principal.model_dump(mode="json"),
-                exp=conn.exp,
-                sessionId=conn.session_id,
-                joined=dict(conn.joined),
-            )
-            conn.kicked = True  # the session is the new gateway's now: not saved from here
-            for cid in list(conn.joined):
-                await self.hub.leave(conn, cid, announce=False)
-            conn.closing = True
-            spawn(self.gw.close_conn(conn))
-        return state
-
-    async def adopt(self, ws: ServerConnection, sid: str, state: dict[str, Any]) -> EioSession:
-        """Session ``sid`` moved here on ``ws``: its packets, then its conversations."""
-        token = state.get("token")
-        eio = EioSession(
-            self, sid, self.settings.send_queue_limit, token if isinstance(token, str) else None
-        )
-        eio.ws = ws
-        self.sessions[sid] = eio
-        for packet in state.get("packets") or []:
-            if isinstance(packet, str):
-                eio.send(packet.encode())
-        if "principal" not in state:
-            return eio  # not connected yet (no Socket.IO CONNECT so far)
-        try:
-            principal = Principal.model_validate(state["principal"])
-            joined = {str(k): int(v) for k, v in dict(state.get("joined") or {}).items()}
-            conn = SioConn(
-                eio,
-                principal,
-                float(state["exp"]),
-                str(state["sessionId"]),
-                rate=self.settings.commands_per_second,
-                send_limit=self.settings.send_queue_limit,
-                metrics=self.gw.metrics,
-            )
-        except (ValueError, TypeError, KeyError):
-            logger.warning("bad handover of %s", sid)
-            eio.end()
-            return eio
-        eio.conn = conn
-        logger.info("Engine.IO session %s moved here (its WebSocket landed here)", sid)
-        try:
-            await self.hub.register(conn)
-            await self.gw.rejoin(conn, joined, quiet=True)
-            await self.hub.save_session(conn, ack=False)
-        except Exception:
-            logger.exception("taking over %r failed", conn)
-            eio.end()
-        return eio
 
 
 class Remote:

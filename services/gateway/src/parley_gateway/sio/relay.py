@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -24,12 +25,12 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from parley_contract import jsonutil, subjects
+from parley_contract.internal import Principal
 from parley_gateway.sio import codec
-from parley_gateway.sio.session import spawn
+from parley_gateway.sio.session import EioSession, SioConn, spawn
 
 if TYPE_CHECKING:
     from parley_gateway.sio.endpoint import SocketIO
-    from parley_gateway.sio.session import EioSession
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class Relay:
         state = await self._ask(sid, {"op": "handover"}, 10)
         if not state or not state.get("ok"):
             return None
-        return await self.sio.adopt(ws, sid, state)
+        return await self._adopt(ws, sid, state)
 
     # ------------------------------------------------------------------ holding side
 
@@ -123,8 +124,86 @@ class Relay:
         elif op == "probe":
             reply = {"ok": self.sio.probe(sid)}
         elif op == "handover":
-            reply = await self.sio.detach(sid)
+            reply = await self._detach(sid)
         else:
             return
         with contextlib.suppress(nats.errors.Error):
             await msg.respond(jsonutil.dumps(reply))
+
+    # ------------------------------------------------------------------ the handed-over state
+
+    async def _detach(self, sid: str) -> dict[str, Any]:
+        """Hand session ``sid`` to the gateway its WebSocket landed on (:meth:`upgrade`)."""
+        sio = self.sio
+        eio = sio.sessions.get(sid)
+        if eio is None or eio.closed or eio.ws is not None:
+            return {"ok": False}
+        conn = eio.conn
+        if conn is not None:
+            deadline = time.monotonic() + 2.0
+            while conn.busy and time.monotonic() < deadline:  # noqa: ASYNC110 - replies first
+                await asyncio.sleep(0.01)
+        state: dict[str, Any] = {
+            "ok": True,
+            "packets": [p.decode() for p in eio.queue],
+            "token": eio.token,
+        }
+        eio.queue, eio.queued = [], 0
+        eio.closed = True  # no close packet: the client is not told anything
+        if eio.poll is not None and not eio.poll.done():
+            eio.poll.set_result(None)
+        sio.sessions.pop(sid, None)
+        if conn is not None:
+            state.update(
+                principal=conn.principal.model_dump(mode="json"),
+                exp=conn.exp,
+                sessionId=conn.session_id,
+                joined=dict(conn.joined),
+            )
+            conn.kicked = True  # the session is the new gateway's now: not saved from here
+            for cid in list(conn.joined):
+                await sio.hub.leave(conn, cid, announce=False)
+            conn.closing = True
+            spawn(sio.gw.close_conn(conn))
+        return state
+
+    async def _adopt(self, ws: ServerConnection, sid: str, state: dict[str, Any]) -> EioSession:
+        """Session ``sid`` moved here on ``ws``: its packets, then its conversations."""
+        sio = self.sio
+        token = state.get("token")
+        eio = EioSession(
+            sio, sid, sio.settings.send_queue_limit, token if isinstance(token, str) else None
+        )
+        eio.ws = ws
+        sio.sessions[sid] = eio
+        for packet in state.get("packets") or []:
+            if isinstance(packet, str):
+                eio.send(packet.encode())
+        if "principal" not in state:
+            return eio  # not connected yet (no Socket.IO CONNECT so far)
+        try:
+            principal = Principal.model_validate(state["principal"])
+            joined = {str(k): int(v) for k, v in dict(state.get("joined") or {}).items()}
+            conn = SioConn(
+                eio,
+                principal,
+                float(state["exp"]),
+                str(state["sessionId"]),
+                rate=sio.settings.commands_per_second,
+                send_limit=sio.settings.send_queue_limit,
+                metrics=sio.gw.metrics,
+            )
+        except (ValueError, TypeError, KeyError):
+            logger.warning("bad handover of %s", sid)
+            eio.end()
+            return eio
+        eio.conn = conn
+        logger.info("Engine.IO session %s moved here (its WebSocket landed here)", sid)
+        try:
+            await sio.hub.register(conn)
+            await sio.gw.rejoin(conn, joined, quiet=True)
+            await sio.hub.save_session(conn, ack=False)
+        except Exception:
+            logger.exception("taking over %r failed", conn)
+            eio.end()
+        return eio
