@@ -60,9 +60,9 @@ class ParleyClient(Connection):
         durable event after it comes first, in order; without, live events only."""
         since = max(since_seq or 0, self.last_seq(conversation_id))
         data: dict[str, Any] = {"conversationId": conversation_id}
-        if since_seq is not None or conversation_id in self._last_seqs:
+        if since_seq is not None or conversation_id in self._order.last_seqs:
             data["sinceSeq"] = since
-            self._last_seqs[conversation_id] = since
+            self._order.last_seqs[conversation_id] = since
         self._joined[conversation_id] = None
         try:
             reply = parse(
@@ -72,7 +72,7 @@ class ParleyClient(Connection):
         except ParleyError:
             self._joined.pop(conversation_id, None)
             raise
-        self._last_seqs.setdefault(conversation_id, reply.last_seq)
+        self._order.last_seqs.setdefault(conversation_id, reply.last_seq)
         return reply
 
     async def leave(self, conversation_id: str) -> None:

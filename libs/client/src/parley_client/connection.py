@@ -11,16 +11,16 @@ What docs/protocol.md asks of a client, done once here:
   session expired) all of them are.
 - **Order**: durable events (``conversationId`` + ``seq``) are handed out once, in seq
   order; a repeat is dropped; a higher ``epoch`` restarts the conversation's ordering, a
-  lower one is from before the reset and dropped (4.1).
+  lower one is from before the reset and dropped (4.1; ordering.py).
 - **Commands** carry an id; the reply with that id resolves them or raises ParleyError.
   A retryable command (idempotent: ``message:send`` with a clientMessageId, ``join``) that
   lost its socket is sent again after the reconnect; any other fails with
   SERVICE_UNAVAILABLE and ``details.outcomeUnknown``.
 
-Size: a little over 400 lines on purpose. Connect, resume, ordering and commands share one
-state (the socket, the session id, the last seq per conversation, the commands in flight) and
-must change together on every drop and reconnect; splitting them would pass that state
-around. The frame types and the subscriber streams already live beside it.
+Connect, resume and commands share one state (the socket, the session id, the commands in
+flight) and change together on every drop and reconnect. Beside it: the frame types
+(frames.py), the subscriber streams (subscriptions.py), and the per-conversation order of
+durable events (ordering.py), which the resume reads its ``since`` from.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from parley_client.frames import Frame, error_of, parse
+from parley_client.ordering import Ordering
 from parley_client.subscriptions import Recorder, Stream
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event
@@ -105,7 +106,6 @@ class Connection:
         self.instance_id: str | None = None
         self.limits: dict[str, float] = {}
         self.reconnects = 0
-        self.duplicates_dropped = 0
         self.current_url = self.urls[0]
         self._index = 0
         self._ws: ClientConnection | None = None
@@ -114,8 +114,7 @@ class Connection:
         self._runner: asyncio.Task[None] | None = None
         self._first: asyncio.Future[ConnectedData] | None = None
         self._pending: dict[str, _Pending] = {}
-        self._last_seqs: dict[str, int] = {}
-        self._epochs: dict[str, int] = {}
+        self._order = Ordering()
         self._joined: dict[str, None] = {}  # insertion-ordered set
         self._subscribers: list[Stream | Recorder] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -125,7 +124,12 @@ class Connection:
     # ---------------------------------------------------------------- state
 
     def last_seq(self, conversation_id: str) -> int:
-        return self._last_seqs.get(conversation_id, 0)
+        return self._order.last_seq(conversation_id)
+
+    @property
+    def duplicates_dropped(self) -> int:
+        """Durable events received again (or from before a reset) and not handed out."""
+        return self._order.duplicates_dropped
 
     @property
     def joined(self) -> list[str]:
@@ -294,29 +298,8 @@ class Connection:
                     pending.future.set_exception(error_of(frame.get("error")))
             return
         parsed = Frame.of(frame)
-        if not self._in_order(parsed):
-            return
-        self._publish(parsed)
-
-    def _in_order(self, frame: Frame) -> bool:
-        cid = frame.conversation_id
-        if cid is None:
-            return True
-        if frame.epoch is not None:
-            known = self._epochs.get(cid, 0)
-            if frame.epoch < known and frame.seq is not None:
-                self.duplicates_dropped += 1
-                return False
-            if frame.epoch > known:
-                self._epochs[cid] = frame.epoch
-                if known > 0 or cid in self._last_seqs:
-                    self._last_seqs[cid] = frame.seq - 1 if frame.seq is not None else 0
-        if frame.seq is not None:
-            if frame.seq <= self._last_seqs.get(cid, 0):
-                self.duplicates_dropped += 1
-                return False
-            self._last_seqs[cid] = frame.seq
-        return True
+        if self._order.accept(parsed):
+            self._publish(parsed)
 
     def _publish(self, frame: Frame) -> None:
         for sub in list(self._subscribers):
