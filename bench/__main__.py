@@ -357,6 +357,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
                     system.conversation_pids = system.conversation_pids[:k]
                     time.sleep(1.0)
                 logger.info("persisted: %d conversation replica(s)", k)
+                system.wait_partitions_settled()
                 runs.append(
                     scenarios.persisted(
                         system,

@@ -415,18 +415,16 @@ def persisted(
         for rate in rates:
             spies: list[tuple[str, PySpy]] = []
             if profile_dir is not None and rate in (profile_rates or []):
-                targets = {
-                    "conversation-1": system.conversation_pids[0]
-                    if system.conversation_pids
-                    else None,
-                    "store": system.other_pids.get("store"),
-                    "gateway-1": system.gateways[0].pid,
+                targets: dict[str, int | None] = {
+                    f"conversation-{i + 1}": pid for i, pid in enumerate(system.conversation_pids)
                 }
+                targets["store"] = system.other_pids.get("store")
+                targets["gateway-1"] = system.gateways[0].pid
                 for name, pid in targets.items():
                     if pid:
                         out = profile_dir / f"{label}-{rate:.0f}-{name}.txt"
                         spies.append((name, PySpy(pid, out, duration)))
-            collisions_before = system.seq_collisions()
+            replicas_before = system.replica_metrics()
             step = _load_step(
                 system,
                 pool,
@@ -438,10 +436,17 @@ def persisted(
                 drain=drain,
                 members=members,
             )
-            collisions_after = system.seq_collisions()
-            if collisions_before is not None and collisions_after is not None:
+            replicas_after = system.replica_metrics()
+            if replicas_before is not None and replicas_after is not None:
+                per = [
+                    {k: round(v - b.get(k, 0.0), 3) for k, v in a.items() if v != b.get(k, 0.0)}
+                    for b, a in zip(replicas_before, replicas_after, strict=True)
+                ]
+                step["replicas"] = per
                 # Inserts refused for a seq another replica took (conversation affinity).
-                step["seqCollisions"] = collisions_after - collisions_before
+                step["seqCollisions"] = sum(
+                    d.get("parley_conversation_seq_collisions_total", 0.0) for d in per
+                )
             if spies:
                 step["profiles"] = {}
                 for name, spy in spies:

@@ -6,12 +6,14 @@ import contextlib
 import logging
 import os
 import resource
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from parley_contract.partitions import PARTITIONS
 from parley_devstack.servers import free_port
 from parley_devstack.stack import Stack, StackConfig
 
@@ -112,6 +114,19 @@ class Gateway:
     pid: int | None
 
 
+# The samples of a replica's /metrics a persisted step reports per replica (their deltas):
+# collisions, group-commit batches (count and summed size), requests by operation and
+# outcome, partition moves.
+REPLICA_METRICS = (
+    "parley_conversation_seq_collisions_total",
+    "parley_conversation_batch_size_count",
+    "parley_conversation_batch_size_sum",
+    "parley_conversation_requests_total",
+    "parley_conversation_partition_moves_total",
+    "parley_conversation_owned_partitions",
+)
+
+
 @dataclass
 class System:
     gateways: list[Gateway]
@@ -127,19 +142,47 @@ class System:
     def seq_collisions(self) -> float | None:
         """``parley_conversation_seq_collisions_total`` summed over the running conversation
         replicas (docs/affinity.md); None when they are not ours or not answering."""
+        per = self.replica_metrics()
+        if per is None:
+            return None
+        return sum(m.get("parley_conversation_seq_collisions_total", 0.0) for m in per)
+
+    def replica_metrics(self) -> list[dict[str, float]] | None:
+        """Each running conversation replica's ``/metrics`` samples (name with labels →
+        value) of the counters a persisted step reports per replica (REPLICA_METRICS); None
+        when the replicas are not ours or one does not answer."""
         if self.stack is None:
             return None
-        total = 0.0
+        out: list[dict[str, float]] = []
         for svc in self.stack.conversation[: len(self.conversation_pids)]:
             try:
                 with urllib.request.urlopen(f"{svc.base_url}/metrics", timeout=5) as r:
                     text = r.read().decode()
             except OSError:
                 return None
+            samples: dict[str, float] = {}
             for line in text.splitlines():
-                if line.startswith("parley_conversation_seq_collisions_total "):
-                    total += float(line.split()[1])
-        return total
+                if line.startswith(REPLICA_METRICS):
+                    name, _, value = line.rpartition(" ")
+                    samples[name] = float(value)
+            out.append(samples)
+        return out
+
+    def wait_partitions_settled(self, timeout: float = 30.0) -> bool:
+        """Wait until the running replicas own every partition between them, in shares
+        that differ by one at most (docs/affinity.md): a step that starts while partitions
+        still move measures a hand-off, not the replicas. False if not within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            per = self.replica_metrics()
+            if per is None:
+                return False
+            owned = [int(m.get("parley_conversation_owned_partitions", 0)) for m in per]
+            if owned and sum(owned) == PARTITIONS and max(owned) - min(owned) <= 1:
+                return True
+            time.sleep(0.5)
+        logger.warning("partitions not settled after %.0f s", timeout)
+        return False
 
     def stop_conversation_replica(self, index: int) -> None:
         if self.stack is None:
