@@ -220,3 +220,40 @@ async def test_an_agent_answer_delivers_what_it_answered(
     )
     status = {m["content"]: m["messageStatus"] for m in page["items"] if m["role"] != "system"}
     assert status == {"question": "delivered", "answer": "sent"}
+
+
+class CountingUpdates:
+    """The messages collection, counting its update_many calls (the writes receipts make)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.updates = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def update_many(self, *args: Any, **kwargs: Any) -> Any:
+        self.updates += 1
+        return await self.inner.update_many(*args, **kwargs)
+
+
+async def test_reports_of_a_window_are_one_write(
+    service: ConversationService, request_: Request, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three gateways' reports on three conversations within one window: every message they
+    deliver is marked by one update of the log, not one per conversation per report (which
+    was a write per message at 400 messages/s, the log's inserts queued behind them)."""
+    convs = [await conversation_with_messages(request_, 2) for _ in range(3)]
+    counting = CountingUpdates(service.receipts.delivery.messages)
+    monkeypatch.setattr(service.receipts.delivery, "messages", counting)
+    for cid, seqs in convs:
+        item = {"conversationId": cid, "kind": "user", "principalId": "u-bob", "seq": seqs[-1]}
+        await service.receipts.delivery_report(jsonutil.dumps({"items": [item]}))
+    assert counting.updates == 0  # merged, not applied per report
+    await service.receipts.flush()
+    assert counting.updates == 1
+    for cid, _ in convs:
+        page = await ok(
+            request_, subjects.QUERY_MESSAGES_LIST, {"conversationId": cid, "limit": 10}, ALICE
+        )
+        assert {m["messageStatus"] for m in page["items"]} == {"delivered"}

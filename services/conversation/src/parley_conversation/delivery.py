@@ -4,10 +4,11 @@ The gateways report, per conversation, how far each principal's connections rece
 A message turns ``delivered`` once a principal other than its author received it. Per
 conversation this replica keeps, in memory, the highest seq it has looked at (``floor``) and
 the messages above the floors it looked at that are still ``sent`` (``waiting``: only their
-author's connections had them, by seq). A report reads only the log entries above the floor
-(one range query on ``(conversationId, seq)``) and marks delivered the waiting ones that
-someone else received (one update by ``_id``): at most two store calls per conversation
-per report, whatever the number of members reporting.
+author's connections had them, by seq). The reports of a window (merged by
+parley_conversation.receipts) read only the log entries above each floor (one range query on
+``(conversationId, seq)`` per conversation) and mark delivered the waiting ones that someone
+else received, all conversations in one update by ``_id``: one write per window, whatever
+the number of conversations, members and gateways reporting.
 
 Bounded: ``WAITING_MAX`` waiting messages per conversation (older ones drop out and stay
 ``sent``), ``MAX_CONVERSATIONS`` conversations (least recently reported first out). A
@@ -31,7 +32,7 @@ from parley_contract.models import MessageStatus
 LOOKBACK: Final = 200
 WAITING_MAX: Final = 200
 MAX_CONVERSATIONS: Final = 10_000
-IN_CHUNK: Final = 50
+UPDATE_CHUNK: Final = 500  # message ids per update
 
 Who = tuple[PrincipalKind, str]
 
@@ -40,13 +41,13 @@ Who = tuple[PrincipalKind, str]
 class _Conv:
     floor: int
     waiting: dict[int, tuple[str, str | None]] = field(default_factory=dict)  # seq → id, author
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Delivery:
     def __init__(self, messages: AsyncCollection[dict[str, Any]]) -> None:
         self.messages = messages
         self._convs: OrderedDict[str, _Conv] = OrderedDict()
+        self._lock = asyncio.Lock()  # one apply at a time: the waiting sets stay consistent
 
     def _state(self, cid: str, top: int) -> _Conv:
         state = self._convs.get(cid)
@@ -60,38 +61,65 @@ class Delivery:
         return state
 
     async def apply(self, cid: str, got: dict[Who, int]) -> dict[Who, int]:
-        """``got``: how far each principal received ``cid``. Marks the messages it delivers;
-        returns the principals whose reception delivered something, with their seq."""
-        if not got:
+        """One conversation's report (see :meth:`apply_many`)."""
+        return (await self.apply_many({cid: got})).get(cid, {})
+
+    async def apply_many(self, reports: dict[str, dict[Who, int]]) -> dict[str, dict[Who, int]]:
+        """``reports``: per conversation, how far each principal received it. Marks the
+        messages they deliver; returns, per conversation, the principals whose reception
+        delivered something, with their seq. One range read per conversation
+        (concurrently) and one update for the messages of all of them (``UPDATE_CHUNK`` ids
+        each). Writes are what the store serializes (one lock per collection, the log's
+        inserts behind them): the receipts of a window cost one update, not one per
+        conversation per report (docs/benchmarks.md, "Conversation affinity")."""
+        reports = {cid: got for cid, got in reports.items() if got}
+        if not reports:
             return {}
+        async with self._lock:
+            picked = await asyncio.gather(
+                *(self._delivered_by(cid, got) for cid, got in reports.items())
+            )
+            ids = [mid for found, _ in picked for mid, _ in found.values()]
+            sent, delivered = MessageStatus.SENT.value, MessageStatus.DELIVERED.value
+            try:
+                for i in range(0, len(ids), UPDATE_CHUNK):
+                    await self.messages.update_many(
+                        {"_id": {"$in": ids[i : i + UPDATE_CHUNK]}, "messageStatus": sent},
+                        {"$set": {"messageStatus": delivered}},
+                    )
+            except BaseException:
+                # Not (all) marked: they wait again, for the next report (a repeat is a no-op).
+                for cid, (found, _) in zip(reports, picked, strict=True):
+                    if cid in self._convs:
+                        self._convs[cid].waiting.update(found)
+                raise
+            return {cid: moved for cid, (_, moved) in zip(reports, picked, strict=True) if moved}
+
+    async def _delivered_by(
+        self, cid: str, got: dict[Who, int]
+    ) -> tuple[dict[int, tuple[str, str | None]], dict[Who, int]]:
+        """``cid``'s waiting messages that ``got`` delivers (taken out of the waiting ones:
+        seq → id, author), and the principals that delivered them."""
         top = max(got.values())
         state = self._state(cid, top)
-        async with state.lock:
-            if top > state.floor:
-                docs = await self.messages.find(
-                    {"conversationId": cid, "seq": {"$gt": state.floor, "$lte": top}},
-                    {"seq": 1, "createdBy": 1, "messageStatus": 1, "role": 1},
-                ).to_list()
-                for d in docs:
-                    if "role" in d and d.get("messageStatus") == MessageStatus.SENT.value:
-                        state.waiting[int(d["seq"])] = (str(d["_id"]), d.get("createdBy"))
-                state.floor = top
-                for seq in sorted(state.waiting)[: max(0, len(state.waiting) - WAITING_MAX)]:
-                    del state.waiting[seq]
-            ids: list[str] = []
-            moved: dict[Who, int] = {}
-            for seq in sorted(state.waiting):
-                mid, author = state.waiting[seq]
-                by = next((w for w, s in got.items() if s >= seq and w[1] != author), None)
-                if by is None:
-                    continue
+        if top > state.floor:
+            docs = await self.messages.find(
+                {"conversationId": cid, "seq": {"$gt": state.floor, "$lte": top}},
+                {"seq": 1, "createdBy": 1, "messageStatus": 1, "role": 1},
+            ).to_list()
+            for d in docs:
+                if "role" in d and d.get("messageStatus") == MessageStatus.SENT.value:
+                    state.waiting[int(d["seq"])] = (str(d["_id"]), d.get("createdBy"))
+            state.floor = max(state.floor, top)
+            for seq in sorted(state.waiting)[: max(0, len(state.waiting) - WAITING_MAX)]:
                 del state.waiting[seq]
-                ids.append(mid)
-                moved[by] = got[by]
-            sent, delivered = MessageStatus.SENT.value, MessageStatus.DELIVERED.value
-            for i in range(0, len(ids), IN_CHUNK):
-                await self.messages.update_many(
-                    {"_id": {"$in": ids[i : i + IN_CHUNK]}, "messageStatus": sent},
-                    {"$set": {"messageStatus": delivered}},
-                )
-            return moved
+        found: dict[int, tuple[str, str | None]] = {}
+        moved: dict[Who, int] = {}
+        for seq in sorted(state.waiting):
+            _mid, author = state.waiting[seq]
+            by = next((w for w, s in got.items() if s >= seq and w[1] != author), None)
+            if by is None:
+                continue
+            found[seq] = state.waiting.pop(seq)
+            moved[by] = got[by]
+        return found, moved

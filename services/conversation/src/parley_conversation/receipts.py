@@ -3,7 +3,8 @@
 - ``conversation:read {conversationId, seq}``: the caller's read cursor moves forward.
 - Gateways report, in batches (``subjects.INTERNAL_DELIVERY``), how far each principal's
   connections received a conversation's durable frames; the messages it covers that someone
-  other than their author received turn ``delivered`` (parley_conversation.delivery).
+  other than their author received turn ``delivered`` (parley_conversation.delivery), the
+  reports of a window in one write.
 - Both fan out as ephemeral events to the conversation, coalesced: at most one
   ``conversation:read`` and one ``message:delivered`` per conversation per window, each
   carrying the cursors that moved (the latest seq of each principal). ``message:delivered``
@@ -63,6 +64,8 @@ class Receipts:
         # (conversation, agent) → the seq of the agent's latest stored message: the agent
         # received everything before it (an agent bridge has no connection to report it).
         self._agents: dict[tuple[str, str], int] = {}
+        # Delivery reports of this window, merged: conversation → (kind, id) → seq.
+        self._reports: dict[str, dict[tuple[PrincipalKind, str], int]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ commands
@@ -100,30 +103,39 @@ class Receipts:
         return {"conversationId": conv.id, "seq": current, "unreadCount": unread}
 
     async def delivery_report(self, body: bytes) -> None:
-        """A gateway's batch: the messages it covers that reached someone else turn
-        ``delivered`` (a fixed number of store calls per conversation, whatever the number
-        of members: see parley_conversation.delivery)."""
+        """A gateway's batch: merged with the others of this window (no store call here);
+        at the window's end the messages they cover that reached someone else turn
+        ``delivered``, every conversation in one write (parley_conversation.delivery). Per
+        report it was a read and a write per conversation: at 400 messages/s into 100
+        conversations that was a write per message, and the writes of the log queued
+        behind them in the store (docs/benchmarks.md, "Conversation affinity")."""
         try:
             report = DeliveryReport.model_validate_json(body)
         except ValidationError as exc:
             logger.warning("dropping a malformed delivery report: %s", exc.errors()[:1])
             return
-        by_conv: dict[str, dict[tuple[PrincipalKind, str], int]] = {}
         for it in report.items:
             if it.kind is PrincipalKind.SERVICE:
                 continue
-            got = by_conv.setdefault(it.conversation_id, {})
-            key = (it.kind, it.principal_id)
-            got[key] = max(got.get(key, 0), it.seq)
-        await asyncio.gather(*(self._apply_delivery(cid, got) for cid, got in by_conv.items()))
+            self._received(it.conversation_id, (it.kind, it.principal_id), it.seq)
+        if report.items:
+            self._schedule()
 
-    async def _apply_delivery(self, cid: str, got: dict[tuple[PrincipalKind, str], int]) -> None:
-        moved = await self.delivery.apply(cid, got)
-        if moved:
+    def _received(self, cid: str, key: tuple[PrincipalKind, str], seq: int) -> None:
+        got = self._reports.setdefault(cid, {})
+        got[key] = max(got.get(key, 0), seq)
+
+    async def _apply_deliveries(self) -> None:
+        reports, self._reports = self._reports, {}
+        try:
+            moved_by = await self.delivery.apply_many(reports)
+        except PyMongoError:
+            logger.warning("delivery receipts not recorded (store)", exc_info=True)
+            return
+        for cid, moved in moved_by.items():
             pending = self._delivered.setdefault(cid, {})
             for key, seq in moved.items():
                 pending[key] = max(pending.get(key, 0), seq)
-            self._schedule()
 
     def activity(self, conv: Conversation, stored: list[Message]) -> None:
         """New messages were stored in ``conv``: its users' lists should know (coalesced), and
@@ -225,16 +237,16 @@ class Receipts:
             await asyncio.sleep(self.window)
             await self.flush()
             # What arrived while flushing waits for the next window, not for the next event.
-            if not (self._reads or self._delivered or self._activity or self._agents):
+            if not (
+                self._reads or self._delivered or self._activity or self._agents or self._reports
+            ):
                 return
 
     async def flush(self) -> None:
         agents, self._agents = self._agents, {}
         for (cid, agent_id), seq in agents.items():
-            try:
-                await self._apply_delivery(cid, {(PrincipalKind.AGENT, agent_id): seq})
-            except PyMongoError:
-                logger.warning("agent delivery in %s not recorded (store)", cid, exc_info=True)
+            self._received(cid, (PrincipalKind.AGENT, agent_id), seq)
+        await self._apply_deliveries()
         reads, self._reads = self._reads, {}
         delivered, self._delivered = self._delivered, {}
         activity, self._activity = self._activity, {}
