@@ -22,7 +22,7 @@ from parley_contract.events import Event, PrincipalKind
 from parley_contract.ids import new_id
 from parley_contract.internal import Principal
 from parley_contract.partitions import PARTITIONS, lease_key, member_key, partition_of
-from parley_contract.routes import ROUTES
+from parley_contract.routes import QUERY_ROUTE, ROUTES, query_route_of_subject, route_of_subject
 from parley_conversation import domain
 from parley_conversation.ownership import Ownership, plan
 from parley_conversation.sequencer import Sequencer
@@ -62,6 +62,15 @@ def test_partition_subjects_come_from_the_route_table() -> None:
     assert not ROUTES[Event.CONVERSATION_JOIN].partitioned  # reads: any replica
     hostile = {"conversationId": "a.b.>*"}  # never reaches the subject: a number does
     assert SEND.subject_for(hostile).startswith(f"{subjects.PREFIX}.cmd.p")
+    # Reads of one conversation go to its owner too, under the partition's subjects.
+    get = QUERY_ROUTE[subjects.QUERY_CONVERSATION_GET]
+    to = get.subject_for(data)
+    assert to == f"{subjects.PREFIX}.cmd.p{p}.q.conversation.get"
+    assert query_route_of_subject(to) is get and route_of_subject(to) is None
+    assert get.subject_for({"conversationId": 42}) == get.subject
+    assert get.subject_for(hostile).startswith(f"{subjects.PREFIX}.cmd.p")
+    listing = QUERY_ROUTE[subjects.QUERY_CONVERSATIONS_LIST]  # many conversations: any replica
+    assert not listing.partitioned and listing.subject_for(data) == listing.subject
 
 
 def replica(nats: NatsServer, store: StoreServer, db: str) -> ConversationService:
@@ -192,6 +201,46 @@ async def test_two_replicas_split_then_a_crash_hands_everything_over(
         assert len(seqs) == 1 + len(acked[cid])  # conversation:created + one per send
     # Each conversation had one writer at a time, except around the crash.
     assert sample(b, "parley_conversation_seq_collisions_total") <= len(cids)
+
+
+async def test_a_conversation_read_right_after_a_send_sees_it_through_the_owner(
+    nc: Client, start_replica: StartReplica, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's path for GET /v1/conversations/{id} with two replicas: the read goes to
+    the owner of the conversation's partition, whose totals are read-your-writes; any other
+    replica would answer with totals the owner has not written yet (its totals writer runs
+    behind the log, here slowed down as under load)."""
+    a = await start_replica()
+    await until(lambda: owned(a) == set(range(PARTITIONS)))
+    b = await start_replica()
+    await until(lambda: split_evenly(a, b))
+    for svc in (a, b):
+        write = svc.store.add_totals
+
+        async def late(batch: Any, write: Any = write) -> None:
+            await asyncio.sleep(0.3)
+            await write(batch)
+
+        monkeypatch.setattr(svc.store, "add_totals", late)
+    cid = next(c for c in (new_id("c") for _ in range(1000)) if partition_of(c) in owned(a))
+    await create(nc, cid)
+    get = QUERY_ROUTE[subjects.QUERY_CONVERSATION_GET]
+    data = {"conversationId": cid}
+    body = jsonutil.dumps({"principal": ALICE, "data": data})
+    for k in range(1, 9):
+        await send(nc, cid, k)
+        reply = await request_bytes(
+            nc, get.subject_for(data), body, budget=10.0, attempt_timeout=0.75, fallback=get.subject
+        )
+        assert unwrap(get.subject, reply)["totalMessages"] == k
+    # No owner for a moment (a's partitions released, b not yet holding them): the read
+    # falls back to any replica at once.
+    assert a.ownership is not None
+    await a.ownership.stop()
+    reply = await request_bytes(
+        nc, get.subject_for(data), body, budget=10.0, attempt_timeout=0.75, fallback=get.subject
+    )
+    assert unwrap(get.subject, reply)["_id"] == cid
 
 
 async def test_a_forced_collision_is_counted_and_retried(

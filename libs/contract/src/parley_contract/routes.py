@@ -199,6 +199,20 @@ class QueryRoute:
     op: str
     title: str
     data: type[BaseModel] | None
+    # A read of one conversation (``conversationId`` in its data) answered by the owner of
+    # the conversation's partition, as its writes are (docs/affinity.md): the owner's
+    # totals are read-your-writes (another replica's trail by its totals interval).
+    partitioned: bool = False
+
+    def subject_for(self, data: Any) -> str:
+        """Where to send this query with ``data`` (the caller's, unvalidated): the owner of
+        the conversation's partition when it is partitioned and names one, else
+        :attr:`subject` (any replica; also the fallback when no replica owns it now)."""
+        if self.partitioned and isinstance(data, dict):
+            cid = data.get("conversationId")
+            if isinstance(cid, str) and cid:
+                return subjects.partition_query(self.subject, partition_of(cid))
+        return self.subject
 
 
 QUERY_ROUTES: list[QueryRoute] = [
@@ -215,6 +229,7 @@ QUERY_ROUTES: list[QueryRoute] = [
         "query.conversation.get",
         "One conversation",
         GetConversationQuery,
+        partitioned=True,
     ),
     QueryRoute(
         subjects.QUERY_MESSAGES_LIST,
@@ -222,6 +237,7 @@ QUERY_ROUTES: list[QueryRoute] = [
         "query.messages.list",
         "Messages by seq",
         ListMessagesQuery,
+        partitioned=True,
     ),
     # internal.EventsSinceRequest
     QueryRoute(
@@ -252,6 +268,9 @@ def query_routes_of(service: Service) -> list[QueryRoute]:
     return [r for r in QUERY_ROUTES if r.service is service]
 
 
+QUERY_ROUTE: dict[str, QueryRoute] = {r.subject: r for r in QUERY_ROUTES}
+
+
 def route_of(name: object) -> Route | None:
     """The route of a client-supplied event name, or None if it names no command."""
     if not isinstance(name, str):
@@ -274,6 +293,20 @@ _BY_SUBJECT: dict[str, Route] = {r.subject: r for r in ROUTES.values()} | {
 def route_of_subject(subject: str) -> Route | None:
     """The route a command subject (plain or a partition's) belongs to."""
     return _BY_SUBJECT.get(subject)
+
+
+# Every partition's subject of a partitioned query → its route.
+_QUERY_BY_SUBJECT: dict[str, QueryRoute] = {
+    subjects.partition_query(r.subject, n): r
+    for r in QUERY_ROUTES
+    if r.partitioned
+    for n in range(PARTITIONS)
+}
+
+
+def query_route_of_subject(subject: str) -> QueryRoute | None:
+    """The query route a partition's query subject belongs to (None: not one)."""
+    return _QUERY_BY_SUBJECT.get(subject)
 
 
 def routes_of(service: Service) -> list[Route]:

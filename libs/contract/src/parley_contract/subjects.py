@@ -87,8 +87,19 @@ def partition_command(event: Event, partition: int) -> str:
     return f"{PREFIX}.cmd.p{partition}.{_token(event)}"
 
 
+def partition_query(query: str, partition: int) -> str:
+    """A conversation-scoped query (``QUERY_*``) sent to one partition's owner, under the
+    partition's command subjects (one subscription per owned partition takes both):
+    ``parley.query.conversation.get`` → ``parley.cmd.p<n>.q.conversation.get``."""
+    head = f"{PREFIX}.query."
+    if not query.startswith(head):
+        raise ValueError(f"not a query subject: {query}")
+    return f"{PREFIX}.cmd.p{partition}.q.{query[len(head) :]}"
+
+
 def partition_commands(partition: int) -> str:
-    """Every command of one partition: one subscription per owned partition."""
+    """Every command (and conversation-scoped query) of one partition: one subscription
+    per owned partition."""
     return f"{PREFIX}.cmd.p{partition}.>"
 
 

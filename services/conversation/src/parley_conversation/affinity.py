@@ -1,9 +1,10 @@
 """The command subscriptions of the partitions a replica owns (docs/affinity.md).
 
 One NATS subscription per owned partition (``subjects.partition_commands(n)``, queue group
-conversation) carries every write of that partition's conversations; each message becomes a
-task that runs the route's work through ``serve`` (the same path as the plain subjects) and
-answers. Giving a partition up gracefully drains its subscription (the server stops routing
+conversation) carries every write of that partition's conversations and their
+conversation-scoped reads (``QueryRoute.partitioned``: the owner's totals are read-your-writes);
+each message becomes a task that runs the route's work through ``serve`` (the same path as
+the plain subjects) and answers. Giving a partition up gracefully drains its subscription (the server stops routing
 to this replica; what was received is still handled) and waits for its tasks, whose replies
 come after their group commit: once it returns, nothing of that partition is in flight here
 and the next owner may read the log.
@@ -22,7 +23,7 @@ from nats.aio.msg import Msg
 from parley_contract import subjects
 from parley_contract.events import Event
 from parley_contract.partitions import partition_of
-from parley_contract.routes import route_of_subject
+from parley_contract.routes import query_route_of_subject, route_of_subject
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class PartitionSubscriptions:
         serve: Serve,
         works: dict[Event, Callable[[bytes], Awaitable[Any]]],
         *,
+        queries: dict[str, Callable[[bytes], Awaitable[Any]]] | None = None,
         forget: Callable[[Callable[[str], bool]], None],
         on_owned: Callable[[int], None],
         drain_seconds: float,
@@ -46,6 +48,8 @@ class PartitionSubscriptions:
         self._on_owned = on_owned  # how many partitions are owned now (a gauge)
         self._serve = serve
         self._works = works
+        # Conversation-scoped reads (QueryRoute.partitioned), by their plain subject.
+        self._queries = queries or {}
         self._drain_seconds = drain_seconds
         self._subs: dict[int, Any] = {}
         self._tasks: dict[int, set[asyncio.Task[None]]] = {}
@@ -110,14 +114,23 @@ class PartitionSubscriptions:
         await asyncio.gather(*(self.unsubscribe(p, True) for p in list(self._subs)))
 
     async def _handle(self, msg: Msg) -> None:
-        route = route_of_subject(msg.subject)
-        work = self._works.get(route.event) if route is not None else None
-        if route is None or work is None:  # cannot be: the subscription is ours
+        op, work = self._work_of(msg.subject)
+        if work is None:  # a subject of the partition this replica does not serve
             logger.error("no route for %s", msg.subject)
             return
-        reply = await self._serve(route.event.value, msg.data, work)
+        reply = await self._serve(op, msg.data, work)
         if msg.reply:
             try:
                 await msg.respond(reply)
             except nats.errors.Error as exc:
                 logger.warning("reply on %s not sent: %r", msg.subject, exc)
+
+    def _work_of(self, subject: str) -> tuple[str, Callable[[bytes], Awaitable[Any]] | None]:
+        """(metrics operation, work) of a partition's command or query subject."""
+        route = route_of_subject(subject)
+        if route is not None:
+            return route.event.value, self._works.get(route.event)
+        query = query_route_of_subject(subject)
+        if query is not None:
+            return query.op, self._queries.get(query.subject)
+        return "", None

@@ -159,9 +159,11 @@ class Query:
     op: str  # the metrics' operation label
     title: str
     run: Run
+    partitioned: bool = False  # also answered on its partition's subject, by the owner
 
 
 QUERIES: list[Query] = [
-    Query(r.subject, r.op, r.title, RUN[r.subject]) for r in query_routes_of(Service.CONVERSATION)
+    Query(r.subject, r.op, r.title, RUN[r.subject], r.partitioned)
+    for r in query_routes_of(Service.CONVERSATION)
 ]
 assert set(RUN) == {q.subject for q in QUERIES}, "one function per conversation query route"

@@ -116,6 +116,7 @@ class ConversationService:
             lambda: self.broker.connection,
             self.serve,
             {r.event: self._command(r) for r in ROUTES if r.partitioned},
+            queries={q.subject: self._query(q) for q in queries.QUERIES if q.partitioned},
             forget=self.store.forget_seqs_where,
             on_owned=self.metrics.owned_partitions.set,
             drain_seconds=settings.drain_seconds,

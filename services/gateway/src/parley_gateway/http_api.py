@@ -33,7 +33,7 @@ from parley_contract.events import Event, PrincipalKind
 from parley_contract.ids import check_id
 from parley_contract.internal import Principal
 from parley_contract.limits import INT64_MAX
-from parley_contract.routes import ROUTES
+from parley_contract.routes import QUERY_ROUTE, ROUTES
 from parley_gateway.files_http import add_routes
 from parley_gateway.http_auth import Auth
 from parley_gateway.http_auth import principal_of as bearer_principal
@@ -241,7 +241,10 @@ def create_app(hub: Hub) -> FastAPI:
         principal = await principal_of(authorization)
         check_id(conversation_id, "conversationId")
         data = {"conversationId": conversation_id}
-        return await query(subjects.QUERY_CONVERSATION_GET, principal, data)
+        # To the conversation's owner, whose totals are read-your-writes (docs/affinity.md);
+        # with none right now, to any replica.
+        route = QUERY_ROUTE[subjects.QUERY_CONVERSATION_GET]
+        return await query(route.subject_for(data), principal, data, fallback=route.subject)
 
     @app.delete(
         "/v1/conversations/{conversation_id}",
@@ -286,7 +289,8 @@ def create_app(hub: Hub) -> FastAPI:
             "beforeSeq": _int("beforeSeq", before_seq, 1),
             "limit": _int("limit", limit, 1, 500),
         }
-        return await query(subjects.QUERY_MESSAGES_LIST, principal, data)
+        route = QUERY_ROUTE[subjects.QUERY_MESSAGES_LIST]  # the owner, as get_conversation
+        return await query(route.subject_for(data), principal, data, fallback=route.subject)
 
     @app.get("/v1/search", tags=["v1"], response_model=SuccessEnvelope, responses=_ERRORS)
     async def search(
