@@ -447,6 +447,7 @@ def persisted(
                 step["seqCollisions"] = sum(
                     d.get("parley_conversation_seq_collisions_total", 0.0) for d in per
                 )
+                logger.info("%s %.0f/s per replica: %s", label, rate, per)
             if spies:
                 step["profiles"] = {}
                 for name, spy in spies:
