@@ -2,12 +2,12 @@
 
 One NATS subscription per owned partition (``subjects.partition_commands(n)``, queue group
 conversation) carries every write of that partition's conversations and their
-conversation-scoped reads (``QueryRoute.partitioned``: the owner's totals are read-your-writes);
-each message becomes a task that runs the route's work through ``serve`` (the same path as
-the plain subjects) and answers. Giving a partition up gracefully drains its subscription (the server stops routing
-to this replica; what was received is still handled) and waits for its tasks, whose replies
-come after their group commit: once it returns, nothing of that partition is in flight here
-and the next owner may read the log.
+conversation-scoped reads (``QueryRoute.partitioned``: the owner's totals are
+read-your-writes); each message becomes a task that runs the route's work through ``serve``
+(the same path as the plain subjects) and answers. Giving a partition up gracefully drains
+its subscription (the server stops routing to this replica; what was received is still
+handled) and waits for its tasks, whose replies come after their group commit: once it
+returns, nothing of that partition is in flight here and the next owner may read the log.
 """
 
 from __future__ import annotations
