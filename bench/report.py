@@ -1,17 +1,14 @@
-"""Tables and the plot from ``bench/results/*.json``: ``latest.md``, ``latency.png`` and the
-table block of ``bench/README.md``. Standard library only, except matplotlib for the plot
-(imported lazily; without it the plot is drawn by ``uv run --with matplotlib``)."""
+"""Tables and the plot from ``bench/results/*.json``: ``latest.md``, ``latency.png`` (drawn by
+bench/plot.py) and the table block of ``bench/README.md``. Standard library only."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from bench import plot
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +17,6 @@ BASELINE = (
     "machine like this): ~15 KB RSS per idle connection, ~38k deliveries/s, cross-instance "
     "p99 26-59 ms."
 )
-PYDEPS = Path.home() / ".cache" / "parley-bench" / "pydeps"
 README_START = "<!-- bench:latest:start -->"
 README_END = "<!-- bench:latest:end -->"
 
@@ -333,126 +329,5 @@ def write_latest(results: Path) -> None:
     summary.parent.mkdir(parents=True, exist_ok=True)
     summary.write_text(json.dumps({k: v["result"] for k, v in docs.items()}))
     out = results / "latency.png"
-    try:
-        plot(summary, out)
-    except ImportError:
-        # matplotlib is not a project dependency (yet): a private copy, else uv --with.
-        if PYDEPS.is_dir():
-            sys.path.append(str(PYDEPS))
-            plot(summary, out)
-            logger.info("wrote %s and %s", results / "latest.md", out)
-            return
-        uv = shutil.which("uv")
-        if uv is None:
-            logger.warning("matplotlib missing and no uv: no plot")
-            return
-        subprocess.run(
-            [
-                uv,
-                "run",
-                "--no-project",
-                "--with",
-                "matplotlib",
-                "python",
-                "-m",
-                "bench.report",
-                str(summary),
-                str(out),
-            ],
-            cwd=results.parent.parent,
-            check=False,
-        )
+    plot.draw(summary, out, cwd=results.parent.parent)
     logger.info("wrote %s and %s", results / "latest.md", out)
-
-
-def _offered(step: dict[str, Any]) -> float:
-    return float(step["expectedDeliveries"]) / float(step["durationS"])
-
-
-def plot(summary_path: Path, out: Path) -> None:
-    matplotlib = importlib.import_module("matplotlib")
-    matplotlib.use("Agg")
-    plt = importlib.import_module("matplotlib.pyplot")
-
-    data: dict[str, Any] = json.loads(summary_path.read_text())
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    ax = axes[0]
-    fan = data.get("fanout")
-    if fan:
-        steps = [s for s in fan["steps"] if s.get("median")] or fan["steps"]
-        x = [_offered(s) for s in steps]
-        for side, style in (("same", "-"), ("cross", "--")):
-            for q, color in (("p50", "tab:blue"), ("p99", "tab:red")):
-                ax.plot(
-                    x,
-                    [s["latencyMs"][side].get(q) for s in steps],
-                    style,
-                    color=color,
-                    marker="o",
-                    label=f"{side}-instance {q}",
-                )
-        ax.axhline(25, color="grey", lw=0.8, ls=":")
-        ax.axhline(100, color="grey", lw=0.8, ls=":")
-        ax.axvline(38_000, color="grey", lw=0.8, ls=":")
-    ax.set_title("fan-out (typing:start, 10x20, 2 gateways)")
-    ax.set_xlabel("offered deliveries/s (events/s x 19)")
-    ax.set_ylabel("latency ms (log)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    per = data.get("persisted")
-    if per:
-        for r in per["runs"]:
-            x = [s["ackedPerSecond"] for s in r["steps"]]
-            k = r["conversationReplicas"]
-            ax.plot(
-                x,
-                [s["latencyMs"]["ack"].get("p99") for s in r["steps"]],
-                marker="o",
-                label=f"ack p99, {k} replica(s)",
-            )
-            ax.plot(
-                x,
-                [s["latencyMs"]["all"].get("p99") for s in r["steps"]],
-                marker="x",
-                ls="--",
-                label=f"message:new p99, {k} replica(s)",
-            )
-        ax.axhline(50, color="grey", lw=0.8, ls=":")
-    ax.set_title("persisted (message:send)")
-    ax.set_xlabel("acked messages/s")
-    ax.set_ylabel("latency ms (log)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    ax = axes[2]
-    sc = data.get("scaleout")
-    if sc:
-        for r in sc["runs"]:
-            steps = r["steps"]
-            line = ax.plot(
-                [_offered(s) for s in steps],
-                [s["latencyMs"]["all"].get("p99") for s in steps],
-                marker="o",
-                label=f"{r['gateways']} gateway(s) p99",
-            )
-            lost = [s for s in steps if s["deliveryRatio"] < 0.999]
-            ax.scatter(
-                [_offered(s) for s in lost],
-                [s["latencyMs"]["all"].get("p99") for s in lost],
-                s=120,
-                facecolors="none",
-                edgecolors=line[0].get_color(),
-            )
-        ax.axhline(100, color="grey", lw=0.8, ls=":")
-    ax.set_title("scale-out (same fan-out; circled: ratio < 0.999)")
-    ax.set_xlabel("offered deliveries/s")
-    ax.set_ylabel("p99 latency ms (log)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-
-
-if __name__ == "__main__":
-    plot(Path(sys.argv[1]), Path(sys.argv[2]))
