@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -100,3 +102,56 @@ async def serve_agents(nc: Client, *agent_ids: str) -> None:
     for agent_id in agent_ids:
         value = {"agentId": agent_id, "name": agent_id, "model": "m", "instanceId": "tests"}
         await kv.put(f"{agent_id}.tests", jsonutil.dumps(value))
+
+
+@pytest.fixture
+async def served_agents(nc: Client) -> AsyncIterator[None]:
+    """The agents these tests assign are served (an unserved agentId is NOT_FOUND), and stay
+    so: announced again every second as a bridge does, or a test that outlasts the agent
+    watch's dead-after window (a busy machine) gets "agent offline" notices in its log."""
+    await serve_agents(nc, "agent-general", "agent-code")
+
+    async def refresh() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await serve_agents(nc, "agent-general", "agent-code")
+
+    task = asyncio.create_task(refresh())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@pytest.fixture
+async def two_replicas(
+    nats_server: NatsServer, store_server: StoreServer, db_name: str
+) -> AsyncIterator[list[ConversationService]]:
+    replicas = [
+        ConversationService(settings_for(nats_server.url, store_server.url, db_name))
+        for _ in range(2)
+    ]
+    await asyncio.gather(*(r.start() for r in replicas))
+    try:
+        yield replicas
+    finally:
+        await asyncio.gather(*(r.stop() for r in replicas))
+
+
+@pytest.fixture
+async def two_patient_replicas(
+    nats_server: NatsServer, store_server: StoreServer, db_name: str
+) -> AsyncIterator[list[ConversationService]]:
+    """Two replicas that never shed load (max_wait 0): for tests of sequencing under a burst,
+    which a busy machine with durable (fsynced) commits could otherwise turn into refusals."""
+    replicas = [
+        ConversationService(
+            settings_for(nats_server.url, store_server.url, db_name, max_wait_seconds=0)
+        )
+        for _ in range(2)
+    ]
+    await asyncio.gather(*(r.start() for r in replicas))
+    try:
+        yield replicas
+    finally:
+        await asyncio.gather(*(r.stop() for r in replicas))
