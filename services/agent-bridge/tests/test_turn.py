@@ -1,9 +1,9 @@
-"""Unit tests of the turn loop: scripted backends, in-memory writer, fake tools (no network)."""
+"""Unit tests of the turn loop: scripted backends, in-memory writer, fake tools
+(parley_agent_bridge.testing; no network)."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,75 +24,10 @@ from parley_agent_bridge.backends import (
 )
 from parley_agent_bridge.config import AgentConfig
 from parley_agent_bridge.demo import ScriptedDemoBackend
+from parley_agent_bridge.testing import FakeTools, MemoryIO, Scripted
 from parley_agent_bridge.tools import ToolOutcome
-from parley_agent_bridge.transcript import chat_history
 from parley_agent_bridge.turn import Turn, TurnRequest
 from parley_contract.events import Event
-
-_ids = itertools.count(1)
-
-
-class MemoryIO:
-    """Stores messages like the conversation service would (dedup by clientMessageId)."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self.events: list[tuple[Event, dict[str, Any]]] = []
-        self.timeline: list[str] = []
-
-    async def send_message(self, data: dict[str, Any]) -> dict[str, Any]:
-        for m in self.messages:
-            if m.get("clientMessageId") == data.get("clientMessageId"):
-                return m
-        msg = {"_id": f"msg-{next(_ids)}", "seq": len(self.messages) + 2, **data}
-        self.messages.append(msg)
-        self.timeline.append(f"message:{data['messageType']}")
-        return msg
-
-    async def publish(self, event: Event, data: dict[str, Any]) -> None:
-        self.events.append((event, data))
-        self.timeline.append(event.value)
-
-
-class FakeTools:
-    def __init__(self, outcomes: dict[str, ToolOutcome], gate: asyncio.Event | None = None) -> None:
-        self.outcomes = outcomes
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.gate = gate
-        self.called = asyncio.Event()
-
-    def specs(self) -> list[ToolSpec]:
-        return [
-            {"type": "function", "function": {"name": n, "description": "", "parameters": {}}}
-            for n in self.outcomes
-        ]
-
-    async def call(self, name: str, arguments: dict[str, Any]) -> ToolOutcome:
-        self.calls.append((name, arguments))
-        self.called.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        return self.outcomes[name]
-
-
-class Scripted:
-    """A backend answering from a list of scripted responses, one per model call."""
-
-    def __init__(self, *responses: list[ModelEvent] | Exception) -> None:
-        self.responses = list(responses)
-        self.seen: list[list[ChatMessage]] = []
-
-    async def stream(
-        self, messages: list[ChatMessage], tools: list[ToolSpec]
-    ) -> AsyncIterator[ModelEvent]:
-        self.seen.append([dict(m) for m in messages])
-        response = self.responses.pop(0)
-        if isinstance(response, Exception):
-            raise response
-        for event in response:
-            await asyncio.sleep(0)
-            yield event
-
 
 AGENT = AgentConfig(
     id="agent-t",
@@ -101,6 +36,8 @@ AGENT = AgentConfig(
     price_per_1k_prompt=0.01,
     price_per_1k_completion=0.03,
 )
+
+
 USER = {"_id": "msg-user", "seq": 1, "role": "user", "messageType": "text", "content": "hello"}
 
 
@@ -422,58 +359,6 @@ async def test_demo_backend_walks_search_flow() -> None:
     await turn.run()
     assert [m["messageType"] for m in io.messages] == ["tool_call", "tool_result", "text"]
     assert "**T**" in io.messages[-1]["content"]
-
-
-def test_chat_history_merges_tool_calls_and_skips_thinking() -> None:
-    stored: list[dict[str, Any]] = [
-        USER,
-        {
-            "role": "assistant",
-            "messageType": "thinking",
-            "content": "",
-            "thinking": {"content": "x"},
-        },
-        {
-            "role": "assistant",
-            "messageType": "tool_call",
-            "content": "a",
-            "toolCalls": [{"id": "1", "function": {"name": "f", "arguments": "{}"}}],
-        },
-        {
-            "role": "assistant",
-            "messageType": "tool_call",
-            "content": "b",
-            "toolCalls": [{"id": "2", "function": {"name": "g", "arguments": "{}"}}],
-        },
-        {
-            "role": "tool",
-            "messageType": "tool_result",
-            "toolResults": [{"toolCallId": "1", "success": True, "result": 1}],
-        },
-        {"role": "assistant", "messageType": "text", "content": "done"},
-    ]
-    out = chat_history("sys", stored)
-    assert [m["role"] for m in out] == ["system", "user", "assistant", "tool", "tool", "assistant"]
-    assert [c["id"] for c in out[2]["tool_calls"]] == ["1", "2"]
-    assert json.loads(out[4]["content"])["success"] is False  # the missing result of call 2
-
-
-def test_tool_results_are_made_storable() -> None:
-    from parley_agent_bridge.transcript import MAX_RESULT_CHARS, storable_result
-
-    assert storable_result({"a": [1, {"b": 2}]}) == {"a": [1, {"b": 2}]}
-    assert storable_result({"$where": 1}) == '{"$where": 1}'
-    assert storable_result({"a.b": 1}) == '{"a.b": 1}'
-    big = storable_result({"x": "y" * 100_000})
-    assert isinstance(big, str) and len(big) == MAX_RESULT_CHARS and big.endswith("[truncated]")
-    deep: object = 1
-    for _ in range(12):
-        deep = [deep]
-    assert isinstance(storable_result(deep), str)
-    # Numbers the store cannot hold (an external MCP server may return them).
-    assert storable_result({"n": 2**63}) == '{"n": 9223372036854775808}'
-    assert storable_result({"n": float("nan")}) == '{"n": NaN}'
-    assert storable_result({"n": 2**63 - 1}) == {"n": 2**63 - 1}
 
 
 async def test_long_answer_is_clipped_to_the_content_limit() -> None:
