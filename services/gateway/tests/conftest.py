@@ -131,6 +131,16 @@ def token(sub: str, kind: PrincipalKind = PrincipalKind.USER, **kw: Any) -> str:
     return mint_token(sub, kind, name=sub.title(), **kw)
 
 
+async def joined_conversation(client: Any, *others: str) -> str:
+    """A conversation ``client`` created (with ``others``) and joined: its id."""
+    r = await client.cmd("conversation:create", {"participants": list(others)})
+    assert r["success"], r
+    cid: str = r["data"]["_id"]
+    r = await client.cmd("conversation:join", {"conversationId": cid})
+    assert r["success"], r
+    return cid
+
+
 @dataclass
 class Client:
     """A protocol client: commands with ids, events collected in arrival order."""
