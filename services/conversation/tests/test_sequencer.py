@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 import pytest
@@ -49,7 +49,7 @@ class MemoryRepo:
         return {(self.conv.id, e["cmid"]): e["frame"] for e in self.events if e["cmid"] in ids}
 
     async def append_events(
-        self, groups: Mapping[str, Sequence[PendingEvent]]
+        self, groups: Mapping[str, Sequence[PendingEvent]], *, strict: Set[str] = frozenset()
     ) -> dict[str, list[AppendResult]]:
         self.append_calls += 1
         await asyncio.sleep(0)

@@ -58,6 +58,10 @@ class PartitionSubscriptions:
     def owned(self) -> list[int]:
         return sorted(self._subs)
 
+    def owns(self, conversation_id: str) -> bool:
+        """Whether this replica serves the conversation's partition subject now."""
+        return partition_of(conversation_id) in self._subs
+
     async def acquire(self, partition: int) -> None:
         """This replica took the partition: another replica wrote its conversations until
         now, so their next seqs come from the log again, not from this replica's cache."""

@@ -173,8 +173,11 @@ async def conversation_update(
         for action in sorted(roles.update_actions(conv, change.conversation, p)):
             roles.require(role, action)
         if not change.changed:
-            await _add_call_cost(svc, conv.id, cmd)
-            return model_json(conv)
+            if _first_run_finished(conv, p):
+                await _add_call_cost(svc, conv.id, cmd)
+                return model_json(conv)
+            change.conversation = conv  # as stored; its event may be missing (below)
+            break
         if change.agent_switched and change.conversation.agent_id:
             await check_agent(svc, change.conversation.agent_id)
         if await svc.store.update_conversation(conv, change.conversation):
@@ -194,6 +197,16 @@ async def conversation_update(
         res = await svc.sequencer.send(service, system)
         new = new.model_copy(update={"last_seq": max(new.last_seq, res.seq)})
     return model_json(new)
+
+
+def _first_run_finished(conv: Conversation, p: Principal) -> bool:
+    """For an update that changes nothing: whether to answer without storing an event.
+
+    Not for a keyed command by the last one who changed the conversation: it may be the
+    retry of a first run that wrote the document and was killed before its event; without
+    the event the gateways would not evict a removed member, nor would the partition's owner
+    learn the change (authcache.py). Storing it again is harmless (the same conversation)."""
+    return command_key.get() is None or conv.updated_by != p.id
 
 
 async def _add_call_cost(

@@ -18,7 +18,8 @@ A gateway that got no answer sends the command again, to another replica, with t
 - ``conversation:create`` without a ``conversationId``: the id is derived from the key, so a
   repeat cannot create a second conversation.
 - ``message:stop`` stores nothing (a second stop is harmless); ``conversation:update`` without
-  a change stores nothing.
+  a change stores nothing, unless it is keyed and by the principal who changed the
+  conversation last (a first run killed between the document and its event: handlers.py).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
@@ -57,6 +57,9 @@ logger = logging.getLogger(__name__)
 
 MAX_APPEND_ROUNDS = 10_000
 SEQ_CACHE_SIZE = 50_000
+# The result of a ``strict`` conversation's entry not stored because another writer took
+# seqs in between (authcache.py): the sequencer authorizes it again from the store.
+STALE = ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "the conversation changed, retry")
 
 
 class ConversationLog:
@@ -82,6 +85,10 @@ class ConversationLog:
         values = await asyncio.gather(*(self.last_seq(cid) for cid in ids))
         return dict(zip(ids, values, strict=True))
 
+    def cached_next_seq(self, conversation_id: str) -> int | None:
+        """The next seq this replica would write the conversation with (None: not cached)."""
+        return self._next_seq.get(conversation_id)
+
     def _remember(self, conversation_id: str, next_seq: int) -> None:
         self._next_seq[conversation_id] = next_seq
         self._next_seq.move_to_end(conversation_id)
@@ -90,13 +97,13 @@ class ConversationLog:
             self._epochs.pop(old, None)
 
     async def append_events(
-        self, groups: Mapping[str, Sequence[PendingEvent]]
+        self, groups: Mapping[str, Sequence[PendingEvent]], *, strict: Set[str] = frozenset()
     ) -> dict[str, list[AppendResult]]:
         """See :meth:`_append_events`. After an error (or a cancellation) what was stored is
         unknown: the next seqs of these conversations are read from the log again, never
         taken from a cache that may be behind or ahead of it (issue 11)."""
         try:
-            return await self._append_events(groups)
+            return await self._append_events(groups, strict)
         except BaseException:
             for cid in groups:
                 self._next_seq.pop(cid, None)
@@ -173,7 +180,7 @@ class ConversationLog:
         return epoch
 
     async def _append_events(
-        self, groups: Mapping[str, Sequence[PendingEvent]]
+        self, groups: Mapping[str, Sequence[PendingEvent]], strict: Set[str] = frozenset()
     ) -> dict[str, list[AppendResult]]:
         """Store each conversation's frames in order with consecutive seqs, in one
         ordered ``insert_many`` for all of them; never a gap, never a duplicate.
@@ -182,7 +189,9 @@ class ConversationLog:
         insert stops at the first duplicate key: everything before it is stored (a prefix per
         conversation, so a crash or a collision never leaves a hole); a taken seq re-reads the
         maximum of every conversation still to be written, a stored clientMessageId returns
-        the earlier frame; the rest is retried.
+        the earlier frame; the rest is retried, but for a ``strict`` conversation (authorized
+        from a cache valid only while nobody else writes it, authcache.py) whose maximum moved:
+        its entries not stored yet get :data:`STALE`.
         """
         results: dict[str, list[AppendResult | None]] = {
             cid: [None] * len(evts) for cid, evts in groups.items()
@@ -285,6 +294,9 @@ class ConversationLog:
                 # replicas slower than one.
                 rest = list(dict.fromkeys(c for c, _ in owners[done:]))
                 for c, (last, epoch) in (await self._last_entries(rest)).items():
+                    if c in strict and last + 1 != nxt[c]:
+                        for k in range(pos[c], len(groups[c])):
+                            results[c][k] = results[c][k] or AppendResult(0, {}, error=STALE)
                     nxt[c] = last + 1
                     epochs[c] = max(epochs[c], epoch)  # it may have begun a new epoch
         out: dict[str, list[AppendResult]] = {}

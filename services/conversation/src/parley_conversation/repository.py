@@ -3,7 +3,7 @@ tests/test_store.py); :class:`parley_conversation.store.MongoStore` is the one t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,7 +37,7 @@ class Repository(Protocol):
         self, ids: Sequence[str], *, with_totals: bool = True
     ) -> dict[str, Conversation]: ...
     async def append_events(
-        self, groups: Mapping[str, Sequence[PendingEvent]]
+        self, groups: Mapping[str, Sequence[PendingEvent]], *, strict: Set[str] = ...
     ) -> dict[str, list[AppendResult]]: ...
     async def frames_by_client_ids(
         self, wanted: Mapping[str, Sequence[str]]

@@ -3,8 +3,9 @@
 Every durable event (a new message or any other durable frame) is queued here. One worker
 takes everything queued (up to ``max_batch``) and commits it with a fixed number of store
 round trips whatever the number of conversations in it: one read of the conversations
-(authorizes every send) and one ordered ``insert_many`` into the conversation log (each
-message is its own log entry and claims its seq, see :mod:`parley_conversation.log`); the
+(authorizes every send; a partition's owner skips it, authcache.py) and one ordered
+``insert_many`` into the conversation log (each message is its own log entry and claims its
+seq, see :mod:`parley_conversation.log`); the
 totals follow in the background (one bulk update, merged across batches). A retried
 ``clientMessageId`` is caught by the log's unique index (no lookup per batch: on the
 embedded store an ``$in`` lookup scans the collection); retries inside one batch wait for
@@ -34,7 +35,9 @@ from parley_contract.events import Event
 from parley_contract.internal import Principal
 from parley_contract.models import Conversation, ConversationStatus, Message
 from parley_conversation import domain, roles
+from parley_conversation.authcache import AuthCache
 from parley_conversation.entries import AppendResult, MessageTotals, PendingEvent, totals_of
+from parley_conversation.log import STALE
 from parley_conversation.repository import Repository
 from parley_conversation.totals_writer import TotalsWriter
 
@@ -88,8 +91,11 @@ class Sequencer:
         max_wait: float = 0.0,
         on_committed: Callable[[str, int, int], Awaitable[None]] | None = None,
         publish_frame: PublishFrame | None = None,
+        auth: AuthCache | None = None,
     ) -> None:
         self._store = store
+        # The owner's conversations, when it may skip the authorizing read (authcache.py).
+        self.auth = auth
         self._publish = publish
         # Durable frames go out with their headers when given (gateways order them by those).
         self._publish_frame = publish_frame
@@ -216,7 +222,7 @@ class Sequencer:
         groups: dict[str, list[_Job]] = {}
         for cid, job in jobs:
             groups.setdefault(cid, []).append(job)
-        convs = await self._store.get_conversations(list(groups), with_totals=False)
+        convs, bases, strict = await self._authorizing(jobs, groups)
         live: dict[str, list[_Job]] = {}
         followers: dict[tuple[str, str], list[_Send]] = {}
         for cid, group in groups.items():
@@ -249,7 +255,12 @@ class Sequencer:
         if not live:
             return
         pending = {cid: [self._pending(j) for j in js] for cid, js in live.items()}
-        results = await self._store.append_events(pending)
+        results = await self._store.append_events(pending, strict=strict)
+        if self.auth is not None:
+            for cid, base in bases.items():
+                res_list = results.get(cid, [])
+                written = sum(1 for r in res_list if r.error is None and not r.duplicate)
+                self.auth.commit(cid, convs.get(cid), base, written)
         stored_by: dict[str, list[Message]] = {}
         totals: dict[str, MessageTotals] = {}
         for cid, js in live.items():
@@ -285,11 +296,15 @@ class Sequencer:
             for cid, stored in stored_by.items():
                 if stored and cid in convs:
                     self._after_stored(convs[cid], stored)
+        again: list[tuple[str, _Job]] = []
         for cid, js in live.items():
             for item, res in zip(js, results[cid], strict=True):
                 if isinstance(item, _Send):
                     cmid = item.message.client_message_id
                     more = followers.get((cid, cmid), []) if cmid else []
+                    if res.error is STALE:  # authorized from a stale cache: read, try again
+                        again.extend((cid, j) for j in [item, *more])
+                        continue
                     if res.error is not None:  # the store refused this one: only it fails
                         _fail([item, *more], res.error)
                         continue
@@ -299,6 +314,36 @@ class Sequencer:
                     _fail([item], res.error)
                 elif not item.future.done():
                     item.future.set_result(res)
+        if again:  # first in the next batch, in their order
+            self._queue[:0] = again
+            self._queued_at[:0] = [time.monotonic()] * len(again)
+
+    async def _authorizing(
+        self, jobs: list[tuple[str, _Job]], groups: dict[str, list[_Job]]
+    ) -> tuple[dict[str, Conversation], dict[str, int | None], set[str]]:
+        """The conversations that authorize this batch: from the owner's cache where valid,
+        else one read for the rest. Also, per conversation, the log's next seq the
+        conversation is valid from (AuthCache.commit), and the conversations taken from the
+        cache (written ``strict``)."""
+        auth = self.auth
+        convs: dict[str, Conversation] = {}
+        bases: dict[str, int | None] = {}
+        if auth is not None:
+            # Its own change of a conversation (update, delete, create) is written by this
+            # replica: the entry goes before the batch that stores the change's event.
+            changed = {cid for cid, job in jobs if isinstance(job, _Event)}
+            for cid in groups:
+                if cid in changed:
+                    auth.drop(cid)
+                elif (hit := auth.lookup(cid)) is not None:
+                    convs[cid], bases[cid] = hit
+                else:
+                    bases[cid] = auth.base(cid)  # before the read
+        strict = set(convs)
+        missing = [cid for cid in groups if cid not in convs]
+        if missing:
+            convs.update(await self._store.get_conversations(missing, with_totals=False))
+        return convs, bases, strict
 
     async def _publish_durable(self, cid: str, subject: str, frame: dict[str, Any]) -> None:
         payload = jsonutil.dumps(frame)

@@ -32,6 +32,7 @@ from parley_conversation import agent_turns, queries
 from parley_conversation.affinity import PartitionSubscriptions
 from parley_conversation.agent_watch import AgentWatch
 from parley_conversation.attachments import Attachments
+from parley_conversation.authcache import AuthCache
 from parley_conversation.broker import make_broker
 from parley_conversation.cursors import CursorStore
 from parley_conversation.epochs import HighWaterMarks
@@ -117,10 +118,12 @@ class ConversationService:
             self.serve,
             {r.event: self._command(r) for r in ROUTES if r.partitioned},
             queries={q.subject: self._query(q) for q in queries.QUERIES if q.partitioned},
-            forget=self.store.forget_seqs_where,
+            forget=self._forget_partition,
             on_owned=self.metrics.owned_partitions.set,
             drain_seconds=settings.drain_seconds,
         )
+        # The partition owner's cache of what authorizes a send (authcache.py).
+        self.sequencer.auth = AuthCache(self.store.cached_next_seq, self.partitions.owns)
         self.ownership: Ownership | None = None
         self._register()
 
@@ -255,6 +258,12 @@ class ConversationService:
         await self.attachments.init()
         # Before any request: the old log's seqs must be in place before new writes.
         await fold_legacy_event_log(self.store)
+
+    def _forget_partition(self, which: Callable[[str], bool]) -> None:
+        """A partition taken or given up: its cached next seqs and authorizations go."""
+        self.store.forget_seqs_where(which)
+        if self.sequencer.auth is not None:
+            self.sequencer.auth.drop_where(which)
 
     async def _note_mark(self, conversation_id: str, epoch: int, seq: int) -> None:
         if self.store.marks is not None:
