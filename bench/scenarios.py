@@ -16,15 +16,12 @@ from typing import Any
 
 from bench.generator import Client, GeneratorPool
 from bench.profiling import PySpy, summarize_collapsed
-from bench.system import System, cpu_seconds, nofile_limit, open_fds
+from bench.steps import load_step, median_step, sustainable
+from bench.system import System, nofile_limit, open_fds
 from parley_contract.auth import mint_token
 from parley_contract.events import Event
 
 logger = logging.getLogger(__name__)
-
-# A p99 under this is "keeps up" when searching the highest sustainable rate.
-P99_LIMIT_MS = 100.0
-MIN_RATIO = 0.999
 
 
 @dataclass
@@ -112,22 +109,6 @@ def setup(pool: GeneratorPool, pop: Population, *, concurrency: int = 100) -> di
             r["perSecond"],
         )
     return out
-
-
-def _cpu(pids: dict[str, int | None]) -> dict[str, float]:
-    return {name: cpu_seconds(pid) for name, pid in pids.items() if pid}
-
-
-def _watched_pids(
-    system: System, gateways: list[int], pool: GeneratorPool
-) -> dict[str, int | None]:
-    pids: dict[str, int | None] = {f"gateway-{g + 1}": system.gateways[g].pid for g in gateways}
-    for i, pid in enumerate(system.conversation_pids):
-        pids[f"conversation-{i + 1}"] = pid
-    pids.update(system.other_pids)
-    for i, pid in enumerate(pool.pids):
-        pids[f"loadgen-{i + 1}"] = pid
-    return pids
 
 
 # ---------------------------------------------------------------------------------- idle
@@ -219,90 +200,6 @@ def idle(
 # ---------------------------------------------------------------------------------- fanout
 
 
-def _load_step(
-    system: System,
-    pool: GeneratorPool,
-    pop: Population,
-    gateways: list[int],
-    *,
-    kind: str,
-    rate: float,
-    duration: float,
-    drain: float,
-    members: int,
-    content_bytes: int = 64,
-) -> dict[str, Any]:
-    pids = _watched_pids(system, gateways, pool)
-    cpu0 = _cpu(pids)
-    t0 = time.monotonic()
-    res = pool.load(
-        {
-            "kind": kind,
-            "convs": [
-                {"conv": c["conv"], "sender": c["sender"], "senderGw": c["senderGw"]}
-                for c in pop.convs
-            ],
-            "ratePerSender": rate / len(pop.convs),
-            "durationMs": int(duration * 1000),
-            "drainMs": int(drain * 1000),
-            "contentBytes": content_bytes,
-        }
-    )
-    wall = time.monotonic() - t0
-    cpu1 = _cpu(pids)
-    res["cpuPercent"] = {
-        name: round((cpu1[name] - cpu0.get(name, 0.0)) / wall * 100, 1) for name in cpu1
-    }
-    res["rate"] = rate
-    res["durationS"] = duration
-    # Persisted: every stored message (acked, or stored with its ack lost) must reach everyone.
-    basis = max(res["acked"], res["messagesSeen"]) if kind == "message" else res["sent"]
-    expected = basis * (members - 1)
-    res["expectedDeliveries"] = expected
-    res["deliveryRatio"] = round(res["delivered"] / expected, 5) if expected else 0.0
-    res["deliveriesPerSecond"] = round(res["delivered"] / duration, 1)
-    res["sentPerSecond"] = round(res["sent"] / duration, 1)
-    if kind == "message":
-        res["ackedPerSecond"] = round(res["acked"] / duration, 1)
-    lat = res["latencyMs"]
-    logger.info(
-        "%s %6.0f/s: sent %d, delivered %d (ratio %.4f, %.0f/s), p50/p99/max same %s/%s/%s "
-        "cross %s/%s/%s ms%s, cpu %s, generator loop lag p99/max %.0f/%.0f ms",
-        kind,
-        rate,
-        res["sent"],
-        res["delivered"],
-        res["deliveryRatio"],
-        res["deliveriesPerSecond"],
-        lat["same"].get("p50"),
-        lat["same"].get("p99"),
-        lat["same"].get("max"),
-        lat["cross"].get("p50"),
-        lat["cross"].get("p99"),
-        lat["cross"].get("max"),
-        (
-            f", acked {res['acked']} ack p99 {lat['ack'].get('p99')} ms gaps {res['seqGaps']}"
-            if kind == "message"
-            else ""
-        ),
-        res["cpuPercent"],
-        res["generator"]["loopLagP99Ms"],
-        res["generator"]["loopLagMaxMs"],
-    )
-    return res
-
-
-def median_step(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run of one rate whose overall p99 is the median of the repeats."""
-    ranked = sorted(steps, key=lambda s: s["latencyMs"]["all"].get("p99") or float("inf"))
-    return ranked[(len(ranked) - 1) // 2]
-
-
-def sustainable(step: dict[str, Any]) -> bool:
-    p99 = step["latencyMs"]["all"].get("p99")
-    return p99 is not None and p99 <= P99_LIMIT_MS and step["deliveryRatio"] >= MIN_RATIO
-
-
 def fanout(
     system: System,
     *,
@@ -338,7 +235,7 @@ def fanout(
                         ext = "txt" if fmt == "raw" else "svg"
                         out = profile_dir / f"{label}-{rate:.0f}-gateway-{g + 1}.{ext}"
                         spies.append((fmt, PySpy(pid, out, duration, fmt=fmt)))
-            step = _load_step(
+            step = load_step(
                 system,
                 pool,
                 pop,
@@ -425,7 +322,7 @@ def persisted(
                         out = profile_dir / f"{label}-{rate:.0f}-{name}.txt"
                         spies.append((name, PySpy(pid, out, duration)))
             replicas_before = system.replica_metrics()
-            step = _load_step(
+            step = load_step(
                 system,
                 pool,
                 pop,
