@@ -176,3 +176,69 @@ async def test_batches_arriving_together_share_one_set_of_reads(
     assert bc["data"]["lastSeq"] == d["data"]["lastSeq"] == a["data"]["lastSeq"]
     single = await request_(JOIN, {"conversationId": cid}, DAVE)
     assert d["data"]["members"][0]["unreadCount"] == single["data"]["unreadCount"]
+
+
+def count_conversation_reads(
+    svc: ConversationService, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    reads: list[str] = []
+    real = svc.store.get_conversation
+
+    async def get_conversation(cid: str, *, with_totals: bool = True) -> Any:
+        reads.append(cid)
+        return await real(cid, with_totals=with_totals)
+
+    monkeypatch.setattr(svc.store, "get_conversation", get_conversation)
+    return reads
+
+
+async def test_later_batches_share_the_conversation_read_until_the_log_moves(
+    service: ConversationService, request_: Request, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A storm's members come back a few at a time: the next batches of a conversation use
+    the conversation read of the first while the log ends at the same seq. A removal appends
+    to the log: the batch after it reads the conversation again, and the removed principal
+    gets FORBIDDEN and nothing of the conversation."""
+    cid, _ = await _room(request_)
+    reads = count_conversation_reads(service, monkeypatch)
+    first = (await rejoin(nc, cid, [ALICE]))["data"]
+    await _compare(nc, request_, cid, [BOB, DAVE])  # single joins read it themselves
+    assert reads.count(cid) == 3  # one for the first batch, one per single join
+    again = (await rejoin(nc, cid, [BOB]))["data"]
+    assert reads.count(cid) == 3
+    single = (await request_(JOIN, {"conversationId": cid}, BOB))["data"]
+    assert again["conversation"] == single["conversation"]  # with the names stored since
+    assert again["lastSeq"] == first["lastSeq"] == single["lastSeq"]
+
+    await ok(request_, UPDATE, {"conversationId": cid, "removeParticipants": ["u-dave"]}, ALICE)
+    after = (await rejoin(nc, cid, [DAVE]))["data"]
+    assert reads.count(cid) == 6  # the single join's, the update's, then this batch's
+    assert after["members"][0]["ok"] is False
+    assert after["members"][0]["error"]["code"] == "FORBIDDEN"
+    assert after["conversation"] is None and after["lastSeq"] == 0 and "cursors" not in after
+    both = (await rejoin(nc, cid, [ALICE, DAVE]))["data"]
+    assert [m["ok"] for m in both["members"]] == [True, False]
+    assert both["lastSeq"] > first["lastSeq"]
+    dave = [x for x in both["conversation"]["participants"] if x.get("userId") == "u-dave"]
+    assert dave and dave[0].get("leftAt")  # the conversation as it is now
+
+
+async def test_a_shared_read_serves_at_most_its_time(
+    service: ConversationService, request_: Request, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cid, _ = await _room(request_)
+    monkeypatch.setattr(rejoin_module, "SHARED_SECONDS", 0.0)
+    reads = count_conversation_reads(service, monkeypatch)
+    for who in (ALICE, BOB):
+        assert (await rejoin(nc, cid, [who]))["data"]["members"][0]["ok"] is True
+    assert reads.count(cid) == 2
+
+
+async def test_services_alone(
+    service: ConversationService, request_: Request, nc: Client
+) -> None:
+    """lastSeq comes from the unread scan when it reaches the end of the log; with nobody
+    to count (services only) it is read on its own: still the join's."""
+    cid, _ = await _room(request_)
+    await _compare(nc, request_, cid, [service_principal()])
+    await _compare(nc, request_, cid, [service_principal(), ALICE])

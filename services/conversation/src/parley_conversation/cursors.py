@@ -164,17 +164,13 @@ class CursorStore:
                     break
         return n
 
-    async def unread_many(
-        self, cid: str, read_seqs: Mapping[Principal, int]
-    ) -> dict[Principal, int]:
-        """Each principal's :meth:`unread` (``read_seqs``: principal → its read seq), from
-        one scan of the log when that covers every principal's window (a batched rejoin:
-        parley_conversation.rejoin); a principal whose window reaches past it is counted
-        alone. Services count nothing (0), as conversation:join."""
+    async def scan(self, cid: str, read_seqs: Mapping[Principal, int]) -> LogScan:
+        """One read of the log from the lowest read seq of ``read_seqs`` (principal → its
+        read seq; services count nothing and are left out), for :meth:`LogScan.unread` and
+        :attr:`LogScan.last` (a batched rejoin: parley_conversation.rejoin)."""
         counted = {p: s for p, s in read_seqs.items() if p.kind is not PrincipalKind.SERVICE}
-        out = dict.fromkeys(read_seqs, 0)
         if not counted:
-            return out
+            return LogScan(self, cid, -1, [], complete=False)
         low = min(counted.values())
         docs = (
             await self.messages.find(
@@ -184,30 +180,28 @@ class CursorStore:
             .limit(SCAN_CAP)
             .to_list()
         )
-        complete = len(docs) < SCAN_CAP  # the scan reached the end of the log
-        for p, after in counted.items():
-            if not complete and after != low:
-                out[p] = await self.unread(cid, p.kind, p.id, after)
-                continue
-            n = 0
-            for doc in docs:
-                if int(doc.get("seq", 0)) > after and counts_as_unread(doc, p.kind, p.id):
-                    n += 1
-                    if n >= UNREAD_CAP:
-                        break
-            out[p] = n
-        return out
+        return LogScan(self, cid, low, docs, complete=len(docs) < SCAN_CAP)
+
+    async def unread_many(
+        self, cid: str, read_seqs: Mapping[Principal, int]
+    ) -> dict[Principal, int]:
+        """Each principal's :meth:`unread` (``read_seqs``: principal → its read seq), from
+        one scan of the log when that covers every principal's window; a principal whose
+        window reaches past it is counted alone. Services count nothing (0), as
+        conversation:join."""
+        return await (await self.scan(cid, read_seqs)).unread(read_seqs)
 
     # ------------------------------------------------------------ names
 
-    async def remember(self, kind: PrincipalKind, pid: str, name: str | None) -> None:
-        """Store the display name a token carried (once per change, per replica)."""
+    async def remember(self, kind: PrincipalKind, pid: str, name: str | None) -> bool:
+        """Store the display name a token carried (once per change, per replica); True when
+        it was stored now (a new name), False when it was already."""
         if not name or kind is PrincipalKind.SERVICE:
-            return
+            return False
         key = principal_key(kind, pid)
         if self._names.get(key) == name:
             self._names.move_to_end(key)
-            return
+            return False
         await self.principals.update_one(
             {"_id": key},
             {
@@ -223,6 +217,7 @@ class CursorStore:
         self._names[key] = name
         while len(self._names) > NAME_CACHE:
             self._names.popitem(last=False)
+        return True
 
     async def names(self, keys: Sequence[str]) -> dict[str, str]:
         """``<kind>:<id>`` → name, for the keys the directory knows."""
@@ -232,3 +227,47 @@ class CursorStore:
             *(self.principals.find({"_id": {"$in": c}}, {"name": 1}).to_list() for c in chunks)
         )
         return {d["_id"]: str(d["name"]) for docs in found for d in docs if d.get("name")}
+
+
+class LogScan:
+    """The log of one conversation after ``low`` (at most ``SCAN_CAP`` entries, in seq
+    order; ``complete``: it reached the end of the log)."""
+
+    def __init__(
+        self,
+        store: CursorStore,
+        cid: str,
+        low: int,
+        docs: list[dict[str, Any]],
+        *,
+        complete: bool,
+    ) -> None:
+        self._store, self._cid, self._low, self._docs = store, cid, low, docs
+        self._complete = complete
+
+    @property
+    def last(self) -> int | None:
+        """The log's highest seq, when this scan knows it (None: read it)."""
+        if not self._complete:
+            return None
+        if self._docs:
+            return int(self._docs[-1].get("seq", 0))
+        return 0 if self._low == 0 else None  # nothing after low: the end is at or below it
+
+    async def unread(self, read_seqs: Mapping[Principal, int]) -> dict[Principal, int]:
+        """Each principal's unread count, as :meth:`CursorStore.unread` would count it."""
+        out = dict.fromkeys(read_seqs, 0)
+        for p, after in read_seqs.items():
+            if p.kind is PrincipalKind.SERVICE:
+                continue
+            if after < self._low or (not self._complete and after != self._low):
+                out[p] = await self._store.unread(self._cid, p.kind, p.id, after)
+                continue
+            n = 0
+            for doc in self._docs:
+                if int(doc.get("seq", 0)) > after and counts_as_unread(doc, p.kind, p.id):
+                    n += 1
+                    if n >= UNREAD_CAP:
+                        break
+            out[p] = n
+        return out

@@ -7,13 +7,15 @@ totals, lastSeq, the conversation with totals, the epoch, names, cursors, unread
 for all of its members that resume at about the same time (``routes.REJOIN_SUBJECT``,
 ``internal.RejoinRequest``); this answers them all from one set of reads:
 
-- lastSeq, then the conversation (the same order as a single join: a removal that the
-  authorization did not see has a seq above lastSeq, which the gateway replays or delivers
-  and evicts on), the epoch, the names and the read cursors: once for the batch;
+- the read cursors, then one scan of the log from the lowest of them, which gives the
+  unread counts (per principal, in memory; a principal the scan does not cover to its own
+  cap is counted alone) and lastSeq (its last entry; read alone when the scan stops short);
+- then the conversation (the same order as a single join: a removal that the authorization
+  did not see has a seq above lastSeq, which the gateway replays or delivers and evicts
+  on), its epoch and names — shared with the batches of the last ``SHARED_SECONDS`` that
+  read the same lastSeq (:class:`SharedReads`: a storm's members come back a few at a time);
 - authorization: per principal, exactly as a single join (``domain.authorize``) on that
   same read — a principal removed before it gets FORBIDDEN, at its index;
-- unread counts: one scan of the log from the lowest read cursor, counted per principal in
-  memory; a principal the scan does not cover to its own cap is counted alone;
 - across gateways: while one set of reads of a conversation runs, the batched rejoins that
   arrive for it (from the other gateways) wait and share the next set (:class:`Rejoins`).
 
@@ -24,6 +26,9 @@ Each admitted principal gets what its single join would have answered (same ``co
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -32,10 +37,16 @@ from parley_contract import commands, envelopes
 from parley_contract.errors import ParleyError
 from parley_contract.internal import Principal, RejoinRequest
 from parley_contract.jsonutil import model_json
+from parley_contract.models import Conversation
 from parley_conversation import domain
 
 if TYPE_CHECKING:
     from parley_conversation.service import ConversationService
+
+# How long the conversation read of one batched rejoin may serve the next ones (while the
+# log ends at the same seq: :class:`SharedReads`), and for how many conversations.
+SHARED_SECONDS = 5.0
+SHARED_ENTRIES = 2_000
 
 
 def decode(body: bytes) -> RejoinRequest:
@@ -62,6 +73,7 @@ class Rejoins:
         self._svc = svc
         self._pending: dict[str, list[tuple[list[Principal], asyncio.Future[Any]]]] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
+        self.shared = SharedReads()
 
     async def answer(self, cid: str, principals: list[Principal]) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -97,40 +109,113 @@ class Rejoins:
                     fut.set_exception(asyncio.CancelledError())
 
 
+@dataclass
+class _Shared:
+    """What a rejoin of a conversation shares with the ones right after it, while the log
+    ends at the same seq: the conversation, its epoch, and its wire form with totals and
+    names (made when someone is admitted: after their names are remembered)."""
+
+    last: int
+    conv: Conversation | None
+    epoch: int
+    at: float
+    wire: dict[str, Any] | None = None
+
+
+class SharedReads:
+    """The conversation reads of recent rejoins, per conversation (issue 16: the storm's
+    members of one conversation come back a few at a time, each batch read it again).
+
+    An entry serves a batch only while the log still ends at the seq read right before the
+    entry's conversation was read (``last``), and for at most ``SHARED_SECONDS``. That is
+    as safe as a fresh read: every change of a conversation's participants (update,
+    delete) writes the document, then appends its event to the log; a change the entry
+    does not show was written after the entry's read, so its event has a seq above
+    ``last``: the batch reads a higher lastSeq and reads the conversation again, or (the
+    event appended after the batch read lastSeq) the gateway, subscribed before asking,
+    gets the event live and evicts, as after a single join that read just before it."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, _Shared] = OrderedDict()
+
+    def get(self, cid: str, last: int) -> _Shared | None:
+        entry = self._entries.get(cid)
+        if entry is None:
+            return None
+        if entry.last != last or time.monotonic() - entry.at > SHARED_SECONDS:
+            del self._entries[cid]
+            return None
+        return entry
+
+    def put(self, cid: str, entry: _Shared) -> None:
+        self._entries[cid] = entry
+        self._entries.move_to_end(cid)
+        while len(self._entries) > SHARED_ENTRIES:
+            self._entries.popitem(last=False)
+
+    async def read(self, svc: ConversationService, cid: str, last: int) -> _Shared:
+        """The shared part for a batch that read ``last``: the entry, or a fresh read."""
+        entry = self.get(cid, last)
+        if entry is not None:
+            return entry
+        at = time.monotonic()  # before the read: the entry never outlives its age
+        conv = await svc.store.get_conversation(cid, with_totals=True)
+        epoch = await svc.store.epoch_of(cid) if conv is not None else 0
+        entry = _Shared(last, conv, epoch, at)
+        self.put(cid, entry)
+        return entry
+
+    @staticmethod
+    async def wire(svc: ConversationService, entry: _Shared, *, renamed: bool) -> dict[str, Any]:
+        """The conversation as conversation:joined carries it (``renamed``: a name was
+        stored since the entry's names were read)."""
+        if entry.wire is None or renamed:
+            assert entry.conv is not None
+            conv = entry.conv.model_copy(update={"last_seq": max(entry.last, entry.conv.last_seq)})
+            wire = model_json(conv)
+            await svc.receipts.add_names([wire])
+            entry.wire = wire
+        return entry.wire
+
+
 async def _answer(svc: ConversationService, cid: str, principals: list[Principal]) -> Any:
-    """One set of reads for ``principals`` (in order) rejoining ``cid``."""
+    """One set of reads for ``principals`` (in order) rejoining ``cid``: the read cursors
+    and one scan of the log from the lowest (which gives lastSeq too), then the
+    conversation (shared with the batches before while the log ends at the same seq)."""
     await svc.sequencer.settle_totals()
-    last = await svc.store.last_seq(cid)  # before the conversation: see the module doc
-    conv = await svc.store.get_conversation(cid, with_totals=True)
+    cursors = await svc.cursors.cursors_of(cid)
+    read = {(c["kind"], c["principalId"]): c["readSeq"] for c in cursors}
+    seqs = {p: read.get((p.kind.value, p.id), 0) for p in principals}
+    scan = await svc.cursors.scan(cid, seqs)
+    last = scan.last
+    if last is None:
+        last = await svc.store.last_seq(cid)
+    # lastSeq before the conversation: see the module doc.
+    shared = await svc.rejoins.shared.read(svc, cid, last)
     members: list[dict[str, Any]] = []
     admitted: list[Principal] = []
     for p in principals:
         try:
-            domain.authorize(conv, p)
+            domain.authorize(shared.conv, p)
         except ParleyError as exc:
             members.append({"ok": False, "error": envelopes.fail_from(exc)["error"]})
             continue
         members.append({"ok": True})
         admitted.append(p)
-    if conv is None or not admitted:
+    if shared.conv is None or not admitted:
         return {"conversation": None, "lastSeq": 0, "epoch": 0, "members": members}
-    epoch = await svc.store.epoch_of(cid)
-    conv = conv.model_copy(update={"last_seq": max(last, conv.last_seq)})
-    wire = model_json(conv)
+    renamed = False
     for p in dict.fromkeys(admitted):
-        await svc.cursors.remember(p.kind, p.id, p.name)
-    await svc.receipts.add_names([wire])
-    cursors = await svc.cursors.cursors_of(cid)
-    read = {(c["kind"], c["principalId"]): c["readSeq"] for c in cursors}
-    seqs = {p: read.get((p.kind.value, p.id), 0) for p in admitted}
-    unread = await svc.cursors.unread_many(cid, seqs)
+        renamed = await svc.cursors.remember(p.kind, p.id, p.name) or renamed
+    wire = await svc.rejoins.shared.wire(svc, shared, renamed=renamed)
+    unread = await scan.unread({p: seqs[p] for p in admitted})
     for m, p in zip((m for m in members if m["ok"]), admitted, strict=True):
         m["readSeq"] = seqs[p]
         m["unreadCount"] = unread.get(p, 0)
     return {
         "conversation": wire,
         "lastSeq": last,
-        "epoch": epoch,
+        "epoch": shared.epoch,
         "cursors": cursors,
         "members": members,
     }
