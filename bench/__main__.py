@@ -102,7 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--connect-client",
         choices=("raw", "ws"),
         default="raw",
-        help="connects: the handshake on a bare socket (raw) or through the Node ws client",
+        help="connects, storm: the handshake (storm: the resume) on a bare socket (raw) or "
+        "through the Node ws client",
     )
     p.add_argument(
         "--fanout-rates",
@@ -285,6 +286,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 threads=args.threads,
                 log_dir=log_dir,
                 profile_dir=PROFILES if args.profile else None,
+                client=args.connect_client,
             )
     if name in ("fanout", "selfcheck"):
         rates = args.fanout_rates or (

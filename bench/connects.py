@@ -119,10 +119,13 @@ def storm(
     log_dir: Path,
     profile_dir: Path | None = None,
     profile_seconds: float = 10.0,
+    client: str = "raw",
 ) -> dict[str, Any]:
     """Kill gateway-1 holding ``n`` joined clients; they resume on gateway-2 and -3.
     ``profile_dir``: py-spy both surviving gateways and conversation-1 from the kill on.
-    The generator's CPU is counted too: it shares the machine's cores."""
+    The generator's CPU is counted too: it shares the machine's cores. ``client``: "raw"
+    (the resume on a bare socket: the generator's CPU per client about half the ws
+    client's) or "ws" (the Node ws client)."""
     pop = population(system, f"storm-{int(time.time())}", n // members, members, [0])
     pool = GeneratorPool(pop.clients, threads=threads, per_process=50_000, log_dir=log_dir)
     try:
@@ -142,7 +145,7 @@ def storm(
         cpu0 = {name: cpu_seconds(p) for name, p in watched.items()}
         t_kill = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        res = pool.resume(targets, concurrency=concurrency, kill_time=t_kill)
+        res = pool.resume(targets, concurrency=concurrency, kill_time=t_kill, raw=client == "raw")
         cpu = {name: round(cpu_seconds(p) - cpu0[name], 2) for name, p in watched.items()}
         stats = pool.stats()
         for spy in spies:
@@ -152,6 +155,7 @@ def storm(
     out = {
         "clients": len(pop.clients),
         "members": members,
+        "client": client,
         "setup": {k: {"ok": v["ok"], "failed": v["failed"]} for k, v in steps.items()},
         "resumed": res["ok"],
         "failed": res["failed"],

@@ -153,10 +153,17 @@ class GeneratorPool:
         return _merge(parts)
 
     def resume(
-        self, urls: list[str], *, concurrency: int, kill_time: float, timeout_ms: int = 60_000
+        self,
+        urls: list[str],
+        *,
+        concurrency: int,
+        kill_time: float,
+        timeout_ms: int = 60_000,
+        raw: bool = True,
     ) -> dict[str, Any]:
         """Every client resumes its session at ``urls[i]`` at once; latency from ``kill_time``
-        (``time.monotonic()``: CLOCK_MONOTONIC, the generator's clock too)."""
+        (``time.monotonic()``: CLOCK_MONOTONIC, the generator's clock too). ``raw``: on a bare
+        socket (loadgen.mjs rawResumeOne), else through the Node ws client."""
         per: list[list[dict[str, Any]]] = [[] for _ in self.procs]
         for idx, url in enumerate(urls):
             p, local = self._locate(idx)
@@ -169,6 +176,7 @@ class GeneratorPool:
                     "concurrency": concurrency,
                     "killMs": kill_time * 1000,
                     "timeoutMs": timeout_ms,
+                    "raw": raw,
                 }
                 for it in per
             ]

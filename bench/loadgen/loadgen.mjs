@@ -315,6 +315,9 @@ function workerMain() {
   // A client of a killed gateway resumes its session on another (bench storm): resolved
   // when it got `reconnected` and a `conversation:joined` for every conversation the
   // hello restored; ms counts from the kill (killMs, the same monotonic clock as Python's).
+  // The frames a resuming client only has to recognize (the gateway writes "event" first).
+  const JOINED_PREFIX = '{"event":"conversation:joined"';
+  const PRESENCE_PREFIX = '{"event":"presence:';
   function resumeOne(client, url, killMs, timeoutMs) {
     return new Promise((resolve) => {
       let done = false;
@@ -356,9 +359,17 @@ function workerMain() {
         if (isBinary) return;
         const raw = data.toString();
         if (done) {
+          // Nothing asked, nothing measured: the presence of the others coming back
+          // (~10 frames per client at 20 members) is not parsed.
+          if (load === null && pending.size === 0) return;
           onFrame(client, raw);
           return;
         }
+        if (waiting > 0 && raw.startsWith(JOINED_PREFIX)) {
+          if (--waiting === 0) finish(true);
+          return;
+        }
+        if (waiting >= 0 && raw.startsWith(PRESENCE_PREFIX)) return;
         let msg = null;
         try {
           msg = JSON.parse(raw);
@@ -379,6 +390,134 @@ function workerMain() {
           return;
         }
         if (waiting === 0) finish(true);
+      });
+    });
+  }
+
+  // resumeOne on a bare TCP socket (bench storm, raw): the request head of rawConnectOne
+  // with ?session=, then the server's frames read off the socket (unmasked, unfragmented:
+  // the gateway sends each frame whole), none of the ws client's per-socket machinery.
+  // Checked as resumeOne: 101 and Sec-WebSocket-Accept, `reconnected` first, then one
+  // `conversation:joined` per conversation the hello restored, an `error` frame fails.
+  function rawResumeOne(client, url, killMs, timeoutMs) {
+    return new Promise((resolve) => {
+      let done = false;
+      let waiting = -1;
+      let helloMs = -1;
+      let upgraded = false;
+      let buf = null;
+      const old = client.ws;
+      if (old) {
+        if (old.removeAllListeners) {
+          old.removeAllListeners();
+          old.on("error", () => {});
+        }
+        try {
+          old.terminate();
+        } catch {}
+      }
+      client.open = false;
+      const sep = url.includes("?") ? "&" : "?";
+      const u = new URL(`${url}${sep}session=${encodeURIComponent(client.session || "")}`);
+      const key = randomBytes(16).toString("base64");
+      const accept = createHash("sha1").update(key + WS_GUID).digest("base64");
+      const head =
+        `GET ${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\n` +
+        `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\n` +
+        `Sec-WebSocket-Version: 13\r\nAuthorization: Bearer ${client.token}\r\n\r\n`;
+      const sock = tcpConnect({ host: u.hostname, port: Number(u.port) || 80, noDelay: true });
+      const finish = (ok, error) => {
+        if (done) return;
+        done = true;
+        buf = null;
+        clearTimeout(timer);
+        if (!ok) sock.destroy();
+        resolve({ ok, error, ms: nowMs() - killMs, helloMs });
+      };
+      const timer = setTimeout(() => finish(false, "timeout"), timeoutMs);
+      client.ws = { terminate: () => sock.destroy() };
+      sock.on("connect", () => sock.write(head));
+      sock.on("error", (err) => finish(false, err.code || String(err.message).slice(0, 80)));
+      sock.on("close", () => {
+        client.open = false;
+        finish(false, "closed");
+      });
+      const onText = (text) => {
+        if (waiting < 0) {
+          let msg = null;
+          try {
+            msg = JSON.parse(text);
+          } catch {}
+          if (!msg || msg.event !== "reconnected") {
+            finish(false, `first frame ${msg && msg.event}`);
+            return;
+          }
+          client.open = true;
+          client.session = msg.data && msg.data.sessionId;
+          helloMs = nowMs() - killMs;
+          waiting = ((msg.data && msg.data.conversations) || []).length;
+        } else if (text.startsWith(JOINED_PREFIX)) {
+          waiting--;
+        } else if (!text.startsWith(PRESENCE_PREFIX)) {
+          let msg = null;
+          try {
+            msg = JSON.parse(text);
+          } catch {}
+          if (msg && msg.event === "error") {
+            finish(false, `error ${msg.error && msg.error.code}`);
+            return;
+          }
+        }
+        if (waiting === 0) finish(true);
+      };
+      sock.on("data", (data) => {
+        if (done) return; // afterwards the frames are not read (nothing is measured)
+        buf = buf === null ? data : Buffer.concat([buf, data]);
+        if (!upgraded) {
+          const end = buf.indexOf("\r\n\r\n");
+          if (end < 0) return;
+          const text = buf.toString("latin1", 0, end);
+          if (!text.startsWith("HTTP/1.1 101 ")) {
+            finish(false, `http ${text.slice(9, 12)}`);
+            return;
+          }
+          const m = /\r\nsec-websocket-accept: *([^\r]*)/i.exec(text);
+          if (!m || m[1] !== accept) {
+            finish(false, "bad accept");
+            return;
+          }
+          upgraded = true;
+          buf = buf.subarray(end + 4);
+        }
+        while (!done && buf.length >= 2) {
+          if ((buf[0] & 0x80) === 0) {
+            finish(false, "fragmented frame"); // the gateway never fragments
+            return;
+          }
+          const op = buf[0] & 0x0f;
+          let len = buf[1] & 0x7f;
+          let p = 2;
+          if (len === 126) {
+            if (buf.length < 4) return;
+            len = buf.readUInt16BE(2);
+            p = 4;
+          } else if (len === 127) {
+            if (buf.length < 10) return;
+            len = Number(buf.readBigUInt64BE(2));
+            p = 10;
+          }
+          if (buf.length < p + len) return;
+          const payload = buf.subarray(p, p + len);
+          buf = buf.subarray(p + len);
+          if (op === 8) {
+            const code = len >= 2 ? payload.readUInt16BE(0) : 1005;
+            closeCodes[code] = (closeCodes[code] || 0) + 1;
+            finish(false, `closed ${code}`);
+          } else if (op === 1) {
+            onText(payload.toString("utf8"));
+          } // pings are not answered: a resume is over long before a keepalive timeout
+        }
+        if (buf !== null && buf.length === 0) buf = null;
       });
     });
   }
@@ -669,8 +808,9 @@ function workerMain() {
         for (const c of clients) if (c.open) ext[c.extensions || "none"] = (ext[c.extensions || "none"] || 0) + 1;
         parentPort.postMessage({ ...s, ms: Float64Array.from(s.ms), extensions: ext });
       } else if (m.op === "resume") {
+        const one = m.raw ? rawResumeOne : resumeOne;
         const results = await pool(m.items, m.concurrency || 10000, (it) =>
-          resumeOne(byIdx.get(it.client), it.url, m.killMs, m.timeoutMs || 30000),
+          one(byIdx.get(it.client), it.url, m.killMs, m.timeoutMs || 30000),
         );
         const s = summarizeErrors(results);
         const hello = Float64Array.from(results.map((r) => r.helloMs));
