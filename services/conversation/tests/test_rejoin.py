@@ -234,9 +234,7 @@ async def test_a_shared_read_serves_at_most_its_time(
     assert reads.count(cid) == 2
 
 
-async def test_services_alone(
-    service: ConversationService, request_: Request, nc: Client
-) -> None:
+async def test_services_alone(service: ConversationService, request_: Request, nc: Client) -> None:
     """lastSeq comes from the unread scan when it reaches the end of the log; with nobody
     to count (services only) it is read on its own: still the join's."""
     cid, _ = await _room(request_)
