@@ -16,7 +16,7 @@ import pstats
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 import orjson
@@ -60,9 +60,9 @@ class _Store:
         return {cid: self.convs[cid] for cid in ids if cid in self.convs}
 
     async def append_events(
-        self, groups: Mapping[str, Sequence[PendingEvent]]
+        self, groups: Mapping[str, Sequence[PendingEvent]], *, strict: Set[str] = frozenset()
     ) -> dict[str, list[AppendResult]]:
-        return await self.log.append_events(groups)
+        return await self.log.append_events(groups, strict=strict)
 
     async def add_totals(self, totals: Mapping[str, MessageTotals]) -> None:
         return None
