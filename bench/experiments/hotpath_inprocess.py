@@ -33,6 +33,7 @@ from parley_conversation.log import ConversationLog
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.service import ConversationService
 from parley_conversation.settings import Settings
+from parley_conversation.work import command_work
 
 CONVERSATIONS = 50
 
@@ -108,7 +109,7 @@ async def _service() -> tuple[ConversationService, list[int]]:
 async def _rounds(batch: int, rounds: int) -> list[float]:
     svc, _published = await _service()
     route = ROUTES[Event.MESSAGE_SEND]
-    work = svc._command(route)
+    work = command_work(svc, route)
     op = route.event.value
     assert route.subject == subjects.command(Event.MESSAGE_SEND)
     out = []

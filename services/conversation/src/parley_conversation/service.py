@@ -3,7 +3,8 @@
 One FastStream subscriber per command route of the route table
 (``routes_of(Service.CONVERSATION)``, queue group ``conversation``) and per query; each
 decodes its request once, straight from the bytes, and calls its handler
-(:mod:`parley_conversation.handlers`, :mod:`parley_conversation.queries`). Every reply is
+(:mod:`parley_conversation.work`: role check and idempotency, then
+:mod:`parley_conversation.handlers` or :mod:`parley_conversation.queries`). Every reply is
 ``envelopes.ok(data)`` or ``envelopes.fail(code, message, details)``; nothing a client sends
 can make a handler raise. Durable writes go through the group-commit
 :class:`~parley_conversation.sequencer.Sequencer`.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from faststream.message import StreamMessage
@@ -24,10 +25,8 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.agents import AgentDirectory
 from parley_contract.errors import ErrorCode, ParleyError
-from parley_contract.events import PrincipalKind
-from parley_contract.internal import Principal
 from parley_contract.models import Conversation, Message
-from parley_contract.routes import Route, Service, routes_of
+from parley_contract.routes import Service, routes_of
 from parley_conversation import agent_turns, queries
 from parley_conversation.affinity import PartitionSubscriptions
 from parley_conversation.agent_watch import AgentWatch
@@ -36,8 +35,7 @@ from parley_conversation.authcache import AuthCache
 from parley_conversation.broker import make_broker
 from parley_conversation.cursors import CursorStore
 from parley_conversation.epochs import HighWaterMarks
-from parley_conversation.handlers import HANDLERS, Handler, conversation
-from parley_conversation.idempotency import command_key, log_key, logged, with_key
+from parley_conversation.handlers import HANDLERS, conversation
 from parley_conversation.legacy import fold_legacy_event_log
 from parley_conversation.metrics import Metrics
 from parley_conversation.outbox import COLLECTION as OUTBOX_COLLECTION
@@ -48,6 +46,7 @@ from parley_conversation.rejoin import Rejoins
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.settings import Settings
 from parley_conversation.store import MongoStore
+from parley_conversation.work import Work, command_work, query_work
 from parley_runtime import bus, jetstream
 from parley_runtime.retry import retry
 
@@ -55,9 +54,6 @@ logger = logging.getLogger(__name__)
 
 ROUTES = routes_of(Service.CONVERSATION)
 assert {r.event for r in ROUTES} == set(HANDLERS), "one handler per conversation route"
-
-# One request's work: the reply's data (or ParleyError).
-Work = Callable[[bytes], Awaitable[Any]]
 
 
 class ConversationService:
@@ -116,8 +112,8 @@ class ConversationService:
         self.partitions = PartitionSubscriptions(
             lambda: self.broker.connection,
             self.serve,
-            {r.event: self._command(r) for r in ROUTES if r.partitioned},
-            queries={q.subject: self._query(q) for q in queries.QUERIES if q.partitioned},
+            {r.event: command_work(self, r) for r in ROUTES if r.partitioned},
+            queries={q.subject: query_work(self, q) for q in queries.QUERIES if q.partitioned},
             forget=self._forget_partition,
             on_owned=self.metrics.owned_partitions.set,
             drain_seconds=settings.drain_seconds,
@@ -137,10 +133,10 @@ class ConversationService:
                 route.subject,
                 route.event.value,
                 f"Command {route.event.value}",
-                self._command(route),
+                command_work(self, route),
             )
         for q in queries.QUERIES:
-            self._subscribe(q.subject, q.op, q.title, self._query(q))
+            self._subscribe(q.subject, q.op, q.title, query_work(self, q))
         # Delivery reports from the gateways: published, no reply (receipts.py).
         sub = self.broker.subscriber(
             subjects.INTERNAL_DELIVERY,
@@ -175,33 +171,6 @@ class ConversationService:
         handler.__name__ = f"handle_{op.replace('.', '_').replace(':', '_')}"
         sub(handler)
         self._subscribers.append(sub)
-
-    def _command(self, route: Route) -> Work:
-        handler = HANDLERS[route.event]
-        keyed = logged(route)
-
-        async def work(body: bytes) -> Any:
-            req = route.decode(body)  # principal and payload, validated in one pass
-            p, cmd = req.principal, req.data
-            if p.kind is not PrincipalKind.SERVICE and not route.may_send(p.kind):
-                raise ParleyError(
-                    ErrorCode.FORBIDDEN, f"a {p.kind.value} may not send {route.event.value}"
-                )
-            key = req.idempotency_key
-            if key is None:
-                return await handler(self, p, cmd)
-            cmd = with_key(cmd, p.id, key)
-            if not keyed:
-                return await handler(self, p, cmd)
-            return await self._keyed(handler, p, cmd, log_key(p.id, key))
-
-        return work
-
-    def _query(self, q: queries.Query) -> Work:
-        async def work(body: bytes) -> Any:
-            return await q.run(self, body)
-
-        return work
 
     # ------------------------------------------------------------ lifecycle
 
@@ -371,25 +340,6 @@ class ConversationService:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
-
-    async def _keyed(self, handler: Handler, p: Principal, cmd: Any, key: str) -> Any:
-        """A command with an idempotency key, applied once (see parley_conversation.idempotency):
-        a repeat is answered with the data of the durable event its first run stored."""
-        cid: str = cmd.conversation_id
-        earlier = await self.store.frames_by_client_ids({cid: [key]})
-        if earlier:
-            return next(iter(earlier.values()))["data"]
-        token = command_key.set(key)
-        try:
-            return await handler(self, p, cmd)
-        except ParleyError:
-            # The first run did it (a delete of a deleted message now fails): its answer.
-            earlier = await self.store.frames_by_client_ids({cid: [key]})
-            if earlier:
-                return next(iter(earlier.values()))["data"]
-            raise
-        finally:
-            command_key.reset(token)
 
     # ------------------------------------------------------------ effects
 
