@@ -223,14 +223,20 @@ async def test_an_agent_answer_delivers_what_it_answered(
 
 
 class CountingUpdates:
-    """The messages collection, counting its update_many calls (the writes receipts make)."""
+    """The messages collection, counting its update_many calls (the writes receipts make)
+    and its finds (the reads)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.updates = 0
+        self.finds = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+    def find(self, *args: Any, **kwargs: Any) -> Any:
+        self.finds += 1
+        return self.inner.find(*args, **kwargs)
 
     async def update_many(self, *args: Any, **kwargs: Any) -> Any:
         self.updates += 1
@@ -257,3 +263,36 @@ async def test_reports_of_a_window_are_one_write(
             request_, subjects.QUERY_MESSAGES_LIST, {"conversationId": cid, "limit": 10}, ALICE
         )
         assert {m["messageStatus"] for m in page["items"]} == {"delivered"}
+
+
+async def test_the_writer_of_a_conversation_reads_nothing_for_its_reports(
+    service: ConversationService, request_: Request, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the first report, the messages this replica stores wait for delivery at once:
+    the reports that follow read nothing from the log (a partition's owner writes all its
+    conversations), and still mark what they deliver."""
+    cid, seqs = await conversation_with_messages(request_, 2)
+    counting = CountingUpdates(service.receipts.delivery.messages)
+    monkeypatch.setattr(service.receipts.delivery, "messages", counting)
+
+    async def bob_got(seq: int) -> None:
+        item = {"conversationId": cid, "kind": "user", "principalId": "u-bob", "seq": seq}
+        await service.receipts.delivery_report(jsonutil.dumps({"items": [item]}))
+        await service.receipts.flush()
+
+    await bob_got(seqs[-1])
+    assert counting.finds == 1  # the first report of a conversation reads its recent log
+    for k in range(3):
+        sent = await ok(request_, SEND, {"conversationId": cid, "content": f"n{k}"}, ALICE)
+        await bob_got(sent["seq"])
+    assert counting.finds == 1
+    page = await ok(
+        request_, subjects.QUERY_MESSAGES_LIST, {"conversationId": cid, "limit": 10}, ALICE
+    )
+    assert {m["content"]: m["messageStatus"] for m in page["items"] if m["role"] == "user"} == {
+        "m0": "delivered",
+        "m1": "delivered",
+        "n0": "delivered",
+        "n1": "delivered",
+        "n2": "delivered",
+    }

@@ -6,9 +6,11 @@ conversation this replica keeps, in memory, the highest seq it has looked at (``
 the messages above the floors it looked at that are still ``sent`` (``waiting``: only their
 author's connections had them, by seq). The reports of a window (merged by
 parley_conversation.receipts) read only the log entries above each floor (one range query on
-``(conversationId, seq)`` per conversation) and mark delivered the waiting ones that someone
-else received, all conversations in one update by ``_id``: one write per window, whatever
-the number of conversations, members and gateways reporting.
+``(conversationId, seq)`` per conversation, a few at a time) and mark delivered the waiting
+ones that someone else received, all conversations in one update by ``_id``: one write per
+window, whatever the number of conversations, members and gateways reporting. The messages a
+replica stores itself wait without a read (``stored``): on a partition's owner
+(docs/affinity.md) a report reads nothing at all.
 
 Bounded: ``WAITING_MAX`` waiting messages per conversation (older ones drop out and stay
 ``sent``), ``MAX_CONVERSATIONS`` conversations (least recently reported first out). A
@@ -33,6 +35,9 @@ LOOKBACK: Final = 200
 WAITING_MAX: Final = 200
 MAX_CONVERSATIONS: Final = 10_000
 UPDATE_CHUNK: Final = 500  # message ids per update
+# Range reads in flight at once: the store serves each connection in a thread of its own, so
+# a window's hundred reads at once made every other request (the log's inserts) wait.
+READS_AT_ONCE: Final = 4
 
 Who = tuple[PrincipalKind, str]
 
@@ -48,6 +53,7 @@ class Delivery:
         self.messages = messages
         self._convs: OrderedDict[str, _Conv] = OrderedDict()
         self._lock = asyncio.Lock()  # one apply at a time: the waiting sets stay consistent
+        self._reads = asyncio.Semaphore(READS_AT_ONCE)
 
     def _state(self, cid: str, top: int) -> _Conv:
         state = self._convs.get(cid)
@@ -59,6 +65,23 @@ class Delivery:
         else:
             self._convs.move_to_end(cid)
         return state
+
+    def stored(self, cid: str, messages: list[tuple[int, str, str | None]]) -> None:
+        """Messages this replica just stored in ``cid`` (seq, id, author; in seq order,
+        ``sent``): those that continue the seqs already looked at (``floor``) wait at once,
+        so a report that follows needs no read of the log. The owner of a partition writes
+        all of its conversations: its reports read nothing (another writer's entries, or a
+        durable event in between, leave a gap: the next report reads it)."""
+        state = self._convs.get(cid)
+        if state is None:
+            return  # never reported here: the first report reads its LOOKBACK
+        for seq, mid, author in messages:
+            if seq != state.floor + 1:
+                return
+            state.waiting[seq] = (mid, author)
+            state.floor = seq
+            if len(state.waiting) > WAITING_MAX:
+                del state.waiting[min(state.waiting)]
 
     async def apply(self, cid: str, got: dict[Who, int]) -> dict[Who, int]:
         """One conversation's report (see :meth:`apply_many`)."""
@@ -103,10 +126,11 @@ class Delivery:
         top = max(got.values())
         state = self._state(cid, top)
         if top > state.floor:
-            docs = await self.messages.find(
-                {"conversationId": cid, "seq": {"$gt": state.floor, "$lte": top}},
-                {"seq": 1, "createdBy": 1, "messageStatus": 1, "role": 1},
-            ).to_list()
+            async with self._reads:
+                docs = await self.messages.find(
+                    {"conversationId": cid, "seq": {"$gt": state.floor, "$lte": top}},
+                    {"seq": 1, "createdBy": 1, "messageStatus": 1, "role": 1},
+                ).to_list()
             for d in docs:
                 if "role" in d and d.get("messageStatus") == MessageStatus.SENT.value:
                     state.waiting[int(d["seq"])] = (str(d["_id"]), d.get("createdBy"))

@@ -30,7 +30,7 @@ from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import DeliveryReport, Principal
-from parley_contract.models import Conversation, Message, Role
+from parley_contract.models import Conversation, Message, MessageStatus, Role
 from parley_conversation.cursors import CursorStore, principal_key
 from parley_conversation.delivery import Delivery
 
@@ -146,6 +146,14 @@ class Receipts:
                 self._agents[key] = max(self._agents.get(key, 0), m.seq)
         if self._agents:
             self._schedule()
+        self.delivery.stored(
+            conv.id,
+            [
+                (m.seq, m.id, m.created_by)
+                for m in stored
+                if m.seq is not None and m.message_status is MessageStatus.SENT
+            ],
+        )
         counted = [m for m in stored if m.role is not Role.TOOL and m.seq is not None]
         if not counted:
             return
