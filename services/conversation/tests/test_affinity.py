@@ -243,6 +243,42 @@ async def test_a_conversation_read_right_after_a_send_sees_it_through_the_owner(
     assert unwrap(get.subject, reply)["_id"] == cid
 
 
+async def test_each_owner_applies_the_delivery_reports_of_its_conversations(
+    nc: Client, start_replica: StartReplica
+) -> None:
+    """Every replica gets every gateway's report and applies the conversations it owns: the
+    messages are marked by the replica that wrote them (which reads nothing for them), not
+    by whichever replica the report reached (which read them back, both replicas every
+    conversation)."""
+    a = await start_replica()
+    await until(lambda: owned(a) == set(range(PARTITIONS)))
+    b = await start_replica()
+    await until(lambda: split_evenly(a, b))
+    ids = (new_id("c") for _ in range(1000))
+    on_a = next(c for c in ids if partition_of(c) in owned(a))
+    on_b = next(c for c in ids if partition_of(c) in owned(b))
+    items = []
+    for cid in (on_a, on_b):
+        await create(nc, cid)
+        for k in (1, 2):
+            seq = await send(nc, cid, k)
+        items.append({"conversationId": cid, "kind": "user", "principalId": "u-bob", "seq": seq})
+    await nc.publish(subjects.INTERNAL_DELIVERY, jsonutil.dumps({"items": items}))
+
+    async def statuses() -> set[str]:
+        docs = await a.store.messages.find(
+            {"conversationId": {"$in": [on_a, on_b]}, "role": "user"}, {"messageStatus": 1}
+        ).to_list()
+        return {d["messageStatus"] for d in docs}
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while await statuses() != {"delivered"}:
+        assert asyncio.get_running_loop().time() < deadline, await statuses()
+        await asyncio.sleep(0.1)
+    assert a.receipts.delivery.tracks(on_a) and not a.receipts.delivery.tracks(on_b)
+    assert b.receipts.delivery.tracks(on_b) and not b.receipts.delivery.tracks(on_a)
+
+
 async def test_a_forced_collision_is_counted_and_retried(
     store_server: StoreServer,
     db_name: str,

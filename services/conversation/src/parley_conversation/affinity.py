@@ -62,6 +62,10 @@ class PartitionSubscriptions:
         """Whether this replica serves the conversation's partition subject now."""
         return partition_of(conversation_id) in self._subs
 
+    def holds(self, partition: int) -> bool:
+        """Whether this replica owns the partition now."""
+        return partition in self._subs
+
     async def acquire(self, partition: int) -> None:
         """This replica took the partition: another replica wrote its conversations until
         now, so their next seqs come from the log again, not from this replica's cache."""

@@ -66,6 +66,10 @@ class Delivery:
             self._convs.move_to_end(cid)
         return state
 
+    def tracks(self, cid: str) -> bool:
+        """Whether this replica keeps ``cid``'s delivery state (it applied a report of it)."""
+        return cid in self._convs
+
     def stored(self, cid: str, messages: list[tuple[int, str, str | None]]) -> None:
         """Messages this replica just stored in ``cid`` (seq, id, author; in seq order,
         ``sent``): those that continue the seqs already looked at (``floor``) wait at once,

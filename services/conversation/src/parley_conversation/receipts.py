@@ -66,6 +66,11 @@ class Receipts:
         self._agents: dict[tuple[str, str], int] = {}
         # Delivery reports of this window, merged: conversation → (kind, id) → seq.
         self._reports: dict[str, dict[tuple[PrincipalKind, str], int]] = {}
+        # Whether this replica applies a conversation's receipts (None: every conversation).
+        # With affinity every replica gets every report and applies the conversations whose
+        # partition it owns: the owner wrote their messages, so it reads nothing for them
+        # (Delivery.stored), and no two replicas read and mark the same messages.
+        self.mine: Callable[[str], bool] | None = None
         self._flusher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ commands
@@ -114,11 +119,16 @@ class Receipts:
         except ValidationError as exc:
             logger.warning("dropping a malformed delivery report: %s", exc.errors()[:1])
             return
+        mine = self.mine
+        taken = False
         for it in report.items:
             if it.kind is PrincipalKind.SERVICE:
                 continue
+            if mine is not None and not mine(it.conversation_id):
+                continue  # its owner applies it (a partition moving: the next report does)
             self._received(it.conversation_id, (it.kind, it.principal_id), it.seq)
-        if report.items:
+            taken = True
+        if taken:
             self._schedule()
 
     def _received(self, cid: str, key: tuple[PrincipalKind, str], seq: int) -> None:

@@ -26,6 +26,7 @@ from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.agents import AgentDirectory
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.models import Conversation, Message
+from parley_contract.partitions import partition_of
 from parley_contract.routes import Service, routes_of
 from parley_conversation import agent_turns, queries
 from parley_conversation.affinity import PartitionSubscriptions
@@ -121,6 +122,7 @@ class ConversationService:
         # The partition owner's cache of what authorizes a send (authcache.py).
         self.sequencer.auth = AuthCache(self.store.cached_next_seq, self.partitions.owns)
         self.ownership: Ownership | None = None
+        self.receipts.mine = lambda cid: self.partitions.holds(partition_of(cid))
         self._register()
 
     # ------------------------------------------------------------ wiring
@@ -137,10 +139,10 @@ class ConversationService:
             )
         for q in queries.QUERIES:
             self._subscribe(q.subject, q.op, q.title, query_work(self, q))
-        # Delivery reports from the gateways: published, no reply (receipts.py).
+        # Delivery reports from the gateways: published, no reply; every replica gets each
+        # one and applies the conversations it owns (receipts.py, docs/affinity.md).
         sub = self.broker.subscriber(
             subjects.INTERNAL_DELIVERY,
-            queue=subjects.QUEUE_CONVERSATION,
             max_workers=self.settings.max_concurrency,
             title=f"Delivery reports ({subjects.INTERNAL_DELIVERY})",
             decoder=_raw_body,
