@@ -123,19 +123,28 @@ async def served_agents(nc: Client) -> AsyncIterator[None]:
         await task
 
 
-@pytest.fixture
-async def two_replicas(
-    nats_server: NatsServer, store_server: StoreServer, db_name: str
+@contextlib.asynccontextmanager
+async def replicas_running(
+    n: int, nats_server: NatsServer, store_server: StoreServer, db_name: str, **extra: Any
 ) -> AsyncIterator[list[ConversationService]]:
+    """``n`` replicas started together (settings ``extra``), stopped together."""
     replicas = [
-        ConversationService(settings_for(nats_server.url, store_server.url, db_name))
-        for _ in range(2)
+        ConversationService(settings_for(nats_server.url, store_server.url, db_name, **extra))
+        for _ in range(n)
     ]
     await asyncio.gather(*(r.start() for r in replicas))
     try:
         yield replicas
     finally:
         await asyncio.gather(*(r.stop() for r in replicas))
+
+
+@pytest.fixture
+async def two_replicas(
+    nats_server: NatsServer, store_server: StoreServer, db_name: str
+) -> AsyncIterator[list[ConversationService]]:
+    async with replicas_running(2, nats_server, store_server, db_name) as replicas:
+        yield replicas
 
 
 @pytest.fixture
@@ -144,14 +153,40 @@ async def two_patient_replicas(
 ) -> AsyncIterator[list[ConversationService]]:
     """Two replicas that never shed load (max_wait 0): for tests of sequencing under a burst,
     which a busy machine with durable (fsynced) commits could otherwise turn into refusals."""
-    replicas = [
-        ConversationService(
-            settings_for(nats_server.url, store_server.url, db_name, max_wait_seconds=0)
-        )
-        for _ in range(2)
-    ]
-    await asyncio.gather(*(r.start() for r in replicas))
-    try:
+    async with replicas_running(
+        2, nats_server, store_server, db_name, max_wait_seconds=0
+    ) as replicas:
         yield replicas
-    finally:
-        await asyncio.gather(*(r.stop() for r in replicas))
+
+
+# Conversation affinity's tests (test_affinity.py, test_authcache.py): a short lease, so that
+# a killed replica's partitions move within ~1.25 s (+ a tick).
+LEASE = 1.0
+
+StartReplica = Callable[[], Awaitable[ConversationService]]
+
+
+def replica(nats: NatsServer, store: StoreServer, db: str) -> ConversationService:
+    return ConversationService(
+        settings_for(nats.url, store.url, db, lease_seconds=LEASE, max_wait_seconds=0)
+    )
+
+
+@pytest.fixture
+async def start_replica(
+    nats_server: NatsServer, store_server: StoreServer, db_name: str
+) -> AsyncIterator[StartReplica]:
+    """Start one more replica on the test's servers; the ones still running (not stopped,
+    not killed: connected) stop at the end."""
+    started: list[ConversationService] = []
+
+    async def start() -> ConversationService:
+        svc = replica(nats_server, store_server, db_name)
+        started.append(svc)
+        await svc.start()
+        return svc
+
+    yield start
+    for svc in started:
+        if svc.ready and svc.broker.connection.is_connected:
+            await svc.stop()

@@ -8,7 +8,7 @@ on with no seq gap or duplicate, and a forced collision is counted.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,13 +28,12 @@ from parley_conversation.ownership import Ownership, plan
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.service import ConversationService
 from parley_conversation.store import MongoStore
-from parley_devstack.servers import NatsServer, StoreServer
+from parley_devstack.servers import StoreServer
 from parley_runtime.requests import request_bytes, unwrap
 
-from .conftest import settings_for
+from .conftest import LEASE, StartReplica
 
 ALICE = {"id": "u-alice", "kind": "user", "name": "u-alice"}
-LEASE = 1.0  # seconds: a killed replica's partitions move within ~1.25 s (+ a tick)
 SEND = ROUTES[Event.MESSAGE_SEND]
 
 
@@ -73,12 +72,6 @@ def test_partition_subjects_come_from_the_route_table() -> None:
     assert not listing.partitioned and listing.subject_for(data) == listing.subject
 
 
-def replica(nats: NatsServer, store: StoreServer, db: str) -> ConversationService:
-    return ConversationService(
-        settings_for(nats.url, store.url, db, lease_seconds=LEASE, max_wait_seconds=0)
-    )
-
-
 async def until(check: Callable[[], bool], within: float = 15.0) -> None:
     deadline = asyncio.get_running_loop().time() + within
     while not check():
@@ -97,28 +90,6 @@ def split_evenly(a: ConversationService, b: ConversationService) -> bool:
 
 def sample(svc: ConversationService, name: str, labels: dict[str, str] | None = None) -> float:
     return svc.metrics.registry.get_sample_value(name, labels or {}) or 0.0
-
-
-StartReplica = Callable[[], Awaitable[ConversationService]]
-
-
-@pytest.fixture
-async def start_replica(
-    nats_server: NatsServer, store_server: StoreServer, db_name: str
-) -> AsyncIterator[StartReplica]:
-    """Start one more replica on the test's servers (each stopped at the end)."""
-    started: list[ConversationService] = []
-
-    async def start() -> ConversationService:
-        svc = replica(nats_server, store_server, db_name)
-        started.append(svc)
-        await svc.start()
-        return svc
-
-    yield start
-    for svc in started:
-        if svc.ownership is not None and svc.broker.connection.is_connected:
-            await svc.stop()
 
 
 async def send(nc: Client, cid: str, k: int) -> int:

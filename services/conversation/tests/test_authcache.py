@@ -11,7 +11,6 @@ event.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -31,32 +30,14 @@ from parley_conversation import domain, handlers
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.service import ConversationService
 from parley_conversation.store import MongoStore
-from parley_devstack.servers import NatsServer, StoreServer
 from parley_runtime.requests import request_bytes, unwrap
 
-from .test_affinity import LEASE, StartReplica, owned, replica, sample, split_evenly, until
+from .conftest import LEASE, StartReplica
+from .test_affinity import owned, sample, split_evenly, until
 
 ALICE = {"id": "u-alice", "kind": "user", "name": "u-alice"}  # the creator (owner)
 BOB = {"id": "u-bob", "kind": "user", "name": "u-bob"}
 COLLISIONS = "parley_conversation_seq_collisions_total"
-
-
-@pytest.fixture
-async def replicas(
-    nats_server: NatsServer, store_server: StoreServer, db_name: str
-) -> AsyncIterator[StartReplica]:
-    """Start replicas on the test's servers; the ones still connected stop at the end."""
-    started: list[ConversationService] = []
-
-    async def start() -> ConversationService:
-        started.append(replica(nats_server, store_server, db_name))
-        await started[-1].start()
-        return started[-1]
-
-    yield start
-    for svc in started:
-        if svc.ready and svc.broker.connection.is_connected:
-            await svc.stop()
 
 
 async def command(nc: Client, event: Event, who: dict[str, Any], data: dict[str, Any]) -> Any:
@@ -115,11 +96,11 @@ async def refused_stored(svc: ConversationService, cid: str) -> int:
 
 
 async def test_a_removal_by_another_replica_reaches_the_owners_cache(
-    nc: Client, replicas: StartReplica
+    nc: Client, start_replica: StartReplica
 ) -> None:
-    a = await replicas()
+    a = await start_replica()
     await until(lambda: owned(a) == set(range(PARTITIONS)))
-    b = await replicas()
+    b = await start_replica()
     await until(lambda: split_evenly(a, b))
     cid = cid_owned_by(b)
     await with_bob(nc, b, cid)
@@ -137,8 +118,8 @@ async def test_a_removal_by_another_replica_reaches_the_owners_cache(
     assert await say(nc, cid, ALICE, "still here") > 0  # the others go on
 
 
-async def test_a_removal_by_the_owner_itself(nc: Client, replicas: StartReplica) -> None:
-    a = await replicas()
+async def test_a_removal_by_the_owner_itself(nc: Client, start_replica: StartReplica) -> None:
+    a = await start_replica()
     await until(lambda: owned(a) == set(range(PARTITIONS)))
     cid = new_id("c")
     await with_bob(nc, a, cid)
@@ -149,16 +130,18 @@ async def test_a_removal_by_the_owner_itself(nc: Client, replicas: StartReplica)
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
-async def test_a_removal_across_a_hand_off(nc: Client, replicas: StartReplica, how: str) -> None:
+async def test_a_removal_across_a_hand_off(
+    nc: Client, start_replica: StartReplica, how: str
+) -> None:
     """a caches bob's conversations; b joins and takes some of them, bob is removed there
     (b is the owner), b goes away (a graceful stop, or a kill: its leases expire) and the
     partitions come back to a, which must not authorize bob from what it held before."""
-    a = await replicas()
+    a = await start_replica()
     await until(lambda: owned(a) == set(range(PARTITIONS)))
     cids = [new_id("c") for _ in range(8)]
     for cid in cids:
         await with_bob(nc, a, cid)
-    b = await replicas()
+    b = await start_replica()
     await until(lambda: split_evenly(a, b))
     moved = [cid for cid in cids if partition_of(cid) in owned(b)]
     assert moved, "no conversation moved (8 of 64 partitions: very unlikely)"
@@ -181,13 +164,13 @@ async def test_a_removal_across_a_hand_off(nc: Client, replicas: StartReplica, h
 
 
 async def test_the_retry_of_a_removal_killed_before_its_event(
-    nc: Client, replicas: StartReplica
+    nc: Client, start_replica: StartReplica
 ) -> None:
     """A first run (the whole participant list, without bob) wrote the document and died
     before the conversation:updated event; its retry (same principal, a key) changes
     nothing, yet stores the event: else the owner's cache (and every gateway's audience)
     would never learn the removal."""
-    a = await replicas()
+    a = await start_replica()
     await until(lambda: owned(a) == set(range(PARTITIONS)))
     cid = new_id("c")
     await with_bob(nc, a, cid)
@@ -208,11 +191,13 @@ async def test_the_retry_of_a_removal_killed_before_its_event(
     assert await refused(nc, cid, BOB) is ErrorCode.FORBIDDEN
 
 
-async def test_a_seq_cache_reloaded_is_a_cache_dropped(nc: Client, replicas: StartReplica) -> None:
+async def test_a_seq_cache_reloaded_is_a_cache_dropped(
+    nc: Client, start_replica: StartReplica
+) -> None:
     """The store's connection pool was cleared (its cached next seqs dropped): the next
     seq comes from the log again, which may hold another writer's removal; what the owner
     held before is not used."""
-    a = await replicas()
+    a = await start_replica()
     await until(lambda: owned(a) == set(range(PARTITIONS)))
     cid = new_id("c")
     await with_bob(nc, a, cid)
