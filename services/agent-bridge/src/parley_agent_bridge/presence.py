@@ -20,6 +20,7 @@ from parley_contract.errors import ParleyError
 from parley_contract.events import Event
 from parley_contract.internal import AGENT_LIVENESS_SECONDS
 from parley_contract.timeutil import now_iso
+from parley_runtime import tasks
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,13 @@ class Presence(BridgeState):
         # At least every AGENT_LIVENESS_SECONDS: the conversation service takes three missed
         # beats for "no replica left" and fails the agent's open turns visibly.
         interval = min(self.settings.presence_ttl_seconds / 3, AGENT_LIVENESS_SECONDS)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._heartbeat()
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                logger.warning("agent presence heartbeat failed: %r", exc)
+        await tasks.every(
+            interval,
+            self._heartbeat,
+            what="agent presence heartbeat",
+            expected=(nats.errors.Error, nats.js.errors.Error),
+            log=logger,
+        )
 
     async def _conversations_of(self, agent: AgentConfig) -> set[str]:
         assert self.nc is not None

@@ -32,7 +32,7 @@ from parley_contract.events import Event
 from parley_contract.internal import AGENT_LIVENESS_SECONDS
 from parley_contract.models import Message
 from parley_conversation import domain
-from parley_runtime.tasks import cancel_all, every
+from parley_runtime.tasks import cancel_all, cancellable, every
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,9 @@ class AgentWatch:
         delay = 0.5
         while True:
             try:
-                kv = await self._js.key_value(subjects.KV_AGENTS)
-                watcher = await kv.watchall()
+                # Requests (nats-py's wait_for can swallow a stop's cancel: cancellable).
+                kv = await cancellable(self._js.key_value(subjects.KV_AGENTS))
+                watcher = await cancellable(kv.watchall())
                 delay = 0.5
                 async for entry in watcher:
                     if entry is None or not entry.key:  # end of the initial values

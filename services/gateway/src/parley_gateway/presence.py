@@ -41,6 +41,7 @@ from parley_gateway.metrics import Metrics
 from parley_gateway.natsbalance import Balancer, Placement, address, server_name
 from parley_gateway.natsdirect import subscribe_later
 from parley_gateway.settings import Settings
+from parley_runtime import tasks
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +192,8 @@ class Presence(Fanout):
         while True:
             await self.reconnected.wait()
             self.reconnected.clear()
-            try:
-                await asyncio.wait_for(self._put_instance(), KV_WRITE_SECONDS)
+            try:  # a stop's cancel that this put swallowed ends the loop (tasks.cancellable)
+                await tasks.cancellable(asyncio.wait_for(self._put_instance(), KV_WRITE_SECONDS))
             except _KV_ERRORS as exc:  # JetStream away: the next refresh writes it
                 logger.debug("heartbeat after a reconnect not written: %r", exc)
 
