@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from parley_gateway.ordering import Sequencer
 from parley_gateway.ratelimit import TokenBucket
 
@@ -120,3 +122,21 @@ def test_a_new_epoch_resets_the_order_and_delivers_the_reused_seq() -> None:
     assert stale.duplicate and not stale.deliver
     assert seq.push(98, b"again", 1).duplicate
     assert seq.fill([(99, b"fetched")]).deliver == [(99, b"fetched")]
+
+
+def test_main_freezes_the_startup_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m parley_gateway`` moves what the imports built out of the collector's
+    sight before serving (a full collection during a connect burst scans the connections
+    only)."""
+    import gc
+
+    from parley_gateway import __main__ as entry
+
+    seen: list[int] = []
+    monkeypatch.setattr(entry, "run", lambda *a, **k: seen.append(gc.get_freeze_count()))
+    gc.unfreeze()
+    try:
+        entry.main()
+    finally:
+        gc.unfreeze()
+    assert seen and seen[0] > 10_000

@@ -21,6 +21,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
+from websockets.typing import Subprotocol
 from websockets.utils import accept_key
 
 from parley_gateway import wsopen
@@ -214,3 +215,90 @@ async def test_process_request_answers_and_failures() -> None:
         failed = await exchange(port, head(GOOD, "/ws?boom"))
         assert status_and_body(failed)[0] == 500
         assert opened == []
+
+
+# ---------------------------------------------------------------------- the plain accept
+
+_VARIANTS: list[tuple[str, str | None]] = [
+    ("Connection", "upgrade"),
+    ("Connection", "UPGRADE"),
+    ("Connection", "keep-alive, Upgrade"),
+    ("Connection", "Upgrade,"),
+    ("Connection", "Upgradee"),
+    ("Connection", None),
+    ("Upgrade", "WebSocket"),
+    ("Upgrade", "websocket, h2c"),
+    ("Upgrade", "websocket/13"),
+    ("Upgrade", None),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZR=="),  # non-canonical last bits
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ="),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==="),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZ-=="),
+    ("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+    ("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAAAA"),  # 18 bytes
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25j=Q=="),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZ=Q="),
+    ("Sec-WebSocket-Key", None),
+    ("Sec-WebSocket-Version", "13, 8"),
+    ("Sec-WebSocket-Version", "013"),
+    ("Sec-WebSocket-Version", None),
+]
+_EXTRA: list[list[tuple[str, str]]] = [
+    [],
+    [("Origin", "https://a")],
+    [("Origin", "https://a"), ("Origin", "https://b")],
+    [("Sec-WebSocket-Protocol", "chat")],
+    [("Sec-WebSocket-Protocol", "bad value!")],
+    [("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")],
+    [("Sec-WebSocket-Key", KEY)],
+    [("Connection", "Upgrade")],
+    [("Upgrade", "websocket")],
+    [("Sec-WebSocket-Version", "13")],
+]
+
+
+def _heads() -> list[list[tuple[str, str]]]:
+    out = [GOOD + extra for extra in _EXTRA]
+    for name, value in _VARIANTS:
+        base = [h for h in GOOD if h[0] != name] + ([(name, value)] if value is not None else [])
+        out += [base + extra for extra in _EXTRA]
+    return out
+
+
+def _websockets_answer(lines: list[tuple[str, str]]) -> tuple[Any, ...]:
+    protocol = ServerProtocol()
+    try:
+        accept, extensions, subprotocol = protocol.process_request(Request("/ws", Headers(lines)))
+    except Exception as exc:
+        return ("refused", type(exc))
+    return (accept, extensions, subprotocol, protocol.origin, protocol.extensions)
+
+
+@pytest.mark.parametrize("lines", _heads())
+def test_plain_accept_is_websockets_or_defers(lines: list[tuple[str, str]]) -> None:
+    protocol = ServerProtocol()
+    ours = wsopen.plain_accept(protocol, Request("/ws", Headers(lines)))
+    theirs = _websockets_answer(lines)
+    if ours is None:  # deferred: websockets' own checks answer
+        return
+    assert (ours, None, None, protocol.origin, protocol.extensions) == theirs
+    assert protocol.subprotocol is None
+
+
+def test_plain_accept_takes_the_common_heads() -> None:
+    for lines in (
+        GOOD,
+        [*GOOD, ("Origin", "https://a")],
+        [("Connection", "upgrade") if h[0] == "Connection" else h for h in GOOD],
+        [*GOOD, ("Sec-WebSocket-Extensions", "permessage-deflate")],
+    ):
+        assert wsopen.plain_accept(ServerProtocol(), Request("/ws", Headers(lines))) == (
+            accept_key(KEY)
+        )
+    assert (
+        wsopen.plain_accept(
+            ServerProtocol(subprotocols=[Subprotocol("chat")]), Request("/ws", Headers(GOOD))
+        )
+        is None
+    )

@@ -36,6 +36,7 @@ from websockets.exceptions import InvalidHandshake
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.utils import accept_key
 
 from parley_gateway.slim import done_future
 
@@ -156,10 +157,12 @@ def accept(
     """Queue the 101 of a request that passes websockets' RFC 6455 checks; False (nothing
     queued) when it does not: answer ``connection.protocol.accept(request)`` then."""
     protocol = connection.protocol
-    try:
-        accept_header, _, _ = protocol.process_request(request)  # no extension, no subprotocol
-    except InvalidHandshake:
-        return False
+    accept_header = plain_accept(protocol, request)
+    if accept_header is None:
+        try:  # no extension, no subprotocol
+            accept_header, _, _ = protocol.process_request(request)
+        except InvalidHandshake:
+            return False
     protocol.writes.insert(
         0,
         b"HTTP/1.1 101 Switching Protocols\r\nDate: %s\r\nUpgrade: websocket\r\n"
@@ -168,6 +171,43 @@ def accept(
     )
     protocol.state = State.OPEN
     return True
+
+
+_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
+
+
+def plain_accept(protocol: ServerProtocol, request: Request) -> str | None:
+    """``Sec-WebSocket-Accept`` of the plain upgrade nearly every client sends, checked
+    without websockets' header parsers: one ``Connection: upgrade``, one ``Upgrade:
+    websocket`` (any case), one key of 16 bytes in canonical base64, one version 13, at most
+    one Origin and no ``Sec-WebSocket-Protocol``; with the same effect on ``protocol`` as
+    ``ServerProtocol.process_request`` (for a server without extensions and subprotocols,
+    as the gateway's). None for any other request: websockets' own checks answer it
+    (``test_wsopen.py`` compares both on valid and invalid heads)."""
+    headers = request.headers
+    connection = headers.get_all("Connection")
+    upgrade = headers.get_all("Upgrade")
+    key = headers.get_all("Sec-WebSocket-Key")
+    origin = headers.get_all("Origin")
+    if (
+        len(connection) != 1
+        or connection[0].lower() != "upgrade"
+        or len(upgrade) != 1
+        or upgrade[0].lower() != "websocket"
+        or len(key) != 1
+        or not _KEY.fullmatch(key[0])
+        or headers.get_all("Sec-WebSocket-Version") != ["13"]
+        or len(origin) > 1
+        or "Sec-WebSocket-Protocol" in headers
+        or protocol.available_extensions
+        or protocol.available_subprotocols
+        or protocol.origins is not None
+    ):
+        return None
+    protocol.origin = origin[0] if origin else None  # type: ignore[assignment]
+    protocol.extensions = []
+    protocol.subprotocol = None
+    return accept_key(key[0])
 
 
 @functools.cache
