@@ -32,7 +32,7 @@ from parley_conversation.service import ConversationService
 from parley_conversation.store import MongoStore
 from parley_runtime.requests import request_bytes, unwrap
 
-from .conftest import LEASE, StartReplica
+from .conftest import LEASE, StartReplica, serve_agents
 from .test_affinity import owned, sample, split_evenly, until
 
 ALICE = {"id": "u-alice", "kind": "user", "name": "u-alice"}  # the creator (owner)
@@ -225,3 +225,32 @@ async def test_a_seq_cache_reloaded_is_a_cache_dropped(
         await other.close()
     assert await refused(nc, cid, BOB) is ErrorCode.FORBIDDEN
     assert await refused_stored(a, cid) == 0
+
+
+async def test_an_agent_switched_away_through_another_replica_cannot_answer(
+    nc: Client, start_replica: StartReplica
+) -> None:
+    """The conversation's agent is replaced through replica a while b owns the partition
+    (and holds the conversation with the old agent): the old agent's next answer is
+    FORBIDDEN, the new agent's is stored."""
+    a = await start_replica()
+    await until(lambda: owned(a) == set(range(PARTITIONS)))
+    b = await start_replica()
+    await until(lambda: split_evenly(a, b))
+    await serve_agents(nc, "agent-x", "agent-y")
+    cid = cid_owned_by(b)
+    data = {"conversationId": cid, "participants": ["u-bob"], "agentId": "agent-x"}
+    await command(nc, Event.CONVERSATION_CREATE, ALICE, data)
+    x = {"id": "agent-x", "kind": "agent", "name": "agent-x"}
+    answer = {"conversationId": cid, "content": "an answer", "role": "assistant"}
+    for _ in range(3):
+        assert (await command(nc, Event.MESSAGE_SEND, x, answer))["agentId"] == "agent-x"
+    assert b.sequencer.auth is not None and b.sequencer.auth.hits > 0
+    alice = Principal(id="u-alice", kind=PrincipalKind.USER)
+    switch = ConversationUpdate.model_validate({"conversationId": cid, "agentId": "agent-y"})
+    await handlers.conversation_update(a, alice, switch)
+    with pytest.raises(ParleyError) as err:
+        await command(nc, Event.MESSAGE_SEND, x, answer)
+    assert err.value.code is ErrorCode.FORBIDDEN
+    y = {"id": "agent-y", "kind": "agent", "name": "agent-y"}
+    assert (await command(nc, Event.MESSAGE_SEND, y, answer))["agentId"] == "agent-y"
