@@ -26,7 +26,7 @@ from parley_contract.models import (
     Role,
 )
 from parley_conversation.domain import now_ms
-from parley_conversation.entries import MessageTotals, PendingEvent
+from parley_conversation.entries import MessageTotals, PendingEvent, message_as_stored
 from parley_conversation.store import MongoStore
 from parley_devstack.servers import StoreServer
 from parley_devstack.testing import real_mongodb_url
@@ -173,7 +173,7 @@ def message_pending(m: Message) -> PendingEvent:
         Event.MESSAGE_NEW,
         None,
         m.client_message_id,
-        message=lambda seq: m.model_copy(update={"seq": seq}),
+        message=lambda seq: message_as_stored(m, seq),
     )
 
 
@@ -190,8 +190,10 @@ async def test_a_message_is_its_own_log_entry(store: MongoStore, other: MongoSto
     assert frame["timestamp"] == frame["data"]["createdAt"]
     assert await store.events_since("c1", 0, None, 10) == [r.frame for r in res["c1"]]
     items, _ = await store.list_messages("c1", None, None, 10)
-    assert [(m.id, m.seq) for m in items] == [(first.id, 2)]
-    assert (await store.get_message("c1", first.id)) == first.model_copy(update={"seq": 2})
+    stored = message_as_stored(first, 2)
+    assert stored.id != first.id  # keyed: its id comes from its clientMessageId
+    assert [(m.id, m.seq) for m in items] == [(stored.id, 2)]
+    assert (await store.get_message("c1", stored.id)) == stored
     assert await store.get_message("c1", "c1:1") is None  # a log entry, not a message
     assert await store.update_message("c1", "c1:3", {"content": "x"}) is None
     assert await store.react("c1", "c1:3", "👍", "u-a", remove=False) is None

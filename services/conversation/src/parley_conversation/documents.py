@@ -21,8 +21,6 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.jsonutil import model_json
 from parley_contract.models import Conversation, Message
 
-_STRING_ONLY = {"clientMessageId": {"$type": "string"}}
-
 # ---------------------------------------------------------------- collection declarations
 
 
@@ -53,11 +51,13 @@ class MessageDocument(_Doc):
     """The conversation log: messages, and the other durable events (with an ``event`` field).
 
     Only the indexes a query here uses: the log and history pages by (conversationId, seq),
-    idempotency by (conversationId, clientMessageId), single messages by _id. The design
-    doc's (conversationId, createdAt), (conversationId, role), (agentId, createdAt) and
-    (parentMessageId) served no query, and on the embedded store every index costs about as
-    much per insert as the document itself (docs/benchmarks.md, 2026-11-26). Add one back
-    with the query that needs it.
+    single messages and idempotency by _id (a keyed entry's _id is derived from its
+    clientMessageId: idempotency.entry_id). The design doc's (conversationId, createdAt),
+    (conversationId, role), (agentId, createdAt) and (parentMessageId) served no query, and
+    on the embedded store every index costs about as much per insert as the document itself
+    (docs/benchmarks.md, 2026-11-26), and again at each update of the message (a delivery
+    receipt). The partial unique (conversationId, clientMessageId) went on 2026-11-30 for
+    that reason (the _id does its work). Add one back with the query that needs it.
     """
 
     class Settings:
@@ -65,11 +65,6 @@ class MessageDocument(_Doc):
         validate_on_save = False
         indexes: ClassVar[list[IndexModel]] = [
             IndexModel([("conversationId", ASCENDING), ("seq", ASCENDING)], unique=True),
-            IndexModel(
-                [("conversationId", ASCENDING), ("clientMessageId", ASCENDING)],
-                unique=True,
-                partialFilterExpression=_STRING_ONLY,
-            ),
         ]
 
 

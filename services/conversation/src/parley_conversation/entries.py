@@ -17,6 +17,7 @@ from parley_contract.events import Event
 from parley_contract.models import Message
 from parley_conversation import domain
 from parley_conversation.documents import message_entry, message_from, wire
+from parley_conversation.idempotency import entry_id
 
 DUPLICATE_KEY = 11000
 LOG_EVENT = "event"  # the field that marks a log entry that is not a message
@@ -71,6 +72,16 @@ def first_unencodable(docs: Sequence[dict[str, Any]]) -> int | None:
     return None
 
 
+def message_as_stored(message: Message, seq: int) -> Message:
+    """The message with its seq, and with the id its ``clientMessageId`` gives it
+    (idempotency.entry_id) when it has one: a retry of it gets the same id, which the log's
+    ``_id`` index stores once."""
+    update: dict[str, Any] = {"seq": seq}
+    if message.client_message_id is not None:
+        update["id"] = entry_id("message", message.conversation_id, message.client_message_id)
+    return message.model_copy(update=update)
+
+
 # What a batch of stored messages adds to its conversation (the rule lives in the domain).
 MessageTotals = domain.Totals
 totals_of = domain.totals_of
@@ -80,9 +91,16 @@ def log_entry(
     conversation_id: str, seq: int, pending: PendingEvent, epoch: int = 0
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The document of one durable event at ``seq`` and the frame it is published as; the
-    entry keeps its ``epoch`` (epochs.py) so that a replay carries the one it was sent with."""
+    entry keeps its ``epoch`` (epochs.py) so that a replay carries the one it was sent with.
+    A message with a ``clientMessageId`` must have the id ``entry_id`` derives from it
+    (``message_as_stored``): that ``_id`` is what stores it once."""
     if pending.message is not None:
-        doc, data = message_entry(pending.message(seq))
+        msg = pending.message(seq)
+        if pending.client_message_id is not None and msg.id != entry_id(
+            "message", conversation_id, pending.client_message_id
+        ):
+            raise ValueError("a keyed message's id must be entry_id(...): see message_as_stored")
+        doc, data = message_entry(msg)
         doc["epoch"] = epoch
         return doc, _message_frame(data, conversation_id, seq, epoch)
     assert pending.build is not None
@@ -93,16 +111,20 @@ def log_entry(
         seq=seq,
         epoch=epoch,
     )
+    key = pending.client_message_id
     doc = {
-        "_id": f"{conversation_id}:{seq}",
+        # Keyed: the _id is what keeps the key once per conversation (idempotency.entry_id).
+        "_id": f"{conversation_id}:{seq}"
+        if key is None
+        else entry_id("event", conversation_id, key),
         "conversationId": conversation_id,
         "seq": seq,
         "epoch": epoch,
         LOG_EVENT: pending.event.value,
         "frame": frame,
     }
-    if pending.client_message_id is not None:
-        doc["clientMessageId"] = pending.client_message_id
+    if key is not None:
+        doc["clientMessageId"] = key
     return doc, frame
 
 

@@ -4,7 +4,8 @@ Sequencing (see README "Sequencing"): the collection ``messages`` is the convers
 the source of truth for ``seq``. A ``message:new`` is its message document; any other durable
 event is a document ``{_id: "<conversationId>:<seq>", event, frame}`` in the same collection.
 Each claims its seq by being inserted, under a unique ``(conversationId, seq)`` index;
-``clientMessageId`` is unique per conversation in the same collection. A seq exists only once
+an entry with a ``clientMessageId`` has an ``_id`` derived from it (idempotency.entry_id),
+so the key is stored once per conversation by the ``_id`` index. A seq exists only once
 its complete entry is stored, so a crash can never leave a gap, and a message is stored
 once, with its seq; a collision (another replica took that seq) is retried with a fresh seq.
 
@@ -43,6 +44,7 @@ from parley_contract.models import Message, MessageType, Role
 from parley_conversation.documents import message_doc
 from parley_conversation.entries import (
     DUPLICATE_KEY,
+    LOG_EVENT,
     UNENCODABLE,
     AppendResult,
     PendingEvent,
@@ -52,6 +54,7 @@ from parley_conversation.entries import (
     unstorable,
 )
 from parley_conversation.epochs import HighWaterMarks
+from parley_conversation.idempotency import entry_id
 
 logger = logging.getLogger(__name__)
 
@@ -275,9 +278,8 @@ class ConversationLog:
             failed = groups[cid][k]
             existing = None
             if failed.client_message_id is not None:
-                existing = await self.messages.find_one(
-                    {"conversationId": cid, "clientMessageId": failed.client_message_id}
-                )
+                # A keyed entry's _id is derived from its key: a stored one has this _id.
+                existing = await self.messages.find_one({"_id": docs[done]["_id"]})
             if existing is not None and existing["seq"] != docs[done]["seq"]:
                 # Already stored (a retry racing with its original): answer with that frame.
                 results[cid][k] = AppendResult(
@@ -322,18 +324,20 @@ class ConversationLog:
     async def frames_by_client_ids(
         self, wanted: Mapping[str, Sequence[str]]
     ) -> dict[tuple[str, str], dict[str, Any]]:
-        """Stored frames of these (conversationId, clientMessageId) pairs, in one query."""
-        ids = {cmid for cmids in wanted.values() for cmid in cmids}
+        """Stored frames of these (conversationId, clientMessageId) pairs (messages and
+        other events: an event first), in one query by their ``_id`` (idempotency.entry_id)."""
+        ids = {
+            entry_id(kind, cid, cmid): (cid, cmid)
+            for cid, cmids in wanted.items()
+            for cmid in cmids
+            for kind in ("message", "event")
+        }
         if not ids:
             return {}
-        docs = await self.messages.find(
-            {"conversationId": {"$in": list(wanted)}, "clientMessageId": {"$in": list(ids)}}
-        ).to_list()
-        return {
-            (d["conversationId"], d["clientMessageId"]): frame_of(d)
-            for d in docs
-            if d["clientMessageId"] in wanted.get(d["conversationId"], ())
-        }
+        docs = await self.messages.find({"_id": {"$in": list(ids)}}).to_list()
+        # A message and another event with the same key: the event's (a keyed command's).
+        docs.sort(key=lambda d: LOG_EVENT in d)
+        return {ids[d["_id"]]: frame_of(d) for d in docs}
 
     async def events_since(
         self, conversation_id: str, after_seq: int, until_seq: int | None, limit: int

@@ -7,8 +7,8 @@ round trips whatever the number of conversations in it: one read of the conversa
 ``insert_many`` into the conversation log (each message is its own log entry and claims its
 seq, see :mod:`parley_conversation.log`); the
 totals follow in the background (one bulk update, merged across batches). A retried
-``clientMessageId`` is caught by the log's unique index (no lookup per batch: on the
-embedded store an ``$in`` lookup scans the collection); retries inside one batch wait for
+``clientMessageId`` is caught by the log's ``_id`` (a keyed message's id is derived from
+it: ``entries.message_as_stored``; no lookup per batch); retries inside one batch wait for
 the first. Then it publishes the frames in seq order and only then resolves the callers.
 While a batch is being written the next one accumulates, so the batch size grows with the
 load (no timer, no idle latency).
@@ -36,7 +36,13 @@ from parley_contract.internal import Principal
 from parley_contract.models import Conversation, ConversationStatus, Message
 from parley_conversation import domain, roles
 from parley_conversation.authcache import AuthCache
-from parley_conversation.entries import AppendResult, MessageTotals, PendingEvent, totals_of
+from parley_conversation.entries import (
+    AppendResult,
+    MessageTotals,
+    PendingEvent,
+    message_as_stored,
+    totals_of,
+)
 from parley_conversation.log import STALE
 from parley_conversation.repository import Repository
 from parley_conversation.totals_writer import TotalsWriter
@@ -387,7 +393,7 @@ class Sequencer:
             return PendingEvent(job.event, job.build, job.key)
 
         def stored(seq: int, job: _Send = job) -> Message:
-            job.stored = job.message.model_copy(update={"seq": seq})
+            job.stored = message_as_stored(job.message, seq)
             return job.stored
 
         return PendingEvent(Event.MESSAGE_NEW, None, job.message.client_message_id, message=stored)
