@@ -79,6 +79,26 @@ async def test_a_retried_message_is_stored_once_under_the_id_its_key_gives(
     assert [r.seq for r in res] == [2, 3] and res[0].frame["data"]["_id"] == loose.id
 
 
+async def test_a_retry_at_the_seq_its_original_took_is_a_duplicate_not_a_collision(
+    store: MongoStore, store_server: StoreServer
+) -> None:
+    """Replica B's cache points at the very seq where A stored the message B retries: the
+    insert hits both indexes; that is the stored message (no collision, no extra round)."""
+    other = MongoStore(store_server.url, store._db.name)
+    collisions: list[int] = []
+    other.on_collision = lambda: collisions.append(1)
+    try:
+        await other.append_events({"c1": [keyed_event(None), keyed_event(None)]})  # B: next 3
+        first = (await store.append_events({"c1": [sent(message("c1", "hi", "k1"))]}))["c1"]
+        assert first[0].seq == 3
+        again = (await other.append_events({"c1": [sent(message("c1", "hi", "k1"))]}))["c1"]
+        after = (await other.append_events({"c1": [keyed_event(None)]}))["c1"]
+    finally:
+        await other.close()
+    assert again[0].duplicate and again[0].frame == first[0].frame
+    assert collisions == [] and after[0].seq == 4
+
+
 async def test_keyed_events_once_and_apart_from_messages(store: MongoStore) -> None:
     res = (await store.append_events({"c1": [keyed_event("~u-a:k"), keyed_event(None)]}))["c1"]
     dup = (await store.append_events({"c1": [keyed_event("~u-a:k")]}))["c1"][0]

@@ -280,12 +280,15 @@ class ConversationLog:
             if failed.client_message_id is not None:
                 # A keyed entry's _id is derived from its key: a stored one has this _id.
                 existing = await self.messages.find_one({"_id": docs[done]["_id"]})
-            if existing is not None and existing["seq"] != docs[done]["seq"]:
+            if existing is not None:
                 # Already stored (a retry racing with its original): answer with that frame.
                 results[cid][k] = AppendResult(
                     int(existing["seq"]), frame_of(existing), duplicate=True
                 )
-                pos[cid] = k + 1  # nxt[cid] stays: that seq is still free
+                pos[cid] = k + 1
+                if existing["seq"] == docs[done]["seq"]:
+                    nxt[cid] += 1  # the seq tried is the stored entry's own: taken
+                # else nxt[cid] stays: that seq is free unless the next round finds otherwise
             else:
                 if self.on_collision is not None:
                     self.on_collision()
