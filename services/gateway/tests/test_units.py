@@ -132,11 +132,17 @@ def test_main_freezes_the_startup_heap(monkeypatch: pytest.MonkeyPatch) -> None:
 
     from parley_gateway import __main__ as entry
 
-    seen: list[int] = []
-    monkeypatch.setattr(entry, "run", lambda *a, **k: seen.append(gc.get_freeze_count()))
+    seen: list[tuple[int, tuple[int, int, int]]] = []
+    monkeypatch.setattr(
+        entry, "run", lambda *a, **k: seen.append((gc.get_freeze_count(), gc.get_threshold()))
+    )
     gc.unfreeze()
+    before = gc.get_threshold()
     try:
         entry.main()
     finally:
         gc.unfreeze()
-    assert seen and seen[0] > 10_000
+        gc.set_threshold(*before)
+    assert seen and seen[0][0] > 10_000
+    # ... and the collections made rarer (a reconnect storm's full collections, issue 16)
+    assert seen[0][1] == (entry.GC_GEN0, before[1], before[2]) and before[0] < entry.GC_GEN0
