@@ -5,6 +5,7 @@ NATS and the real embedded store."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -240,3 +241,21 @@ async def test_services_alone(service: ConversationService, request_: Request, n
     cid, _ = await _room(request_)
     await _compare(nc, request_, cid, [service_principal()])
     await _compare(nc, request_, cid, [service_principal(), ALICE])
+
+
+def test_shared_reads_do_not_outlive_their_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a storm its entries go with the next one put (oldest first), and there are
+    never more than SHARED_ENTRIES."""
+    shared = rejoin_module.SharedReads()
+    now = time.monotonic()
+    for i in range(5):
+        shared.put(f"d{i}", rejoin_module._Shared(1, None, 0, now))
+    assert len(shared) == 5 and shared.get("d0", 1) is not None
+    assert shared.get("d0", 2) is None  # the log moved on: gone
+    monkeypatch.setattr(rejoin_module, "SHARED_ENTRIES", 3)
+    shared.put("e", rejoin_module._Shared(1, None, 0, now))
+    assert len(shared) == 3 and shared.get("d1", 1) is None and shared.get("e", 1) is not None
+    later = now + rejoin_module.SHARED_SECONDS + 1
+    monkeypatch.setattr(rejoin_module.time, "monotonic", lambda: later)
+    shared.put("f", rejoin_module._Shared(1, None, 0, later))
+    assert len(shared) == 1 and shared.get("f", 1) is not None  # the storm's entries went

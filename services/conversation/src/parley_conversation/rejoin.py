@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 # How long the conversation read of one batched rejoin may serve the next ones (while the
 # log ends at the same seq: :class:`SharedReads`), and for how many conversations.
 SHARED_SECONDS = 5.0
-SHARED_ENTRIES = 2_000
+SHARED_ENTRIES = 1_000
 
 
 def decode(body: bytes) -> RejoinRequest:
@@ -148,10 +148,19 @@ class SharedReads:
         return entry
 
     def put(self, cid: str, entry: _Shared) -> None:
+        """Keep ``entry``; drop the ones past their time (oldest first: a storm's entries
+        do not outlive it) and the oldest beyond ``SHARED_ENTRIES``."""
         self._entries[cid] = entry
         self._entries.move_to_end(cid)
-        while len(self._entries) > SHARED_ENTRIES:
+        now = time.monotonic()
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if now - oldest.at <= SHARED_SECONDS and len(self._entries) <= SHARED_ENTRIES:
+                break
             self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     async def read(self, svc: ConversationService, cid: str, last: int) -> _Shared:
         """The shared part for a batch that read ``last``: the entry, or a fresh read."""
