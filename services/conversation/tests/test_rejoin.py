@@ -256,6 +256,6 @@ def test_shared_reads_do_not_outlive_their_time(monkeypatch: pytest.MonkeyPatch)
     shared.put("e", rejoin_module._Shared(1, None, 0, now))
     assert len(shared) == 3 and shared.get("d1", 1) is None and shared.get("e", 1) is not None
     later = now + rejoin_module.SHARED_SECONDS + 1
-    monkeypatch.setattr(rejoin_module.time, "monotonic", lambda: later)
+    monkeypatch.setattr(time, "monotonic", lambda: later)
     shared.put("f", rejoin_module._Shared(1, None, 0, later))
     assert len(shared) == 1 and shared.get("f", 1) is not None  # the storm's entries went
