@@ -24,20 +24,6 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
-from pymongo.monitoring import (
-    ConnectionCheckedInEvent,
-    ConnectionCheckedOutEvent,
-    ConnectionCheckOutFailedEvent,
-    ConnectionCheckOutStartedEvent,
-    ConnectionClosedEvent,
-    ConnectionCreatedEvent,
-    ConnectionPoolListener,
-    ConnectionReadyEvent,
-    PoolClearedEvent,
-    PoolClosedEvent,
-    PoolCreatedEvent,
-    PoolReadyEvent,
-)
 
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.models import Message, MessageType, Role
@@ -385,46 +371,3 @@ class ConversationLog:
             {"_id": 1},
         )
         return doc is not None
-
-
-class ForgetSeqsOnPoolCleared(ConnectionPoolListener):
-    """pymongo's connection monitoring: the driver clears a server's pool when it finds the
-    server unreachable or changed (a network error, a restart, a step-down); that drops the
-    store's cached next seqs (MongoStore.forget_seqs). Connection-pool events are published
-    synchronously (server events would need a running loop when the client is made)."""
-
-    def __init__(self, store: ConversationLog) -> None:
-        self._store = store
-
-    def pool_cleared(self, event: PoolClearedEvent) -> None:
-        self._store.forget_seqs()
-
-    def pool_created(self, event: PoolCreatedEvent) -> None:
-        return None
-
-    def pool_ready(self, event: PoolReadyEvent) -> None:
-        return None
-
-    def pool_closed(self, event: PoolClosedEvent) -> None:
-        return None
-
-    def connection_created(self, event: ConnectionCreatedEvent) -> None:
-        return None
-
-    def connection_ready(self, event: ConnectionReadyEvent) -> None:
-        return None
-
-    def connection_closed(self, event: ConnectionClosedEvent) -> None:
-        return None
-
-    def connection_check_out_started(self, event: ConnectionCheckOutStartedEvent) -> None:
-        return None
-
-    def connection_check_out_failed(self, event: ConnectionCheckOutFailedEvent) -> None:
-        return None
-
-    def connection_checked_out(self, event: ConnectionCheckedOutEvent) -> None:
-        return None
-
-    def connection_checked_in(self, event: ConnectionCheckedInEvent) -> None:
-        return None

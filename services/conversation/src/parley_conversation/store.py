@@ -34,7 +34,8 @@ from parley_conversation.documents import (
     wire,
 )
 from parley_conversation.entries import LOG_EVENT, MessageTotals
-from parley_conversation.log import ConversationLog, ForgetSeqsOnPoolCleared
+from parley_conversation.log import ConversationLog
+from parley_conversation.pool_listener import ForgetSeqsOnPoolCleared
 from parley_conversation.repository import Page
 from parley_conversation.totals_store import TotalsStore
 
