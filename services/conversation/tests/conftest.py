@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from parley_contract import jsonutil
 from parley_contract.ids import new_id
 from parley_conversation.service import ConversationService
 from parley_conversation.settings import Settings
+from parley_conversation.store import MongoStore
 from parley_devstack.servers import NatsServer, StoreServer
 
 Request = Callable[..., Awaitable[dict[str, Any]]]
@@ -38,6 +40,20 @@ async def request_reply(
     msg = await nc.request(subject, body, timeout=wait)
     reply: dict[str, Any] = jsonutil.loads(msg.data)
     return reply
+
+
+@contextlib.asynccontextmanager
+async def fresh_store(url: str, prefix: str) -> AsyncIterator[MongoStore]:
+    """A store on a database of its own (``<prefix>_<random>``), initialized; dropped at the
+    end."""
+    db = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    s = MongoStore(url, db)
+    await s.init()
+    try:
+        yield s
+    finally:
+        await s._client.drop_database(db)
+        await s.close()
 
 
 @pytest.fixture

@@ -17,17 +17,13 @@ from parley_conversation.idempotency import entry_id
 from parley_conversation.store import MongoStore
 from parley_devstack.servers import StoreServer
 
+from .conftest import fresh_store
+
 
 @pytest.fixture
 async def store(store_server: StoreServer) -> AsyncIterator[MongoStore]:
-    db = f"parley_ids_{uuid.uuid4().hex[:12]}"
-    s = MongoStore(store_server.url, db)
-    await s.init()
-    try:
+    async with fresh_store(store_server.url, "parley_ids") as s:
         yield s
-    finally:
-        await s._client.drop_database(db)
-        await s.close()
 
 
 def message(cid: str, content: str, cmid: str | None) -> Message:

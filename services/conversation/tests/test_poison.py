@@ -9,7 +9,6 @@ a real store): the group commit isolates it and only its sender gets the error.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,7 +26,7 @@ from parley_conversation.service import ConversationService
 from parley_conversation.store import MongoStore
 from parley_devstack.servers import StoreServer
 
-from .conftest import Request, user
+from .conftest import Request, fresh_store, user
 
 CREATE = subjects.command(Event.CONVERSATION_CREATE)
 SEND = subjects.command(Event.MESSAGE_SEND)
@@ -99,14 +98,8 @@ async def test_an_edge_value_that_fits_is_stored(
 
 @pytest.fixture
 async def store(store_server: StoreServer) -> AsyncIterator[MongoStore]:
-    db = f"parley_poison_{uuid.uuid4().hex[:12]}"
-    s = MongoStore(store_server.url, db)
-    await s.init()
-    try:
+    async with fresh_store(store_server.url, "parley_poison") as s:
         yield s
-    finally:
-        await s._client.drop_database(db)
-        await s.close()
 
 
 async def _published(_subject: str, _payload: bytes) -> None:

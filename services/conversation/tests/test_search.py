@@ -21,6 +21,8 @@ from parley_conversation.store import MongoStore
 from parley_devstack.servers import StoreServer
 from parley_devstack.testing import real_mongodb_url
 
+from .conftest import fresh_store
+
 BACKENDS = ["embedded", pytest.param("mongodb", marks=pytest.mark.mongodb)]
 ALICE = Principal(id="u-alice", kind=PrincipalKind.USER)
 BOB = Principal(id="u-bob", kind=PrincipalKind.USER)
@@ -34,14 +36,8 @@ async def store(
     url = store_server.url if request.param == "embedded" else real_mongodb_url()
     if url is None:
         pytest.skip("MONGODB_URL is not set: no real MongoDB to check against")
-    db = f"parley_search_{uuid.uuid4().hex[:12]}"
-    s = MongoStore(url, db)
-    await s.init()
-    try:
+    async with fresh_store(url, "parley_search") as s:
         yield s
-    finally:
-        await s._client.drop_database(db)
-        await s.close()
 
 
 async def room(

@@ -31,6 +31,8 @@ from parley_conversation.store import MongoStore
 from parley_devstack.servers import StoreServer
 from parley_devstack.testing import real_mongodb_url
 
+from .conftest import fresh_store
+
 BACKENDS = ["embedded", pytest.param("mongodb", marks=pytest.mark.mongodb)]
 
 
@@ -46,14 +48,8 @@ def store_url(request: pytest.FixtureRequest, store_server: StoreServer) -> str:
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[MongoStore]:
-    db = f"parley_conf_{uuid.uuid4().hex[:12]}"
-    s = MongoStore(store_url, db)
-    await s.init()
-    try:
+    async with fresh_store(store_url, "parley_conf") as s:
         yield s
-    finally:
-        await s._client.drop_database(db)
-        await s.close()
 
 
 @pytest.fixture

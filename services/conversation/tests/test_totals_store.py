@@ -4,7 +4,6 @@ way."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,24 +20,20 @@ from parley_conversation.entries import MessageTotals
 from parley_conversation.store import MongoStore
 from parley_devstack.servers import StoreServer
 
+from .conftest import fresh_store
+
 U = Principal(id="u-t", kind=PrincipalKind.USER)
 IDS = [f"t{i}" for i in range(5)]
 
 
 @pytest.fixture
 async def store(store_server: StoreServer) -> AsyncIterator[MongoStore]:
-    db = f"parley_totals_{uuid.uuid4().hex[:12]}"
-    s = MongoStore(store_server.url, db)
-    await s.init()
-    for cid in IDS:
-        await s.insert_conversation(
-            domain.new_conversation(U, ConversationCreate(conversation_id=cid))
-        )
-    try:
+    async with fresh_store(store_server.url, "parley_totals") as s:
+        for cid in IDS:
+            await s.insert_conversation(
+                domain.new_conversation(U, ConversationCreate(conversation_id=cid))
+            )
         yield s
-    finally:
-        await s._client.drop_database(db)
-        await s.close()
 
 
 def totals(seq: int) -> dict[str, MessageTotals]:
