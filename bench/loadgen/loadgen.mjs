@@ -239,16 +239,34 @@ function workerMain() {
   // status line (101), Sec-WebSocket-Accept against the key, and that the first frame is an
   // unmasked text frame whose JSON is the `connected`/`reconnected` hello.
   const WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"; // RFC 6455 1.3
+  // A raw upgrade request to `u` (a URL): its head, and the Sec-WebSocket-Accept the
+  // server must answer with.
+  function rawUpgrade(u, token) {
+    const key = randomBytes(16).toString("base64");
+    return {
+      accept: createHash("sha1").update(key + WS_GUID).digest("base64"),
+      head:
+        `GET ${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\n` +
+        `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\n` +
+        `Sec-WebSocket-Version: 13\r\nAuthorization: Bearer ${token}\r\n\r\n`,
+    };
+  }
+  // The server's answer to it at the start of `buf`: null while its head is incomplete, else
+  // { error } (not a 101, or a wrong Sec-WebSocket-Accept) or { body } (where the head ends).
+  function upgradeAnswer(buf, accept) {
+    const end = buf.indexOf("\r\n\r\n");
+    if (end < 0) return null;
+    const text = buf.toString("latin1", 0, end);
+    if (!text.startsWith("HTTP/1.1 101 ")) return { error: `http ${text.slice(9, 12)}` };
+    const m = /\r\nsec-websocket-accept: *([^\r]*)/i.exec(text);
+    if (!m || m[1] !== accept) return { error: "bad accept" };
+    return { body: end + 4 };
+  }
   function rawConnectOne(client, timeoutMs) {
     return new Promise((resolve) => {
       const t0 = nowMs();
       const url = new URL(client.url);
-      const key = randomBytes(16).toString("base64");
-      const accept = createHash("sha1").update(key + WS_GUID).digest("base64");
-      const head =
-        `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\n` +
-        `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\n` +
-        `Sec-WebSocket-Version: 13\r\nAuthorization: Bearer ${client.token}\r\n\r\n`;
+      const { accept, head } = rawUpgrade(url, client.token);
       let done = false;
       let buf = null;
       const sock = tcpConnect({ host: url.hostname, port: Number(url.port) || 80, noDelay: true });
@@ -270,19 +288,13 @@ function workerMain() {
       sock.on("data", (data) => {
         if (done) return; // idle afterwards: nothing is sent to a raw client here
         buf = buf === null ? data : Buffer.concat([buf, data]);
-        const end = buf.indexOf("\r\n\r\n");
-        if (end < 0) return;
-        const text = buf.toString("latin1", 0, end);
-        if (!text.startsWith("HTTP/1.1 101 ")) {
-          finish(false, `http ${text.slice(9, 12)}`);
+        const answer = upgradeAnswer(buf, accept);
+        if (answer === null) return;
+        if (answer.error) {
+          finish(false, answer.error);
           return;
         }
-        const m = /\r\nsec-websocket-accept: *([^\r]*)/i.exec(text);
-        if (!m || m[1] !== accept) {
-          finish(false, "bad accept");
-          return;
-        }
-        const f = end + 4;
+        const f = answer.body;
         if (buf.length < f + 2) return;
         let len = buf[f + 1];
         let p = f + 2;
@@ -419,12 +431,7 @@ function workerMain() {
       client.open = false;
       const sep = url.includes("?") ? "&" : "?";
       const u = new URL(`${url}${sep}session=${encodeURIComponent(client.session || "")}`);
-      const key = randomBytes(16).toString("base64");
-      const accept = createHash("sha1").update(key + WS_GUID).digest("base64");
-      const head =
-        `GET ${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\n` +
-        `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\n` +
-        `Sec-WebSocket-Version: 13\r\nAuthorization: Bearer ${client.token}\r\n\r\n`;
+      const { accept, head } = rawUpgrade(u, client.token);
       const sock = tcpConnect({ host: u.hostname, port: Number(u.port) || 80, noDelay: true });
       const finish = (ok, error) => {
         if (done) return;
@@ -474,20 +481,14 @@ function workerMain() {
         if (done) return; // afterwards the frames are not read (nothing is measured)
         buf = buf === null ? data : Buffer.concat([buf, data]);
         if (!upgraded) {
-          const end = buf.indexOf("\r\n\r\n");
-          if (end < 0) return;
-          const text = buf.toString("latin1", 0, end);
-          if (!text.startsWith("HTTP/1.1 101 ")) {
-            finish(false, `http ${text.slice(9, 12)}`);
-            return;
-          }
-          const m = /\r\nsec-websocket-accept: *([^\r]*)/i.exec(text);
-          if (!m || m[1] !== accept) {
-            finish(false, "bad accept");
+          const answer = upgradeAnswer(buf, accept);
+          if (answer === null) return;
+          if (answer.error) {
+            finish(false, answer.error);
             return;
           }
           upgraded = true;
-          buf = buf.subarray(end + 4);
+          buf = buf.subarray(answer.body);
         }
         while (!done && buf.length >= 2) {
           if ((buf[0] & 0x80) === 0) {

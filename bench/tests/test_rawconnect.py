@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,3 +101,44 @@ def test_raw_handshake_refusals_fail(
         res = _connect(f"ws://127.0.0.1:{port}/ws", 3, tmp_path)
     assert res["ok"] == 0
     assert res["errors"] == {error: 3}
+
+
+def _resume(url: str, n: int, tmp_path: Path) -> dict[str, object]:
+    clients = [Client(url, f"token-{i}", 0, f"u{i}") for i in range(n)]
+    pool = GeneratorPool(clients, threads=1, per_process=100, log_dir=tmp_path)
+    try:
+        return pool.resume([url] * n, concurrency=5, kill_time=time.monotonic(), timeout_ms=5000)
+    finally:
+        pool.close()
+
+
+HELLO = b'{"event":"reconnected","data":{"sessionId":"s1","conversations":[]}}'
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (lambda head: _accepted(head, b"\x81" + bytes([len(HELLO)]) + HELLO), None),
+        (lambda _: b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n", "http 401"),
+        (
+            lambda _: (
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+            ),
+            "bad accept",
+        ),
+        (lambda head: _accepted(head, b'\x81\x11{"event":"error"}'), "first frame error"),
+    ],
+)
+def test_raw_resume_checks_the_upgrade_and_the_hello(
+    reply: Callable[[bytes], bytes], error: str | None, tmp_path: Path
+) -> None:
+    """The storm's bare-socket resume (``rawResumeOne``): the same 101 and accept checks as
+    the connect's, then ``reconnected`` first."""
+    with _answering(reply) as port:
+        res = _resume(f"ws://127.0.0.1:{port}/ws", 3, tmp_path)
+    if error is None:
+        assert res["ok"] == 3 and res["failed"] == 0, res
+    else:
+        assert res["ok"] == 0
+        assert res["errors"] == {error: 3}
