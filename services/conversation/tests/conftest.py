@@ -12,7 +12,10 @@ import pytest
 from nats.aio.client import Client
 
 from parley_contract import jsonutil
+from parley_contract.events import Event
 from parley_contract.ids import new_id
+from parley_contract.models import Message
+from parley_conversation.entries import PendingEvent, message_as_stored
 from parley_conversation.service import ConversationService
 from parley_conversation.settings import Settings
 from parley_conversation.store import MongoStore
@@ -40,6 +43,16 @@ async def request_reply(
     msg = await nc.request(subject, body, timeout=wait)
     reply: dict[str, Any] = jsonutil.loads(msg.data)
     return reply
+
+
+def message_pending(m: Message) -> PendingEvent:
+    """How the sequencer hands a message to the log."""
+    return PendingEvent(
+        Event.MESSAGE_NEW,
+        None,
+        m.client_message_id,
+        message=lambda seq: message_as_stored(m, seq),
+    )
 
 
 @contextlib.asynccontextmanager

@@ -12,12 +12,12 @@ from pymongo import ASCENDING
 from parley_contract.events import Event
 from parley_contract.models import Message
 from parley_conversation.domain import now_ms
-from parley_conversation.entries import PendingEvent, log_entry, message_as_stored
+from parley_conversation.entries import PendingEvent, log_entry
 from parley_conversation.idempotency import entry_id
 from parley_conversation.store import MongoStore
 from parley_devstack.servers import StoreServer
 
-from .conftest import fresh_store
+from .conftest import fresh_store, message_pending
 
 
 @pytest.fixture
@@ -41,16 +41,6 @@ def message(cid: str, content: str, cmid: str | None) -> Message:
     )
 
 
-def sent(m: Message) -> PendingEvent:
-    """How the sequencer hands a message to the log."""
-    return PendingEvent(
-        Event.MESSAGE_NEW,
-        None,
-        m.client_message_id,
-        message=lambda seq: message_as_stored(m, seq),
-    )
-
-
 def keyed_event(key: str | None) -> PendingEvent:
     return PendingEvent(Event.MESSAGE_UPDATED, lambda seq: {"seq": seq}, key)
 
@@ -60,9 +50,13 @@ async def test_a_retried_message_is_stored_once_under_the_id_its_key_gives(
 ) -> None:
     other = MongoStore(store_server.url, store._db.name)  # another replica, cold cache
     try:
-        first = (await store.append_events({"c1": [sent(message("c1", "hi", "k1"))]}))["c1"][0]
+        first = (await store.append_events({"c1": [message_pending(message("c1", "hi", "k1"))]}))[
+            "c1"
+        ][0]
         # The retry: built again (another random id), on the other replica.
-        again = (await other.append_events({"c1": [sent(message("c1", "hi!", "k1"))]}))["c1"]
+        again = (await other.append_events({"c1": [message_pending(message("c1", "hi!", "k1"))]}))[
+            "c1"
+        ]
     finally:
         await other.close()
     assert again[0].duplicate and again[0].seq == first.seq == 1
@@ -71,7 +65,11 @@ async def test_a_retried_message_is_stored_once_under_the_id_its_key_gives(
     assert await store.messages.count_documents({"conversationId": "c1"}) == 1
     # A message without a key keeps its own id, and is a new message each time.
     loose = message("c1", "free", None)
-    res = (await store.append_events({"c1": [sent(loose), sent(message("c1", "f", None))]}))["c1"]
+    res = (
+        await store.append_events(
+            {"c1": [message_pending(loose), message_pending(message("c1", "f", None))]}
+        )
+    )["c1"]
     assert [r.seq for r in res] == [2, 3] and res[0].frame["data"]["_id"] == loose.id
 
 
@@ -85,9 +83,13 @@ async def test_a_retry_at_the_seq_its_original_took_is_a_duplicate_not_a_collisi
     other.on_collision = lambda: collisions.append(1)
     try:
         await other.append_events({"c1": [keyed_event(None), keyed_event(None)]})  # B: next 3
-        first = (await store.append_events({"c1": [sent(message("c1", "hi", "k1"))]}))["c1"]
+        first = (await store.append_events({"c1": [message_pending(message("c1", "hi", "k1"))]}))[
+            "c1"
+        ]
         assert first[0].seq == 3
-        again = (await other.append_events({"c1": [sent(message("c1", "hi", "k1"))]}))["c1"]
+        again = (await other.append_events({"c1": [message_pending(message("c1", "hi", "k1"))]}))[
+            "c1"
+        ]
         after = (await other.append_events({"c1": [keyed_event(None)]}))["c1"]
     finally:
         await other.close()
@@ -101,7 +103,9 @@ async def test_keyed_events_once_and_apart_from_messages(store: MongoStore) -> N
     assert dup.duplicate and dup.frame == res[0].frame
     # A message whose clientMessageId is that key is a message of its own (ids differ by
     # kind), and each is found by its key.
-    m = (await store.append_events({"c1": [sent(message("c1", "x", "~u-a:k"))]}))["c1"][0]
+    m = (await store.append_events({"c1": [message_pending(message("c1", "x", "~u-a:k"))]}))["c1"][
+        0
+    ]
     assert not m.duplicate and m.seq == 3
     found = await store.frames_by_client_ids({"c1": ["~u-a:k", "nope"], "c2": ["~u-a:k"]})
     assert found == {("c1", "~u-a:k"): res[0].frame}  # the keyed command's event first
@@ -137,5 +141,5 @@ def test_a_keyed_message_must_carry_the_id_of_its_key() -> None:
     )
     with pytest.raises(ValueError, match="entry_id"):
         log_entry("c1", 1, as_built)
-    doc, frame = log_entry("c1", 1, sent(m))
+    doc, frame = log_entry("c1", 1, message_pending(m))
     assert doc["_id"] == frame["data"]["_id"] == entry_id("message", "c1", "k1")

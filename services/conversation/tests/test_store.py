@@ -31,7 +31,7 @@ from parley_conversation.store import MongoStore
 from parley_devstack.servers import StoreServer
 from parley_devstack.testing import real_mongodb_url
 
-from .conftest import fresh_store
+from .conftest import fresh_store, message_pending
 
 BACKENDS = ["embedded", pytest.param("mongodb", marks=pytest.mark.mongodb)]
 
@@ -162,15 +162,6 @@ async def test_append_events_consecutive_and_replayable(store: MongoStore) -> No
     assert frames[0] == res_frame_of(await store.events_since("c1", 2, 3, 10))
     assert await store.last_seq("c1") == 6
     assert await store.last_seq("c2") == 0
-
-
-def message_pending(m: Message) -> PendingEvent:
-    return PendingEvent(
-        Event.MESSAGE_NEW,
-        None,
-        m.client_message_id,
-        message=lambda seq: message_as_stored(m, seq),
-    )
 
 
 async def test_a_message_is_its_own_log_entry(store: MongoStore, other: MongoStore) -> None:
