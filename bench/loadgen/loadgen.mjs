@@ -324,6 +324,24 @@ function workerMain() {
     });
   }
 
+  // A resume's start: the client's old socket (a ws client, or a raw one's { terminate }) is
+  // dropped without its events heard; the URL names the client's session.
+  function resumeUrl(client, url) {
+    const old = client.ws;
+    if (old) {
+      if (old.removeAllListeners) {
+        old.removeAllListeners();
+        old.on("error", () => {});
+      }
+      try {
+        old.terminate();
+      } catch {}
+    }
+    client.open = false;
+    const sep = url.includes("?") ? "&" : "?";
+    return `${url}${sep}session=${encodeURIComponent(client.session || "")}`;
+  }
+
   // A client of a killed gateway resumes its session on another (bench storm): resolved
   // when it got `reconnected` and a `conversation:joined` for every conversation the
   // hello restored; ms counts from the kill (killMs, the same monotonic clock as Python's).
@@ -342,17 +360,7 @@ function workerMain() {
         resolve({ ok, error, ms: nowMs() - killMs, helloMs });
       };
       const timer = setTimeout(() => finish(false, "timeout"), timeoutMs);
-      const old = client.ws;
-      if (old) {
-        old.removeAllListeners();
-        old.on("error", () => {});
-        try {
-          old.terminate();
-        } catch {}
-      }
-      client.open = false;
-      const sep = url.includes("?") ? "&" : "?";
-      const ws = new WebSocket(`${url}${sep}session=${encodeURIComponent(client.session || "")}`, {
+      const ws = new WebSocket(resumeUrl(client, url), {
         headers: { Authorization: `Bearer ${client.token}` },
         perMessageDeflate: deflate,
         skipUTF8Validation: true,
@@ -418,19 +426,7 @@ function workerMain() {
       let helloMs = -1;
       let upgraded = false;
       let buf = null;
-      const old = client.ws;
-      if (old) {
-        if (old.removeAllListeners) {
-          old.removeAllListeners();
-          old.on("error", () => {});
-        }
-        try {
-          old.terminate();
-        } catch {}
-      }
-      client.open = false;
-      const sep = url.includes("?") ? "&" : "?";
-      const u = new URL(`${url}${sep}session=${encodeURIComponent(client.session || "")}`);
+      const u = new URL(resumeUrl(client, url));
       const { accept, head } = rawUpgrade(u, client.token);
       const sock = tcpConnect({ host: u.hostname, port: Number(u.port) || 80, noDelay: true });
       const finish = (ok, error) => {

@@ -79,18 +79,24 @@ def test_raw_handshake_against_a_websocket_server(tmp_path: Path) -> None:
     assert res["ok"] == 12 and res["failed"] == 0
 
 
+# Answers a raw client refuses, the connect's and the resume's alike (upgradeAnswer), and why.
+REFUSALS: list[tuple[Callable[[bytes], bytes], str]] = [
+    (lambda _: b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n", "http 401"),
+    (
+        lambda _: (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        ),
+        "bad accept",
+    ),
+    (lambda head: _accepted(head, b'\x81\x11{"event":"error"}'), "first frame error"),
+]
+
+
 @pytest.mark.parametrize(
     ("reply", "error"),
     [
-        (lambda _: b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n", "http 401"),
-        (
-            lambda _: (
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
-            ),
-            "bad accept",
-        ),
-        (lambda head: _accepted(head, b'\x81\x11{"event":"error"}'), "first frame error"),
+        *REFUSALS,
         (lambda head: _accepted(head, b"\x82\x02{}"), "first frame not a short text frame"),
     ],
 )
@@ -103,11 +109,13 @@ def test_raw_handshake_refusals_fail(
     assert res["errors"] == {error: 3}
 
 
-def _resume(url: str, n: int, tmp_path: Path) -> dict[str, object]:
+def _resume(url: str, n: int, tmp_path: Path, *, raw: bool = True) -> dict[str, object]:
     clients = [Client(url, f"token-{i}", 0, f"u{i}") for i in range(n)]
     pool = GeneratorPool(clients, threads=1, per_process=100, log_dir=tmp_path)
     try:
-        return pool.resume([url] * n, concurrency=5, kill_time=time.monotonic(), timeout_ms=5000)
+        return pool.resume(
+            [url] * n, concurrency=5, kill_time=time.monotonic(), timeout_ms=5000, raw=raw
+        )
     finally:
         pool.close()
 
@@ -115,30 +123,25 @@ def _resume(url: str, n: int, tmp_path: Path) -> dict[str, object]:
 HELLO = b'{"event":"reconnected","data":{"sessionId":"s1","conversations":[]}}'
 
 
-@pytest.mark.parametrize(
-    ("reply", "error"),
-    [
-        (lambda head: _accepted(head, b"\x81" + bytes([len(HELLO)]) + HELLO), None),
-        (lambda _: b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n", "http 401"),
-        (
-            lambda _: (
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
-            ),
-            "bad accept",
-        ),
-        (lambda head: _accepted(head, b'\x81\x11{"event":"error"}'), "first frame error"),
-    ],
-)
-def test_raw_resume_checks_the_upgrade_and_the_hello(
-    reply: Callable[[bytes], bytes], error: str | None, tmp_path: Path
+def _hello(head: bytes) -> bytes:
+    return _accepted(head, b"\x81" + bytes([len(HELLO)]) + HELLO)
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_a_resume_is_back_at_its_hello(raw: bool, tmp_path: Path) -> None:
+    """The storm's resume, on a bare socket (``rawResumeOne``) or through the ws client
+    (``resumeOne``): back at ``reconnected`` when it restored no conversation."""
+    with _answering(_hello) as port:
+        res = _resume(f"ws://127.0.0.1:{port}/ws", 3, tmp_path, raw=raw)
+    assert res["ok"] == 3 and res["failed"] == 0, res
+
+
+@pytest.mark.parametrize(("reply", "error"), REFUSALS)
+def test_raw_resume_refusals_fail(
+    reply: Callable[[bytes], bytes], error: str, tmp_path: Path
 ) -> None:
-    """The storm's bare-socket resume (``rawResumeOne``): the same 101 and accept checks as
-    the connect's, then ``reconnected`` first."""
+    """The same 101 and accept checks as the connect's, then ``reconnected`` first."""
     with _answering(reply) as port:
         res = _resume(f"ws://127.0.0.1:{port}/ws", 3, tmp_path)
-    if error is None:
-        assert res["ok"] == 3 and res["failed"] == 0, res
-    else:
-        assert res["ok"] == 0
-        assert res["errors"] == {error: 3}
+    assert res["ok"] == 0
+    assert res["errors"] == {error: 3}
