@@ -262,6 +262,19 @@ function workerMain() {
     if (!m || m[1] !== accept) return { error: "bad accept" };
     return { body: end + 4 };
   }
+  // A raw client's socket to `u`: the request head written once connected; an error or a
+  // close ends the attempt (`finish`); the client can drop it (client.ws.terminate).
+  function rawSocket(client, u, head, finish) {
+    const sock = tcpConnect({ host: u.hostname, port: Number(u.port) || 80, noDelay: true });
+    client.ws = { terminate: () => sock.destroy() };
+    sock.on("connect", () => sock.write(head));
+    sock.on("error", (err) => finish(false, err.code || String(err.message).slice(0, 80)));
+    sock.on("close", () => {
+      client.open = false;
+      finish(false, "closed");
+    });
+    return sock;
+  }
   function rawConnectOne(client, timeoutMs) {
     return new Promise((resolve) => {
       const t0 = nowMs();
@@ -269,7 +282,6 @@ function workerMain() {
       const { accept, head } = rawUpgrade(url, client.token);
       let done = false;
       let buf = null;
-      const sock = tcpConnect({ host: url.hostname, port: Number(url.port) || 80, noDelay: true });
       const finish = (ok, error) => {
         if (done) return;
         done = true;
@@ -278,13 +290,7 @@ function workerMain() {
         resolve({ ok, error, ms: nowMs() - t0 });
       };
       const timer = setTimeout(() => finish(false, "timeout"), timeoutMs);
-      client.ws = { terminate: () => sock.destroy() };
-      sock.on("connect", () => sock.write(head));
-      sock.on("error", (err) => finish(false, err.code || String(err.message).slice(0, 80)));
-      sock.on("close", () => {
-        client.open = false;
-        finish(false, "closed");
-      });
+      const sock = rawSocket(client, url, head, finish);
       sock.on("data", (data) => {
         if (done) return; // idle afterwards: nothing is sent to a raw client here
         buf = buf === null ? data : Buffer.concat([buf, data]);
@@ -428,7 +434,6 @@ function workerMain() {
       let buf = null;
       const u = new URL(resumeUrl(client, url));
       const { accept, head } = rawUpgrade(u, client.token);
-      const sock = tcpConnect({ host: u.hostname, port: Number(u.port) || 80, noDelay: true });
       const finish = (ok, error) => {
         if (done) return;
         done = true;
@@ -438,13 +443,7 @@ function workerMain() {
         resolve({ ok, error, ms: nowMs() - killMs, helloMs });
       };
       const timer = setTimeout(() => finish(false, "timeout"), timeoutMs);
-      client.ws = { terminate: () => sock.destroy() };
-      sock.on("connect", () => sock.write(head));
-      sock.on("error", (err) => finish(false, err.code || String(err.message).slice(0, 80)));
-      sock.on("close", () => {
-        client.open = false;
-        finish(false, "closed");
-      });
+      const sock = rawSocket(client, u, head, finish);
       const onText = (text) => {
         if (waiting < 0) {
           let msg = null;
