@@ -31,11 +31,31 @@ def py_spy_binary() -> str | None:
     return str(local) if local.exists() else None
 
 
+def py_spy_argv(
+    binary: str, pid: int, out: Path, duration: float, *, fmt: str, rate: int, gil: bool
+) -> list[str]:
+    """``py-spy record`` of ``pid``; ``gil``: only the samples holding the GIL (a process's
+    CPU in Python, not its threads waiting for the GIL or for I/O: the embedded store runs a
+    thread per connection)."""
+    argv = [binary, "record", "--pid", str(pid), "--duration", str(int(duration))]
+    argv += ["--rate", str(rate), "--format", fmt, "--function", "--nonblocking"]
+    if gil:
+        argv.append("--gil")
+    return [*argv, "-o", str(out)]
+
+
 class PySpy:
     """``py-spy record`` of one process for ``duration`` seconds (raw collapsed stacks or SVG)."""
 
     def __init__(
-        self, pid: int, out: Path, duration: float, *, fmt: str = "raw", rate: int = 200
+        self,
+        pid: int,
+        out: Path,
+        duration: float,
+        *,
+        fmt: str = "raw",
+        rate: int = 200,
+        gil: bool = False,
     ) -> None:
         binary = py_spy_binary()
         if binary is None:
@@ -46,22 +66,7 @@ class PySpy:
         self.rate = rate
         self.log = out.with_suffix(".log").open("wb")
         self.proc = subprocess.Popen(
-            [
-                binary,
-                "record",
-                "--pid",
-                str(pid),
-                "--duration",
-                str(int(duration)),
-                "--rate",
-                str(rate),
-                "--format",
-                fmt,
-                "--function",
-                "--nonblocking",
-                "-o",
-                str(out),
-            ],
+            py_spy_argv(binary, pid, out, duration, fmt=fmt, rate=rate, gil=gil),
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )

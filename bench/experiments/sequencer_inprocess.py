@@ -2,9 +2,11 @@
 in this process against the embedded store, no NATS, no gateway. Sends arrive at a fixed
 rate over 100 conversations (open loop); prints the acked rate, ack latency and the time of
 each store call per batch:
-``python -m bench.experiments.sequencer_inprocess [rate/s] [seconds] [write concern]``
+``python -m bench.experiments.sequencer_inprocess [rate/s] [seconds] [write concern] [out]``
 (``journaled``, the default, with the store in its durable mode; ``acknowledged``: the store
-without --sync-on-commit, the writes not waiting for the journal: what durability costs).
+without --sync-on-commit, the writes not waiting for the journal: what durability costs;
+``out``: py-spy the store process meanwhile, only samples holding its GIL, raw stacks there,
+the top frames in the result).
 Shows where a batch's time goes (authorizing read, log insert, totals) without the rest of
 the system competing for the CPU, and the CPU time per acked message of the store server and
 of this process.
@@ -22,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bench.profiling import PySpy, summarize_collapsed
 from bench.system import cpu_seconds
 from parley_contract.commands import ConversationCreate, MessageSend
 from parley_contract.events import PrincipalKind
@@ -118,11 +121,16 @@ def main() -> None:
     rate = float(sys.argv[1]) if len(sys.argv) > 1 else 250.0
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 8.0
     concern = sys.argv[3] if len(sys.argv) > 3 else "journaled"
+    profile = Path(sys.argv[4]) if len(sys.argv) > 4 else None
     with tempfile.TemporaryDirectory() as tmp:
         server = StoreServer(Path(tmp), sync_on_commit=concern != "acknowledged").start()
         try:
             pid = server.process.proc.pid if server.process and server.process.proc else None
+            spy = PySpy(pid, profile, seconds + 2, gil=True) if profile and pid else None
             result = asyncio.run(measure(server.url, rate, seconds, concern, pid))
+            if spy is not None:
+                spy.wait()
+                result["storeProfile"] = summarize_collapsed(spy.out, seconds + 2, spy.rate, 15)
         finally:
             server.stop()
     sys.stdout.write(f"{result}\n")
