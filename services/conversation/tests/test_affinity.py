@@ -250,6 +250,38 @@ async def test_each_owner_applies_the_delivery_reports_of_its_conversations(
     assert b.receipts.delivery.tracks(on_b) and not b.receipts.delivery.tracks(on_a)
 
 
+async def test_a_report_for_a_killed_owner_is_applied_by_the_replica_that_takes_over(
+    nc: Client, start_replica: StartReplica
+) -> None:
+    """The owner is killed before it applies a report (here: before it could even get it):
+    the other replica, which is not the owner when the report comes, holds it and applies it
+    when it takes the partition, so the conversation's last message turns ``delivered``
+    though the conversation stays quiet (before: dropped, the message stayed ``sent``)."""
+    a = await start_replica()
+    await until(lambda: owned(a) == set(range(PARTITIONS)))
+    b = await start_replica()
+    await until(lambda: split_evenly(a, b))
+    cid = next(c for c in (new_id("c") for _ in range(1000)) if partition_of(c) in owned(a))
+    await create(nc, cid)
+    seq = await send(nc, cid, 1)
+    assert a.ownership is not None
+    await a.ownership.abandon()  # killed: its leases stay until they expire
+    await a.broker.connection.close()
+    item = {"conversationId": cid, "kind": "user", "principalId": "u-bob", "seq": seq}
+    await nc.publish(subjects.INTERNAL_DELIVERY, jsonutil.dumps({"items": [item]}))
+    await until(lambda: partition_of(cid) in owned(b), within=LEASE * 4 + 5)
+
+    async def status() -> str:
+        doc = await b.store.messages.find_one({"conversationId": cid, "seq": seq})
+        assert doc is not None
+        return str(doc["messageStatus"])
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while await status() != "delivered":
+        assert asyncio.get_running_loop().time() < deadline, await status()
+        await asyncio.sleep(0.1)
+
+
 async def test_a_forced_collision_is_counted_and_retried(
     store_server: StoreServer,
     db_name: str,

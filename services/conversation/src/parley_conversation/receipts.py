@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -31,8 +33,9 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import DeliveryReport, Principal
 from parley_contract.models import Conversation, Message, MessageStatus, Role
+from parley_contract.partitions import partition_of
 from parley_conversation.cursors import CursorStore, principal_key
-from parley_conversation.delivery import Delivery
+from parley_conversation.delivery import Delivery, Who
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,9 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 LastSeq = Callable[[str], Awaitable[int]]
 
 ACTIVITY_MAX_RECIPIENTS: Final = 500
+# Reports held for conversations another replica owns (see Receipts.took): at most this many
+# conversations, the least recently reported dropped first.
+HELD_MAX: Final = 10_000
 
 
 def _cursor(kind: PrincipalKind | str, pid: str, seq: int) -> dict[str, Any]:
@@ -71,6 +77,12 @@ class Receipts:
         # partition it owns: the owner wrote their messages, so it reads nothing for them
         # (Delivery.stored), and no two replicas read and mark the same messages.
         self.mine: Callable[[str], bool] | None = None
+        # The reports of conversations another replica owns, kept ``held_seconds`` (at least
+        # as long as a killed owner's lease outlives it): if the owner dies before applying
+        # them, or the partition is between owners, whoever takes it applies them (took()).
+        # conversation → (monotonic time, partition, (kind, id) → seq), oldest first.
+        self.held_seconds = 30.0
+        self._held: OrderedDict[str, tuple[float, int, dict[Who, int]]] = OrderedDict()
         self._flusher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ commands
@@ -125,13 +137,46 @@ class Receipts:
             if it.kind is PrincipalKind.SERVICE:
                 continue
             if mine is not None and not mine(it.conversation_id):
-                continue  # its owner applies it (a partition moving: the next report does)
+                self._hold(it.conversation_id, (it.kind, it.principal_id), it.seq)
+                continue  # its owner applies it
             self._received(it.conversation_id, (it.kind, it.principal_id), it.seq)
             taken = True
         if taken:
             self._schedule()
 
-    def _received(self, cid: str, key: tuple[PrincipalKind, str], seq: int) -> None:
+    def _hold(self, cid: str, key: Who, seq: int) -> None:
+        now = time.monotonic()
+        held = self._held.pop(cid, None)
+        got = held[2] if held is not None else {}
+        got[key] = max(got.get(key, 0), seq)
+        self._held[cid] = (now, held[1] if held is not None else partition_of(cid), got)
+        while self._held and (
+            len(self._held) > HELD_MAX
+            or now - next(iter(self._held.values()))[0] > self.held_seconds
+        ):
+            self._held.popitem(last=False)
+
+    def took(self, partition: int) -> None:
+        """This replica took ``partition``: the reports it held for the partition's
+        conversations are applied in the next window. Reports are cumulative and marking is
+        idempotent, so applying what the old owner applied already changes nothing; what a
+        killed owner never applied, or what came while the partition had no owner, is marked
+        now instead of waiting for the conversation's next report (a quiet conversation's
+        last messages stayed `sent` without this)."""
+        now = time.monotonic()
+        mine = [
+            cid
+            for cid, (at, p, _) in self._held.items()
+            if p == partition and now - at <= self.held_seconds
+        ]
+        for cid in mine:
+            _, _, got = self._held.pop(cid)
+            for key, seq in got.items():
+                self._received(cid, key, seq)
+        if mine:
+            self._schedule()
+
+    def _received(self, cid: str, key: Who, seq: int) -> None:
         got = self._reports.setdefault(cid, {})
         got[key] = max(got.get(key, 0), seq)
 

@@ -123,6 +123,9 @@ class ConversationService:
         self.sequencer.auth = AuthCache(self.store.cached_next_seq, self.partitions.owns)
         self.ownership: Ownership | None = None
         self.receipts.mine = lambda cid: self.partitions.holds(partition_of(cid))
+        # A killed owner's lease outlives it by up to a lease (and its member key a little
+        # more): the reports it never applied are held at least that long by the others.
+        self.receipts.held_seconds = 3 * settings.lease_seconds
         self._register()
 
     # ------------------------------------------------------------ wiring
@@ -215,7 +218,7 @@ class ConversationService:
             self.broker.connection,
             self.settings.instance_id,
             ttl=self.settings.lease_seconds,
-            on_acquire=self.partitions.acquire,
+            on_acquire=self._take_partition,
             on_release=self.partitions.release,
             on_change=lambda how: self.metrics.partition_moves.labels(how).inc(),
         )
@@ -229,6 +232,10 @@ class ConversationService:
         await self.attachments.init()
         # Before any request: the old log's seqs must be in place before new writes.
         await fold_legacy_event_log(self.store)
+
+    async def _take_partition(self, partition: int) -> None:
+        await self.partitions.acquire(partition)
+        self.receipts.took(partition)
 
     def _forget_partition(self, which: Callable[[str], bool]) -> None:
         """A partition taken or given up: its cached next seqs and authorizations go."""
