@@ -125,6 +125,11 @@ async def test_client_message_id_stores_once(
     assert [m["content"] for m in msgs["data"]["items"]] == ["once", "race"]
     log = await events_since(request_, cid)
     assert [f["seq"] for f in log["data"]["events"]] == [1, 2, 3]
+    # Counted once each. The sends went to either replica (the plain subject, not the owner's
+    # as a gateway sends them), and a replica's totals trail its writes by up to a pause
+    # (totals_writer.py; a gateway's read goes to the owner, which flushes its own first:
+    # docs/affinity.md). Once both replicas' totals are written the count is exact.
+    await asyncio.gather(*(r.sequencer.totals.settle() for r in two_replicas))
     got = await request_(subjects.QUERY_CONVERSATION_GET, {"conversationId": cid}, ALICE)
     assert got["data"]["totalMessages"] == 2
 
