@@ -87,3 +87,32 @@ async def test_a_bad_key_is_refused(service: ConversationService, request_: Requ
     body = {"principal": ALICE, "data": {"title": "t"}, "idempotencyKey": "x" * 129}
     r = await request_(subjects.command(Event.CONVERSATION_CREATE), None, raw=jsonutil.dumps(body))
     assert not r["success"] and r["error"]["code"] == "VALIDATION_ERROR"
+
+
+async def test_a_client_message_id_of_another_sender_is_a_conflict(
+    service: ConversationService, request_: Request
+) -> None:
+    """Bob reuses the clientMessageId of Alice's message: CONFLICT, not an ack of Alice's
+    message (and his own silently not stored); Alice's retry still gets hers. Also when both
+    race into one batch."""
+    created = await request_(
+        subjects.command(Event.CONVERSATION_CREATE), {"participants": ["u-bob"]}, ALICE
+    )
+    cid = created["data"]["_id"]
+    send = subjects.command(Event.MESSAGE_SEND)
+    data = {"conversationId": cid, "content": "alice's", "clientMessageId": "same"}
+    first = await request_(send, data, ALICE)
+    assert first["success"], first
+    bobs = await request_(send, {**data, "content": "bob's"}, BOB)
+    assert not bobs["success"] and bobs["error"]["code"] == "CONFLICT", bobs
+    again = await request_(send, data, ALICE)
+    assert again["success"] and again["data"] == first["data"]
+    raced = {**data, "clientMessageId": "raced"}
+    replies = await asyncio.gather(
+        *(request_(send, raced, who) for who in (ALICE, BOB, ALICE, BOB))
+    )
+    winners = {r["data"]["createdBy"] for r in replies if r["success"]}
+    assert len(winners) == 1, replies
+    assert all(r["error"]["code"] == "CONFLICT" for r in replies if not r["success"])
+    contents = [e["data"]["content"] for e in await log_of(request_, cid) if "content" in e["data"]]
+    assert contents == ["alice's", "alice's"]  # the first, and the raced one (one winner)

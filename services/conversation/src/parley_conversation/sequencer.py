@@ -315,7 +315,7 @@ class Sequencer:
                         _fail([item, *more], res.error)
                         continue
                     result = SendResult(res.frame["data"], res.seq, duplicate=res.duplicate)
-                    _resolve([item, *more], result)
+                    _resolve_by_author([item, *more], result)
                 elif res.error is not None:
                     _fail([item], res.error)
                 elif not item.future.done():
@@ -399,10 +399,23 @@ class Sequencer:
         return PendingEvent(Event.MESSAGE_NEW, None, job.message.client_message_id, message=stored)
 
 
-def _resolve(jobs: list[_Send], result: SendResult) -> None:
+def _resolve_by_author(jobs: list[_Send], result: SendResult) -> None:
+    """The stored message answers its author's sends (the send, its retries); another
+    member's send that reused its ``clientMessageId`` gets CONFLICT, not an ack of a message
+    that is not theirs (and theirs silently not stored)."""
+    author = result.message.get("createdBy")
     for job in jobs:
-        if not job.future.done():
+        if job.future.done():
+            continue
+        if job.message.created_by == author:
             job.future.set_result(result)
+        else:
+            job.future.set_exception(
+                ParleyError(
+                    ErrorCode.CONFLICT,
+                    "clientMessageId is already used by another sender in this conversation",
+                )
+            )
 
 
 def _fail(jobs: Sequence[_Job], exc: ParleyError) -> None:
