@@ -38,6 +38,9 @@ from .test_affinity import owned, sample, split_evenly, until
 ALICE = {"id": "u-alice", "kind": "user", "name": "u-alice"}  # the creator (owner)
 BOB = {"id": "u-bob", "kind": "user", "name": "u-bob"}
 COLLISIONS = "parley_conversation_seq_collisions_total"
+HITS = "parley_conversation_auth_cache_hits_total"
+MISSES = "parley_conversation_auth_cache_misses_total"
+ENTRIES = "parley_conversation_auth_cache_entries"
 
 
 async def command(nc: Client, event: Event, who: dict[str, Any], data: dict[str, Any]) -> Any:
@@ -76,9 +79,12 @@ async def with_bob(nc: Client, svc: ConversationService, cid: str) -> None:
     assert auth is not None
     for k in range(3):
         await say(nc, cid, BOB, f"hello {k}")
-    hits = auth.hits
+    hits, misses = sample(svc, HITS), sample(svc, MISSES)
     await say(nc, cid, BOB, "from the cache")
-    assert auth.hits == hits + 1  # no read of the conversation for that one
+    assert sample(svc, HITS) == hits + 1  # no read of the conversation for that one
+    assert sample(svc, MISSES) == misses
+    assert (sample(svc, HITS), sample(svc, MISSES)) == (auth.hits, auth.misses)  # /metrics
+    assert sample(svc, ENTRIES) == len(auth) >= 1
 
 
 def cid_owned_by(svc: ConversationService) -> str:
@@ -245,7 +251,7 @@ async def test_an_agent_switched_away_through_another_replica_cannot_answer(
     answer = {"conversationId": cid, "content": "an answer", "role": "assistant"}
     for _ in range(3):
         assert (await command(nc, Event.MESSAGE_SEND, x, answer))["agentId"] == "agent-x"
-    assert b.sequencer.auth is not None and b.sequencer.auth.hits > 0
+    assert sample(b, HITS) > 0
     alice = Principal(id="u-alice", kind=PrincipalKind.USER)
     switch = ConversationUpdate.model_validate({"conversationId": cid, "agentId": "agent-y"})
     await handlers.conversation_update(a, alice, switch)

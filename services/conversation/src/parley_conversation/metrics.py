@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class ReadCounter(Collector):
+    """A counter read when scraped (``set_function``, as a Gauge has), for a count kept as a
+    plain int on the hot path: ``Counter.inc`` takes a lock per event."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._read: Callable[[], float] = lambda: 0.0
+        registry.register(self)
+
+    def set_function(self, read: Callable[[], float]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._read())
 
 
 class Metrics:
@@ -66,6 +89,22 @@ class Metrics:
             "parley_conversation_partition_moves",
             "Partition leases acquired, released (hand-off, stop) or lost (expired, taken).",
             ["how"],
+            registry=self.registry,
+        )
+        # The partition owner's authorization cache (authcache.py), read when scraped.
+        self.auth_cache_hits = ReadCounter(
+            "parley_conversation_auth_cache_hits",
+            "Conversations of a write batch authorized from the cached document (no store read).",
+            self.registry,
+        )
+        self.auth_cache_misses = ReadCounter(
+            "parley_conversation_auth_cache_misses",
+            "Conversations of a write batch read from the store instead (not cached, or stale).",
+            self.registry,
+        )
+        self.auth_cache_entries = Gauge(
+            "parley_conversation_auth_cache_entries",
+            "Conversations in the owner's authorization cache.",
             registry=self.registry,
         )
 

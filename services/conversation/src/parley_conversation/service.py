@@ -120,7 +120,10 @@ class ConversationService:
             drain_seconds=settings.drain_seconds,
         )
         # The partition owner's cache of what authorizes a send (authcache.py).
-        self.sequencer.auth = AuthCache(self.store.cached_next_seq, self.partitions.owns)
+        auth = self.sequencer.auth = AuthCache(self.store.cached_next_seq, self.partitions.owns)
+        self.metrics.auth_cache_hits.set_function(lambda: auth.hits)
+        self.metrics.auth_cache_misses.set_function(lambda: auth.misses)
+        self.metrics.auth_cache_entries.set_function(auth.__len__)
         self.ownership: Ownership | None = None
         self.receipts.mine = lambda cid: self.partitions.holds(partition_of(cid))
         # A killed owner's lease outlives it by up to a lease (and its member key a little
