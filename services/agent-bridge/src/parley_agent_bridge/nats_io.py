@@ -1,6 +1,6 @@
 """The agent bridge's requests to the conversation service: a turn's writes and events
-(:class:`NatsTurnIO`, with the turn's state in KV for joiners) and queries (:func:`query`),
-as the agent."""
+(:class:`NatsTurnIO`, with the turn's state in KV for joiners) and queries (:func:`query`;
+:func:`routed` for one conversation's, to its partition's owner), as the agent."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.errors import ParleyError
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.internal import CommandRequest, Principal
-from parley_contract.routes import ROUTES
+from parley_contract.routes import ROUTES, QueryRoute, Route
 from parley_contract.turnstate import KV_TTL_SECONDS, WRITE_INTERVAL_SECONDS, TurnState
 from parley_runtime import requests
 
@@ -153,3 +153,17 @@ async def query(
     req = CommandRequest(principal=principal, data=data)
     body = req.model_dump(mode="json", by_alias=True, exclude_none=True)
     return await requests.request(nc, subject, body, budget=seconds, fallback=fallback)
+
+
+async def routed(
+    nc: NatsClient,
+    route: Route | QueryRoute,
+    principal: Principal,
+    data: dict[str, Any],
+    seconds: float,
+) -> Any:
+    """:func:`query` sent where ``route`` sends ``data``, as the gateway does: a request about
+    one conversation to the owner of its partition (whose totals are read-your-writes,
+    docs/affinity.md), and to the plain subject at once when no replica owns it right now."""
+    to = route.subject_for(data)
+    return await query(nc, to, principal, data, seconds, fallback=route.subject)

@@ -20,7 +20,7 @@ from parley_agent_bridge.backends import BackendError
 from parley_agent_bridge.config import AgentConfig
 from parley_agent_bridge.files import model_parts
 from parley_agent_bridge.housekeeping import describe
-from parley_agent_bridge.nats_io import NatsTurnIO, agent_principal, query
+from parley_agent_bridge.nats_io import NatsTurnIO, agent_principal, routed
 from parley_agent_bridge.presence import Presence
 from parley_agent_bridge.tool_calls import MeteredTools
 from parley_agent_bridge.turn import Turn, TurnRequest, WriteError
@@ -28,12 +28,21 @@ from parley_contract import subjects
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event
 from parley_contract.internal import AgentStop, AgentTurn
-from parley_contract.routes import ROUTES
+from parley_contract.routes import QUERY_ROUTE, ROUTES, QueryRoute, Route
 
 logger = logging.getLogger(__name__)
 
 # Refusals of the conversation service that a retry cannot change.
 _FINAL_ERRORS = frozenset({ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND, ErrorCode.VALIDATION_ERROR})
+
+# A turn's history and the title/context's reads and update (housekeeping.describe), each
+# to the conversation's owner (nats_io.routed): what they read includes the turn's answer.
+_HISTORY = QUERY_ROUTE[subjects.QUERY_MESSAGES_LIST]
+_DESCRIBE: dict[str, Route | QueryRoute] = {
+    "get": QUERY_ROUTE[subjects.QUERY_CONVERSATION_GET],
+    "messages": _HISTORY,
+    "update": ROUTES[Event.CONVERSATION_UPDATE],
+}
 
 
 class Turns(Presence):
@@ -148,9 +157,9 @@ class Turns(Presence):
         assert self.nc is not None
         principal = agent_principal(agent)
         timeout = self.settings.request_timeout_seconds
-        page = await query(
+        page = await routed(
             self.nc,
-            subjects.QUERY_MESSAGES_LIST,
+            _HISTORY,
             principal,
             {
                 "conversationId": work.conversation_id,
@@ -164,9 +173,9 @@ class Turns(Presence):
         after = work.seq
         own: list[dict[str, Any]] = []
         for _ in range(20):  # pages of 200
-            page = await query(
+            page = await routed(
                 self.nc,
-                subjects.QUERY_MESSAGES_LIST,
+                _HISTORY,
                 principal,
                 {"conversationId": work.conversation_id, "afterSeq": after, "limit": 200},
                 timeout,
@@ -243,18 +252,9 @@ class Turns(Presence):
         assert self.nc is not None
         nc, principal = self.nc, agent_principal(agent)
         timeout = self.settings.request_timeout_seconds
-        subject = {
-            "get": subjects.QUERY_CONVERSATION_GET,
-            "messages": subjects.QUERY_MESSAGES_LIST,
-        }
-        update = ROUTES[Event.CONVERSATION_UPDATE]
 
         async def ask(what: str, data: dict[str, Any]) -> Any:
-            # The update (a write) goes to the conversation's owner (docs/affinity.md).
-            if what == "update":
-                to = update.subject_for(data)
-                return await query(nc, to, principal, data, timeout, fallback=update.subject)
-            return await query(nc, subject[what], principal, data, timeout)
+            return await routed(nc, _DESCRIBE[what], principal, data, timeout)
 
         try:
             async with self._describe_slots:  # model calls beside the turns: bounded too
