@@ -23,10 +23,11 @@ from parley_contract.events import Event, PrincipalKind
 from parley_contract.ids import new_id
 from parley_contract.internal import Principal
 from parley_contract.jsonutil import model_json
-from parley_contract.models import Participant
+from parley_contract.models import Conversation, Participant
 from parley_contract.partitions import PARTITIONS, partition_of
 from parley_contract.routes import ROUTES
 from parley_conversation import domain, handlers
+from parley_conversation.authcache import AuthCache
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.service import ConversationService
 from parley_conversation.store import MongoStore
@@ -260,3 +261,15 @@ async def test_an_agent_switched_away_through_another_replica_cannot_answer(
     assert err.value.code is ErrorCode.FORBIDDEN
     y = {"id": "agent-y", "kind": "agent", "name": "agent-y"}
     assert (await command(nc, Event.MESSAGE_SEND, y, answer))["agentId"] == "agent-y"
+
+
+def test_the_cache_keeps_the_most_recently_used() -> None:
+    """Bounded: beyond its size the least recently used entry goes."""
+    conv = Conversation.model_construct(id="c", conversation_id="c", title="t")
+    auth = AuthCache(lambda _cid: 7, lambda _cid: True, size=2)
+    for cid in ("a", "b"):
+        auth.commit(cid, conv, 7, 0)
+    assert auth.lookup("a") == (conv, 7)  # "b" is the least recently used now
+    auth.commit("c", conv, 7, 0)
+    assert len(auth) == 2 and auth.lookup("b") is None
+    assert auth.lookup("a") is not None and auth.lookup("c") is not None

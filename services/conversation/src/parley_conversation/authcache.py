@@ -28,8 +28,9 @@ up (service.py), bounded in size (least recently used first).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
+
+from cachetools import LRUCache
 
 from parley_contract.models import Conversation
 
@@ -46,8 +47,7 @@ class AuthCache:
     ) -> None:
         self._next_seq = next_seq  # the log's cached next seq (ConversationLog.cached_next_seq)
         self._owns = owns  # whether this replica owns the conversation's partition now
-        self._size = size
-        self._entries: OrderedDict[str, tuple[Conversation, int]] = OrderedDict()
+        self._entries: LRUCache[str, tuple[Conversation, int]] = LRUCache(size)
         self.hits = 0
         self.misses = 0
 
@@ -56,10 +56,9 @@ class AuthCache:
 
     def lookup(self, cid: str) -> tuple[Conversation, int] | None:
         """The conversation and the next seq it is valid at, if still valid; else None."""
-        entry = self._entries.get(cid)
+        entry = self._entries.get(cid)  # the most recently used now
         if entry is not None:
             if self._owns(cid) and self._next_seq(cid) == entry[1]:
-                self._entries.move_to_end(cid)
                 self.hits += 1
                 return entry
             del self._entries[cid]
@@ -81,10 +80,7 @@ class AuthCache:
         if not self._owns(cid):
             self._entries.pop(cid, None)
             return
-        self._entries[cid] = (conv, expected)
-        self._entries.move_to_end(cid)
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
+        self._entries[cid] = (conv, expected)  # the least recently used go beyond the size
 
     def drop(self, cid: str) -> None:
         self._entries.pop(cid, None)
