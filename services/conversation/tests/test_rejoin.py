@@ -243,19 +243,23 @@ async def test_services_alone(service: ConversationService, request_: Request, n
     await _compare(nc, request_, cid, [service_principal(), ALICE])
 
 
-def test_shared_reads_do_not_outlive_their_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """After a storm its entries go with the next one put (oldest first), and there are
-    never more than SHARED_ENTRIES."""
-    shared = rejoin_module.SharedReads()
-    now = time.monotonic()
+def test_shared_reads_do_not_outlive_their_time() -> None:
+    """After a storm its entries go with the next one put, and there are never more than
+    the size (the least recently used go)."""
+    now = [time.monotonic()]
+    shared = rejoin_module.SharedReads(size=5, timer=lambda: now[0])
     for i in range(5):
-        shared.put(f"d{i}", rejoin_module._Shared(1, None, 0, now))
+        shared.put(f"d{i}", rejoin_module._Shared(1, None, 0, now[0]))
     assert len(shared) == 5 and shared.get("d0", 1) is not None
     assert shared.get("d0", 2) is None  # the log moved on: gone
-    monkeypatch.setattr(rejoin_module, "SHARED_ENTRIES", 3)
-    shared.put("e", rejoin_module._Shared(1, None, 0, now))
-    assert len(shared) == 3 and shared.get("d1", 1) is None and shared.get("e", 1) is not None
-    later = now + rejoin_module.SHARED_SECONDS + 1
-    monkeypatch.setattr(time, "monotonic", lambda: later)
-    shared.put("f", rejoin_module._Shared(1, None, 0, later))
-    assert len(shared) == 1 and shared.get("f", 1) is not None  # the storm's entries went
+    shared.put("e", rejoin_module._Shared(1, None, 0, now[0]))
+    shared.put("f", rejoin_module._Shared(1, None, 0, now[0]))
+    assert len(shared) == 5 and shared.get("d1", 1) is None and shared.get("e", 1) is not None
+    # An entry's time runs from its read (``at``), not from when it was put.
+    now[0] += rejoin_module.SHARED_SECONDS - 1
+    read_before = now[0] - rejoin_module.SHARED_SECONDS  # a read that took that long
+    shared.put("g", rejoin_module._Shared(1, None, 0, read_before))
+    assert shared.get("g", 1) is None and shared.get("f", 1) is not None
+    now[0] += 2
+    shared.put("h", rejoin_module._Shared(1, None, 0, now[0]))
+    assert len(shared) == 1 and shared.get("h", 1) is not None  # the storm's entries went

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cachetools import TLRUCache
 from pydantic import ValidationError
 
 from parley_contract import commands, envelopes
@@ -133,31 +134,29 @@ class SharedReads:
     does not show was written after the entry's read, so its event has a seq above
     ``last``: the batch reads a higher lastSeq and reads the conversation again, or (the
     event appended after the batch read lastSeq) the gateway, subscribed before asking,
-    gets the event live and evicts, as after a single join that read just before it."""
+    gets the event live and evicts, as after a single join that read just before it.
 
-    def __init__(self) -> None:
-        self._entries: OrderedDict[str, _Shared] = OrderedDict()
+    A time-aware LRU cache (``cachetools.TLRUCache``) whose time runs from the entry's
+    ``at``, taken *before* its read (:meth:`read`), not from when it is put (as a TTLCache's
+    would): the entry never serves past ``SHARED_SECONDS`` after the state it shows. The
+    expired entries go at each put (a storm's entries do not outlive it), and the least
+    recently used beyond ``size``."""
+
+    def __init__(
+        self, size: int = SHARED_ENTRIES, timer: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._entries: TLRUCache[str, _Shared, float] = TLRUCache(size, _expires, timer)
 
     def get(self, cid: str, last: int) -> _Shared | None:
-        entry = self._entries.get(cid)
-        if entry is None:
-            return None
-        if entry.last != last or time.monotonic() - entry.at > SHARED_SECONDS:
-            del self._entries[cid]
+        entry = self._entries.get(cid)  # None past its time
+        if entry is not None and entry.last != last:
+            self._entries.pop(cid, None)  # the log moved on
             return None
         return entry
 
     def put(self, cid: str, entry: _Shared) -> None:
-        """Keep ``entry``; drop the ones past their time (oldest first: a storm's entries
-        do not outlive it) and the oldest beyond ``SHARED_ENTRIES``."""
+        """Keep ``entry`` (not when its time is up already)."""
         self._entries[cid] = entry
-        self._entries.move_to_end(cid)
-        now = time.monotonic()
-        while self._entries:
-            oldest = next(iter(self._entries.values()))
-            if now - oldest.at <= SHARED_SECONDS and len(self._entries) <= SHARED_ENTRIES:
-                break
-            self._entries.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -167,7 +166,7 @@ class SharedReads:
         entry = self.get(cid, last)
         if entry is not None:
             return entry
-        at = time.monotonic()  # before the read: the entry never outlives its age
+        at = self._entries.timer()  # before the read: the entry never outlives its age
         conv = await svc.store.get_conversation(cid, with_totals=True)
         epoch = await svc.store.epoch_of(cid) if conv is not None else 0
         entry = _Shared(last, conv, epoch, at)
@@ -185,6 +184,11 @@ class SharedReads:
             await svc.receipts.add_names([wire])
             entry.wire = wire
         return entry.wire
+
+
+def _expires(_cid: str, entry: _Shared, _now: float) -> float:
+    """When a shared read stops serving (``SharedReads``' time-to-use)."""
+    return entry.at + SHARED_SECONDS
 
 
 async def _answer(svc: ConversationService, cid: str, principals: list[Principal]) -> Any:
