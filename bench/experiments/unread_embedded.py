@@ -19,6 +19,7 @@ from parley_contract.models import Message
 from parley_conversation.cursors import CursorStore
 from parley_conversation.receipts import Receipts
 from parley_conversation.store import MongoStore
+from parley_conversation.totals_writer import TotalsWriter
 
 ME = Principal(id="u-me", kind=PrincipalKind.USER)
 
@@ -45,7 +46,15 @@ async def measure(url: str, conversations: int, messages: int) -> None:
     async def nothing(_subject: str, _payload: bytes) -> None:
         return None
 
-    receipts = Receipts(cursors, store.last_seq, nothing, 0.5)
+    totals = TotalsWriter(store)  # stores the delivery marks (with the totals)
+    receipts = Receipts(
+        cursors,
+        store.last_seq,
+        nothing,
+        0.5,
+        totals=store.totals,
+        write_marks=totals.write_marks,
+    )
     await seed_conversations(
         store,
         prefix="",
@@ -70,7 +79,8 @@ async def measure(url: str, conversations: int, messages: int) -> None:
         await cursors.read_to(f"c{c}", ME.kind, ME.id, messages)
     out(f"  + unread, everything read  {await timed(page_with_counts):8.1f} ms median")
     # Delivery: a report of 200 members who received the whole conversation (first sight:
-    # looks back LOOKBACK seqs), then one new message received by the same 200.
+    # reads its mark and looks back LOOKBACK seqs), then one new message received by the
+    # same 200 (the watermark moves: one totals update).
     got = {(PrincipalKind.USER, f"u-{i}"): messages for i in range(200)}
     start = time.perf_counter()
     moved = await receipts.delivery.apply("c0", got)

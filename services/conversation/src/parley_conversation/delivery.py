@@ -1,77 +1,122 @@
 """Which messages reached a connection other than their author's (issue 17, protocol 3.6).
 
 The gateways report, per conversation, how far each principal's connections received it.
-A message turns ``delivered`` once a principal other than its author received it. Per
-conversation this replica keeps, in memory, the highest seq it has looked at (``floor``) and
-the messages above the floors it looked at that are still ``sent`` (``waiting``: only their
-author's connections had them, by seq). The reports of a window (merged by
-parley_conversation.receipts) read only the log entries above each floor (one range query on
-``(conversationId, seq)`` per conversation, a few at a time) and mark delivered the waiting
-ones that someone else received, all conversations in one update by ``_id``: one write per
-window, whatever the number of conversations, members and gateways reporting. The messages a
-replica stores itself wait without a read (``stored``): on a partition's owner
-(docs/affinity.md) a report reads nothing at all.
+A message is ``delivered`` once a principal other than its author received it. Nothing of
+the message is written for that: per conversation the replica that owns it
+(docs/affinity.md) keeps a watermark (domain/delivered.py: the two highest cursors) and
+stores it with the conversation's totals, one small update per conversation per receipts
+window; reads derive each message's ``messageStatus`` from it. (Until 2026-11-30 every
+delivered message was updated in the log, which cost the store as much as its insert,
+under the same collection lock as the inserts: docs/benchmarks.md, issue 16.)
 
-Bounded: ``WAITING_MAX`` waiting messages per conversation (older ones drop out and stay
-``sent``), ``MAX_CONVERSATIONS`` conversations (least recently reported first out). A
-conversation first seen (a replica's start) begins ``LOOKBACK`` seqs below its report, so a
-restart never scans a long history. Authorship is by id (``createdBy``): a user whose id
-equals an agent's does not deliver that agent's messages (any other member does).
+What stays in memory is only what decides whether a window changed some message's status
+(``message:delivered`` is sent only then): per conversation the highest seq looked at
+(``floor``) and the messages at or below it that the mark does not deliver yet (``waiting``:
+seq → author, the newest ``WAITING_MAX``). The messages a replica stores itself wait without
+a read (``stored``); a report above the floor reads only the entries above it (the newest
+``LOOKBACK`` of them). A message that fell out of ``waiting`` (or below a first read) is in
+the ``unknown`` range: when the mark moves over it, that range is read to know whether
+something changed. Nothing is bounded that a user sees: a message is delivered on read as
+soon as the mark covers it, however old.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
 from parley_contract.events import PrincipalKind
-from parley_contract.models import MessageStatus
+from parley_conversation.domain.delivered import FIELDS, SENT, Mark, mark_of
 
-LOOKBACK: Final = 200
+LOOKBACK: Final = 200  # entries a report reads at most above the floor
 WAITING_MAX: Final = 200
 MAX_CONVERSATIONS: Final = 10_000
-# Message ids per update: the store holds the log's lock for a whole update_many (the
-# inserts of both replicas wait behind it): 50-id updates took ~100-130 ms each at 400
-# messages/s (pymongo command timings, 06:19), a 200-id one held the lock for ~4 times that.
-UPDATE_CHUNK: Final = 50
-# Range reads in flight at once: the store serves each connection in a thread of its own, so
-# a window's hundred reads at once made every other request (the log's inserts) wait.
+# Entries read at most to decide whether the mark moving over the unknown range changed a
+# status; past it, the window counts as having changed one (an extra event, never a lost one).
+UNKNOWN_READ_MAX: Final = 1_000
+# Reads in flight at once: the store serves each connection in a thread of its own, so a
+# window's hundred reads at once made every other request (the log's inserts) wait.
 READS_AT_ONCE: Final = 4
+IN_CHUNK: Final = 50
 
 Who = tuple[PrincipalKind, str]
+WriteMarks = Callable[[Mapping[str, Mark]], Awaitable[bool]]
+_ENTRY: Final = {"seq": 1, "createdBy": 1, "messageStatus": 1, "role": 1}
+
+
+class NotRecorded(Exception):
+    """The watermarks of a window could not be written (the store): nothing was applied."""
 
 
 @dataclass
 class _Conv:
-    floor: int
-    waiting: dict[int, tuple[str, str | None]] = field(default_factory=dict)  # seq → id, author
+    mark: Mark  # as stored (or about to be, under the lock)
+    floor: int  # the entries up to here were looked at
+    waiting: dict[int, str | None] = field(default_factory=dict)  # seq → author
+    # (lo, hi]: seqs at or below the floor whose entries are not in ``waiting`` and may be
+    # undelivered (fell out of it, or were below the first read); empty when hi <= lo.
+    unknown: tuple[int, int] = (0, 0)
+
+    def wait(self, seq: int, author: str | None) -> None:
+        if self.mark.delivers(seq, author):
+            return
+        self.waiting[seq] = author
+        while len(self.waiting) > WAITING_MAX:
+            self.forget(min(self.waiting))
+
+    def forget(self, seq: int) -> None:
+        del self.waiting[seq]
+        lo, hi = self.unknown
+        self.unknown = (min(lo, seq - 1), max(hi, seq)) if hi > lo else (seq - 1, seq)
+
+
+@dataclass
+class _Plan:
+    cid: str
+    state: _Conv
+    mark: Mark
+    changed: list[int]  # waiting seqs the new mark delivers
+    moved: dict[Who, int]
+
+
+def _spans(old: Mark, new: Mark) -> list[tuple[int, int]]:
+    """The seq ranges (lo, hi] where some author's reach grew from ``old`` to ``new``: other
+    authors' (top), ``new.by``'s (second), and ``old.by``'s when the top changed hands."""
+    spans = [(old.top, new.top), (old.reach(new.by), new.second)]
+    if old.by and old.by != new.by:
+        spans.append((old.second, new.top))
+    return [(lo, hi) for lo, hi in spans if hi > lo]
 
 
 class Delivery:
-    def __init__(self, messages: AsyncCollection[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        messages: AsyncCollection[dict[str, Any]],
+        totals: AsyncCollection[dict[str, Any]],
+        write: WriteMarks,
+    ) -> None:
         self.messages = messages
+        self.totals = totals  # where the marks are (conversation_totals)
+        self.write = write  # stores marks (the totals writer's write_marks)
         self._convs: OrderedDict[str, _Conv] = OrderedDict()
-        self._lock = asyncio.Lock()  # one apply at a time: the waiting sets stay consistent
+        self._lock = asyncio.Lock()  # one apply at a time: the states stay consistent
         self._reads = asyncio.Semaphore(READS_AT_ONCE)
-
-    def _state(self, cid: str, top: int) -> _Conv:
-        state = self._convs.get(cid)
-        if state is None:
-            state = _Conv(floor=max(0, top - LOOKBACK))
-            self._convs[cid] = state
-            while len(self._convs) > MAX_CONVERSATIONS:
-                self._convs.popitem(last=False)
-        else:
-            self._convs.move_to_end(cid)
-        return state
 
     def tracks(self, cid: str) -> bool:
         """Whether this replica keeps ``cid``'s delivery state (it applied a report of it)."""
         return cid in self._convs
+
+    def forget_where(self, which: Callable[[str], bool]) -> None:
+        """Drop the states of these conversations (a partition taken or given up: another
+        replica may move their marks meanwhile; the next report here reads them again)."""
+        for cid in [c for c in self._convs if which(c)]:
+            del self._convs[cid]
 
     def stored(self, cid: str, messages: list[tuple[int, str, str | None]]) -> None:
         """Messages this replica just stored in ``cid`` (seq, id, author; in seq order,
@@ -81,76 +126,132 @@ class Delivery:
         durable event in between, leave a gap: the next report reads it)."""
         state = self._convs.get(cid)
         if state is None:
-            return  # never reported here: the first report reads its LOOKBACK
-        for seq, mid, author in messages:
+            return  # never reported here: the first report reads its mark and recent log
+        for seq, _mid, author in messages:
             if seq != state.floor + 1:
                 return
-            state.waiting[seq] = (mid, author)
             state.floor = seq
-            if len(state.waiting) > WAITING_MAX:
-                del state.waiting[min(state.waiting)]
+            state.wait(seq, author)
 
     async def apply(self, cid: str, got: dict[Who, int]) -> dict[Who, int]:
         """One conversation's report (see :meth:`apply_many`)."""
         return (await self.apply_many({cid: got})).get(cid, {})
 
     async def apply_many(self, reports: dict[str, dict[Who, int]]) -> dict[str, dict[Who, int]]:
-        """``reports``: per conversation, how far each principal received it. Marks the
-        messages they deliver; returns, per conversation, the principals whose reception
-        delivered something, with their seq. One range read per conversation
-        (concurrently) and one update for the messages of all of them (``UPDATE_CHUNK`` ids
-        each). Writes are what the store serializes (one lock per collection, the log's
-        inserts behind them): the receipts of a window cost one update, not one per
-        conversation per report (docs/benchmarks.md, "Conversation affinity")."""
+        """``reports``: per conversation, how far each principal received it. Moves the
+        marks, stores the ones that moved (one write for all conversations, with the
+        totals), and returns, per conversation, the principals whose reception changed some
+        message's status, with their seq. Raises :class:`NotRecorded` (nothing applied, the
+        reports may be applied again) when the write was given up."""
         reports = {cid: got for cid, got in reports.items() if got}
         if not reports:
             return {}
         async with self._lock:
-            picked = await asyncio.gather(
-                *(self._delivered_by(cid, got) for cid, got in reports.items())
-            )
-            ids = [mid for found, _ in picked for mid, _ in found.values()]
-            sent, delivered = MessageStatus.SENT.value, MessageStatus.DELIVERED.value
-            try:
-                for i in range(0, len(ids), UPDATE_CHUNK):
-                    await self.messages.update_many(
-                        {"_id": {"$in": ids[i : i + UPDATE_CHUNK]}, "messageStatus": sent},
-                        {"$set": {"messageStatus": delivered}},
-                    )
-            except BaseException:
-                # Not (all) marked: they wait again, for the next report (a repeat is a no-op).
-                for cid, (found, _) in zip(reports, picked, strict=True):
-                    if cid in self._convs:
-                        self._convs[cid].waiting.update(found)
-                raise
-            return {cid: moved for cid, (_, moved) in zip(reports, picked, strict=True) if moved}
+            await self._load([cid for cid in reports if cid not in self._convs])
+            plans = await asyncio.gather(*(self._plan(cid, got) for cid, got in reports.items()))
+            marks = {p.cid: p.mark for p in plans if p.mark != p.state.mark}
+            if marks and not await self.write(marks):
+                raise NotRecorded(f"delivery marks of {len(marks)} conversations")
+            for p in plans:
+                p.state.mark = p.mark
+                for seq in p.changed:
+                    p.state.waiting.pop(seq, None)
+                for seq in [s for s, a in p.state.waiting.items() if p.mark.delivers(s, a)]:
+                    del p.state.waiting[seq]  # stored meanwhile, already covered
+                lo, hi = p.state.unknown
+                p.state.unknown = (max(lo, p.mark.second), hi)
+            return {p.cid: p.moved for p in plans if p.moved}
 
-    async def _delivered_by(
-        self, cid: str, got: dict[Who, int]
-    ) -> tuple[dict[int, tuple[str, str | None]], dict[Who, int]]:
-        """``cid``'s waiting messages that ``got`` delivers (taken out of the waiting ones:
-        seq → id, author), and the principals that delivered them."""
-        top = max(got.values())
-        state = self._state(cid, top)
-        if top > state.floor:
+    async def _load(self, cids: list[str]) -> None:
+        """The stored marks of conversations not tracked here: tracked from the mark's
+        ``second`` (every message at or below it is delivered, whoever wrote it)."""
+        chunks = [cids[i : i + IN_CHUNK] for i in range(0, len(cids), IN_CHUNK)]
+
+        async def read(chunk: list[str]) -> list[dict[str, Any]]:
             async with self._reads:
-                docs = await self.messages.find(
-                    {"conversationId": cid, "seq": {"$gt": state.floor, "$lte": top}},
-                    {"seq": 1, "createdBy": 1, "messageStatus": 1, "role": 1},
-                ).to_list()
-            for d in docs:
-                if "role" in d and d.get("messageStatus") == MessageStatus.SENT.value:
-                    state.waiting[int(d["seq"])] = (str(d["_id"]), d.get("createdBy"))
-            state.floor = max(state.floor, top)
-            for seq in sorted(state.waiting)[: max(0, len(state.waiting) - WAITING_MAX)]:
-                del state.waiting[seq]
-        found: dict[int, tuple[str, str | None]] = {}
-        moved: dict[Who, int] = {}
-        for seq in sorted(state.waiting):
-            _mid, author = state.waiting[seq]
-            by = next((w for w, s in got.items() if s >= seq and w[1] != author), None)
-            if by is None:
+                return await self.totals.find({"_id": {"$in": chunk}}, FIELDS).to_list()
+
+        found = {d["_id"]: d for docs in await asyncio.gather(*map(read, chunks)) for d in docs}
+        for cid in cids:
+            mark = mark_of(found.get(cid))
+            self._convs[cid] = _Conv(mark=mark, floor=mark.second)
+        while len(self._convs) > MAX_CONVERSATIONS:
+            self._convs.popitem(last=False)
+
+    async def _plan(self, cid: str, got: dict[Who, int]) -> _Plan:
+        """What ``got`` does to ``cid``: its new mark, the waiting messages it delivers and
+        the principals that delivered them (nothing is changed yet: :meth:`apply_many`)."""
+        state = self._convs.get(cid)
+        if state is None:  # dropped (too many conversations, or its partition moved)
+            await self._load([cid])
+            state = self._convs[cid]
+        self._convs.move_to_end(cid)
+        top = max(got.values())
+        if top > state.floor:
+            await self._read_above_floor(state, cid, top)
+        ids: dict[str, int] = {}
+        for (_kind, pid), seq in got.items():
+            ids[pid] = max(ids.get(pid, 0), seq)
+        old, new = state.mark, state.mark.received(ids)
+        plan = _Plan(cid, state, new, [], {})
+        if new == old:
+            return plan
+        for seq, author in state.waiting.items():
+            if new.delivers(seq, author):
+                plan.changed.append(seq)
+                self._credit(plan, got, seq, author)
+        if not plan.moved:
+            await self._unknown_changed(plan, got, old)
+        return plan
+
+    @staticmethod
+    def _credit(plan: _Plan, got: dict[Who, int], seq: int, author: str | None) -> None:
+        """Name a principal of ``got`` that delivered the message at ``seq``."""
+        by = next((w for w, s in got.items() if s >= seq and w[1] != author), None)
+        if by is not None:
+            plan.moved[by] = got[by]
+
+    async def _read_above_floor(self, state: _Conv, cid: str, top: int) -> None:
+        start = max(state.floor, top - LOOKBACK)
+        if start > state.floor:  # the entries skipped may be undelivered: unknown
+            lo, hi = state.unknown
+            state.unknown = (min(lo, state.floor), start) if hi > lo else (state.floor, start)
+        async with self._reads:
+            docs = await self.messages.find(
+                {"conversationId": cid, "seq": {"$gt": start, "$lte": top}}, _ENTRY
+            ).to_list()
+        for d in sorted(docs, key=lambda d: int(d["seq"])):
+            if "role" in d and d.get("messageStatus") == SENT:
+                state.wait(int(d["seq"]), d.get("createdBy"))
+        state.floor = max(state.floor, top)
+
+    async def _unknown_changed(self, plan: _Plan, got: dict[Who, int], old: Mark) -> None:
+        """Whether the mark moving delivers a message of the unknown range (read back; rare:
+        only a conversation with more than ``WAITING_MAX`` undelivered messages, or one first
+        seen here far behind its report)."""
+        lo, hi = plan.state.unknown
+        spans = [(max(a, lo), min(b, hi)) for a, b in _spans(old, plan.mark)]
+        spans = [(a, b) for a, b in spans if b > a]
+        if not spans:
+            return
+        low, high = min(a for a, _ in spans), max(b for _, b in spans)
+        async with self._reads:
+            docs = (
+                await self.messages.find(
+                    {"conversationId": plan.cid, "seq": {"$gt": low, "$lte": high}}, _ENTRY
+                )
+                .sort("seq", ASCENDING)
+                .limit(UNKNOWN_READ_MAX)
+                .to_list()
+            )
+        for d in docs:
+            seq, author = int(d["seq"]), d.get("createdBy")
+            if "role" not in d or d.get("messageStatus") != SENT:
                 continue
-            found[seq] = state.waiting.pop(seq)
-            moved[by] = got[by]
-        return found, moved
+            if not old.delivers(seq, author) and plan.mark.delivers(seq, author):
+                self._credit(plan, got, seq, author)
+                return
+        if len(docs) >= UNKNOWN_READ_MAX:  # not read to the end: say it changed
+            for w, s in got.items():
+                if s > low:
+                    plan.moved[w] = s

@@ -55,8 +55,8 @@ class MessageDocument(_Doc):
     clientMessageId: idempotency.entry_id). The design doc's (conversationId, createdAt),
     (conversationId, role), (agentId, createdAt) and (parentMessageId) served no query, and
     on the embedded store every index costs about as much per insert as the document itself
-    (docs/benchmarks.md, 2026-11-26), and again at each update of the message (a delivery
-    receipt). The partial unique (conversationId, clientMessageId) went on 2026-11-30 for
+    (docs/benchmarks.md, 2026-11-26), and again at each update of the message (an edit, a
+    reaction; delivery writes none since the watermark, domain/delivered.py). The partial unique (conversationId, clientMessageId) went on 2026-11-30 for
     that reason (the _id does its work). Add one back with the query that needs it.
     """
 
@@ -68,6 +68,9 @@ class MessageDocument(_Doc):
         ]
 
 
+TOTALS_COLLECTION = "conversation_totals"
+
+
 class ConversationTotalsDocument(_Doc):
     """The counters of a conversation that move with every message, ``_id`` = its id.
 
@@ -75,11 +78,13 @@ class ConversationTotalsDocument(_Doc):
     a document they update, and the conversation's eight indexes (participants multikey)
     made each totals update cost ~1.4 ms on the embedded store, more than the inserts of
     the messages it counted. This one has the ``_id`` index only. Reads add these values to
-    the conversation's own (which stay as written before this collection existed).
+    the conversation's own (which stay as written before this collection existed). It also
+    keeps the conversation's delivery watermark (``deliveredTop``, ``deliveredOther``:
+    domain/delivered.py), written with the totals.
     """
 
     class Settings:
-        name = "conversation_totals"
+        name = TOTALS_COLLECTION
         validate_on_save = False
         indexes: ClassVar[list[IndexModel]] = []
 

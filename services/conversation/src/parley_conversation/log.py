@@ -27,7 +27,8 @@ from pymongo.errors import BulkWriteError
 
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.models import Message, MessageType, Role
-from parley_conversation.documents import message_doc
+from parley_conversation import statuses
+from parley_conversation.documents import TOTALS_COLLECTION, message_doc
 from parley_conversation.entries import (
     DUPLICATE_KEY,
     LOG_EVENT,
@@ -57,6 +58,9 @@ class ConversationLog:
 
     def __init__(self, messages: AsyncCollection[dict[str, Any]]) -> None:
         self.messages = messages
+        # The conversations' totals, with their delivery marks (statuses.py: what a read of
+        # the log says a message's status is).
+        self.totals: AsyncCollection[dict[str, Any]] = messages.database[TOTALS_COLLECTION]
         self._next_seq: OrderedDict[str, int] = OrderedDict()
         self._epochs: dict[str, int] = {}  # the epoch of each cached next seq (epochs.py)
         self.marks: HighWaterMarks | None = None  # set once NATS is up (the service)
@@ -267,10 +271,10 @@ class ConversationLog:
                 # A keyed entry's _id is derived from its key: a stored one has this _id.
                 existing = await self.messages.find_one({"_id": docs[done]["_id"]})
             if existing is not None:
-                # Already stored (a retry racing with its original): answer with that frame.
-                results[cid][k] = AppendResult(
-                    int(existing["seq"]), frame_of(existing), duplicate=True
-                )
+                # Already stored (a retry racing with its original): answer with that frame,
+                # its status as read (statuses.py).
+                (frame,) = await statuses.frames(self.totals, [frame_of(existing)])
+                results[cid][k] = AppendResult(int(existing["seq"]), frame, duplicate=True)
                 pos[cid] = k + 1
                 if existing["seq"] == docs[done]["seq"]:
                     nxt[cid] += 1  # the seq tried is the stored entry's own: taken
@@ -326,7 +330,8 @@ class ConversationLog:
         docs = await self.messages.find({"_id": {"$in": list(ids)}}).to_list()
         # A message and another event with the same key: the event's (a keyed command's).
         docs.sort(key=lambda d: LOG_EVENT in d)
-        return {ids[d["_id"]]: frame_of(d) for d in docs}
+        found = await statuses.frames(self.totals, [frame_of(d) for d in docs])
+        return {ids[d["_id"]]: f for d, f in zip(docs, found, strict=True)}
 
     async def events_since(
         self, conversation_id: str, after_seq: int, until_seq: int | None, limit: int
@@ -340,7 +345,7 @@ class ConversationLog:
             .limit(limit)
             .to_list()
         )
-        return [frame_of(d) for d in docs]
+        return await statuses.frames(self.totals, [frame_of(d) for d in docs])
 
     # ------------------------------------------------------------ messages
 

@@ -3,8 +3,9 @@
 - ``conversation:read {conversationId, seq}``: the caller's read cursor moves forward.
 - Gateways report, in batches (``subjects.INTERNAL_DELIVERY``), how far each principal's
   connections received a conversation's durable frames; the messages it covers that someone
-  other than their author received turn ``delivered`` (parley_conversation.delivery), the
-  reports of a window in one write.
+  other than their author received read ``delivered`` from then on: the conversation's
+  delivery watermark moves (parley_conversation.delivery), the reports of a window in one
+  write, folded into the totals write.
 - Both fan out as ephemeral events to the conversation, coalesced: at most one
   ``conversation:read`` and one ``message:delivered`` per conversation per window, each
   carrying the cursors that moved (the latest seq of each principal). ``message:delivered``
@@ -26,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from pydantic import ValidationError
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from parley_contract import envelopes, jsonutil, subjects
@@ -35,7 +37,7 @@ from parley_contract.internal import DeliveryReport, Principal
 from parley_contract.models import Conversation, Message, MessageStatus, Role
 from parley_contract.partitions import partition_of
 from parley_conversation.cursors import CursorStore, principal_key
-from parley_conversation.delivery import Delivery, Who
+from parley_conversation.delivery import Delivery, NotRecorded, Who, WriteMarks
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +58,19 @@ class Receipts:
     """One replica's receipts: the store calls and the coalescing of their events."""
 
     def __init__(
-        self, cursors: CursorStore, last_seq: LastSeq, publish: Publish, window: float
+        self,
+        cursors: CursorStore,
+        last_seq: LastSeq,
+        publish: Publish,
+        window: float,
+        *,
+        totals: AsyncCollection[dict[str, Any]],
+        write_marks: WriteMarks,
     ) -> None:
         self.cursors = cursors
-        self.delivery = Delivery(cursors.messages)
+        # The delivery marks: read from ``totals``, stored by ``write_marks`` (the totals
+        # writer: one update per conversation per window, with its totals).
+        self.delivery = Delivery(cursors.messages, totals, write_marks)
         self._last_seq = last_seq
         self._publish = publish
         self.window = window
@@ -184,8 +195,13 @@ class Receipts:
         reports, self._reports = self._reports, {}
         try:
             moved_by = await self.delivery.apply_many(reports)
-        except PyMongoError:
-            logger.warning("delivery receipts not recorded (store)", exc_info=True)
+        except (PyMongoError, NotRecorded):
+            # Nothing applied: the reports go again with the next window's (cumulative:
+            # applying one twice changes nothing), not lost until the next report comes.
+            logger.warning("delivery receipts not recorded (store), retried", exc_info=True)
+            for cid, got in reports.items():
+                for key, seq in got.items():
+                    self._received(cid, key, seq)
             return
         for cid, moved in moved_by.items():
             pending = self._delivered.setdefault(cid, {})

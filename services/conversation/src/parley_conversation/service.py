@@ -90,7 +90,12 @@ class ConversationService:
         )
         self.cursors = CursorStore(self.store.messages.database, self.store.messages)
         self.receipts = Receipts(
-            self.cursors, self.store.last_seq, self.publish, settings.receipts_window_seconds
+            self.cursors,
+            self.store.last_seq,
+            self.publish,
+            settings.receipts_window_seconds,
+            totals=self.store.totals,
+            write_marks=self.sequencer.totals.write_marks,
         )
         self.rejoins = Rejoins(self)  # batched rejoins, grouped per conversation (rejoin.py)
         self.ready = False
@@ -243,6 +248,7 @@ class ConversationService:
     def _forget_partition(self, which: Callable[[str], bool]) -> None:
         """A partition taken or given up: its cached next seqs and authorizations go."""
         self.store.forget_seqs_where(which)
+        self.receipts.delivery.forget_where(which)
         if self.sequencer.auth is not None:
             self.sequencer.auth.drop_where(which)
 

@@ -23,6 +23,7 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal
 from parley_contract.models import Conversation, ConversationStatus, Message
+from parley_conversation import statuses
 from parley_conversation.documents import (
     conversation_from,
     decode_cursor,
@@ -84,7 +85,6 @@ class MongoStore(ConversationLog):
         # The event log before 2026-11-26 (frames of every durable event, messages written
         # twice); folded into `messages` at startup (parley_conversation.legacy).
         self.legacy_events: AsyncCollection[dict[str, Any]] = self._db["events"]
-        self.totals: AsyncCollection[dict[str, Any]] = self._db["conversation_totals"]
         self.totals_store = TotalsStore(self._client, self.totals)
         self.tasks: AsyncCollection[dict[str, Any]] = self._db["tasks"]
         self.search_mode: str = "regex"  # "text" once init() found text indexes (search.py)
@@ -288,7 +288,11 @@ class MongoStore(ConversationLog):
         doc = await self.messages.find_one(
             {"_id": message_id, "conversationId": conversation_id, LOG_EVENT: {"$exists": False}}
         )
-        return message_from(doc) if doc else None
+        return await self._as_read(message_from(doc)) if doc else None
+
+    async def _as_read(self, message: Message) -> Message:
+        """The message with its ``messageStatus`` as read (statuses.py)."""
+        return (await statuses.messages(self.totals, [message]))[0]
 
     async def update_message(
         self, conversation_id: str, message_id: str, changes: dict[str, Any]
@@ -304,7 +308,7 @@ class MongoStore(ConversationLog):
             {"$set": changes},
             return_document=ReturnDocument.AFTER,
         )
-        return message_from(doc) if doc else None
+        return await self._as_read(message_from(doc)) if doc else None
 
     async def react(
         self, conversation_id: str, message_id: str, emoji: str, principal_id: str, remove: bool
@@ -333,7 +337,7 @@ class MongoStore(ConversationLog):
                 )
                 or doc
             )
-        return message_from(doc)
+        return await self._as_read(message_from(doc))
 
     async def list_messages(
         self, conversation_id: str, after_seq: int | None, before_seq: int | None, limit: int
@@ -362,7 +366,7 @@ class MongoStore(ConversationLog):
         docs = docs[:limit]
         if not ascending:
             docs.reverse()
-        return [message_from(d) for d in docs], more
+        return await statuses.messages(self.totals, [message_from(d) for d in docs]), more
 
     # ------------------------------------------------------------ tasks
 

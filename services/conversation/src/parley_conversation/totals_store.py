@@ -39,6 +39,8 @@ def totals_ops(totals: Mapping[str, MessageTotals]) -> list[UpdateOne]:
     ops: list[UpdateOne] = []
     for cid, t in totals.items():
         update: dict[str, Any] = {"$max": {"lastSeq": t.max_seq}}
+        if t.delivered is not None:
+            update["$max"].update(t.delivered.update())
         if t.messages or t.tokens or t.cost:
             update["$inc"] = {
                 "totalMessages": t.messages,

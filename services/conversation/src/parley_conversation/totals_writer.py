@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pymongo.errors import PyMongoError
 
+from parley_conversation.domain.delivered import Mark
 from parley_conversation.entries import MessageTotals
 from parley_conversation.repository import Repository
 
@@ -44,6 +45,8 @@ class TotalsWriter:
         self.on_failure = on_failure  # a totals write given up (metrics)
         # Totals not written yet, merged per conversation (see add).
         self._pending: dict[str, MessageTotals] = {}
+        # Callers of write_marks waiting for the write that holds their marks (pending).
+        self._waiters: list[asyncio.Future[bool]] = []
         self._writer: asyncio.Task[None] | None = None
         self._added = 0  # batches of totals queued so far
         self._written = 0  # ... of which written (or given up, see _project)
@@ -94,14 +97,33 @@ class TotalsWriter:
         if self._writer is None:
             self._writer = asyncio.create_task(self._write(), name="totals")
 
+    async def write_marks(self, marks: Mapping[str, Mark]) -> bool:
+        """Store these delivery watermarks (receipts, once per window) with the totals: in
+        the next write (the pause cut short), one update per conversation with its totals
+        if it has some. True once they are written, False if that write was given up."""
+        if not marks:
+            return True
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append(done)
+        self.add({cid: MessageTotals(delivered=m) for cid, m in marks.items()})
+        self._flush.set()
+        return await asyncio.shield(done)
+
     async def _write(self) -> None:
         try:
             while self._pending:
                 self._flush.clear()
                 batch, self._pending = self._pending, {}
+                waiters, self._waiters = self._waiters, []
                 upto = self._added
                 started = time.monotonic()
-                await self._project(batch)
+                written = False
+                try:
+                    written = await self._project(batch)
+                finally:
+                    for w in waiters:
+                        if not w.done():
+                            w.set_result(written)
                 took = time.monotonic() - started
                 self._written = upto
                 self._round.set()
@@ -147,10 +169,14 @@ def merge_totals(a: MessageTotals, b: MessageTotals) -> MessageTotals:
     last = a.last_message
     if b.last_message is not None and (last is None or (b.last_message.seq or 0) > (last.seq or 0)):
         last = b.last_message
+    delivered = a.delivered
+    if b.delivered is not None:
+        delivered = b.delivered if delivered is None else delivered.joined(b.delivered)
     return MessageTotals(
         messages=a.messages + b.messages,
         tokens=a.tokens + b.tokens,
         cost=a.cost + b.cost,
         last_message=last,
         max_seq=max(a.max_seq, b.max_seq),
+        delivered=delivered,
     )

@@ -15,6 +15,7 @@ from parley_contract.models import LastMessage, Message, MessageStatus, MessageT
 from parley_conversation.domain.access import is_author
 from parley_conversation.domain.checks import check_keys
 from parley_conversation.domain.clock import now_ms
+from parley_conversation.domain.delivered import Mark
 
 # Fields only agents and services may set on a message (users may not: FORBIDDEN).
 AGENT_ONLY_FIELDS: tuple[str, ...] = (
@@ -183,6 +184,9 @@ class Totals:
     cost: float = 0.0
     last_message: LastMessage | None = None
     max_seq: int = 0
+    # The delivery watermark to store with them (receipts: one write per window, folded
+    # into the totals update of the conversation; domain/delivered.py).
+    delivered: Mark | None = None
 
 
 def totals_of(messages: list[Message], event_seqs: list[int]) -> Totals:
