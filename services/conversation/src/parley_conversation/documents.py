@@ -56,8 +56,9 @@ class MessageDocument(_Doc):
     (conversationId, role), (agentId, createdAt) and (parentMessageId) served no query, and
     on the embedded store every index costs about as much per insert as the document itself
     (docs/benchmarks.md, 2026-11-26), and again at each update of the message (an edit, a
-    reaction; delivery writes none since the watermark, domain/delivered.py). The partial unique (conversationId, clientMessageId) went on 2026-11-30 for
-    that reason (the _id does its work). Add one back with the query that needs it.
+    reaction; delivery writes none since the watermark, domain/delivered.py). The partial
+    unique (conversationId, clientMessageId) went on 2026-11-30 for that reason (the _id
+    does its work). Add one back with the query that needs it.
     """
 
     class Settings:
