@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from bench import scenarios
-from bench.__main__ import mock_system
 from bench.generator import GeneratorPool
 from bench.profiling import summarize_collapsed
+from bench.runs import mock_system
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node >= 20")
 

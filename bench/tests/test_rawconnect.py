@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from websockets.utils import accept_key
 
-from bench.__main__ import mock_system
 from bench.generator import Client, GeneratorPool
+from bench.runs import mock_system
 
 
 def _accepted(head: bytes, frame: bytes) -> bytes:
