@@ -16,6 +16,8 @@ load (no timer, no idle latency).
 One entry the store cannot hold (contract validation should have refused it: see
 parley_contract.limits) fails alone: the store skips it and writes the rest of the batch, and
 only its sender gets the error (VALIDATION_ERROR), never the others batched with it.
+
+What is queued, and how each write is answered: jobs.py.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from pymongo.errors import PyMongoError
@@ -36,12 +37,15 @@ from parley_contract.internal import Principal
 from parley_contract.models import Conversation, ConversationStatus, Message
 from parley_conversation import domain, roles
 from parley_conversation.authcache import AuthCache
-from parley_conversation.entries import (
-    AppendResult,
-    MessageTotals,
-    PendingEvent,
-    message_as_stored,
-    totals_of,
+from parley_conversation.entries import AppendResult, MessageTotals, totals_of
+from parley_conversation.jobs import (
+    EventJob,
+    Job,
+    SendJob,
+    SendResult,
+    fail,
+    pending_of,
+    resolve_by_author,
 )
 from parley_conversation.log import STALE
 from parley_conversation.repository import Repository
@@ -55,32 +59,6 @@ PublishFrame = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
 # After a batch, per conversation: quick work done at once; what it returns (if anything),
 # in the background. Most conversations need no task of their own.
 OnStored = Callable[[Conversation, list[Message]], Coroutine[Any, Any, None] | None]
-
-
-@dataclass
-class SendResult:
-    message: dict[str, Any]  # the stored message, wire JSON
-    seq: int
-    duplicate: bool = False
-
-
-@dataclass(eq=False)
-class _Send:
-    principal: Principal
-    message: Message
-    future: asyncio.Future[SendResult]
-    stored: Message | None = None
-
-
-@dataclass(eq=False)
-class _Event:
-    event: Event
-    build: Callable[[int], Any]
-    future: asyncio.Future[AppendResult]
-    key: str | None = None  # idempotency: stored as the entry's clientMessageId
-
-
-_Job = _Send | _Event
 
 
 class Sequencer:
@@ -109,7 +87,7 @@ class Sequencer:
         self._on_committed = on_committed  # (conversation, epoch, highest seq) per batch
         self._max_batch = max_batch
         self._on_batch = on_batch
-        self._queue: list[tuple[str, _Job]] = []
+        self._queue: list[tuple[str, Job]] = []
         self._worker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -131,7 +109,7 @@ class Sequencer:
     def in_flight(self) -> int:
         return len(self._queue) + (1 if self._worker is not None else 0)
 
-    def _submit(self, conversation_id: str, job: _Job) -> None:
+    def _submit(self, conversation_id: str, job: Job) -> None:
         if self._closing:
             raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "this replica is shutting down, retry")
         self._queue.append((conversation_id, job))
@@ -153,7 +131,7 @@ class Sequencer:
                 {"retryAfterMs": int(waited * 1000)},
             )
         fut: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
-        self._submit(message.conversation_id, _Send(principal, message, fut))
+        self._submit(message.conversation_id, SendJob(principal, message, fut))
         return await fut
 
     async def append(
@@ -167,7 +145,7 @@ class Sequencer:
         """Store and publish one durable frame (``build(seq)`` gives its data); with ``key``
         at most once per conversation (a repeat: ``duplicate`` and the stored frame)."""
         fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._submit(conversation_id, _Event(event, build, fut, key))
+        self._submit(conversation_id, EventJob(event, build, fut, key))
         return await fut
 
     async def drain(self) -> None:
@@ -188,7 +166,7 @@ class Sequencer:
         await self.totals.settle()
 
     async def _work(self) -> None:
-        jobs: list[tuple[str, _Job]] = []
+        jobs: list[tuple[str, Job]] = []
         try:
             while self._queue:
                 jobs = self._queue[: self._max_batch]
@@ -199,10 +177,10 @@ class Sequencer:
                 try:
                     await self._process(jobs)
                 except ParleyError as exc:
-                    _fail([j for _, j in jobs], exc)
+                    fail([j for _, j in jobs], exc)
                 except PyMongoError:
                     logger.exception("store error while writing a batch")
-                    _fail(
+                    fail(
                         [j for _, j in jobs],
                         ParleyError(
                             ErrorCode.SERVICE_UNAVAILABLE, "the store is unavailable, retry"
@@ -210,7 +188,7 @@ class Sequencer:
                     )
                 except Exception:
                     logger.exception("unexpected error while writing a batch")
-                    _fail(
+                    fail(
                         [j for _, j in jobs],
                         ParleyError(ErrorCode.INTERNAL_ERROR, "internal error"),
                     )
@@ -221,33 +199,33 @@ class Sequencer:
             rest = [j for _, j in jobs + self._queue]
             self._queue.clear()
             self._queued_at.clear()
-            _fail(rest, ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "write interrupted, retry"))
+            fail(rest, ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "write interrupted, retry"))
 
-    async def _process(self, jobs: list[tuple[str, _Job]]) -> None:
+    async def _process(self, jobs: list[tuple[str, Job]]) -> None:
         """One group commit for every conversation with queued writes."""
-        groups: dict[str, list[_Job]] = {}
+        groups: dict[str, list[Job]] = {}
         for cid, job in jobs:
             groups.setdefault(cid, []).append(job)
         convs, bases, strict = await self._authorizing(jobs, groups)
-        live: dict[str, list[_Job]] = {}
-        followers: dict[tuple[str, str], list[_Send]] = {}
+        live: dict[str, list[Job]] = {}
+        followers: dict[tuple[str, str], list[SendJob]] = {}
         for cid, group in groups.items():
             conv = convs.get(cid)
-            kept: list[_Job] = []
+            kept: list[Job] = []
             for job in group:
-                if isinstance(job, _Event):
+                if isinstance(job, EventJob):
                     kept.append(job)
                     continue
                 role = roles.role_of(conv, job.principal) if conv is not None else None
                 if conv is None or not roles.may(role, roles.Action.POST):
                     # The role matrix (parley_conversation.roles): observers read only.
-                    _fail([job], roles.denial(role, roles.Action.POST))
+                    fail([job], roles.denial(role, roles.Action.POST))
                     continue
                 if conv.deleted_at is not None:
-                    _fail([job], domain.deleted_error(cid))
+                    fail([job], domain.deleted_error(cid))
                     continue
                 if conv.status is ConversationStatus.CLOSED:
-                    _fail([job], ParleyError(ErrorCode.CONFLICT, "the conversation is closed"))
+                    fail([job], ParleyError(ErrorCode.CONFLICT, "the conversation is closed"))
                     continue
                 cmid = job.message.client_message_id
                 if cmid is not None:
@@ -260,7 +238,7 @@ class Sequencer:
         live = {cid: js for cid, js in live.items() if js}
         if not live:
             return
-        pending = {cid: [self._pending(j) for j in js] for cid, js in live.items()}
+        pending = {cid: [pending_of(j) for j in js] for cid, js in live.items()}
         results = await self._store.append_events(pending, strict=strict)
         if self.auth is not None:
             for cid, base in bases.items():
@@ -276,7 +254,7 @@ class Sequencer:
                 if res.duplicate or res.error is not None:
                     continue
                 seqs.append(res.seq)
-                if isinstance(item, _Send) and item.stored is not None:
+                if isinstance(item, SendJob) and item.stored is not None:
                     stored.append(item.stored)
             totals[cid] = totals_of(stored, seqs)
             stored_by[cid] = stored
@@ -302,22 +280,22 @@ class Sequencer:
             for cid, stored in stored_by.items():
                 if stored and cid in convs:
                     self._after_stored(convs[cid], stored)
-        again: list[tuple[str, _Job]] = []
+        again: list[tuple[str, Job]] = []
         for cid, js in live.items():
             for item, res in zip(js, results[cid], strict=True):
-                if isinstance(item, _Send):
+                if isinstance(item, SendJob):
                     cmid = item.message.client_message_id
                     more = followers.get((cid, cmid), []) if cmid else []
                     if res.error is STALE:  # authorized from a stale cache: read, try again
                         again.extend((cid, j) for j in [item, *more])
                         continue
                     if res.error is not None:  # the store refused this one: only it fails
-                        _fail([item, *more], res.error)
+                        fail([item, *more], res.error)
                         continue
                     result = SendResult(res.frame["data"], res.seq, duplicate=res.duplicate)
-                    _resolve_by_author([item, *more], result)
+                    resolve_by_author([item, *more], result)
                 elif res.error is not None:
-                    _fail([item], res.error)
+                    fail([item], res.error)
                 elif not item.future.done():
                     item.future.set_result(res)
         if again:  # first in the next batch, in their order
@@ -325,7 +303,7 @@ class Sequencer:
             self._queued_at[:0] = [time.monotonic()] * len(again)
 
     async def _authorizing(
-        self, jobs: list[tuple[str, _Job]], groups: dict[str, list[_Job]]
+        self, jobs: list[tuple[str, Job]], groups: dict[str, list[Job]]
     ) -> tuple[dict[str, Conversation], dict[str, int | None], set[str]]:
         """The conversations that authorize this batch: from the owner's cache where valid,
         else one read for the rest. Also, per conversation, the log's next seq the
@@ -337,7 +315,7 @@ class Sequencer:
         if auth is not None:
             # Its own change of a conversation (update, delete, create) is written by this
             # replica: the entry goes before the batch that stores the change's event.
-            changed = {cid for cid, job in jobs if isinstance(job, _Event)}
+            changed = {cid for cid, job in jobs if isinstance(job, EventJob)}
             for cid in groups:
                 if cid in changed:
                     auth.drop(cid)
@@ -386,39 +364,3 @@ class Sequencer:
         task = asyncio.create_task(guarded())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    @staticmethod
-    def _pending(job: _Job) -> PendingEvent:
-        if isinstance(job, _Event):
-            return PendingEvent(job.event, job.build, job.key)
-
-        def stored(seq: int, job: _Send = job) -> Message:
-            job.stored = message_as_stored(job.message, seq)
-            return job.stored
-
-        return PendingEvent(Event.MESSAGE_NEW, None, job.message.client_message_id, message=stored)
-
-
-def _resolve_by_author(jobs: list[_Send], result: SendResult) -> None:
-    """The stored message answers its author's sends (the send, its retries); another
-    member's send that reused its ``clientMessageId`` gets CONFLICT, not an ack of a message
-    that is not theirs (and theirs silently not stored)."""
-    author = result.message.get("createdBy")
-    for job in jobs:
-        if job.future.done():
-            continue
-        if job.message.created_by == author:
-            job.future.set_result(result)
-        else:
-            job.future.set_exception(
-                ParleyError(
-                    ErrorCode.CONFLICT,
-                    "clientMessageId is already used by another sender in this conversation",
-                )
-            )
-
-
-def _fail(jobs: Sequence[_Job], exc: ParleyError) -> None:
-    for job in jobs:
-        if not job.future.done():
-            job.future.set_exception(exc)
