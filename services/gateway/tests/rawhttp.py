@@ -1,6 +1,6 @@
 """HTTP/1.1 on a raw socket, as a hostile or plain client writes it: requests as bytes,
 responses read one at a time, so a test sees exactly what a client sees on the wire
-(keep-alive, pipelining, a server that closes; test_front.py)."""
+(keep-alive, pipelining, a server that closes; test_front.py, test_origins.py)."""
 
 from __future__ import annotations
 
@@ -71,11 +71,29 @@ class Raw:
             await self.writer.wait_closed()
 
 
+async def exchange(port: int, data: bytes) -> Reply:
+    """One request (``data``) on a connection of its own, and its reply."""
+    raw = await Raw.open(port)
+    try:
+        await raw.send(data)
+        return await raw.reply()
+    finally:
+        await raw.close()
+
+
 def request(
-    method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
 ) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: gateway"]
-    for name, value in (headers or {}).items():
+    """The request's bytes. ``headers`` as pairs may name a header more than once (as a
+    hostile client may); a ``Host`` among them replaces the default one."""
+    pairs = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+    if not any(name.lower() == "host" for name, _ in pairs):
+        pairs.insert(0, ("Host", "gateway"))
+    lines = [f"{method} {path} HTTP/1.1"]
+    for name, value in pairs:
         lines.append(f"{name}: {value}")
     if body is not None:
         lines.append(f"Content-Length: {len(body)}")

@@ -7,7 +7,6 @@ a socket, so that every header is exactly what a browser (or an attacker) would 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 from typing import Any
@@ -20,6 +19,7 @@ from parley_contract.events import PrincipalKind
 from parley_devstack.idp import rs256_key_pair
 
 from .conftest import token
+from .rawhttp import exchange, request
 
 # Production refuses HS256 (development only): the production gateway verifies RS256.
 PRIVATE_KEY, PUBLIC_KEY = rs256_key_pair()
@@ -30,24 +30,8 @@ async def _raw(
     port: int, method: str, path: str, headers: list[tuple[str, str]]
 ) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 request; (status, headers (lower-case names), body)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        lines = [f"{method} {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        status_line, *rest = head.decode("latin-1").split("\r\n")
-        got = {}
-        for line in rest:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                got[k.strip().lower()] = v.strip()
-        body = b""
-        if int(got.get("content-length", "0") or 0):
-            body = await asyncio.wait_for(reader.readexactly(int(got["content-length"])), 10)
-        return int(status_line.split()[1]), got, body
-    finally:
-        writer.close()
+    reply = await exchange(port, request(method, path, headers=headers))
+    return reply.status, reply.headers, reply.body
 
 
 async def _upgrade(port: int, origin: str | list[str] | None, tok: str) -> tuple[int, bytes]:
