@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
@@ -26,6 +25,7 @@ from websockets.utils import accept_key
 
 from parley_gateway import wsopen
 from parley_gateway.front import Front, WsRoute, json_response
+from parley_gateway.wsconn import LeanConnection, WebSocket
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 GOOD = [
@@ -106,20 +106,20 @@ REFUSE = "refuse"
 
 
 @contextlib.asynccontextmanager
-async def front_on_a_port() -> AsyncIterator[tuple[int, list[ServerConnection]]]:
-    opened: list[ServerConnection] = []
+async def front_on_a_port() -> AsyncIterator[tuple[int, list[WebSocket]]]:
+    opened: list[WebSocket] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("not an HTTP request")
 
-    async def process_request(ws: ServerConnection, request: Request) -> Response | None:
+    async def process_request(ws: WebSocket, request: Request) -> Response | None:
         if REFUSE in request.path:
             return json_response(401, {"success": False})
         if "boom" in request.path:
             raise RuntimeError("boom")
         return None
 
-    async def handler(ws: ServerConnection) -> None:
+    async def handler(ws: WebSocket) -> None:
         opened.append(ws)
         await ws.send(FIRST.decode())
         with contextlib.suppress(Exception):
@@ -204,7 +204,7 @@ async def test_the_101_and_the_first_frame_arrive_together() -> None:
             rest = await asyncio.wait_for(reader.read(65536), 5)
         assert rest == bytes((0x81, 5)) + b"early"  # the early frame, echoed after the open
         assert len(opened) == 1
-        assert type(opened[0].request) is wsopen.ParsedRequest  # not websockets' handshake
+        assert isinstance(opened[0], LeanConnection)  # not websockets' connection
         writer.close()
 
 

@@ -12,13 +12,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
 from parley_contract import jsonutil
 from parley_contract.internal import Principal
 from parley_gateway.ratelimit import TokenBucket
 from parley_gateway.slim import done_future
+from parley_gateway.wsconn import WebSocket
 
 if TYPE_CHECKING:
     from parley_gateway.metrics import Metrics
@@ -101,7 +101,7 @@ class Conn:
 
     def __init__(
         self,
-        ws: ServerConnection,
+        ws: WebSocket,
         principal: Principal,
         exp: float,
         session_id: str,

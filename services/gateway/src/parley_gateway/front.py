@@ -47,6 +47,7 @@ from parley_contract import envelopes, jsonutil
 from parley_contract.errors import ErrorCode
 from parley_gateway import wsopen
 from parley_gateway.front_http import ASGIApp, HttpProtocol, Refused, edge, linger, raw_response
+from parley_gateway.wsconn import WebSocket
 from parley_gateway.wsopen import WsRoute
 
 __all__ = ["Front", "WsRoute", "json_response"]  # WsRoute: declared in wsopen.py
@@ -100,6 +101,7 @@ class Front:
         self.max_head_bytes = max_head_bytes
         self.head_timeout = head_timeout
         self.server_header = server_header
+        self.open_timeout = OPEN_TIMEOUT_SECONDS
         self.date = b""  # the 101's Date (wsopen.accept), refreshed every second
         # Called with "head_timeout", "head_too_large" or "bad_request" for each connection
         # the front answers and closes itself (metrics).
@@ -209,7 +211,9 @@ class Front:
         """A well-formed upgrade head opened without websockets parsing it again (wsopen.py);
         False: not one (routed as before)."""
         assert self.ws_server is not None
-        return wsopen.open_parsed(transport, data, head_end, self.ws_routes, self.ws_server)
+        return wsopen.open_parsed(
+            transport, data, head_end, routes=self.ws_routes, server=self.ws_server, front=self
+        )
 
     def start_ws(self, transport: asyncio.Transport, route: WsRoute, data: bytes) -> None:
         # What websockets' serve() builds per connection (compression off, no subprotocols).
@@ -248,7 +252,7 @@ class Front:
     def _route(self, request: Request) -> WsRoute | None:
         return self.ws_routes.get(request.path.partition("?")[0].encode("latin-1"))
 
-    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, ws: WebSocket, request: Request) -> Response | None:
         route = self._route(request)
         if route is None:  # pragma: no cover - the sniffer read the same request line
             return json_response(404, envelopes.fail(ErrorCode.NOT_FOUND, "no such endpoint"))
@@ -261,7 +265,7 @@ class Front:
         server = self.ws_server
         assert server is not None
         try:
-            async with asyncio.timeout(OPEN_TIMEOUT_SECONDS):
+            async with asyncio.timeout(self.open_timeout):
                 if type(connection.request) is wsopen.ParsedRequest:
                     await wsopen.handshake(
                         connection,

@@ -36,6 +36,7 @@ from parley_gateway.sio.asgi import with_socketio
 from parley_gateway.sio.endpoint import PATH as SIO_PATH
 from parley_gateway.sio.endpoint import SocketIO
 from parley_gateway.slim import slim_after_handshake
+from parley_gateway.wsconn import WebSocket
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class Gateway(Commands):
 
     # ------------------------------------------------------------------ HTTP / handshake
 
-    async def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    async def process_request(self, ws: WebSocket, request: Request) -> Response | None:
         """The ``/ws`` upgrade (the front routes only upgrades here): readiness, then auth."""
         _, _, query = request.path.partition("?")
         refused = self._refuse_origin(request)
@@ -136,7 +137,7 @@ class Gateway(Commands):
             return json_response(exc.http_status, envelopes.fail_from(exc))
         # Handed to the handler on the connection itself (nothing to leak if the handshake
         # fails after this point).
-        ws.parley_auth = (principal, exp, session, restored)  # type: ignore[attr-defined]
+        ws.parley_auth = (principal, exp, session, restored)  # type: ignore[union-attr]
         return None
 
     def _refuse_origin(self, request: Request) -> Response | None:
@@ -149,7 +150,7 @@ class Gateway(Commands):
         self.metrics.origin_refusals.inc()
         return json_response(403, origin_refusal(origins))
 
-    async def sio_process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    async def sio_process_request(self, ws: WebSocket, request: Request) -> Response | None:
         """The ``/socket.io/`` upgrade: the browser origin first, then Socket.IO's own checks."""
         refused = self._refuse_origin(request)
         if refused is not None:
@@ -158,7 +159,7 @@ class Gateway(Commands):
 
     # ------------------------------------------------------------------ WebSocket
 
-    async def handler(self, ws: ServerConnection) -> None:
+    async def handler(self, ws: WebSocket) -> None:
         auth: tuple[Principal, float, str | None, dict[str, int] | None] | None = getattr(
             ws, "parley_auth", None
         )
@@ -166,10 +167,11 @@ class Gateway(Commands):
             await ws.close(1008, "unauthenticated")
             return
         principal, exp, resume, restored = auth
-        del ws.parley_auth  # type: ignore[attr-defined]
+        del ws.parley_auth  # type: ignore[union-attr]
         # The handshake's request (headers: ~3 KB, held by websockets' parser too), response
         # and logger adapter are not needed any more (idle memory, see slim.py).
-        slim_after_handshake(ws)
+        if isinstance(ws, ServerConnection):
+            slim_after_handshake(ws)
         conn = Conn(
             ws,
             principal,

@@ -26,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import http
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.datastructures import Headers
@@ -39,9 +41,20 @@ from websockets.server import ServerProtocol
 from websockets.utils import accept_key
 
 from parley_gateway.slim import done_future
+from parley_gateway.wsconn import LeanConnection, WebSocket, as_any
 
-ProcessRequest = Callable[[ServerConnection, Request], Awaitable[Response | None]]
-WsHandler = Callable[[ServerConnection], Awaitable[None]]
+ProcessRequest = Callable[[WebSocket, Request], Awaitable[Response | None]]
+WsHandler = Callable[[WebSocket], Awaitable[None]]
+
+logger = logging.getLogger(__name__)
+
+
+class FrontState(Protocol):
+    """What the lean opening needs of the front (front.py's ``Front``)."""
+
+    date: bytes  # the 101's Date, refreshed every second
+    server_header: str | None
+    open_timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +116,15 @@ def open_parsed(
     transport: asyncio.Transport,
     data: bytes,
     head_end: int,
+    *,
     routes: Mapping[bytes, WsRoute],
     server: Server,
+    front: FrontState,
 ) -> bool:
     """Hand a connection whose first bytes are ``data`` (a head ending at ``head_end``) to a
-    websockets connection opened from the parsed request (:func:`handshake` then runs in its
-    handler task); False when the head is not a well-formed upgrade to a route."""
+    :class:`LeanConnection` (a plain upgrade: :func:`plain_key`) or a websockets connection
+    opened from the parsed request (:func:`handshake` then runs in its handler task); False
+    when the head is not a well-formed upgrade to a route."""
     if not data.startswith(b"GET ") or data[head_end : head_end + 4] != b"\r\n\r\n":
         return False
     target_end = data.find(b" ", 4, head_end)
@@ -120,6 +136,22 @@ def open_parsed(
     request = parse_head(data[:head_end])
     if request is None or not asks_upgrade(request):
         return False
+    key = plain_key(request)
+    if key is not None:
+        lean = LeanConnection(
+            transport,
+            max_size=route.max_size,
+            max_queue=route.max_queue,
+            close_timeout=route.close_timeout,
+        )
+        transport.set_protocol(lean)
+        if len(data) > head_end + 4:  # frames before the 101: parsed once it is sent
+            lean.data_received(data[head_end + 4 :])
+        task = lean.loop.create_task(
+            open_lean(lean, request, key, route=route, server=server, front=front)
+        )
+        server.handler_tasks.add(task)
+        return True
     conn = ServerConnection(
         new_protocol(route.max_size),
         server,
@@ -163,12 +195,7 @@ def accept(
             accept_header, _, _ = protocol.process_request(request)
         except InvalidHandshake:
             return False
-    protocol.writes.insert(
-        0,
-        b"HTTP/1.1 101 Switching Protocols\r\nDate: %s\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n"
-        % (date, accept_header.encode(), _server_line(server_header)),
-    )
+    protocol.writes.insert(0, switching(accept_header, date=date, server_header=server_header))
     protocol.state = State.OPEN
     return True
 
@@ -176,19 +203,16 @@ def accept(
 _KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
 
 
-def plain_accept(protocol: ServerProtocol, request: Request) -> str | None:
-    """``Sec-WebSocket-Accept`` of the plain upgrade nearly every client sends, checked
+def plain_key(request: Request) -> str | None:
+    """The ``Sec-WebSocket-Key`` of the plain upgrade nearly every client sends, checked
     without websockets' header parsers: one ``Connection: upgrade``, one ``Upgrade:
     websocket`` (any case), one key of 16 bytes in canonical base64, one version 13, at most
-    one Origin and no ``Sec-WebSocket-Protocol``; with the same effect on ``protocol`` as
-    ``ServerProtocol.process_request`` (for a server without extensions and subprotocols,
-    as the gateway's). None for any other request: websockets' own checks answer it
-    (``test_wsopen.py`` compares both on valid and invalid heads)."""
+    one Origin and no ``Sec-WebSocket-Protocol``. None for any other request: websockets'
+    own checks answer it (``test_wsopen.py`` compares both on valid and invalid heads)."""
     headers = request.headers
     connection = headers.get_all("Connection")
     upgrade = headers.get_all("Upgrade")
     key = headers.get_all("Sec-WebSocket-Key")
-    origin = headers.get_all("Origin")
     if (
         len(connection) != 1
         or connection[0].lower() != "upgrade"
@@ -197,17 +221,40 @@ def plain_accept(protocol: ServerProtocol, request: Request) -> str | None:
         or len(key) != 1
         or not _KEY.fullmatch(key[0])
         or headers.get_all("Sec-WebSocket-Version") != ["13"]
-        or len(origin) > 1
+        or len(headers.get_all("Origin")) > 1
         or "Sec-WebSocket-Protocol" in headers
-        or protocol.available_extensions
+    ):
+        return None
+    return key[0]
+
+
+def plain_accept(protocol: ServerProtocol, request: Request) -> str | None:
+    """``Sec-WebSocket-Accept`` of a plain upgrade (:func:`plain_key`), with the same effect
+    on ``protocol`` as ``ServerProtocol.process_request`` (for a server without extensions
+    and subprotocols, as the gateway's); None for any other request."""
+    if (
+        protocol.available_extensions
         or protocol.available_subprotocols
         or protocol.origins is not None
     ):
         return None
+    key = plain_key(request)
+    if key is None:
+        return None
+    origin = request.headers.get_all("Origin")
     protocol.origin = origin[0] if origin else None  # type: ignore[assignment]
     protocol.extensions = []
     protocol.subprotocol = None
-    return accept_key(key[0])
+    return accept_key(key)
+
+
+def switching(accept_header: str, *, date: bytes, server_header: str | None) -> bytes:
+    """The 101 response's head."""
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nDate: %s\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n"
+        % (date, accept_header.encode(), _server_line(server_header))
+    )
 
 
 @functools.cache
@@ -268,3 +315,65 @@ async def handshake(
     if protocol.state is State.CONNECTING:
         async with connection.send_context(expected_state=State.CONNECTING):
             protocol.send_response(response)
+
+
+async def open_lean(
+    conn: LeanConnection,
+    request: Request,
+    key: str,
+    *,
+    route: WsRoute,
+    server: Server,
+    front: FrontState,
+) -> None:
+    """The handler task of a :class:`LeanConnection`: websockets' ``handshake`` and
+    ``Server.handler`` (front.py's ``_ws_lifecycle``) for a plain upgrade. The gateway's
+    ``process_request`` answers first (its response, or 500 if it fails; 503 once the server
+    closes); then the 101, written with the handler's first frames at the end of the loop
+    iteration; then the handler, and the closing handshake when it returns (1000, or 1011
+    if it failed)."""
+    transport = conn.transport
+    timer = conn.loop.call_later(front.open_timeout, transport.abort)
+    try:
+        response: Response | None = None
+        if route.process_request is not None:
+            try:
+                response = await route.process_request(conn, request)
+            except Exception:
+                logger.error("process_request failed", exc_info=True)
+                response = ServerProtocol().reject(
+                    http.HTTPStatus.INTERNAL_SERVER_ERROR,
+                    "Failed to open a WebSocket connection.\n"
+                    "See server log for more information.\n",
+                )
+        if response is None and not server.is_serving():
+            response = ServerProtocol().reject(
+                http.HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n"
+            )
+        if conn.state is not State.CONNECTING:
+            return  # lost meanwhile, or the open timed out
+        if response is not None:
+            if front.server_header is not None:
+                response.headers["Server"] = front.server_header
+            transport.write(response.serialize())
+            transport.close()
+            return
+        timer.cancel()
+        conn.accept(switching(accept_key(key), date=front.date, server_header=front.server_header))
+        conn.loop.call_soon(conn.send_data)  # the 101 with the hello: one socket write
+        server.all_connections.add(as_any(conn))
+        try:
+            try:
+                await route.handler(conn)
+            except Exception:
+                logger.error("connection handler failed", exc_info=True)
+                await conn.close(1011)
+            else:
+                await conn.close()
+        finally:
+            server.all_connections.discard(as_any(conn))
+    finally:
+        timer.cancel()
+        task = asyncio.current_task()
+        if task is not None:
+            server.handler_tasks.discard(task)

@@ -43,6 +43,7 @@ from parley_gateway.sio.packets import SocketLayer
 from parley_gateway.sio.relay import Relay, key_of
 from parley_gateway.sio.session import EioSession, spawn
 from parley_gateway.slim import slim_after_handshake
+from parley_gateway.wsconn import WebSocket
 
 if TYPE_CHECKING:
     from parley_gateway.server import Gateway
@@ -219,7 +220,7 @@ class SocketIO(SocketLayer):
 
     # ------------------------------------------------------------------ WebSocket
 
-    async def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    async def process_request(self, ws: WebSocket, request: Request) -> Response | None:
         """The WebSocket upgrade of /socket.io/: refused here, or accepted for ``handler``."""
         _, _, query = request.path.partition("?")
         target = self.check_upgrade(query, request.headers)
@@ -233,12 +234,12 @@ class SocketIO(SocketLayer):
                 ]
             )
             return Response(status, http.HTTPStatus(status).phrase, headers, body)
-        ws.parley_sio = target  # type: ignore[attr-defined]
+        ws.parley_sio = target  # type: ignore[union-attr]
         return None
 
-    async def handler(self, ws: ServerConnection) -> None:
-        target: EioSession | Remote | str = ws.parley_sio  # type: ignore[attr-defined]
-        del ws.parley_sio  # type: ignore[attr-defined]
+    async def handler(self, ws: WebSocket) -> None:
+        target: EioSession | Remote | str = ws.parley_sio  # type: ignore[union-attr]
+        del ws.parley_sio  # type: ignore[union-attr]
         await self.ws_handler(ws, target)
 
     def check_upgrade(
@@ -264,8 +265,9 @@ class SocketIO(SocketLayer):
             )
         return bearer(headers, params) or ""
 
-    async def ws_handler(self, ws: ServerConnection, target: EioSession | Remote | str) -> None:
-        slim_after_handshake(ws)
+    async def ws_handler(self, ws: WebSocket, target: EioSession | Remote | str) -> None:
+        if isinstance(ws, ServerConnection):
+            slim_after_handshake(ws)
         if isinstance(target, EioSession):
             eio = target
             if not await self._upgrade(eio, ws):
@@ -292,7 +294,7 @@ class SocketIO(SocketLayer):
         finally:
             eio.end()
 
-    async def _upgrade(self, eio: EioSession, ws: ServerConnection) -> bool:
+    async def _upgrade(self, eio: EioSession, ws: WebSocket) -> bool:
         """polling → WebSocket: ``2probe``/``3probe``, then ``5``; queued packets follow."""
         try:
             probe = await asyncio.wait_for(ws.recv(), 10)

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from parley_contract import jsonutil, subjects
 from parley_contract.internal import Principal
 from parley_gateway.sio import codec
 from parley_gateway.sio.session import EioSession, SioConn, spawn
+from parley_gateway.wsconn import WebSocket
 
 if TYPE_CHECKING:
     from parley_gateway.sio.endpoint import SocketIO
@@ -86,7 +86,7 @@ class Relay:
         except (AssertionError, KeyError, TypeError, ValueError):
             return UNKNOWN_SID
 
-    async def upgrade(self, ws: ServerConnection, sid: str) -> EioSession | None:
+    async def upgrade(self, ws: WebSocket, sid: str) -> EioSession | None:
         """A WebSocket upgrade here of a polling session held by another gateway."""
         try:
             if await asyncio.wait_for(ws.recv(), 10) != "2probe":
@@ -167,7 +167,7 @@ class Relay:
             spawn(sio.gw.close_conn(conn))
         return state
 
-    async def _adopt(self, ws: ServerConnection, sid: str, state: dict[str, Any]) -> EioSession:
+    async def _adopt(self, ws: WebSocket, sid: str, state: dict[str, Any]) -> EioSession:
         """Session ``sid`` moved here on ``ws``: its packets, then its conversations."""
         sio = self.sio
         token = state.get("token")

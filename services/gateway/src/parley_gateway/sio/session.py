@@ -18,7 +18,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
 from parley_contract import envelopes, jsonutil
@@ -33,6 +32,7 @@ from parley_gateway.conn import (
     frame_text,
 )
 from parley_gateway.sio import codec
+from parley_gateway.wsconn import WebSocket
 
 if TYPE_CHECKING:
     from parley_gateway.metrics import Metrics
@@ -183,7 +183,7 @@ class EioSession:
     def __init__(self, owner: Owner, sid: str, limit: int, token: str | None) -> None:
         self.owner = owner
         self.sid = sid
-        self.ws: ServerConnection | None = None  # set once on WebSocket
+        self.ws: WebSocket | None = None  # set once on WebSocket
         self.queue: list[bytes] = []  # Engine.IO packets for the next poll
         self.queued = 0  # their bytes
         self.poll: asyncio.Future[None] | None = None  # a GET waiting for packets
@@ -278,7 +278,7 @@ class SioConn(Conn):
     ) -> None:
         # ``ws`` is the session's WebSocket once there is one (Conn's writer then applies).
         super().__init__(
-            cast(ServerConnection, eio.ws),
+            cast(WebSocket, eio.ws),
             principal,
             exp,
             session_id,
