@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -302,3 +303,23 @@ def test_plain_accept_takes_the_common_heads() -> None:
         )
         is None
     )
+
+
+def test_header_lines_parse_as_websockets_does() -> None:
+    """parse_head's one regex per header line against websockets' grammar (partition at the
+    first colon, token name, value stripped of blanks, VCHAR/SP/HTAB/obs-text), on random
+    lines of the bytes that matter and on long runs of blanks."""
+    rng = random.Random(16)
+    alphabet = b"aZ:- \t\x01\x7f\x80\xff\r;=,"
+    lines = [bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(20_000)]
+    lines += [b"X: " + b" " * 3000 + b"b", b"X:" + b" \t" * 2000, b"X: a" + b" " * 3000]
+    for line in lines:
+        request = wsopen.parse_head(b"GET /ws HTTP/1.1\r\n" + line)
+        theirs = websockets_parse(b"GET /ws HTTP/1.1\r\n" + line)
+        if not line or b"\r" in line or b"\n" in line:
+            continue  # not one header line
+        if request is None:
+            assert theirs is None, line
+        else:
+            assert theirs is not None, line
+            assert list(request.headers.raw_items()) == list(theirs.headers.raw_items()), line

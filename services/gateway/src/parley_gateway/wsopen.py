@@ -74,8 +74,13 @@ class WsRoute:
 
 
 # websockets.http11's grammar (RFC 9110 token; field value: VCHAR, SP, HTAB, obs-text).
-_TOKEN = re.compile(rb"[-!#$%&\'*+.^_`|~0-9a-zA-Z]+")
-_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
+# A header line: a token, a colon, a value with its surrounding spaces and tabs stripped
+# (websockets.http11's grammar: RFC 9110 token; field value: VCHAR, SP, HTAB, obs-text).
+# The value is runs of visible bytes separated by runs of blanks: no backtracking blow-up.
+_FIELD = re.compile(
+    rb"([-!#$%&\'*+.^_`|~0-9a-zA-Z]+):[ \t]*"
+    rb"((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*"
+)
 
 
 class ParsedRequest(Request):
@@ -96,17 +101,24 @@ def parse_head(head: bytes) -> ParsedRequest | None:
     raw_path, _, protocol = rest.partition(b" ")
     if method != b"GET" or protocol != b"HTTP/1.1" or not raw_path.isascii():
         return None
-    headers = Headers()
+    # websockets' Headers filled as set_insecure does (test_wsopen compares the result with
+    # websockets' own parse): Headers() would run MutableMapping.update for nothing.
+    headers = Headers.__new__(Headers)
+    by_name: dict[str, list[str]] = {}
+    items: list[tuple[str, str]] = []
+    headers._dict = by_name
+    headers._list = items
+    field = _FIELD.fullmatch
     for line in lines[1:]:
         if len(line) + 2 > MAX_LINE_LENGTH:
             return None
-        raw_name, colon, raw_value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(raw_name):
+        match = field(line)
+        if match is None:
             return None
-        raw_value = raw_value.strip(b" \t")
-        if not _VALUE.fullmatch(raw_value):
-            return None
-        headers.set_insecure(raw_name.decode("ascii"), raw_value.decode("iso-8859-1"))
+        name = match[1].decode("ascii")
+        value = match[2].decode("iso-8859-1")
+        by_name.setdefault(name.lower(), []).append(value)
+        items.append((name, value))
     if "Transfer-Encoding" in headers or "Content-Length" in headers:
         return None  # websockets refuses a body (or accepts "0"): let it answer
     return ParsedRequest(raw_path.decode("ascii"), headers, "GET", "HTTP/1.1")
