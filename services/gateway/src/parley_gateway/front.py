@@ -3,13 +3,13 @@
 Each accepted connection starts with a small sniffing protocol (:class:`_Sniffer`) that only
 buffers the first request head (bounded: ``max_head_bytes``, ``head_timeout`` seconds). Then:
 
-- a ``GET`` with ``Upgrade: websocket`` to a registered path (:class:`WsRoute`) is handed
-  to websockets' own ``ServerConnection`` (the same objects
-  ``websockets.asyncio.server.serve`` creates, under websockets' ``Server``): frames,
-  ``process_request``, ``slim.py`` are websockets' and an idle connection costs what it did.
-  A well-formed head is not parsed again: the front opens the connection from the parsed
-  request and sends the 101 with the handler's first frames (``wsopen.py``); any other head
-  is fed to websockets, which parses it and answers its errors;
+- a ``GET`` with ``Upgrade: websocket`` to a registered path (:class:`WsRoute`): a
+  well-formed head with the plain upgrade headers nearly every client sends gets a
+  :class:`~parley_gateway.wsconn.LeanConnection` (RFC 6455 done by one small object, opened
+  from the parsed request, the 101 written with the handler's first frames: ``wsopen.py``);
+  another well-formed head gets websockets' own ``ServerConnection`` opened from the parsed
+  request; any other head is fed to websockets, which parses it and answers its errors. Both
+  kinds live under websockets' ``Server`` (its sets of connections and handler tasks);
 - anything else goes to uvicorn's h11 protocol (:mod:`parley_gateway.front_http`) running
   the ASGI app: keep-alive, pipelining, every method, streamed request bodies, HEAD.
 

@@ -19,6 +19,12 @@ its own. For the common case (a well-formed upgrade head) the front does instead
   writes them together in one socket write.
 
 Anything else (a rejection, a failing check) goes through websockets' own code.
+
+A head that also passes :func:`plain_key` (one ``Connection: upgrade``, ``Upgrade:
+websocket``, a canonical key, version 13, at most one Origin, no subprotocol) is not given
+to websockets at all: :func:`open_lean` runs the same steps (``process_request``, its
+answers, 500 if it fails, 503 once the server closes, the 101 with the first frames) for a
+:class:`~parley_gateway.wsconn.LeanConnection`.
 """
 
 from __future__ import annotations
