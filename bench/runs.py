@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import subprocess
 import time
@@ -109,6 +110,27 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
     dur = args.duration or (3.0 if q else 10.0)
     drain = 1.5 if q else 2.0
     log_dir = RAW / "loadgen"
+    # fanout's, selfcheck's and scaleout's runs: typing:start in 10 conversations of 20.
+    fanout_run = functools.partial(
+        scenarios.fanout,
+        n_convs=10,
+        members=20,
+        duration=dur,
+        drain=drain,
+        threads=args.threads,
+        log_dir=log_dir,
+    )
+    # groupcommit's and persisted's runs: message:send to 100 conversations of 3 members.
+    persisted_run = functools.partial(
+        scenarios.persisted,
+        gateways=[0, 1],
+        n_convs=100,
+        members=3,
+        duration=dur,
+        drain=max(drain, 6.0),
+        threads=args.threads,
+        log_dir=log_dir,
+    )
     if name == "idle":
         stages = args.idle_stages or ([200, 500] if q else [10_000, 19_800])
         with system_for(args, name, gateways=1) as system:
@@ -162,16 +184,10 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 pyinst = PROFILES / f"pyinstrument-{name}-gateway-1.txt"
                 run_under_pyinstrument(system, 0, pyinst)
             profile_rates = args.profile_rates or ([2000.0, rates[-1]] if args.profile else [])
-            result = scenarios.fanout(
+            result = fanout_run(
                 system,
                 gateways=[0] if name == "selfcheck" else [0, 1],
                 rates=rates,
-                n_convs=10,
-                members=20,
-                duration=dur,
-                drain=drain,
-                threads=args.threads,
-                log_dir=log_dir,
                 label=name,
                 repeat=args.repeat or (1 if q or name == "selfcheck" else 3),
                 profile_rates=profile_rates,
@@ -187,18 +203,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
         runs = []
         for label, env in (("default", {}), ("max_batch_1", {GROUP_COMMIT_ENV: "1"})):
             with system_for(args, f"{name}-{label}", gateways=2, conv_env=env) as system:
-                run = scenarios.persisted(
-                    system,
-                    gateways=[0, 1],
-                    rates=rates,
-                    n_convs=100,
-                    members=3,
-                    duration=dur,
-                    drain=max(drain, 6.0),
-                    threads=args.threads,
-                    log_dir=log_dir,
-                    label=f"gc-{label}",
-                )
+                run = persisted_run(system, rates=rates, label=f"gc-{label}")
                 run["groupCommit"] = label
                 runs.append(run)
         return {"runs": runs}
@@ -219,16 +224,9 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 logger.info("persisted: %d conversation replica(s)", k)
                 system.wait_partitions_settled()
                 runs.append(
-                    scenarios.persisted(
+                    persisted_run(
                         system,
-                        gateways=[0, 1],
                         rates=rates,
-                        n_convs=100,
-                        members=3,
-                        duration=dur,
-                        drain=max(drain, 6.0),
-                        threads=args.threads,
-                        log_dir=log_dir,
                         label=f"persisted-r{k}",
                         profile_rates=persist_profile,
                         profile_dir=PROFILES if persist_profile else None,
@@ -248,18 +246,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 logger.info("scaleout: %d gateway(s)", g)
                 runs.append(
-                    scenarios.fanout(
-                        system,
-                        gateways=list(range(g)),
-                        rates=rates,
-                        n_convs=10,
-                        members=20,
-                        duration=dur,
-                        drain=drain,
-                        threads=args.threads,
-                        log_dir=log_dir,
-                        label=f"scaleout-g{g}",
-                    )
+                    fanout_run(system, gateways=list(range(g)), rates=rates, label=f"scaleout-g{g}")
                 )
         return {"runs": runs}
     raise ValueError(name)
