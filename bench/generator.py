@@ -147,7 +147,7 @@ class GeneratorPool:
         self, concurrency: int = 100, timeout_ms: int = 60_000, *, raw: bool = False
     ) -> dict[str, Any]:
         """Connect every client not yet open; ``raw``: the handshake on a bare TCP socket
-        (loadgen.mjs ``rawConnectOne``), not the ws client (connects scenario)."""
+        (loadgen ``raw.mjs`` ``rawConnectOne``), not the ws client (connects scenario)."""
         cmd = {"op": "connect", "concurrency": concurrency, "timeoutMs": timeout_ms, "raw": raw}
         parts = self._all([cmd] * len(self.procs))
         return _merge(parts)
@@ -163,7 +163,7 @@ class GeneratorPool:
     ) -> dict[str, Any]:
         """Every client resumes its session at ``urls[i]`` at once; latency from ``kill_time``
         (``time.monotonic()``: CLOCK_MONOTONIC, the generator's clock too). ``raw``: on a bare
-        socket (loadgen.mjs rawResumeOne), else through the Node ws client."""
+        socket (loadgen raw.mjs rawResumeOne), else through the Node ws client."""
         per: list[list[dict[str, Any]]] = [[] for _ in self.procs]
         for idx, url in enumerate(urls):
             p, local = self._locate(idx)
