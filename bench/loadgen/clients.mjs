@@ -5,6 +5,26 @@ import WebSocket from "ws";
 
 import { nowMs } from "./stats.mjs";
 
+// A ws client's socket to `url` for `client` (its token, the worker's deflate setting): a
+// refusal, an error or a close ends the attempt (`finish`); every close code is counted.
+function openWs(ctx, client, url, timeoutMs, finish) {
+  const ws = new WebSocket(url, {
+    headers: { Authorization: `Bearer ${client.token}` },
+    perMessageDeflate: ctx.deflate,
+    skipUTF8Validation: true, // the generator's own CPU: the frames are parsed anyway
+    handshakeTimeout: timeoutMs,
+  });
+  client.ws = ws;
+  ws.on("unexpected-response", (_req, res) => finish(false, `http ${res.statusCode}`));
+  ws.on("error", (err) => finish(false, err.code || String(err.message).slice(0, 80)));
+  ws.on("close", (code) => {
+    client.open = false;
+    ctx.closeCodes[code] = (ctx.closeCodes[code] || 0) + 1;
+    finish(false, `closed ${code}`);
+  });
+  return ws;
+}
+
 export function connectOne(ctx, client, timeoutMs) {
   return new Promise((resolve) => {
     const t0 = nowMs();
@@ -21,20 +41,7 @@ export function connectOne(ctx, client, timeoutMs) {
         client.ws?.terminate();
       } catch {}
     }, timeoutMs);
-    const ws = new WebSocket(client.url, {
-      headers: { Authorization: `Bearer ${client.token}` },
-      perMessageDeflate: ctx.deflate,
-      skipUTF8Validation: true, // the generator's own CPU: the frames are parsed anyway
-      handshakeTimeout: timeoutMs,
-    });
-    client.ws = ws;
-    ws.on("unexpected-response", (_req, res) => finish(false, `http ${res.statusCode}`));
-    ws.on("error", (err) => finish(false, err.code || String(err.message).slice(0, 80)));
-    ws.on("close", (code) => {
-      client.open = false;
-      ctx.closeCodes[code] = (ctx.closeCodes[code] || 0) + 1;
-      finish(false, `closed ${code}`);
-    });
+    const ws = openWs(ctx, client, client.url, timeoutMs, finish);
     ws.on("message", (data, isBinary) => {
       if (!done) {
         let text = data.toString();
@@ -104,21 +111,8 @@ export function resumeOne(ctx, client, url, killMs, timeoutMs) {
       resolve({ ok, error, ms: nowMs() - killMs, helloMs });
     };
     const timer = setTimeout(() => finish(false, "timeout"), timeoutMs);
-    const ws = new WebSocket(resumeUrl(client, url), {
-      headers: { Authorization: `Bearer ${client.token}` },
-      perMessageDeflate: ctx.deflate,
-      skipUTF8Validation: true,
-      handshakeTimeout: timeoutMs,
-    });
-    client.ws = ws;
+    const ws = openWs(ctx, client, resumeUrl(client, url), timeoutMs, finish);
     client.url = url;
-    ws.on("unexpected-response", (_req, res) => finish(false, `http ${res.statusCode}`));
-    ws.on("error", (err) => finish(false, err.code || String(err.message).slice(0, 80)));
-    ws.on("close", (code) => {
-      client.open = false;
-      ctx.closeCodes[code] = (ctx.closeCodes[code] || 0) + 1;
-      finish(false, `closed ${code}`);
-    });
     ws.on("message", (data, isBinary) => {
       if (isBinary) return;
       const raw = data.toString();
