@@ -45,7 +45,7 @@ from websockets.server import ServerProtocol
 
 from parley_contract import envelopes, jsonutil
 from parley_contract.errors import ErrorCode
-from parley_gateway import wsopen
+from parley_gateway import openclock, wsopen
 from parley_gateway.front_http import ASGIApp, HttpProtocol, Refused, edge, linger, raw_response
 from parley_gateway.wsconn import WebSocket
 from parley_gateway.wsopen import WsRoute
@@ -265,7 +265,8 @@ class Front:
         server = self.ws_server
         assert server is not None
         try:
-            async with asyncio.timeout(self.open_timeout):
+            async with asyncio.timeout(self.open_timeout) as timer:
+                openclock.OPEN_CLOCK.set(openclock.TimeoutClock(timer))  # pausable (resumes)
                 if type(connection.request) is wsopen.ParsedRequest:
                     await wsopen.handshake(
                         connection,
@@ -278,6 +279,7 @@ class Front:
                     await connection.handshake(
                         self._process_request, None, server_header=self.server_header
                     )
+            openclock.OPEN_CLOCK.set(None)
             route = self._route(connection.request) if connection.request else None
             if connection.protocol.state is not State.OPEN or route is None:
                 connection.transport.abort()

@@ -23,6 +23,7 @@ from parley_contract import jsonutil, subjects
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.internal import Principal
 from parley_contract.timeutil import now_iso
+from parley_gateway import openclock
 from parley_gateway.bus import Bus
 from parley_gateway.conn import CLOSE_POLICY, Conn
 from parley_gateway.metrics import Metrics
@@ -44,6 +45,10 @@ LOAD_CONCURRENCY = 64
 # After a read that found the bucket unavailable, the reads waiting for a slot within this
 # long fail at once (503) instead of each waiting out its own budget behind the others.
 UNAVAILABLE_HOLD_SECONDS = 1.0
+# The longest a resume waits for a session-read slot (503 ``sessions-busy`` then: resume
+# again). The handshake's open timer is paused meanwhile (openclock.py): the wait is the
+# server's, not the client's, and in a storm under load it took longer than that timer.
+QUEUE_SECONDS = 30.0
 SAVE_SECONDS = 1.5  # an acknowledged session write (at a disconnect, the TTL refresh)
 
 
@@ -60,6 +65,17 @@ class SessionsUnavailable(ParleyError):
             "sessions cannot be read right now: resume again in a few seconds, "
             "or resume with since",
             {"reason": "sessions-unavailable"},
+        )
+
+
+class SessionsBusy(ParleyError):
+    """A resume waited ``QUEUE_SECONDS`` for a session-read slot: the instance is swamped."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "too many sessions are being resumed here right now: resume again in a few seconds",
+            {"reason": "sessions-busy"},
         )
 
 
@@ -131,10 +147,20 @@ class Sessions(Bus):
     async def _read_session(self, session_id: str) -> bytes | None:
         if self.kv_sessions is None:
             raise SessionsUnavailable()
-        async with self._loads:
+        if self._loads.locked():  # no free slot: wait, bounded by QUEUE_SECONDS only
+            try:
+                async with openclock.paused(), asyncio.timeout(QUEUE_SECONDS):
+                    await self._loads.acquire()
+            except TimeoutError:
+                raise SessionsBusy() from None
+        else:
+            await self._loads.acquire()  # at once
+        try:
             if time.monotonic() - self._unavailable_at < UNAVAILABLE_HOLD_SECONDS:
                 raise SessionsUnavailable()
             return await self._read_session_now(session_id)
+        finally:
+            self._loads.release()
 
     async def _read_session_now(self, session_id: str) -> bytes | None:
         assert self.kv_sessions is not None

@@ -46,6 +46,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.utils import accept_key
 
+from parley_gateway import openclock
 from parley_gateway.slim import done_future
 from parley_gateway.wsconn import LeanConnection, WebSocket, as_any
 
@@ -351,7 +352,7 @@ async def open_lean(
     iteration; then the handler, and the closing handshake when it returns (1000, or 1011
     if it failed)."""
     transport = conn.transport
-    timer = conn.loop.call_later(front.open_timeout, transport.abort)
+    timer = openclock.start(conn.loop, front.open_timeout, transport.abort)  # pausable
     try:
         response: Response | None = None
         if route.process_request is not None:
