@@ -95,10 +95,14 @@ class Fanout(Sessions):
             conv.refs += 1
             try:
                 assert self.nc is not None
+                # No flush (PING/PONG) after the SUB: the client sends its commands in order
+                # and the server applies them in order, so the SUB is in place before any
+                # request made after it (the turn's read, the join) reaches the server.
+                # (nats-py's flush even wrote its PING ahead of the SUB still pending; in
+                # a storm it cost a socket write per conversation, 6 % of a gateway.)
                 conv.sub = await subscribe_direct(
                     self.nc, subjects.conversation_feed(cid), self._conv_handler(conv)
                 )
-                await self.nc.flush()
                 await conv.turn.load(self.kv_turns, cid)  # after subscribing: no gap
             except BaseException as exc:
                 conv.refs -= 1
