@@ -263,3 +263,33 @@ def test_shared_reads_do_not_outlive_their_time() -> None:
     now[0] += 2
     shared.put("h", rejoin_module._Shared(1, None, 0, now[0]))
     assert len(shared) == 1 and shared.get("h", 1) is not None  # the storm's entries went
+
+
+async def test_in_a_storm_batches_a_little_apart_share_one_group(
+    service: ConversationService, request_: Request, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With groups of STORM_CONVERSATIONS conversations under way, a group waits
+    GROUP_WINDOW_SECONDS before its reads: the other gateways' batches of the conversation
+    arriving meanwhile share it (one set of reads), each with its own principals' answers."""
+    monkeypatch.setattr(rejoin_module, "STORM_CONVERSATIONS", 1)  # any group is a storm
+    monkeypatch.setattr(rejoin_module, "GROUP_WINDOW_SECONDS", 2.0)
+    groups: list[list[str]] = []
+    real = rejoin_module._answer
+
+    async def answer(svc: ConversationService, cid: str, principals: list[Any]) -> Any:
+        groups.append([p.id for p in principals])
+        return await real(svc, cid, principals)
+
+    monkeypatch.setattr(rejoin_module, "_answer", answer)
+    cid, _ = await _room(request_)
+    first = asyncio.create_task(rejoin(nc, cid, [ALICE]))
+    while not in_flight(service):  # noqa: ASYNC110 (received, in its window)
+        await asyncio.sleep(0.01)
+    second = asyncio.create_task(rejoin(nc, cid, [BOB, CAROL]))
+    a, bc = await first, await second
+    assert groups == [["u-alice", "u-bob", "u-carol"]]
+    assert [m["ok"] for m in a["data"]["members"]] == [True]
+    assert [m["ok"] for m in bc["data"]["members"]] == [True, False]
+    single = await request_(JOIN, {"conversationId": cid}, BOB)
+    assert bc["data"]["members"][0]["unreadCount"] == single["data"]["unreadCount"]
+    assert bc["data"]["lastSeq"] == a["data"]["lastSeq"] == single["data"]["lastSeq"]

@@ -48,6 +48,13 @@ if TYPE_CHECKING:
 # log ends at the same seq: :class:`SharedReads`), and for how many conversations.
 SHARED_SECONDS = 5.0
 SHARED_ENTRIES = 1_000
+# In a storm (groups of at least STORM_CONVERSATIONS conversations under way) a group waits
+# GROUP_WINDOW_SECONDS for the other gateways' batches of its conversation before reading:
+# each gateway sends one batch per conversation for the members it got in its own window
+# (parley_gateway.rejoins), and each group costs the same two store round trips whatever
+# its size (docs/benchmarks.md "Reconnect storm").
+GROUP_WINDOW_SECONDS = 0.05
+STORM_CONVERSATIONS = 16
 
 
 def decode(body: bytes) -> RejoinRequest:
@@ -85,7 +92,10 @@ class Rejoins:
 
     async def _run(self, cid: str) -> None:
         try:
-            await asyncio.sleep(0)  # the requests already received join this group
+            # The requests already received join this group; in a storm, those of the
+            # next GROUP_WINDOW_SECONDS too.
+            storm = len(self._running) >= STORM_CONVERSATIONS
+            await asyncio.sleep(GROUP_WINDOW_SECONDS if storm else 0)
             while group := self._pending.pop(cid, None):
                 everyone = [p for principals, _ in group for p in principals]
                 try:

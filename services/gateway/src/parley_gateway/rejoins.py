@@ -28,6 +28,13 @@ from parley_runtime import requests
 logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 0.005  # the first rejoin of a conversation waits this long for company
+# In a storm (rejoins of at least STORM_CONVERSATIONS conversations under way here) it waits
+# STORM_WINDOW_SECONDS: a batch costs the conversation service and the store about the same
+# whatever its size (two store round trips), and a conversation's members resume a few
+# milliseconds apart, so a longer window sends fewer, fuller batches (docs/benchmarks.md
+# "Reconnect storm"); a resume's rejoin waits at most that much longer.
+STORM_WINDOW_SECONDS = 0.05
+STORM_CONVERSATIONS = 16
 # A batch that timed out is asked once more (a read: safe to repeat): it stands for every
 # member that resumed with it, and in a storm the service is slow rather than gone.
 ATTEMPTS = 2
@@ -62,7 +69,8 @@ class Rejoins:
 
     async def _run(self, cid: str) -> None:
         try:
-            await asyncio.sleep(WINDOW_SECONDS)
+            storm = len(self._tasks) >= STORM_CONVERSATIONS
+            await asyncio.sleep(STORM_WINDOW_SECONDS if storm else WINDOW_SECONDS)
             while batch := self._pending.pop(cid, None):
                 for i in range(0, len(batch), MAX_REJOIN_PRINCIPALS):
                     await self._send(cid, batch[i : i + MAX_REJOIN_PRINCIPALS])
