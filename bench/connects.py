@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,10 @@ def storm(
         os.kill(pid, signal.SIGKILL)
         res = pool.resume(targets, concurrency=concurrency, kill_time=t_kill, raw=client == "raw")
         cpu = {name: round(cpu_seconds(p) - cpu0[name], 2) for name, p in watched.items()}
+        batches = {
+            g: _rejoin_batches(system.gateways[i].http_url)
+            for i, g in ((1, "gateway-2"), (2, "gateway-3"))
+        }
         stats = pool.stats()
         for spy in spies:
             spy.wait()
@@ -169,6 +174,8 @@ def storm(
         "open": stats["open"],
         # CPU seconds each process spent from the kill until the last client was back.
         "cpuSeconds": cpu,
+        # Batched rejoin requests each surviving gateway sent, and the principals in them.
+        "rejoinBatches": batches,
     }
     if spies:
         out["profiles"] = {
@@ -184,6 +191,28 @@ def storm(
         cpu,
     )
     return out
+
+
+def _rejoin_batches(http_url: str) -> dict[str, float]:
+    """A gateway's batched rejoin requests so far: how many, and principals per request."""
+    try:
+        with urllib.request.urlopen(f"{http_url}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in (f"{_BATCH}_count", f"{_BATCH}_sum"):
+            values[name.rsplit("_", 1)[1]] = float(value)
+    count = values.get("count", 0.0)
+    return {
+        "requests": count,
+        "principalsPerRequest": round(values.get("sum", 0.0) / count, 2) if count else 0.0,
+    }
+
+
+_BATCH = "parley_gateway_rejoin_batch_principals"
 
 
 def _storm_processes(system: System) -> dict[str, int]:
