@@ -116,9 +116,11 @@ class Gateway:
 
 # The samples of a replica's /metrics a persisted step reports per replica (their deltas):
 # collisions, group-commit batches (count and summed size), requests by operation and
-# outcome, partition moves.
+# outcome, partition moves, the owner's authorization cache (hits: no store read).
 REPLICA_METRICS = (
     "parley_conversation_seq_collisions_total",
+    "parley_conversation_auth_cache_hits_total",
+    "parley_conversation_auth_cache_misses_total",
     "parley_conversation_batch_size_count",
     "parley_conversation_batch_size_sum",
     "parley_conversation_requests_total",
