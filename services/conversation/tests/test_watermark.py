@@ -207,6 +207,22 @@ async def test_more_undelivered_messages_than_memory_holds(
     assert [got[s] for s in seqs] == ["delivered"] * n
 
 
+async def test_a_report_past_the_end_of_the_log_delivers_no_later_message(
+    service: ConversationService, request_: Request, nc: Client
+) -> None:
+    """A seq past the log's end (a broken gateway's report) delivers what is there, not the
+    messages written after it."""
+    conv = await ok(request_, CREATE, {"participants": ["u-bob"]}, ALICE)
+    cid = conv["_id"]
+    await ok(request_, SEND, {"conversationId": cid, "content": "m0"}, ALICE)
+    await report(nc, cid, ("u-bob", 10**9))
+    await until(lambda: statuses(request_, cid), {"m0": "delivered"})
+    await ok(request_, SEND, {"conversationId": cid, "content": "m1"}, ALICE)
+    await service.receipts.flush()
+    assert await statuses(request_, cid) == {"m0": "delivered", "m1": "sent"}
+    assert mark_of(await service.store.totals.find_one({"_id": cid})).top < 10**9
+
+
 async def statuses_all(request_: Request, cid: str) -> dict[int, str]:
     """seq → status of every message, paged by afterSeq."""
     out: dict[int, str] = {}

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
 from parley_contract.events import PrincipalKind
@@ -72,8 +72,13 @@ class _Conv:
 
     def forget(self, seq: int) -> None:
         del self.waiting[seq]
-        lo, hi = self.unknown
-        self.unknown = (min(lo, seq - 1), max(hi, seq)) if hi > lo else (seq - 1, seq)
+        self.not_known(seq - 1, seq)
+
+    def not_known(self, lo: int, hi: int) -> None:
+        """Add (lo, hi] to the unknown range (one range: the known seqs between the two
+        are read again if need be, which changes nothing)."""
+        was_lo, was_hi = self.unknown
+        self.unknown = (min(lo, was_lo), max(hi, was_hi)) if was_hi > was_lo else (lo, hi)
 
 
 @dataclass
@@ -189,6 +194,9 @@ class Delivery:
         top = max(got.values())
         if top > state.floor:
             await self._read_above_floor(state, cid, top)
+        # No further than the log goes (a report is a gateway's, but a seq past the log's
+        # end would deliver messages not yet written).
+        got = {w: min(s, state.floor) for w, s in got.items()}
         ids: dict[str, int] = {}
         for (_kind, pid), seq in got.items():
             ids[pid] = max(ids.get(pid, 0), seq)
@@ -212,18 +220,27 @@ class Delivery:
             plan.moved[by] = got[by]
 
     async def _read_above_floor(self, state: _Conv, cid: str, top: int) -> None:
-        start = max(state.floor, top - LOOKBACK)
-        if start > state.floor:  # the entries skipped may be undelivered: unknown
-            lo, hi = state.unknown
-            state.unknown = (min(lo, state.floor), start) if hi > lo else (state.floor, start)
+        """The entries above the floor up to ``top`` (the newest ``LOOKBACK``: the ones
+        skipped below them are unknown); the floor moves to the last entry there is."""
         async with self._reads:
-            docs = await self.messages.find(
-                {"conversationId": cid, "seq": {"$gt": start, "$lte": top}}, _ENTRY
-            ).to_list()
-        for d in sorted(docs, key=lambda d: int(d["seq"])):
+            docs = (
+                await self.messages.find(
+                    {"conversationId": cid, "seq": {"$gt": state.floor, "$lte": top}}, _ENTRY
+                )
+                .sort("seq", DESCENDING)
+                .limit(LOOKBACK)
+                .to_list()
+            )
+        if not docs:
+            return
+        docs.reverse()
+        first = int(docs[0]["seq"])
+        if len(docs) >= LOOKBACK and first - 1 > state.floor:
+            state.not_known(state.floor, first - 1)
+        for d in docs:
             if "role" in d and d.get("messageStatus") == SENT:
                 state.wait(int(d["seq"]), d.get("createdBy"))
-        state.floor = max(state.floor, top)
+        state.floor = max(state.floor, int(docs[-1]["seq"]))
 
     async def _unknown_changed(self, plan: _Plan, got: dict[Who, int], old: Mark) -> None:
         """Whether the mark moving delivers a message of the unknown range (read back; rare:
