@@ -325,26 +325,29 @@ class Receipts:
         agents, self._agents = self._agents, {}
         for (cid, agent_id), seq in agents.items():
             self._received(cid, (PrincipalKind.AGENT, agent_id), seq)
-        await self._apply_deliveries()
+        # Reads and activity first: the deliveries wait for their marks to be written
+        # (with the next totals write), their events after it.
         reads, self._reads = self._reads, {}
-        delivered, self._delivered = self._delivered, {}
         activity, self._activity = self._activity, {}
-        for event, pending in (
-            (Event.CONVERSATION_READ, reads),
-            (Event.MESSAGE_DELIVERED, delivered),
-        ):
-            for cid, moved in pending.items():
-                data = {
-                    "conversationId": cid,
-                    "cursors": [_cursor(k, pid, seq) for (k, pid), seq in moved.items()],
-                }
-                frame = envelopes.event_frame(event, data, conversation_id=cid)
-                await self._publish(subjects.conversation_events(cid), jsonutil.dumps(frame))
+        await self._cursors_event(Event.CONVERSATION_READ, reads)
         for cid, (users, data) in activity.items():
             frame = envelopes.event_frame(Event.CONVERSATION_ACTIVITY, data, conversation_id=cid)
             payload = jsonutil.dumps(frame)
             for kind, pid in users:
                 await self._publish(subjects.principal_events(kind, pid), payload)
+        await self._apply_deliveries()
+        delivered, self._delivered = self._delivered, {}
+        await self._cursors_event(Event.MESSAGE_DELIVERED, delivered)
+
+    async def _cursors_event(self, event: Event, pending: dict[str, dict[Who, int]]) -> None:
+        """One event per conversation naming the cursors that moved."""
+        for cid, moved in pending.items():
+            data = {
+                "conversationId": cid,
+                "cursors": [_cursor(k, pid, seq) for (k, pid), seq in moved.items()],
+            }
+            frame = envelopes.event_frame(event, data, conversation_id=cid)
+            await self._publish(subjects.conversation_events(cid), jsonutil.dumps(frame))
 
     async def stop(self) -> None:
         if self._flusher is not None:

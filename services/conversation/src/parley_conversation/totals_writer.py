@@ -99,14 +99,14 @@ class TotalsWriter:
 
     async def write_marks(self, marks: Mapping[str, Mark]) -> bool:
         """Store these delivery watermarks (receipts, once per window) with the totals: in
-        the next write (the pause cut short), one update per conversation with its totals
-        if it has some. True once they are written, False if that write was given up."""
+        the next write, one update per conversation with its totals if it has some (the
+        pause between writes is kept: when busy, marks add no write of their own). True
+        once they are written, False if that write was given up."""
         if not marks:
             return True
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.append(done)
         self.add({cid: MessageTotals(delivered=m) for cid, m in marks.items()})
-        self._flush.set()
         return await asyncio.shield(done)
 
     async def _write(self) -> None:
