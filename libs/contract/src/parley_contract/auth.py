@@ -5,6 +5,7 @@ providers")."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import binascii
 import functools
 import time
@@ -124,6 +125,9 @@ def _hmac_key(secret: str | None) -> Any:
 
 
 _BASE64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_BASE64URL_INDEX = {c: i for i, c in enumerate(_BASE64URL_ALPHABET)}
+# Bits of the last character that encode nothing, by the segment's length modulo 4.
+_UNUSED_BITS = {2: 0x0F, 3: 0x03}
 
 
 class _JWS(PyJWS):
@@ -140,15 +144,17 @@ class _JWS(PyJWS):
             raise jwt.DecodeError(f"Invalid {name} padding")
         if padding and len(segment) % 4 != 0:
             raise jwt.DecodeError(f"Invalid {name} padding")
-        if len(stripped) % 4 == 1 or stripped.translate(None, _BASE64URL_ALPHABET):
+        rest = len(stripped) % 4
+        if rest == 1 or stripped.translate(None, _BASE64URL_ALPHABET):
+            raise jwt.DecodeError(f"Invalid {name} padding")
+        # PyJWT encodes the decoded bytes again and compares: the same as the last
+        # character's unused low bits being zero (the canonical encoding).
+        if rest and _BASE64URL_INDEX[stripped[-1]] & _UNUSED_BITS[rest]:
             raise jwt.DecodeError(f"Invalid {name} padding")
         try:
-            decoded = jwt.utils.base64url_decode(stripped)
-        except (TypeError, binascii.Error) as err:
+            return base64.urlsafe_b64decode(stripped + b"=" * (-rest % 4))
+        except (TypeError, binascii.Error) as err:  # pragma: no cover - checked above
             raise jwt.DecodeError(f"Invalid {name} padding") from err
-        if jwt.utils.base64url_encode(decoded) != stripped:
-            raise jwt.DecodeError(f"Invalid {name} padding")
-        return decoded
 
 
 _jwt = jwt.PyJWT()
