@@ -82,7 +82,7 @@ class Pipeline:
 
 class Conn:
     __slots__ = (
-        "bucket",
+        "_bucket",
         "busy",
         "closing",
         "exp",
@@ -94,6 +94,7 @@ class Conn:
         "pipe",
         "principal",
         "queued",
+        "rate",
         "resumed",
         "session_id",
         "ws",
@@ -114,7 +115,8 @@ class Conn:
         self.principal = principal
         self.exp = exp
         self.session_id = session_id
-        self.bucket = TokenBucket(rate)
+        self.rate = rate
+        self._bucket: TokenBucket | None = None  # made at the first command (full, as at connect)
         # conversationId → last durable seq delivered to this connection.
         self.joined: dict[str, int] = {}
         self.ping_data: bytes | None = None  # the last heartbeat ping sent
@@ -129,6 +131,15 @@ class Conn:
 
     def __repr__(self) -> str:
         return f"Conn({self.principal.kind.value}:{self.principal.id}, {self.session_id})"
+
+    @property
+    def bucket(self) -> TokenBucket:
+        """The connection's command rate limit. A bucket starts full and refills to full while
+        nothing is taken, so one made at the first command is the one made at connect."""
+        bucket = self._bucket
+        if bucket is None:
+            bucket = self._bucket = TokenBucket(self.rate)
+        return bucket
 
     def opened(self) -> None:
         """Registered, before the hello: a transport may announce the connection here."""
