@@ -1,22 +1,21 @@
 """The chat page against the real running system, in headless Chromium (issue 5).
 
 Every test drives the page as a user would (sign in with a token, create, send, click) and
-compares what the page shows with what the system stored (HTTP history).
+compares what the page shows with what the system stored (HTTP history). Across gateways
+(a second browser, a gateway killed, failover): test_chat_gateways.py.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import websockets.sync.client
 
+from .chatpage import assert_same_as_stored, send_as, shown
 from .conftest import MESSAGES, Ui, fetch
 
 # Each test drives a real system in a browser; the module's first test also starts the stack.
@@ -42,37 +41,12 @@ def agent_texts(page: Any) -> int:
     )
 
 
-def shown(page: Any) -> list[dict[str, Any]]:
-    """The messages the page shows, by seq (a tool result is shown inside its call, so the
-    page's top-to-bottom order puts each result right after its call); unsent ones last."""
-    rows: list[dict[str, Any]] = page.eval_on_selector_all(
-        MESSAGES,
-        """els => els.map(e => ({id: e.dataset.messageId, type: e.dataset.messageType,
-                                 role: e.dataset.role, seq: Number(e.dataset.seq || 0)}))""",
-    )
-    return sorted(rows, key=lambda r: r["seq"] or float("inf"))
-
-
 def squeeze(types: list[str]) -> list[str]:
     out: list[str] = []
     for t in types:
         if not out or out[-1] != t:
             out.append(t)
     return out
-
-
-def assert_same_as_stored(system: System, page: Any, cid: str, sub: str = "user-1") -> None:
-    """The page shows exactly the stored history: nothing twice, nothing missing, in order."""
-    deadline = time.monotonic() + 10
-    while True:
-        stored = [m["_id"] for m in system.history(cid, sub)]
-        ids = [m["id"] for m in shown(page)]
-        assert len(ids) == len(set(ids)), f"a message is shown twice: {ids}"
-        if ids == stored:
-            return
-        if time.monotonic() > deadline:
-            assert ids == stored, "the page must show exactly the stored history"
-        time.sleep(0.2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,112 +262,12 @@ def test_streaming_text_grows_and_ends_equal_to_stored(
     shot(page, "streamed")
 
 
-def test_second_browser_on_other_gateway_sees_it_live(
-    system: System, browsers: Browsers, shot: Shot
-) -> None:
-    alice = browsers.new_page("user-1", gateway=0)
-    bob = browsers.new_page("user-2", gateway=1)
-    cid = create_conversation(alice, "Two gateways", invite="user-2")
-    # Bob's list updates live; he opens the conversation from it.
-    bob.click(f'[data-testid="conversation-item"][data-conversation-id="{cid}"]')
-    bob.wait_for_selector('[data-testid="conversation-title"]:has-text("Two gateways")')
-    # Presence: Alice sees Bob online.
-    alice.wait_for_selector('[data-testid="participant"][data-online="true"]:has-text("user-2")')
-    # Typing: Bob types, Alice sees it.
-    bob.fill('[data-testid="composer-input"]', "hmm")
-    alice.wait_for_selector('[data-testid="typing-indicator"]:has-text("user-2")')
-    shot(alice, "typing")
-    bob.fill('[data-testid="composer-input"]', "")
-    # Bob watches Alice's turn stream in, on the other gateway.
-    bob.evaluate(
-        """() => { window.__sawStream = false;
-          new MutationObserver(() => { if (document.querySelector('[data-testid=stream-text]')
-            ?.textContent) window.__sawStream = true; })
-          .observe(document.body, {subtree: true, childList: true, characterData: true}); }"""
-    )
-    send(alice, "search the news about agents")
-    bob.wait_for_selector('[data-testid="tool-call"]')
-    wait_turn_done(bob, 1)
-    wait_turn_done(alice, 1)
-    assert bob.evaluate("window.__sawStream") is True
-    assert_same_as_stored(system, alice, cid, "user-1")
-    assert_same_as_stored(system, bob, cid, "user-2")
-    assert alice.text_content('[data-testid="connection-state"]') != bob.text_content(
-        '[data-testid="connection-state"]'
-    ), "the two browsers must be on different gateway instances"
-    shot(alice, "gateway-1")
-    shot(bob, "gateway-2")
-
-
-def _send_as(system: System, sub: str, gateway: int, cid: str, texts: list[str]) -> None:
-    """Post messages from a plain WebSocket client (another user on another gateway)."""
-    url = system.stack.ws_url(gateway) + "?access_token=" + system.token(sub)
-    with websockets.sync.client.connect(url, open_timeout=10) as ws:
-        hello = json.loads(ws.recv(timeout=10))
-        assert hello["event"] == "connected"
-        batch = uuid.uuid4().hex[:8]
-        for i, text in enumerate(texts):
-            command = {
-                "event": "message:send",
-                "id": f"s{i}",
-                "data": {"conversationId": cid, "content": text, "clientMessageId": f"{batch}-{i}"},
-            }
-            # A well-behaved client: on RATE_LIMITED it waits and retries the same message
-            # (the clientMessageId makes the retry safe).
-            for _attempt in range(20):
-                ws.send(json.dumps(command))
-                while True:
-                    frame = json.loads(ws.recv(timeout=10))
-                    if frame.get("id") == f"s{i}":
-                        break
-                if frame["success"] or frame["error"]["code"] != "RATE_LIMITED":
-                    break
-                time.sleep(0.5)
-            assert frame["success"], frame
-
-
-def test_killing_the_pages_gateway_reconnects_and_loses_nothing(
-    system: System, browsers: Browsers, shot: Shot
-) -> None:
-    page = browsers.new_page("user-1", gateway=0)
-    cid = create_conversation(page, "Resume", agent="", invite="user-2")
-    send(page, "before the crash")
-    page.wait_for_selector(f'{MESSAGES}:has-text("before the crash")[data-seq]')
-    session = page.evaluate("window.parley.sessionId")
-
-    gateway = system.stack.gateways[0]
-    gateway.process.kill()
-    page.wait_for_selector('[data-testid="connection-state"][data-state="reconnecting"]')
-    page.wait_for_selector('[data-testid="offline-note"]')
-    shot(page, "reconnecting")
-    # While the page is cut off, someone else talks through the other gateway.
-    missed = [f"said while you were away {i}" for i in range(3)]
-    _send_as(system, "user-2", 1, cid, missed)
-    # And the page's user sends one too: it waits, then goes out once after the reconnect.
-    send(page, "sent while offline")
-    page.wait_for_selector(f'{MESSAGES}:has-text("sent while offline"):has-text("sending")')
-    shot(page, "sending-offline")
-
-    gateway.process.start()
-    system.stack.wait_ready(gateway)
-    page.wait_for_selector('[data-testid="connection-state"][data-state="open"]', timeout=30_000)
-    assert page.evaluate("window.parley.sessionId") == session, "must resume the same session"
-    assert int(page.get_attribute('[data-testid="connection-state"]', "data-reconnects")) >= 1
-    for text in missed:
-        page.wait_for_selector(f'{MESSAGES}:has-text("{text}")')
-    page.wait_for_selector(f'{MESSAGES}:has-text("sent while offline")[data-seq]')
-    send(page, "after the crash")
-    page.wait_for_selector(f'{MESSAGES}:has-text("after the crash")[data-seq]')
-    assert_same_as_stored(system, page, cid)
-    shot(page, "resumed")
-
-
 def test_history_pages_by_seq_when_scrolling_up(
     system: System, browsers: Browsers, shot: Shot
 ) -> None:
     page = browsers.new_page("user-1", gateway=0)
     cid = create_conversation(page, "Long history", agent="")
-    _send_as(system, "user-1", 1, cid, [f"line {i}" for i in range(80)])
+    send_as(system, "user-1", 1, cid, [f"line {i}" for i in range(80)])
     page.wait_for_selector(f'{MESSAGES}:has-text("line 79")')
     page.reload()
     page.wait_for_selector('[data-testid="connection-state"][data-state="open"]')
@@ -464,34 +338,3 @@ def test_accessible_with_axe_and_keyboard(system: System, browsers: Browsers, sh
     assert page.get_attribute('[data-testid="tool-result-toggle"]', "aria-expanded") == "true"
     assert _axe(page) == []
     shot(page, "keyboard")
-
-
-def test_page_fails_over_to_the_other_gateway_with_its_session(
-    system: System, browsers: Browsers, shot: Shot
-) -> None:
-    """With ?gateways=<other>, a page whose gateway dies resumes its session on the other one."""
-    other = system.url(1)
-    page = browsers.new_page("user-1", gateway=0, query=f"?gateways={other}")
-    cid = create_conversation(page, "Failover", agent="", invite="user-2")
-    send(page, "on gateway one")
-    page.wait_for_selector(f'{MESSAGES}:has-text("on gateway one")[data-seq]')
-    session = page.evaluate("window.parley.sessionId")
-    assert page.evaluate("window.parley.instanceId") == "gateway-1"
-
-    gateway = system.stack.gateways[0]
-    gateway.process.kill()
-    try:
-        _send_as(system, "user-2", 1, cid, ["while failing over"])
-        page.wait_for_function("() => window.parley.instanceId === 'gateway-2'")
-        page.wait_for_selector('[data-testid="connection-state"][data-state="open"]')
-        assert page.evaluate("window.parley.sessionId") == session
-        page.wait_for_selector(f'{MESSAGES}:has-text("while failing over")')
-        send(page, "now on gateway two")
-        page.wait_for_selector(f'{MESSAGES}:has-text("now on gateway two")[data-seq]')
-        ids = [m["id"] for m in shown(page)]
-        stored = [m["_id"] for m in system.history(cid, gateway=1)]
-        assert ids == stored
-        shot(page, "on-gateway-2")
-    finally:
-        gateway.process.start()
-        system.stack.wait_ready(gateway)

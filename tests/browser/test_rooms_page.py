@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
+from .chatpage import assert_same_as_stored
 from .conftest import MESSAGES
 from .test_chat_page import (
     Browsers,
     Shot,
     System,
-    assert_same_as_stored,
     create_conversation,
     send,
     wait_turn_done,
