@@ -5,26 +5,14 @@ stored history as in test_chat_page.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from .chatpage import assert_same_as_stored, send_as, shown
-from .conftest import MESSAGES, Ui
+from .conftest import MESSAGES
+from .test_chat_page import Browsers, Shot, System, create_conversation, send, wait_turn_done
 
 # Each test drives a real system in a browser; the module's first test also starts the stack.
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
-
-# Fixture types (defined in conftest.py): the running system, browsers, screenshots.
-System = Any
-Browsers = Any
-Shot = Callable[[Any, str], Path]
-
-create_conversation = Ui.create_conversation
-send = Ui.send
-wait_turn_done = Ui.wait_turn_done
 
 
 def test_second_browser_on_other_gateway_sees_it_live(
