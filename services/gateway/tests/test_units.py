@@ -124,7 +124,9 @@ def test_a_new_epoch_resets_the_order_and_delivers_the_reused_seq() -> None:
     assert seq.fill([(99, b"fetched")]).deliver == [(99, b"fetched")]
 
 
-def test_main_freezes_the_startup_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_main_freezes_the_startup_heap(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """``python -m parley_gateway`` moves what the imports built out of the collector's
     sight before serving (a full collection during a connect burst scans the connections
     only)."""
@@ -144,5 +146,18 @@ def test_main_freezes_the_startup_heap(monkeypatch: pytest.MonkeyPatch) -> None:
         gc.unfreeze()
         gc.set_threshold(*before)
     assert seen and seen[0][0] > 10_000
-    # ... and the collections made rarer (a reconnect storm's full collections, issue 16)
-    assert seen[0][1] == (entry.GC_GEN0, before[1], before[2]) and before[0] < entry.GC_GEN0
+    # ... and the collections made rarer (a reconnect storm's full collections, issue 16):
+    # the first generation's threshold is PARLEY_GATEWAY_GC_GEN0, 10,000 unless set
+    assert seen[0][1] == (10_000, before[1], before[2]) and before[0] < 10_000
+    monkeypatch.setenv("PARLEY_GATEWAY_GC_GEN0", "2500")
+    try:
+        entry.main()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert seen[1][1] == (2_500, before[1], before[2])
+    monkeypatch.setenv("PARLEY_GATEWAY_GC_GEN0", "0")  # 0 would turn the collector off
+    with pytest.raises(SystemExit):
+        entry.main()
+    assert "PARLEY_GATEWAY_GC_GEN0" in caplog.text
+    assert gc.isenabled() and gc.get_threshold() == before and len(seen) == 2

@@ -10,8 +10,6 @@ from parley_gateway.settings import Settings
 from parley_gateway.workers import supervise
 from parley_runtime.runner import load_settings, run
 
-GC_GEN0 = 10_000  # the collector's first-generation threshold (see main)
-
 
 def main() -> None:
     settings = load_settings(Settings)
@@ -24,14 +22,16 @@ def main() -> None:
     # (~40 ms each; a connect burst triggered one every few hundred connects).
     gc.collect()
     gc.freeze()
-    # Then the collections rarer: the first generation every GC_GEN0 net allocations, not
-    # Python's 700. A resume leaves ~100 long-lived objects; during a reconnect storm (5,000
-    # resumes per gateway) the full collections over all connections came again and again:
-    # 1.2-1.7 s of a gateway's 4.4 s in a 10,000-client storm, ~0.7 s with this (measured
-    # with gc.callbacks; docs/benchmarks.md "Reconnect storm"). A garbage cycle waits for at
-    # most GC_GEN0 allocations more before it is freed.
+    # Then the collections rarer: the first generation every PARLEY_GATEWAY_GC_GEN0 (10,000)
+    # net allocations, not Python's 700. A connect or a resume leaves ~100 long-lived objects;
+    # at 700 a burst of them is scanned again and again by full collections: in a
+    # 10,000-client reconnect storm 3.1-3.5 s of GC in each surviving gateway's ~5 s of CPU
+    # (8 full collections of ~250 ms), 1.1-1.5 s at 10,000 (none); in 3 x 5,000 connects
+    # 4.7 s of 13.8 s, 1.7 s of 9.9 s. Steady fan-out collects < once a second either way
+    # (<= 0.3 ms per second). Measured with gc.callbacks: docs/benchmarks.md "The gateway's
+    # collector".
     _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(GC_GEN0, gen1, gen2)
+    gc.set_threshold(settings.gc_gen0, gen1, gen2)
 
     async def serve(stop: asyncio.Event) -> None:
         await Gateway(settings).run(stop)

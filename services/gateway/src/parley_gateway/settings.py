@@ -132,6 +132,13 @@ class Settings(FileStoreSettings, ServiceSettings):  # store settings shared wit
     # ``worker``: set by the gateway itself in each worker (1..workers), 0 in the parent.
     workers: int = Field(default=1, ge=1, le=64, validation_alias=_env("PARLEY_GATEWAY_WORKERS"))
     worker: int = Field(default=0, ge=0, le=64, validation_alias=_env("PARLEY_GATEWAY_WORKER"))
+    # The collector's first-generation threshold (gc.set_threshold; CPython's default 700):
+    # larger spares a connect burst or a reconnect storm most of its collections of the
+    # connections (docs/benchmarks.md "The gateway's collector"); a young collection then
+    # scans up to this many objects at once and a garbage cycle waits that much longer.
+    gc_gen0: int = Field(
+        default=10_000, ge=100, le=1_000_000, validation_alias=_env("PARLEY_GATEWAY_GC_GEN0")
+    )
     # Idle HTTP keep-alive connections are closed after this many seconds (whole seconds).
     http_keepalive_seconds: float = Field(
         default=5.0, ge=1, validation_alias=_env("PARLEY_GATEWAY_HTTP_KEEPALIVE_SECONDS")
