@@ -47,7 +47,7 @@ from parley_contract import envelopes, jsonutil
 from parley_contract.errors import ErrorCode
 from parley_gateway import openclock, wsopen
 from parley_gateway.front_http import ASGIApp, HttpProtocol, Refused, edge, linger, raw_response
-from parley_gateway.wsconn import WebSocket
+from parley_gateway.wsconn import BoundedServerConnection, WebSocket
 from parley_gateway.wsopen import WsRoute
 
 __all__ = ["Front", "WsRoute", "json_response"]  # WsRoute: declared in wsopen.py
@@ -219,7 +219,7 @@ class Front:
         # What websockets' serve() builds per connection (compression off, no subprotocols).
         protocol = ServerProtocol(max_size=route.max_size)
         assert self.ws_server is not None
-        conn = ServerConnection(
+        conn = BoundedServerConnection(
             protocol,
             self.ws_server,
             ping_interval=route.ping_interval,
@@ -227,6 +227,7 @@ class Front:
             close_timeout=route.close_timeout,
             max_queue=route.max_queue,
         )
+        conn.send_limit = route.send_limit
         transport.set_protocol(conn)
         conn.connection_made(transport)  # starts _ws_lifecycle (websockets' Server.handler)
         conn.data_received(data)

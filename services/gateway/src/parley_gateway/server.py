@@ -85,9 +85,17 @@ class Gateway(Commands):
         self.app: ASGIApp = PolicyCORSMiddleware(with_socketio(self.sio, api), self.origins)
         # WebSocket endpoints by path; every other request goes to ``self.app`` (front.py).
         self.ws_routes: dict[str, WsRoute] = {
-            "/ws": WsRoute(self.handler, self.process_request, max_size=settings.max_frame_bytes),
+            "/ws": WsRoute(
+                self.handler,
+                self.process_request,
+                max_size=settings.max_frame_bytes,
+                send_limit=settings.send_queue_limit,
+            ),
             SIO_PATH: WsRoute(
-                self.sio.handler, self.sio_process_request, max_size=settings.max_frame_bytes
+                self.sio.handler,
+                self.sio_process_request,
+                max_size=settings.max_frame_bytes,
+                send_limit=settings.send_queue_limit,
             ),
         }
         self.front: Front | None = None

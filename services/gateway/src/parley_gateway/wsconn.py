@@ -70,6 +70,26 @@ CLOSED = State.CLOSED
 CONNECTING = State.CONNECTING
 
 
+# Bytes a client may leave unread before it is failed with 1013 (what the gateway queues for
+# it: events, and the pongs its pings ask for; the route's ``send_limit``).
+SEND_LIMIT = 1024 * 1024
+TOO_SLOW = "too slow: send queue full"
+
+
+class BoundedServerConnection(ServerConnection):
+    """websockets' connection (the upgrades the lean one does not take) with the same bound:
+    websockets answers every ping from ``data_received`` whether or not the client reads."""
+
+    send_limit = SEND_LIMIT
+
+    def data_received(self, data: bytes) -> None:
+        if self.protocol.state is OPEN and self.transport.get_write_buffer_size() > self.send_limit:
+            self.protocol.fail(CloseCode.TRY_AGAIN_LATER, TOO_SLOW)  # then input is discarded
+            # websockets waits for the client to end TCP, which a flooding client does not.
+            self.loop.call_later(self.close_timeout or 0, self.transport.abort)
+        super().data_received(data)
+
+
 class LeanConnection(IncomingFrames, asyncio.Protocol):
     """One WebSocket connection, server side, opened by the front (see the module doc)."""
 
@@ -82,8 +102,10 @@ class LeanConnection(IncomingFrames, asyncio.Protocol):
         max_size: int | None,
         max_queue: int | None,
         close_timeout: float,
+        send_limit: int = SEND_LIMIT,
     ) -> None:
         self.transport = transport
+        self.send_limit = send_limit
         self.loop = asyncio.get_running_loop()
         self.state = CONNECTING
         self.writes: list[bytes] = []
@@ -134,6 +156,11 @@ class LeanConnection(IncomingFrames, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._discard:
+            return
+        if self.state is OPEN and self.transport.get_write_buffer_size() > self.send_limit:
+            # The client asks (pings) but does not read the answers: its unread bytes would
+            # grow the gateway's memory for ever. Too slow, as Conn says for events.
+            self.fail(CloseCode.TRY_AGAIN_LATER, TOO_SLOW)
             return
         buf = self._buf
         buf += data

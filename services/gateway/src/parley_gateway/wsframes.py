@@ -67,6 +67,7 @@ class IncomingFrames:
         "parley_auth",
         "parley_sio",
         "pending_pings",
+        "send_limit",
         "state",
         "transport",
         "writes",
@@ -79,6 +80,7 @@ class IncomingFrames:
     pending_pings: dict[bytes, tuple[asyncio.Future[float], float]]
     max_size: int | None
     max_queue: int | None
+    send_limit: int
     close_timeout: float
     close_rcvd: Close | None
     close_sent: Close | None

@@ -48,7 +48,13 @@ from websockets.utils import accept_key
 
 from parley_gateway import openclock
 from parley_gateway.slim import done_future
-from parley_gateway.wsconn import LeanConnection, WebSocket, as_any
+from parley_gateway.wsconn import (
+    SEND_LIMIT,
+    BoundedServerConnection,
+    LeanConnection,
+    WebSocket,
+    as_any,
+)
 
 ProcessRequest = Callable[[WebSocket, Request], Awaitable[Response | None]]
 WsHandler = Callable[[WebSocket], Awaitable[None]]
@@ -78,6 +84,7 @@ class WsRoute:
     close_timeout: float = 5.0
     ping_interval: float | None = None
     ping_timeout: float | None = None
+    send_limit: int = SEND_LIMIT  # unread bytes before the client is failed with 1013
 
 
 # websockets.http11's grammar (RFC 9110 token; field value: VCHAR, SP, HTAB, obs-text).
@@ -162,6 +169,7 @@ def open_parsed(
             max_size=route.max_size,
             max_queue=route.max_queue,
             close_timeout=route.close_timeout,
+            send_limit=route.send_limit,
         )
         transport.set_protocol(lean)
         if len(data) > head_end + 4:  # frames before the 101: parsed once it is sent
@@ -171,7 +179,7 @@ def open_parsed(
         )
         server.handler_tasks.add(task)
         return True
-    conn = ServerConnection(
+    conn = BoundedServerConnection(
         new_protocol(route.max_size),
         server,
         ping_interval=route.ping_interval,
@@ -179,6 +187,7 @@ def open_parsed(
         close_timeout=route.close_timeout,
         max_queue=route.max_queue,
     )
+    conn.send_limit = route.send_limit
     conn.request = request
     conn.request_rcvd = done_future()
     transport.set_protocol(conn)
