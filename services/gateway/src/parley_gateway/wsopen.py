@@ -361,23 +361,16 @@ async def open_lean(
     iteration; then the handler, and the closing handshake when it returns (1000, or 1011
     if it failed)."""
     transport = conn.transport
-    timer = openclock.start(conn.loop, front.open_timeout, transport.abort)  # pausable
+    timer = openclock.TimerClock(conn.loop, front.open_timeout, transport.abort)
     try:
-        response: Response | None = None
-        if route.process_request is not None:
-            try:
-                response = await route.process_request(conn, request)
-            except Exception:
-                logger.error("process_request failed", exc_info=True)
-                response = ServerProtocol().reject(
-                    http.HTTPStatus.INTERNAL_SERVER_ERROR,
-                    "Failed to open a WebSocket connection.\n"
-                    "See server log for more information.\n",
-                )
-        if response is None and not server.is_serving():
-            response = ServerProtocol().reject(
-                http.HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n"
-            )
+        token = openclock.OPEN_CLOCK.set(timer)  # pausable (openclock.paused)
+        try:
+            response = await _answer(conn, request, route.process_request, server)
+        finally:
+            # Nothing of the handshake stays for the connection's life: the request (its
+            # headers, the token: ~3 KB) and the clock in this task's context.
+            openclock.OPEN_CLOCK.reset(token)
+            del request
         if conn.state is not State.CONNECTING:
             return  # lost meanwhile, or the open timed out
         if response is not None:
@@ -405,3 +398,28 @@ async def open_lean(
         task = asyncio.current_task()
         if task is not None:
             server.handler_tasks.discard(task)
+
+
+async def _answer(
+    conn: LeanConnection,
+    request: Request,
+    process_request: ProcessRequest | None,
+    server: Server,
+) -> Response | None:
+    """The handshake's answer, as websockets' ``handshake`` gives it: ``process_request``'s
+    response (500 if it fails), 503 once the server closes, or None: accept."""
+    response: Response | None = None
+    if process_request is not None:
+        try:
+            response = await process_request(conn, request)
+        except Exception:
+            logger.error("process_request failed", exc_info=True)
+            response = ServerProtocol().reject(
+                http.HTTPStatus.INTERNAL_SERVER_ERROR,
+                "Failed to open a WebSocket connection.\nSee server log for more information.\n",
+            )
+    if response is None and not server.is_serving():
+        response = ServerProtocol().reject(
+            http.HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n"
+        )
+    return response
