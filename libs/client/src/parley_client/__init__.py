@@ -10,7 +10,7 @@ async with ParleyClient(["http://127.0.0.1:8001", "http://127.0.0.1:8002"], toke
 """
 
 from parley_client.client import ParleyClient, new_client_message_id
-from parley_client.connection import since_param, ws_url
+from parley_client.dial import since_param, ws_url
 from parley_client.frames import Frame
 from parley_client.subscriptions import Recorder, Stream
 from parley_contract.errors import ErrorCode, ParleyError

@@ -18,20 +18,19 @@ What docs/protocol.md asks of a client, done once here:
   SERVICE_UNAVAILABLE and ``details.outcomeUnknown``.
 
 Connect, resume and commands share one state (the socket, the session id, the commands in
-flight) and change together on every drop and reconnect. Beside it: the frame types
-(frames.py), the subscriber streams (subscriptions.py), and the per-conversation order of
-durable events (ordering.py), which the resume reads its ``since`` from.
+flight) and change together on every drop and reconnect. Beside it: where and when to
+(re)connect (dial.py: the ``/ws`` URL, ``since``, the backoff), the frame types (frames.py),
+the subscriber streams (subscriptions.py), and the per-conversation order of durable events
+(ordering.py), which the resume reads its ``since`` from.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import json
 import logging
-import random
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
+from parley_client.dial import default_backoff, since_param, ws_url
 from parley_client.frames import Frame, error_of, parse
 from parley_client.ordering import Ordering
 from parley_client.subscriptions import Recorder, Stream
@@ -53,26 +53,6 @@ logger = logging.getLogger(__name__)
 
 CLOSE_TOKEN_EXPIRED = 4401
 _ids = itertools.count(1)
-
-
-def ws_url(base: str) -> str:
-    """``http(s)://host:port`` (or a ``ws(s)://`` URL) as the gateway's ``/ws`` URL."""
-    parts = urllib.parse.urlsplit(base)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    path = parts.path if parts.path.endswith("/ws") else parts.path.rstrip("/") + "/ws"
-    return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
-
-
-def since_param(last_seqs: dict[str, int]) -> str:
-    """The resume's ``since``: base64url, no padding, of ``{conversationId: lastSeq}``."""
-    raw = json.dumps(last_seqs, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def default_backoff(attempt: int) -> float:
-    """0.25 s, 0.5 s, 1 s, 2 s, 4 s, then 5 s; ±25 % jitter."""
-    base = min(5.0, 0.25 * 2.0**attempt)
-    return base * random.uniform(0.75, 1.25)
 
 
 @dataclass
