@@ -132,8 +132,8 @@ class Receipts:
 
     async def delivery_report(self, body: bytes) -> None:
         """A gateway's batch: merged with the others of this window (no store call here);
-        at the window's end the messages they cover that reached someone else turn
-        ``delivered``, every conversation in one write (parley_conversation.delivery). Per
+        at the window's end the conversations' delivery watermarks move, every conversation
+        in one write with the totals (parley_conversation.delivery). Per
         report it was a read and a write per conversation: at 400 messages/s into 100
         conversations that was a write per message, and the writes of the log queued
         behind them in the store (docs/benchmarks.md, "Conversation affinity")."""
@@ -169,9 +169,9 @@ class Receipts:
 
     def took(self, partition: int) -> None:
         """This replica took ``partition``: the reports it held for the partition's
-        conversations are applied in the next window. Reports are cumulative and marking is
-        idempotent, so applying what the old owner applied already changes nothing; what a
-        killed owner never applied, or what came while the partition had no owner, is marked
+        conversations are applied in the next window. Reports are cumulative and the watermark
+        only moves up, so applying what the old owner applied already changes nothing; what
+        a killed owner never applied, or what came while the partition had no owner, moves it
         now instead of waiting for the conversation's next report (a quiet conversation's
         last messages stayed `sent` without this)."""
         now = time.monotonic()
