@@ -10,13 +10,15 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from nats.aio.client import Client
+from pymongo.errors import AutoReconnect
 
 from parley_contract import jsonutil, subjects
 from parley_contract.events import Event
 from parley_contract.ids import new_id
 from parley_contract.partitions import PARTITIONS, partition_of
-from parley_conversation import delivery
+from parley_conversation import delivery, totals_writer
 from parley_conversation.domain.delivered import Mark, mark_of, status
 from parley_conversation.service import ConversationService
 
@@ -221,6 +223,41 @@ async def test_a_report_past_the_end_of_the_log_delivers_no_later_message(
     await service.receipts.flush()
     assert await statuses(request_, cid) == {"m0": "delivered", "m1": "sent"}
     assert mark_of(await service.store.totals.find_one({"_id": cid})).top < 10**9
+
+
+async def test_a_window_whose_write_is_given_up_is_applied_again(
+    service: ConversationService,
+    request_: Request,
+    nc: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store refuses the totals write (with its marks) until the writer gives up: no
+    ``message:delivered`` goes out for it, and the window's reports are applied again with
+    the next one, once the store is back: delivered, said once."""
+    conv = await ok(request_, CREATE, {"participants": ["u-bob"]}, ALICE)
+    cid = conv["_id"]
+    m = await ok(request_, SEND, {"conversationId": cid, "content": "m0"}, ALICE)
+    await service.sequencer.settle_totals()
+    events = Frames()
+    await nc.subscribe(subjects.conversation_events(cid), cb=events.cb)
+    add_totals = service.store.add_totals
+    refused = 0
+
+    async def down(totals: dict[str, Any]) -> None:
+        nonlocal refused
+        if refused < totals_writer.PROJECTION_ATTEMPTS:
+            refused += 1
+            raise AutoReconnect("the store is down")
+        await add_totals(totals)
+
+    monkeypatch.setattr(service.store, "add_totals", down)
+    await report(nc, cid, ("u-bob", m["seq"]))
+    frame = (await events.wait_for("message:delivered", seconds=20))[0]
+    assert refused == totals_writer.PROJECTION_ATTEMPTS
+    assert frame["data"]["cursors"] == [{"principalId": "u-bob", "kind": "user", "seq": m["seq"]}]
+    assert await statuses(request_, cid) == {"m0": "delivered"}
+    await asyncio.sleep(1.0)
+    assert len(events.events("message:delivered")) == 1
 
 
 async def statuses_all(request_: Request, cid: str) -> dict[int, str]:
