@@ -163,6 +163,10 @@ CASES: dict[str, list[bytes]] = {
     "text too big": [frame(1, b"x" * (MAX_SIZE + 1))],
     "text too big, header only": [frame(1, b"x" * 70_000)[:14]],
     "fragments too big": [frame(1, b"x" * 1000, fin=False), frame(0, b"x" * 100)],
+    "fragments too big after an empty one": [
+        frame(1, b"", fin=False),
+        frame(0, b"x" * (MAX_SIZE + 1)),
+    ],
     "continuation first": [frame(0, b"x")],
     "text inside fragments": [frame(1, b"a", fin=False), frame(1, b"b")],
     "close inside fragments": [frame(1, b"a", fin=False), frame(8, close_payload(1000))],

@@ -164,10 +164,11 @@ class IncomingFrames:
         max_size = self.max_size
         if max_size is None:
             return
-        current = self._frag_size if self._frag_op >= 0 else 0
+        fragmented = self._frag_op >= 0
+        current = self._frag_size if fragmented else 0
         if length > max_size - current:
             exc = PayloadTooBig(length, max_size - current)
-            if current:
+            if fragmented:  # "after reading 0 bytes" too, after an empty first fragment
                 exc.set_current_size(current)
             raise Failure(CloseCode.MESSAGE_TOO_BIG, str(exc))
 
