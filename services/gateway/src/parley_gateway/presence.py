@@ -28,6 +28,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
+from prometheus_client import Gauge
 
 from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.errors import ErrorCode, ParleyError
@@ -70,6 +71,9 @@ class Presence(Fanout):
         self._reap_after = 0.0  # time.monotonic(): no reaping before (instances bucket back)
         # Gateways spread over the NATS nodes (natsbalance.py).
         self.balancer = Balancer(self.instance_id)
+        # The connections gauge's child per kind, looked up once (labels() per connect costs
+        # more than the inc; made on first use: no series before its first connection).
+        self._connected: dict[PrincipalKind, Gauge] = {}
 
     async def register(self, conn: Conn) -> None:
         kind, pid = conn.principal.kind, conn.principal.id
@@ -86,10 +90,16 @@ class Presence(Fanout):
             self.command_soon(command)
         state.conns.add(conn)
         self.sessions[conn.session_id] = conn
-        self.metrics.connections.labels(conn.principal.kind.value).inc()
+        self._connected_gauge(conn.principal.kind).inc()
         # Not acknowledged: the client gets ``connected`` without waiting for JetStream, and
         # the presence refresh (every presenceTtl/3, acknowledged) repairs a lost write.
         await self._put_presence(conn.principal.kind, pid, len(state.conns), ack=False)
+
+    def _connected_gauge(self, kind: PrincipalKind) -> Gauge:
+        gauge = self._connected.get(kind)
+        if gauge is None:
+            gauge = self._connected[kind] = self.metrics.connections.labels(kind.value)
+        return gauge
 
     def _principal_handler(self, state: PrincipalState) -> Callable[[Msg], None]:
         def on_msg(msg: Msg) -> None:
@@ -110,7 +120,7 @@ class Presence(Fanout):
         if self.sessions.get(conn.session_id) is conn:
             del self.sessions[conn.session_id]
         self.dirty.discard(conn)
-        self.metrics.connections.labels(conn.principal.kind.value).dec()
+        self._connected_gauge(conn.principal.kind).dec()
         state = self.principals.get((kind, pid))
         if state is not None:
             state.conns.discard(conn)

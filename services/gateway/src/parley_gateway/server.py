@@ -10,6 +10,7 @@ import logging
 from typing import Any
 from urllib.parse import parse_qs
 
+from prometheus_client import Counter
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -74,6 +75,9 @@ class Gateway(Commands):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        # connections_total's children, looked up once (labels() per connect costs more than
+        # the inc; made on first use: no series before its first connection).
+        self._opened: dict[bool, Counter] = {}
         self.hub = Hub(settings, self.metrics)
         self.sio = SocketIO(self)
         self.jwt = settings.jwt_config()
@@ -238,7 +242,11 @@ class Gateway(Commands):
         """Register ``conn``, send its hello, rejoin the conversations of a resumed session."""
         hub = self.hub
         conn.resumed = restored is not None
-        self.metrics.connections_total.labels(str(conn.resumed).lower()).inc()
+        opened = self._opened.get(conn.resumed)
+        if opened is None:
+            label = str(conn.resumed).lower()
+            opened = self._opened[conn.resumed] = self.metrics.connections_total.labels(label)
+        opened.inc()
         if restored is not None:
             await hub.kick(conn.session_id)
         await hub.register(conn)
