@@ -47,7 +47,7 @@ from .test_wsconn import HEAD, MAX_SIZE, close_payload, lean_server, websockets_
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
-EXAMPLES = int(os.environ.get("PARLEY_WS_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("PARLEY_WS_FUZZ_EXAMPLES", "50"))
 RANDOM = os.environ.get("PARLEY_WS_FUZZ_SEED", "") == "random"
 STEP_WAIT = 1.0  # seconds for the answers a chunk asks for (they come in milliseconds)
 END_WAIT = 4.0  # seconds for the end of the connection (close_timeout is 1 s)
@@ -206,24 +206,45 @@ def messages(draw: st.DrawFn) -> list[tuple[bytes, str]]:
     return [(raw, OTHER if kind == DATA and not raw[0] & 0x80 else kind) for raw, kind in out]
 
 
+FLAWS = ["none", "opcode", "rsv", "unmasked", "huge", "control too long", "fragmented control"]
+
+
 @st.composite
 def raw_frames(draw: st.DrawFn) -> list[tuple[bytes, str]]:
-    """Any header: every opcode, fin, reserved bits, masking, length widths; a payload, or a
-    declared length beyond ``max_size`` with none."""
-    opcode = draw(st.sampled_from([0, 1, 2, 8, 9, 10]) | st.integers(0, 15))
-    fin = draw(st.booleans())
-    rsv = draw(st.sampled_from([0] * 12 + [0x10, 0x20, 0x40, 0x70]))
-    mask = draw(masks) if draw(st.integers(0, 7)) else None
-    huge = draw(st.integers(0, 7)) == 0
-    declared = None
-    if huge:
+    """A frame with one flaw (or none, or any header at all): a reserved opcode, reserved
+    bits, unmasked, a declared length beyond ``max_size`` (up to 2**64 - 1, no payload), a
+    control frame too long or fragmented; any length width (non-minimal ones too)."""
+    flaw = draw(st.sampled_from([*FLAWS, "any"]))
+    opcode = draw(st.sampled_from([0, 1, 2, 8, 9, 10]))
+    fin, rsv, declared = True, 0, None
+    mask: bytes | None = draw(masks)
+    if opcode < 8:
+        fin = draw(st.booleans())
+    if flaw == "opcode":
+        opcode = draw(st.sampled_from([3, 4, 5, 6, 7, 11, 12, 13, 14, 15]))
+    elif flaw == "rsv":
+        rsv = draw(st.sampled_from([0x10, 0x20, 0x40, 0x70]))
+    elif flaw == "unmasked":
+        mask = None
+    elif flaw in {"control too long", "fragmented control"}:
+        opcode = draw(st.sampled_from([8, 9, 10]))
+        fin = flaw == "control too long"
+    elif flaw == "any":
+        opcode, fin = draw(st.integers(0, 15)), draw(st.booleans())
+        rsv = draw(st.sampled_from([0, 0x10, 0x20, 0x40, 0x70]))
+        mask = draw(st.none() | masks)
+    if flaw == "huge":
         declared = draw(
             st.sampled_from([MAX_SIZE + 1, 0xFFFF, 0x10000, 2**63, 2**64 - 1])
             | st.integers(MAX_SIZE + 1, 2**64 - 1)
         )
         payload = b""
+    elif flaw == "control too long":
+        payload = b"c" * draw(st.integers(126, 130) | st.integers(126, MAX_SIZE))
+    elif opcode == 8:
+        payload = draw(close_payloads())
     else:
-        payload = draw(close_payloads() if opcode == 8 else payloads())
+        payload = draw(payloads())
     n = len(payload) if declared is None else declared
     widths = [w for w in (0, 7, 16, 64) if w in (0, 64) or n < (126 if w == 7 else 0x10000)]
     width = draw(st.sampled_from(widths))
@@ -445,7 +466,7 @@ def servers() -> Iterator[tuple[Loop, int, int]]:
 
 
 def test_random_streams_get_the_same_answers_as_websockets(
-    servers: tuple[Loop, int, int],
+    servers: tuple[Loop, int, int], caplog: pytest.LogCaptureFixture
 ) -> None:
     loop, lean_port, their_port = servers
     outcomes: Counter[int | str | None] = Counter()
@@ -497,6 +518,7 @@ def test_random_streams_get_the_same_answers_as_websockets(
         assert ours == theirs
         closes = [payload for op, payload in theirs["frames"] if op == 8]
         outcomes[int.from_bytes(closes[0][:2], "big") if closes else None] += 1
+        outcomes[closes[0][2:].decode()[:20] if closes else ""] += 1
         outcomes["answers"] += len(theirs["frames"]) - len(closes)
         outcomes["stalled"] += bool(theirs["stalls"])
         outcomes["special"] += early is not None
@@ -508,3 +530,6 @@ def test_random_streams_get_the_same_answers_as_websockets(
     assert not outcomes["stalled"], outcomes  # the model of the answers a write asks for
     # A client connected all along to the lean server still gets its echoes.
     loop.run(bystander.still_echoes())
+    # No exception in a protocol callback or a handler (asyncio and websockets log them).
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors[:3]]
