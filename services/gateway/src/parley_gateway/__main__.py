@@ -25,11 +25,10 @@ def main() -> None:
     # Then the collections rarer: the first generation every PARLEY_GATEWAY_GC_GEN0 (10,000)
     # net allocations, not Python's 700. A connect or a resume leaves ~100 long-lived objects;
     # at 700 a burst of them is scanned again and again by full collections: in a
-    # 10,000-client reconnect storm 3.1-3.5 s of GC in each surviving gateway's ~5 s of CPU
-    # (8 full collections of ~250 ms), 1.1-1.5 s at 10,000 (none); in 3 x 5,000 connects
-    # 4.7 s of 13.8 s, 1.7 s of 9.9 s. Steady fan-out collects < once a second either way
-    # (<= 0.3 ms per second). Measured with gc.callbacks: docs/benchmarks.md "The gateway's
-    # collector".
+    # 10,000-client reconnect storm 0.86-1.05 s of collector CPU in each surviving gateway's
+    # ~3.6 s (5-6 full collections), 0.37-0.54 s at 10,000 (none). Steady fan-out collects
+    # less than once a second either way (<= 1.3 ms per second). Measured with gc.callbacks:
+    # docs/benchmarks.md "The gateway's collector".
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(settings.gc_gen0, gen1, gen2)
 
