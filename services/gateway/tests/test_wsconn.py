@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import struct
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
@@ -22,6 +22,7 @@ from websockets.frames import Close, Frame, Opcode
 
 from parley_gateway.front import Front, WsRoute
 from parley_gateway.wsconn import LeanConnection, WebSocket
+from parley_gateway.wsframes import PONG_BUFFER_LIMIT
 
 MAX_SIZE = 1024
 HEAD = (
@@ -280,3 +281,54 @@ def test_close_frames_of_websockets_serializer_parse() -> None:
     ours = frame(1, b"abc")
     theirs = Frame(Opcode.TEXT, b"abc").serialize(mask=True, extensions=[])
     assert ours[:2] == theirs[:2] and len(ours) == len(theirs)
+
+
+class _FullTransport:
+    """A transport whose write buffer holds ``buffered`` bytes the client has not read."""
+
+    def __init__(self, buffered: int) -> None:
+        self.buffered = buffered
+        self.written: list[bytes] = []
+        self.eof = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def abort(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("buffered", [0, PONG_BUFFER_LIMIT + 1])
+async def test_pings_of_a_client_that_reads_nothing_close_1013(buffered: int) -> None:
+    """A pong is queued while the client reads; a client that pings and never reads would
+    grow the write buffer without bound: past PONG_BUFFER_LIMIT it is closed as too slow."""
+    transport = _FullTransport(buffered)
+    conn = LeanConnection(
+        cast(asyncio.Transport, transport), max_size=MAX_SIZE, max_queue=16, close_timeout=1.0
+    )
+    conn.accept(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    conn.data_received(frame(9, b"ping?"))
+    frames = server_frames(b"".join(transport.written).partition(b"\r\n\r\n")[2])
+    if buffered == 0:
+        assert frames == [(10, b"ping?")] and not transport.eof
+    else:
+        assert closing(frames) == (1013, "too slow: send queue full") and transport.eof
+        assert (10, b"ping?") not in frames
