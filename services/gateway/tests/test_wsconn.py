@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import pytest
@@ -81,7 +81,7 @@ async def echo(ws: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def lean_server() -> AsyncIterator[int]:
+async def lean_server(serve_ws: Callable[[Any], Awaitable[None]] = echo) -> AsyncIterator[int]:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("not an HTTP request")
 
@@ -89,7 +89,7 @@ async def lean_server() -> AsyncIterator[int]:
 
     async def handler(ws: WebSocket) -> None:
         opened.append(ws)
-        await echo(ws)
+        await serve_ws(ws)
 
     front = Front(
         app,
@@ -107,9 +107,11 @@ async def lean_server() -> AsyncIterator[int]:
 
 
 @contextlib.asynccontextmanager
-async def websockets_server() -> AsyncIterator[int]:
+async def websockets_server(
+    serve_ws: Callable[[Any], Awaitable[None]] = echo,
+) -> AsyncIterator[int]:
     async def handler(ws: ServerConnection) -> None:
-        await echo(ws)
+        await serve_ws(ws)
 
     async with serve(
         handler, "127.0.0.1", 0, max_size=MAX_SIZE, compression=None, close_timeout=1.0

@@ -12,12 +12,16 @@ The bytes are then cut into chunks at random offsets (inside the head, inside a 
 header or payload, frames before the 101), each chunk one TCP write.
 
 Both servers must give the same observable result: the 101, every frame sent back (echoes,
-pongs, the close frame with its code and reason), and the end of the connection within a
-bounded time (no hang). To make the comparison timing-free, the client waits after each
-chunk until the answers it can expect from the frames that chunk completed have come (or a
-close frame, or the end), so that both servers see the same reads: whether a message's echo
-is still sent depends on whether a close or a failure came in the same read.
-If the stream did not end the connection, the client sends a close frame (1000) at the end.
+pongs, the close frame with its code and reason), the end of the connection within a
+bounded time (no hang), and what the handler saw (the messages, then the end of the
+iteration or the ``ConnectionClosedOK``/``Error`` with its close frames). No error may be
+logged, and a client connected to the lean server all along still gets its echoes.
+
+To make the comparison timing-free, the client waits after each write until the answers
+the frames it completed ask for have come (or a close frame, or the end), so that both
+servers see the same reads: whether a message's echo is still sent depends on whether a
+close or a failure came in the same read. If the stream did not end the connection, it
+ends with a close frame (1000), a half-close, or a frame cut short and a half-close.
 
 ``make test`` runs a few dozen examples, derandomized (no database: it cannot flake). Run
 it longer locally, e.g. ``PARLEY_WS_FUZZ_EXAMPLES=5000 PARLEY_WS_FUZZ_SEED=random uv run
@@ -41,6 +45,8 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close
 
 from .test_wsconn import HEAD, MAX_SIZE, close_payload, lean_server, websockets_server
 
@@ -376,6 +382,7 @@ class Reader:
 async def run(port: int, wire: Wire, cuts: list[int]) -> dict[str, Any]:
     """The stream in writes cut at ``cuts``; after each, the answers its frames ask for."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    local_port = writer.get_extra_info("sockname")[1]
     got = Reader(reader)
     stalls: list[int] = []
     expected = 0
@@ -403,7 +410,12 @@ async def run(port: int, wire: Wire, cuts: list[int]) -> dict[str, Any]:
         ended = await got.until(END_WAIT)
     finally:
         writer.close()
+    try:  # the handler ends once the connection is closed
+        seen = await asyncio.wait_for(handled(local_port), END_WAIT)
+    finally:
+        HANDLED.pop(local_port, None)
     return {
+        "handler": seen,
         "status": got.status,
         "frames": got.frames,
         "early": got.early,
@@ -450,6 +462,36 @@ class Loop:
         self.loop.close()
 
 
+# What each server's handler saw, by the client's port.
+HANDLED: dict[int, asyncio.Future[list[object]]] = {}
+
+
+def handled(port: int) -> asyncio.Future[list[object]]:
+    if port not in HANDLED:
+        HANDLED[port] = asyncio.get_running_loop().create_future()
+    return HANDLED[port]
+
+
+def code_reason(close: Close | None) -> tuple[int, str] | None:
+    return None if close is None else (close.code, close.reason)
+
+
+async def recording_echo(ws: Any) -> None:
+    """The echo handler, which records what it got: the messages, then how the connection
+    ended as it saw it (the exception, the close frames received and sent)."""
+    seen: list[object] = []
+    try:
+        async for message in ws:
+            seen.append(message)
+            await ws.send(message)
+        seen.append("end of the messages")
+    except ConnectionClosed as exc:
+        ended = (code_reason(exc.rcvd), code_reason(exc.sent), exc.rcvd_then_sent)
+        seen.append((type(exc).__name__, *ended))
+    finally:
+        handled(ws.transport.get_extra_info("peername")[1]).set_result(seen)
+
+
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[Loop, int, int]]:
     loop = Loop()
@@ -457,8 +499,8 @@ def servers() -> Iterator[tuple[Loop, int, int]]:
 
     async def start() -> tuple[int, int]:
         return (
-            await stack.enter_async_context(lean_server()),
-            await stack.enter_async_context(websockets_server()),
+            await stack.enter_async_context(lean_server(recording_echo)),
+            await stack.enter_async_context(websockets_server(recording_echo)),
         )
 
     lean, theirs = loop.run(start())
