@@ -22,7 +22,7 @@ from websockets.frames import Close, Frame, Opcode
 
 from parley_gateway.front import Front, WsRoute
 from parley_gateway.wsconn import LeanConnection, WebSocket
-from parley_gateway.wsframes import PONG_BUFFER_LIMIT
+from parley_gateway.wsframes import SEND_LIMIT
 
 MAX_SIZE = 1024
 HEAD = (
@@ -318,10 +318,10 @@ class _FullTransport:
         pass
 
 
-@pytest.mark.parametrize("buffered", [0, PONG_BUFFER_LIMIT + 1])
+@pytest.mark.parametrize("buffered", [0, SEND_LIMIT + 1])
 async def test_pings_of_a_client_that_reads_nothing_close_1013(buffered: int) -> None:
     """A pong is queued while the client reads; a client that pings and never reads would
-    grow the write buffer without bound: past PONG_BUFFER_LIMIT it is closed as too slow."""
+    grow the write buffer without bound: past its send_limit it is closed as too slow."""
     transport = _FullTransport(buffered)
     conn = LeanConnection(
         cast(asyncio.Transport, transport), max_size=MAX_SIZE, max_queue=16, close_timeout=1.0

@@ -58,6 +58,8 @@ from parley_gateway.wsframes import (
     _OP_CLOSE,
     _OP_PING,
     _OP_TEXT,
+    SEND_LIMIT,
+    TOO_SLOW,
     IncomingFrames,
     server_frame,
 )
@@ -68,12 +70,6 @@ OPEN = State.OPEN
 CLOSING = State.CLOSING
 CLOSED = State.CLOSED
 CONNECTING = State.CONNECTING
-
-
-# Bytes a client may leave unread before it is failed with 1013 (what the gateway queues for
-# it: events, and the pongs its pings ask for; the route's ``send_limit``).
-SEND_LIMIT = 1024 * 1024
-TOO_SLOW = "too slow: send queue full"
 
 
 class BoundedServerConnection(ServerConnection):
@@ -156,11 +152,6 @@ class LeanConnection(IncomingFrames, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._discard:
-            return
-        if self.state is OPEN and self.transport.get_write_buffer_size() > self.send_limit:
-            # The client asks (pings) but does not read the answers: its unread bytes would
-            # grow the gateway's memory for ever. Too slow, as Conn says for events.
-            self.fail(CloseCode.TRY_AGAIN_LATER, TOO_SLOW)
             return
         buf = self._buf
         buf += data

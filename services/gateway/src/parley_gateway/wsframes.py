@@ -21,9 +21,10 @@ CLOSING = State.CLOSING
 
 _OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0, 1, 2, 8, 9, 10
 _OPCODES = frozenset((0, 1, 2, 8, 9, 10))
-# A ping is answered while less than this waits in the connection's write buffer; beyond it
-# the client is not reading (1013, as Conn closes a slow client).
-PONG_BUFFER_LIMIT = 1 << 20
+# Bytes a client may leave unread before it is failed with 1013, as Conn closes a slow client
+# (the route's ``send_limit``: the gateway's sendQueueBytes). A ping is answered only below it.
+SEND_LIMIT = 1 << 20
+TOO_SLOW = "too slow: send queue full"
 
 
 def server_frame(opcode: int, payload: bytes) -> bytes:
@@ -220,10 +221,10 @@ class IncomingFrames:
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == _OP_PING:
             if self.state is OPEN:
-                if self.transport.get_write_buffer_size() > PONG_BUFFER_LIMIT:
+                if self.transport.get_write_buffer_size() > self.send_limit:
                     # Pings from a client that reads nothing would grow the buffer without
                     # bound (websockets answers them all): closed as a slow client (Conn).
-                    raise Failure(CloseCode.TRY_AGAIN_LATER, "too slow: send queue full")
+                    raise Failure(CloseCode.TRY_AGAIN_LATER, TOO_SLOW)
                 self.writes.append(server_frame(_OP_PONG, payload))
         elif opcode == _OP_PONG:
             self._acknowledge(payload)

@@ -49,12 +49,12 @@ from websockets.utils import accept_key
 from parley_gateway import openclock
 from parley_gateway.slim import done_future
 from parley_gateway.wsconn import (
-    SEND_LIMIT,
     BoundedServerConnection,
     LeanConnection,
     WebSocket,
     as_any,
 )
+from parley_gateway.wsframes import SEND_LIMIT
 
 ProcessRequest = Callable[[WebSocket, Request], Awaitable[Response | None]]
 WsHandler = Callable[[WebSocket], Awaitable[None]]
