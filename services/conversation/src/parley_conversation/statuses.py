@@ -17,7 +17,15 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from parley_contract.events import Event
 from parley_contract.models import Message, MessageStatus
-from parley_conversation.domain.delivered import FIELDS, SENT, Mark, derive, mark_of
+from parley_conversation.domain.delivered import (
+    DELIVERED,
+    FIELDS,
+    SENT,
+    Mark,
+    derive,
+    mark_of,
+    status,
+)
 
 IN_CHUNK: Final = 50
 
@@ -47,15 +55,11 @@ async def messages(
     marks = await marks_of(totals, cids)
 
     def read(m: Message) -> Message:
-        mark = marks.get(m.conversation_id)
-        if (
-            mark is not None
-            and m.message_status is MessageStatus.SENT
-            and m.seq is not None
-            and mark.delivers(m.seq, m.created_by)
-        ):
-            return m.model_copy(update={"message_status": MessageStatus.DELIVERED})
-        return m
+        if m.message_status is not MessageStatus.SENT:
+            return m
+        if status(SENT, m.seq, m.created_by, marks[m.conversation_id]) != DELIVERED:
+            return m
+        return m.model_copy(update={"message_status": MessageStatus.DELIVERED})
 
     return [read(m) for m in items]
 
