@@ -129,9 +129,10 @@ class Fanout(Sessions):
         self.metrics.subscriptions.set(len(self.convs))
         if conv.gap_task is not None:
             conv.gap_task.cancel()
-        if conv.sub is not None:
+        sub, conv.sub = conv.sub, None  # conv -> sub -> handler -> conv: not left as a cycle
+        if sub is not None:
             with contextlib.suppress(nats.errors.Error):
-                await conv.sub.unsubscribe()
+                await sub.unsubscribe()
 
     def _conv_handler(self, conv: ConvState) -> Callable[[Msg], None]:
         def on_msg(msg: Msg) -> None:

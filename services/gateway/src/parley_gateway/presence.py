@@ -126,10 +126,13 @@ class Presence(Fanout):
             state.conns.discard(conn)
             if not state.conns:
                 del self.principals[(kind, pid)]
-                if state.sub is not None:
+                # state -> sub -> its handler -> state: a cycle; broken here, the state and
+                # its subscription are freed now, not by the cyclic GC's pauses.
+                sub, state.sub = state.sub, None
+                if sub is not None:
                     await self.flush_publishes()  # its SUB first, if that still waits
                     with contextlib.suppress(nats.errors.Error):
-                        await state.sub.unsubscribe()
+                        await sub.unsubscribe()
                 with contextlib.suppress(*_KV_ERRORS):  # bounded: a resume waits for this
                     assert self.kv_presence is not None
                     await self.flush_publishes()  # the connect's put first

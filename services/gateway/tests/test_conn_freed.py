@@ -1,0 +1,107 @@
+"""A closed connection's objects are freed at once by reference counting, not left to the
+cyclic garbage collector (whose full collections pause the gateway under load).
+
+A real gateway in this process, on the session's nats-server with a real conversation
+service; the cyclic GC is off while a client connects, joins a conversation, sends a message
+and closes. The principal's state and its events subscription, the conversation's state and
+its subscription (its last member left), the connection and its WebSocket must all be gone
+when the gateway has let them go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parley_devstack.servers import NatsServer, StoreServer, free_port
+from parley_devstack.stack import Stack
+from parley_devstack.testing import module_stack
+from parley_gateway.conn import Conn
+from parley_gateway.fanout import ConvState
+from parley_gateway.natsdirect import _DirectQueue
+from parley_gateway.presence import PrincipalState
+from parley_gateway.server import Gateway
+from parley_gateway.settings import Settings
+from parley_gateway.wsconn import LeanConnection
+
+from .conftest import joined_conversation, uid
+
+# What one connection (and a conversation it alone follows here) holds on the gateway.
+HELD = (Conn, LeanConnection, PrincipalState, ConvState, _DirectQueue)
+
+
+@pytest.fixture(scope="module")
+def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
+    """The conversation service alone: the gateway runs in this process."""
+    with module_stack(nats_server, store_server, servers_dir, "freed", gateway_ports=[]) as s:
+        yield s
+
+
+@pytest.fixture
+async def gateway(stack: Stack, nats_server: NatsServer) -> AsyncIterator[Gateway]:
+    port = free_port()
+    settings = Settings(
+        environment="development",
+        web_dist=None,
+        nats_url=nats_server.url,
+        port=port,
+        instance_id=f"freed-{port}",
+        drain_seconds=0.1,
+    )
+    gw = Gateway(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    for _ in range(300):
+        if gw.hub.ready:
+            break
+        await asyncio.sleep(0.05)
+    assert gw.hub.ready
+    try:
+        yield gw
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def held() -> dict[str, int]:
+    """How many objects of each ``HELD`` type exist (garbage in cycles included)."""
+    counts = dict.fromkeys((t.__name__ for t in HELD), 0)
+    for obj in gc.get_objects():
+        if isinstance(obj, HELD):
+            counts[type(obj).__name__] += 1
+    return counts
+
+
+async def test_a_closed_connection_is_freed_without_the_cyclic_gc(
+    gateway: Gateway, clients: Callable[..., Any]
+) -> None:
+    hub = gateway.hub
+    url = f"ws://127.0.0.1:{gateway.settings.port}/ws"
+    gc.collect()  # anything earlier tests left
+    baseline = held()
+    gc.disable()
+    try:
+        client = await clients(url, uid("freed"))
+        cid = await joined_conversation(client)
+        r = await client.cmd("message:send", {"conversationId": cid, "content": "hi"})
+        assert r["success"], r
+        await client.wait_for(lambda f: f.get("event") == "message:new")
+        during = held()
+        assert during["LeanConnection"] == baseline["LeanConnection"] + 1  # the lean path
+        assert during["PrincipalState"] == baseline["PrincipalState"] + 1
+        assert during["ConvState"] == baseline["ConvState"] + 1
+        await client.close()
+        for _ in range(200):  # the gateway's cleanup after the close
+            if not hub.sessions and not hub.principals and not hub.convs:
+                break
+            await asyncio.sleep(0.02)
+        assert not hub.sessions and not hub.principals and not hub.convs
+        await asyncio.sleep(0.1)  # the handler's last steps after the cleanup
+        assert held() == baseline
+    finally:
+        gc.enable()
