@@ -197,14 +197,16 @@ class LeanConnection(IncomingFrames, asyncio.Protocol):
         transport.write(writes[0] if len(writes) == 1 else b"".join(writes))
 
     def send_text(self, data: bytes, fin: bool = True) -> None:
-        if self.state is not OPEN:
-            raise self._closed_exc()
-        self.writes.append(server_frame(_OP_TEXT, data))
+        self._queue(_OP_TEXT, data)
 
     def send_ping(self, data: bytes) -> None:
+        self._queue(_OP_PING, data)
+
+    def _queue(self, opcode: int, payload: bytes) -> None:
+        """Queue one frame for :meth:`send_data`; ``ConnectionClosed`` unless OPEN."""
         if self.state is not OPEN:
             raise self._closed_exc()
-        self.writes.append(server_frame(_OP_PING, data))
+        self.writes.append(server_frame(opcode, payload))
 
     def send_close(self, code: int | None = None, reason: str = "") -> None:
         """Queue the server's close frame (the closing handshake starts: CLOSING)."""
@@ -219,12 +221,10 @@ class LeanConnection(IncomingFrames, asyncio.Protocol):
 
     async def send(self, message: str | bytes) -> None:
         """One text (str) or binary (bytes) message, written now."""
-        if self.state is not OPEN:
-            raise self._closed_exc()
         if isinstance(message, str):
-            self.writes.append(server_frame(_OP_TEXT, message.encode()))
+            self._queue(_OP_TEXT, message.encode())
         else:
-            self.writes.append(server_frame(_OP_BINARY, bytes(message)))
+            self._queue(_OP_BINARY, bytes(message))
         self.send_data()
 
     async def recv(self) -> str | bytes:
