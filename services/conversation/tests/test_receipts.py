@@ -4,6 +4,7 @@ real NATS and the real embedded store."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ from nats.aio.client import Client
 
 from parley_contract import jsonutil, subjects
 from parley_contract.events import Event, PrincipalKind
+from parley_contract.partitions import partition_of
+from parley_conversation import receipts
 from parley_conversation.service import ConversationService
 
 from .conftest import Request, agent, serve_agents, user
@@ -310,3 +313,41 @@ async def test_the_writer_of_a_conversation_reads_nothing_for_its_reports(
         "n1": "delivered",
         "n2": "delivered",
     }
+
+
+async def test_a_taken_partition_applies_the_reports_held_for_its_conversations_only(
+    service: ConversationService, request_: Request, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reports of conversations another replica owns are held, at most ``HELD_MAX`` (the
+    least recently reported dropped); taking a partition applies the held reports of its
+    conversations, none of another partition's and none dropped."""
+    monkeypatch.setattr(receipts, "HELD_MAX", 2)
+    ids = (f"held-{uuid.uuid4().hex[:12]}" for _ in range(10_000))
+    dropped = next(ids)
+    taken = next(c for c in ids if partition_of(c) == partition_of(dropped))
+    other = next(c for c in ids if partition_of(c) != partition_of(dropped))
+    last: dict[str, int] = {}
+    for cid in (dropped, taken, other):
+        await ok(request_, CREATE, {"conversationId": cid, "participants": ["u-bob"]}, ALICE)
+        sent = await ok(request_, SEND, {"conversationId": cid, "content": "hi"}, ALICE)
+        last[cid] = sent["seq"]
+    mine = service.receipts.mine
+    service.receipts.mine = lambda cid: False  # another replica owns them all
+    for cid in (dropped, taken, other):  # the first one reported is dropped (HELD_MAX 2)
+        item = {"conversationId": cid, "kind": "user", "principalId": "u-bob", "seq": last[cid]}
+        await service.receipts.delivery_report(jsonutil.dumps({"items": [item]}))
+    service.receipts.mine = mine
+
+    async def status(cid: str) -> str:
+        page = await ok(
+            request_, subjects.QUERY_MESSAGES_LIST, {"conversationId": cid, "limit": 10}, ALICE
+        )
+        return str(page["items"][-1]["messageStatus"])
+
+    service.receipts.took(partition_of(taken))
+    await service.receipts.flush()
+    assert [await status(c) for c in (dropped, taken, other)] == ["sent", "delivered", "sent"]
+    service.receipts.took(partition_of(other))
+    service.receipts.took(partition_of(taken))  # nothing held for it any more
+    await service.receipts.flush()
+    assert [await status(c) for c in (dropped, taken, other)] == ["sent", "delivered", "delivered"]

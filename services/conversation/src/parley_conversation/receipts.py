@@ -94,6 +94,9 @@ class Receipts:
         # conversation → (monotonic time, partition, (kind, id) → seq), oldest first.
         self.held_seconds = 30.0
         self._held: OrderedDict[str, tuple[float, int, dict[Who, int]]] = OrderedDict()
+        # partition → its conversations in ``_held``, in the same order (a dict as an
+        # ordered set): took() looks at these only.
+        self._held_in: dict[int, dict[str, None]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ commands
@@ -158,14 +161,24 @@ class Receipts:
     def _hold(self, cid: str, key: Who, seq: int) -> None:
         now = time.monotonic()
         held = self._held.pop(cid, None)
-        got = held[2] if held is not None else {}
+        _, partition, got = held if held is not None else (now, partition_of(cid), {})
         got[key] = max(got.get(key, 0), seq)
-        self._held[cid] = (now, held[1] if held is not None else partition_of(cid), got)
+        self._held[cid] = (now, partition, got)
+        in_partition = self._held_in.setdefault(partition, {})
+        in_partition.pop(cid, None)
+        in_partition[cid] = None  # last, as in _held
         while self._held and (
             len(self._held) > HELD_MAX
             or now - next(iter(self._held.values()))[0] > self.held_seconds
         ):
-            self._held.popitem(last=False)
+            dropped, (_, p, _) = self._held.popitem(last=False)
+            self._unhold(p, dropped)
+
+    def _unhold(self, partition: int, cid: str) -> None:
+        in_partition = self._held_in[partition]
+        del in_partition[cid]
+        if not in_partition:
+            del self._held_in[partition]
 
     def took(self, partition: int) -> None:
         """This replica took ``partition``: the reports it held for the partition's
@@ -173,15 +186,17 @@ class Receipts:
         only moves up, so applying what the old owner applied already changes nothing; what
         a killed owner never applied, or what came while the partition had no owner, moves it
         now instead of waiting for the conversation's next report (a quiet conversation's
-        last messages stayed `sent` without this)."""
+        last messages stayed `sent` without this). Looks at the partition's held
+        conversations only (``_held_in``), not at every held one."""
         now = time.monotonic()
         mine = [
             cid
-            for cid, (at, p, _) in self._held.items()
-            if p == partition and now - at <= self.held_seconds
+            for cid in self._held_in.get(partition, ())
+            if now - self._held[cid][0] <= self.held_seconds
         ]
         for cid in mine:
             _, _, got = self._held.pop(cid)
+            self._unhold(partition, cid)
             for key, seq in got.items():
                 self._received(cid, key, seq)
         if mine:
