@@ -1,4 +1,4 @@
-"""wsopen.py: the front opens a WebSocket from the head it parsed, answering as websockets.
+"""wsopen.py, wshead.py: the front opens a WebSocket from the head it parsed, as websockets.
 
 The parser is checked against websockets' own ``Request.parse`` (same request, or None where
 websockets would refuse or read it differently); the handshake over a real socket against
@@ -24,7 +24,7 @@ from websockets.streams import StreamReader
 from websockets.typing import Subprotocol
 from websockets.utils import accept_key
 
-from parley_gateway import wsopen
+from parley_gateway import wshead
 from parley_gateway.front import Front, WsRoute, json_response
 from parley_gateway.wsconn import LeanConnection, WebSocket
 
@@ -86,7 +86,7 @@ def websockets_parse(raw: bytes) -> Request | None:
     ],
 )
 def test_parse_head_is_websockets_parse_or_none(raw: bytes) -> None:
-    ours = wsopen.parse_head(raw)
+    ours = wshead.parse_head(raw)
     theirs = websockets_parse(raw)
     if ours is None:
         return  # the front then feeds the head to websockets, which answers it
@@ -97,7 +97,7 @@ def test_parse_head_is_websockets_parse_or_none(raw: bytes) -> None:
 
 def test_common_heads_take_the_parsed_path() -> None:
     for raw in (head(GOOD), head([*GOOD, ("Authorization", "Bearer x.y.z")], "/ws?a=b")):
-        assert wsopen.parse_head(raw) is not None
+        assert wshead.parse_head(raw) is not None
 
 
 # ---------------------------------------------------------------------- over a socket
@@ -175,7 +175,7 @@ async def test_handshake_errors_are_websockets_answers(
     name: str, lines: list[tuple[str, str]]
 ) -> None:
     raw = head(lines)
-    assert wsopen.parse_head(raw) is not None, name  # the parsed path answers it
+    assert wshead.parse_head(raw) is not None, name  # the parsed path answers it
     expected = ServerProtocol().accept(Request("/ws", Headers(lines)))
     async with front_on_a_port() as (port, opened):
         reply = await exchange(port, raw)
@@ -279,7 +279,7 @@ def _websockets_answer(lines: list[tuple[str, str]]) -> tuple[Any, ...]:
 @pytest.mark.parametrize("lines", _heads())
 def test_plain_accept_is_websockets_or_defers(lines: list[tuple[str, str]]) -> None:
     protocol = ServerProtocol()
-    ours = wsopen.plain_accept(protocol, Request("/ws", Headers(lines)))
+    ours = wshead.plain_accept(protocol, Request("/ws", Headers(lines)))
     theirs = _websockets_answer(lines)
     if ours is None:  # deferred: websockets' own checks answer
         return
@@ -294,11 +294,11 @@ def test_plain_accept_takes_the_common_heads() -> None:
         [("Connection", "upgrade") if h[0] == "Connection" else h for h in GOOD],
         [*GOOD, ("Sec-WebSocket-Extensions", "permessage-deflate")],
     ):
-        assert wsopen.plain_accept(ServerProtocol(), Request("/ws", Headers(lines))) == (
+        assert wshead.plain_accept(ServerProtocol(), Request("/ws", Headers(lines))) == (
             accept_key(KEY)
         )
     assert (
-        wsopen.plain_accept(
+        wshead.plain_accept(
             ServerProtocol(subprotocols=[Subprotocol("chat")]), Request("/ws", Headers(GOOD))
         )
         is None
@@ -314,7 +314,7 @@ def test_header_lines_parse_as_websockets_does() -> None:
     lines = [bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(20_000)]
     lines += [b"X: " + b" " * 3000 + b"b", b"X:" + b" \t" * 2000, b"X: a" + b" " * 3000]
     for line in lines:
-        request = wsopen.parse_head(b"GET /ws HTTP/1.1\r\n" + line)
+        request = wshead.parse_head(b"GET /ws HTTP/1.1\r\n" + line)
         theirs = websockets_parse(b"GET /ws HTTP/1.1\r\n" + line)
         if not line or b"\r" in line or b"\n" in line:
             continue  # not one header line

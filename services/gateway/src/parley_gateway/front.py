@@ -48,6 +48,7 @@ from parley_contract.errors import ErrorCode
 from parley_gateway import openclock, wsopen
 from parley_gateway.front_http import ASGIApp, HttpProtocol, Refused, edge, linger, raw_response
 from parley_gateway.wsconn import BoundedServerConnection, WebSocket
+from parley_gateway.wshead import ParsedRequest
 from parley_gateway.wsopen import WsRoute
 
 __all__ = ["Front", "WsRoute", "json_response"]  # WsRoute: declared in wsopen.py
@@ -268,7 +269,7 @@ class Front:
         try:
             async with asyncio.timeout(self.open_timeout) as timer:
                 openclock.OPEN_CLOCK.set(openclock.TimeoutClock(timer))  # pausable (resumes)
-                if type(connection.request) is wsopen.ParsedRequest:
+                if type(connection.request) is ParsedRequest:
                     await wsopen.handshake(
                         connection,
                         connection.request,

@@ -4,7 +4,7 @@ websockets' ``ServerConnection`` is a Sans-I/O ``ServerProtocol`` (a generator p
 ``StreamReader``, a logger lookup) under an asyncio connection (a message ``Assembler`` with
 its queue and futures, drain waiters, a lost-connection future), about a fifth of a
 connect's CPU on the gateway and much of an idle connection's memory. For an upgrade that
-passed the plain checks (``wsopen.plain_key``) the front uses this one object instead: one
+passed the plain checks (``wshead.plain_key``) the front uses this one object instead: one
 ``asyncio.Protocol`` with ``__slots__`` that frames, unmasks (websockets' C ``apply_mask``)
 and answers by itself.
 

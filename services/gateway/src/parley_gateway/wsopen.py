@@ -5,10 +5,9 @@ its handshake (two futures and ``asyncio.wait``, an async context manager around
 build the 101 response as a ``Response`` with ``Headers`` and write it in a socket write of
 its own. For the common case (a well-formed upgrade head) the front does instead:
 
-- :func:`parse_head`: the head parsed once, with websockets' own grammar (its header name
-  and value regexes and limits) into websockets' ``Request``; a head it would not accept the
-  same way (bare LF, obs-fold, a non-ASCII target, a body, HTTP/1.0, too long...) returns
-  None and takes the unchanged path (websockets parses it and answers its own error);
+- :func:`~parley_gateway.wshead.parse_head`: the head parsed once into websockets'
+  ``Request`` (a head websockets would not parse the same way takes the unchanged path:
+  websockets parses it and answers its own error);
 - :func:`new_protocol`: websockets' ``ServerProtocol`` where its parser would be after the
   request, in its frame loop, still ``CONNECTING``;
 - :func:`accept`: the RFC 6455 checks are websockets' own (``ServerProtocol.process_request``:
@@ -20,28 +19,24 @@ its own. For the common case (a well-formed upgrade head) the front does instead
 
 Anything else (a rejection, a failing check) goes through websockets' own code.
 
-A head that also passes :func:`plain_key` (one ``Connection: upgrade``, ``Upgrade:
-websocket``, a canonical key, version 13, at most one Origin, no subprotocol) is not given
-to websockets at all: :func:`open_lean` runs the same steps (``process_request``, its
-answers, 500 if it fails, 503 once the server closes, the 101 with the first frames) for a
-:class:`~parley_gateway.wsconn.LeanConnection`.
+A head that also passes :func:`~parley_gateway.wshead.plain_key` (the plain upgrade nearly
+every client sends) is not given to websockets at all: :func:`open_lean` runs the same steps
+(``process_request``, its answers, 500 if it fails, 503 once the server closes, the 101 with
+the first frames) for a :class:`~parley_gateway.wsconn.LeanConnection`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import http
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from websockets.asyncio.server import Server, ServerConnection
-from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHandshake
-from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request, Response
+from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.utils import accept_key
@@ -55,6 +50,13 @@ from parley_gateway.wsconn import (
     as_any,
 )
 from parley_gateway.wsframes import SEND_LIMIT
+from parley_gateway.wshead import (
+    asks_upgrade,
+    parse_head,
+    plain_accept,
+    plain_key,
+    switching,
+)
 
 ProcessRequest = Callable[[WebSocket, Request], Awaitable[Response | None]]
 WsHandler = Callable[[WebSocket], Awaitable[None]]
@@ -85,57 +87,6 @@ class WsRoute:
     ping_interval: float | None = None
     ping_timeout: float | None = None
     send_limit: int = SEND_LIMIT  # unread bytes before the client is failed with 1013
-
-
-# websockets.http11's grammar (RFC 9110 token; field value: VCHAR, SP, HTAB, obs-text).
-# A header line: a token, a colon, a value with its surrounding spaces and tabs stripped
-# (websockets.http11's grammar: RFC 9110 token; field value: VCHAR, SP, HTAB, obs-text).
-# The value is runs of visible bytes separated by runs of blanks: no backtracking blow-up.
-_FIELD = re.compile(
-    rb"([-!#$%&\'*+.^_`|~0-9a-zA-Z]+):[ \t]*"
-    rb"((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*"
-)
-
-
-class ParsedRequest(Request):
-    """A request the front parsed itself (``Front.open_parsed``): open with :func:`handshake`."""
-
-
-def parse_head(head: bytes) -> ParsedRequest | None:
-    """The request of an upgrade head (``head``: up to and without the blank line that ends
-    it, CRLF line ends), parsed as websockets' ``Request.parse`` would; None for any head that
-    is not a plain ``GET ... HTTP/1.1`` that websockets would parse to the same request."""
-    lines = head.split(b"\r\n")
-    if len(lines) > MAX_NUM_HEADERS + 1:
-        return None
-    line = lines[0]
-    if len(line) + 2 > MAX_LINE_LENGTH or b"\n" in line:
-        return None
-    method, _, rest = line.partition(b" ")
-    raw_path, _, protocol = rest.partition(b" ")
-    if method != b"GET" or protocol != b"HTTP/1.1" or not raw_path.isascii():
-        return None
-    # websockets' Headers filled as set_insecure does (test_wsopen compares the result with
-    # websockets' own parse): Headers() would run MutableMapping.update for nothing.
-    headers = Headers.__new__(Headers)
-    by_name: dict[str, list[str]] = {}
-    items: list[tuple[str, str]] = []
-    headers._dict = by_name
-    headers._list = items
-    field = _FIELD.fullmatch
-    for line in lines[1:]:
-        if len(line) + 2 > MAX_LINE_LENGTH:
-            return None
-        match = field(line)
-        if match is None:
-            return None
-        name = match[1].decode("ascii")
-        value = match[2].decode("iso-8859-1")
-        by_name.setdefault(name.lower(), []).append(value)
-        items.append((name, value))
-    if "Transfer-Encoding" in headers or "Content-Length" in headers:
-        return None  # websockets refuses a body (or accepts "0"): let it answer
-    return ParsedRequest(raw_path.decode("ascii"), headers, "GET", "HTTP/1.1")
 
 
 def open_parsed(
@@ -197,12 +148,6 @@ def open_parsed(
     return True
 
 
-def asks_upgrade(request: Request) -> bool:
-    """Whether the request asks for ``Upgrade: websocket`` (the front's routing rule; the
-    handshake checks the value exactly)."""
-    return any("websocket" in value.lower() for value in request.headers.get_all("Upgrade"))
-
-
 def new_protocol(max_size: int | None) -> ServerProtocol:
     """websockets' server protocol as it is once it has parsed the request: its parser in
     the frame loop, the state ``CONNECTING`` until the 101 is sent."""
@@ -226,68 +171,6 @@ def accept(
     protocol.writes.insert(0, switching(accept_header, date=date, server_header=server_header))
     protocol.state = State.OPEN
     return True
-
-
-_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
-
-
-def plain_key(request: Request) -> str | None:
-    """The ``Sec-WebSocket-Key`` of the plain upgrade nearly every client sends, checked
-    without websockets' header parsers: one ``Connection: upgrade``, one ``Upgrade:
-    websocket`` (any case), one key of 16 bytes in canonical base64, one version 13, at most
-    one Origin and no ``Sec-WebSocket-Protocol``. None for any other request: websockets'
-    own checks answer it (``test_wsopen.py`` compares both on valid and invalid heads)."""
-    headers = request.headers
-    connection = headers.get_all("Connection")
-    upgrade = headers.get_all("Upgrade")
-    key = headers.get_all("Sec-WebSocket-Key")
-    if (
-        len(connection) != 1
-        or connection[0].lower() != "upgrade"
-        or len(upgrade) != 1
-        or upgrade[0].lower() != "websocket"
-        or len(key) != 1
-        or not _KEY.fullmatch(key[0])
-        or headers.get_all("Sec-WebSocket-Version") != ["13"]
-        or len(headers.get_all("Origin")) > 1
-        or "Sec-WebSocket-Protocol" in headers
-    ):
-        return None
-    return key[0]
-
-
-def plain_accept(protocol: ServerProtocol, request: Request) -> str | None:
-    """``Sec-WebSocket-Accept`` of a plain upgrade (:func:`plain_key`), with the same effect
-    on ``protocol`` as ``ServerProtocol.process_request`` (for a server without extensions
-    and subprotocols, as the gateway's); None for any other request."""
-    if (
-        protocol.available_extensions
-        or protocol.available_subprotocols
-        or protocol.origins is not None
-    ):
-        return None
-    key = plain_key(request)
-    if key is None:
-        return None
-    origin = request.headers.get_all("Origin")
-    protocol.origin = origin[0] if origin else None  # type: ignore[assignment]
-    protocol.extensions = []
-    protocol.subprotocol = None
-    return accept_key(key)
-
-
-def switching(accept_header: str, *, date: bytes, server_header: str | None) -> bytes:
-    """The 101 response's head."""
-    return (
-        b"HTTP/1.1 101 Switching Protocols\r\nDate: %s\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n"
-        % (date, accept_header.encode(), _server_line(server_header))
-    )
-
-
-@functools.cache
-def _server_line(server_header: str | None) -> bytes:
-    return f"Server: {server_header}\r\n".encode() if server_header else b""
 
 
 def send_queued(connection: ServerConnection) -> None:
