@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from parley_devstack.servers import NatsServer, StoreServer, free_port
+from parley_devstack.servers import NatsServer, StoreServer
 from parley_devstack.stack import Stack
 from parley_devstack.testing import module_stack
 from parley_gateway.conn import Conn
@@ -26,10 +26,10 @@ from parley_gateway.fanout import ConvState
 from parley_gateway.natsdirect import _DirectQueue
 from parley_gateway.presence import PrincipalState
 from parley_gateway.server import Gateway
-from parley_gateway.settings import Settings
 from parley_gateway.wsconn import LeanConnection
 
 from .conftest import joined_conversation, uid
+from .inprocess import running_gateway
 
 # What one connection (and a conversation it alone follows here) holds on the gateway.
 HELD = (Conn, LeanConnection, PrincipalState, ConvState, _DirectQueue)
@@ -44,28 +44,8 @@ def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path)
 
 @pytest.fixture
 async def gateway(stack: Stack, nats_server: NatsServer) -> AsyncIterator[Gateway]:
-    port = free_port()
-    settings = Settings(
-        environment="development",
-        web_dist=None,
-        nats_url=nats_server.url,
-        port=port,
-        instance_id=f"freed-{port}",
-        drain_seconds=0.1,
-    )
-    gw = Gateway(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(gw.run(stop))
-    for _ in range(300):
-        if gw.hub.ready:
-            break
-        await asyncio.sleep(0.05)
-    assert gw.hub.ready
-    try:
+    async with running_gateway(nats_server.url, "freed") as gw:
         yield gw
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 def held() -> dict[str, int]:

@@ -22,12 +22,12 @@ from websockets.exceptions import InvalidStatus
 from parley_contract import jsonutil
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal
-from parley_devstack.servers import NatsServer, free_port
+from parley_devstack.servers import NatsServer
 from parley_gateway import sessions
 from parley_gateway.server import Gateway
-from parley_gateway.settings import Settings
 
 from .conftest import token
+from .inprocess import running_gateway
 from .rawhttp import UPGRADE, Raw, request
 
 OPEN_TIMEOUT = 0.5
@@ -60,34 +60,13 @@ class Running:
 
 
 @pytest.fixture
-async def gateway(
-    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Running]:
-    port = free_port()
-    settings = Settings(
-        environment="development",
-        web_dist=None,
-        nats_url=nats_server.url,
-        port=port,
-        instance_id=f"clock-{port}",
-        drain_seconds=0.1,
-    )
-    gw = Gateway(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(gw.run(stop))
-    for _ in range(300):
-        if gw.hub.ready:
-            break
-        await asyncio.sleep(0.05)
-    assert gw.hub.ready
-    assert gw.front is not None
-    gw.front.open_timeout = OPEN_TIMEOUT
-    gw.hub._loads = asyncio.Semaphore(1)  # one session-read slot
-    try:
+async def gateway(nats_server: NatsServer) -> AsyncIterator[Running]:
+    async with running_gateway(nats_server.url, "clock") as gw:
+        assert gw.front is not None
+        gw.front.open_timeout = OPEN_TIMEOUT
+        gw.hub._loads = asyncio.Semaphore(1)  # one session-read slot
+        port = gw.settings.port
         yield Running(gw, f"ws://127.0.0.1:{port}/ws", port)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def _session(url: str, who: str) -> str:
