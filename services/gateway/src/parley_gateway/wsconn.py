@@ -55,7 +55,6 @@ from websockets.protocol import State
 
 from parley_gateway.wsframes import (
     _OP_BINARY,
-    _OP_CLOSE,
     _OP_PING,
     _OP_TEXT,
     SEND_LIMIT,
@@ -207,17 +206,6 @@ class LeanConnection(IncomingFrames, asyncio.Protocol):
         if self.state is not OPEN:
             raise self._closed_exc()
         self.writes.append(server_frame(opcode, payload))
-
-    def send_close(self, code: int | None = None, reason: str = "") -> None:
-        """Queue the server's close frame (the closing handshake starts: CLOSING)."""
-        if self.state is not OPEN:
-            return
-        close = Close(code, reason) if code is not None else None
-        self.writes.append(server_frame(_OP_CLOSE, close.serialize() if close else b""))
-        self.close_sent = close or Close(CloseCode.NO_STATUS_RCVD, "")
-        if self.close_rcvd is not None:
-            self.close_rcvd_then_sent = True
-        self.state = CLOSING
 
     async def send(self, message: str | bytes) -> None:
         """One text (str) or binary (bytes) message, written now."""

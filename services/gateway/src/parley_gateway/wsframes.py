@@ -1,5 +1,6 @@
 """The incoming side of :class:`~parley_gateway.wsconn.LeanConnection`: client frames
-parsed, checked and answered as websockets does (see wsconn.py), and failing the connection.
+parsed, checked and answered as websockets does (see wsconn.py), and the server's close
+frame (its own close, or failing the connection).
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ class Failure(Exception):
 
 
 class IncomingFrames:
-    """The frame parser and the failing of a :class:`~parley_gateway.wsconn.LeanConnection`
-    (the whole connection's slots are declared here)."""
+    """The frame parser, the close frame and the failing of a
+    :class:`~parley_gateway.wsconn.LeanConnection` (the whole connection's slots are declared
+    here)."""
 
     __slots__ = (
         "_buf",
@@ -264,16 +266,21 @@ class IncomingFrames:
             self.state = CLOSING
         self._end_input()
 
+    def send_close(self, code: int | None = None, reason: str = "") -> None:
+        """Queue the server's close frame (the closing handshake starts: CLOSING)."""
+        if self.state is not OPEN:
+            return
+        close = Close(code, reason) if code is not None else None
+        self.writes.append(server_frame(_OP_CLOSE, close.serialize() if close else b""))
+        self.close_sent = close or Close(CloseCode.NO_STATUS_RCVD, "")
+        if self.close_rcvd is not None:
+            self.close_rcvd_then_sent = True
+        self.state = CLOSING
+
     def fail(self, code: int, reason: str = "") -> None:
         """websockets' ``Protocol.fail``: the close frame (when OPEN), then end the TCP
         connection without waiting for the client's close frame."""
-        if self.state is OPEN:
-            close = Close(code, reason)
-            self.writes.append(server_frame(_OP_CLOSE, close.serialize()))
-            self.close_sent = close
-            if self.close_rcvd is not None:
-                self.close_rcvd_then_sent = True
-            self.state = CLOSING
+        self.send_close(code, reason)
         self._end_input()
 
     def _end_input(self) -> None:
