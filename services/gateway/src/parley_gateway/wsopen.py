@@ -63,6 +63,14 @@ WsHandler = Callable[[WebSocket], Awaitable[None]]
 
 logger = logging.getLogger(__name__)
 
+# websockets' answers (its ServerConnection.handshake) when process_request fails, and when
+# the server is closing.
+_FAILED = (
+    http.HTTPStatus.INTERNAL_SERVER_ERROR,
+    "Failed to open a WebSocket connection.\nSee server log for more information.\n",
+)
+_SHUTTING_DOWN = (http.HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n")
+
 
 class FrontState(Protocol):
     """What the lean opening needs of the front (front.py's ``Front``)."""
@@ -205,15 +213,10 @@ async def handshake(
     except Exception as exc:
         protocol.handshake_exc = exc
         connection.logger.error("process_request failed", exc_info=True)
-        response = protocol.reject(
-            http.HTTPStatus.INTERNAL_SERVER_ERROR,
-            "Failed to open a WebSocket connection.\nSee server log for more information.\n",
-        )
+        response = protocol.reject(*_FAILED)
     if response is None:
         if not connection.server.is_serving():
-            response = protocol.reject(
-                http.HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n"
-            )
+            response = protocol.reject(*_SHUTTING_DOWN)
         elif protocol.state is not State.CONNECTING:
             return  # the connection was lost meanwhile
         elif accept(connection, request, date=date, server_header=server_header):
@@ -297,12 +300,7 @@ async def _answer(
             response = await process_request(conn, request)
         except Exception:
             logger.error("process_request failed", exc_info=True)
-            response = ServerProtocol().reject(
-                http.HTTPStatus.INTERNAL_SERVER_ERROR,
-                "Failed to open a WebSocket connection.\nSee server log for more information.\n",
-            )
+            response = ServerProtocol().reject(*_FAILED)
     if response is None and not server.is_serving():
-        response = ServerProtocol().reject(
-            http.HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n"
-        )
+        response = ServerProtocol().reject(*_SHUTTING_DOWN)
     return response
