@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,10 +20,10 @@ from parley_contract.commands import MessageSend
 from parley_contract.events import Event, PrincipalKind
 from parley_contract.ids import new_id
 from parley_contract.internal import Principal
-from parley_contract.partitions import PARTITIONS, lease_key, member_key, partition_of
+from parley_contract.partitions import PARTITIONS, lease_key, partition_of
 from parley_contract.routes import QUERY_ROUTE, ROUTES, query_route_of_subject, route_of_subject
 from parley_conversation import domain
-from parley_conversation.ownership import Ownership, plan
+from parley_conversation.ownership import plan
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.service import ConversationService
 from parley_conversation.store import MongoStore
@@ -341,36 +340,31 @@ async def test_a_short_snapshot_of_the_leases_does_not_drop_them(
     assert sample(a, "parley_conversation_partition_moves_total", {"how": "lost"}) == 1
 
 
-async def test_the_snapshot_reads_past_an_early_end_of_values_marker() -> None:
-    """nats-py's watcher can put its "initial values done" marker (None) ahead of the
-    values under load; the snapshot reads on to the value with delta 0 instead of taking
-    an empty bucket (which made every lease look "held by nobody")."""
-    entry = SimpleNamespace
-    queued: list[Any] = [
-        None,  # the marker, too early
-        entry(key=member_key("a"), value=b"1", revision=1, delta=3, operation=None),
-        entry(key=lease_key(4), value=b"a", revision=2, delta=2, operation=None),
-        entry(key=lease_key(5), value=b"", revision=3, delta=1, operation="DEL"),
-        entry(key=member_key("b"), value=b"1", revision=4, delta=0, operation=None),
-    ]
+async def test_the_snapshot_is_whole_while_keys_are_rewritten(
+    nc: Client,
+    start_replica: StartReplica,
+) -> None:
+    """nats-py's watcher can end its initial values early under concurrent writes (every
+    lease then looked "held by nobody"); the snapshot reads the bucket whole each time while
+    a key of it is rewritten (not a member's: that would move partitions meanwhile)."""
+    a = await start_replica()
+    await until(lambda: owned(a) == set(range(PARTITIONS)))
+    ownership = a.ownership
+    assert ownership is not None
+    kv = await nc.jetstream().key_value(subjects.KV_PARTITIONS)
+    stop = asyncio.Event()
 
-    class Watcher:
-        async def updates(self, **_: float) -> Any:
-            return queued.pop(0)
+    async def heartbeat() -> None:
+        while not stop.is_set():
+            await kv.put("rewritten", b"1")
 
-        async def stop(self) -> None:
-            pass
-
-    class Kv:
-        async def watchall(self) -> Watcher:
-            return Watcher()
-
-    async def nothing(*_: object) -> None:
-        pass
-
-    ownership = Ownership(None, "a", ttl=4.0, on_acquire=nothing, on_release=nothing)
-    ownership._kv = Kv()
-    members, leases = await ownership._snapshot()
-    assert members == {"a", "b"}
-    assert leases == {4: ("a", 2)}
-    assert queued == []
+    writer = asyncio.create_task(heartbeat())
+    try:
+        snapshots = [await ownership._snapshot() for _ in range(30)]
+    finally:
+        stop.set()
+        await writer
+    for members, leases in snapshots:
+        assert members == {ownership.member}
+        assert set(leases) == set(range(PARTITIONS))
+        assert {holder for holder, _ in leases.values()} == {ownership.member}

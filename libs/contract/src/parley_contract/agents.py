@@ -20,7 +20,7 @@ from typing import Any
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from parley_contract import jsonutil, subjects
+from parley_contract import jsonutil, kvread, subjects
 from parley_contract.events import PrincipalKind
 
 # A KV read answers within this long or counts as "unknown" (the callers then decide).
@@ -35,37 +35,9 @@ async def _bucket(js: Any, name: str) -> KeyValue | None:
         return None
 
 
-async def _live_entries(
-    js: Any, bucket: str, pattern: str, *, first_only: bool = False
-) -> list[tuple[str, bytes]]:
-    """The live keys of ``bucket`` matching the subject-style ``pattern``, with their values.
-
-    Not a KV watch: nats.py's watcher may put its "caught up" marker before an entry that
-    is already on its way (the consumer reports nothing pending while the entry is still
-    in flight), so a served agent could look unserved, or be missing from a list, under
-    load. The stream's own count per subject names the candidate keys; a get tells a live
-    key from a delete marker.
-    """
-    prefix = f"$KV.{bucket}."
-    info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + pattern)
-    kv: KeyValue = await js.key_value(bucket)
-    out: list[tuple[str, bytes]] = []
-    for subject in sorted(info.state.subjects or {}):
-        key = subject[len(prefix) :]
-        try:
-            entry = await kv.get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            continue
-        if entry.value:
-            out.append((key, entry.value))
-            if first_only:
-                break
-    return out
-
-
 async def _any_key(js: Any, bucket: str, pattern: str) -> bool:
     """Whether a live key of ``bucket`` matches ``pattern``."""
-    return bool(await _live_entries(js, bucket, pattern, first_only=True))
+    return bool(await kvread.live_entries(js, bucket, pattern, values=False, limit=1))
 
 
 def _served_record(agent_id: str, values: list[dict[str, Any]]) -> dict[str, Any]:
@@ -131,10 +103,10 @@ class AgentDirectory:
         agents, presence = await self._kv()
         by_agent: dict[str, list[dict[str, Any]]] = {}
         if agents is not None:
-            for key, raw in await _live_entries(self.js, subjects.KV_AGENTS, ">"):
-                agent_id = key.rsplit(".", 1)[0]
+            for entry in await kvread.live_entries(self.js, subjects.KV_AGENTS):
+                agent_id = entry.key.rsplit(".", 1)[0]
                 try:
-                    value = jsonutil.loads(raw)
+                    value = jsonutil.loads(entry.value)
                 except ValueError:
                     continue
                 if isinstance(value, dict):
@@ -142,7 +114,7 @@ class AgentDirectory:
         out = [_served_record(a, vs) for a, vs in sorted(by_agent.items())]
         if presence is not None:
             external: dict[str, int] = {}
-            for key, _raw in await _live_entries(
+            for key in await kvread.live_keys(
                 self.js, subjects.KV_PRESENCE, f"{PrincipalKind.AGENT.value}.>"
             ):
                 kind, _, rest = key.partition(".")

@@ -46,6 +46,7 @@ def _kv_read(bucket: str) -> list[str]:
         f"$JS.API.CONSUMER.CREATE.{stream}",
         f"$JS.API.CONSUMER.INFO.{stream}.>",
         f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",  # keys (parley_runtime.jetstream.live_keys)
     ]
 
 

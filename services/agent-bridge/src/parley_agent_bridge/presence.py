@@ -14,7 +14,7 @@ import nats.js.errors
 from parley_agent_bridge.bridge_state import BridgeState
 from parley_agent_bridge.config import AgentConfig
 from parley_agent_bridge.nats_io import agent_principal, query
-from parley_contract import envelopes, jsonutil, subjects
+from parley_contract import envelopes, jsonutil, kvread, subjects
 from parley_contract.agent_events import AgentAvailability
 from parley_contract.errors import ParleyError
 from parley_contract.events import Event
@@ -118,8 +118,5 @@ class Presence(BridgeState):
                 logger.warning("withdrawing presence of %s failed: %r", agent.id, exc)
 
     async def _agent_keys(self) -> list[str]:
-        assert self.kv is not None
-        try:
-            return list(await self.kv.keys())
-        except nats.js.errors.NoKeysError:
-            return []
+        assert self.nc is not None
+        return await kvread.live_keys(self.nc.jetstream(), subjects.KV_AGENTS)

@@ -34,7 +34,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 
-from parley_contract import subjects
+from parley_contract import kvread, subjects
 from parley_contract.partitions import (
     PARTITIONS,
     instance_of_member_key,
@@ -215,28 +215,12 @@ class Ownership:
         """The live members and every lease ((holder, revision)), in one read of the bucket."""
         members: set[str] = set()
         leases: dict[int, tuple[str, int]] = {}
-        watcher = await self._kv.watchall()
-        try:
-            while True:
-                entry = await watcher.updates(timeout=max(1.0, self.ttl / 2))
-                if entry is None:
-                    # nats-py's "initial values done" marker can come ahead of the values
-                    # under load (its consumer-info check races the delivery): every lease
-                    # then looked "held by nobody" (seen in the persisted bench). The bucket
-                    # is never empty here (our member key was just written), so the last
-                    # value always comes, with delta 0.
-                    continue
-                if entry.operation is None:  # else a delete or purge marker: no such key
-                    p = partition_of_lease_key(entry.key)
-                    value = (entry.value or b"").decode(errors="replace")
-                    if p is not None:
-                        leases[p] = (value, entry.revision)
-                    elif (m := instance_of_member_key(entry.key)) is not None:
-                        members.add(m)
-                if entry.delta == 0:
-                    break
-        finally:
-            await watcher.stop()
+        for entry in await kvread.live_entries(self._nc.jetstream(), subjects.KV_PARTITIONS):
+            p = partition_of_lease_key(entry.key)
+            if p is not None:
+                leases[p] = (entry.value.decode(errors="replace"), entry.revision)
+            elif (m := instance_of_member_key(entry.key)) is not None:
+                members.add(m)
         return members, leases
 
     async def _refresh(self, p: int) -> None:

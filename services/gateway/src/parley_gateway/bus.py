@@ -54,7 +54,6 @@ class Bus:
         self.kv_presence: KeyValue | None = None
         self.kv_instances: KeyValue | None = None
         self.kv_sessions: KeyValue | None = None
-        self.kv_agents: KeyValue | None = None  # written by agent bridges, read here
         self.kv_turns: KeyValue | None = None  # running agent turns (turns.py)
         self._agents: AgentDirectory | None = None
         self.service_principal = Principal(id=self.instance_id, kind=PrincipalKind.SERVICE)
@@ -282,10 +281,3 @@ class Bus:
         if nc is None or not nc.is_connected:
             return
         self.publish_soon(subjects.kv_key_subject(bucket, key), value)
-
-
-async def keys_of(kv: KeyValue) -> list[str]:
-    try:
-        return list(await kv.keys())
-    except nats.js.errors.NoKeysError:
-        return []

@@ -30,12 +30,11 @@ from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 from prometheus_client import Gauge
 
-from parley_contract import envelopes, jsonutil, subjects
+from parley_contract import envelopes, jsonutil, kvread, subjects
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal
 from parley_contract.timeutil import now_iso
-from parley_gateway.bus import keys_of
 from parley_gateway.conn import Conn, frame_text
 from parley_gateway.fanout import PRESENCE_EVENTS, Fanout
 from parley_gateway.metrics import Metrics
@@ -210,12 +209,23 @@ class Presence(Fanout):
             except _KV_ERRORS as exc:  # JetStream away: the next refresh writes it
                 logger.debug("heartbeat after a reconnect not written: %r", exc)
 
-    async def kv_keys(self, kv: KeyValue | None, bucket: str) -> list[str] | None:
-        """The keys of a bucket; None when it does not answer within ``KV_READ_SECONDS``."""
-        if kv is None:
+    async def kv_keys(
+        self, kv: KeyValue | None, bucket: str, *, absent_is_empty: bool = False
+    ) -> list[str] | None:
+        """The live keys of a bucket; None when it does not answer within ``KV_READ_SECONDS``
+        (or was not opened: ``kv`` None). ``absent_is_empty``: a bucket that does not exist
+        (yet) has no keys, rather than being unavailable."""
+        if (kv is None and not absent_is_empty) or self.nc is None:
             return None
         try:
-            return await asyncio.wait_for(keys_of(kv), KV_READ_SECONDS)
+            return await asyncio.wait_for(
+                kvread.live_keys(self.nc.jetstream(), bucket), KV_READ_SECONDS
+            )
+        except nats.js.errors.NotFoundError:
+            if absent_is_empty:
+                return []
+            self.metrics.kv_unavailable.labels(bucket).inc()
+            return None
         except _KV_ERRORS as exc:
             logger.warning("KV %s unavailable: %r", bucket, exc)
             self.metrics.kv_unavailable.labels(bucket).inc()
@@ -341,16 +351,10 @@ class Presence(Fanout):
 
         A bucket that does not answer: ``SERVICE_UNAVAILABLE`` with ``details.unavailable``
         (its names) and ``details.partial`` (the counts that could be made)."""
-        if self.kv_agents is None and self.nc is not None:
-            with contextlib.suppress(*_KV_ERRORS):  # absent until a bridge creates it
-                self.kv_agents = await asyncio.wait_for(
-                    self.nc.jetstream().key_value(subjects.KV_AGENTS), KV_READ_SECONDS
-                )
         presence, bridges, instances = await asyncio.gather(
             self.kv_keys(self.kv_presence, subjects.KV_PRESENCE),
-            self.kv_keys(self.kv_agents, subjects.KV_AGENTS)
-            if self.kv_agents is not None
-            else asyncio.sleep(0, []),
+            # Written by agent bridges: absent until one has started (then no agents).
+            self.kv_keys(None, subjects.KV_AGENTS, absent_is_empty=True),
             self.kv_keys(self.kv_instances, subjects.KV_INSTANCES),
         )
         counts: dict[str, Any] = {}
