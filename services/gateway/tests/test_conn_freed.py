@@ -4,8 +4,8 @@ cyclic garbage collector (whose full collections pause the gateway under load).
 A real gateway in this process, on the session's nats-server with a real conversation
 service; the cyclic GC is off while a client connects, joins a conversation, sends a message
 and closes. The principal's state and its events subscription, the conversation's state and
-its subscription (its last member left), the connection and its WebSocket must all be gone
-when the gateway has let them go.
+its subscription (its last member left), the connection and its WebSocket (and on
+``/socket.io/``, its Engine.IO session) must all be gone when the gateway has let them go.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
 
+from parley_contract import jsonutil
 from parley_devstack.servers import NatsServer, StoreServer
 from parley_devstack.stack import Stack
 from parley_devstack.testing import module_stack
@@ -26,13 +28,14 @@ from parley_gateway.fanout import ConvState
 from parley_gateway.natsdirect import _DirectQueue
 from parley_gateway.presence import PrincipalState
 from parley_gateway.server import Gateway
+from parley_gateway.sio.session import EioSession, SioConn
 from parley_gateway.wsconn import LeanConnection
 
-from .conftest import joined_conversation, uid
+from .conftest import joined_conversation, token, uid
 from .inprocess import running_gateway
 
 # What one connection (and a conversation it alone follows here) holds on the gateway.
-HELD = (Conn, LeanConnection, PrincipalState, ConvState, _DirectQueue)
+HELD = (Conn, SioConn, EioSession, LeanConnection, PrincipalState, ConvState, _DirectQueue)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,6 @@ def held() -> dict[str, int]:
 async def test_a_closed_connection_is_freed_without_the_cyclic_gc(
     gateway: Gateway, clients: Callable[..., Any]
 ) -> None:
-    hub = gateway.hub
     url = f"ws://127.0.0.1:{gateway.settings.port}/ws"
     gc.collect()  # anything earlier tests left
     baseline = held()
@@ -76,12 +78,45 @@ async def test_a_closed_connection_is_freed_without_the_cyclic_gc(
         assert during["PrincipalState"] == baseline["PrincipalState"] + 1
         assert during["ConvState"] == baseline["ConvState"] + 1
         await client.close()
-        for _ in range(200):  # the gateway's cleanup after the close
-            if not hub.sessions and not hub.principals and not hub.convs:
-                break
-            await asyncio.sleep(0.02)
-        assert not hub.sessions and not hub.principals and not hub.convs
-        await asyncio.sleep(0.1)  # the handler's last steps after the cleanup
+        await let_go(gateway)
         assert held() == baseline
     finally:
         gc.enable()
+
+
+async def test_a_closed_socketio_connection_is_freed_without_the_cyclic_gc(
+    gateway: Gateway,
+) -> None:
+    url = f"ws://127.0.0.1:{gateway.settings.port}/socket.io/?EIO=4&transport=websocket"
+    gc.collect()
+    baseline = held()
+    gc.disable()
+    try:
+        async with connect(url) as ws:
+            assert str(await ws.recv()).startswith("0")  # Engine.IO open
+            await ws.send("40" + jsonutil.dumps({"token": token(uid("freed"))}).decode())
+            assert str(await ws.recv()).startswith("40")  # Socket.IO connect
+            assert str(await ws.recv()).startswith('42["connected"')
+            during = held()
+            assert during["EioSession"] == baseline["EioSession"] + 1
+            assert during["SioConn"] == baseline["SioConn"] + 1
+            assert during["PrincipalState"] == baseline["PrincipalState"] + 1
+        await let_go(gateway)
+        assert held() == baseline
+    finally:
+        gc.enable()
+
+
+async def let_go(gateway: Gateway) -> None:
+    """Until the gateway's cleanup after a close is over."""
+    hub = gateway.hub
+
+    def gone() -> bool:
+        return not (hub.sessions or hub.principals or hub.convs or gateway.sio.sessions)
+
+    for _ in range(200):
+        if gone():
+            break
+        await asyncio.sleep(0.02)
+    assert gone()
+    await asyncio.sleep(0.1)  # the handler's last steps after the cleanup

@@ -41,7 +41,7 @@ from parley_contract.errors import ErrorCode
 from parley_gateway.sio import codec
 from parley_gateway.sio.packets import SocketLayer
 from parley_gateway.sio.relay import Relay, key_of
-from parley_gateway.sio.session import EioSession, spawn
+from parley_gateway.sio.session import EioSession, SioConn, spawn
 from parley_gateway.slim import slim_after_handshake
 from parley_gateway.wsconn import WebSocket
 
@@ -135,7 +135,15 @@ class SocketIO(SocketLayer):
         # else: kept until the next poll takes the close packet (or the sweep drops it)
         conn = eio.conn
         if conn is not None:
-            spawn(self.gw.close_conn(conn))
+            spawn(self._close_conn(eio, conn))
+
+    async def _close_conn(self, eio: EioSession, conn: SioConn) -> None:
+        try:
+            await self.gw.close_conn(conn)
+        finally:
+            # eio -> conn -> eio: a cycle; broken once the connection is cleaned up, both are
+            # freed now, not by the cyclic GC's pauses.
+            eio.conn = None
 
     # ------------------------------------------------------------------ HTTP long-polling
 
