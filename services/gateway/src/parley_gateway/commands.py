@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from parley_contract import envelopes, jsonutil
@@ -253,15 +253,29 @@ class Commands:
     async def _presence_offline(self, conn: Conn, cmd: Presence) -> dict[str, Any] | None:
         return await self._presence(conn, cmd, False)
 
-    async def rejoin(self, conn: Conn, joined: dict[str, int], *, quiet: bool = False) -> None:
+    async def rejoin(
+        self,
+        conn: Conn,
+        joined: dict[str, int],
+        *,
+        quiet: bool = False,
+        carried: Collection[str] = (),
+    ) -> None:
         """Join again each conversation a resumed or moved connection had, from its seq;
-        a conversation that refuses is one ``error`` frame naming it, not the end of it."""
+        a conversation that refuses is one ``error`` frame naming it, not the end of it.
+
+        ``carried``: conversations whose members never got this principal's offline (its
+        previous connection was kicked, or vanished with its gateway unreaped): no
+        ``presence:online`` when it is back, and ``presence:offline`` when it is not."""
         for cid, seq in joined.items():
+            carry = cid in carried
             try:
-                env = await self.join(conn, cid, seq, quiet=quiet, batched=True)
+                env = await self.join(conn, cid, seq, quiet=quiet, batched=True, carried=carry)
             except ParleyError as exc:
                 env = envelopes.fail_from(exc)
             if not env["success"]:
+                if carry and not quiet:
+                    await self._gone_from(conn, cid)
                 details = dict(env["error"].get("details") or {})
                 details["conversationId"] = cid
                 conn.send(
@@ -269,6 +283,14 @@ class Commands:
                         ErrorCode(env["error"]["code"]), env["error"]["message"], details
                     )
                 )
+
+    async def _gone_from(self, conn: Conn, cid: str) -> None:
+        """A carried conversation that was not rejoined: its members saw the principal
+        online all along; tell them it is not (unless another connection of it here is)."""
+        key = (conn.principal.kind, conn.principal.id)
+        conv = self.hub.convs.get(cid)
+        if conv is None or not any((m.principal.kind, m.principal.id) == key for m in conv.members):
+            await self.hub.publish_presence(conn, cid, online=False)
 
     async def join(
         self,
@@ -278,13 +300,15 @@ class Commands:
         *,
         quiet: bool = False,
         batched: bool = False,
+        carried: bool = False,
     ) -> dict[str, Any]:
         """conversation:join — authorize, subscribe, replay seq > since, then live events.
 
         ``quiet``: no ``conversation:joined`` and no presence (a connection moving to this
         gateway with its conversations, see parley_gateway.sio.relay). ``batched``: asked
         together with the other rejoins of this conversation (parley_gateway.rejoins), the
-        same answer as a join of its own.
+        same answer as a join of its own. ``carried``: no ``presence:online`` (a resume whose
+        previous connection's members never saw it go offline, sessions.Restored).
         """
         hub = self.hub
         if cid not in conn.joined and len(conn.joined) >= self.settings.max_conversations:
@@ -338,6 +362,7 @@ class Commands:
             key = (conn.principal.kind, conn.principal.id)
             if (
                 not quiet
+                and not carried
                 and not was_member
                 and not any(
                     m is not conn and (m.principal.kind, m.principal.id) == key

@@ -113,7 +113,9 @@ class Presence(Fanout):
         kind, pid = conn.principal.kind, conn.principal.id
         for cid in list(conn.joined):
             try:
-                await self.leave(conn, cid, announce=True)
+                # A kicked connection's session goes on elsewhere: not offline (the resume
+                # there, which read no offline mark, announces nothing either: Restored).
+                await self.leave(conn, cid, announce=not conn.kicked)
             except nats.errors.Error:
                 logger.warning("leave %s on disconnect failed", cid, exc_info=True)
         if self.sessions.get(conn.session_id) is conn:
@@ -332,6 +334,15 @@ class Presence(Fanout):
             event = PRESENCE_EVENTS.get((principal.kind, False))
             if event is None:
                 continue
+            # Marked first, unless it was resumed meanwhile (its revision moved): a resume
+            # that reads the mark announces itself online again (sessions.Restored).
+            try:
+                marked = jsonutil.dumps({**doc, "offline": True})
+                await self.kv_sessions.update(key, marked, last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            except _KV_ERRORS as exc:
+                logger.warning("session %s not marked offline: %r", key, exc)
             for cid in doc.get("conversations") or {}:
                 data = {
                     "conversationId": cid,

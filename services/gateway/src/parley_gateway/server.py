@@ -31,7 +31,7 @@ from parley_gateway.http_api import create_app
 from parley_gateway.hub import Hub
 from parley_gateway.metrics import Metrics
 from parley_gateway.origins import PolicyCORSMiddleware, origin_refusal
-from parley_gateway.sessions import SessionsUnavailable, SinceOnly
+from parley_gateway.sessions import Restored, SessionsUnavailable, SinceOnly
 from parley_gateway.settings import Settings
 from parley_gateway.sio.asgi import with_socketio
 from parley_gateway.sio.endpoint import PATH as SIO_PATH
@@ -210,9 +210,10 @@ class Gateway(Commands):
     async def resume(
         self, principal: Principal, resume: str | None, since: dict[str, int] | None
     ) -> tuple[str | None, dict[str, int] | None]:
-        """The conversations (cid → last seq) of session ``resume`` of ``principal``, if any."""
+        """The conversations (cid → last seq) of session ``resume`` of ``principal``, if any
+        (:class:`Restored`; :class:`SinceOnly` when the session could not be read)."""
         hub = self.hub
-        restored: dict[str, int] | None = None
+        restored: Restored | None = None
         if resume is not None:
             cleaning = hub.cleaning.get(resume)
             if cleaning is not None:
@@ -234,8 +235,9 @@ class Gateway(Commands):
                 # The client's own last seqs win: exact also after a crash of the old instance
                 # (whose delivered seqs may lag by up to one session flush interval). A
                 # conversation the client names that the saved session does not have yet (a
-                # join newer than the last flush) is joined again too; join re-authorizes it.
-                restored = {**restored, **since}
+                # join newer than the last flush) is joined again too; join re-authorizes it
+                # (and announces presence there: not carried, the others may have seen it go).
+                restored = Restored({**restored, **since}, restored.carried)
         return resume, restored
 
     async def open_conn(self, conn: Conn, restored: dict[str, int] | None) -> None:
@@ -268,7 +270,10 @@ class Gateway(Commands):
             hello["degraded"] = ["sessions"]  # protocol section 1: restored from since alone
         conn.send(envelopes.event_frame(first, hello))
         if restored is not None:
-            await self.rejoin(conn, restored)
+            # Presence: a conversation whose members were never told this session went
+            # offline gets no presence:online either (Restored; SinceOnly: nobody knows).
+            carried = restored.carried if isinstance(restored, Restored) else frozenset()
+            await self.rejoin(conn, restored, carried=carried)
         await hub.save_session(conn, ack=False)  # no round trip before the first command
 
     async def close_conn(self, conn: Conn) -> None:
@@ -296,13 +301,17 @@ class Gateway(Commands):
             if late:
                 await asyncio.wait(late)
         conn.closing = True
-        joined = dict(conn.joined)  # what a resume must restore
+        # What a resume must restore, saved with the offline mark before unregister
+        # publishes presence:offline: a resume that reads the session after the offline
+        # events reads the mark, and announces itself again (sessions.Restored). A resume
+        # elsewhere that read it before kicks this connection, which then announces nothing
+        # (unregister). A kicked connection saves nothing (its session lives on elsewhere).
+        if not conn.kicked:
+            await hub.save_session(conn, dict(conn.joined), offline=True)
         try:
             await hub.unregister(conn)
-        except Exception:  # never skip saving the session for one failed cleanup step
+        except Exception:
             logger.exception("cleanup of %r failed", conn)
-        if not conn.kicked:
-            await hub.save_session(conn, joined)
 
     # ------------------------------------------------------------------ lifecycle
 

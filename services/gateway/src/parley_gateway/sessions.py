@@ -56,6 +56,19 @@ class SinceOnly(dict[str, int]):
     """A resume restored from the client's ``since`` alone (the session could not be read)."""
 
 
+class Restored(dict[str, int]):
+    """A saved session's conversations (cid → last seq delivered), and ``carried``: those
+    in which the other members were never told it went offline (docs/protocol.md 3.5,
+    Presence): no ``offline`` mark in the session, so its previous connection is still open
+    (it is kicked, and a kicked connection announces nothing) or vanished with its gateway
+    before that gateway's clients were reaped. A rejoin of a carried conversation publishes
+    no ``presence:online``: for the others it never went away (issue 16, the storm)."""
+
+    def __init__(self, convs: dict[str, int], carried: frozenset[str] = frozenset()) -> None:
+        super().__init__(convs)
+        self.carried = carried
+
+
 class SessionsUnavailable(ParleyError):
     """The sessions bucket did not answer: a resume cannot know the session's conversations."""
 
@@ -99,23 +112,32 @@ class Sessions(Bus):
             subjects.GATEWAY_SESSION_KICK_WILDCARD, cb=self._on_kick
         )
 
-    def session_doc(self, conn: Conn, joined: dict[str, int] | None = None) -> bytes:
-        return jsonutil.dumps(
-            {
-                "principal": conn.principal.model_dump(mode="json"),
-                "conversations": dict(conn.joined if joined is None else joined),
-                "instanceId": self.instance_id,
-                "updatedAt": now_iso(),
-            }
-        )
+    def session_doc(
+        self, conn: Conn, joined: dict[str, int] | None = None, *, offline: bool = False
+    ) -> bytes:
+        doc: dict[str, object] = {
+            "principal": conn.principal.model_dump(mode="json"),
+            "conversations": dict(conn.joined if joined is None else joined),
+            "instanceId": self.instance_id,
+            "updatedAt": now_iso(),
+        }
+        if offline:  # its offline events are published (Restored: a resume says online)
+            doc["offline"] = True
+        return jsonutil.dumps(doc)
 
     async def save_session(
-        self, conn: Conn, joined: dict[str, int] | None = None, *, ack: bool = True
+        self,
+        conn: Conn,
+        joined: dict[str, int] | None = None,
+        *,
+        ack: bool = True,
+        offline: bool = False,
     ) -> None:
-        """Write the session to the KV; ``ack=False``: a plain publish, no round trip."""
+        """Write the session to the KV; ``ack=False``: a plain publish, no round trip.
+        ``offline``: the connection is closed and its ``presence:offline`` published."""
         if conn.kicked or self.kv_sessions is None:
             return
-        doc = self.session_doc(conn, joined)
+        doc = self.session_doc(conn, joined, offline=offline)
         if not ack:
             self.kv_publish_soon(subjects.KV_SESSIONS, conn.session_id, doc)
             return
@@ -125,7 +147,7 @@ class Sessions(Bus):
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             logger.warning("session %s not saved: %s", conn.session_id, exc)
 
-    async def load_session(self, session_id: str, principal: Principal) -> dict[str, int] | None:
+    async def load_session(self, session_id: str, principal: Principal) -> Restored | None:
         """The conversations (cid → last seq delivered) of a session of this principal;
         None: no such session (or someone else's). Raises :class:`SessionsUnavailable` when
         the sessions bucket does not answer within ``LOAD_BUDGET_SECONDS``."""
@@ -142,7 +164,10 @@ class Sessions(Bus):
         if owner.get("id") != principal.id or owner.get("kind") != principal.kind.value:
             return None
         convs = doc.get("conversations") or {}
-        return {str(k): int(v) for k, v in convs.items() if isinstance(v, int)}
+        if not isinstance(convs, dict):
+            return None
+        restored = {str(k): int(v) for k, v in convs.items() if isinstance(v, int)}
+        return Restored(restored, frozenset() if doc.get("offline") else frozenset(restored))
 
     async def _read_session(self, session_id: str) -> bytes | None:
         if self.kv_sessions is None:
