@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from parley_contract import jsonutil
 from parley_devstack.servers import NatsServer, StoreServer
@@ -29,13 +30,23 @@ from parley_gateway.natsdirect import _DirectQueue
 from parley_gateway.presence import PrincipalState
 from parley_gateway.server import Gateway
 from parley_gateway.sio.session import EioSession, SioConn
-from parley_gateway.wsconn import LeanConnection
+from parley_gateway.wsconn import BoundedServerConnection, LeanConnection
 
-from .conftest import joined_conversation, token, uid
+from .conftest import Client, joined_conversation, token, uid
 from .inprocess import running_gateway
 
 # What one connection (and a conversation it alone follows here) holds on the gateway.
-HELD = (Conn, SioConn, EioSession, LeanConnection, PrincipalState, ConvState, _DirectQueue)
+HELD = (
+    Conn,
+    SioConn,
+    EioSession,
+    LeanConnection,
+    BoundedServerConnection,
+    ServerProtocol,
+    PrincipalState,
+    ConvState,
+    _DirectQueue,
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,21 +71,26 @@ def held() -> dict[str, int]:
     return counts
 
 
+@pytest.mark.parametrize("path", ["lean", "websockets"])
 async def test_a_closed_connection_is_freed_without_the_cyclic_gc(
-    gateway: Gateway, clients: Callable[..., Any]
+    gateway: Gateway, path: str
 ) -> None:
-    url = f"ws://127.0.0.1:{gateway.settings.port}/ws"
+    url = f"ws://127.0.0.1:{gateway.settings.port}/ws?access_token={token(uid('freed'))}"
+    # A subprotocol offered: not the plain upgrade, websockets' connection takes it.
+    offer = [Subprotocol("parley")] if path == "websockets" else None
     gc.collect()  # anything earlier tests left
     baseline = held()
     gc.disable()
     try:
-        client = await clients(url, uid("freed"))
+        client = Client(await connect(url, subprotocols=offer)).start()
+        await client.wait_for(lambda f: f.get("event") == "connected")
         cid = await joined_conversation(client)
         r = await client.cmd("message:send", {"conversationId": cid, "content": "hi"})
         assert r["success"], r
         await client.wait_for(lambda f: f.get("event") == "message:new")
         during = held()
-        assert during["LeanConnection"] == baseline["LeanConnection"] + 1  # the lean path
+        opened = "LeanConnection" if path == "lean" else "ServerProtocol"
+        assert during[opened] == baseline[opened] + 1
         assert during["PrincipalState"] == baseline["PrincipalState"] + 1
         assert during["ConvState"] == baseline["ConvState"] + 1
         await client.close()

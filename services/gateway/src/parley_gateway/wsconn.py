@@ -84,6 +84,13 @@ class BoundedServerConnection(ServerConnection):
             self.loop.call_later(self.close_timeout or 0, self.transport.abort)
         super().data_received(data)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)  # the protocol reads its EOF: CLOSED, its parser done
+        # The parser is a generator suspended on a last ``yield`` that holds the protocol (a
+        # reference cycle): closed here, the protocol is freed with the connection, not by
+        # the cyclic GC. Nothing steps it after EOF (websockets' receive_* check the reader).
+        self.protocol.parser.close()
+
 
 class LeanConnection(IncomingFrames, asyncio.Protocol):
     """One WebSocket connection, server side, opened by the front (see the module doc)."""
