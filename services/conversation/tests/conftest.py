@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 
@@ -20,6 +23,9 @@ from parley_conversation.service import ConversationService
 from parley_conversation.settings import Settings
 from parley_conversation.store import MongoStore
 from parley_devstack.servers import NatsServer, StoreServer
+from parley_runtime import tasks
+
+logger = logging.getLogger(__name__)
 
 Request = Callable[..., Awaitable[dict[str, Any]]]
 
@@ -137,19 +143,25 @@ async def serve_agents(nc: Client, *agent_ids: str) -> None:
 async def served_agents(nc: Client) -> AsyncIterator[None]:
     """The agents these tests assign are served (an unserved agentId is NOT_FOUND), and stay
     so: announced again every second as a bridge does, or a test that outlasts the agent
-    watch's dead-after window (a busy machine) gets "agent offline" notices in its log."""
+    watch's dead-after window (a busy machine) gets "agent offline" notices in its log.
+
+    The refresh loop is tasks.every and ends with tasks.cancel_all, as a service's loops do:
+    a plain ``while True`` loop around the KV puts hung the teardown for good (pytest's
+    120 s timeout, 1 run in 9 under load) when the cancel came with a put's reply, which
+    nats-py's wait_for swallows on Python 3.11 (parley_runtime.tasks.cancellable); and a put
+    timing out on a busy machine failed the test in teardown."""
     await serve_agents(nc, "agent-general", "agent-code")
-
-    async def refresh() -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            await serve_agents(nc, "agent-general", "agent-code")
-
-    task = asyncio.create_task(refresh())
+    refresh = asyncio.create_task(
+        tasks.every(
+            1.0,
+            lambda: serve_agents(nc, "agent-general", "agent-code"),
+            what="announcing the test agents",
+            expected=(nats.errors.Error, nats.js.errors.Error, TimeoutError),
+            log=logger,
+        )
+    )
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await tasks.cancel_all([refresh])
 
 
 @contextlib.asynccontextmanager
