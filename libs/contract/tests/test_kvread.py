@@ -17,20 +17,15 @@ from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
 from parley_contract import kvread, subjects
-from parley_devstack.servers import NatsServer
 
 BUCKET = "live_keys_probe"
 
 
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    try:
-        yield client
-    finally:
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await client.jetstream().delete_key_value(BUCKET)
-        await client.close()
+@pytest.fixture(autouse=True)
+async def _drop_bucket(nc: Client) -> AsyncIterator[None]:
+    yield
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await nc.jetstream().delete_key_value(BUCKET)
 
 
 async def _bucket(nc: Client, *, ttl: float | None = None) -> KeyValue:
