@@ -26,7 +26,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from pymongo.errors import PyMongoError
 
@@ -59,6 +60,21 @@ PublishFrame = Callable[[str, bytes, dict[str, str]], Awaitable[None]]
 # After a batch, per conversation: quick work done at once; what it returns (if anything),
 # in the background. Most conversations need no task of their own.
 OnStored = Callable[[Conversation, list[Message]], Coroutine[Any, Any, None] | None]
+
+
+_T = TypeVar("_T")
+
+
+@dataclass(slots=True)
+class Written:
+    """A batch stored in the log, to be announced (Sequencer._announce)."""
+
+    jobs: list[tuple[str, Job]]
+    live: dict[str, list[Job]]  # per conversation, the jobs that went to the store
+    followers: dict[tuple[str, str], list[SendJob]]  # retries inside the batch, by key
+    results: dict[str, list[AppendResult]]
+    convs: dict[str, Conversation]
+    stored_by: dict[str, list[Message]]
 
 
 class Sequencer:
@@ -165,44 +181,67 @@ class Sequencer:
         (not the ones stored after this call: it ends even under a steady load)."""
         await self.totals.settle()
 
+    def _take(self) -> list[tuple[str, Job]]:
+        jobs = self._queue[: self._max_batch]
+        del self._queue[: self._max_batch]
+        del self._queued_at[: self._max_batch]
+        if self._on_batch is not None:
+            self._on_batch(len(jobs))
+        return jobs
+
     async def _work(self) -> None:
-        jobs: list[tuple[str, Job]] = []
+        """Batches are written one at a time, and each is announced (frames published,
+        callers answered) while the next one is being written: the store commits batch N+1
+        while this process publishes batch N. Frames still go out in seq order: batch N+1 is
+        announced only after batch N."""
+        batch: list[tuple[str, Job]] = []  # the batch being written
+        writing: asyncio.Task[Written | None] | None = None
+        written: Written | None = None  # stored, not announced yet
         try:
-            while self._queue:
-                jobs = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                del self._queued_at[: self._max_batch]
-                if self._on_batch is not None:
-                    self._on_batch(len(jobs))
-                try:
-                    await self._process(jobs)
-                except ParleyError as exc:
-                    fail([j for _, j in jobs], exc)
-                except PyMongoError:
-                    logger.exception("store error while writing a batch")
-                    fail(
-                        [j for _, j in jobs],
-                        ParleyError(
-                            ErrorCode.SERVICE_UNAVAILABLE, "the store is unavailable, retry"
-                        ),
-                    )
-                except Exception:
-                    logger.exception("unexpected error while writing a batch")
-                    fail(
-                        [j for _, j in jobs],
-                        ParleyError(ErrorCode.INTERNAL_ERROR, "internal error"),
-                    )
-                jobs = []
+            while self._queue or written is not None:
+                if self._queue:
+                    batch = self._take()
+                    writing = asyncio.create_task(self._guarded(batch, self._write(batch)))
+                    # Let it reach the store (its first wait) before this batch's announce.
+                    await asyncio.sleep(0)
+                if written is not None:
+                    await self._guarded(written.jobs, self._announce(written))
+                    written = None
+                if writing is not None:
+                    written = await writing
+                    writing, batch = None, []
         finally:
             # Only non-empty if this task was cancelled: nobody may wait forever.
             self._worker = None
-            rest = [j for _, j in jobs + self._queue]
+            if writing is not None:
+                writing.cancel()
+            rest = [j for _, j in batch + (written.jobs if written else []) + self._queue]
             self._queue.clear()
             self._queued_at.clear()
             fail(rest, ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "write interrupted, retry"))
 
-    async def _process(self, jobs: list[tuple[str, Job]]) -> None:
-        """One group commit for every conversation with queued writes."""
+    async def _guarded(
+        self, jobs: list[tuple[str, Job]], step: Coroutine[Any, Any, _T]
+    ) -> _T | None:
+        """A batch's write or announce; on an error its callers not answered yet fail."""
+        try:
+            return await step
+        except ParleyError as exc:
+            fail([j for _, j in jobs], exc)
+        except PyMongoError:
+            logger.exception("store error while writing a batch")
+            fail(
+                [j for _, j in jobs],
+                ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "the store is unavailable, retry"),
+            )
+        except Exception:
+            logger.exception("unexpected error while writing a batch")
+            fail([j for _, j in jobs], ParleyError(ErrorCode.INTERNAL_ERROR, "internal error"))
+        return None
+
+    async def _write(self, jobs: list[tuple[str, Job]]) -> Written | None:
+        """One group commit for every conversation with queued writes: authorized, stored,
+        its totals queued; None if nothing of it was to be stored."""
         groups: dict[str, list[Job]] = {}
         for cid, job in jobs:
             groups.setdefault(cid, []).append(job)
@@ -237,7 +276,7 @@ class Sequencer:
             live[cid] = kept
         live = {cid: js for cid, js in live.items() if js}
         if not live:
-            return
+            return None
         pending = {cid: [pending_of(j) for j in js] for cid, js in live.items()}
         results = await self._store.append_events(pending, strict=strict)
         if self.auth is not None:
@@ -262,6 +301,11 @@ class Sequencer:
         # totals go to the totals writer (coalesced, written in the background, retried).
         self.totals.add(totals)
         self.last_batch_at = time.monotonic()
+        return Written(jobs, live, followers, results, convs, stored_by)
+
+    async def _announce(self, w: Written) -> None:
+        """A stored batch: its high-water marks, then its frames, then its callers' answers."""
+        live, followers, results, convs = w.live, w.followers, w.results, w.convs
         if self._on_committed is not None:
             # The high-water marks (epochs.py) go out before the frames that reach them.
             for cid, res_list in results.items():
@@ -277,7 +321,7 @@ class Sequencer:
                 if res.error is None:
                     await self._publish_durable(cid, subject, res.frame)
         if self._on_stored is not None:
-            for cid, stored in stored_by.items():
+            for cid, stored in w.stored_by.items():
                 if stored and cid in convs:
                     self._after_stored(convs[cid], stored)
         again: list[tuple[str, Job]] = []
