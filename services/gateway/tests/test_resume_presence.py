@@ -14,6 +14,8 @@ import asyncio
 import time
 from typing import Any
 
+import nats.js.errors
+
 from parley_contract import subjects
 
 from .conftest import GatewayProc, joined_conversation, uid
@@ -189,3 +191,30 @@ async def test_a_carried_conversation_that_refuses_the_resume_says_offline(
         lambda f: f.get("event") == "presence:offline" and f["data"]["principalId"] == alice_id
     )
     assert "reason" not in off["data"]
+
+
+async def _entry_written(kv: Any, key: str) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if (await kv.get(key)).value == b"1":
+                return
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            pass
+        assert time.monotonic() < deadline, f"presence entry {key} not written"
+        await asyncio.sleep(0.2)
+
+
+async def test_the_presence_refresh_writes_a_lost_entry_again(
+    gateway_factory: Any, clients: Any, fake_conversation: Any
+) -> None:
+    """The refresh (every presenceTtl/3, not acknowledged) writes each principal's entry
+    again: one lost (here deleted) is back within a refresh."""
+    gw = gateway_factory(ENV)
+    alice_id = uid("alice")
+    await clients(gw.ws_url, alice_id)
+    kv = await fake_conversation.nc.jetstream().key_value(subjects.KV_PRESENCE)
+    key = f"user.{alice_id}.{gw.name}"
+    await _entry_written(kv, key)
+    await kv.delete(key)
+    await _entry_written(kv, key)
