@@ -27,6 +27,8 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import EventsSinceRequest, Principal
 from parley_contract.turnstate import KV_TTL_SECONDS
+from parley_gateway import natsdirect
+from parley_gateway.conn import flush_all
 from parley_gateway.metrics import Metrics
 from parley_gateway.natsbalance import server_name
 from parley_gateway.settings import Settings
@@ -79,6 +81,7 @@ class Bus:
         """Connect to NATS and declare the KV buckets, retrying (capped backoff) through an
         outage or a JetStream without quorum: not ready meanwhile, never an exit."""
         self.nc = await bus.connect(self.settings, "gateway", reconnected_cb=self._on_reconnected)
+        natsdirect.after_each_read(self.nc, flush_all)  # the clients' frames without a tick
         js = self.nc.jetstream()
         self._agents = AgentDirectory(js)
         want = jetstream.replicas(self.nc, self.settings)
@@ -238,11 +241,33 @@ class Bus:
 
     def _send_outbox(self) -> None:
         batch, self._outbox = self._outbox, []
-        if batch:
-            self._last_batch = asyncio.get_running_loop().time()
-            task = asyncio.get_running_loop().create_task(self._publish_batch(batch))
-            self._publishing.add(task)
-            task.add_done_callback(self._publishing.discard)
+        if not batch:
+            return
+        loop = asyncio.get_running_loop()
+        self._last_batch = loop.time()
+        nc = self.nc
+        # Written now when nothing waits in the NATS client (the usual case): not through
+        # a task and nats-py's flusher task, two more loop iterations before the socket.
+        if nc is not None and natsdirect.write_now(nc, lambda: self._commands(nc, batch)):
+            return
+        task = loop.create_task(self._publish_batch(batch))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    @staticmethod
+    def _commands(nc: NATS, batch: list[_Outgoing]) -> list[bytes]:
+        """The protocol commands of a batch (what ``_publish_batch`` would send)."""
+        out: list[bytes] = []
+        for item in batch:
+            if isinstance(item, bytes):
+                out.append(item)
+                continue
+            subject, payload, headers = item
+            try:
+                out.append(natsdirect.pub_command(nc, subject, payload, headers))
+            except nats.errors.Error as exc:
+                logger.warning("publish on %s failed: %s", subject, exc)
+        return out
 
     async def _publish_batch(self, batch: list[_Outgoing]) -> None:
         nc = self.nc

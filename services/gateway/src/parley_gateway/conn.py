@@ -61,6 +61,14 @@ def _flush_all() -> None:
         conn.flush()
 
 
+def flush_all() -> None:
+    """Write what every connection has framed, now: called after each chunk the NATS client
+    read (``natsdirect.after_each_read``), so the frames of its messages leave in the same
+    loop step, one socket write per connection (the loop's own flush then finds nothing)."""
+    if _FLUSH:
+        _flush_all()
+
+
 class Pipeline:
     """The commands of one connection in flight: several at once, in order per conversation.
 

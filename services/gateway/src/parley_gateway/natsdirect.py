@@ -7,21 +7,30 @@ only cost memory and latency. :func:`subscribe_direct` creates a plain subscript
 callback: no task) and puts in place of its pending queue a stand-in whose ``put_nowait``
 calls the handler synchronously, in the order the client reads messages off the socket.
 
+The same goes for the other direction: :func:`write_now` hands protocol commands (the
+gateway's batched publishes) to the socket at once when nothing waits in the client, instead
+of queueing them for nats-py's flusher task (two more loop iterations, a future and a queue
+per batch); :func:`after_each_read` runs a function once per chunk the client read, after
+its messages were handled (the gateway writes its clients' frames there).
+
 This relies on nats-py internals (``Subscription._pending_queue``, used by
-``Client._process_msg``); pinned by uv.lock and covered by every gateway test. If they
-change, :func:`subscribe_direct` falls back to an ordinary callback subscription.
+``Client._process_msg``; ``Client._pending``, ``_transport``, ``_ps``); pinned by uv.lock and
+covered by every gateway test. If they change, :func:`subscribe_direct` falls back to an
+ordinary callback subscription, :func:`write_now` to the client's queue and
+:func:`after_each_read` to nothing (the caller's own schedule).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
 import nats.errors
+from nats.aio.client import NATS_HDR_LINE, _validate_subject
 from nats.aio.client import Client as NATS
-from nats.aio.client import _validate_subject
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.protocol import command as prot_command
@@ -29,6 +38,13 @@ from nats.protocol import command as prot_command
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], None]
+
+# What ``Client.publish`` checks and does to headers (nats-py's own rules, same bytes).
+_HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+# Beyond this many bytes waiting in the socket's buffer, writes go through nats-py's flusher,
+# which waits for the buffer to drain (backpressure); a direct write never waits.
+WRITE_NOW_LIMIT = 64 * 1024
 
 
 class _DirectQueue:
@@ -143,3 +159,76 @@ def new_subscription(nc: NATS, sid: int, subject: str) -> Subscription:
     sub._id = sid
     sub._subject = subject
     return sub
+
+
+def pub_command(nc: NATS, subject: str, payload: bytes, headers: dict[str, str] | None) -> bytes:
+    """The ``PUB``/``HPUB`` command ``nc.publish(subject, payload, headers=headers)`` sends.
+
+    Raises what ``publish`` raises for a bad subject, header key or a payload over the
+    server's max payload (``nats.errors.Error``)."""
+    _validate_subject(subject)
+    if len(payload) > nc._max_payload:
+        raise nats.errors.MaxPayloadError
+    if headers is None:
+        return prot_command.pub_cmd(subject, "", payload)
+    hdr = bytearray(NATS_HDR_LINE)
+    hdr += b"\r\n"
+    for k, v in headers.items():
+        key = k.strip()
+        if not key:
+            continue
+        if not _HEADER_KEY.fullmatch(key):
+            raise nats.errors.BadHeaderError(key)
+        hdr += f"{key}: {v.strip().translate(_HEADER_VALUE_NEWLINES)}\r\n".encode()
+    hdr += b"\r\n"
+    return prot_command.hpub_cmd(subject, "", hdr, payload)
+
+
+def _writer(nc: NATS) -> asyncio.StreamWriter | None:
+    """The client's socket writer when a command written now keeps its order (connected,
+    nothing queued for the flusher, the socket's buffer short), else None."""
+    if not nc.is_connected or nc._pending:
+        return None
+    writer = getattr(nc._transport, "_io_writer", None)
+    if not isinstance(writer, asyncio.StreamWriter):
+        return None  # another transport (WebSocket): nats-py's way
+    transport = writer.transport
+    if transport.is_closing() or transport.get_write_buffer_size() > WRITE_NOW_LIMIT:
+        return None
+    return writer
+
+
+def write_now(nc: NATS, build: Callable[[], list[bytes]]) -> bool:
+    """Write the commands ``build()`` returns to the NATS socket now, in one write; False
+    (nothing built, nothing written) when they must go through nats-py's queue instead:
+    not connected, commands already waiting there (order), or a socket that is behind."""
+    writer = _writer(nc)
+    if writer is None:
+        return False
+    commands = build()
+    if not commands:
+        return True
+    try:
+        writer.write(commands[0] if len(commands) == 1 else b"".join(commands))
+    except (OSError, RuntimeError):  # the socket just went: nats-py reconnects, as for its own
+        logger.debug("direct write to NATS failed", exc_info=True)
+    return True
+
+
+def after_each_read(nc: NATS, after: Callable[[], None]) -> bool:
+    """Call ``after()`` each time the client has handled a chunk it read from the socket (all
+    the messages in it), in the same loop step. False if nats-py's parser is not there."""
+    parser = getattr(nc, "_ps", None)
+    parse = getattr(parser, "parse", None)
+    if parse is None or not asyncio.iscoroutinefunction(parse):
+        logger.warning("nats-py internals changed: no hook after each read")
+        return False
+
+    async def parse_then(data: bytes = b"") -> None:
+        try:
+            await parse(data)
+        finally:
+            after()
+
+    parser.parse = parse_then  # type: ignore[union-attr]
+    return True
