@@ -31,6 +31,9 @@ from parley_gateway.settings import Settings
 logger = logging.getLogger(__name__)
 
 _FRAME_KEYS = frozenset({"event", "id", "data"})
+# Commands answered here without waiting for anything (relayed as ephemeral events): run
+# inline by ``submit_frame`` when the connection has nothing else in flight.
+_INLINE = frozenset({Event.TYPING_START.value, Event.TYPING_STOP.value})
 INVALID = object()  # a frame that is not JSON
 _RECEIPT_KEYS = ("unreadCount", "readSeq", "cursors")
 
@@ -67,6 +70,16 @@ class Commands:
     async def submit_frame(self, conn: Conn, frame: dict[str, Any], start: float) -> None:
         """Start one command (a JSON object); waits only while MAX_IN_FLIGHT are running."""
         pipe = conn.pipe
+        event = frame.get("event")
+        if pipe is None and type(event) is str and event in _INLINE:
+            # Nothing of this connection in flight (its order holds): run it in the reader's
+            # own step, not in a task and a Pipeline of its own, one loop iteration later.
+            conn.busy += 1
+            try:
+                await self.on_command(conn, frame, start)
+            finally:
+                conn.busy -= 1
+            return
         if pipe is None:
             pipe = conn.pipe = Pipeline()
         await pipe.slots.acquire()
