@@ -102,6 +102,14 @@ async def test_bad_frames_get_their_errors_and_the_connection_survives(
     assert e["error"]["details"]["field"] == "id"
     await c.send_raw(jsonutil.dumps({"event": "what:ever"}).decode())
     await c.wait_for(lambda f: f.get("error", {}).get("code") == "UNKNOWN_EVENT")
+
+    def unknown() -> int:
+        return sum(f.get("error", {}).get("code") == "UNKNOWN_EVENT" for f in c.frames)
+
+    for hostile in ([], {"typing:start": 1}, ["typing:start"]):  # unhashable event names
+        n = unknown()
+        await c.send_raw(jsonutil.dumps({"event": hostile, "data": {}}).decode())
+        await c.wait_for(lambda f, n=n: unknown() > n)
     # still alive, and nobody else noticed anything
     r = await c.cmd("presence:online", {"status": "here"})
     assert r["success"]
