@@ -116,7 +116,12 @@ async def test_write_now_keeps_order_behind_what_the_client_queued(
         assert write_now(nc, lambda: [pub_command(nc, "p.order", b"1", None)])
         await nc._send_command(pub_command(nc, "p.order", b"2", None))  # queued, not flushed
         built: list[int] = []
-        assert not write_now(nc, lambda: built.append(1) or [])
+
+        def build() -> list[bytes]:
+            built.append(1)
+            return []
+
+        assert not write_now(nc, build)
         assert built == []  # not even built
         await nc.publish("p.order", b"3")  # the caller's fallback: behind "2"
         await nc.flush()
