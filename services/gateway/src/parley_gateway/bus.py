@@ -41,6 +41,11 @@ EVENTS_PAGE = 200  # events per QUERY_EVENTS_SINCE request (the service allows u
 # Ephemeral events this gateway publishes (typing, presence) wait at most this long so that
 # the publishes of many commands share one socket write of the NATS client.
 PUBLISH_WINDOW_SECONDS = 0.001
+# What a connect sends (its principal's SUB, its presence and session puts: ``lazy``) waits
+# up to this long, so that the connects of a burst share one socket write to NATS even when
+# they come less than one per publish window; anything else queued meanwhile brings the
+# batch back to the publish window.
+CONNECT_WINDOW_SECONDS = 0.005
 
 _Outgoing = tuple[str, bytes, dict[str, str] | None] | bytes
 
@@ -70,6 +75,10 @@ class Bus:
         # (parley_runtime.requests.AttemptTimer), never below attempt_timeout_seconds.
         self.attempt_timer = requests.AttemptTimer(settings.attempt_timeout_seconds)
         self._last_batch = -1.0  # loop.time() of the last batch handed to the NATS client
+        # The outbox's pending send (a timer or a call_soon handle) and when it is due.
+        self._outbox_timer: asyncio.Handle | None = None
+        self._outbox_due = 0.0
+        self._outbox_lazy = False  # due later than the publish window (lazy items only)
 
     @property
     def agents(self) -> AgentDirectory:
@@ -210,7 +219,12 @@ class Bus:
         self.publish_soon(subjects.conversation_ephemeral(cid), jsonutil.dumps(frame), headers)
 
     def publish_soon(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        lazy: bool = False,
     ) -> None:
         """Publish within ``PUBLISH_WINDOW_SECONDS``, in order with the other publishes here.
 
@@ -218,28 +232,51 @@ class Bus:
         per window: one socket write for the batch instead of one per event loop tick that
         published (the
         gateway publishes ephemeral events, typing and presence, and unacknowledged KV
-        writes: many connects or session flushes in a window share one write).
+        writes: many connects or session flushes in a window share one write). ``lazy``:
+        within ``CONNECT_WINDOW_SECONDS`` (a connect's puts), unless something else is
+        queued meanwhile.
         """
-        self._queue_soon((subject, payload, headers))
+        self._queue_soon((subject, payload, headers), lazy)
 
-    def command_soon(self, command: bytes) -> None:
+    def command_soon(self, command: bytes, *, lazy: bool = False) -> None:
         """A raw protocol command (the ``SUB`` of ``natsdirect.subscribe_later``) sent with
         the next batch, in order with the publishes."""
-        self._queue_soon(command)
+        self._queue_soon(command, lazy)
 
-    def _queue_soon(self, item: _Outgoing) -> None:
+    def _queue_soon(self, item: _Outgoing, lazy: bool) -> None:
         self._outbox.append(item)
-        if len(self._outbox) == 1:
-            # At most one batch per window: one window after the previous batch, or at the
-            # end of this loop iteration when that is past (quiet: no latency added).
-            loop = asyncio.get_running_loop()
-            due = self._last_batch + PUBLISH_WINDOW_SECONDS
-            if due <= loop.time():
-                loop.call_soon(self._send_outbox)
-            else:
-                loop.call_at(due, self._send_outbox)
+        # At most one batch per window: one window after the previous batch, or at the end
+        # of this loop iteration when that is past (quiet: no latency added). Only lazy
+        # items so far: the connect window.
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = window = self._last_batch + PUBLISH_WINDOW_SECONDS
+        if lazy:
+            due = max(window, now + CONNECT_WINDOW_SECONDS)
+        timer = self._outbox_timer
+        if timer is not None:
+            if due >= self._outbox_due:
+                return  # sent sooner anyway
+            timer.cancel()
+        self._outbox_due = due
+        self._outbox_lazy = due > window
+        if due <= now:
+            self._outbox_timer = loop.call_soon(self._send_outbox)
+        else:
+            self._outbox_timer = loop.call_at(due, self._send_outbox)
+
+    def send_lazy_now(self) -> None:
+        """Send now what waits for the connect window (a client's command: what the command
+        causes on NATS must find the connect's ``SUB`` there, e.g. the ``conversation:created``
+        to the creator's principal events)."""
+        if self._outbox_lazy:
+            self._send_outbox()
 
     def _send_outbox(self) -> None:
+        self._outbox_lazy = False
+        if self._outbox_timer is not None:
+            self._outbox_timer.cancel()  # flush_publishes: sent before its time
+            self._outbox_timer = None
         batch, self._outbox = self._outbox, []
         if not batch:
             return
@@ -297,7 +334,7 @@ class Bus:
         if self._publishing:
             await asyncio.gather(*self._publishing, return_exceptions=True)
 
-    def kv_publish_soon(self, bucket: str, key: str, value: bytes) -> None:
+    def kv_publish_soon(self, bucket: str, key: str, value: bytes, *, lazy: bool = False) -> None:
         """A KV put without waiting for JetStream's acknowledgement (``publish_soon``).
 
         An acknowledged KV write made after it must call ``flush_publishes`` first, so that
@@ -305,4 +342,4 @@ class Bus:
         nc = self.nc
         if nc is None or not nc.is_connected:
             return
-        self.publish_soon(subjects.kv_key_subject(bucket, key), value)
+        self.publish_soon(subjects.kv_key_subject(bucket, key), value, lazy=lazy)

@@ -86,13 +86,15 @@ class Presence(Fanout):
             state.sub, command = subscribe_later(
                 self.nc, subjects.principal_events(kind, pid), self._principal_handler(state)
             )
-            self.command_soon(command)
+            self.command_soon(command, lazy=not conn.resumed)
         state.conns.add(conn)
         self.sessions[conn.session_id] = conn
         self._connected_gauge(conn.principal.kind).inc()
         # Not acknowledged: the client gets ``connected`` without waiting for JetStream, and
         # the presence refresh (every presenceTtl/3) writes it again.
-        await self._put_presence(conn.principal.kind, pid, len(state.conns), ack=False)
+        await self._put_presence(
+            conn.principal.kind, pid, len(state.conns), ack=False, lazy=not conn.resumed
+        )
 
     def _connected_gauge(self, kind: PrincipalKind) -> Gauge:
         gauge = self._connected.get(kind)
@@ -150,13 +152,13 @@ class Presence(Fanout):
         return f"{kind.value}.{pid}.{self.instance_id}"
 
     async def _put_presence(
-        self, kind: PrincipalKind, pid: str, count: int, *, ack: bool = True
+        self, kind: PrincipalKind, pid: str, count: int, *, ack: bool = True, lazy: bool = False
     ) -> None:
         if self.kv_presence is None:
             return
         if not ack:
             self.kv_publish_soon(
-                subjects.KV_PRESENCE, self._presence_key(kind, pid), str(count).encode()
+                subjects.KV_PRESENCE, self._presence_key(kind, pid), str(count).encode(), lazy=lazy
             )
             return
         try:
