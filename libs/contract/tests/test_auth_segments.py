@@ -8,9 +8,10 @@ import random
 
 import jwt
 import pytest
+from jwt.algorithms import HMACAlgorithm
 from jwt.api_jws import PyJWS
 
-from parley_contract.auth import _JWS, JwtConfig, mint_token, verify_token
+from parley_contract.auth import _JWS, JwtConfig, _CheckedHMAC, mint_token, verify_token
 from parley_contract.errors import ParleyError
 
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -95,3 +96,20 @@ def test_hostile_tokens_refused_as_before(mangle: object) -> None:
 def test_a_good_token_still_verifies() -> None:
     principal, exp = verify_token(mint_token("alice", name="Alice"), JwtConfig())
     assert principal.id == "alice" and exp > 0
+
+
+def test_the_checked_hs256_key_signs_and_verifies_as_pyjwt_does() -> None:
+    """``_CheckedHMAC`` (the configured secret, checked once) against PyJWT's HS256: the
+    same signatures, the same key-length answer, the same refusal of a wrong signature."""
+    rng = random.Random(16)
+    plain = HMACAlgorithm(HMACAlgorithm.SHA256)
+    for size in (1, 16, 31, 32, 64, 100):
+        secret = bytes(rng.randrange(256) for _ in range(size))
+        checked = _CheckedHMAC(secret)
+        assert checked.check_key_length(checked.checked) == plain.check_key_length(secret)
+        for n in (0, 1, 64, 1000):
+            msg = bytes(rng.randrange(256) for _ in range(n))
+            sig = plain.sign(msg, secret)
+            assert checked.sign(msg, checked.checked) == sig
+            assert checked.verify(msg, checked.checked, sig)
+            assert not checked.verify(msg, checked.checked, bytes(32))
