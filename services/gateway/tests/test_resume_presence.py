@@ -17,6 +17,7 @@ from typing import Any
 import nats.js.errors
 
 from parley_contract import subjects
+from parley_devstack.testing import session_saved
 
 from .conftest import GatewayProc, joined_conversation, uid
 
@@ -35,9 +36,13 @@ def _session(client: Any) -> str:
     return str(client.frames[0]["data"]["sessionId"])
 
 
-async def _setup(gateway_factory: Any, clients: Any, *extra: str) -> tuple[Any, ...]:
-    """alice (and ``extra``) on gw1, bob on gw2, all joined to one conversation."""
+async def _setup(
+    gateway_factory: Any, clients: Any, fake_conversation: Any, *extra: str
+) -> tuple[Any, ...]:
+    """alice (and ``extra``) on gw1, bob on gw2, all joined to one conversation; gw1's
+    sessions saved, and gw2 has listed gw1's heartbeat (the reaper's view of it)."""
     gw1, gw2 = gateway_factory(ENV), gateway_factory(ENV)
+    started = time.monotonic()  # gw2 is ready
     alice_id, bob_id = uid("alice"), uid("bob")
     alice = await clients(gw1.ws_url, alice_id)
     cid = await joined_conversation(alice, bob_id, *extra)
@@ -48,7 +53,10 @@ async def _setup(gateway_factory: Any, clients: Any, *extra: str) -> tuple[Any, 
         c = await clients(gw1.ws_url, pid)
         assert (await c.cmd("conversation:join", {"conversationId": cid}))["success"]
         others.append(c)
-    await asyncio.sleep(1.5)  # sessions flushed; gw2 listed gw1's heartbeat (once a second)
+    for c in (alice, *others):  # what a kill -9 of gw1 leaves for a resume (and the reaper)
+        await session_saved(fake_conversation.nats_url, _session(c), {cid: 0})
+    # gw2 lists the instances every second (ENV): at least once before gw1 goes.
+    await asyncio.sleep(max(0.0, started + 2.0 - time.monotonic()))
     return gw1, gw2, alice, alice_id, bob, bob_id, cid, others
 
 
@@ -95,7 +103,9 @@ async def test_a_killed_gateways_client_resumes_without_presence_online(
     gateway_factory: Any, clients: Any, fake_conversation: Any
 ) -> None:
     carol_id = uid("carol")  # stays away: reaped later
-    gw1, gw2, alice, alice_id, bob, _, cid, _ = await _setup(gateway_factory, clients, carol_id)
+    gw1, gw2, alice, alice_id, bob, _, cid, _ = await _setup(
+        gateway_factory, clients, fake_conversation, carol_id
+    )
     session = _session(alice)
     gw1.proc.kill()  # SIGKILL: nobody told the others alice went offline
     await asyncio.wait_for(alice.closed.wait(), 10)
@@ -120,7 +130,9 @@ async def test_a_killed_gateways_client_resumes_without_presence_online(
 async def test_a_resume_after_the_reaping_is_announced_online(
     gateway_factory: Any, clients: Any, fake_conversation: Any
 ) -> None:
-    gw1, gw2, alice, alice_id, bob, _, cid, _ = await _setup(gateway_factory, clients)
+    gw1, gw2, alice, alice_id, bob, _, cid, _ = await _setup(
+        gateway_factory, clients, fake_conversation
+    )
     session = _session(alice)
     gw1.proc.kill()
     await _expire(fake_conversation, gw1)
@@ -141,7 +153,9 @@ async def test_a_resume_after_the_reaping_is_announced_online(
 async def test_a_resume_after_a_close_is_announced_online(
     gateway_factory: Any, clients: Any, fake_conversation: Any
 ) -> None:
-    _, gw2, alice, alice_id, bob, _, cid, _ = await _setup(gateway_factory, clients)
+    _, gw2, alice, alice_id, bob, _, cid, _ = await _setup(
+        gateway_factory, clients, fake_conversation
+    )
     session = _session(alice)
     await alice.close()
     await bob.wait_for(
@@ -160,7 +174,9 @@ async def test_a_kicked_connection_and_its_resume_announce_nothing(
     gateway_factory: Any, clients: Any, fake_conversation: Any
 ) -> None:
     dave_id = uid("dave")  # stays on gw1: a fence for what gw1 publishes
-    _, gw2, alice, alice_id, bob, _, cid, others = await _setup(gateway_factory, clients, dave_id)
+    _, gw2, alice, alice_id, bob, _, cid, others = await _setup(
+        gateway_factory, clients, fake_conversation, dave_id
+    )
     (dave,) = others
     mark = len(bob.frames)
     # A half-dead connection: alice resumes elsewhere while gw1 still holds the old one.
@@ -178,7 +194,9 @@ async def test_a_kicked_connection_and_its_resume_announce_nothing(
 async def test_a_carried_conversation_that_refuses_the_resume_says_offline(
     gateway_factory: Any, clients: Any, fake_conversation: Any
 ) -> None:
-    gw1, gw2, alice, alice_id, bob, _, cid, _ = await _setup(gateway_factory, clients)
+    gw1, gw2, alice, alice_id, bob, _, cid, _ = await _setup(
+        gateway_factory, clients, fake_conversation
+    )
     session = _session(alice)
     gw1.proc.kill()
     await asyncio.wait_for(alice.closed.wait(), 10)
