@@ -351,3 +351,23 @@ async def test_a_taken_partition_applies_the_reports_held_for_its_conversations_
     service.receipts.took(partition_of(taken))  # nothing held for it any more
     await service.receipts.flush()
     assert [await status(c) for c in (dropped, taken, other)] == ["sent", "delivered", "delivered"]
+
+
+async def test_a_flush_returns_once_the_reports_before_it_are_applied(
+    service: ConversationService, request_: Request
+) -> None:
+    """flush() is a barrier: when it returns, the reports received before it are applied,
+    also when the window's own flush took them first and is still applying them (it returned
+    at once before, with nothing left to apply, and the messages still read ``sent``)."""
+    cid, seqs = await conversation_with_messages(request_, 2)
+    await service.receipts.flush()  # what the sends left (their activity)
+    item = {"conversationId": cid, "kind": "user", "principalId": "u-bob", "seq": seqs[-1]}
+    await service.receipts.delivery_report(jsonutil.dumps({"items": [item]}))
+    window = asyncio.create_task(service.receipts.flush())
+    await asyncio.sleep(0)  # the window's flush took the report and reads the store
+    await service.receipts.flush()
+    page = await ok(
+        request_, subjects.QUERY_MESSAGES_LIST, {"conversationId": cid, "limit": 10}, ALICE
+    )
+    assert {m["messageStatus"] for m in page["items"]} == {"delivered"}
+    await window

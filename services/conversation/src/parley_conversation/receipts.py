@@ -98,6 +98,9 @@ class Receipts:
         # ordered set): took() looks at these only.
         self._held_in: dict[int, dict[str, None]] = {}
         self._flusher: asyncio.Task[None] | None = None
+        # One flush at a time: a flush that finds the reports taken by one under way waits
+        # for it (flush() returns once what was received before it is applied).
+        self._flushing = asyncio.Lock()
 
     # ------------------------------------------------------------ commands
 
@@ -337,6 +340,12 @@ class Receipts:
                 return
 
     async def flush(self) -> None:
+        """Apply and announce what was received so far; returns once it is (after the flush
+        under way, if any: the window's own could have taken the reports a moment before)."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         agents, self._agents = self._agents, {}
         for (cid, agent_id), seq in agents.items():
             self._received(cid, (PrincipalKind.AGENT, agent_id), seq)
