@@ -256,7 +256,7 @@ class Gateway(Commands):
         first = Event.RECONNECTED if restored is not None else Event.CONNECTED
         hello: dict[str, Any] = {
             "sessionId": conn.session_id,
-            "principal": conn.principal.model_dump(mode="json"),
+            "principal": conn.principal.wire(),
             "instanceId": hub.instance_id,
             "heartbeatSeconds": self.settings.heartbeat_seconds,
             "sessionTtlSeconds": self.settings.session_ttl_seconds,

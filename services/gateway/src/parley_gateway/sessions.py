@@ -116,7 +116,7 @@ class Sessions(Bus):
         self, conn: Conn, joined: dict[str, int] | None = None, *, offline: bool = False
     ) -> bytes:
         doc: dict[str, object] = {
-            "principal": conn.principal.model_dump(mode="json"),
+            "principal": conn.principal.wire(),
             "conversations": dict(conn.joined if joined is None else joined),
             "instanceId": self.instance_id,
             "updatedAt": now_iso(),
