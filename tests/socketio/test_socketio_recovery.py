@@ -14,6 +14,7 @@ from typing import Any
 from parley_contract.auth import mint_token
 from parley_contract.events import PrincipalKind
 from parley_devstack.stack import Stack
+from parley_devstack.testing import session_saved
 
 from .conftest import Driver, RoundRobin
 
@@ -77,7 +78,10 @@ async def _drop_and_recover(
     elif term:
         stack.gateways[kill].process.signal(signal.SIGTERM)
     else:
-        await asyncio.sleep(0.6)  # > session flush interval (what a kill -9 loses otherwise)
+        # What a kill -9 leaves: the session as the gateway last flushed it.
+        session = driver.events("a", "connected")[-1]["data"]["sessionId"]
+        delivered = _alice_messages(driver, cid)[-1]["seq"]
+        await session_saved(stack.nats_url, session, {cid: delivered})
         stack.gateways[kill].process.kill()
     await driver.wait(lambda m: m.get("sock") == "a" and m["type"] == "disconnect")
     missed = []

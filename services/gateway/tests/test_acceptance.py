@@ -20,7 +20,7 @@ from parley_contract import envelopes, jsonutil, subjects
 from parley_contract.events import Event, PrincipalKind
 from parley_devstack.servers import NatsServer, StoreServer
 from parley_devstack.stack import Stack
-from parley_devstack.testing import module_stack
+from parley_devstack.testing import module_stack, session_saved
 
 from .conftest import http_get, token
 
@@ -160,7 +160,7 @@ async def test_killed_gateway_session_resumes_on_the_other(stack: Stack, clients
     await alice.wait_for(lambda f: f.get("seq") == r["data"]["seq"])
     before = alice.seqs(cid)
     session = alice.frames[0]["data"]["sessionId"]
-    await asyncio.sleep(0.6)  # > PARLEY_GATEWAY_SESSION_FLUSH_SECONDS: delivered seqs saved
+    await session_saved(stack.nats_url, session, {cid: r["data"]["seq"], cid2: 0})
 
     stack.gateways[0].process.kill()  # SIGKILL: no drain, no goodbye
     await asyncio.wait_for(alice.closed.wait(), 10)

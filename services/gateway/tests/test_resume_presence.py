@@ -16,7 +16,8 @@ from typing import Any
 
 import nats.js.errors
 
-from parley_contract import jsonutil, subjects
+from parley_contract import subjects
+from parley_devstack.testing import session_saved
 
 from .conftest import GatewayProc, joined_conversation, uid
 
@@ -53,26 +54,10 @@ async def _setup(
         assert (await c.cmd("conversation:join", {"conversationId": cid}))["success"]
         others.append(c)
     for c in (alice, *others):  # what a kill -9 of gw1 leaves for a resume (and the reaper)
-        await _session_saved(fake_conversation, _session(c), cid)
+        await session_saved(fake_conversation.nats_url, _session(c), {cid: 0})
     # gw2 lists the instances every second (ENV): at least once before gw1 goes.
     await asyncio.sleep(max(0.0, started + 2.0 - time.monotonic()))
     return gw1, gw2, alice, alice_id, bob, bob_id, cid, others
-
-
-async def _session_saved(fake_conversation: Any, session: str, cid: str) -> None:
-    """Wait until the sessions bucket holds ``session`` with ``cid`` (the killed gateway's
-    unacknowledged flush, written whenever a busy machine gets to it)."""
-    kv = await fake_conversation.nc.jetstream().key_value(subjects.KV_SESSIONS)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            doc = jsonutil.loads((await kv.get(session)).value or b"{}")
-            if cid in (doc.get("conversations") or {}):
-                return
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            pass
-        assert time.monotonic() < deadline, f"session {session} not saved with {cid}"
-        await asyncio.sleep(0.05)
 
 
 async def _resume(clients: Any, gw: GatewayProc, pid: str, session: str, cid: str) -> Any:

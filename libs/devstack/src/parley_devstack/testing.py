@@ -8,10 +8,12 @@
   conformance suite at a real MongoDB as well (``real_mongodb_url``).
 - ``make_stack``: whole Parley stacks (services and gateways as real processes).
 - ``module_stack``: the stack a test module shares, on the session's servers.
+- ``session_saved``: waits until a gateway has saved a client's session (before a kill -9).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import uuid
@@ -22,7 +24,9 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
+from parley_contract import jsonutil, subjects
 from parley_devstack.natscluster import NatsCluster
 from parley_devstack.servers import NatsServer, StoreServer, free_port, temp_dir
 from parley_devstack.stack import Stack, StackConfig
@@ -158,3 +162,32 @@ def make_stack(
     finally:
         for stack in reversed(started):
             stack.stop()
+
+
+async def session_saved(
+    nats_url: str, session_id: str, delivered: dict[str, int], within: float = 15.0
+) -> dict[str, int]:
+    """Wait until the sessions bucket holds ``session_id`` with every conversation of
+    ``delivered`` at least at its seq (cid → last seq delivered); returns what it holds.
+
+    What a gateway killed with kill -9 leaves for a resume: it writes a changed session every
+    ``PARLEY_GATEWAY_SESSION_FLUSH_SECONDS`` (0.25 s), unacknowledged. A test that kills it
+    should wait for that write, not sleep a little longer than the interval: a busy machine
+    runs the gateway's flush, and the NATS client's write of it, later than that."""
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(subjects.KV_SESSIONS)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        held: dict[str, int] = {}
+        while True:
+            with contextlib.suppress(KeyNotFoundError, KeyDeletedError):
+                entry = await kv.get(session_id)
+                doc = jsonutil.loads(entry.value or b"{}")
+                held = dict(doc.get("conversations") or {})
+            if all(cid in held and held[cid] >= seq for cid, seq in delivered.items()):
+                return held
+            assert loop.time() < deadline, f"session {session_id}: {held}, not {delivered}"
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
