@@ -227,7 +227,7 @@ class Bus:
             self._outbox.append(item)
             self._send_outbox()
             return
-        self._queue_soon(item)
+        self._queue_soon(item, False)
 
     def publish_soon(
         self,
