@@ -270,6 +270,7 @@ class FakeConversationService:
         self.convs: dict[str, dict[str, Any]] = {}
         self.events: dict[str, list[dict[str, Any]]] = {}
         self.drop_publish: set[int] = set()  # seqs not published live (gap tests)
+        self.rejoin_delay = 0.0  # seconds before a batched rejoin is answered (a slow service)
         self.nc: Any = None
 
     async def start(self) -> FakeConversationService:
@@ -307,6 +308,7 @@ class FakeConversationService:
                 return
         req = jsonutil.loads(msg.data)
         if subj == REJOIN_SUBJECT:  # the batched rejoin: one answer per principal
+            await asyncio.sleep(self.rejoin_delay)
             conv = self.convs.get(req["conversationId"])
             members = [
                 {"ok": True}

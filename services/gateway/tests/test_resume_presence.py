@@ -17,6 +17,7 @@ from typing import Any
 import nats.js.errors
 
 from parley_contract import subjects
+from parley_contract.routes import REJOIN_SUBJECT
 from parley_devstack.testing import session_saved
 
 from .conftest import GatewayProc, joined_conversation, uid
@@ -236,3 +237,28 @@ async def test_the_presence_refresh_writes_a_lost_entry_again(
     await _entry_written(kv, key)
     await kv.delete(key)
     await _entry_written(kv, key)
+
+
+async def test_a_slow_rejoin_is_asked_once_not_again_every_attempt_timeout(
+    gateway_factory: Any, clients: Any, fake_conversation: Any
+) -> None:
+    """A storm makes the service slow, not gone: a batched rejoin it answers after 2 s (over
+    the 0.75 s attempt timeout of the gateway's requests) reaches it once, not once per
+    attempt timeout (each copy was read again: the storm's work multiplied)."""
+    gw1, gw2, alice, alice_id, _, _, cid, _ = await _setup(
+        gateway_factory, clients, fake_conversation
+    )
+    session = _session(alice)
+    copies: list[bytes] = []
+
+    async def count(msg: Any) -> None:
+        copies.append(msg.data)
+
+    sub = await fake_conversation.nc.subscribe(REJOIN_SUBJECT, cb=count)
+    fake_conversation.rejoin_delay = 2.0
+    gw1.proc.kill()
+    await asyncio.wait_for(alice.closed.wait(), 10)
+    back = await _resume(clients, gw2, alice_id, session, cid)
+    await _joined(back, cid)
+    await sub.unsubscribe()
+    assert len(copies) == 1

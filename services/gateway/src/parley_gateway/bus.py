@@ -125,13 +125,19 @@ class Bus:
     # ------------------------------------------------------------------ requests
 
     async def request(
-        self, subject: str, body: dict[str, Any], *, fallback: str | None = None
+        self,
+        subject: str,
+        body: dict[str, Any],
+        *,
+        fallback: str | None = None,
+        failover: bool = True,
     ) -> dict[str, Any]:
         """A NATS request to a Parley service; the reply envelope (ok/fail), relayed as is.
 
         With failover (parley_runtime.requests): a request nobody answered is sent again,
         the same bytes, within ``request_timeout_seconds``; a reply is never retried. A
         partition's write that finds no owner goes to ``fallback`` (docs/affinity.md).
+        ``failover=False``: one attempt for the whole budget (the caller asks again itself).
         """
         try:
             reply = await requests.request_bytes(
@@ -139,7 +145,7 @@ class Bus:
                 subject,
                 jsonutil.dumps(body),
                 budget=self.settings.request_timeout_seconds,
-                attempt_timeout=self.attempt_timer,
+                attempt_timeout=self.attempt_timer if failover else None,
                 on_attempt=self._count_attempt,
                 fallback=fallback,
             )

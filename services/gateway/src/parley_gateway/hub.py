@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -37,8 +38,15 @@ class Hub(Presence):
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         super().__init__(settings, metrics)
         self._tasks: list[asyncio.Task[None]] = []
-        # Resumed sessions' rejoins, batched per conversation (rejoins.py).
-        self.rejoins = Rejoins(self.request, self.instance_id, metrics.rejoin_batch.observe)
+        # Resumed sessions' rejoins, batched per conversation (rejoins.py). Without the
+        # request's failover: a batch the service is slow to answer (a storm) was sent again
+        # after 0.75 s, and again, and the service read it each time; Rejoins asks a timed
+        # out batch once more itself (another replica, if one died with it).
+        self.rejoins = Rejoins(
+            functools.partial(self.request, failover=False),
+            self.instance_id,
+            metrics.rejoin_batch.observe,
+        )
 
     @property
     def ready(self) -> bool:
