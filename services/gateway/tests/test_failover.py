@@ -19,6 +19,8 @@ from parley_devstack.servers import NatsServer, StoreServer, free_port
 from parley_devstack.stack import Stack
 from parley_devstack.testing import module_stack
 
+from .conftest import http_get
+
 CLIENTS = 8
 MAX_WAIT_SECONDS = 1.5  # issue 11: no client waits longer when one of two replicas dies
 
@@ -81,7 +83,7 @@ async def test_one_of_two_replicas_killed_under_load(stack: Stack, clients: Any)
     assert not failures, failures[:3]
     after = [w for at, w in waits if at >= killed_at - 1.0]
     assert after, "no send around the kill"
-    assert max(w for _, w in waits) <= MAX_WAIT_SECONDS, sorted(w for _, w in waits)[-5:]
+    assert max(w for _, w in waits) <= MAX_WAIT_SECONDS, _slowest(stack, waits, killed_at)
     store: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.config.mongodb_url)
     try:
         log = store[stack.config.database]["messages"]
@@ -99,3 +101,18 @@ async def test_one_of_two_replicas_killed_under_load(stack: Stack, clients: Any)
         await c.wait_for(lambda f, cid=cid, last=last: f.get("seq") == last and "id" not in f)
         live = [s for s in c.seqs(cid) if s > 1]
         assert live == sorted(set(live)) and set(live) >= {s for _, s in acked[cid]}
+
+
+def _slowest(stack: Stack, waits: list[tuple[float, float]], killed_at: float) -> str:
+    """What a failure needs to be understood: the slowest waits with when they were sent
+    (seconds after the kill), the quickest normal one, and the gateway's retry counts (a
+    wait of the first attempt's timeout plus a reply is the failover working; more is a
+    retry lost as well, or a slow survivor)."""
+    slowest = sorted(((round(w, 3), round(at - killed_at, 3)) for at, w in waits), reverse=True)
+    status, body, _ = http_get(f"{stack.gateway_url(0)}/metrics")
+    retries = [
+        line
+        for line in body.decode(errors="replace").splitlines()
+        if line.startswith("parley_gateway_request_retries_total")
+    ]
+    return f"(wait, sent at) {slowest[:6]}; fastest {slowest[-1]}; metrics {status}: {retries}"
