@@ -1,12 +1,11 @@
-"""A connect's NATS work (its principal's SUB, its presence and session puts) waits for the
-connect window (``bus.CONNECT_WINDOW_SECONDS``) so that a burst of connects shares one
-socket write; a command from the client sends it at once, so that what the command causes
-reaches the connection: here the ``conversation:created`` its creator gets on its
-principal's events.
+"""A connect's presence and session puts wait for the connect window
+(``bus.CONNECT_WINDOW_SECONDS``); its principal's SUB does not: what is published for the
+principal right after ``connected`` reaches the connection, here the ``conversation:created``
+its creator gets on its principal's events.
 
-A real gateway in this process (its window made long: without the send before the command
-the event would be published before the gateway's SUB reached NATS, and lost) on the
-session's nats-server with a real conversation service.
+A real gateway in this process (its window made long: a SUB that waited with the puts would
+reach NATS after the event was published, and the event would be lost) on the session's
+nats-server with a real conversation service.
 """
 
 from __future__ import annotations

@@ -42,10 +42,9 @@ EVENTS_PAGE = 200  # events per QUERY_EVENTS_SINCE request (the service allows u
 # Ephemeral events this gateway publishes (typing, presence) wait at most this long so that
 # the publishes of many commands share one socket write of the NATS client.
 PUBLISH_WINDOW_SECONDS = 0.001
-# What a connect sends (its principal's SUB, its presence and session puts: ``lazy``) waits
-# up to this long, so that the connects of a burst share one socket write to NATS even when
-# they come less than one per publish window; anything else queued meanwhile brings the
-# batch back to the publish window.
+# A connect's presence and session puts (``lazy``) wait up to this long, so that they share
+# a socket write to NATS with other work; anything else queued meanwhile (a new principal's
+# SUB among it) brings the batch back to the publish window.
 CONNECT_WINDOW_SECONDS = 0.005
 
 _Outgoing = tuple[str, bytes, dict[str, str] | None] | bytes
@@ -79,7 +78,6 @@ class Bus:
         # The outbox's pending send (a timer or a call_soon handle) and when it is due.
         self._outbox_timer: asyncio.Handle | None = None
         self._outbox_due = 0.0
-        self._outbox_lazy = False  # due later than the publish window (lazy items only)
 
     @property
     def agents(self) -> AgentDirectory:
@@ -255,10 +253,12 @@ class Bus:
         """
         self._queue_soon((subject, payload, headers), lazy)
 
-    def command_soon(self, command: bytes, *, lazy: bool = False) -> None:
+    def command_soon(self, command: bytes) -> None:
         """A raw protocol command (the ``SUB`` of ``natsdirect.subscribe_later``) sent with
-        the next batch, in order with the publishes."""
-        self._queue_soon(command, lazy)
+        the next batch, in order with the publishes. Never lazy: a notification for the
+        principal published after ``connected`` must find the subscription in place (a
+        5 ms connect window here had no gain the connects bench could show, 34e7863)."""
+        self._queue_soon(command, False)
 
     def _queue_soon(self, item: _Outgoing, lazy: bool) -> None:
         self._outbox.append(item)
@@ -276,21 +276,12 @@ class Bus:
                 return  # sent sooner anyway
             timer.cancel()
         self._outbox_due = due
-        self._outbox_lazy = due > window
         if due <= now:
             self._outbox_timer = loop.call_soon(self._send_outbox)
         else:
             self._outbox_timer = loop.call_at(due, self._send_outbox)
 
-    def send_lazy_now(self) -> None:
-        """Send now what waits for the connect window (a client's command: what the command
-        causes on NATS must find the connect's ``SUB`` there, e.g. the ``conversation:created``
-        to the creator's principal events)."""
-        if self._outbox_lazy:
-            self._send_outbox()
-
     def _send_outbox(self) -> None:
-        self._outbox_lazy = False
         if self._outbox_timer is not None:
             self._outbox_timer.cancel()  # flush_publishes: sent before its time
             self._outbox_timer = None

@@ -69,7 +69,6 @@ class Commands:
 
     async def submit_frame(self, conn: Conn, frame: dict[str, Any], start: float) -> None:
         """Start one command (a JSON object); waits only while MAX_IN_FLIGHT are running."""
-        self.hub.send_lazy_now()  # a connect's SUB before anything the command causes
         pipe = conn.pipe
         event = frame.get("event")
         if pipe is None and type(event) is str and event in _INLINE:

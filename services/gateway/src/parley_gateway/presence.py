@@ -86,7 +86,7 @@ class Presence(Fanout):
             state.sub, command = subscribe_later(
                 self.nc, subjects.principal_events(kind, pid), self._principal_handler(state)
             )
-            self.command_soon(command, lazy=not conn.resumed)
+            self.command_soon(command)
         state.conns.add(conn)
         self.sessions[conn.session_id] = conn
         self._connected_gauge(conn.principal.kind).inc()
