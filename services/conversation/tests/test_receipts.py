@@ -356,9 +356,8 @@ async def test_a_taken_partition_applies_the_reports_held_for_its_conversations_
 async def test_a_flush_returns_once_the_reports_before_it_are_applied(
     service: ConversationService, request_: Request
 ) -> None:
-    """flush() is a barrier: when it returns, the reports received before it are applied,
-    also when the window's own flush took them first and is still applying them (it returned
-    at once before, with nothing left to apply, and the messages still read ``sent``)."""
+    """flush() returns once the reports received before it are applied, also when the
+    window's flush took them first (it returned at once: the messages still read ``sent``)."""
     cid, seqs = await conversation_with_messages(request_, 2)
     await service.receipts.flush()  # what the sends left (their activity)
     item = {"conversationId": cid, "kind": "user", "principalId": "u-bob", "seq": seqs[-1]}
@@ -371,3 +370,31 @@ async def test_a_flush_returns_once_the_reports_before_it_are_applied(
     )
     assert {m["messageStatus"] for m in page["items"]} == {"delivered"}
     await window
+
+
+async def test_a_stop_during_the_windows_flush_applies_its_reports(
+    service: ConversationService, request_: Request, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() lets the window's flush under way end, not cancelled halfway: the reports it
+    took are applied (they were dropped: a quiet conversation's messages stayed ``sent``)."""
+    cid, seqs = await conversation_with_messages(request_, 2)
+    gate, taken = asyncio.Event(), asyncio.Event()
+    apply_many = service.receipts.delivery.apply_many
+
+    async def slow(reports: Any) -> Any:
+        taken.set()
+        await gate.wait()
+        return await apply_many(reports)
+
+    monkeypatch.setattr(service.receipts.delivery, "apply_many", slow)
+    item = {"conversationId": cid, "kind": "user", "principalId": "u-bob", "seq": seqs[-1]}
+    await service.receipts.delivery_report(jsonutil.dumps({"items": [item]}))
+    await asyncio.wait_for(taken.wait(), 10)  # the window's flush took the report
+    stopping = asyncio.create_task(service.receipts.stop())
+    await asyncio.sleep(0.1)
+    gate.set()
+    await stopping
+    page = await ok(
+        request_, subjects.QUERY_MESSAGES_LIST, {"conversationId": cid, "limit": 10}, ALICE
+    )
+    assert {m["messageStatus"] for m in page["items"]} == {"delivered"}

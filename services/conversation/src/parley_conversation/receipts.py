@@ -374,7 +374,10 @@ class Receipts:
             await self._publish(subjects.conversation_events(cid), jsonutil.dumps(frame))
 
     async def stop(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.wait([self._flusher])
-        await self.flush()
+        """The window's flush under way ends first (cancelled halfway, the reports it took
+        were dropped), then its task, then the last flush."""
+        async with self._flushing:
+            if self._flusher is not None:
+                self._flusher.cancel()
+                await asyncio.wait([self._flusher])
+            await self._flush()
