@@ -231,7 +231,7 @@ class Bus:
             self._outbox.append(item)
             self._send_outbox()
             return
-        self._queue_soon(item, False)
+        self._queue_soon(item)
 
     def publish_soon(
         self,
