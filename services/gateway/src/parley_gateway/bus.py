@@ -5,8 +5,7 @@
   store, page by page.
 - :meth:`Bus.publish`: ephemeral events (typing, presence) batched for
   ``PUBLISH_WINDOW_SECONDS`` under load so that many commands' publishes share one socket
-  write; when quiet, an event goes at once (no window of latency), written to the NATS
-  socket directly when nothing waits in the client (``natsdirect.write_now``).
+  write; when quiet, sent at the end of the loop iteration (no window of latency).
 - Presence, instances and sessions live in JetStream KV buckets whose entries expire on their
   own (bucket TTL) unless refreshed, so a crashed instance's clients disappear by themselves.
 """
@@ -221,17 +220,7 @@ class Bus:
         if nc is None or not nc.is_connected:
             raise ParleyError(ErrorCode.SERVICE_UNAVAILABLE, "message bus unavailable")
         headers = {subjects.HEADER_ORIGIN: origin} if origin is not None else None
-        item = (subjects.conversation_ephemeral(cid), jsonutil.dumps(frame), headers)
-        if not self._outbox and asyncio.get_running_loop().time() >= (
-            self._last_batch + PUBLISH_WINDOW_SECONDS
-        ):
-            # Quiet (nothing waiting, the last batch older than the window): this event is a
-            # batch of its own, sent now, not at the end of the loop iteration; publishes
-            # right after it wait for the window as usual.
-            self._outbox.append(item)
-            self._send_outbox()
-            return
-        self._queue_soon(item)
+        self.publish_soon(subjects.conversation_ephemeral(cid), jsonutil.dumps(frame), headers)
 
     def publish_soon(
         self,
