@@ -98,3 +98,33 @@ async def test_entries_with_values_revisions_pattern_and_limit(nc: Client) -> No
     await kv.update("agent.b.1", b"2", last=entries[1].revision)  # what a lease refresh does
     first = await kvread.live_entries(nc.jetstream(), BUCKET, limit=1)
     assert len(first) == 1
+
+
+async def test_whole_while_one_key_is_rewritten_and_the_others_now_and_then(nc: Client) -> None:
+    """Leases refreshed now and then, one key rewritten in a loop: a refreshed lease's entry
+    of the snapshot is skipped for its newer one, behind many writes of the busy key (a read
+    that stopped after as many messages as the snapshot had lost the leases)."""
+    kv = await _bucket(nc)
+    leases = sorted(f"lease.{i:02d}" for i in range(32))
+    for key in leases:
+        await kv.put(key, b"holder")
+    stop = asyncio.Event()
+
+    async def busy() -> None:
+        while not stop.is_set():
+            await asyncio.gather(*(kv.put("busy", b"x") for _ in range(8)))
+
+    async def refresh() -> None:
+        while not stop.is_set():
+            for key in leases:
+                await kv.put(key, b"holder")
+            await asyncio.sleep(0.01)
+
+    writers = [asyncio.create_task(busy()), asyncio.create_task(refresh())]
+    try:
+        listings = [await kvread.live_keys(nc.jetstream(), BUCKET) for _ in range(40)]
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+    want = sorted([*leases, "busy"])
+    assert [len(x) for x in listings if x != want] == []

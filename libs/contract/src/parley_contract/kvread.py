@@ -8,8 +8,8 @@ partial list for a full bucket (20 heartbeat keys rewritten while listing: wrong
 counted 0 agents.
 
 Here a pull consumer of each key's last entry is created first. It sends nothing until
-asked, so its ``num_pending`` at creation counts exactly the entries to read; they are
-fetched in batches and the consumer is deleted.
+asked, and every message it sends carries the server's count of what is left for it: the
+entries are fetched in batches until that count is 0, and the consumer is deleted.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from parley_contract import subjects
 DELETED = frozenset({"DEL", "PURGE"})  # the KV-Operation header of a tombstone
 BATCH = 512
 FETCH_SECONDS = 1.0
+READ_SECONDS = 10.0  # the whole read, however many fetches time out
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -63,11 +64,10 @@ async def live_entries(
     info = await js.add_consumer(stream, config)
     found: dict[str, LiveEntry] = {}
     try:
-        expected = info.num_pending or 0
-        if expected:
+        if info.num_pending:
             sub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
             try:
-                await _read(sub, expected, prefix, found, limit)
+                await _read(sub, prefix, found, limit)
             finally:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
@@ -78,27 +78,44 @@ async def live_entries(
     return [found[key] for key in sorted(found)]
 
 
-async def _read(
-    sub: Any, expected: int, prefix: str, found: dict[str, LiveEntry], limit: int | None
-) -> None:
-    seen = 0
-    while seen < expected:
+async def _read(sub: Any, prefix: str, found: dict[str, LiveEntry], limit: int | None) -> None:
+    """Read until the consumer has nothing more (a message's own ``num_pending`` 0).
+
+    Not "as many messages as were pending at creation": an entry of the snapshot rewritten
+    meanwhile is skipped for its newer one, which comes after the writes of other keys made
+    since, so a count of messages would stop short of it (a bucket with a key rewritten in
+    a loop read back without its leases)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READ_SECONDS
+    read = 0
+    while True:
         try:
-            msgs = await sub.fetch(min(expected - seen, BATCH), timeout=FETCH_SECONDS)
-        except nats.errors.TimeoutError:
-            # Entries that expired after the snapshot never come: done if none is left.
-            if ((await sub.consumer_info()).num_pending or 0) == 0:
+            msgs = await sub.fetch(BATCH, timeout=FETCH_SECONDS)
+        except TimeoutError:  # asyncio's, as nats-py's fetch raises it
+            # A fetch can time out with entries sent and still on their way (a loaded box):
+            # they land in the subscription's queue, where the next fetch takes them first.
+            # Done when the consumer has nothing left and delivered nothing unread (entries
+            # that expired after the snapshot never come).
+            info = await sub.consumer_info()
+            delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+            if not info.num_pending and (delivered or 0) <= read:
                 return
-            raise
+            if loop.time() > deadline:
+                raise
+            continue
         for msg in msgs:
-            seen += 1
+            read += 1
             key = msg.subject.removeprefix(prefix)
             if (msg.headers or {}).get("KV-Operation") in DELETED:
                 found.pop(key, None)  # deleted after the snapshot's entry was read
-                continue
-            found[key] = LiveEntry(key, msg.data, msg.metadata.sequence.stream)
-            if limit is not None and len(found) >= limit:
-                return
+            else:
+                found[key] = LiveEntry(key, msg.data, msg.metadata.sequence.stream)
+                if limit is not None and len(found) >= limit:
+                    return
+        if msgs and not msgs[-1].metadata.num_pending:
+            return
+        if loop.time() > deadline:
+            raise nats.errors.TimeoutError
 
 
 async def live_keys(js: Any, bucket: str, pattern: str = ">") -> list[str]:
