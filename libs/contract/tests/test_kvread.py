@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
 import nats.js.errors
@@ -30,6 +30,25 @@ async def _drop_bucket(nc: Client) -> AsyncIterator[None]:
 
 async def _bucket(nc: Client, *, ttl: float | None = None) -> KeyValue:
     return await nc.jetstream().create_key_value(KeyValueConfig(bucket=BUCKET, ttl=ttl))
+
+
+async def _listings_while(
+    nc: Client, count: int, *writes: Callable[[], Awaitable[object]]
+) -> list[list[str]]:
+    """``count`` listings of the bucket, each while every one of ``writes`` runs again and
+    again."""
+    stop = asyncio.Event()
+
+    async def repeat(write: Callable[[], Awaitable[object]]) -> None:
+        while not stop.is_set():
+            await write()
+
+    writers = [asyncio.create_task(repeat(write)) for write in writes]
+    try:
+        return [await kvread.live_keys(nc.jetstream(), BUCKET) for _ in range(count)]
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
 
 
 async def test_puts_deletes_and_purges(nc: Client) -> None:
@@ -70,18 +89,9 @@ async def test_complete_while_every_key_is_rewritten(nc: Client) -> None:
     want = sorted(f"instance-{i}" for i in range(20))
     for key in want:
         await kv.put(key, b"beat")
-    stop = asyncio.Event()
-
-    async def rewrite() -> None:
-        while not stop.is_set():
-            await asyncio.gather(*(kv.put(key, b"beat") for key in want))
-
-    writer = asyncio.create_task(rewrite())
-    try:
-        listings = [await kvread.live_keys(nc.jetstream(), BUCKET) for _ in range(60)]
-    finally:
-        stop.set()
-        await writer
+    listings = await _listings_while(
+        nc, 60, lambda: asyncio.gather(*(kv.put(key, b"beat") for key in want))
+    )
     assert all(listing == want for listing in listings), [len(x) for x in listings]
     info = await nc.jetstream().stream_info(subjects.kv_stream(BUCKET))
     assert info.state.consumer_count == 0  # each listing deleted its consumer
@@ -108,23 +118,15 @@ async def test_whole_while_one_key_is_rewritten_and_the_others_now_and_then(nc: 
     leases = sorted(f"lease.{i:02d}" for i in range(32))
     for key in leases:
         await kv.put(key, b"holder")
-    stop = asyncio.Event()
-
-    async def busy() -> None:
-        while not stop.is_set():
-            await asyncio.gather(*(kv.put("busy", b"x") for _ in range(8)))
 
     async def refresh() -> None:
-        while not stop.is_set():
-            for key in leases:
-                await kv.put(key, b"holder")
-            await asyncio.sleep(0.01)
+        for key in leases:
+            await kv.put(key, b"holder")
+        await asyncio.sleep(0.01)
 
-    writers = [asyncio.create_task(busy()), asyncio.create_task(refresh())]
-    try:
-        listings = [await kvread.live_keys(nc.jetstream(), BUCKET) for _ in range(40)]
-    finally:
-        stop.set()
-        await asyncio.gather(*writers)
+    async def busy() -> None:
+        await asyncio.gather(*(kv.put("busy", b"x") for _ in range(8)))
+
+    listings = await _listings_while(nc, 40, busy, refresh)
     want = sorted([*leases, "busy"])
     assert [len(x) for x in listings if x != want] == []

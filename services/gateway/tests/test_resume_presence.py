@@ -100,6 +100,19 @@ async def _reaped(gw: GatewayProc, dead: GatewayProc) -> str:
     raise TimeoutError(gw.proc.tail())
 
 
+async def _resume_announced_online(
+    clients: Any, gw: GatewayProc, bob: Any, *, pid: str, session: str, cid: str
+) -> None:
+    """``pid`` resumes ``session`` on ``gw``: ``bob`` gets its ``presence:online``, once."""
+    mark = len(bob.frames)
+    back = await _resume(clients, gw, pid, session, cid)
+    await _joined(back, cid)
+    await bob.wait_for(
+        lambda f: f.get("event") == "presence:online" and f["data"]["principalId"] == pid
+    )
+    assert len(_presence(bob, pid, "presence:online", mark)) == 1
+
+
 async def test_a_killed_gateways_client_resumes_without_presence_online(
     gateway_factory: Any, clients: Any, fake_conversation: Any
 ) -> None:
@@ -142,13 +155,7 @@ async def test_a_resume_after_the_reaping_is_announced_online(
         timeout=15,
     )
     assert off["data"]["reason"] == "instance-lost"
-    mark = len(bob.frames)
-    back = await _resume(clients, gw2, alice_id, session, cid)
-    await _joined(back, cid)
-    await bob.wait_for(
-        lambda f: f.get("event") == "presence:online" and f["data"]["principalId"] == alice_id
-    )
-    assert len(_presence(bob, alice_id, "presence:online", mark)) == 1
+    await _resume_announced_online(clients, gw2, bob, pid=alice_id, session=session, cid=cid)
 
 
 async def test_a_resume_after_a_close_is_announced_online(
@@ -162,13 +169,7 @@ async def test_a_resume_after_a_close_is_announced_online(
     await bob.wait_for(
         lambda f: f.get("event") == "presence:offline" and f["data"]["principalId"] == alice_id
     )
-    mark = len(bob.frames)
-    back = await _resume(clients, gw2, alice_id, session, cid)
-    await _joined(back, cid)
-    await bob.wait_for(
-        lambda f: f.get("event") == "presence:online" and f["data"]["principalId"] == alice_id
-    )
-    assert len(_presence(bob, alice_id, "presence:online", mark)) == 1
+    await _resume_announced_online(clients, gw2, bob, pid=alice_id, session=session, cid=cid)
 
 
 async def test_a_kicked_connection_and_its_resume_announce_nothing(
