@@ -37,8 +37,15 @@ from parley_contract.internal import (
     EventsSinceRequest,
     RejoinReply,
     RejoinRequest,
+    SendBatchReply,
+    SendBatchRequest,
 )
-from parley_contract.routes import COMMAND_REPLIES, REJOIN_SUBJECT, ROUTES
+from parley_contract.routes import (
+    COMMAND_REPLIES,
+    REJOIN_SUBJECT,
+    ROUTES,
+    SEND_BATCH_ROUTE,
+)
 
 _NATS_DESCRIPTION = """\
 How Parley's services talk over NATS (docs/protocol.md is the client side). Requests carry
@@ -162,6 +169,15 @@ def nats_document(queries: Mapping[str, type[BaseModel]] | None = None) -> dict[
         payload=ref("RejoinRequest"),
         reply=ref("RejoinReply"),
     )
+    n.request(
+        "cmd_message_send_batch",
+        subjects.partition_batch(SEND_BATCH_ROUTE.event, 0).replace(".p0.", ".p{partition}."),
+        CONVERSATION,
+        "consecutive message:sends of one connection to one conversation, in order, as one "
+        "request to the owner of the conversation's partition; one envelope per item",
+        payload=ref("SendBatchRequest"),
+        reply=ref("SendBatchReply"),
+    )
     for subject, model in (queries or {}).items():
         key = "query_" + subject.rsplit(".", 2)[-2] + "_" + subject.rsplit(".", 1)[-1]
         n.request(
@@ -282,6 +298,8 @@ def nats_document(queries: Mapping[str, type[BaseModel]] | None = None) -> dict[
         EventsSinceRequest,
         RejoinRequest,
         RejoinReply,
+        SendBatchRequest,
+        SendBatchReply,
         SuccessEnvelope,
         ErrorEnvelope,
         ServerFrame,

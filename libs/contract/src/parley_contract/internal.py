@@ -68,6 +68,43 @@ class RouteRequest(BaseModel):
     )
 
 
+# Most messages one batched send carries (a gateway sends more as several requests), and
+# most bytes of a batch's data (the gateway's own cap; the service's max_request_bytes holds).
+MAX_SEND_BATCH = 64
+MAX_SEND_BATCH_BYTES = 128 * 1024
+
+
+class SendBatchItem(BaseModel):
+    """One ``message:send`` of a :class:`SendBatchRequest`: the client's ``data`` as it came
+    (validated by the service, item by item: one bad message fails alone) and its own
+    idempotency key (the clientMessageId, or the gateway's), as its single request has."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    data: dict[str, Any]
+    idempotency_key: str = Field(alias="idempotencyKey", min_length=1, max_length=128)
+
+
+class SendBatchRequest(BaseModel):
+    """Consecutive ``message:send``s of one connection to one conversation, in their order,
+    as one request (``routes.send_batch_subject``, gateway → the partition's owner): queued
+    in the gateway behind a send in flight, they are stored in this order and each is
+    answered as its single request would have been (:class:`SendBatchReply`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    principal: Principal
+    conversation_id: str = Field(alias="conversationId", min_length=1, max_length=256)
+    items: list[SendBatchItem] = Field(min_length=1, max_length=MAX_SEND_BATCH)
+    instance_id: str | None = Field(default=None, alias="instanceId")
+
+
+class SendBatchReply(BaseModel):
+    """The data of a batched send's reply: one envelope per item, at the item's index (the
+    envelope its single ``message:send`` request would have been answered with)."""
+
+    model_config = ConfigDict(extra="forbid")
+    results: list[dict[str, Any]]
+
+
 class EventsSinceRequest(BaseModel):
     """Durable events of one conversation with afterSeq < seq <= untilSeq (resume, gap fill)."""
 

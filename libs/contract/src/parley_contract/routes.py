@@ -181,6 +181,28 @@ assert set(ROUTES) == set(COMMANDS), "every command needs a route"
 # answers joins): derived from the join route, so it goes wherever conversation:join goes.
 REJOIN_SUBJECT: str = f"{ROUTES[Event.CONVERSATION_JOIN].subject}.batch"
 
+# Consecutive message:sends of one connection to one conversation as one request
+# (internal.SendBatchRequest, gateway → the owner of the conversation's partition): there
+# is no plain subject for it (a partition without an owner, or an owner that serves no
+# batches, answers "no responders": the gateway sends them one by one).
+SEND_BATCH_ROUTE: Route = ROUTES[Event.MESSAGE_SEND]
+
+
+def send_batch_subject(conversation_id: str) -> str:
+    """Where a batch of sends to ``conversation_id`` goes: its partition's batch subject."""
+    return subjects.partition_batch(SEND_BATCH_ROUTE.event, partition_of(conversation_id))
+
+
+_BATCH_BY_SUBJECT: dict[str, Route] = {
+    subjects.partition_batch(SEND_BATCH_ROUTE.event, n): SEND_BATCH_ROUTE for n in range(PARTITIONS)
+}
+
+
+def batch_route_of_subject(subject: str) -> Route | None:
+    """The route whose batches a partition's batch subject carries (None: not one)."""
+    return _BATCH_BY_SUBJECT.get(subject)
+
+
 # Views of ROUTES for the generated schemas: each command's payload, and its reply's data.
 PAYLOADS: dict[Event, type[CommandData]] = {e: r.payload for e, r in ROUTES.items()}
 COMMAND_REPLIES: dict[Event, type[BaseModel]] = {

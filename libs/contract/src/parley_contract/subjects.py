@@ -97,6 +97,19 @@ def partition_query(query: str, partition: int) -> str:
     return f"{PREFIX}.cmd.p{partition}.q.{query[len(head) :]}"
 
 
+def partition_batch(event: Event, partition: int) -> str:
+    """A batch of one command (``routes.send_batch_subject``) for one partition's owner.
+    Not under ``partition_commands``: a replica that does not serve batches (an older one,
+    mid-upgrade) is no responder for it, rather than a responder that never answers, so
+    the gateway learns at once to send the commands one by one."""
+    return f"{PREFIX}.cmd.batch.p{partition}.{_token(event)}"
+
+
+def partition_batches(partition: int) -> str:
+    """Every batch of one partition (the owner's second subscription per partition)."""
+    return f"{PREFIX}.cmd.batch.p{partition}.>"
+
+
 def partition_commands(partition: int) -> str:
     """Every command (and conversation-scoped query) of one partition: one subscription
     per owned partition."""

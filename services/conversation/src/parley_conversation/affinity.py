@@ -23,7 +23,11 @@ from nats.aio.msg import Msg
 from parley_contract import subjects
 from parley_contract.events import Event
 from parley_contract.partitions import partition_of
-from parley_contract.routes import query_route_of_subject, route_of_subject
+from parley_contract.routes import (
+    batch_route_of_subject,
+    query_route_of_subject,
+    route_of_subject,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ class PartitionSubscriptions:
         works: dict[Event, Callable[[bytes], Awaitable[Any]]],
         *,
         queries: dict[str, Callable[[bytes], Awaitable[Any]]] | None = None,
+        batches: dict[Event, tuple[str, Callable[[bytes], Awaitable[Any]]]] | None = None,
         forget: Callable[[Callable[[str], bool]], None],
         on_owned: Callable[[int], None],
         drain_seconds: float,
@@ -50,8 +55,11 @@ class PartitionSubscriptions:
         self._works = works
         # Conversation-scoped reads (QueryRoute.partitioned), by their plain subject.
         self._queries = queries or {}
+        # Batched commands (routes.send_batch_subject): (metrics operation, work) per route,
+        # on a second subscription per partition (subjects.partition_batches).
+        self._batches = batches or {}
         self._drain_seconds = drain_seconds
-        self._subs: dict[int, Any] = {}
+        self._subs: dict[int, list[Any]] = {}
         self._tasks: dict[int, set[asyncio.Task[None]]] = {}
 
     @property
@@ -91,15 +99,18 @@ class PartitionSubscriptions:
             task.add_done_callback(tasks.discard)
 
         nc = self._nc()
-        self._subs[partition] = await nc.subscribe(
-            subjects.partition_commands(partition),
-            queue=subjects.QUEUE_CONVERSATION,
-            cb=on_message,
-        )
+        wanted = [subjects.partition_commands(partition)]
+        if self._batches:
+            wanted.append(subjects.partition_batches(partition))
+        subs: list[Any] = []
+        for subject in wanted:
+            subs.append(
+                await nc.subscribe(subject, queue=subjects.QUEUE_CONVERSATION, cb=on_message)
+            )
+        self._subs[partition] = subs
 
     async def unsubscribe(self, partition: int, graceful: bool) -> None:
-        sub = self._subs.pop(partition, None)
-        if sub is not None:
+        for sub in self._subs.pop(partition, []):
             try:
                 if graceful:
                     await sub.drain()
@@ -138,6 +149,9 @@ class PartitionSubscriptions:
         route = route_of_subject(subject)
         if route is not None:
             return route.event.value, self._works.get(route.event)
+        route = batch_route_of_subject(subject)
+        if route is not None:
+            return self._batches.get(route.event, ("", None))
         query = query_route_of_subject(subject)
         if query is not None:
             return query.op, self._queries.get(query.subject)

@@ -39,6 +39,7 @@ from parley_conversation import domain, roles
 from parley_conversation.agent_turns import check_agent
 from parley_conversation.entries import MessageTotals
 from parley_conversation.idempotency import command_key
+from parley_conversation.jobs import SendResult
 
 if TYPE_CHECKING:
     from parley_conversation.service import ConversationService
@@ -248,6 +249,13 @@ async def conversation_delete(
 
 @handles(Event.MESSAGE_SEND)
 async def message_send(svc: ConversationService, p: Principal, cmd: MessageSend) -> Any:
+    msg = await message_to_send(svc, p, cmd)
+    res = await svc.sequencer.send(p, msg)
+    return await message_sent(svc, cmd, res)
+
+
+async def message_to_send(svc: ConversationService, p: Principal, cmd: MessageSend) -> Message:
+    """The message a send stores (before the sequencer): its agent, its attachments."""
     msg = domain.new_message(p, cmd)
     if msg.role in (Role.ASSISTANT, Role.TOOL) and msg.agent_id is None:
         conv = await conversation(svc, p, cmd.conversation_id, totals=False)
@@ -257,7 +265,11 @@ async def message_send(svc: ConversationService, p: Principal, cmd: MessageSend)
         await conversation(svc, p, cmd.conversation_id, totals=False)
         files = await svc.attachments.resolve(p, cmd.conversation_id, cmd.attachments)
         msg = msg.model_copy(update={"attachments": files})
-    res = await svc.sequencer.send(p, msg)
+    return msg
+
+
+async def message_sent(svc: ConversationService, cmd: MessageSend, res: SendResult) -> Any:
+    """A send's reply data, once stored."""
     if cmd.attachments:  # bound to the message as stored (a retry's: the first run's)
         await svc.attachments.bind(res.message.get("attachments") or [], res.message["_id"])
     return svc.attachments.sign(res.message)

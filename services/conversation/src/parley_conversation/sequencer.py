@@ -140,6 +140,11 @@ class Sequencer:
 
     async def send(self, principal: Principal, message: Message) -> SendResult:
         """Authorize, store and publish a message; returns it as stored (with seq)."""
+        return await self.queue_send(principal, message)
+
+    def queue_send(self, principal: Principal, message: Message) -> asyncio.Future[SendResult]:
+        """``send`` without the wait: queued now (sends queued one after the other, in one
+        loop step, are stored in that order); the future is its answer."""
         if self._max_wait > 0 and (waited := self.oldest_wait) > self._max_wait:
             raise ParleyError(
                 ErrorCode.SERVICE_UNAVAILABLE,
@@ -148,7 +153,7 @@ class Sequencer:
             )
         fut: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
         self._submit(message.conversation_id, SendJob(principal, message, fut))
-        return await fut
+        return fut
 
     async def append(
         self,

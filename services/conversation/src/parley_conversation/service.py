@@ -27,8 +27,8 @@ from parley_contract.agents import AgentDirectory
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.models import Conversation, Message
 from parley_contract.partitions import partition_of
-from parley_contract.routes import Service, routes_of
-from parley_conversation import agent_turns, queries
+from parley_contract.routes import SEND_BATCH_ROUTE, Service, routes_of
+from parley_conversation import agent_turns, queries, sendbatch
 from parley_conversation.affinity import PartitionSubscriptions
 from parley_conversation.agent_watch import AgentWatch
 from parley_conversation.attachments import Attachments
@@ -120,6 +120,8 @@ class ConversationService:
             self.serve,
             {r.event: command_work(self, r) for r in ROUTES if r.partitioned},
             queries={q.subject: query_work(self, q) for q in queries.QUERIES if q.partitioned},
+            # A gateway's queued sends to one conversation, as one request (sendbatch.py).
+            batches={SEND_BATCH_ROUTE.event: (sendbatch.OP, sendbatch.send_batch_work(self))},
             forget=self._forget_partition,
             on_owned=self.metrics.owned_partitions.set,
             drain_seconds=settings.drain_seconds,
