@@ -36,12 +36,7 @@ class OldWindowBus(Bus):
     """``publish_soon`` as before issue 16: always one window later."""
 
     def publish_soon(
-        self,
-        subject: str,
-        payload: bytes,
-        headers: dict[str, str] | None = None,
-        *,
-        lazy: bool = False,
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> None:
         self._outbox.append((subject, payload, headers))
         if len(self._outbox) == 1:

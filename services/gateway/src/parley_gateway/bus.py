@@ -41,10 +41,6 @@ EVENTS_PAGE = 200  # events per QUERY_EVENTS_SINCE request (the service allows u
 # Ephemeral events this gateway publishes (typing, presence) wait at most this long so that
 # the publishes of many commands share one socket write of the NATS client.
 PUBLISH_WINDOW_SECONDS = 0.001
-# A connect's presence and session puts (``lazy``) wait up to this long, so that they share
-# a socket write to NATS with other work; anything else queued meanwhile (a new principal's
-# SUB among it) brings the batch back to the publish window.
-CONNECT_WINDOW_SECONDS = 0.005
 
 _Outgoing = tuple[str, bytes, dict[str, str] | None] | bytes
 
@@ -74,9 +70,8 @@ class Bus:
         # (parley_runtime.requests.AttemptTimer), never below attempt_timeout_seconds.
         self.attempt_timer = requests.AttemptTimer(settings.attempt_timeout_seconds)
         self._last_batch = -1.0  # loop.time() of the last batch handed to the NATS client
-        # The outbox's pending send (a timer or a call_soon handle) and when it is due.
+        # The outbox's pending send (a timer or a call_soon handle).
         self._outbox_timer: asyncio.Handle | None = None
-        self._outbox_due = 0.0
 
     @property
     def agents(self) -> AgentDirectory:
@@ -223,12 +218,7 @@ class Bus:
         self.publish_soon(subjects.conversation_ephemeral(cid), jsonutil.dumps(frame), headers)
 
     def publish_soon(
-        self,
-        subject: str,
-        payload: bytes,
-        headers: dict[str, str] | None = None,
-        *,
-        lazy: bool = False,
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> None:
         """Publish within ``PUBLISH_WINDOW_SECONDS``, in order with the other publishes here.
 
@@ -236,35 +226,25 @@ class Bus:
         per window: one socket write for the batch instead of one per event loop tick that
         published (the
         gateway publishes ephemeral events, typing and presence, and unacknowledged KV
-        writes: many connects or session flushes in a window share one write). ``lazy``:
-        within ``CONNECT_WINDOW_SECONDS`` (a connect's puts), unless something else is
-        queued meanwhile.
+        writes: many connects or session flushes in a window share one write).
         """
-        self._queue_soon((subject, payload, headers), lazy)
+        self._queue_soon((subject, payload, headers))
 
     def command_soon(self, command: bytes) -> None:
         """A raw protocol command (the ``SUB`` of ``natsdirect.subscribe_later``) sent with
-        the next batch, in order with the publishes. Never lazy: a notification for the
-        principal published after ``connected`` must find the subscription in place (a
-        5 ms connect window here had no gain the connects bench could show, 34e7863)."""
-        self._queue_soon(command, False)
+        the next batch, in order with the publishes: a notification for the principal
+        published after ``connected`` must find the subscription in place."""
+        self._queue_soon(command)
 
-    def _queue_soon(self, item: _Outgoing, lazy: bool) -> None:
+    def _queue_soon(self, item: _Outgoing) -> None:
         self._outbox.append(item)
+        if self._outbox_timer is not None:
+            return  # a batch is due already
         # At most one batch per window: one window after the previous batch, or at the end
-        # of this loop iteration when that is past (quiet: no latency added). Only lazy
-        # items so far: the connect window.
+        # of this loop iteration when that is past (quiet: no latency added).
         loop = asyncio.get_running_loop()
         now = loop.time()
-        due = window = self._last_batch + PUBLISH_WINDOW_SECONDS
-        if lazy:
-            due = max(window, now + CONNECT_WINDOW_SECONDS)
-        timer = self._outbox_timer
-        if timer is not None:
-            if due >= self._outbox_due:
-                return  # sent sooner anyway
-            timer.cancel()
-        self._outbox_due = due
+        due = self._last_batch + PUBLISH_WINDOW_SECONDS
         if due <= now:
             self._outbox_timer = loop.call_soon(self._send_outbox)
         else:
@@ -331,7 +311,7 @@ class Bus:
         if self._publishing:
             await asyncio.gather(*self._publishing, return_exceptions=True)
 
-    def kv_publish_soon(self, bucket: str, key: str, value: bytes, *, lazy: bool = False) -> None:
+    def kv_publish_soon(self, bucket: str, key: str, value: bytes) -> None:
         """A KV put without waiting for JetStream's acknowledgement (``publish_soon``).
 
         An acknowledged KV write made after it must call ``flush_publishes`` first, so that
@@ -339,4 +319,4 @@ class Bus:
         nc = self.nc
         if nc is None or not nc.is_connected:
             return
-        self.publish_soon(subjects.kv_key_subject(bucket, key), value, lazy=lazy)
+        self.publish_soon(subjects.kv_key_subject(bucket, key), value)

@@ -92,9 +92,7 @@ class Presence(Fanout):
         self._connected_gauge(conn.principal.kind).inc()
         # Not acknowledged: the client gets ``connected`` without waiting for JetStream, and
         # the presence refresh (every presenceTtl/3) writes it again.
-        await self._put_presence(
-            conn.principal.kind, pid, len(state.conns), ack=False, lazy=not conn.resumed
-        )
+        await self._put_presence(conn.principal.kind, pid, len(state.conns), ack=False)
 
     def _connected_gauge(self, kind: PrincipalKind) -> Gauge:
         gauge = self._connected.get(kind)
@@ -152,13 +150,13 @@ class Presence(Fanout):
         return f"{kind.value}.{pid}.{self.instance_id}"
 
     async def _put_presence(
-        self, kind: PrincipalKind, pid: str, count: int, *, ack: bool = True, lazy: bool = False
+        self, kind: PrincipalKind, pid: str, count: int, *, ack: bool = True
     ) -> None:
         if self.kv_presence is None:
             return
         if not ack:
             self.kv_publish_soon(
-                subjects.KV_PRESENCE, self._presence_key(kind, pid), str(count).encode(), lazy=lazy
+                subjects.KV_PRESENCE, self._presence_key(kind, pid), str(count).encode()
             )
             return
         try:

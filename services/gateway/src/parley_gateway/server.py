@@ -274,7 +274,7 @@ class Gateway(Commands):
             # offline gets no presence:online either (Restored; SinceOnly: nobody knows).
             carried = restored.carried if isinstance(restored, Restored) else frozenset()
             await self.rejoin(conn, restored, carried=carried)
-        await hub.save_session(conn, ack=False, lazy=True)  # no round trip: see register
+        await hub.save_session(conn, ack=False)  # no round trip: see register
 
     async def close_conn(self, conn: Conn) -> None:
         """After the transport closed: finish, leave, save (a resume waits for this)."""

@@ -132,7 +132,6 @@ class Sessions(Bus):
         *,
         ack: bool = True,
         offline: bool = False,
-        lazy: bool = False,
     ) -> None:
         """Write the session to the KV; ``ack=False``: a plain publish, no round trip.
         ``offline``: the connection is closed and its ``presence:offline`` published."""
@@ -140,7 +139,7 @@ class Sessions(Bus):
             return
         doc = self.session_doc(conn, joined, offline=offline)
         if not ack:
-            self.kv_publish_soon(subjects.KV_SESSIONS, conn.session_id, doc, lazy=lazy)
+            self.kv_publish_soon(subjects.KV_SESSIONS, conn.session_id, doc)
             return
         try:  # bounded: a resume waits for the save at a disconnect (server.resume)
             await self.flush_publishes()  # an older unacknowledged save must not win
