@@ -279,3 +279,22 @@ async def test_after_a_refusal_it_asks_again_while_the_first_attempt_stays_unans
         await running
     finally:
         await busy.close()
+
+
+async def test_nobody_ends_gives_up_at_the_first_no_responders(nc: Client) -> None:
+    """``nobody_ends`` (a batch the caller can send another way): "no responders" ends the
+    request with SERVICE_UNAVAILABLE after one attempt, with failover on; without it the
+    request asks again until the budget ends."""
+    outcomes: list[str] = []
+    with pytest.raises(ParleyError) as caught:
+        await requests.request_bytes(
+            nc,
+            f"rt.{new_id('s')}",
+            b"{}",
+            budget=60,
+            attempt_timeout=0.2,
+            on_attempt=outcomes.append,
+            nobody_ends=True,
+        )
+    assert caught.value.code is ErrorCode.SERVICE_UNAVAILABLE
+    assert outcomes == []  # never sent again

@@ -265,8 +265,12 @@ class FakeConversationService:
     The acceptance tests use the real one (``python -m parley_conversation``).
     """
 
-    def __init__(self, nats_url: str) -> None:
+    def __init__(self, nats_url: str, *, batches: bool = True) -> None:
         self.nats_url = nats_url
+        # Batched sends served (routes.send_batch_subject); False: subscribed as a service
+        # from before them is (no responder for a batch), and the sizes of those it served.
+        self.batches = batches
+        self.batch_sizes: list[int] = []
         self.convs: dict[str, dict[str, Any]] = {}
         self.events: dict[str, list[dict[str, Any]]] = {}
         self.drop_publish: set[int] = set()  # seqs not published live (gap tests)
@@ -277,9 +281,18 @@ class FakeConversationService:
         import nats
 
         from parley_contract import subjects
+        from parley_contract.partitions import PARTITIONS
+        from parley_contract.routes import REJOIN_SUBJECT, ROUTES
 
         self.nc = await nats.connect(self.nats_url)
-        await self.nc.subscribe(subjects.COMMANDS_WILDCARD, cb=self._on_cmd)
+        if self.batches:
+            await self.nc.subscribe(subjects.COMMANDS_WILDCARD, cb=self._on_cmd)
+        else:  # as a conversation service from before batched sends subscribes
+            for route in ROUTES.values():
+                await self.nc.subscribe(route.subject, cb=self._on_cmd)
+            for n in range(PARTITIONS):
+                await self.nc.subscribe(subjects.partition_commands(n), cb=self._on_cmd)
+            await self.nc.subscribe(REJOIN_SUBJECT, cb=self._on_cmd)
         await self.nc.subscribe(subjects.QUERY_CONVERSATIONS_WILDCARD, cb=self._on_query)
         await self.nc.flush()
         return self
@@ -294,8 +307,26 @@ class FakeConversationService:
         from parley_contract import envelopes, subjects
         from parley_contract.errors import ErrorCode, ParleyError
         from parley_contract.events import Event
-        from parley_contract.routes import REJOIN_SUBJECT, route_of_subject
+        from parley_contract.routes import (
+            REJOIN_SUBJECT,
+            ROUTES,
+            batch_route_of_subject,
+            route_of_subject,
+        )
 
+        if batch_route_of_subject(msg.subject) is not None:  # one envelope per item
+            req = jsonutil.loads(msg.data)
+            self.batch_sizes.append(len(req["items"]))
+            results = []
+            for item in req["items"]:
+                try:
+                    ROUTES[Event.MESSAGE_SEND].parse(item["data"])
+                except ParleyError as exc:
+                    results.append(envelopes.fail_from(exc))
+                    continue
+                results.append(await self._send(req["principal"], item["data"]))
+            await self._reply(msg, envelopes.ok({"results": results}))
+            return
         # Validated as the real service does: the route's request, decoded once. A write
         # arrives on its conversation's partition subject (docs/affinity.md).
         route = route_of_subject(msg.subject)
@@ -331,6 +362,9 @@ class FakeConversationService:
             self.events[cid] = []
             await self._reply(msg, envelopes.ok({"_id": cid, "title": data.get("title")}))
             return
+        if subj == subjects.command(Event.MESSAGE_SEND):
+            await self._reply(msg, await self._send(p, data))
+            return
         cid = data.get("conversationId")
         conv = self.convs.get(cid)
         if conv is None or p["id"] not in conv["parts"]:
@@ -341,26 +375,36 @@ class FakeConversationService:
                 msg,
                 envelopes.ok({"conversation": {"_id": cid}, "lastSeq": len(self.events[cid])}),
             )
-        elif subj == subjects.command(Event.MESSAGE_SEND):
-            seq = len(self.events[cid]) + 1
-            message = {
-                "_id": f"m-{seq}",
-                "conversationId": cid,
-                "content": data["content"],
-                "seq": seq,
-                "createdBy": p["id"],
-            }
-            frame = envelopes.event_frame(Event.MESSAGE_NEW, message, conversation_id=cid, seq=seq)
-            self.events[cid].append(frame)
-            if seq not in self.drop_publish:
-                # As the real service: seq and epoch in headers too (subjects.durable_headers).
-                headers = subjects.durable_headers(cid, seq, 0, Event.MESSAGE_NEW.value)
-                await self.nc.publish(
-                    subjects.conversation_events(cid), jsonutil.dumps(frame), headers=headers
-                )
-            await self._reply(msg, envelopes.ok(message))
         else:
             await self._reply(msg, envelopes.ok(None))
+
+    async def _send(self, p: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """A message:send's envelope (stored and published when the sender may post)."""
+        from parley_contract import envelopes, subjects
+        from parley_contract.errors import ErrorCode
+        from parley_contract.events import Event
+
+        cid = str(data.get("conversationId"))
+        conv = self.convs.get(cid)
+        if conv is None or p["id"] not in conv["parts"]:
+            return envelopes.fail(ErrorCode.FORBIDDEN, "not a participant")
+        seq = len(self.events[cid]) + 1
+        message = {
+            "_id": f"m-{seq}",
+            "conversationId": cid,
+            "content": data["content"],
+            "seq": seq,
+            "createdBy": p["id"],
+        }
+        frame = envelopes.event_frame(Event.MESSAGE_NEW, message, conversation_id=cid, seq=seq)
+        self.events[cid].append(frame)
+        if seq not in self.drop_publish:
+            # As the real service: seq and epoch in headers too (subjects.durable_headers).
+            headers = subjects.durable_headers(cid, seq, 0, Event.MESSAGE_NEW.value)
+            await self.nc.publish(
+                subjects.conversation_events(cid), jsonutil.dumps(frame), headers=headers
+            )
+        return envelopes.ok(message)
 
     async def _on_query(self, msg: Any) -> None:
         from parley_contract import envelopes, subjects

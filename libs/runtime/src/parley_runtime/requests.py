@@ -156,10 +156,14 @@ async def request_bytes(
     attempt_timeout: float | AttemptTimer | None = None,
     on_attempt: Callable[[str], None] | None = None,
     fallback: str | None = None,
+    nobody_ends: bool = False,
 ) -> bytes:
     """The reply's bytes; ParleyError when nobody answered. ``on_attempt("retried")`` /
     ``("gave_up")`` counts failovers (metrics); ``("fallback")`` an attempt sent again to
-    ``fallback`` at once because nobody served ``subject``.
+    ``fallback`` at once because nobody served ``subject``. ``nobody_ends``: "no responders"
+    (and no fallback, no other attempt unanswered) ends the request at once with
+    SERVICE_UNAVAILABLE instead of asking again until the budget ends (a caller that has
+    another way: a batch nobody serves is sent one by one).
 
     While the client reconnects (its NATS node died) it waits within the budget and sends
     then. With ``attempt_timeout`` an attempt not answered in time is sent again, and the
@@ -211,6 +215,7 @@ async def request_bytes(
                 continue
             wait = max(0.0, min(next_at, deadline) - loop.time()) if retries else None
             done, _ = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            ended = False
             for task in done:
                 try:
                     reply = task.result()
@@ -220,6 +225,9 @@ async def request_bytes(
                         if on_attempt is not None:
                             on_attempt("fallback")
                         attempts.append(_Attempt(nc, fallback, payload, deadline))
+                        continue
+                    if nobody_ends and not any(a.sent and not a.task.done() for a in attempts):
+                        ended = True
                         continue
                     next_at = min(next_at, loop.time() + backoff)
                     backoff = min(backoff * 2, RETRY_MAX_BACKOFF)
@@ -238,6 +246,8 @@ async def request_bytes(
                 if timer is not None and task is attempts[0].task:  # Karn: first sends only
                     timer.observe(subject, loop.time() - started)
                 return reply
+            if ended:
+                break
     finally:
         unfinished = [a.task for a in attempts if not a.task.done()]
         for task in unfinished:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event
 from parley_contract.ids import new_id
 from parley_contract.routes import ROUTES, Route, Service, route_of
+from parley_gateway.chains import Command, run_chain
 from parley_gateway.conn import Conn, Pipeline
 from parley_gateway.hub import Hub
 from parley_gateway.joins import Joins
@@ -85,37 +87,14 @@ class Commands(Joins):
         await pipe.slots.acquire()
         conn.pipe = pipe  # dropped meanwhile if everything finished: the same one, now empty
         key = _chain_key(frame)
-        prev = pipe.chains.get(key)
         conn.busy += 1
-        task = asyncio.get_running_loop().create_task(
-            self._run(conn, pipe, key=key, prev=prev, frame=frame, start=start)
-        )
-        pipe.chains[key] = task
+        queue = pipe.chains.get(key)
+        if queue is not None:  # the chain's task runs it in its turn (chains.run_chain)
+            queue.append((frame, start))
+            return
+        queue = pipe.chains[key] = deque(((frame, start),))
+        task = asyncio.get_running_loop().create_task(run_chain(self, conn, pipe, key, queue))
         pipe.tasks.add(task)
-
-    async def _run(
-        self,
-        conn: Conn,
-        pipe: Pipeline,
-        *,
-        key: str | None,
-        prev: asyncio.Task[None] | None,
-        frame: dict[str, Any],
-        start: float,
-    ) -> None:
-        me = asyncio.current_task()
-        try:
-            if prev is not None and not prev.done():
-                await asyncio.wait((prev,))  # the previous command of this chain first
-            await self.on_command(conn, frame, start)
-        finally:
-            conn.busy -= 1
-            pipe.slots.release()
-            pipe.tasks.discard(me)
-            if pipe.chains.get(key) is me:
-                del pipe.chains[key]
-            if not pipe.tasks and conn.pipe is pipe:
-                conn.pipe = None
 
     def bad_frame(self, conn: Conn, frame: object) -> None:
         """A frame that is not a JSON object: an ``error`` frame (no id to answer)."""
@@ -136,6 +115,18 @@ class Commands(Joins):
     async def on_command(self, conn: Conn, frame: dict[str, Any], start: float) -> None:
         """One command (a JSON object): look its route up, answer it here or relay it to the
         service that handles it; reply exactly once if it has an id."""
+        cmd = self.admit(conn, frame, start)
+        if cmd is None:
+            return
+        if cmd.error is not None:
+            self.answer(conn, cmd, cmd.error)
+            return
+        await self.relay(conn, cmd)
+
+    def admit(self, conn: Conn, frame: dict[str, Any], start: float) -> Command | None:
+        """The checks every command passes before its route runs (id, event, fields, rate
+        limit, sender kind, data): the command, with ``error`` (its reply envelope, not sent
+        yet) when it failed them; None for an invalid id (answered: an ``error`` frame)."""
         cmd_id = frame.get("id")
         if cmd_id is not None and not envelopes.is_command_id(cmd_id):
             conn.send(
@@ -145,11 +136,12 @@ class Commands(Joins):
                     {"field": "id"},
                 )
             )
-            return
+            return None
         name = frame.get("event")
         reply_event = name if isinstance(name, str) and len(name) <= 64 else Event.ERROR.value
         route = route_of(name)
         label = route.event.value if route is not None else "unknown"
+        cmd = Command(cmd_id, reply_event, label, start, route)
         try:
             if route is None:
                 raise ParleyError(
@@ -182,23 +174,40 @@ class Commands(Joins):
                 raise ParleyError(
                     ErrorCode.VALIDATION_ERROR, "data must be a JSON object", {"field": "data"}
                 )
-            envelope = await self.dispatch(conn, route, data)
-            if envelope is None:  # success without data: no envelope unless a reply is due
-                self.metrics.commands.labels(label, "ok").inc()
-                self.metrics.command_latency.labels(label).observe(time.perf_counter() - start)
-                if cmd_id is not None:
-                    conn.send(envelopes.reply_frame(reply_event, cmd_id, envelopes.ok(None)))
-                return
+        except ParleyError as exc:
+            cmd.error = envelopes.fail_from(exc)
+            return cmd
+        cmd.data = data
+        return cmd
+
+    async def relay(self, conn: Conn, cmd: Command) -> None:
+        """An admitted command: its route run (here, or by its service), then answered."""
+        assert cmd.route is not None
+        try:
+            envelope = await self.dispatch(conn, cmd.route, cmd.data)
         except ParleyError as exc:
             envelope = envelopes.fail_from(exc)
         except Exception:
-            logger.exception("command %s failed", label)
+            logger.exception("command %s failed", cmd.label)
             envelope = envelopes.fail(ErrorCode.INTERNAL_ERROR, "internal error")
+        self.answer(conn, cmd, envelope)
+
+    def answer(self, conn: Conn, cmd: Command, envelope: dict[str, Any] | None) -> None:
+        """A command's outcome: counted, and its reply if it has an id (an error without an
+        id: an ``error`` frame). ``None``: a success without data (no envelope unless a
+        reply is due)."""
+        label, cmd_id = cmd.label, cmd.cmd_id
+        if envelope is None:
+            self.metrics.commands.labels(label, "ok").inc()
+            self.metrics.command_latency.labels(label).observe(time.perf_counter() - cmd.start)
+            if cmd_id is not None:
+                conn.send(envelopes.reply_frame(cmd.reply_event, cmd_id, envelopes.ok(None)))
+            return
         outcome = "ok" if envelope["success"] else str(envelope["error"]["code"])
         self.metrics.commands.labels(label, outcome).inc()
-        self.metrics.command_latency.labels(label).observe(time.perf_counter() - start)
+        self.metrics.command_latency.labels(label).observe(time.perf_counter() - cmd.start)
         if cmd_id is not None:
-            conn.send(envelopes.reply_frame(reply_event, cmd_id, envelope))
+            conn.send(envelopes.reply_frame(cmd.reply_event, cmd_id, envelope))
         elif not envelope["success"]:
             conn.send({"event": Event.ERROR.value, **envelope})
 

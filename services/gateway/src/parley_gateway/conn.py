@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from websockets.protocol import State
@@ -75,15 +76,18 @@ class Pipeline:
     A command waits for the previous command of the same connection that names the same
     ``conversationId`` (commands without one form their own chain), so a client's
     ``message:send``s to one conversation are stored in the order it sent them, while
-    commands to other conversations do not wait for them. Created on the first command,
-    dropped when nothing is in flight (idle connections do not pay for it); the server's
-    command path (``Gateway.submit_frame``) runs it.
+    commands to other conversations do not wait for them. One task per chain runs its
+    commands in turn (``chains.run_chain``; the ``message:send``s queued behind one in
+    flight go as one request). Created on the first command, dropped when nothing is in
+    flight (idle connections do not pay for it); the server's command path
+    (``Gateway.submit_frame``) runs it.
     """
 
     __slots__ = ("chains", "slots", "tasks")
 
     def __init__(self) -> None:
-        self.chains: dict[str | None, asyncio.Task[None]] = {}  # last command per chain
+        # The commands of each chain not started yet (frame, arrival time), while its task runs.
+        self.chains: dict[str | None, deque[tuple[dict[str, Any], float]]] = {}
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.tasks: set[asyncio.Task[None]] = set()
 

@@ -98,6 +98,13 @@ class Metrics:
             "Connections dropped from a conversation whose audience no longer admits them",
             registry=r,
         )
+        self.send_batch = Histogram(
+            "parley_gateway_send_batch_messages",
+            "Messages per batched message:send request (a connection's sends to one "
+            "conversation queued behind one in flight)",
+            buckets=(2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         self.rejoin_batch = Histogram(
             "parley_gateway_rejoin_batch_principals",
             "Principals per batched rejoin request (resumed sessions, one conversation)",
