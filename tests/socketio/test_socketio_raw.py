@@ -6,6 +6,8 @@ after it) and the connection goes on serving.
 
 from __future__ import annotations
 
+import asyncio
+import urllib.request
 import uuid
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -152,3 +154,45 @@ async def test_the_recovery_offset_names_every_conversation(sio_stack: Stack) ->
         assert listed == {a: seqs[a], b: seqs[b] - 1}, listed
         again = await until_event(ws, "message:new")
         assert again[1]["conversationId"] == b and again[1]["seq"] == seqs[b], again  # type: ignore[index]
+
+
+async def test_a_burst_of_sends_is_batched_and_acked_in_order(sio_stack: Stack) -> None:
+    """Socket.IO takes the gateway's command path: sends emitted without waiting for their
+    acks are stored in the order emitted, the ones queued behind the first as one request
+    (parley_gateway.chains), each acked with its own ack id."""
+    tok = mint_token(f"u-{uuid.uuid4().hex[:6]}", PrincipalKind.USER, name="U")
+    async with connect(_url(sio_stack)) as ws:
+        await ws.recv()
+        await ws.send("40" + jsonutil.dumps({"token": tok}).decode())
+        await _next_message(ws)  # CONNECT's answer
+        await ws.send("421" + jsonutil.dumps(["conversation:create", {"title": "b"}]).decode())
+        while not (msg := await _next_message(ws)).startswith("431["):
+            pass
+        cid = jsonutil.loads(msg[3:])[0]["data"]["_id"]
+        for n in range(2, 22):
+            data = {"conversationId": cid, "content": f"m{n}"}
+            await ws.send(f"42{n}" + jsonutil.dumps(["message:send", data]).decode())
+        acks: list[tuple[int, dict[str, object]]] = []
+        while len(acks) < 20:
+            msg = await _next_message(ws)
+            if msg.startswith("43"):
+                n = int(msg[2 : msg.index("[")])
+                acks.append((n, jsonutil.loads(msg[msg.index("[") :])[0]))
+    assert [n for n, _ in acks] == list(range(2, 22))  # acked in the order emitted
+    assert all(env["success"] for _, env in acks), acks
+    datas = [env["data"] for _, env in acks]
+    seqs = [d["seq"] for d in datas]  # type: ignore[index]
+    assert seqs == list(range(seqs[0], seqs[0] + 20))
+    assert [d["content"] for d in datas] == [f"m{n}" for n in range(2, 22)]  # type: ignore[index]
+    metrics = f"http://127.0.0.1:{sio_stack.gateways[0].http_port}/metrics"
+    text = (await asyncio.to_thread(_get, metrics)).decode()
+    count = [
+        ln for ln in text.splitlines() if ln.startswith("parley_gateway_send_batch_messages_count")
+    ]
+    assert count and float(count[0].rsplit(" ", 1)[1]) >= 1, count
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        body: bytes = r.read()
+        return body
