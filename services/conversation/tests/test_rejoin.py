@@ -151,15 +151,15 @@ async def test_batches_arriving_together_share_one_set_of_reads(
     other gateways) wait and share the next group; each gets its own principals' answers."""
     groups: list[list[str]] = []
     release, entered = asyncio.Event(), asyncio.Event()
-    real = rejoin_module._answer
+    real = rejoin_module._answer_many
 
-    async def answer(svc: ConversationService, cid: str, principals: list[Any]) -> Any:
-        groups.append([p.id for p in principals])
+    async def answer(svc: ConversationService, round_: dict[str, list[Any]]) -> Any:
+        groups.extend([p.id for p in principals] for principals in round_.values())
         entered.set()
         await release.wait()
-        return await real(svc, cid, principals)
+        return await real(svc, round_)
 
-    monkeypatch.setattr(rejoin_module, "_answer", answer)
+    monkeypatch.setattr(rejoin_module, "_answer_many", answer)
     cid, _ = await _room(request_)
     first = asyncio.create_task(rejoin(nc, cid, [ALICE]))
     await asyncio.wait_for(entered.wait(), 10)
@@ -183,13 +183,19 @@ def count_conversation_reads(
     svc: ConversationService, monkeypatch: pytest.MonkeyPatch
 ) -> list[str]:
     reads: list[str] = []
-    real = svc.store.get_conversation
+    real, real_many = svc.store.get_conversation, svc.store.get_conversations
 
     async def get_conversation(cid: str, *, with_totals: bool = True) -> Any:
         reads.append(cid)
         return await real(cid, with_totals=with_totals)
 
+    async def get_conversations(ids: Any, *, with_totals: bool = True) -> Any:
+        if with_totals:  # the rejoin's (the sequencer's authorization reads without)
+            reads.extend(ids)
+        return await real_many(ids, with_totals=with_totals)
+
     monkeypatch.setattr(svc.store, "get_conversation", get_conversation)
+    monkeypatch.setattr(svc.store, "get_conversations", get_conversations)
     return reads
 
 
@@ -274,13 +280,13 @@ async def test_in_a_storm_batches_a_little_apart_share_one_group(
     monkeypatch.setattr(rejoin_module, "STORM_CONVERSATIONS", 1)  # any group is a storm
     monkeypatch.setattr(rejoin_module, "GROUP_WINDOW_SECONDS", 2.0)
     groups: list[list[str]] = []
-    real = rejoin_module._answer
+    real = rejoin_module._answer_many
 
-    async def answer(svc: ConversationService, cid: str, principals: list[Any]) -> Any:
-        groups.append([p.id for p in principals])
-        return await real(svc, cid, principals)
+    async def answer(svc: ConversationService, round_: dict[str, list[Any]]) -> Any:
+        groups.extend([p.id for p in principals] for principals in round_.values())
+        return await real(svc, round_)
 
-    monkeypatch.setattr(rejoin_module, "_answer", answer)
+    monkeypatch.setattr(rejoin_module, "_answer_many", answer)
     cid, _ = await _room(request_)
     first = asyncio.create_task(rejoin(nc, cid, [ALICE]))
     while not in_flight(service):  # noqa: ASYNC110 (received, in its window)
@@ -293,3 +299,71 @@ async def test_in_a_storm_batches_a_little_apart_share_one_group(
     single = await request_(JOIN, {"conversationId": cid}, BOB)
     assert bc["data"]["members"][0]["unreadCount"] == single["data"]["unreadCount"]
     assert bc["data"]["lastSeq"] == a["data"]["lastSeq"] == single["data"]["lastSeq"]
+
+
+async def test_one_round_answers_many_conversations_each_as_its_own_join(
+    service: ConversationService, request_: Request, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A storm's batched rejoins of different conversations (and gateways) share one round:
+    one read of the cursors, the conversations and the names for all of them, one log scan
+    each. Every principal still gets its own join's answer, a removed one FORBIDDEN, and a
+    name changed by the rejoin's token shows in the conversation as it would in a join."""
+    monkeypatch.setattr(rejoin_module, "STORM_CONVERSATIONS", 1)  # any round is a storm
+    monkeypatch.setattr(rejoin_module, "GROUP_WINDOW_SECONDS", 2.0)
+    rounds: list[list[str]] = []
+    real = rejoin_module._answer_many
+
+    async def answer(svc: ConversationService, round_: dict[str, list[Any]]) -> Any:
+        rounds.append(sorted(round_))
+        return await real(svc, round_)
+
+    monkeypatch.setattr(rejoin_module, "_answer_many", answer)
+    first, _ = await _room(request_)
+    second, _ = await _room(request_)
+    renamed = {**BOB, "name": "Robert"}
+    tasks = [
+        asyncio.create_task(rejoin(nc, first, [ALICE, CAROL])),
+        asyncio.create_task(rejoin(nc, second, [renamed, DAVE])),
+        asyncio.create_task(rejoin(nc, "conv-nope", [ALICE])),
+        asyncio.create_task(rejoin(nc, first, [DAVE, MALLORY])),
+    ]
+    a, b, nope, d = [r["data"] for r in await asyncio.gather(*tasks)]
+    assert rounds == [sorted([first, second, "conv-nope"])]
+    assert [m["ok"] for m in a["members"]] == [True, False]
+    assert a["members"][1]["error"]["code"] == "FORBIDDEN"
+    assert [m["ok"] for m in d["members"]] == [True, False]
+    assert nope["conversation"] is None and nope["members"][0]["error"]["code"] == "FORBIDDEN"
+    names = {x.get("userId"): x.get("name") for x in b["conversation"]["participants"]}
+    assert names["u-bob"] == "Robert"
+    for cid, data, who in ((first, a, ALICE), (first, d, DAVE), (second, b, renamed)):
+        single = (await request_(JOIN, {"conversationId": cid}, who))["data"]
+        member = data["members"][0]
+        got = {
+            "conversation": data["conversation"],
+            "lastSeq": data["lastSeq"],
+            "epoch": data["epoch"],
+            "cursors": data["cursors"],
+            "unreadCount": member["unreadCount"],
+            "readSeq": member["readSeq"],
+        }
+        assert got == single, who
+
+
+async def test_cursors_of_many_reads_a_crowded_conversation_on_its_own(
+    service: ConversationService, request_: Request
+) -> None:
+    """cursors_of_many gives each conversation what cursors_of gives it, also when one has
+    more cursors than the limit (its chunk's read is capped: read alone)."""
+    cid, _ = await _room(request_)
+    other, _ = await _room(request_)
+    for who in (ALICE, DAVE):
+        await ok(request_, READ, {"conversationId": cid, "seq": 1}, who)
+    store = service.cursors
+    for limit in (1, 2, 3, 200):
+        many = await store.cursors_of_many([cid, other, "conv-nope"], limit)
+        assert many == {
+            cid: await store.cursors_of(cid, limit),
+            other: await store.cursors_of(other, limit),
+            "conv-nope": [],
+        }, limit
+    assert len((await store.cursors_of_many([cid]))[cid]) == 3

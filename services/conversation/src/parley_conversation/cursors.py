@@ -124,14 +124,35 @@ class CursorStore:
         """The conversation's read cursors as the wire carries them (``principalId, kind,
         readSeq``), at most ``limit``."""
         docs = await self.cursors.find({"conversationId": cid}).limit(limit).to_list()
-        return [
-            {
-                "principalId": d.get("principalId"),
-                "kind": d.get("kind"),
-                "readSeq": int(d.get("readSeq", 0)),
-            }
-            for d in docs
-        ]
+        return [_wire(d) for d in docs]
+
+    async def cursors_of_many(
+        self, cids: Sequence[str], limit: int = MAX_CURSORS
+    ) -> dict[str, list[dict[str, Any]]]:
+        """:meth:`cursors_of` of each conversation, one ``$in`` read per ``IN_CHUNK`` of
+        them (a batched rejoin of many conversations). A conversation with ``limit`` or more
+        cursors is read on its own, as :meth:`cursors_of` reads it; a chunk's read is capped
+        (one conversation's many cursors never load the whole collection)."""
+        ids = list(dict.fromkeys(cids))
+        out: dict[str, list[dict[str, Any]]] = {c: [] for c in ids}
+        chunks = [ids[i : i + IN_CHUNK] for i in range(0, len(ids), IN_CHUNK)]
+        found = await asyncio.gather(
+            *(
+                self.cursors.find({"conversationId": {"$in": c}}).limit(limit * len(c)).to_list()
+                for c in chunks
+            )
+        )
+        alone: set[str] = set()
+        for chunk, docs in zip(chunks, found, strict=True):
+            if len(docs) >= limit * len(chunk):  # capped: any of them may be cut short
+                alone.update(chunk)
+                continue
+            for d in docs:
+                out[str(d.get("conversationId"))].append(_wire(d))
+        alone.update(c for c, docs in out.items() if len(docs) >= limit)
+        for c in alone:
+            out[c] = await self.cursors_of(c, limit)
+        return out
 
     async def read_seqs(self, kind: PrincipalKind, pid: str, cids: Sequence[str]) -> dict[str, int]:
         """The principal's readSeq in each conversation (0 when it never read)."""
@@ -227,6 +248,15 @@ class CursorStore:
             *(self.principals.find({"_id": {"$in": c}}, {"name": 1}).to_list() for c in chunks)
         )
         return {d["_id"]: str(d["name"]) for docs in found for d in docs if d.get("name")}
+
+
+def _wire(cursor: dict[str, Any]) -> dict[str, Any]:
+    """A read cursor as the wire carries it."""
+    return {
+        "principalId": cursor.get("principalId"),
+        "kind": cursor.get("kind"),
+        "readSeq": int(cursor.get("readSeq", 0)),
+    }
 
 
 class LogScan:

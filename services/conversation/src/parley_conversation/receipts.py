@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from pydantic import ValidationError
@@ -303,8 +303,13 @@ class Receipts:
             unread = await self.cursors.unread(cid, p.kind, p.id, read_seq)
         return {"unreadCount": unread, "readSeq": read_seq, "cursors": cursors}
 
-    async def add_names(self, items: list[dict[str, Any]]) -> None:
-        """Each participant's display name (``name``) from the directory, when known."""
+    async def add_names(
+        self, items: list[dict[str, Any]], known: Mapping[str, str] | None = None
+    ) -> None:
+        """Each participant's display name (``name``) from the directory, when known.
+        ``known``: names (``<kind>:<id>`` → name) the directory holds as of now, not read
+        again (a batched rejoin's principals, whose names were just stored)."""
+        known = known or {}
         keys = [
             principal_key(
                 PrincipalKind.USER if x.get("userId") else PrincipalKind.AGENT,
@@ -313,9 +318,10 @@ class Receipts:
             for c in items
             for x in c.get("participants") or []
         ]
+        missing = [k for k in keys if k not in known]
         if not keys:
             return
-        names = await self.cursors.names(keys)
+        names = {**(await self.cursors.names(missing) if missing else {}), **known}
         for c in items:
             for x in c.get("participants") or []:
                 kind = PrincipalKind.USER if x.get("userId") else PrincipalKind.AGENT

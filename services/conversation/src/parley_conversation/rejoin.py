@@ -16,8 +16,13 @@ for all of its members that resume at about the same time (``routes.REJOIN_SUBJE
   read the same lastSeq (:class:`SharedReads`: a storm's members come back a few at a time);
 - authorization: per principal, exactly as a single join (``domain.authorize``) on that
   same read — a principal removed before it gets FORBIDDEN, at its index;
-- across gateways: while one set of reads of a conversation runs, the batched rejoins that
-  arrive for it (from the other gateways) wait and share the next set (:class:`Rejoins`).
+- across gateways and conversations: the batched rejoins are answered in rounds
+  (:class:`Rejoins`), one round at a time: a round reads the cursors, the conversations
+  (with totals) and the names of all its conversations with one ``$in`` read each, and scans
+  each log once; what arrives while a round runs (the other gateways' batches of a
+  conversation too) waits for the next round. Before rounds, each conversation's group made
+  its own five store round trips, and those were the storm's tail (docs/benchmarks.md
+  "Reconnect storm", fifth pass).
 
 Each admitted principal gets what its single join would have answered (same ``conversation``,
 ``lastSeq``, ``epoch``, ``cursors``; its own ``unreadCount`` and ``readSeq``).
@@ -36,10 +41,12 @@ from pydantic import ValidationError
 
 from parley_contract import commands, envelopes
 from parley_contract.errors import ParleyError
+from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal, RejoinRequest
 from parley_contract.jsonutil import model_json
 from parley_contract.models import Conversation
 from parley_conversation import domain
+from parley_conversation.cursors import principal_key
 
 if TYPE_CHECKING:
     from parley_conversation.service import ConversationService
@@ -48,13 +55,15 @@ if TYPE_CHECKING:
 # log ends at the same seq: :class:`SharedReads`), and for how many conversations.
 SHARED_SECONDS = 5.0
 SHARED_ENTRIES = 1_000
-# In a storm (groups of at least STORM_CONVERSATIONS conversations under way) a group waits
-# GROUP_WINDOW_SECONDS for the other gateways' batches of its conversation before reading:
-# each gateway sends one batch per conversation for the members it got in its own window
-# (parley_gateway.rejoins), and each group costs the same two store round trips whatever
-# its size (docs/benchmarks.md "Reconnect storm").
+# In a storm (a round, or the requests waiting, of at least STORM_CONVERSATIONS
+# conversations) a round waits GROUP_WINDOW_SECONDS for more before reading: each gateway
+# sends one batch per conversation for the members it got in its own window
+# (parley_gateway.rejoins), and a round costs about the same store round trips whatever its
+# size (docs/benchmarks.md "Reconnect storm").
 GROUP_WINDOW_SECONDS = 0.05
 STORM_CONVERSATIONS = 16
+# Most conversations one round answers (cursors.IN_CHUNK: one `$in` read each).
+ROUND_CONVERSATIONS = 50
 
 
 def decode(body: bytes) -> RejoinRequest:
@@ -71,53 +80,72 @@ async def rejoin(svc: ConversationService, body: bytes) -> Any:
 
 
 class Rejoins:
-    """The batched rejoins of one replica, grouped per conversation across gateways: while
-    one group's reads of a conversation are running, the requests that arrive for it wait
-    and are answered together by the next group. Every request of a group was received
-    before the group's reads began (so after its gateway subscribed): each gets what a
-    request of its own would have got."""
+    """The batched rejoins of one replica, answered in rounds, one round at a time: a round
+    takes the requests waiting for up to ``ROUND_CONVERSATIONS`` conversations (from every
+    gateway) and answers them from one set of reads (:func:`_answer_many`: one read of the
+    cursors, of the conversations and of their names for all of them, one log scan each);
+    what arrives while a round runs waits for the next. Every request of a round was
+    received before the round's reads began (so after its gateway subscribed): each gets
+    what a request of its own would have got."""
 
     def __init__(self, svc: ConversationService) -> None:
         self._svc = svc
         self._pending: dict[str, list[tuple[list[Principal], asyncio.Future[Any]]]] = {}
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._last_round = 0  # conversations in the last round (a storm under way)
         self.shared = SharedReads()
 
     async def answer(self, cid: str, principals: list[Principal]) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._pending.setdefault(cid, []).append((principals, fut))
-        if cid not in self._running:
-            self._running[cid] = asyncio.get_running_loop().create_task(self._run(cid))
+        if self._task is None:
+            self._task = loop.create_task(self._run())
         return await asyncio.shield(fut)
 
-    async def _run(self, cid: str) -> None:
+    async def _run(self) -> None:
         try:
-            # The requests already received join this group; in a storm, those of the
-            # next GROUP_WINDOW_SECONDS too.
-            storm = len(self._running) >= STORM_CONVERSATIONS
-            await asyncio.sleep(GROUP_WINDOW_SECONDS if storm else 0)
-            while group := self._pending.pop(cid, None):
-                everyone = [p for principals, _ in group for p in principals]
-                try:
-                    data = await _answer(self._svc, cid, everyone)
-                except BaseException as exc:
-                    for _, fut in group:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    continue
-                start = 0
-                for principals, fut in group:
-                    members = data["members"][start : start + len(principals)]
-                    start += len(principals)
-                    if not fut.done():
-                        fut.set_result({**data, "members": members})
+            while self._pending:
+                # The requests already received join this round; in a storm, those of the
+                # next GROUP_WINDOW_SECONDS too (unless a full round is waiting already).
+                waiting = len(self._pending)
+                storm = max(waiting, self._last_round) >= STORM_CONVERSATIONS
+                await asyncio.sleep(
+                    GROUP_WINDOW_SECONDS if storm and waiting < ROUND_CONVERSATIONS else 0
+                )
+                cids = list(self._pending)[:ROUND_CONVERSATIONS]
+                groups = {cid: self._pending.pop(cid) for cid in cids}
+                self._last_round = len(groups)
+                await self._round(groups)
         finally:
-            del self._running[cid]
-            for _, fut in self._pending.pop(cid, []):
+            self._task = None
+            for group in self._pending.values():
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(asyncio.CancelledError())
+            self._pending.clear()
+
+    async def _round(
+        self, groups: dict[str, list[tuple[list[Principal], asyncio.Future[Any]]]]
+    ) -> None:
+        everyone = {cid: [p for ps, _ in group for p in ps] for cid, group in groups.items()}
+        try:
+            answers = await _answer_many(self._svc, everyone)
+        except BaseException as exc:  # every request of the round gets it
+            for group in groups.values():
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for cid, group in groups.items():
+            data, start = answers[cid], 0
+            for principals, fut in group:
+                members = data["members"][start : start + len(principals)]
+                start += len(principals)
                 if not fut.done():
-                    fut.set_exception(asyncio.CancelledError())
+                    fut.set_result({**data, "members": members})
 
 
 @dataclass
@@ -171,29 +199,51 @@ class SharedReads:
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def read(self, svc: ConversationService, cid: str, last: int) -> _Shared:
-        """The shared part for a batch that read ``last``: the entry, or a fresh read."""
-        entry = self.get(cid, last)
-        if entry is not None:
-            return entry
-        at = self._entries.timer()  # before the read: the entry never outlives its age
-        conv = await svc.store.get_conversation(cid, with_totals=True)
-        epoch = await svc.store.epoch_of(cid) if conv is not None else 0
-        entry = _Shared(last, conv, epoch, at)
-        self.put(cid, entry)
-        return entry
+    async def read_many(
+        self, svc: ConversationService, lasts: dict[str, int]
+    ) -> dict[str, _Shared]:
+        """The shared part for each conversation of a round that read its lastSeq
+        (``lasts``): its entry, or a fresh read (one for all of them)."""
+        out: dict[str, _Shared] = {}
+        for cid, last in lasts.items():
+            entry = self.get(cid, last)
+            if entry is not None:
+                out[cid] = entry
+        missing = [cid for cid in lasts if cid not in out]
+        if not missing:
+            return out
+        at = self._entries.timer()  # before the read: an entry never outlives its age
+        convs = await svc.store.get_conversations(missing, with_totals=True)
+        found = [cid for cid in missing if cid in convs]
+        epochs = dict(
+            zip(found, await asyncio.gather(*map(svc.store.epoch_of, found)), strict=True)
+        )
+        for cid in missing:
+            out[cid] = _Shared(lasts[cid], convs.get(cid), epochs.get(cid, 0), at)
+            self.put(cid, out[cid])
+        return out
 
     @staticmethod
-    async def wire(svc: ConversationService, entry: _Shared, *, renamed: bool) -> dict[str, Any]:
-        """The conversation as conversation:joined carries it (``renamed``: a name was
-        stored since the entry's names were read)."""
-        if entry.wire is None or renamed:
-            assert entry.conv is not None
-            conv = entry.conv.model_copy(update={"last_seq": max(entry.last, entry.conv.last_seq)})
-            wire = model_json(conv)
-            await svc.receipts.add_names([wire])
-            entry.wire = wire
-        return entry.wire
+    async def wires(
+        svc: ConversationService,
+        entries: dict[str, tuple[_Shared, bool]],
+        known: dict[str, str],
+    ) -> dict[str, dict[str, Any]]:
+        """Each conversation as conversation:joined carries it (``entries``: cid → (its
+        entry, whether a name was stored since the entry's names were read)); the names
+        missing are read in one go, but for ``known`` (``<kind>:<id>`` → the name just
+        stored: the round's own principals)."""
+        fresh: dict[str, dict[str, Any]] = {}
+        for cid, (entry, renamed) in entries.items():
+            if entry.wire is None or renamed:
+                assert entry.conv is not None
+                last = max(entry.last, entry.conv.last_seq)
+                fresh[cid] = model_json(entry.conv.model_copy(update={"last_seq": last}))
+        if fresh:
+            await svc.receipts.add_names(list(fresh.values()), known)
+            for cid, wire in fresh.items():
+                entries[cid][0].wire = wire
+        return {cid: entry.wire for cid, (entry, _) in entries.items() if entry.wire is not None}
 
 
 def _expires(_cid: str, entry: _Shared, _now: float) -> float:
@@ -201,44 +251,69 @@ def _expires(_cid: str, entry: _Shared, _now: float) -> float:
     return entry.at + SHARED_SECONDS
 
 
-async def _answer(svc: ConversationService, cid: str, principals: list[Principal]) -> Any:
-    """One set of reads for ``principals`` (in order) rejoining ``cid``: the read cursors
-    and one scan of the log from the lowest (which gives lastSeq too), then the
-    conversation (shared with the batches before while the log ends at the same seq)."""
+async def _answer_many(
+    svc: ConversationService, groups: dict[str, list[Principal]]
+) -> dict[str, dict[str, Any]]:
+    """One set of reads for the principals (in order) rejoining each conversation of a
+    round (``groups``): the read cursors of all of them, one scan of each log from its
+    lowest read cursor (which gives lastSeq too), then the conversations (shared with the
+    rounds before while a log ends at the same seq) and the names, for all at once."""
     await svc.sequencer.settle_totals()
-    cursors = await svc.cursors.cursors_of(cid)
-    read = {(c["kind"], c["principalId"]): c["readSeq"] for c in cursors}
-    seqs = {p: read.get((p.kind.value, p.id), 0) for p in principals}
-    scan = await svc.cursors.scan(cid, seqs)
-    last = scan.last
-    if last is None:
-        last = await svc.store.last_seq(cid)
+    cids = list(groups)
+    cursors = await svc.cursors.cursors_of_many(cids)
+    seqs: dict[str, dict[Principal, int]] = {}
+    for cid in cids:
+        read = {(c["kind"], c["principalId"]): c["readSeq"] for c in cursors[cid]}
+        seqs[cid] = {p: read.get((p.kind.value, p.id), 0) for p in groups[cid]}
+    found = await asyncio.gather(*(svc.cursors.scan(c, seqs[c]) for c in cids))
+    scans = dict(zip(cids, found, strict=True))
+    lasts = {cid: s.last for cid, s in scans.items() if s.last is not None}
+    unknown = [cid for cid in cids if cid not in lasts]
+    tails = await asyncio.gather(*map(svc.store.last_seq, unknown))
+    lasts.update(zip(unknown, tails, strict=True))
     # lastSeq before the conversation: see the module doc.
-    shared = await svc.rejoins.shared.read(svc, cid, last)
-    members: list[dict[str, Any]] = []
-    admitted: list[Principal] = []
-    for p in principals:
-        try:
-            domain.authorize(shared.conv, p)
-        except ParleyError as exc:
-            members.append({"ok": False, "error": envelopes.fail_from(exc)["error"]})
-            continue
-        members.append({"ok": True})
-        admitted.append(p)
-    if shared.conv is None or not admitted:
-        return {"conversation": None, "lastSeq": 0, "epoch": 0, "members": members}
-    renamed = False
-    for p in dict.fromkeys(admitted):
-        renamed = await svc.cursors.remember(p.kind, p.id, p.name) or renamed
-    wire = await svc.rejoins.shared.wire(svc, shared, renamed=renamed)
-    unread = await scan.unread({p: seqs[p] for p in admitted})
-    for m, p in zip((m for m in members if m["ok"]), admitted, strict=True):
-        m["readSeq"] = seqs[p]
-        m["unreadCount"] = unread.get(p, 0)
-    return {
-        "conversation": wire,
-        "lastSeq": last,
-        "epoch": shared.epoch,
-        "cursors": cursors,
-        "members": members,
-    }
+    shared = await svc.rejoins.shared.read_many(svc, lasts)
+    out: dict[str, dict[str, Any]] = {}
+    admitted: dict[str, list[Principal]] = {}
+    for cid in cids:
+        members: list[dict[str, Any]] = []
+        ok: list[Principal] = []
+        for p in groups[cid]:
+            try:
+                domain.authorize(shared[cid].conv, p)
+            except ParleyError as exc:
+                members.append({"ok": False, "error": envelopes.fail_from(exc)["error"]})
+                continue
+            members.append({"ok": True})
+            ok.append(p)
+        out[cid] = {"members": members}
+        if shared[cid].conv is None or not ok:
+            out[cid].update({"conversation": None, "lastSeq": 0, "epoch": 0})
+        else:
+            admitted[cid] = ok
+    entries: dict[str, tuple[_Shared, bool]] = {}
+    known: dict[str, str] = {}  # the names the directory holds now (just stored)
+    for cid, ok in admitted.items():
+        renamed = False
+        for p in dict.fromkeys(ok):
+            renamed = await svc.cursors.remember(p.kind, p.id, p.name) or renamed
+            if p.name and p.kind is not PrincipalKind.SERVICE:
+                known[principal_key(p.kind, p.id)] = p.name
+        entries[cid] = (shared[cid], renamed)
+    wires = await SharedReads.wires(svc, entries, known)
+    counts = await asyncio.gather(
+        *(scans[cid].unread({p: seqs[cid][p] for p in ok}) for cid, ok in admitted.items())
+    )
+    for (cid, ok), unread in zip(admitted.items(), counts, strict=True):
+        for m, p in zip((m for m in out[cid]["members"] if m["ok"]), ok, strict=True):
+            m["readSeq"] = seqs[cid][p]
+            m["unreadCount"] = unread.get(p, 0)
+        out[cid].update(
+            {
+                "conversation": wires[cid],
+                "lastSeq": lasts[cid],
+                "epoch": shared[cid].epoch,
+                "cursors": cursors[cid],
+            }
+        )
+    return out
