@@ -27,6 +27,7 @@ from parley_gateway import openclock
 from parley_gateway.bus import Bus
 from parley_gateway.conn import CLOSE_POLICY, Conn
 from parley_gateway.metrics import Metrics
+from parley_gateway.natsdirect import subscribe_direct
 from parley_gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -108,8 +109,10 @@ class Sessions(Bus):
 
     async def listen_kicks(self) -> None:
         assert self.nc is not None
-        self._kick_sub = await self.nc.subscribe(
-            subjects.GATEWAY_SESSION_KICK_WILDCARD, cb=self._on_kick
+        # Direct (natsdirect: no queue and task per message): in a reconnect storm every
+        # gateway receives every resume's kick (10,000), and the handler never awaits.
+        self._kick_sub = await subscribe_direct(
+            self.nc, subjects.GATEWAY_SESSION_KICK_WILDCARD, self._on_kick
         )
 
     def session_doc(
@@ -220,7 +223,7 @@ class Sessions(Bus):
                 jsonutil.dumps({"sessionId": session_id, "instanceId": self.instance_id}),
             )
 
-    async def _on_kick(self, msg: Msg) -> None:
+    def _on_kick(self, msg: Msg) -> None:
         try:
             body = jsonutil.loads(msg.data)
         except ValueError:
