@@ -18,26 +18,27 @@ import time
 from typing import Any
 
 import nats.js.errors
-from nats.js.kv import KeyValue
 
 from parley_contract import jsonutil, kvread, subjects
 from parley_contract.events import PrincipalKind
+from parley_contract.kvread import LiveEntry
 
 # A KV read answers within this long or counts as "unknown" (the callers then decide).
 LOOKUP_TIMEOUT_SECONDS = 2.0
 
 
-async def _bucket(js: Any, name: str) -> KeyValue | None:
+async def _entries(js: Any, bucket: str, pattern: str = ">", **kw: Any) -> list[LiveEntry]:
+    """``kvread.live_entries``, but a bucket that does not exist (yet: no bridge has started,
+    no gateway) has none."""
     try:
-        kv: KeyValue = await js.key_value(name)
-        return kv
-    except nats.js.errors.BucketNotFoundError:
-        return None
+        return await kvread.live_entries(js, bucket, pattern, **kw)
+    except nats.js.errors.NotFoundError:
+        return []
 
 
 async def _any_key(js: Any, bucket: str, pattern: str) -> bool:
     """Whether a live key of ``bucket`` matches ``pattern``."""
-    return bool(await kvread.live_entries(js, bucket, pattern, values=False, limit=1))
+    return bool(await _entries(js, bucket, pattern, values=False, limit=1))
 
 
 def _served_record(agent_id: str, values: list[dict[str, Any]]) -> dict[str, Any]:
@@ -64,16 +65,7 @@ class AgentDirectory:
     def __init__(self, js: Any, *, cache_seconds: float = 1.0) -> None:
         self.js = js
         self.cache_seconds = cache_seconds
-        self._agents: KeyValue | None = None
-        self._presence: KeyValue | None = None
         self._cache: dict[str, tuple[float, bool]] = {}
-
-    async def _kv(self) -> tuple[KeyValue | None, KeyValue | None]:
-        if self._agents is None:
-            self._agents = await _bucket(self.js, subjects.KV_AGENTS)
-        if self._presence is None:
-            self._presence = await _bucket(self.js, subjects.KV_PRESENCE)
-        return self._agents, self._presence
 
     async def is_served(self, agent_id: str, *, cached: bool = False) -> bool:
         """Whether an agent bridge serves ``agent_id`` or it is connected as an agent now.
@@ -84,11 +76,8 @@ class AgentDirectory:
         hit = self._cache.get(agent_id)
         if cached and hit is not None and now - hit[0] < self.cache_seconds:
             return hit[1]
-        agents, presence = await self._kv()
-        served = False
-        if agents is not None:
-            served = await _any_key(self.js, subjects.KV_AGENTS, f"{agent_id}.*")
-        if not served and presence is not None:
+        served = await _any_key(self.js, subjects.KV_AGENTS, f"{agent_id}.*")
+        if not served:
             served = await _any_key(
                 self.js, subjects.KV_PRESENCE, f"{PrincipalKind.AGENT.value}.{agent_id}.*"
             )
@@ -100,39 +89,36 @@ class AgentDirectory:
     async def list(self) -> list[dict[str, Any]]:
         """Every reachable agent: ``{id, name, description, models, online, servedBy,
         instances}``, bridge-served ones first, each sorted by id."""
-        agents, presence = await self._kv()
         by_agent: dict[str, list[dict[str, Any]]] = {}
-        if agents is not None:
-            for entry in await kvread.live_entries(self.js, subjects.KV_AGENTS):
-                agent_id = entry.key.rsplit(".", 1)[0]
-                try:
-                    value = jsonutil.loads(entry.value)
-                except ValueError:
-                    continue
-                if isinstance(value, dict):
-                    by_agent.setdefault(agent_id, []).append(value)
+        for entry in await _entries(self.js, subjects.KV_AGENTS):
+            agent_id = entry.key.rsplit(".", 1)[0]
+            try:
+                value = jsonutil.loads(entry.value)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                by_agent.setdefault(agent_id, []).append(value)
         out = [_served_record(a, vs) for a, vs in sorted(by_agent.items())]
-        if presence is not None:
-            external: dict[str, int] = {}
-            for key in await kvread.live_keys(
-                self.js, subjects.KV_PRESENCE, f"{PrincipalKind.AGENT.value}.>"
-            ):
-                kind, _, rest = key.partition(".")
-                if kind != PrincipalKind.AGENT.value:
-                    continue
-                agent_id = rest.rsplit(".", 1)[0]
-                if agent_id and agent_id not in by_agent:
-                    external[agent_id] = external.get(agent_id, 0) + 1
-            out += [
-                {
-                    "id": a,
-                    "name": a,
-                    "description": "",
-                    "models": [],
-                    "online": True,
-                    "servedBy": "connection",
-                    "instances": n,
-                }
-                for a, n in sorted(external.items())
-            ]
+        external: dict[str, int] = {}
+        for entry in await _entries(
+            self.js, subjects.KV_PRESENCE, f"{PrincipalKind.AGENT.value}.>", values=False
+        ):
+            kind, _, rest = entry.key.partition(".")
+            if kind != PrincipalKind.AGENT.value:
+                continue
+            agent_id = rest.rsplit(".", 1)[0]
+            if agent_id and agent_id not in by_agent:
+                external[agent_id] = external.get(agent_id, 0) + 1
+        out += [
+            {
+                "id": a,
+                "name": a,
+                "description": "",
+                "models": [],
+                "online": True,
+                "servedBy": "connection",
+                "instances": n,
+            }
+            for a, n in sorted(external.items())
+        ]
         return out

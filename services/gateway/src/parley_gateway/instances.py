@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
-from nats.js.kv import KeyValue
 
 from parley_contract import envelopes, jsonutil, kvread, subjects
 from parley_contract.errors import ErrorCode, ParleyError
@@ -92,13 +91,11 @@ class Instances(Fanout):
             except _KV_ERRORS as exc:  # JetStream away: the next refresh writes it
                 logger.debug("heartbeat after a reconnect not written: %r", exc)
 
-    async def kv_keys(
-        self, kv: KeyValue | None, bucket: str, *, absent_is_empty: bool = False
-    ) -> list[str] | None:
+    async def kv_keys(self, bucket: str, *, absent_is_empty: bool = False) -> list[str] | None:
         """The live keys of a bucket; None when it does not answer within ``KV_READ_SECONDS``
-        (or was not opened: ``kv`` None). ``absent_is_empty``: a bucket that does not exist
+        (or NATS is not connected yet). ``absent_is_empty``: a bucket that does not exist
         (yet) has no keys, rather than being unavailable."""
-        if (kv is None and not absent_is_empty) or self.nc is None:
+        if self.nc is None:
             return None
         try:
             return await asyncio.wait_for(
@@ -118,7 +115,7 @@ class Instances(Fanout):
         """Notice instances whose heartbeat key is gone (crashed: expired) and reap them."""
         if self.kv_instances is None or self.draining:
             return
-        listed = await self.kv_keys(self.kv_instances, subjects.KV_INSTANCES)
+        listed = await self.kv_keys(subjects.KV_INSTANCES)
         now = time.monotonic()
         if listed is None:
             # Their heartbeats may have expired meanwhile: once the bucket is back, live
@@ -195,7 +192,7 @@ class Instances(Fanout):
             return False
         logger.info("instance %s is gone: publishing its clients' offline events", instance)
         count = 0
-        sessions = await self.kv_keys(self.kv_sessions, subjects.KV_SESSIONS)
+        sessions = await self.kv_keys(subjects.KV_SESSIONS)
         if sessions is None:
             with contextlib.suppress(*_KV_ERRORS):  # let the next try take the lock again
                 await self.kv_presence.delete(lock)
@@ -244,10 +241,10 @@ class Instances(Fanout):
         A bucket that does not answer: ``SERVICE_UNAVAILABLE`` with ``details.unavailable``
         (its names) and ``details.partial`` (the counts that could be made)."""
         presence, bridges, instances = await asyncio.gather(
-            self.kv_keys(self.kv_presence, subjects.KV_PRESENCE),
+            self.kv_keys(subjects.KV_PRESENCE),
             # Written by agent bridges: absent until one has started (then no agents).
-            self.kv_keys(None, subjects.KV_AGENTS, absent_is_empty=True),
-            self.kv_keys(self.kv_instances, subjects.KV_INSTANCES),
+            self.kv_keys(subjects.KV_AGENTS, absent_is_empty=True),
+            self.kv_keys(subjects.KV_INSTANCES),
         )
         counts: dict[str, Any] = {}
         if presence is not None:
