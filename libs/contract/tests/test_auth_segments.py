@@ -4,6 +4,7 @@ the same message through ``verify_token``."""
 
 from __future__ import annotations
 
+import functools
 import random
 
 import jwt
@@ -11,7 +12,7 @@ import pytest
 from jwt.algorithms import HMACAlgorithm
 from jwt.api_jws import PyJWS
 
-from parley_contract.auth import _JWS, JwtConfig, _CheckedHMAC, mint_token, verify_token
+from parley_contract.auth import _JWS, JwtConfig, _CheckedHMAC, _jwt, mint_token, verify_token
 from parley_contract.errors import ParleyError
 
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -113,3 +114,50 @@ def test_the_checked_hs256_key_signs_and_verifies_as_pyjwt_does() -> None:
             assert checked.sign(msg, checked.checked) == sig
             assert checked.verify(msg, checked.checked, sig)
             assert not checked.verify(msg, checked.checked, bytes(32))
+
+
+_PAYLOADS = [
+    b'{"sub":"u1","exp":1,"name":"A"}',
+    b'{"sub":"u1","sub":"u2"}',  # the last one wins in both
+    b'{"a":[1,2,{"b":null}],"c":1.5,"d":"\\u00e9"}',
+    b"[]",
+    b'"sub"',
+    b"1",
+    b"null",
+    b"",
+    b"{",
+    b'{"a":1,}',
+    b"{'a':1}",
+    b'{"a":1} x',
+    b"\xff\xfe",
+    b"[" * 5000 + b"]" * 5000,
+    b'{"n":123456789012345678901234567890,"m":-18446744073709551616}',  # exact, not floats
+    b'{"n":18446744073709551615,"m":-9223372036854775808,"f":1.7e9,"g":0.1}',
+]
+# Refused by orjson only: not RFC 8259 JSON (an invalid token here, accepted by PyJWT's).
+_STRICTER = [
+    b'{"exp":NaN}',
+    b'{"exp":Infinity}',
+    b'{"f":1e400}',
+    b'{"s":"\\ud800"}',
+]
+
+
+def _payload_outcome(decode: object, payload: bytes) -> tuple[str, object]:
+    try:
+        return "ok", decode({"payload": payload})  # type: ignore[operator]
+    except jwt.DecodeError as exc:
+        return "refused", str(exc).split(":")[0]
+
+
+@pytest.mark.parametrize("payload", _PAYLOADS)
+def test_payload_parse_is_pyjwts(payload: bytes) -> None:
+    ours = _payload_outcome(_jwt._decode_payload, payload)
+    theirs = _payload_outcome(functools.partial(jwt.PyJWT._decode_payload, _jwt), payload)
+    assert ours == theirs
+    assert repr(ours) == repr(theirs)  # the same types too (an int stays an int)
+
+
+@pytest.mark.parametrize("payload", _STRICTER)
+def test_payload_parse_refuses_what_is_not_json(payload: bytes) -> None:
+    assert _payload_outcome(_jwt._decode_payload, payload)[0] == "refused"

@@ -9,11 +9,13 @@ import base64
 import binascii
 import functools
 import hmac
+import re
 import time
 from typing import Any, Literal
 
 import jwt
 import jwt.utils
+import orjson
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import HMACAlgorithm
@@ -170,7 +172,33 @@ class _JWS(PyJWS):
             raise jwt.DecodeError(f"Invalid {name} padding") from err
 
 
-_jwt = jwt.PyJWT()
+# A run of 20 digits: a number orjson may not read exactly (it reads integers beyond 64 bits
+# as floats); such a payload is read by the stdlib's json, as PyJWT does.
+_LONG_NUMBER = re.compile(rb"[0-9]{20}")
+
+
+class _JWT(jwt.PyJWT):
+    """PyJWT with the claims (the payload, parsed after the signature was verified) read by
+    orjson instead of the stdlib's ``json``: ~1 against 3.6 µs of a ~20 µs verification.
+    PyJWT's own hook for it (``_decode_payload``: "intended to be overridden by
+    subclasses"), the same claims and refusals; orjson is stricter (no NaN/Infinity, no
+    UTF-16, no lone surrogate, no float out of range): such a payload is an invalid token
+    here (it is not RFC 8259 JSON). ``test_auth_segments.py`` compares both."""
+
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        data = decoded["payload"]
+        if _LONG_NUMBER.search(data):
+            return super()._decode_payload(decoded)
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise jwt.DecodeError(f"Invalid payload string: {e}") from e
+        if not isinstance(payload, dict):
+            raise jwt.DecodeError("Invalid payload string: must be a json object")
+        return payload
+
+
+_jwt = _JWT()
 _jwt._jws = _JWS(options=_jwt._get_sig_options())
 
 

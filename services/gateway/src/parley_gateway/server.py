@@ -119,7 +119,7 @@ class Gateway(Commands):
             return json_response(
                 503, envelopes.fail(ErrorCode.SERVICE_UNAVAILABLE, "instance not ready or draining")
             )
-        params = parse_qs(query)
+        params = parse_qs(query) if query else {}
         token = None
         auth = request.headers.get("Authorization")
         if auth and auth.lower().startswith("bearer "):

@@ -247,16 +247,18 @@ async def open_lean(
     iteration; then the handler, and the closing handshake when it returns (1000, or 1011
     if it failed)."""
     transport = conn.transport
-    timer = openclock.TimerClock(conn.loop, front.open_timeout, transport.abort)
+    timer: openclock.TimerClock | None = openclock.TimerClock(
+        conn.loop, front.open_timeout, transport.abort
+    )
     try:
         token = openclock.OPEN_CLOCK.set(timer)  # pausable (openclock.paused)
         try:
             response = await _answer(conn, request, route.process_request, server)
         finally:
             # Nothing of the handshake stays for the connection's life: the request (its
-            # headers, the token: ~3 KB) and the clock in this task's context.
+            # headers, the token: ~3 KB), the clock in this task's context, its reset token.
             openclock.OPEN_CLOCK.reset(token)
-            del request
+            del request, token
         if conn.state is not State.CONNECTING:
             return  # lost meanwhile, or the open timed out
         if response is not None:
@@ -265,7 +267,9 @@ async def open_lean(
             transport.write(response.serialize())
             transport.close()
             return
-        timer.cancel()
+        if timer is not None:  # always (mypy: not narrowed across the await)
+            timer.cancel()
+        timer = None  # nor the clock (and its transport.abort) in this frame
         conn.accept(switching(accept_key(key), date=front.date, server_header=front.server_header))
         conn.loop.call_soon(conn.send_data)  # the 101 with the hello: one socket write
         server.all_connections.add(as_any(conn))
@@ -280,7 +284,8 @@ async def open_lean(
         finally:
             server.all_connections.discard(as_any(conn))
     finally:
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
         task = asyncio.current_task()
         if task is not None:
             server.handler_tasks.discard(task)
