@@ -102,7 +102,8 @@ def load_step(
         lat["cross"].get("p99"),
         lat["cross"].get("max"),
         (
-            f", acked {res['acked']} ack p99 {lat['ack'].get('p99')} ms gaps {res['seqGaps']}"
+            f", acked {res['acked']} ack p50/p99 {lat['ack'].get('p50')}/{lat['ack'].get('p99')}"
+            f" ms gaps {res['seqGaps']}"
             if kind == "message"
             else ""
         ),

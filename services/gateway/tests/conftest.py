@@ -271,6 +271,9 @@ class FakeConversationService:
         # from before them is (no responder for a batch), and the sizes of those it served.
         self.batches = batches
         self.batch_sizes: list[int] = []
+        self.swallow_batches = False  # a batch never answered (its replica died with it)
+        self.batch_keys: list[str] = []  # the idempotency keys of the batches' items
+        self.send_keys: list[str] = []  # and of the single message:sends
         self.convs: dict[str, dict[str, Any]] = {}
         self.events: dict[str, list[dict[str, Any]]] = {}
         self.drop_publish: set[int] = set()  # seqs not published live (gap tests)
@@ -317,6 +320,9 @@ class FakeConversationService:
         if batch_route_of_subject(msg.subject) is not None:  # one envelope per item
             req = jsonutil.loads(msg.data)
             self.batch_sizes.append(len(req["items"]))
+            self.batch_keys.extend(item["idempotencyKey"] for item in req["items"])
+            if self.swallow_batches:
+                return
             results = []
             for item in req["items"]:
                 try:
@@ -363,6 +369,7 @@ class FakeConversationService:
             await self._reply(msg, envelopes.ok({"_id": cid, "title": data.get("title")}))
             return
         if subj == subjects.command(Event.MESSAGE_SEND):
+            self.send_keys.append(req["idempotencyKey"])
             await self._reply(msg, await self._send(p, data))
             return
         cid = data.get("conversationId")

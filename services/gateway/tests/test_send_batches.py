@@ -2,34 +2,22 @@
 request (parley_gateway.chains, issue 16): stored in the sender's order, each answered to
 its own id as its own request would have been; a bad one fails alone; a service from before
 batches (no responder for them) gets them one by one. Against the narrow fake service (its
-batches counted) and the real stack."""
+batches counted); test_send_batches_stack.py: the real stack."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
 from parley_contract import jsonutil
-from parley_devstack.servers import NatsServer, StoreServer
-from parley_devstack.stack import Stack
-from parley_devstack.testing import module_stack
+from parley_devstack.servers import NatsServer
 
-from .conftest import Client, FakeConversationService, http_get, joined_conversation, uid
+from .conftest import Client, FakeConversationService, http_get, joined_conversation
 
 RATE = {"PARLEY_GATEWAY_COMMANDS_PER_SECOND": "1000"}
-
-
-@pytest.fixture(scope="module")
-def stack(nats_server: NatsServer, store_server: StoreServer, servers_dir: Path) -> Iterator[Stack]:
-    """The real stack, its gateways allowing these bursts (the rate limit is not tested here)."""
-    with module_stack(
-        nats_server, store_server, servers_dir, "send_batches", gateway_env=RATE
-    ) as s:
-        yield s
 
 
 @pytest.fixture
@@ -125,25 +113,30 @@ async def test_a_service_without_batches_gets_them_one_by_one(
     assert 'parley_gateway_request_retries_total{outcome="retried"}' not in text
 
 
-async def test_real_service_stores_a_burst_in_order(stack: Stack, clients: Any) -> None:
-    alice = await clients(stack.ws_url(0), uid("alice"))
-    bob = await clients(stack.ws_url(1), uid("bob"))
+async def test_a_batch_without_an_answer_goes_one_by_one_with_its_keys(
+    gateway_factory: Any, clients: Any, fake_conversation: FakeConversationService
+) -> None:
+    """A batch nobody answers in time (its replica died with it): the sends go again one
+    by one with the keys they had in the batch, so a message the batch stored would be
+    answered as stored, not stored twice; every command is answered, in order."""
+    gw = gateway_factory({**RATE, "PARLEY_GATEWAY_REQUEST_TIMEOUT_SECONDS": "1.5"})
+    alice = await clients(gw.ws_url, "alice")
     cid = await joined_conversation(alice)
-    bad = bad_frames(cid)
-    seqs = check(await burst(alice, cid, 40, bad), 40, bad)
-    # Replayed from the store to another member: the same order.
-    r = await bob.cmd("conversation:join", {"conversationId": cid, "sinceSeq": 0})
-    assert not r["success"]  # not a participant: bob sees nothing
-    await alice.wait_for(lambda f: f.get("seq") == seqs[-1])
-    news = [f for f in alice.events("message:new", cid)]
-    assert [f["data"]["content"] for f in news] == [f"m{i}" for i in range(40) if i not in bad]
-    url = f"{stack.conversation[0].base_url}/metrics"
-    text = (await asyncio.to_thread(http_get, url))[1].decode()
-    batched = [
-        line
-        for line in text.splitlines()
-        if line.startswith("parley_conversation_requests_total")
-        and 'operation="message:send.batch"' in line
-        and 'outcome="ok"' in line
-    ]
-    assert batched and float(batched[0].rsplit(" ", 1)[1]) >= 1, batched
+    fake_conversation.swallow_batches = True
+    for i in range(10):
+        data: dict[str, Any] = {"conversationId": cid, "content": f"m{i}"}
+        if i % 2:
+            data["clientMessageId"] = f"mine-{i}"
+        frame = {"event": "message:send", "id": f"s-{i}", "data": data}
+        await alice.send_raw(jsonutil.dumps(frame).decode())
+    for i in range(10):
+        await alice.wait_for(answer_to(f"s-{i}"), timeout=30)
+    replies = [f for f in alice.frames if str(f.get("id", "")).startswith("s-")]
+    assert [r["id"] for r in replies] == [f"s-{i}" for i in range(10)]
+    assert all(r["success"] for r in replies), replies
+    assert [r["data"]["content"] for r in replies] == [f"m{i}" for i in range(10)]
+    assert fake_conversation.batch_keys  # some went as a batch first
+    batched = set(fake_conversation.batch_keys)
+    alone = [k for k in fake_conversation.send_keys if k in batched]
+    assert len(alone) == len(batched)  # each sent again alone, with its key
+    assert {f"mine-{i}" for i in range(1, 10, 2)} & batched <= set(alone)

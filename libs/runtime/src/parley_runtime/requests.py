@@ -161,9 +161,10 @@ async def request_bytes(
     """The reply's bytes; ParleyError when nobody answered. ``on_attempt("retried")`` /
     ``("gave_up")`` counts failovers (metrics); ``("fallback")`` an attempt sent again to
     ``fallback`` at once because nobody served ``subject``. ``nobody_ends``: "no responders"
-    (and no fallback, no other attempt unanswered) ends the request at once with
-    SERVICE_UNAVAILABLE instead of asking again until the budget ends (a caller that has
-    another way: a batch nobody serves is sent one by one).
+    (and no fallback) ends the request at once, SERVICE_UNAVAILABLE (TIMEOUT with
+    ``outcomeUnknown`` when an earlier attempt may have been applied: its replica died with
+    it), instead of asking again until the budget ends: for a caller that has another,
+    idempotent way (a batch of sends nobody serves is sent one by one, with the same keys).
 
     While the client reconnects (its NATS node died) it waits within the budget and sends
     then. With ``attempt_timeout`` an attempt not answered in time is sent again, and the
@@ -226,7 +227,7 @@ async def request_bytes(
                             on_attempt("fallback")
                         attempts.append(_Attempt(nc, fallback, payload, deadline))
                         continue
-                    if nobody_ends and not any(a.sent and not a.task.done() for a in attempts):
+                    if nobody_ends:
                         ended = True
                         continue
                     next_at = min(next_at, loop.time() + backoff)

@@ -17,9 +17,11 @@ command ``id`` with the envelope its own request would have had:
 - only consecutive sends batch (any other command waits its turn as before), at most
   ``MAX_SEND_BATCH`` messages and ``MAX_SEND_BATCH_BYTES`` of data per request;
 - nobody serving batches (an older conversation service during a rolling upgrade, or a
-  partition without an owner right now) answers "no responders" at once, and the sends go
-  one by one as before (each with the usual failover); so does a batch refused as a whole
-  before anything was stored (SERVICE_UNAVAILABLE, PAYLOAD_TOO_LARGE, VALIDATION_ERROR).
+  partition without an owner right now: its owner killed, or moving) answers "no
+  responders" at once, and the sends go one by one as before, each with the usual failover
+  (to any replica); so does a batch that failed as a whole (refused, or no answer in time).
+  Sent again alone, each keeps the idempotency key it had in the batch: a message the batch
+  stored (its replica died before answering) is answered as stored, never stored twice.
 
 Socket.IO clients take the same path (``Gateway.submit_frame``).
 """
@@ -47,10 +49,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SEND = Event.MESSAGE_SEND.value
-# A batch refused as a whole before anything of it was stored: sent one by one instead.
-_ONE_BY_ONE = frozenset(
-    {ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.PAYLOAD_TOO_LARGE, ErrorCode.VALIDATION_ERROR}
-)
 
 Queued = tuple[dict[str, Any], float]  # a client frame and when it arrived
 
@@ -66,6 +64,7 @@ class Command:
     route: Route | None
     data: dict[str, Any] = field(default_factory=dict)
     error: dict[str, Any] | None = None  # refused by the checks: its reply envelope
+    key: str | None = None  # the idempotency key it went with in a batch (sent again alone)
 
 
 def _is_send(frame: dict[str, Any]) -> bool:
@@ -168,9 +167,10 @@ async def _request(
     hub = gw.hub
     items = []
     for cmd, data in sends:
-        # Its own idempotency key, as Commands.dispatch gives a single send.
+        # Its own idempotency key, as Commands.dispatch gives a single send; kept for a
+        # send of it alone after the batch (the same message if the batch stored it).
         cmid = cmd.data.get("clientMessageId")
-        key = cmid if isinstance(cmid, str) and cmid else new_id("idem")
+        key = cmd.key = cmid if isinstance(cmid, str) and cmid else new_id("idem")
         items.append(b'{"data":' + data + b',"idempotencyKey":' + jsonutil.dumps(key) + b"}")
     body = b"".join(
         (
@@ -201,9 +201,10 @@ async def _request(
     except ParleyError as exc:
         envelope = envelopes.fail_from(exc)
     if not envelope["success"]:
-        if requests.error_of(envelope).code in _ONE_BY_ONE:
-            return None  # nothing of it was stored: one by one, as before
-        return [envelope] * len(sends)  # e.g. TIMEOUT (outcome unknown): each gets it
+        # Refused whole, nobody serves it, or no answer in time: one by one with the same
+        # keys (whatever the batch stored is answered as stored).
+        logger.info("send batch for %s failed (%s): one by one", cid, envelope["error"]["code"])
+        return None
     answers = envelope.get("data")
     results = answers.get("results") if isinstance(answers, dict) else None
     if not isinstance(results, list) or len(results) != len(sends):

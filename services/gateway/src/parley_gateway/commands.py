@@ -184,7 +184,7 @@ class Commands(Joins):
         """An admitted command: its route run (here, or by its service), then answered."""
         assert cmd.route is not None
         try:
-            envelope = await self.dispatch(conn, cmd.route, cmd.data)
+            envelope = await self.dispatch(conn, cmd.route, cmd.data, key=cmd.key)
         except ParleyError as exc:
             envelope = envelopes.fail_from(exc)
         except Exception:
@@ -212,9 +212,10 @@ class Commands(Joins):
             conn.send({"event": Event.ERROR.value, **envelope})
 
     async def dispatch(
-        self, conn: Conn, route: Route, data: dict[str, Any]
+        self, conn: Conn, route: Route, data: dict[str, Any], *, key: str | None = None
     ) -> dict[str, Any] | None:
         """The reply envelope of a command; ``None`` for a success with ``data: null``.
+        ``key``: the idempotency key it was sent with before (in a batch: chains.py).
 
         A command the gateway handles (``_LOCAL``: its own routes, and the join it wraps) is
         validated here; any other is relayed to its route's subject as it came, and the
@@ -228,7 +229,9 @@ class Commands(Joins):
             # another replica) is applied once: the client's clientMessageId for a message,
             # else one made here.
             cmid = data.get("clientMessageId") if route.event is Event.MESSAGE_SEND else None
-            body["idempotencyKey"] = cmid if isinstance(cmid, str) and cmid else new_id("idem")
+            if key is None:
+                key = cmid if isinstance(cmid, str) and cmid else new_id("idem")
+            body["idempotencyKey"] = key
         # A write of one conversation goes to its partition's subject: straight to the
         # replica that owns it (docs/affinity.md); with no owner (dead, or moving), to any.
         return await self.hub.request(route.subject_for(data), body, fallback=route.subject)
