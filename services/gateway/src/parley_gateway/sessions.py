@@ -137,18 +137,29 @@ class Sessions(Bus):
         offline: bool = False,
     ) -> None:
         """Write the session to the KV; ``ack=False``: a plain publish, no round trip.
-        ``offline``: the connection is closed and its ``presence:offline`` published."""
-        if conn.kicked or self.kv_sessions is None:
+        ``offline``: the connection is closed and its ``presence:offline`` published.
+
+        A closing connection's session is written by its cleanup alone (``offline``), not
+        by a refresh or flush that listed it before: that would write over the offline
+        mark, after the leave without the conversations."""
+        kv = self.kv_sessions
+        if kv is None or self._not_saved(conn, offline):
             return
-        doc = self.session_doc(conn, joined, offline=offline)
         if not ack:
+            doc = self.session_doc(conn, joined, offline=offline)
             self.kv_publish_soon(subjects.KV_SESSIONS, conn.session_id, doc)
             return
         try:  # bounded: a resume waits for the save at a disconnect (server.resume)
             await self.flush_publishes()  # an older unacknowledged save must not win
-            await asyncio.wait_for(self.kv_sessions.put(conn.session_id, doc), SAVE_SECONDS)
+            if self._not_saved(conn, offline):  # closed meanwhile
+                return
+            doc = self.session_doc(conn, joined, offline=offline)
+            await asyncio.wait_for(kv.put(conn.session_id, doc), SAVE_SECONDS)
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             logger.warning("session %s not saved: %s", conn.session_id, exc)
+
+    def _not_saved(self, conn: Conn, offline: bool) -> bool:
+        return conn.kicked or (conn.closing and not offline)
 
     async def load_session(self, session_id: str, principal: Principal) -> Restored | None:
         """The conversations (cid → last seq delivered) of a session of this principal;
