@@ -273,3 +273,20 @@ def test_the_cache_keeps_the_most_recently_used() -> None:
     auth.commit("c", conv, 7, 0)
     assert len(auth) == 2 and auth.lookup("b") is None
     assert auth.lookup("a") is not None and auth.lookup("c") is not None
+
+
+async def test_a_join_on_the_owner_fills_its_cache(nc: Client, start_replica: StartReplica) -> None:
+    """The owner keeps the conversation a join read: the first send after it is authorized
+    without a read; a removal after the join still refuses the removed member."""
+    svc = await start_replica()
+    cid = cid_owned_by(svc)
+    await command(
+        nc, Event.CONVERSATION_CREATE, ALICE, {"conversationId": cid, "participants": ["u-bob"]}
+    )
+    await command(nc, Event.CONVERSATION_JOIN, BOB, {"conversationId": cid})
+    hits, misses = sample(svc, HITS), sample(svc, MISSES)
+    await say(nc, cid, BOB, "first")
+    assert (sample(svc, HITS), sample(svc, MISSES)) == (hits + 1, misses)
+    await command(nc, Event.CONVERSATION_JOIN, BOB, {"conversationId": cid})
+    await remove_bob(nc, cid)
+    assert await refused(nc, cid, BOB) is ErrorCode.FORBIDDEN

@@ -82,6 +82,15 @@ class AuthCache:
             return
         self._entries[cid] = (conv, expected)  # the least recently used go beyond the size
 
+    def seed(self, cid: str, conv: Conversation, base: int | None) -> None:
+        """A conversation read elsewhere (a join: ``base`` taken before the read): kept as
+        a batch's read would be (``commit`` with nothing written), so the first send after
+        a join is authorized from here; not when the log moved since ``base``."""
+        if base is None or cid in self._entries or not self._owns(cid):
+            return
+        if self._next_seq(cid) == base:
+            self._entries[cid] = (conv, base)
+
     def drop(self, cid: str) -> None:
         self._entries.pop(cid, None)
 

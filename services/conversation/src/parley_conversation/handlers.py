@@ -147,7 +147,11 @@ async def conversation_join(svc: ConversationService, p: Principal, cmd: Convers
     # lastSeq before authorizing: a removal the authorization did not see yet has a seq
     # above it, so the gateway replays or delivers it and evicts this joiner.
     last = await svc.store.last_seq(cmd.conversation_id)
+    auth = svc.sequencer.auth
+    base = auth.base(cmd.conversation_id) if auth is not None else None
     conv = await conversation(svc, p, cmd.conversation_id)
+    if auth is not None:  # the owner's first send after a join needs no read (authcache.py)
+        auth.seed(conv.id, conv, base)
     epoch = await svc.store.epoch_of(cmd.conversation_id)
     conv = conv.model_copy(update={"last_seq": max(last, conv.last_seq)})
     wire = model_json(conv)
