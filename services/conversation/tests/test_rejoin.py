@@ -8,6 +8,7 @@ import asyncio
 import time
 from typing import Any
 
+import nats.errors
 import pytest
 from nats.aio.client import Client
 
@@ -18,8 +19,9 @@ from parley_contract.routes import REJOIN_SUBJECT
 from parley_conversation import cursors
 from parley_conversation import rejoin as rejoin_module
 from parley_conversation.service import ConversationService
+from parley_devstack.servers import NatsServer, StoreServer
 
-from .conftest import Request, request_reply, service_principal, user
+from .conftest import Request, request_reply, service_principal, settings_for, user
 
 CREATE = subjects.command(Event.CONVERSATION_CREATE)
 JOIN = subjects.command(Event.CONVERSATION_JOIN)
@@ -367,3 +369,46 @@ async def test_cursors_of_many_reads_a_crowded_conversation_on_its_own(
             "conv-nope": [],
         }, limit
     assert len((await store.cursors_of_many([cid]))[cid]) == 3
+
+
+async def test_a_rejoin_received_before_a_stop_is_answered(
+    nats_server: NatsServer,
+    store_server: StoreServer,
+    db_name: str,
+    nc: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The batched rejoins have a subscription of their own (not FastStream's): in place
+    when start() returns, drained by stop() — a rejoin received before the stop is still
+    answered, one sent after it reaches nobody."""
+    entered, release = asyncio.Event(), asyncio.Event()
+    real = rejoin_module._answer_many
+
+    async def answer(svc: ConversationService, round_: dict[str, list[Any]]) -> Any:
+        entered.set()
+        await release.wait()
+        return await real(svc, round_)
+
+    monkeypatch.setattr(rejoin_module, "_answer_many", answer)
+    svc = ConversationService(settings_for(nats_server.url, store_server.url, db_name))
+    await svc.start()
+    stopping: asyncio.Task[None] | None = None
+    try:
+        asking = asyncio.create_task(rejoin(nc, "conv-nope", [ALICE]))
+        await asyncio.wait_for(entered.wait(), 10)
+        stopping = asyncio.create_task(svc.stop())
+        await asyncio.sleep(0.3)
+        assert not asking.done() and not stopping.done()  # the stop waits for it
+        release.set()
+        reply = await asyncio.wait_for(asking, 10)
+        assert reply["success"], reply
+        assert reply["data"]["members"][0]["error"]["code"] == "FORBIDDEN"
+        await asyncio.wait_for(stopping, 15)
+        with pytest.raises(nats.errors.NoRespondersError):
+            await rejoin(nc, "conv-nope", [ALICE])
+    finally:
+        release.set()
+        if stopping is None:
+            await svc.stop()
+        elif not stopping.done():
+            await stopping

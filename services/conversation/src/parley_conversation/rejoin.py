@@ -31,25 +31,33 @@ Each admitted principal gets what its single join would have answered (same ``co
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import nats.errors
 from cachetools import TLRUCache
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from parley_contract import commands, envelopes
+from parley_contract import commands, envelopes, subjects
 from parley_contract.errors import ParleyError
 from parley_contract.events import PrincipalKind
 from parley_contract.internal import Principal, RejoinRequest
 from parley_contract.jsonutil import model_json
 from parley_contract.models import Conversation
+from parley_contract.routes import QUERY_ROUTE, REJOIN_SUBJECT
 from parley_conversation import domain
 from parley_conversation.cursors import principal_key
 
 if TYPE_CHECKING:
     from parley_conversation.service import ConversationService
+
+logger = logging.getLogger(__name__)
 
 # How long the conversation read of one batched rejoin may serve the next ones (while the
 # log ends at the same seq: :class:`SharedReads`), and for how many conversations.
@@ -94,6 +102,45 @@ class Rejoins:
         self._task: asyncio.Task[None] | None = None
         self._last_round = 0  # conversations in the last round (a storm under way)
         self.shared = SharedReads()
+        self._sub: Subscription | None = None
+        self._handling: set[asyncio.Task[None]] = set()
+
+    async def listen(self, nc: Client) -> None:
+        """Take the batched rejoins on a plain NATS subscription (queue group conversation),
+        each request a task through ``serve`` as the partitions' requests (affinity.py), not
+        on FastStream's: its consume path cost ~0.24 ms per request, 17 % of the service in
+        a storm of ~1,000 requests (docs/benchmarks.md "Reconnect storm", fifth pass)."""
+        op = QUERY_ROUTE[REJOIN_SUBJECT].op
+
+        async def work(body: bytes) -> Any:
+            return await rejoin(self._svc, body)
+
+        async def handle(msg: Msg) -> None:
+            reply = await self._svc.serve(op, msg.data, work)
+            if msg.reply:
+                try:
+                    await msg.respond(reply)
+                except nats.errors.Error as exc:
+                    logger.warning("rejoin reply not sent: %r", exc)
+
+        async def on_message(msg: Msg) -> None:
+            task = asyncio.create_task(handle(msg))
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
+
+        self._sub = await nc.subscribe(
+            REJOIN_SUBJECT, queue=subjects.QUEUE_CONVERSATION, cb=on_message
+        )
+
+    async def stop_listening(self) -> None:
+        """Drain the subscription: the server routes nothing more here, what was received
+        is still answered (the service's drain waits for it)."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.drain()  # type: ignore[no-untyped-call]
+            except nats.errors.Error as exc:
+                logger.warning("could not drain the rejoin subscription: %s", exc)
 
     async def answer(self, cid: str, principals: list[Principal]) -> Any:
         loop = asyncio.get_running_loop()

@@ -27,7 +27,7 @@ from parley_contract.agents import AgentDirectory
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.models import Conversation, Message
 from parley_contract.partitions import partition_of
-from parley_contract.routes import SEND_BATCH_ROUTE, Service, routes_of
+from parley_contract.routes import REJOIN_SUBJECT, SEND_BATCH_ROUTE, Service, routes_of
 from parley_conversation import agent_turns, queries, sendbatch
 from parley_conversation.affinity import PartitionSubscriptions
 from parley_conversation.agent_watch import AgentWatch
@@ -150,8 +150,9 @@ class ConversationService:
                 f"Command {route.event.value}",
                 command_work(self, route),
             )
-        for q in queries.QUERIES:
-            self._subscribe(q.subject, q.op, q.title, query_work(self, q))
+        for q in queries.QUERIES:  # but the batched rejoin: its own subscription (rejoin.py)
+            if q.subject != REJOIN_SUBJECT:
+                self._subscribe(q.subject, q.op, q.title, query_work(self, q))
         # Delivery reports from the gateways: published, no reply; every replica gets each
         # one and applies the conversations it owns (receipts.py, docs/affinity.md).
         sub = self.broker.subscriber(
@@ -212,6 +213,7 @@ class ConversationService:
         self.agent_watch.start()
         await self.outbox.start()
         await self.broker.start()
+        await self.rejoins.listen(nc)
         await self._own_partitions(want)
         # Ready once the server holds the subscriptions (bus.flush: nats-py's flush alone
         # can be answered before the server read them): a request sent right after start
@@ -289,6 +291,7 @@ class ConversationService:
                 except NatsError as exc:
                     logger.warning("could not drain a subscription: %s", exc)
                 sub.subscription = None  # FastStream would unsubscribe it a second time
+        await self.rejoins.stop_listening()
         if self.agent_watch is not None:
             await self.agent_watch.stop()
         await self.outbox.stop()
