@@ -1,25 +1,64 @@
 """A closed connection's session keeps the offline mark its cleanup saved (sessions.Restored,
-docs/protocol.md 3.5 Presence): a later write of it — the TTL refresh that listed the
-connection before it closed, a flush that took it dirty — must not put back a session
-without the mark (a resume would then announce nothing to members who saw it go offline)
-and without its conversations (emptied by the leave: a resume would restore none).
+docs/protocol.md 3.5 Presence), and the others get ``presence:offline`` only after it is
+stored: a resume elsewhere by someone who saw the offline is announced online.
 
-A real gateway in this process (the closed connection at hand), on the session's
-nats-server with the narrow conversation service of conftest.
+- A later write of the session — the TTL refresh that listed the connection before it
+  closed, a flush that took it dirty — must not put back a session without the mark (a
+  resume would then announce nothing) and without its conversations (emptied by the leave).
+- A slow JetStream (acknowledging after SAVE_SECONDS, a starved box) is waited for before
+  the offline events: before, the save gave up, the offline went out, and the resume read
+  the session without the mark (test_resume_presence's close-then-resume failed under load).
+
+Real gateways in this process (their objects at hand), on the session's nats-server with
+the narrow conversation service of conftest.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
+from nats.js.kv import KeyValue
 from websockets.asyncio.client import connect
 
 from parley_contract import jsonutil, subjects
 from parley_devstack.servers import NatsServer
+from parley_devstack.testing import session_saved
+from parley_gateway.server import Gateway
+from parley_gateway.sessions import SAVE_SECONDS
 
 from .conftest import Client, joined_conversation, token, uid
 from .inprocess import running_gateway
+
+
+class LatePuts:
+    """A sessions bucket whose acknowledged puts reach JetStream ``delay`` seconds late."""
+
+    def __init__(self, kv: KeyValue, delay: float) -> None:
+        self._kv, self._delay = kv, delay
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kv, name)
+
+    async def put(self, key: str, value: bytes) -> int:
+        await asyncio.sleep(self._delay)
+        return await self._kv.put(key, value)
+
+
+async def _client(gw: Gateway, pid: str, query: str = "") -> tuple[Client, dict[str, Any]]:
+    sep = "&" if query else "?"
+    url = f"ws://127.0.0.1:{gw.settings.port}/ws{query}{sep}access_token={token(pid)}"
+    client = Client(await connect(url)).start()
+    hello = await client.wait_for(lambda f: f.get("event") in ("connected", "reconnected"))
+    return client, hello
+
+
+def _presence(client: Client, who: str, event: str, start: int = 0) -> list[dict[str, Any]]:
+    return [
+        f
+        for f in client.frames[start:]
+        if f.get("event") == event and f["data"].get("principalId") == who
+    ]
 
 
 async def _entry(fake_conversation: Any, session: str) -> dict[str, Any]:
@@ -60,3 +99,36 @@ async def test_a_write_after_the_cleanup_keeps_the_offline_mark(
         after = await _entry(fake_conversation, session)
         assert after.get("offline") is True, after
         assert cid in after["conversations"], after
+
+
+async def test_a_slow_offline_save_is_waited_for_before_the_offline(
+    nats_server: NatsServer, fake_conversation: Any
+) -> None:
+    async with (
+        running_gateway(nats_server.url, "late1") as gw1,
+        running_gateway(nats_server.url, "late2") as gw2,
+    ):
+        alice_id, bob_id = uid("alice"), uid("bob")
+        alice, hello = await _client(gw1, alice_id)
+        session = hello["data"]["sessionId"]
+        cid = await joined_conversation(alice, bob_id)
+        bob, _ = await _client(gw2, bob_id)
+        assert (await bob.cmd("conversation:join", {"conversationId": cid}))["success"]
+        await session_saved(fake_conversation.nats_url, session, {cid: 0})  # its flush
+        assert gw1.hub.kv_sessions is not None
+        gw1.hub.kv_sessions = cast(KeyValue, LatePuts(gw1.hub.kv_sessions, SAVE_SECONDS + 0.5))
+
+        await alice.close()
+        await bob.wait_for(
+            lambda f: f.get("event") == "presence:offline" and f["data"]["principalId"] == alice_id
+        )
+        mark = len(bob.frames)
+        back, hello = await _client(gw2, alice_id, f"?session={session}")
+        assert hello["event"] == "reconnected", hello
+        await back.wait_for(
+            lambda f: f.get("event") == "conversation:joined" and f.get("conversationId") == cid
+        )
+        await bob.wait_for(
+            lambda f: f.get("event") == "presence:online" and f["data"]["principalId"] == alice_id
+        )
+        assert len(_presence(bob, alice_id, "presence:online", mark)) == 1

@@ -31,7 +31,7 @@ from parley_gateway.http_api import create_app
 from parley_gateway.hub import Hub
 from parley_gateway.metrics import Metrics
 from parley_gateway.origins import PolicyCORSMiddleware, origin_refusal
-from parley_gateway.sessions import Restored, SessionsUnavailable, SinceOnly
+from parley_gateway.sessions import SAVE_SECONDS, Restored, SessionsUnavailable, SinceOnly
 from parley_gateway.settings import Settings
 from parley_gateway.sio.asgi import with_socketio
 from parley_gateway.sio.endpoint import PATH as SIO_PATH
@@ -282,14 +282,17 @@ class Gateway(Commands):
         cleaned = asyncio.get_running_loop().create_future()
         hub.cleaning[conn.session_id] = cleaned
         try:
-            await self._cleanup(conn)
+            await self._cleanup(conn, cleaned)
         finally:
-            cleaned.set_result(None)
+            if not cleaned.done():
+                cleaned.set_result(None)
             if hub.cleaning.get(conn.session_id) is cleaned:
                 del hub.cleaning[conn.session_id]
 
-    async def _cleanup(self, conn: Conn) -> None:
-        """After the connection closed: commands in flight, leave, save the session."""
+    async def _cleanup(self, conn: Conn, cleaned: asyncio.Future[None]) -> None:
+        """After the connection closed: commands in flight, leave, save the session.
+
+        ``cleaned`` is set early when the save is slow (see ``_save_offline``)."""
         hub = self.hub
         pipe = conn.pipe
         if pipe is not None and pipe.tasks:
@@ -307,11 +310,26 @@ class Gateway(Commands):
         # elsewhere that read it before kicks this connection, which then announces nothing
         # (unregister). A kicked connection saves nothing (its session lives on elsewhere).
         if not conn.kicked:
-            await hub.save_session(conn, dict(conn.joined), offline=True)
+            await self._save_offline(conn, cleaned)
         try:
             await hub.unregister(conn)
         except Exception:
             logger.exception("cleanup of %r failed", conn)
+
+    async def _save_offline(self, conn: Conn, cleaned: asyncio.Future[None]) -> None:
+        """The offline-marked save, acknowledged before the offline events (up to
+        OFFLINE_SAVE_SECONDS: a slow bucket is waited for). A resume of the session on this
+        instance waits SAVE_SECONDS of it at most: then it loads what is there and kicks this
+        connection, which announces nothing (nor does the resume, without the mark)."""
+        save = asyncio.ensure_future(self.hub.save_session(conn, dict(conn.joined), offline=True))
+        try:
+            done, _ = await asyncio.wait((save,), timeout=SAVE_SECONDS)
+            if not done:
+                cleaned.set_result(None)
+            await save
+        except asyncio.CancelledError:
+            save.cancel()
+            raise
 
     # ------------------------------------------------------------------ lifecycle
 

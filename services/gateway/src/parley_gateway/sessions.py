@@ -50,7 +50,13 @@ UNAVAILABLE_HOLD_SECONDS = 1.0
 # again). The handshake's open timer is paused meanwhile (openclock.py): the wait is the
 # server's, not the client's, and in a storm under load it took longer than that timer.
 QUEUE_SECONDS = 30.0
-SAVE_SECONDS = 1.5  # an acknowledged session write (at a disconnect, the TTL refresh)
+SAVE_SECONDS = 1.5  # an acknowledged session write (the TTL refresh, a drain)
+# The offline-marked save at a close: its presence:offline goes out after it (server
+# ._cleanup), so that a resume elsewhere that saw the offline reads the mark and says online
+# (Restored). A slow JetStream (a starved box) is waited for this long; only a bucket that
+# does not answer by then lets the offline events go without the mark. A resume on this
+# instance waits SAVE_SECONDS of it at most (then kicks: nothing announced either way).
+OFFLINE_SAVE_SECONDS = 5.0
 
 
 class SinceOnly(dict[str, int]):
@@ -154,7 +160,8 @@ class Sessions(Bus):
             if self._not_saved(conn, offline):  # closed meanwhile
                 return
             doc = self.session_doc(conn, joined, offline=offline)
-            await asyncio.wait_for(kv.put(conn.session_id, doc), SAVE_SECONDS)
+            bound = OFFLINE_SAVE_SECONDS if offline else SAVE_SECONDS
+            await asyncio.wait_for(kv.put(conn.session_id, doc), bound)
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             logger.warning("session %s not saved: %s", conn.session_id, exc)
 
