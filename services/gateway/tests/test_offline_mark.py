@@ -132,3 +132,38 @@ async def test_a_slow_offline_save_is_waited_for_before_the_offline(
             lambda f: f.get("event") == "presence:online" and f["data"]["principalId"] == alice_id
         )
         assert len(_presence(bob, alice_id, "presence:online", mark)) == 1
+
+
+async def test_a_resume_here_during_a_slow_offline_save_announces_nothing(
+    nats_server: NatsServer, fake_conversation: Any
+) -> None:
+    """The same gateway: the resume waits SAVE_SECONDS of the save at most, then kicks the
+    closed connection. Its members never hear of it: no offline, no online."""
+    async with (
+        running_gateway(nats_server.url, "here1") as gw1,
+        running_gateway(nats_server.url, "here2") as gw2,
+    ):
+        alice_id, bob_id = uid("alice"), uid("bob")
+        alice, hello = await _client(gw1, alice_id)
+        session = hello["data"]["sessionId"]
+        cid = await joined_conversation(alice, bob_id)
+        bob, _ = await _client(gw2, bob_id)
+        assert (await bob.cmd("conversation:join", {"conversationId": cid}))["success"]
+        await session_saved(fake_conversation.nats_url, session, {cid: 0})  # its flush
+        assert gw1.hub.kv_sessions is not None
+        gw1.hub.kv_sessions = cast(KeyValue, LatePuts(gw1.hub.kv_sessions, SAVE_SECONDS + 1.5))
+        mark = len(bob.frames)
+
+        await alice.close()
+        back, hello = await _client(gw1, alice_id, f"?session={session}")
+        assert hello["event"] == "reconnected", hello
+        await back.wait_for(
+            lambda f: f.get("event") == "conversation:joined" and f.get("conversationId") == cid
+        )
+        await asyncio.sleep(2.0)  # the late save, then the old connection's unregister
+        assert (await back.cmd("typing:start", {"conversationId": cid}))["success"]
+        await bob.wait_for(  # a fence: what gw1 published before it reached bob
+            lambda f: f.get("event") == "typing:start" and f["data"]["principalId"] == alice_id
+        )
+        assert _presence(bob, alice_id, "presence:offline", mark) == []
+        assert _presence(bob, alice_id, "presence:online", mark) == []
