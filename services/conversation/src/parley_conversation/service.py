@@ -1,6 +1,6 @@
 """The conversation service: wiring and lifecycle of one replica.
 
-One FastStream subscriber per command route of the route table
+One FastStream subscriber (subscribers.py) per command route of the route table
 (``routes_of(Service.CONVERSATION)``, queue group ``conversation``) and per query; each
 decodes its request once, straight from the bytes, and calls its handler
 (:mod:`parley_conversation.work`: role check and idempotency, then
@@ -18,17 +18,16 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from faststream.message import StreamMessage
 from nats.errors import Error as NatsError
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from parley_contract import envelopes, jsonutil, subjects
+from parley_contract import envelopes, jsonutil
 from parley_contract.agents import AgentDirectory
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.models import Conversation, Message
 from parley_contract.partitions import partition_of
-from parley_contract.routes import REJOIN_SUBJECT, SEND_BATCH_ROUTE, Service, routes_of
-from parley_conversation import agent_turns, queries, sendbatch
+from parley_contract.routes import SEND_BATCH_ROUTE
+from parley_conversation import agent_turns, queries, sendbatch, subscribers
 from parley_conversation.affinity import PartitionSubscriptions
 from parley_conversation.agent_watch import AgentWatch
 from parley_conversation.attachments import Attachments
@@ -36,7 +35,7 @@ from parley_conversation.authcache import AuthCache
 from parley_conversation.broker import make_broker
 from parley_conversation.cursors import CursorStore
 from parley_conversation.epochs import HighWaterMarks
-from parley_conversation.handlers import HANDLERS, conversation
+from parley_conversation.handlers import conversation
 from parley_conversation.legacy import fold_legacy_event_log
 from parley_conversation.metrics import Metrics
 from parley_conversation.outbox import COLLECTION as OUTBOX_COLLECTION
@@ -47,14 +46,12 @@ from parley_conversation.rejoin import Rejoins
 from parley_conversation.sequencer import Sequencer
 from parley_conversation.settings import Settings
 from parley_conversation.store import MongoStore
+from parley_conversation.subscribers import ROUTES
 from parley_conversation.work import Work, command_work, query_work
 from parley_runtime import bus, jetstream
 from parley_runtime.retry import retry
 
 logger = logging.getLogger(__name__)
-
-ROUTES = routes_of(Service.CONVERSATION)
-assert {r.event for r in ROUTES} == set(HANDLERS), "one handler per conversation route"
 
 
 class ConversationService:
@@ -107,7 +104,6 @@ class ConversationService:
         self.metrics.in_flight.set_function(lambda: self._in_flight)
         self._idle = asyncio.Event()
         self._idle.set()
-        self._subscribers: list[Any] = []
         self.attachments = Attachments(
             self.store.attachments,
             lambda p, cid: conversation(self, p, cid, totals=False),
@@ -136,57 +132,15 @@ class ConversationService:
         # A killed owner's lease outlives it by up to a lease (and its member key a little
         # more): the reports it never applied are held at least that long by the others.
         self.receipts.held_seconds = 3 * settings.lease_seconds
-        self._register()
+        self._subscribers: list[Any] = subscribers.register(self, self._delivery_report)
 
     # ------------------------------------------------------------ wiring
-
-    def _register(self) -> None:
-        # One subscription per route (not parley.cmd.>: other services answer other
-        # commands there, e.g. the agent bridge answers tool:call) and per query.
-        for route in ROUTES:
-            self._subscribe(
-                route.subject,
-                route.event.value,
-                f"Command {route.event.value}",
-                command_work(self, route),
-            )
-        for q in queries.QUERIES:  # but the batched rejoin: its own subscription (rejoin.py)
-            if q.subject != REJOIN_SUBJECT:
-                self._subscribe(q.subject, q.op, q.title, query_work(self, q))
-        # Delivery reports from the gateways: published, no reply; every replica gets each
-        # one and applies the conversations it owns (receipts.py, docs/affinity.md).
-        sub = self.broker.subscriber(
-            subjects.INTERNAL_DELIVERY,
-            max_workers=self.settings.max_concurrency,
-            title=f"Delivery reports ({subjects.INTERNAL_DELIVERY})",
-            decoder=_raw_body,
-        )
-        sub(self._delivery_report)
-        self._subscribers.append(sub)
 
     async def _delivery_report(self, body: bytes) -> None:
         try:
             await self.receipts.delivery_report(body)
         except PyMongoError:
             logger.warning("delivery report not applied (store)", exc_info=True)
-
-    def _subscribe(self, subject: str, op: str, title: str, work: Work) -> None:
-        sub = self.broker.subscriber(
-            subject,
-            queue=subjects.QUEUE_CONVERSATION,
-            max_workers=self.settings.max_concurrency,
-            title=f"{title} ({subject})",
-            decoder=_raw_body,
-        )
-
-        # The body arrives raw (see _raw_body): the handler needs no FastStream context
-        # injection, which resolves in a worker thread per message.
-        async def handler(body: bytes) -> bytes:
-            return await self.serve(op, body, work)
-
-        handler.__name__ = f"handle_{op.replace('.', '_').replace(':', '_')}"
-        sub(handler)
-        self._subscribers.append(sub)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -391,12 +345,6 @@ class ConversationService:
 
     def _jetstream(self) -> Any:
         return self.broker.connection.jetstream()  # the connection exists once started
-
-
-async def _raw_body(msg: StreamMessage[Any]) -> bytes:
-    """The request body untouched: parsed once, by the handler, into an envelope on error."""
-    body: bytes = msg.body
-    return body
 
 
 __all__ = ["ConversationService", "Metrics"]
