@@ -35,8 +35,7 @@ from parley_contract import jsonutil, subjects
 from parley_contract.errors import ErrorCode, ParleyError
 from parley_contract.events import Event
 from parley_contract.internal import Principal
-from parley_contract.models import Conversation, ConversationStatus, Message
-from parley_conversation import domain, roles
+from parley_contract.models import Conversation, Message
 from parley_conversation.authcache import AuthCache
 from parley_conversation.entries import AppendResult, MessageTotals, totals_of
 from parley_conversation.jobs import (
@@ -44,6 +43,7 @@ from parley_conversation.jobs import (
     Job,
     SendJob,
     SendResult,
+    admit,
     fail,
     pending_of,
     resolve_by_author,
@@ -251,35 +251,7 @@ class Sequencer:
         for cid, job in jobs:
             groups.setdefault(cid, []).append(job)
         convs, bases, strict = await self._authorizing(jobs, groups)
-        live: dict[str, list[Job]] = {}
-        followers: dict[tuple[str, str], list[SendJob]] = {}
-        for cid, group in groups.items():
-            conv = convs.get(cid)
-            kept: list[Job] = []
-            for job in group:
-                if isinstance(job, EventJob):
-                    kept.append(job)
-                    continue
-                role = roles.role_of(conv, job.principal) if conv is not None else None
-                if conv is None or not roles.may(role, roles.Action.POST):
-                    # The role matrix (parley_conversation.roles): observers read only.
-                    fail([job], roles.denial(role, roles.Action.POST))
-                    continue
-                if conv.deleted_at is not None:
-                    fail([job], domain.deleted_error(cid))
-                    continue
-                if conv.status is ConversationStatus.CLOSED:
-                    fail([job], ParleyError(ErrorCode.CONFLICT, "the conversation is closed"))
-                    continue
-                cmid = job.message.client_message_id
-                if cmid is not None:
-                    if (cid, cmid) in followers:  # a retry inside the batch waits for the first
-                        followers[(cid, cmid)].append(job)
-                        continue
-                    followers[(cid, cmid)] = []
-                kept.append(job)
-            live[cid] = kept
-        live = {cid: js for cid, js in live.items() if js}
+        live, followers = admit(groups, convs)
         if not live:
             return None
         pending = {cid: [pending_of(j) for j in js] for cid, js in live.items()}
