@@ -15,7 +15,8 @@ import pytest
 from parley_contract import jsonutil
 from parley_devstack.servers import NatsServer
 
-from .conftest import Client, FakeConversationService, http_get, joined_conversation
+from .conftest import Client, http_get, joined_conversation
+from .fakeconv import FakeConversationService
 
 RATE = {"PARLEY_GATEWAY_COMMANDS_PER_SECOND": "1000"}
 
