@@ -226,6 +226,15 @@ class Client:
                 await asyncio.wait_for(self._reader, 5)
 
 
+def presence_frames(client: Client, who: str, event: str, start: int = 0) -> list[dict[str, Any]]:
+    """The ``event`` presence frames about ``who`` that ``client`` got (from ``start`` on)."""
+    return [
+        f
+        for f in client.frames[start:]
+        if f.get("event") == event and (f.get("data") or {}).get("principalId") == who
+    ]
+
+
 @pytest.fixture
 async def clients() -> AsyncIterator[Callable[..., Any]]:
     made: list[Client] = []

@@ -27,7 +27,7 @@ from parley_devstack.testing import session_saved
 from parley_gateway.server import Gateway
 from parley_gateway.sessions import SAVE_SECONDS
 
-from .conftest import Client, joined_conversation, token, uid
+from .conftest import Client, joined_conversation, presence_frames, token, uid
 from .inprocess import running_gateway
 
 
@@ -51,14 +51,6 @@ async def _client(gw: Gateway, pid: str, query: str = "") -> tuple[Client, dict[
     client = Client(await connect(url)).start()
     hello = await client.wait_for(lambda f: f.get("event") in ("connected", "reconnected"))
     return client, hello
-
-
-def _presence(client: Client, who: str, event: str, start: int = 0) -> list[dict[str, Any]]:
-    return [
-        f
-        for f in client.frames[start:]
-        if f.get("event") == event and f["data"].get("principalId") == who
-    ]
 
 
 async def _entry(fake_conversation: Any, session: str) -> dict[str, Any]:
@@ -101,6 +93,23 @@ async def test_a_write_after_the_cleanup_keeps_the_offline_mark(
         assert cid in after["conversations"], after
 
 
+async def _late_saves(
+    gw1: Gateway, gw2: Gateway, fake_conversation: Any, delay: float
+) -> tuple[str, Client, str, str, Client]:
+    """alice on gw1 and bob on gw2 in one conversation, alice's session saved; then gw1's
+    session puts reach JetStream ``delay`` seconds late."""
+    alice_id, bob_id = uid("alice"), uid("bob")
+    alice, hello = await _client(gw1, alice_id)
+    session = hello["data"]["sessionId"]
+    cid = await joined_conversation(alice, bob_id)
+    bob, _ = await _client(gw2, bob_id)
+    assert (await bob.cmd("conversation:join", {"conversationId": cid}))["success"]
+    await session_saved(fake_conversation.nats_url, session, {cid: 0})  # its flush
+    assert gw1.hub.kv_sessions is not None
+    gw1.hub.kv_sessions = cast(KeyValue, LatePuts(gw1.hub.kv_sessions, delay))
+    return alice_id, alice, session, cid, bob
+
+
 async def test_a_slow_offline_save_is_waited_for_before_the_offline(
     nats_server: NatsServer, fake_conversation: Any
 ) -> None:
@@ -108,15 +117,9 @@ async def test_a_slow_offline_save_is_waited_for_before_the_offline(
         running_gateway(nats_server.url, "late1") as gw1,
         running_gateway(nats_server.url, "late2") as gw2,
     ):
-        alice_id, bob_id = uid("alice"), uid("bob")
-        alice, hello = await _client(gw1, alice_id)
-        session = hello["data"]["sessionId"]
-        cid = await joined_conversation(alice, bob_id)
-        bob, _ = await _client(gw2, bob_id)
-        assert (await bob.cmd("conversation:join", {"conversationId": cid}))["success"]
-        await session_saved(fake_conversation.nats_url, session, {cid: 0})  # its flush
-        assert gw1.hub.kv_sessions is not None
-        gw1.hub.kv_sessions = cast(KeyValue, LatePuts(gw1.hub.kv_sessions, SAVE_SECONDS + 0.5))
+        alice_id, alice, session, cid, bob = await _late_saves(
+            gw1, gw2, fake_conversation, SAVE_SECONDS + 0.5
+        )
 
         await alice.close()
         await bob.wait_for(
@@ -131,7 +134,7 @@ async def test_a_slow_offline_save_is_waited_for_before_the_offline(
         await bob.wait_for(
             lambda f: f.get("event") == "presence:online" and f["data"]["principalId"] == alice_id
         )
-        assert len(_presence(bob, alice_id, "presence:online", mark)) == 1
+        assert len(presence_frames(bob, alice_id, "presence:online", mark)) == 1
 
 
 async def test_a_resume_here_during_a_slow_offline_save_announces_nothing(
@@ -143,15 +146,9 @@ async def test_a_resume_here_during_a_slow_offline_save_announces_nothing(
         running_gateway(nats_server.url, "here1") as gw1,
         running_gateway(nats_server.url, "here2") as gw2,
     ):
-        alice_id, bob_id = uid("alice"), uid("bob")
-        alice, hello = await _client(gw1, alice_id)
-        session = hello["data"]["sessionId"]
-        cid = await joined_conversation(alice, bob_id)
-        bob, _ = await _client(gw2, bob_id)
-        assert (await bob.cmd("conversation:join", {"conversationId": cid}))["success"]
-        await session_saved(fake_conversation.nats_url, session, {cid: 0})  # its flush
-        assert gw1.hub.kv_sessions is not None
-        gw1.hub.kv_sessions = cast(KeyValue, LatePuts(gw1.hub.kv_sessions, SAVE_SECONDS + 1.5))
+        alice_id, alice, session, cid, bob = await _late_saves(
+            gw1, gw2, fake_conversation, SAVE_SECONDS + 1.5
+        )
         mark = len(bob.frames)
 
         await alice.close()
@@ -165,5 +162,5 @@ async def test_a_resume_here_during_a_slow_offline_save_announces_nothing(
         await bob.wait_for(  # a fence: what gw1 published before it reached bob
             lambda f: f.get("event") == "typing:start" and f["data"]["principalId"] == alice_id
         )
-        assert _presence(bob, alice_id, "presence:offline", mark) == []
-        assert _presence(bob, alice_id, "presence:online", mark) == []
+        assert presence_frames(bob, alice_id, "presence:offline", mark) == []
+        assert presence_frames(bob, alice_id, "presence:online", mark) == []

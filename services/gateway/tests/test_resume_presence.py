@@ -20,17 +20,9 @@ from parley_contract import subjects
 from parley_contract.routes import REJOIN_SUBJECT
 from parley_devstack.testing import session_saved
 
-from .conftest import GatewayProc, joined_conversation, uid
+from .conftest import GatewayProc, joined_conversation, presence_frames, uid
 
 ENV = {"PARLEY_GATEWAY_PRESENCE_TTL_SECONDS": "3"}  # heartbeats every second
-
-
-def _presence(client: Any, who: str, event: str, start: int = 0) -> list[dict[str, Any]]:
-    return [
-        f
-        for f in client.frames[start:]
-        if f.get("event") == event and (f.get("data") or {}).get("principalId") == who
-    ]
 
 
 def _session(client: Any) -> str:
@@ -110,7 +102,7 @@ async def _resume_announced_online(
     await bob.wait_for(
         lambda f: f.get("event") == "presence:online" and f["data"]["principalId"] == pid
     )
-    assert len(_presence(bob, pid, "presence:online", mark)) == 1
+    assert len(presence_frames(bob, pid, "presence:online", mark)) == 1
 
 
 async def test_a_killed_gateways_client_resumes_without_presence_online(
@@ -127,7 +119,7 @@ async def test_a_killed_gateways_client_resumes_without_presence_online(
     back = await _resume(clients, gw2, alice_id, session, cid)
     await _joined(back, cid)
     await _typing_seen(back, bob, alice_id, cid)
-    assert _presence(bob, alice_id, "presence:online", mark) == []
+    assert presence_frames(bob, alice_id, "presence:online", mark) == []
     # Her gateway's clients are reaped later: carol (still away) goes offline; alice,
     # resumed before, does not.
     await _expire(fake_conversation, gw1)
@@ -138,7 +130,7 @@ async def test_a_killed_gateways_client_resumes_without_presence_online(
     assert off["data"]["reason"] == "instance-lost"
     assert "1 offline events published" in await _reaped(gw2, gw1)
     await _typing_seen(back, bob, alice_id, cid)
-    assert _presence(bob, alice_id, "presence:offline", mark) == []
+    assert presence_frames(bob, alice_id, "presence:offline", mark) == []
 
 
 async def test_a_resume_after_the_reaping_is_announced_online(
@@ -189,8 +181,8 @@ async def test_a_kicked_connection_and_its_resume_announce_nothing(
     await _typing_seen(back, bob, alice_id, cid)  # gw2's publishes so far
     await asyncio.sleep(0.3)  # gw1's cleanup of the kicked connection
     await _typing_seen(dave, bob, dave_id, cid)  # gw1's publishes so far
-    assert _presence(bob, alice_id, "presence:offline", mark) == []
-    assert _presence(bob, alice_id, "presence:online", mark) == []
+    assert presence_frames(bob, alice_id, "presence:offline", mark) == []
+    assert presence_frames(bob, alice_id, "presence:online", mark) == []
 
 
 async def test_a_carried_conversation_that_refuses_the_resume_says_offline(
