@@ -119,10 +119,11 @@ class Bus:
     async def request(
         self,
         subject: str,
-        body: dict[str, Any],
+        body: dict[str, Any] | bytes,
         *,
         fallback: str | None = None,
         failover: bool = True,
+        nobody_ends: bool = False,
     ) -> dict[str, Any]:
         """A NATS request to a Parley service; the reply envelope (ok/fail), relayed as is.
 
@@ -130,16 +131,19 @@ class Bus:
         the same bytes, within ``request_timeout_seconds``; a reply is never retried. A
         partition's write that finds no owner goes to ``fallback`` (docs/affinity.md).
         ``failover=False``: one attempt for the whole budget (the caller asks again itself).
+        ``body``: a dict, or its JSON already encoded; ``nobody_ends``: see
+        ``requests.request_bytes`` (a batch of sends nobody serves goes one by one).
         """
         try:
             reply = await requests.request_bytes(
                 self.nc,
                 subject,
-                jsonutil.dumps(body),
+                body if isinstance(body, bytes) else jsonutil.dumps(body),
                 budget=self.settings.request_timeout_seconds,
                 attempt_timeout=self.attempt_timer if failover else None,
                 on_attempt=self._count_attempt,
                 fallback=fallback,
+                nobody_ends=nobody_ends,
             )
             return requests.parse_envelope(subject, reply)
         except ParleyError as exc:

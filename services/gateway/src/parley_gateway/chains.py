@@ -35,12 +35,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from parley_contract import envelopes, jsonutil
-from parley_contract.errors import ErrorCode, ParleyError
+from parley_contract.errors import ErrorCode
 from parley_contract.events import Event
 from parley_contract.ids import new_id
 from parley_contract.internal import MAX_SEND_BATCH, MAX_SEND_BATCH_BYTES
 from parley_contract.routes import Route, send_batch_subject
-from parley_runtime import requests
 
 if TYPE_CHECKING:
     from parley_gateway.commands import Commands
@@ -185,21 +184,8 @@ async def _request(
             b"]}",
         )
     )
-    subject = send_batch_subject(cid)
     gw.metrics.send_batch.observe(len(sends))
-    try:
-        reply = await requests.request_bytes(
-            hub.nc,
-            subject,
-            body,
-            budget=gw.settings.request_timeout_seconds,
-            attempt_timeout=hub.attempt_timer,
-            on_attempt=lambda outcome: gw.metrics.request_retries.labels(outcome).inc(),
-            nobody_ends=True,
-        )
-        envelope = requests.parse_envelope(subject, reply)
-    except ParleyError as exc:
-        envelope = envelopes.fail_from(exc)
+    envelope = await hub.request(send_batch_subject(cid), body, nobody_ends=True)
     if not envelope["success"]:
         # Refused whole, nobody serves it, or no answer in time: one by one with the same
         # keys (whatever the batch stored is answered as stored).
